@@ -1,0 +1,108 @@
+"""The signature model shared by the export library, the manifest and the verifier.
+
+A `Signature` is what a serving runtime promises its callers: an endpoint name and,
+for each input and output, a tensor name, a dtype and a shape. It is the contract
+`manifest.json` records (docs/manifest.md) and the native verifier checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence, Union
+
+DTYPES = (
+    "float16", "bfloat16", "float32", "float64",
+    "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64",
+    "bool", "string",
+)
+
+BATCH_DIM = "batch"
+
+# One dimension: an int is static, a str is dynamic with that symbolic name,
+# None is dynamic without a name.
+Dim = Union[int, str, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSignature:
+    """One input or output of an endpoint.
+
+    Args:
+        name: the signature key (SavedModel) and graph input/output name (ONNX).
+        dtype: one of `DTYPES`.
+        shape: one `Dim` per dimension.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"Tensor '{self.name}': unsupported dtype '{self.dtype}'; "
+                f"expected one of {', '.join(DTYPES)}."
+            )
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TensorSignature":
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """An endpoint: its name, its method name and its inputs and outputs, in order."""
+
+    name: str
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...]
+    method_name: str = "tensorflow/serving/predict"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method_name": self.method_name,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Signature":
+        return cls(
+            name=data["name"],
+            method_name=data.get("method_name", "tensorflow/serving/predict"),
+            inputs=tuple(TensorSignature.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSignature.from_json(t) for t in data["outputs"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedArtifact:
+    """What `servekit.export` wrote: the format, the path and its endpoints.
+
+    `endpoints[0]` is `serving_default`. An ONNX artifact has exactly one endpoint.
+    """
+
+    format: str
+    path: str
+    endpoints: tuple[Signature, ...]
+    opset: Optional[int] = None
+
+    def endpoint(self, name: str) -> Signature:
+        for signature in self.endpoints:
+            if signature.name == name:
+                return signature
+        known = ", ".join(s.name for s in self.endpoints)
+        raise KeyError(f"No endpoint '{name}' in {self.path}; it has: {known}.")
+
+
+def dims_from_shape(shape: Sequence[Optional[int]], batch_name: str = BATCH_DIM) -> tuple[Dim, ...]:
+    """Turns a Keras-style shape into `Dim`s, naming a dynamic leading dim `batch`."""
+    return tuple(
+        (batch_name if i == 0 else None) if d is None else int(d) for i, d in enumerate(shape)
+    )

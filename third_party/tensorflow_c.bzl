@@ -1,0 +1,41 @@
+"""The TensorFlow C API from the pinned tensorflow-cpu wheel, as `@tensorflow_c//:c_api`.
+
+The wheel ships the C headers and the two shared libraries but no unversioned
+`.so` names, so the libraries are linked by SONAME with an rpath into the venv.
+Only the C API is exposed: linking TF's generated C++ protobuf classes would tie
+servekit to one TensorFlow release.
+"""
+
+load("//third_party:venv.bzl", "venv_file", "venv_site_packages")
+
+def _tensorflow_c_impl(rctx):
+    site = venv_site_packages(rctx)
+    tf_dir = venv_file(rctx, site, "tensorflow")
+    venv_file(rctx, site, "tensorflow/libtensorflow_cc.so.2")
+    venv_file(rctx, site, "tensorflow/libtensorflow_framework.so.2")
+    venv_file(rctx, site, "tensorflow/include/tensorflow/c/c_api.h")
+    rctx.symlink("%s/include/tensorflow/c" % tf_dir, "include/tensorflow/c")
+    rctx.symlink("%s/include/tensorflow/core/platform/ctstring.h" % tf_dir, "include/tensorflow/core/platform/ctstring.h")
+    rctx.symlink("%s/include/tensorflow/core/platform/ctstring_internal.h" % tf_dir, "include/tensorflow/core/platform/ctstring_internal.h")
+    rctx.file("BUILD", """\
+package(default_visibility = ["//visibility:public"])
+
+cc_library(
+    name = "c_api",
+    hdrs = glob(["include/tensorflow/**/*.h"]),
+    includes = ["include"],
+    linkopts = [
+        "-L{lib}",
+        "-l:libtensorflow_cc.so.2",
+        "-l:libtensorflow_framework.so.2",
+        "-Wl,-rpath,{lib}",
+    ],
+)
+""".format(lib = tf_dir))
+
+tensorflow_c = repository_rule(
+    implementation = _tensorflow_c_impl,
+    local = True,
+    configure = True,
+    doc = "TensorFlow C API headers and libraries from the venv's tensorflow wheel.",
+)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# One idempotent setup for servekit on Debian 12 (bookworm), run as root or with sudo.
+#
+# Installs, from the package registries only:
+#   * Debian packages: Bazel 4.2.3 (bazel-bootstrap), rules_java, GoogleTest,
+#     nlohmann-json, a C++ compiler, clang with libFuzzer;
+#   * the pinned Python stack (tools/requirements.txt) into a virtualenv keyed
+#     by the digest of that file, shared by every checkout on this machine;
+#   * ONNX Runtime C/C++ headers, extracted from Debian's libonnxruntime-dev
+#     .deb with a private apt configuration (the system's sources are untouched).
+# Then links both into <repo>/.setup/, where the Bazel repository rules look.
+# A re-run on a ready machine only checks stamps and takes about a second.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${SERVEKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/servekit}
+ORT_HEADERS_PACKAGE=libonnxruntime-dev   # API 21 headers work with runtime >= 1.21
+ORT_HEADERS_SUITE=trixie
+APT_PACKAGES=(bazel-bootstrap bazel-rules-java libgtest-dev nlohmann-json3-dev g++ clang libclang-rt-14-dev)
+
+log() { printf '[setup] %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_debian_packages() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "debian packages: all present (${APT_PACKAGES[*]})"
+    return
+  fi
+  log "debian packages: installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+find_python() {
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      command -v "$candidate"; return
+    fi
+  done
+  log "error: Python 3.11 is required (the pinned wheels are cp311)"; exit 1
+}
+
+install_python_stack() {
+  local digest venv
+  digest=$(sha256sum "$ROOT/tools/requirements.txt" | cut -c1-12)
+  venv="$CACHE/venv-$digest"
+  if [ -f "$venv/.servekit-complete" ]; then
+    log "python: $venv ready"
+  else
+    log "python: creating $venv from tools/requirements.txt (about 2 minutes)"
+    rm -rf "$venv"
+    "$(find_python)" -m venv "$venv"
+    local find_links=()
+    # A CPU build of torch is on this machine's disk; PyPI's default build is CUDA (GBs).
+    [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
+    # (This machine's pip.conf names local indexes that pip warns about: filtered.)
+    "$venv/bin/pip" install -q --disable-pip-version-check "${find_links[@]}" \
+      -r "$ROOT/tools/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    [ "${PIPESTATUS[0]}" = 0 ] || { log "error: pip install failed"; exit 1; }
+    "$venv/bin/pip" check >/dev/null
+    touch "$venv/.servekit-complete"
+  fi
+  link_onnxruntime_soname "$venv"
+  ln -sfn "$venv" "$ROOT/.setup/venv"
+}
+
+# The onnxruntime wheel ships libonnxruntime.so.1.<minor>.<patch> without the
+# file its SONAME names; native code linked against it needs that name.
+link_onnxruntime_soname() {
+  local capi
+  capi=$(echo "$1"/lib/python3.11/site-packages/onnxruntime/capi)
+  local lib; lib=$(cd "$capi" && ls libonnxruntime.so.1.* | head -n1)
+  ln -sfn "$lib" "$capi/libonnxruntime.so.1"
+}
+
+install_onnxruntime_headers() {
+  local dest="$CACHE/onnxruntime-headers-$ORT_HEADERS_SUITE"
+  if [ -f "$dest/include/onnxruntime_cxx_api.h" ]; then
+    log "onnxruntime headers: $dest ready"
+  else
+    log "onnxruntime headers: fetching $ORT_HEADERS_PACKAGE from Debian $ORT_HEADERS_SUITE"
+    local apt_dir="$CACHE/apt-$ORT_HEADERS_SUITE"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/deb"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $ORT_HEADERS_SUITE main" \
+      > "$apt_dir/sources.list"
+    local apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=-
+                    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+                    -o APT::Sandbox::User=root)
+    apt-get -qq "${apt_opts[@]}" update
+    rm -f "$apt_dir"/deb/*.deb
+    (cd "$apt_dir/deb" && apt-get -qq "${apt_opts[@]}" download "$ORT_HEADERS_PACKAGE")
+    local tmp; tmp=$(mktemp -d "$CACHE/ort.XXXXXX")
+    dpkg-deb -x "$apt_dir"/deb/*.deb "$tmp/extracted"
+    mkdir -p "$tmp/out"
+    mv "$tmp/extracted/usr/include/onnxruntime" "$tmp/out/include"
+    rm -rf "$dest"; mv "$tmp/out" "$dest"; rm -rf "$tmp"
+  fi
+  ln -sfn "$dest" "$ROOT/.setup/onnxruntime"
+}
+
+main() {
+  local start=$SECONDS
+  mkdir -p "$CACHE" "$ROOT/.setup"
+  install_debian_packages
+  install_python_stack
+  install_onnxruntime_headers
+  log "bazel: $(dpkg-query -W -f='${Version}' bazel-bootstrap) (Debian bazel-bootstrap)"
+  log "done in $((SECONDS - start)) s"
+}
+
+main "$@"
