@@ -70,6 +70,8 @@ filegroup(
 py_runtime(
     name = "venv_runtime",
     interpreter_path = "{python}",
+    # The launcher stub runs on the same interpreter ("python" need not be on PATH).
+    stub_shebang = "#!{python}",
     python_version = "PY3",
 )
 
