@@ -4,7 +4,7 @@
 Bazel's closing line is not one CI understands, so this counts test cases from
 each target's test.xml (pytest and GoogleTest write one case per test; a plain
 test counts as one case). A target that failed to build or run and has no
-test.xml, or whose test.xml is older than its test.log, counts as one failure.
+test.xml counts as one failure.
 
 Usage: tools/test_summary.py TESTLOGS_DIR TARGET...
 """

@@ -1,0 +1,158 @@
+"""Writes an export directory: artifacts, `manifest.json` and reference data.
+
+The layout and the manifest's fields are specified in docs/manifest.md; the
+native verifier (cc/manifest.h) reads what this module writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import sys
+from importlib import metadata
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from servekit.signature import ExportedArtifact, Signature
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+REFERENCE_DIR = "reference"
+ARTIFACT_PATHS = {"tf_saved_model": "saved_model", "onnx": "model.onnx"}
+
+DEFAULT_TOLERANCES = {
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (1e-2, 1e-2),
+    "float32": (1e-5, 0.0),
+    "float64": (1e-7, 0.0),
+}
+
+_TOOL_PACKAGES = ("keras", "tensorflow-cpu", "jax", "torch", "onnx", "onnxruntime", "tf2onnx", "numpy")
+
+
+def tool_versions() -> dict[str, str]:
+    """Returns the versions of the packages an export depends on."""
+    versions = {"servekit": _servekit_version(), "python": "%d.%d.%d" % sys.version_info[:3]}
+    for package in _TOOL_PACKAGES:
+        try:
+            versions[package.replace("-cpu", "")] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _servekit_version() -> str:
+    from servekit.version import __version__
+
+    return __version__
+
+
+def file_digests(path: pathlib.Path) -> dict[str, str]:
+    """Maps every file of an artifact to `sha256:<hex>`, sorted by relative path."""
+    if path.is_file():
+        return {path.name: _sha256(path)}
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return {p.relative_to(path).as_posix(): _sha256(p) for p in files}
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def to_npy_array(value: Any) -> np.ndarray:
+    """Converts a tensor to the array stored in a reference file (strings as `|S`)."""
+    array = np.asarray(value)
+    if array.dtype.kind in ("U", "O"):
+        flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+        array = np.array([s.encode("utf-8") for s in flat], dtype=np.bytes_).reshape(array.shape)
+    return np.ascontiguousarray(array)
+
+
+def write_reference_case(
+    export_dir: pathlib.Path,
+    signature: Signature,
+    batch: int,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Writes one reference case's .npy files and returns its manifest entry.
+
+    Raises:
+        ValueError: if `inputs` or `outputs` do not name exactly the signature's tensors.
+    """
+    entry: dict[str, Any] = {"endpoint": signature.name, "batch": batch, "inputs": {}, "outputs": {}}
+    for kind, tensors, values in (("in", signature.inputs, inputs), ("out", signature.outputs, outputs)):
+        expected = [t.name for t in tensors]
+        if sorted(values) != sorted(expected):
+            raise ValueError(
+                f"Reference {kind}puts of endpoint '{signature.name}' are named {sorted(values)}, "
+                f"but the signature has {expected}."
+            )
+        for tensor in tensors:
+            relative = f"{REFERENCE_DIR}/{signature.name}.b{batch}.{kind}.{tensor.name}.npy"
+            target = export_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, to_npy_array(values[tensor.name]), allow_pickle=False)
+            entry["inputs" if kind == "in" else "outputs"][tensor.name] = relative
+    return entry
+
+
+def build_manifest(
+    name: str,
+    source_backend: str,
+    artifacts: Sequence[ExportedArtifact],
+    export_dir: pathlib.Path,
+    reference_cases: Sequence[dict[str, Any]],
+    tolerances: Optional[Mapping[str, tuple[float, float]]] = None,
+) -> dict[str, Any]:
+    """Returns the manifest of an export directory whose files are all written."""
+    endpoints: dict[str, dict[str, Any]] = {}
+    for artifact in artifacts:
+        for signature in artifact.endpoints:
+            entry = endpoints.setdefault(signature.name, {**signature.to_json(), "formats": []})
+            if entry["inputs"] != signature.to_json()["inputs"] or entry["outputs"] != signature.to_json()["outputs"]:
+                raise ValueError(
+                    f"Export '{name}': endpoint '{signature.name}' differs between formats: "
+                    f"{entry} vs {artifact.format} {signature.to_json()}"
+                )
+            entry["formats"].append(artifact.format)
+
+    artifact_entries = []
+    for artifact in artifacts:
+        relative = ARTIFACT_PATHS[artifact.format]
+        entry: dict[str, Any] = {"format": artifact.format, "path": relative}
+        if artifact.format == "tf_saved_model":
+            entry["tags"] = ["serve"]
+        if artifact.opset is not None:
+            entry["opset"] = artifact.opset
+        entry["files"] = file_digests(export_dir / relative)
+        artifact_entries.append(entry)
+
+    merged = dict(DEFAULT_TOLERANCES)
+    merged.update(tolerances or {})
+    return {
+        "servekit_manifest": MANIFEST_VERSION,
+        "model": name,
+        "source_backend": source_backend,
+        "tools": tool_versions(),
+        "artifacts": artifact_entries,
+        "endpoints": list(endpoints.values()),
+        "tolerances": {dtype: {"atol": a, "rtol": r} for dtype, (a, r) in sorted(merged.items())},
+        "reference": list(reference_cases),
+    }
+
+
+def write_manifest(export_dir: pathlib.Path, manifest: Mapping[str, Any]) -> pathlib.Path:
+    """Writes manifest.json (stable key order, trailing newline) and returns its path."""
+    path = export_dir / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

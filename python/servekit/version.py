@@ -1,0 +1,3 @@
+"""servekit's version, recorded in every manifest."""
+
+__version__ = "0.1.0"

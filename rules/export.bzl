@@ -1,0 +1,163 @@
+"""`model_export`: a Keras model definition in, verified serving artifacts out.
+
+The export action runs `servekit.build_tool` (the export library) in the exec
+configuration on the venv interpreter, in a fixed environment: no $HOME, fixed
+seeds and thread counts, the source backend chosen here. It writes, under
+`bazel-bin/<package>/<name>/`:
+
+  manifest.json   the signature contract (docs/manifest.md)
+  saved_model/    when "tf_saved_model" is in formats
+  model.onnx      when "onnx" is in formats
+  reference/      reference inputs and outputs computed on the source backend
+
+The action fails the build when the export library refuses the model or its
+self-check (reload and compare) fails.
+"""
+
+FORMATS = ["tf_saved_model", "onnx"]
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+ServekitExportInfo = provider(
+    doc = "One model export: its manifest and the files the manifest points to.",
+    fields = {
+        "name": "The export's name (the manifest's `model`).",
+        "manifest": "File: manifest.json.",
+        "saved_model": "Tree artifact: the SavedModel directory, or None.",
+        "onnx": "File: model.onnx, or None.",
+        "reference": "Tree artifact: the reference .npy files.",
+        "files": "depset of every output above.",
+        "formats": "The formats exported, in order.",
+    },
+)
+
+# The environment of every export action. Nothing comes from the caller's shell.
+_EXPORT_ENV = {
+    "HOME": "/nonexistent",
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_DETERMINISTIC_OPS": "1",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "OMP_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "LC_ALL": "C.UTF-8",
+}
+
+def _model_export_impl(ctx):
+    for fmt in ctx.attr.formats:
+        if fmt not in FORMATS:
+            fail("formats: unknown format '%s'; expected some of %s" % (fmt, FORMATS))
+    if not ctx.attr.formats:
+        fail("formats: name at least one of %s" % FORMATS)
+
+    prefix = ctx.label.name + "/"
+    manifest = ctx.actions.declare_file(prefix + "manifest.json")
+    reference = ctx.actions.declare_directory(prefix + "reference")
+    saved_model = None
+    onnx = None
+    outputs = [manifest, reference]
+    if "tf_saved_model" in ctx.attr.formats:
+        saved_model = ctx.actions.declare_directory(prefix + "saved_model")
+        outputs.append(saved_model)
+    if "onnx" in ctx.attr.formats:
+        onnx = ctx.actions.declare_file(prefix + "model.onnx")
+        outputs.append(onnx)
+
+    args = ctx.actions.args()
+    args.add("--model_file", ctx.file.src)
+    args.add("--name", ctx.label.name)
+    args.add("--backend", ctx.attr.backend)
+    args.add_joined("--formats", ctx.attr.formats, join_with = ",")
+    args.add("--out_dir", manifest.dirname)
+    args.add_joined("--reference_batches", ctx.attr.reference_batches, join_with = ",")
+    if ctx.attr.opset:
+        args.add("--opset", ctx.attr.opset)
+    if ctx.file.weights:
+        args.add("--weights", ctx.file.weights)
+    for dtype, tolerance in sorted(ctx.attr.tolerances.items()):
+        args.add("--tolerance", "%s=%s" % (dtype, tolerance))
+
+    inputs = [ctx.file.src] + ctx.files.data + ctx.files._stack_lock
+    if ctx.file.weights:
+        inputs.append(ctx.file.weights)
+
+    env = dict(_EXPORT_ENV)
+    env["KERAS_BACKEND"] = ctx.attr.backend
+    ctx.actions.run(
+        executable = ctx.executable._build_tool,
+        arguments = [args],
+        inputs = inputs,
+        outputs = outputs,
+        env = env,
+        mnemonic = "ServekitExport",
+        progress_message = "Exporting %s (%s backend) to %s" % (
+            ctx.label,
+            ctx.attr.backend,
+            ", ".join(ctx.attr.formats),
+        ),
+    )
+    files = depset(outputs)
+    return [
+        DefaultInfo(files = files),
+        ServekitExportInfo(
+            name = ctx.label.name,
+            manifest = manifest,
+            saved_model = saved_model,
+            onnx = onnx,
+            reference = reference,
+            files = files,
+            formats = ctx.attr.formats,
+        ),
+    ]
+
+model_export = rule(
+    implementation = _model_export_impl,
+    doc = "Exports the Keras model that `src` builds, with its manifest and reference data.",
+    attrs = {
+        "src": attr.label(
+            allow_single_file = [".py"],
+            mandatory = True,
+            doc = "Python file defining `build_model() -> keras.Model` (seeded), and " +
+                  "optionally `sample_inputs(batch, rng)` and `input_signature()`. " +
+                  "See docs/rules.md.",
+        ),
+        "backend": attr.string(
+            default = "tensorflow",
+            values = BACKENDS,
+            doc = "Keras backend the model is built and its reference outputs computed on.",
+        ),
+        "formats": attr.string_list(
+            default = FORMATS,
+            doc = "Artifact formats: some of tf_saved_model, onnx.",
+        ),
+        "reference_batches": attr.int_list(
+            default = [1, 7],
+            doc = "Batch sizes of the reference cases.",
+        ),
+        "opset": attr.int(
+            default = 0,
+            doc = "ONNX opset; 0 lets the export library choose.",
+        ),
+        "weights": attr.label(
+            allow_single_file = True,
+            doc = "Optional weights file (`.weights.h5`) loaded after build_model().",
+        ),
+        "tolerances": attr.string_dict(
+            doc = "Per-dtype tolerances for the manifest, as 'atol,rtol', e.g. {'float32': '1e-4,0'}.",
+        ),
+        "data": attr.label_list(
+            allow_files = True,
+            doc = "Other files `src` reads or imports (helper modules, vocabularies).",
+        ),
+        "_build_tool": attr.label(
+            default = "//python/servekit:build_tool",
+            executable = True,
+            cfg = "exec",
+        ),
+        "_stack_lock": attr.label(
+            default = "@servekit_python//:stack_lock",
+            doc = "pip freeze of the venv: a new Python stack re-runs every export.",
+        ),
+    },
+)
