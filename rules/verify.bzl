@@ -1,0 +1,55 @@
+"""`artifact_test`: native validation of a model export, with the C++ verifier CLI.
+
+The test runs `servekit_verify validate` against the export's manifest: it loads
+the artifact with the TensorFlow C API or the ONNX Runtime C++ API, checks its
+signatures and file digests against the manifest, and reproduces the reference
+outputs within the manifest's tolerances. With `check = "cross_format"` it runs
+the SavedModel and the ONNX model on the same reference inputs and compares them.
+"""
+
+load("//rules:export.bzl", "ServekitExportInfo")
+
+CHECKS = ["tf_saved_model", "onnx", "cross_format"]
+
+def _artifact_test_impl(ctx):
+    export = ctx.attr.export[ServekitExportInfo]
+    if ctx.attr.check != "cross_format" and ctx.attr.check not in export.formats:
+        fail("check '%s': %s exported only %s" % (ctx.attr.check, ctx.attr.export.label, export.formats))
+    verifier = ctx.executable._verifier
+    if ctx.attr.check == "cross_format":
+        command = "compare --manifest '%s'" % export.manifest.short_path
+    else:
+        command = "validate --manifest '%s' --format %s" % (export.manifest.short_path, ctx.attr.check)
+    script = ctx.actions.declare_file(ctx.label.name + ".sh")
+    ctx.actions.write(
+        output = script,
+        content = "#!/bin/sh\nexec '%s' %s\n" % (verifier.short_path, command),
+        is_executable = True,
+    )
+    runfiles = ctx.runfiles(files = [verifier], transitive_files = export.files)
+    runfiles = runfiles.merge(ctx.attr._verifier[DefaultInfo].default_runfiles)
+    return [DefaultInfo(executable = script, runfiles = runfiles)]
+
+artifact_test = rule(
+    implementation = _artifact_test_impl,
+    test = True,
+    doc = "Validates one format of a model_export (or both against each other) natively.",
+    attrs = {
+        "export": attr.label(
+            mandatory = True,
+            providers = [ServekitExportInfo],
+            doc = "A model_export target.",
+        ),
+        "check": attr.string(
+            mandatory = True,
+            values = CHECKS,
+            doc = "tf_saved_model or onnx: that artifact against the manifest and reference " +
+                  "data; cross_format: SavedModel vs ONNX on the reference inputs.",
+        ),
+        "_verifier": attr.label(
+            default = "//cc/cli:servekit_verify",
+            executable = True,
+            cfg = "target",
+        ),
+    },
+)
