@@ -17,6 +17,8 @@ CACHE=${SERVEKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/servekit}
 ORT_HEADERS_PACKAGE=libonnxruntime-dev   # API 21 headers work with runtime >= 1.21
 ORT_HEADERS_SUITE=trixie
 APT_PACKAGES=(bazel-bootstrap bazel-rules-java libgtest-dev nlohmann-json3-dev g++ clang libclang-rt-14-dev)
+# tools/remote_cache_demo.sh serves a Bazel HTTP cache with nginx's WebDAV module.
+REMOTE_CACHE_PACKAGES=(nginx-light curl)
 
 log() { printf '[setup] %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -105,6 +107,11 @@ install_onnxruntime_headers() {
 
 main() {
   local start=$SECONDS
+  case "${1:-}" in
+    --with-remote-cache) APT_PACKAGES+=("${REMOTE_CACHE_PACKAGES[@]}") ;;
+    "") ;;
+    *) log "usage: tools/setup.sh [--with-remote-cache]"; exit 2 ;;
+  esac
   mkdir -p "$CACHE" "$ROOT/.setup"
   install_debian_packages
   install_python_stack

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Proves exports are byte-reproducible: two clean clones of this repository, in
+# two different directories, each build the given targets (default
+# //models:export) with no cache shared between them; every output file must
+# have the same sha256 in both.
+#
+#   tools/check_reproducible.sh [TARGET...]
+#
+# Prints one line per differing file and a verdict; exits 1 on any difference.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(//models:export)
+WORK=$(mktemp -d /tmp/servekit-repro.XXXXXX)
+trap 'for d in "$WORK"/a/clone "$WORK"/b/deeper/clone; do [ -d "$d" ] && (cd "$d" && bazel shutdown >/dev/null 2>&1 || true); done; rm -rf "$WORK"' EXIT
+
+digests() {  # clone_dir -> "sha256  path" of every file of every export built
+  local clone=$1
+  (cd "$clone" &&
+   ./tools/setup.sh >&2 &&
+   bazel build --noshow_progress "${TARGETS[@]}" >&2 &&
+   cd "$(bazel info bazel-bin 2>/dev/null)" &&
+   find . -name manifest.json -not -path '*.runfiles/*' -printf '%h\n' | sort |
+     while read -r export_dir; do find "$export_dir" -type f; done |
+     sort | xargs -r sha256sum)
+}
+
+for dir in "$WORK/a/clone" "$WORK/b/deeper/clone"; do
+  mkdir -p "$(dirname "$dir")"
+  git clone -q "$ROOT" "$dir"
+done
+echo "building ${TARGETS[*]} in $WORK/a/clone and $WORK/b/deeper/clone" >&2
+digests "$WORK/a/clone" > "$WORK/a.txt"
+digests "$WORK/b/deeper/clone" > "$WORK/b.txt"
+
+if diff <(cat "$WORK/a.txt") <(cat "$WORK/b.txt") > "$WORK/diff.txt"; then
+  echo "reproducible: $(wc -l < "$WORK/a.txt") files byte-identical across two clean clones"
+else
+  cat "$WORK/diff.txt"
+  echo "NOT reproducible: the files above differ"
+  exit 1
+fi
