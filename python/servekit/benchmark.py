@@ -1,0 +1,296 @@
+"""Benchmarks an export's artifacts natively and in Python, side by side.
+
+    bazel run //models:mlp_tensorflow_benchmark
+    python -m servekit.benchmark --manifest bazel-bin/models/mlp_tensorflow/manifest.json \\
+        --out_dir /tmp/bench --batches 1,8,32,128 --threads 1
+
+For every artifact of the export and every batch size, on the same inputs (the
+reference inputs, tiled to the batch) and with the same thread settings, it
+measures:
+
+  native           the C++ runner's own loop (TF C API / ORT C++ API), no Python
+  native_python    the same runner called once per iteration from Python
+                   through the pybind11 module (what a Python server would see)
+  ort_bare_cpp     (ONNX) a bare `Ort::Session::Run` loop over prebuilt values:
+                   what onnxruntime_perf_test measures
+  python_runtime   `onnxruntime.InferenceSession.run`, or
+                   `tf.saved_model.load(path).signatures["serving_default"]`
+
+and writes benchmark.json, benchmark.md (a table with ratios) and benchmark.png
+(p50 latency against batch size, per runner). Speed is only ever measured here,
+never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_BATCHES = (1, 8, 32, 128)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, memory and GPU (if any) of this machine."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    memory_gib = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu,
+            "platform": platform.platform()}
+
+
+def latency_stats(latencies_ns: Sequence[float], batch: int) -> dict[str, float]:
+    """p50/p90/p99/max latency in microseconds and throughput in samples/s."""
+    ordered = np.sort(np.asarray(latencies_ns, dtype=np.float64)) / 1e3
+    p50 = float(np.percentile(ordered, 50))
+    return {
+        "iterations": int(len(ordered)),
+        "p50_us": p50,
+        "p90_us": float(np.percentile(ordered, 90)),
+        "p99_us": float(np.percentile(ordered, 99)),
+        "max_us": float(ordered[-1]),
+        "mean_us": float(ordered.mean()),
+        "throughput_per_s": batch / (float(ordered.mean()) / 1e6),
+    }
+
+
+def time_python_loop(call: Callable[[], Any], warmup: int, iterations: int, seconds: float) -> list[float]:
+    """Per-call latencies (ns) of `call`: `warmup` untimed calls, then at least
+    `iterations` calls or `seconds` of calls, whichever ends later."""
+    for _ in range(warmup):
+        call()
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    while len(latencies) < iterations or time.perf_counter() < deadline:
+        start = time.perf_counter_ns()
+        call()
+        latencies.append(time.perf_counter_ns() - start)
+    return latencies
+
+
+def tile_to_batch(array: np.ndarray, batch: int) -> np.ndarray:
+    """The first `batch` rows of `array` repeated along axis 0 (a fresh C array)."""
+    reps = -(-batch // array.shape[0])
+    return np.ascontiguousarray(np.concatenate([array] * reps, axis=0)[:batch])
+
+
+def reference_inputs(manifest: Mapping[str, Any], root: pathlib.Path, endpoint: str) -> dict[str, np.ndarray]:
+    """The largest reference case's inputs of `endpoint`, keyed by input name."""
+    cases = [c for c in manifest["reference"] if c["endpoint"] == endpoint]
+    if not cases:
+        raise ValueError(f"Export '{manifest['model']}' has no reference case for endpoint '{endpoint}'.")
+    case = max(cases, key=lambda c: c["batch"])
+    return {name: np.load(root / path) for name, path in case["inputs"].items()}
+
+
+def _python_runner(fmt: str, path: pathlib.Path, endpoint: str, threads: int):
+    """A callable running `inputs` through the Python runtime of `fmt`."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda inputs: session.run(None, inputs)
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    loaded = tf.saved_model.load(str(path))
+    function = loaded.signatures[endpoint]
+
+    def run(inputs: Mapping[str, np.ndarray]) -> Any:
+        return function(**{k: tf.constant(v) for k, v in inputs.items()})
+
+    run.keep_alive = loaded  # the signature needs its SavedModel object alive
+    return run
+
+
+def benchmark_export(
+    manifest_path: pathlib.Path,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    threads: int = 1,
+    warmup: int = 20,
+    iterations: int = 200,
+    seconds: float = 1.0,
+    formats: Optional[Sequence[str]] = None,
+) -> dict[str, Any]:
+    """Runs the side-by-side benchmark of one export; returns the report.
+
+    Args:
+        manifest_path: the export's manifest.json.
+        batches: batch sizes of the sweep.
+        threads: intra-op threads for every runtime (inter-op: 1).
+        warmup: untimed runs before each measurement.
+        iterations: minimum timed runs per measurement.
+        seconds: minimum time per measurement.
+        formats: artifacts to measure; all of the export's by default.
+
+    Returns:
+        A JSON-serialisable dict: machine, settings and one row per
+        (format, runner, batch) with latency percentiles and throughput.
+    """
+    from servekit import native
+
+    manifest = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    endpoint = "serving_default"
+    base_inputs = reference_inputs(manifest, root, endpoint)
+    rows = []
+    for artifact in manifest["artifacts"]:
+        fmt = artifact["format"]
+        if formats and fmt not in formats:
+            continue
+        path = root / artifact["path"]
+        model = native.load(str(path), intra_op_threads=threads, inter_op_threads=1)
+        python_run = _python_runner(fmt, path, endpoint, threads)
+        for batch in batches:
+            inputs = {k: tile_to_batch(v, batch) for k, v in base_inputs.items()}
+            measured = {
+                "native": native.benchmark_loop(model, endpoint, inputs, warmup, iterations, seconds),
+                "native_python": time_python_loop(
+                    lambda: model.run(endpoint, inputs), warmup, iterations, seconds),
+                "python_runtime": time_python_loop(
+                    lambda: python_run(inputs), warmup, iterations, seconds),
+            }
+            if fmt == "onnx":
+                measured["ort_bare_cpp"] = native.bare_onnxruntime_loop(
+                    str(path), inputs, threads, warmup, iterations, seconds)
+            for runner, latencies in measured.items():
+                rows.append({"format": fmt, "runner": runner, "batch": batch,
+                             **latency_stats(latencies, batch)})
+        del model, python_run
+    return {
+        "model": manifest["model"],
+        "source_backend": manifest["source_backend"],
+        "machine": machine_info(),
+        "settings": {"threads": threads, "inter_op_threads": 1, "warmup": warmup,
+                     "min_iterations": iterations, "min_seconds": seconds,
+                     "batches": list(batches)},
+        "results": rows,
+    }
+
+
+def _p50(report: Mapping[str, Any], fmt: str, runner: str, batch: int) -> Optional[float]:
+    for row in report["results"]:
+        if (row["format"], row["runner"], row["batch"]) == (fmt, runner, batch):
+            return row["p50_us"]
+    return None
+
+
+def render_table(report: Mapping[str, Any]) -> str:
+    """A Markdown table of the report, with each runner's p50 ratio to the Python runtime."""
+    machine = report["machine"]
+    lines = [
+        f"Model `{report['model']}` (source backend {report['source_backend']}); "
+        f"{machine['cpu']}, {machine['cores']} cores"
+        + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU")
+        + f"; {report['settings']['threads']} intra-op thread(s).",
+        "",
+        "| format | runner | batch | p50 µs | p90 µs | p99 µs | max µs | samples/s | p50 vs python_runtime |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["results"]:
+        baseline = _p50(report, row["format"], "python_runtime", row["batch"])
+        ratio = f"{baseline / row['p50_us']:.2f}× faster" if baseline and row["runner"] != "python_runtime" else ""
+        lines.append(
+            f"| {row['format']} | {row['runner']} | {row['batch']} | {row['p50_us']:.1f} | "
+            f"{row['p90_us']:.1f} | {row['p99_us']:.1f} | {row['max_us']:.1f} | "
+            f"{row['throughput_per_s']:.0f} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
+    """Writes a PNG of p50 latency against batch size, one line per format and runner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for row in report["results"]:
+        series.setdefault((row["format"], row["runner"]), []).append((row["batch"], row["p50_us"]))
+    for (fmt, runner), points in sorted(series.items()):
+        points.sort()
+        axis.plot([b for b, _ in points], [p for _, p in points], marker="o",
+                  linestyle="-" if fmt == "onnx" else "--", label=f"{fmt} · {runner}")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("batch size")
+    axis.set_ylabel("p50 latency (µs)")
+    axis.set_title(f"{report['model']}: latency vs batch ({report['machine']['cpu']})", fontsize=9)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(report: Mapping[str, Any], out_dir: pathlib.Path) -> None:
+    """Writes benchmark.json, benchmark.md and benchmark.png into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "benchmark.md").write_text(render_table(report))
+    plot(report, out_dir / "benchmark.png")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark a servekit export natively and in Python.")
+    parser.add_argument("--manifest", required=True, type=pathlib.Path)
+    parser.add_argument("--out_dir", required=True, type=pathlib.Path)
+    parser.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--formats", default=None, help="comma-separated; default: all")
+    args = parser.parse_args(argv)
+    report = benchmark_export(
+        args.manifest,
+        batches=[int(b) for b in args.batches.split(",")],
+        threads=args.threads,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        seconds=args.seconds,
+        formats=args.formats.split(",") if args.formats else None,
+    )
+    write_report(report, args.out_dir)
+    sys.stdout.write(render_table(report))
+    print(f"\nreport: {args.out_dir}/benchmark.json, benchmark.md, benchmark.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
