@@ -8,37 +8,22 @@ The repository `@servekit_python` provides:
                    action, so a change of the Python stack re-runs them.
 """
 
-_SETUP_HINT = "Run tools/setup.sh first: it creates the venv Bazel uses."
+load("//third_party:venv.bzl", "venv_python")
 
 _PROBE = """
-import json, sys, sysconfig
+import json, sysconfig
 import pybind11
 print(json.dumps({
     "include": sysconfig.get_path("include"),
     "pybind11": pybind11.get_include(),
-    "site_packages": sysconfig.get_path("purelib"),
-    "version": "%d.%d" % sys.version_info[:2],
 }))
 """
 
 def _python_configure_impl(rctx):
-    workspace = rctx.path(Label("//:WORKSPACE")).dirname
-
-    # Resolving the symlink pins the repository to one venv (keyed by the
-    # requirements digest); reading requirements.txt makes Bazel re-run this
-    # rule when the pins change.
-    rctx.read(Label("//tools:requirements.txt"))
-    venv = rctx.path("%s/.setup/venv" % workspace)
-    python = rctx.path("%s/bin/python3" % venv)
-    if not python.exists:
-        fail("No venv at %s. %s" % (venv, _SETUP_HINT))
-    result = rctx.execute(["readlink", "-f", str(venv)])
-    venv_real = result.stdout.strip()
-    python = "%s/bin/python3" % venv_real
-
+    python = venv_python(rctx)
     result = rctx.execute([python, "-c", _PROBE])
     if result.return_code != 0:
-        fail("The venv interpreter failed: %s\n%s" % (result.stderr, _SETUP_HINT))
+        fail("The venv interpreter failed: %s" % result.stderr)
     info = json.decode(result.stdout)
 
     freeze = rctx.execute([python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"])
@@ -48,19 +33,12 @@ def _python_configure_impl(rctx):
 
     rctx.symlink(info["include"], "python_include")
     rctx.symlink(info["pybind11"], "pybind11_include")
-    rctx.file("defs.bzl", "\n".join([
-        '"""Facts about the venv, for other repository rules and macros."""',
-        "PYTHON_INTERPRETER = %r" % python,
-        "SITE_PACKAGES = %r" % info["site_packages"],
-        "PYTHON_VERSION = %r" % info["version"],
-        "",
-    ]))
     rctx.file("BUILD", """\
 load("@bazel_tools//tools/python:toolchain.bzl", "py_runtime_pair")
 
 package(default_visibility = ["//visibility:public"])
 
-exports_files(["stack_lock.txt", "defs.bzl"])
+exports_files(["stack_lock.txt"])
 
 filegroup(
     name = "stack_lock",

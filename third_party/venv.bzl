@@ -1,17 +1,25 @@
 """Finds the venv of tools/setup.sh from a repository rule."""
 
-def venv_site_packages(rctx):
-    """Returns the real path of the venv's site-packages, or fails with the fix."""
-    workspace = rctx.path(Label("//:WORKSPACE")).dirname
+def venv_python(rctx):
+    """Returns the venv interpreter's real path, or fails with the fix.
+
+    Resolving .setup/venv pins the repository to one venv (keyed by the digest of
+    the pins); reading the pin files makes Bazel re-run the rule when they change.
+    """
     rctx.read(Label("//tools:requirements.txt"))
+    rctx.read(Label("//tools:constraints.txt"))
+    workspace = rctx.path(Label("//:WORKSPACE")).dirname
     venv = "%s/.setup/venv" % workspace
     if not rctx.path(venv + "/bin/python3").exists:
-        fail("No venv at %s. Run tools/setup.sh first." % venv)
-    result = rctx.execute([venv + "/bin/python3", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+        fail("No venv at %s. Run tools/setup.sh first: it creates the venv Bazel uses." % venv)
+    return "%s/bin/python3" % rctx.execute(["readlink", "-f", venv]).stdout.strip()
+
+def venv_site_packages(rctx):
+    """Returns the real path of the venv's site-packages."""
+    result = rctx.execute([venv_python(rctx), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
     if result.return_code != 0:
         fail("The venv interpreter failed: %s" % result.stderr)
-    site = rctx.execute(["readlink", "-f", result.stdout.strip()]).stdout.strip()
-    return site
+    return result.stdout.strip()
 
 def venv_file(rctx, site, relative):
     """Returns the path of a file the pinned wheels ship, or fails naming it."""

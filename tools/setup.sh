@@ -4,8 +4,9 @@
 # Installs, from the package registries only:
 #   * Debian packages: Bazel 4.2.3 (bazel-bootstrap), rules_java, GoogleTest,
 #     nlohmann-json, a C++ compiler, clang with libFuzzer;
-#   * the pinned Python stack (tools/requirements.txt) into a virtualenv keyed
-#     by the digest of that file, shared by every checkout on this machine;
+#   * the pinned Python stack (tools/requirements.txt, every transitive package
+#     pinned by tools/constraints.txt) into a virtualenv keyed by the digest of
+#     those files, shared by every checkout on this machine;
 #   * ONNX Runtime C/C++ headers, extracted from Debian's libonnxruntime-dev
 #     .deb with a private apt configuration (the system's sources are untouched).
 # Then links both into <repo>/.setup/, where the Bazel repository rules look.
@@ -49,7 +50,7 @@ find_python() {
 
 install_python_stack() {
   local digest venv
-  digest=$(sha256sum "$ROOT/tools/requirements.txt" | cut -c1-12)
+  digest=$(cat "$ROOT/tools/requirements.txt" "$ROOT/tools/constraints.txt" | sha256sum | cut -c1-12)
   venv="$CACHE/venv-$digest"
   if [ -f "$venv/.servekit-complete" ]; then
     log "python: $venv ready"
@@ -62,7 +63,7 @@ install_python_stack() {
     [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
     # (This machine's pip.conf names local indexes that pip warns about: filtered.)
     "$venv/bin/pip" install -q --disable-pip-version-check "${find_links[@]}" \
-      -r "$ROOT/tools/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+      -r "$ROOT/tools/requirements.txt" -c "$ROOT/tools/constraints.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; }
     [ "${PIPESTATUS[0]}" = 0 ] || { log "error: pip install failed"; exit 1; }
     "$venv/bin/pip" check >/dev/null
     touch "$venv/.servekit-complete"
