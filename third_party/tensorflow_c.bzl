@@ -14,15 +14,15 @@ def _tensorflow_c_impl(rctx):
     venv_file(rctx, site, "tensorflow/libtensorflow_cc.so.2")
     venv_file(rctx, site, "tensorflow/libtensorflow_framework.so.2")
     venv_file(rctx, site, "tensorflow/include/tensorflow/c/c_api.h")
-    rctx.symlink("%s/include/tensorflow/c" % tf_dir, "include/tensorflow/c")
-    rctx.symlink("%s/include/tensorflow/core/platform/ctstring.h" % tf_dir, "include/tensorflow/core/platform/ctstring.h")
-    rctx.symlink("%s/include/tensorflow/core/platform/ctstring_internal.h" % tf_dir, "include/tensorflow/core/platform/ctstring_internal.h")
+    # c_api.h and the headers it includes: TF's C API and the TSL/XLA C bits under it.
+    for headers in ["tensorflow/c", "tsl/platform", "xla/tsl/c"]:
+        rctx.symlink("%s/include/%s" % (tf_dir, headers), "include/" + headers)
     rctx.file("BUILD", """\
 package(default_visibility = ["//visibility:public"])
 
 cc_library(
     name = "c_api",
-    hdrs = glob(["include/tensorflow/**/*.h"]),
+    hdrs = glob(["include/**/*.h"]),
     includes = ["include"],
     linkopts = [
         "-L{lib}",
