@@ -1,0 +1,313 @@
+#include "cc/benchmark.h"
+
+#include <sys/utsname.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "cc/onnx_model.h"
+#include "onnxruntime_cxx_api.h"
+#include "tensorflow/c/c_api.h"
+
+namespace servekit {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MicrosSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+}
+
+// Tiles (or cuts) `sample` along dim 0 to `batch` rows.
+StatusOr<Tensor> TileToBatch(const Tensor& sample, int64_t batch) {
+  if (sample.rank() == 0 || sample.shape()[0] == 0) {
+    return InvalidArgument("cannot tile " + sample.Describe() + " along dim 0");
+  }
+  Shape shape = sample.shape();
+  const int64_t rows = shape[0];
+  shape[0] = batch;
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor out, Tensor::Allocate(sample.dtype(), shape));
+  const int64_t per_row = sample.num_elements() / rows;
+  if (sample.is_string()) {
+    auto& dst = *out.mutable_strings();
+    for (int64_t i = 0; i < batch * per_row; ++i) dst[i] = sample.strings()[i % (rows * per_row)];
+    return out;
+  }
+  const size_t row_bytes = static_cast<size_t>(per_row) * DTypeSize(sample.dtype());
+  for (int64_t r = 0; r < batch; ++r) {
+    std::memcpy(static_cast<char*>(out.mutable_data()) + r * row_bytes,
+                static_cast<const char*>(sample.data()) + (r % rows) * row_bytes, row_bytes);
+  }
+  return out;
+}
+
+StatusOr<Tensor> RandomTensor(const TensorSpec& spec, int64_t batch, std::mt19937_64* rng) {
+  Shape shape;
+  if (spec.unknown_rank) return InvalidArgument("input '" + spec.name + "' has unknown rank; give sample inputs");
+  for (size_t i = 0; i < spec.dims.size(); ++i) {
+    shape.push_back(spec.dims[i].is_static() ? spec.dims[i].size : (i == 0 ? batch : 1));
+  }
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor t, Tensor::Allocate(spec.dtype, shape));
+  std::uniform_real_distribution<double> unit(-1.0, 1.0);
+  std::uniform_int_distribution<int> small(0, 9);
+  for (int64_t i = 0; i < t.num_elements(); ++i) {
+    char* p = static_cast<char*>(t.mutable_data());
+    switch (spec.dtype) {
+      case DType::kFloat16: { uint16_t v = DoubleToHalf(unit(*rng)); std::memcpy(p + 2 * i, &v, 2); break; }
+      case DType::kBFloat16: { uint16_t v = DoubleToBFloat16(unit(*rng)); std::memcpy(p + 2 * i, &v, 2); break; }
+      case DType::kFloat32: { float v = static_cast<float>(unit(*rng)); std::memcpy(p + 4 * i, &v, 4); break; }
+      case DType::kFloat64: { double v = unit(*rng); std::memcpy(p + 8 * i, &v, 8); break; }
+      case DType::kBool: p[i] = static_cast<char>(small(*rng) & 1); break;
+      case DType::kString: (*t.mutable_strings())[i] = "s" + std::to_string(small(*rng)); break;
+      default: {  // integers: small non-negative values, valid as ids or indices
+        const uint64_t v = static_cast<uint64_t>(small(*rng));
+        std::memcpy(p + DTypeSize(spec.dtype) * i, &v, DTypeSize(spec.dtype));  // little-endian
+      }
+    }
+  }
+  return t;
+}
+
+std::string ReadCpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  }
+  return "unknown";
+}
+
+std::vector<std::string> ReadNvidiaGpus() {
+  std::vector<std::string> gpus;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/driver/nvidia/gpus", ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::ifstream in(it->path() / "information");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("Model:", 0) == 0) gpus.push_back(line.substr(line.find_first_not_of(" \t", 6)));
+    }
+  }
+  return gpus;
+}
+
+nlohmann::json StatsJson(const LatencyStats& s) {
+  return {{"iterations", s.iterations}, {"total_seconds", s.total_seconds}, {"mean_us", s.mean_us},
+          {"min_us", s.min_us},         {"p50_us", s.p50_us},               {"p90_us", s.p90_us},
+          {"p99_us", s.p99_us},         {"max_us", s.max_us}};
+}
+
+}  // namespace
+
+LatencyStats Summarize(std::vector<double> micros) {
+  LatencyStats s;
+  s.iterations = static_cast<int64_t>(micros.size());
+  if (micros.empty()) return s;
+  std::sort(micros.begin(), micros.end());
+  double total = 0;
+  for (double m : micros) total += m;
+  auto rank = [&micros](double q) {
+    size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(micros.size())));
+    return micros[std::min(micros.size() - 1, i == 0 ? 0 : i - 1)];
+  };
+  s.total_seconds = total / 1e6;
+  s.mean_us = total / static_cast<double>(micros.size());
+  s.min_us = micros.front();
+  s.p50_us = rank(0.50);
+  s.p90_us = rank(0.90);
+  s.p99_us = rank(0.99);
+  s.max_us = micros.back();
+  return s;
+}
+
+MachineInfo MachineInfo::Detect() {
+  MachineInfo m;
+  m.cpu_model = ReadCpuModel();
+  m.logical_cores = static_cast<int>(std::thread::hardware_concurrency());
+  m.gpus = ReadNvidiaGpus();
+  struct utsname u;
+  if (uname(&u) == 0) m.os = std::string(u.sysname) + " " + u.release + " " + u.machine;
+  m.onnxruntime_version = OrtGetApiBase()->GetVersionString();
+  m.tensorflow_version = TF_Version();
+  return m;
+}
+
+StatusOr<std::vector<NamedTensor>> MakeBatchInputs(const Signature& signature, const std::vector<NamedTensor>& sample,
+                                                   int64_t batch, uint64_t seed) {
+  if (batch <= 0) return InvalidArgument("batch sizes must be >= 1, got " + std::to_string(batch));
+  std::vector<NamedTensor> inputs;
+  std::mt19937_64 rng(seed);
+  for (const auto& spec : signature.inputs) {
+    const Tensor* s = FindTensor(sample, spec.name);
+    const bool batched = !spec.unknown_rank && !spec.dims.empty() && !spec.dims[0].is_static();
+    if (!sample.empty()) {
+      if (s == nullptr) return InvalidArgument("the sample inputs have no '" + spec.name + "'");
+      if (!batched) {
+        inputs.push_back(NamedTensor{spec.name, *s});
+        continue;
+      }
+      SERVEKIT_ASSIGN_OR_RETURN(Tensor t, TileToBatch(*s, batch));
+      inputs.push_back(NamedTensor{spec.name, std::move(t)});
+    } else {
+      SERVEKIT_ASSIGN_OR_RETURN(Tensor t, RandomTensor(spec, batch, &rng));
+      inputs.push_back(NamedTensor{spec.name, std::move(t)});
+    }
+  }
+  return inputs;
+}
+
+StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOptions& options) {
+  const Signature* signature = model.FindEndpoint(options.endpoint);
+  if (signature == nullptr) return NotFound("no endpoint '" + options.endpoint + "' in " + model.path());
+  const OnnxModel* onnx = dynamic_cast<const OnnxModel*>(&model);
+  if (options.bare_ort && onnx == nullptr) {
+    return InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
+                           std::string(FormatName(model.format())));
+  }
+  if (options.iterations < 0 || options.seconds < 0 || options.warmup < 0) {
+    return InvalidArgument("iterations, seconds and warmup must be >= 0");
+  }
+  const int64_t max_iterations =
+      options.iterations > 0 ? options.iterations : (options.seconds > 0 ? int64_t{100000000} : 100);
+  const double budget_us = options.iterations > 0 ? 0.0 : options.seconds * 1e6;
+
+  BenchmarkReport report;
+  report.path = model.path();
+  report.format = model.format();
+  report.endpoint = options.endpoint;
+  report.input_source = options.sample_inputs.empty() ? "random" : "sample";
+  report.load_options = options.load_options;
+  report.machine = MachineInfo::Detect();
+
+  for (int64_t batch : options.batches) {
+    SERVEKIT_ASSIGN_OR_RETURN(std::vector<NamedTensor> inputs,
+                              MakeBatchInputs(*signature, options.sample_inputs, batch, options.seed));
+    // Ort::Values over the same bytes, in session input order, for the bare loop.
+    std::vector<Ort::Value> bare_values;
+    std::vector<Tensor> keep;  // owns the bytes the bare values view
+    if (options.bare_ort) {
+      try {
+        Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+        Ort::AllocatorWithDefaultOptions allocator;
+        for (const char* name : onnx->input_names()) {
+          const Tensor* t = FindTensor(inputs, name);
+          if (t == nullptr) return Internal(std::string("no input for '") + name + "'");
+          const auto type = static_cast<ONNXTensorElementDataType>(ToOnnx(t->dtype()));
+          if (t->is_string()) {
+            Ort::Value v = Ort::Value::CreateTensor(allocator, t->shape().data(), t->shape().size(), type);
+            for (size_t i = 0; i < t->strings().size(); ++i) {
+              v.FillStringTensorElement(t->strings()[i].c_str(), i);
+            }
+            bare_values.push_back(std::move(v));
+          } else {
+            bare_values.push_back(Ort::Value::CreateTensor(memory, const_cast<void*>(t->data()), t->byte_size(),
+                                                           t->shape().data(), t->shape().size(), type));
+          }
+          keep.push_back(*t);
+        }
+      } catch (const Ort::Exception& e) {
+        return Internal(std::string("building ONNX Runtime inputs failed: ") + e.what());
+      }
+    }
+    auto bare_run = [&]() -> Status {
+      try {
+        onnx->session().Run(Ort::RunOptions{nullptr}, onnx->input_names().data(), bare_values.data(),
+                            bare_values.size(), onnx->output_names().data(), onnx->output_names().size());
+      } catch (const Ort::Exception& e) {
+        return Internal(std::string("bare ONNX Runtime run failed: ") + e.what());
+      }
+      return Status::Ok();
+    };
+
+    for (int i = 0; i < options.warmup; ++i) {
+      SERVEKIT_RETURN_IF_ERROR(model.Run(options.endpoint, inputs).status());
+      if (options.bare_ort) SERVEKIT_RETURN_IF_ERROR(bare_run());
+    }
+    std::vector<double> runner_us, bare_us;
+    double elapsed_us = 0;
+    for (int64_t i = 0; i < max_iterations && (budget_us == 0 || elapsed_us < budget_us); ++i) {
+      auto start = Clock::now();
+      auto outputs = model.Run(options.endpoint, inputs);
+      runner_us.push_back(MicrosSince(start));
+      if (!outputs.ok()) return outputs.status();
+      elapsed_us += runner_us.back();
+      if (options.bare_ort) {
+        start = Clock::now();
+        Status st = bare_run();
+        bare_us.push_back(MicrosSince(start));
+        SERVEKIT_RETURN_IF_ERROR(st);
+        elapsed_us += bare_us.back();
+      }
+    }
+    BatchResult r;
+    r.batch = batch;
+    r.runner = Summarize(std::move(runner_us));
+    r.items_per_second = r.runner.mean_us > 0 ? static_cast<double>(batch) * 1e6 / r.runner.mean_us : 0;
+    if (options.bare_ort) {
+      r.bare_ort = Summarize(std::move(bare_us));
+      if (r.bare_ort->p50_us > 0) r.overhead_ratio = r.runner.p50_us / r.bare_ort->p50_us;
+    }
+    report.batches.push_back(std::move(r));
+  }
+  return report;
+}
+
+nlohmann::json BenchmarkReport::ToJson() const {
+  nlohmann::json batches_json = nlohmann::json::array();
+  for (const auto& b : batches) {
+    nlohmann::json j = {{"batch", b.batch}, {"runner", StatsJson(b.runner)}, {"items_per_second", b.items_per_second}};
+    if (b.bare_ort) j["bare_ort"] = StatsJson(*b.bare_ort);
+    if (b.overhead_ratio) j["overhead_ratio_p50"] = *b.overhead_ratio;
+    batches_json.push_back(std::move(j));
+  }
+  return {{"path", path},
+          {"format", FormatName(format)},
+          {"endpoint", endpoint},
+          {"inputs", input_source},
+          {"threads", {{"intra_op", load_options.intra_op_threads}, {"inter_op", load_options.inter_op_threads}}},
+          {"device", DeviceName(load_options.device)},
+          {"machine",
+           {{"cpu_model", machine.cpu_model},
+            {"logical_cores", machine.logical_cores},
+            {"gpus", machine.gpus},
+            {"os", machine.os},
+            {"onnxruntime", machine.onnxruntime_version},
+            {"tensorflow", machine.tensorflow_version}}},
+          {"batches", batches_json}};
+}
+
+std::string BenchmarkReport::ToText() const {
+  std::string out = path + " (" + FormatName(format) + "), endpoint '" + endpoint + "', " + input_source +
+                    " inputs, intra_op_threads=" + std::to_string(load_options.intra_op_threads) +
+                    " inter_op_threads=" + std::to_string(load_options.inter_op_threads) + "\n";
+  out += "machine: " + machine.cpu_model + ", " + std::to_string(machine.logical_cores) + " logical cores" +
+         (machine.gpus.empty() ? std::string(", no GPU") : ", GPU " + machine.gpus[0]) + "\n";
+  char line[256];
+  std::snprintf(line, sizeof(line), "%6s %8s %10s %10s %10s %10s %12s %10s %8s\n", "batch", "iters", "p50_us",
+                "p90_us", "p99_us", "max_us", "items/s", "bare_p50", "ratio");
+  out += line;
+  for (const auto& b : batches) {
+    std::snprintf(line, sizeof(line), "%6lld %8lld %10.1f %10.1f %10.1f %10.1f %12.1f", static_cast<long long>(b.batch),
+                  static_cast<long long>(b.runner.iterations), b.runner.p50_us, b.runner.p90_us, b.runner.p99_us,
+                  b.runner.max_us, b.items_per_second);
+    out += line;
+    if (b.bare_ort && b.overhead_ratio) {
+      std::snprintf(line, sizeof(line), " %10.1f %8.3f", b.bare_ort->p50_us, *b.overhead_ratio);
+      out += line;
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+}  // namespace servekit

@@ -1,0 +1,88 @@
+// Manifest: an export's manifest.json (docs/manifest.md), parsed and checked.
+//
+// ReadManifest never throws: malformed JSON, missing or mistyped fields, unknown
+// dtypes or formats, paths that escape the export directory and unknown
+// `servekit_manifest` versions are all errors naming the offending field.
+#ifndef SERVEKIT_CC_MANIFEST_H_
+#define SERVEKIT_CC_MANIFEST_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "cc/model.h"
+#include "cc/signature.h"
+#include "cc/status.h"
+#include "nlohmann/json.hpp"
+
+namespace servekit {
+
+// The manifest versions this reader understands.
+inline constexpr int kManifestVersion = 1;
+
+struct ManifestArtifact {
+  ModelFormat format = ModelFormat::kTfSavedModel;
+  std::string path;               // relative to the manifest's directory
+  std::vector<std::string> tags;  // SavedModel only
+  std::optional<int64_t> opset;   // ONNX only
+  // Each file of the artifact (relative to `path` for a directory, the file's own name
+  // for a file) and its digest, "sha256:<hex>".
+  std::vector<std::pair<std::string, std::string>> files;
+};
+
+struct ManifestEndpoint {
+  Signature signature;
+  std::vector<ModelFormat> formats;
+  bool HasFormat(ModelFormat format) const;
+};
+
+// An element passes when |actual - expected| <= atol + rtol * |expected|.
+struct Tolerance {
+  double atol = 0.0;
+  double rtol = 0.0;
+};
+
+struct ReferenceCase {
+  std::string endpoint;
+  int64_t batch = 0;
+  // Tensor name -> .npy path relative to the manifest's directory.
+  std::vector<std::pair<std::string, std::string>> inputs;
+  std::vector<std::pair<std::string, std::string>> outputs;
+};
+
+struct Manifest {
+  int version = kManifestVersion;
+  std::string model;
+  std::string source_backend;
+  std::map<std::string, std::string> tools;
+  std::vector<ManifestArtifact> artifacts;
+  std::vector<ManifestEndpoint> endpoints;
+  std::map<DType, Tolerance> tolerances;  // as written; see ToleranceFor
+  std::vector<ReferenceCase> reference;
+  std::string base_dir;  // the directory holding manifest.json
+
+  const ManifestArtifact* FindArtifact(ModelFormat format) const;
+  const ManifestEndpoint* FindEndpoint(const std::string& name) const;
+  // The manifest's tolerance for `dtype`, else the documented default (float32
+  // 1e-5/0, float64 1e-7/0, float16 and bfloat16 1e-2/1e-2, others exact).
+  Tolerance ToleranceFor(DType dtype) const;
+  // `relative` resolved against base_dir.
+  std::string Resolve(const std::string& relative) const;
+};
+
+Tolerance DefaultTolerance(DType dtype);
+
+StatusOr<Manifest> ParseManifest(std::string_view json_text, const std::string& base_dir);
+StatusOr<Manifest> ReadManifest(const std::string& path);
+
+// A signature in the manifest's endpoint form: {"name", "method_name", "inputs":
+// [{"name", "dtype", "shape": [int | "sym" | null]}], "outputs": [...]}.
+nlohmann::json SignatureToJson(const Signature& signature);
+
+}  // namespace servekit
+
+#endif  // SERVEKIT_CC_MANIFEST_H_

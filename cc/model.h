@@ -1,0 +1,91 @@
+// Model: one interface to run a loaded SavedModel or ONNX model by endpoint.
+//
+// A Model knows its endpoints' signatures and runs one endpoint on named input
+// tensors. Run() checks the feeds against the signature (every input present, no
+// unknown or duplicate names, dtypes, ranks and static dims) *before* a runtime sees
+// them, so a bad feed gets a precise error, e.g.
+//   endpoint 'serving_default' input 'features': expected float32[batch,3], got int64[2,3]
+// instead of a runtime's internal message. Run() is const and thread-safe: a loaded
+// model may serve many threads at once.
+//
+// Implementations: TfSavedModel (tf_saved_model.h), OnnxModel (onnx_model.h). To
+// load either by path, use LoadModel (loader.h).
+#ifndef SERVEKIT_CC_MODEL_H_
+#define SERVEKIT_CC_MODEL_H_
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cc/signature.h"
+#include "cc/status.h"
+#include "cc/tensor.h"
+
+namespace servekit {
+
+enum class ModelFormat { kTfSavedModel, kOnnx };
+// "tf_saved_model" / "onnx", as in manifest.json.
+const char* FormatName(ModelFormat format);
+std::optional<ModelFormat> FormatFromName(std::string_view name);
+
+enum class Device { kCpu, kGpu };
+const char* DeviceName(Device device);
+std::optional<Device> DeviceFromName(std::string_view name);  // "cpu"/"gpu" (any case)
+
+enum class OnnxOptimization { kDisabled, kBasic, kExtended, kAll };
+
+struct LoadOptions {
+  int intra_op_threads = 0;  // 0: the runtime's default
+  int inter_op_threads = 0;  // 0: the runtime's default
+  Device device = Device::kCpu;
+  std::vector<std::string> tags = {"serve"};  // SavedModel MetaGraph tags
+  OnnxOptimization onnx_optimization = OnnxOptimization::kAll;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  virtual ModelFormat format() const = 0;
+  const std::string& path() const { return path_; }
+  const std::vector<Signature>& signatures() const { return signatures_; }
+  const Signature* FindEndpoint(const std::string& endpoint) const;
+
+  // Runs `endpoint` on `inputs`; outputs come back in the signature's output order.
+  // Numeric outputs are views of the runtime's result buffers (no copy).
+  StatusOr<std::vector<NamedTensor>> Run(const std::string& endpoint,
+                                         const std::vector<NamedTensor>& inputs) const;
+
+  // The checks Run() makes, on their own: on success `ordered[i]` is the feed for the
+  // signature's input i.
+  Status CheckFeeds(const Signature& signature, const std::vector<NamedTensor>& inputs,
+                    std::vector<const Tensor*>* ordered) const;
+
+ protected:
+  Model(std::string path, std::vector<Signature> signatures)
+      : path_(std::move(path)), signatures_(std::move(signatures)) {}
+
+  // Runs the endpoint at `endpoint_index` in signatures(); `inputs` are checked and in
+  // signature order. Returns the outputs in signature order.
+  virtual StatusOr<std::vector<Tensor>> RunChecked(size_t endpoint_index,
+                                                   const std::vector<const Tensor*>& inputs) const = 0;
+
+ private:
+  std::string path_;
+  std::vector<Signature> signatures_;
+};
+
+// Whether `tensor` fits `spec` (dtype, rank, static dims); an empty string when it
+// does, else "expected float32[batch,3], got int64[2,3]".
+std::string FeedMismatch(const TensorSpec& spec, const Tensor& tensor);
+
+// True when `inner` lies within the bytes of any of `inputs` (an output that aliases
+// caller memory must be copied before it outlives the call).
+bool AliasesInput(const void* inner, const std::vector<const Tensor*>& inputs);
+
+}  // namespace servekit
+
+#endif  // SERVEKIT_CC_MODEL_H_

@@ -1,0 +1,231 @@
+#include "cc/parity.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "cc/npy.h"
+
+namespace servekit {
+namespace {
+
+std::string Number(double v) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.6g", v);
+  return buffer;
+}
+
+std::string IndexToString(const Shape& shape, int64_t flat) {
+  std::vector<int64_t> index(shape.size());
+  for (size_t i = shape.size(); i-- > 0;) {
+    if (shape[i] > 0) {
+      index[i] = flat % shape[i];
+      flat /= shape[i];
+    }
+  }
+  return ShapeToString(index);
+}
+
+}  // namespace
+
+OutputParity CompareTensors(const std::string& name, const Tensor& expected, const Tensor& actual,
+                            const Tolerance& tolerance) {
+  OutputParity r;
+  r.name = name;
+  r.tolerance = tolerance;
+  r.elements = expected.num_elements();
+  if (expected.dtype() != actual.dtype()) {
+    r.message = std::string("dtype expected ") + DTypeName(expected.dtype()) + ", found " + DTypeName(actual.dtype());
+    return r;
+  }
+  if (expected.shape() != actual.shape()) {
+    r.message = "shape expected " + ShapeToString(expected.shape()) + ", found " + ShapeToString(actual.shape());
+    return r;
+  }
+  const Shape& shape = expected.shape();
+  if (expected.is_string()) {
+    for (int64_t i = 0; i < r.elements; ++i) {
+      if (expected.strings()[i] != actual.strings()[i]) {
+        if (r.mismatches++ == 0) {
+          r.message = "element " + IndexToString(shape, i) + ": expected \"" + expected.strings()[i] +
+                      "\", found \"" + actual.strings()[i] + "\"";
+        }
+      }
+    }
+  } else {
+    const bool exact = !IsFloating(expected.dtype());
+    for (int64_t i = 0; i < r.elements; ++i) {
+      const double e = ElementAsDouble(expected.dtype(), expected.data(), i);
+      const double a = ElementAsDouble(actual.dtype(), actual.data(), i);
+      bool ok;
+      if (std::isnan(e) || std::isnan(a)) {
+        ok = std::isnan(e) && std::isnan(a);
+        if (!ok) r.max_abs_error = INFINITY;
+      } else if (std::isinf(e) || std::isinf(a)) {
+        ok = e == a;
+        if (!ok) r.max_abs_error = INFINITY;
+      } else {
+        const double diff = std::fabs(a - e);
+        r.max_abs_error = std::max(r.max_abs_error, diff);
+        if (e != 0) r.max_rel_error = std::max(r.max_rel_error, diff / std::fabs(e));
+        // Integers: compare the stored values, not their double images.
+        ok = exact ? std::memcmp(static_cast<const char*>(expected.data()) + i * DTypeSize(expected.dtype()),
+                                 static_cast<const char*>(actual.data()) + i * DTypeSize(actual.dtype()),
+                                 DTypeSize(expected.dtype())) == 0
+                   : diff <= tolerance.atol + tolerance.rtol * std::fabs(e);
+      }
+      if (!ok && r.mismatches++ == 0) {
+        r.message = "element " + IndexToString(shape, i) + ": expected " + Number(e) + ", found " + Number(a);
+      }
+    }
+  }
+  if (r.mismatches > 0) {
+    r.message = std::to_string(r.mismatches) + " of " + std::to_string(r.elements) +
+                " elements differ beyond tolerance; first: " + r.message;
+  }
+  r.passed = r.mismatches == 0;
+  return r;
+}
+
+StatusOr<std::vector<NamedTensor>> LoadCaseInputs(const Manifest& manifest, const ReferenceCase& c) {
+  std::vector<NamedTensor> inputs;
+  for (const auto& [name, path] : c.inputs) {
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(manifest.Resolve(path)));
+    inputs.push_back(NamedTensor{name, std::move(t)});
+  }
+  return inputs;
+}
+
+namespace {
+
+std::string BatchLabel(const ReferenceCase& c) { return c.endpoint + " b" + std::to_string(c.batch); }
+
+const Tensor* Find(const std::vector<NamedTensor>& tensors, const std::string& name) {
+  return FindTensor(tensors, name);
+}
+
+}  // namespace
+
+std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest& manifest) {
+  std::vector<CaseParity> results;
+  for (const auto& c : manifest.reference) {
+    const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
+    if (endpoint == nullptr || !endpoint->HasFormat(model.format())) continue;
+    CaseParity r;
+    r.endpoint = c.endpoint;
+    r.batch = c.batch;
+    r.label = std::string(FormatName(model.format())) + " reference " + BatchLabel(c);
+    auto inputs = LoadCaseInputs(manifest, c);
+    if (!inputs.ok()) {
+      r.error = inputs.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    auto outputs = model.Run(c.endpoint, *inputs);
+    if (!outputs.ok()) {
+      r.error = outputs.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    r.passed = true;
+    for (const auto& [name, path] : c.outputs) {
+      auto expected = ReadNpy(manifest.Resolve(path));
+      const Tensor* actual = Find(*outputs, name);
+      OutputParity o;
+      o.name = name;
+      if (!expected.ok()) {
+        o.message = expected.status().message();
+      } else if (actual == nullptr) {
+        o.message = "the model returned no output '" + name + "'";
+      } else {
+        o = CompareTensors(name, *expected, *actual, manifest.ToleranceFor(expected->dtype()));
+      }
+      r.passed = r.passed && o.passed;
+      r.outputs.push_back(std::move(o));
+    }
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+std::vector<CaseParity> CheckCrossParity(const Model& a, const Model& b, const Manifest& manifest) {
+  std::vector<CaseParity> results;
+  for (const auto& c : manifest.reference) {
+    const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
+    if (endpoint == nullptr || !endpoint->HasFormat(a.format()) || !endpoint->HasFormat(b.format())) continue;
+    CaseParity r;
+    r.endpoint = c.endpoint;
+    r.batch = c.batch;
+    r.label = std::string(FormatName(a.format())) + " vs " + FormatName(b.format()) + " " + BatchLabel(c);
+    auto inputs = LoadCaseInputs(manifest, c);
+    if (!inputs.ok()) {
+      r.error = inputs.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    auto out_a = a.Run(c.endpoint, *inputs);
+    auto out_b = b.Run(c.endpoint, *inputs);
+    if (!out_a.ok() || !out_b.ok()) {
+      r.error = !out_a.ok() ? std::string(FormatName(a.format())) + ": " + out_a.status().message()
+                            : std::string(FormatName(b.format())) + ": " + out_b.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    r.passed = true;
+    for (const auto& spec : endpoint->signature.outputs) {
+      const Tensor* ta = Find(*out_a, spec.name);
+      const Tensor* tb = Find(*out_b, spec.name);
+      OutputParity o;
+      o.name = spec.name;
+      if (ta == nullptr || tb == nullptr) {
+        o.message = std::string("output missing from ") + FormatName((ta == nullptr ? a : b).format());
+      } else {
+        o = CompareTensors(spec.name, *ta, *tb, manifest.ToleranceFor(spec.dtype));
+      }
+      r.passed = r.passed && o.passed;
+      r.outputs.push_back(std::move(o));
+    }
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+nlohmann::json ToJson(const CaseParity& c) {
+  nlohmann::json outputs = nlohmann::json::array();
+  for (const auto& o : c.outputs) {
+    nlohmann::json j = {{"name", o.name},
+                        {"passed", o.passed},
+                        {"elements", o.elements},
+                        {"mismatches", o.mismatches},
+                        {"atol", o.tolerance.atol},
+                        {"rtol", o.tolerance.rtol}};
+    // JSON has no infinity: report it as a string.
+    j["max_abs_error"] = std::isfinite(o.max_abs_error) ? nlohmann::json(o.max_abs_error) : nlohmann::json("inf");
+    j["max_rel_error"] = std::isfinite(o.max_rel_error) ? nlohmann::json(o.max_rel_error) : nlohmann::json("inf");
+    if (!o.message.empty()) j["message"] = o.message;
+    outputs.push_back(std::move(j));
+  }
+  nlohmann::json j = {{"label", c.label},
+                      {"endpoint", c.endpoint},
+                      {"batch", c.batch},
+                      {"passed", c.passed},
+                      {"outputs", outputs}};
+  if (!c.error.empty()) j["error"] = c.error;
+  return j;
+}
+
+std::vector<std::string> DescribeParity(const CaseParity& c) {
+  std::vector<std::string> lines;
+  if (!c.error.empty()) {
+    lines.push_back("FAIL " + c.label + ": " + c.error);
+    return lines;
+  }
+  for (const auto& o : c.outputs) {
+    std::string line = std::string(o.passed ? "PASS " : "FAIL ") + c.label + " " + o.name +
+                       " max_abs=" + Number(o.max_abs_error) + " max_rel=" + Number(o.max_rel_error);
+    if (!o.passed) line += ": " + o.message;
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+}  // namespace servekit

@@ -1,0 +1,135 @@
+#include "cc/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+namespace servekit {
+namespace {
+
+// Owned numeric storage: 64-byte aligned, as TensorFlow and vector units like it.
+constexpr size_t kAlignment = 64;
+
+std::shared_ptr<const void> AllocateAligned(size_t bytes, void** data) {
+  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  void* p = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
+  if (p == nullptr) return nullptr;
+  std::memset(p, 0, rounded == 0 ? kAlignment : rounded);
+  *data = p;
+  return std::shared_ptr<const void>(p, [](const void* q) { std::free(const_cast<void*>(q)); });
+}
+
+const std::vector<std::string>& EmptyStrings() {
+  static const auto* empty = new std::vector<std::string>();
+  return *empty;
+}
+
+}  // namespace
+
+StatusOr<int64_t> NumElements(const Shape& shape) {
+  constexpr int64_t kMax = int64_t{1} << 50;  // well beyond any host memory
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return InvalidArgument("shape " + ShapeToString(shape) + " has a negative dimension");
+    if (d != 0 && n > kMax / d) {
+      return InvalidArgument("shape " + ShapeToString(shape) + " has too many elements");
+    }
+    n *= d;
+  }
+  return n;
+}
+
+std::string ShapeToString(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+StatusOr<Tensor> Tensor::Allocate(DType dtype, Shape shape) {
+  SERVEKIT_ASSIGN_OR_RETURN(int64_t n, NumElements(shape));
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.num_elements_ = n;
+  t.writable_ = true;
+  if (dtype == DType::kString) {
+    t.strings_ = std::make_shared<std::vector<std::string>>(static_cast<size_t>(n));
+    t.owner_ = t.strings_;
+    return t;
+  }
+  const size_t item = DTypeSize(dtype);
+  if (static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / 16 / item) {
+    return InvalidArgument("tensor too large");
+  }
+  t.byte_size_ = static_cast<size_t>(n) * item;
+  void* data = nullptr;
+  t.owner_ = AllocateAligned(t.byte_size_, &data);
+  if (t.owner_ == nullptr) {
+    return InvalidArgument("cannot allocate " + std::to_string(t.byte_size_) + " bytes for a " +
+                           std::string(DTypeName(dtype)) + ShapeToString(t.shape_) + " tensor");
+  }
+  t.data_ = data;
+  return t;
+}
+
+StatusOr<Tensor> Tensor::View(DType dtype, Shape shape, const void* data, size_t nbytes,
+                              std::shared_ptr<const void> owner) {
+  if (dtype == DType::kString) return InvalidArgument("a string tensor cannot be a byte view");
+  SERVEKIT_ASSIGN_OR_RETURN(int64_t n, NumElements(shape));
+  const size_t expected = static_cast<size_t>(n) * DTypeSize(dtype);
+  if (nbytes != expected) {
+    return InvalidArgument(std::string(DTypeName(dtype)) + ShapeToString(shape) + " needs " +
+                           std::to_string(expected) + " bytes, got " + std::to_string(nbytes));
+  }
+  if (data == nullptr && nbytes != 0) return InvalidArgument("null data for a non-empty tensor");
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.num_elements_ = n;
+  t.byte_size_ = nbytes;
+  t.data_ = data;
+  t.writable_ = false;
+  t.owner_ = std::move(owner);
+  return t;
+}
+
+StatusOr<Tensor> Tensor::FromStrings(Shape shape, std::vector<std::string> values) {
+  SERVEKIT_ASSIGN_OR_RETURN(int64_t n, NumElements(shape));
+  if (static_cast<uint64_t>(n) != values.size()) {
+    return InvalidArgument("string" + ShapeToString(shape) + " needs " + std::to_string(n) +
+                           " values, got " + std::to_string(values.size()));
+  }
+  Tensor t;
+  t.dtype_ = DType::kString;
+  t.shape_ = std::move(shape);
+  t.num_elements_ = n;
+  t.writable_ = true;
+  t.strings_ = std::make_shared<std::vector<std::string>>(std::move(values));
+  t.owner_ = t.strings_;
+  return t;
+}
+
+const std::vector<std::string>& Tensor::strings() const {
+  return strings_ ? *strings_ : EmptyStrings();
+}
+
+StatusOr<Tensor> Tensor::Copy() const {
+  if (is_string()) return FromStrings(shape_, strings());
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor t, Allocate(dtype_, shape_));
+  if (byte_size_ != 0) std::memcpy(t.mutable_data(), data_, byte_size_);
+  return t;
+}
+
+std::string Tensor::Describe() const { return std::string(DTypeName(dtype_)) + ShapeToString(shape_); }
+
+const Tensor* FindTensor(const std::vector<NamedTensor>& tensors, const std::string& name) {
+  for (const auto& t : tensors) {
+    if (t.name == name) return &t.tensor;
+  }
+  return nullptr;
+}
+
+}  // namespace servekit

@@ -1,0 +1,177 @@
+"""Writes the small, real export the native verifier's tests run against.
+
+    make_fixtures.py --out DIR
+
+DIR receives the layout of docs/manifest.md:
+
+    manifest.json
+    saved_model/    a tf.Module with two signatures:
+                      serving_default: features float32[?,3] -> logits float32[?,2]
+                      tokens: words string[?], ids int64[?,4]
+                              -> lengths int64[?], upper string[?], total int64[?]
+    model.onnx      serving_default only (MatMul + Add, symbolic dim 'batch'),
+                    the same weights, so both formats agree
+    reference/      .npy inputs and outputs computed with NumPy
+
+Weights and inputs are fixed constants, so the references are reproducible.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+WEIGHTS = np.array([[0.5, -1.0], [0.25, 2.0], [-0.75, 0.125]], dtype=np.float32)
+BIAS = np.array([0.1, -0.2], dtype=np.float32)
+
+# Every file the generator writes, relative to --out; Bazel declares the same list.
+SAVED_MODEL_FILES = (
+    "saved_model.pb",
+    "fingerprint.pb",
+    "variables/variables.index",
+    "variables/variables.data-00000-of-00001",
+)
+
+
+def features(batch: int) -> np.ndarray:
+    return (np.arange(batch * 3, dtype=np.float32).reshape(batch, 3) - 4.0) / 3.0
+
+
+def logits(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float64) @ WEIGHTS.astype(np.float64) + BIAS).astype(np.float32)
+
+
+def write_saved_model(path: str) -> None:
+    import tensorflow as tf
+
+    class Demo(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(WEIGHTS, name="w")
+            self.b = tf.Variable(BIAS, name="b")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+        def serve(self, features):
+            return {"logits": tf.matmul(features, self.w) + self.b}
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.string, name="words"),
+            tf.TensorSpec([None, 4], tf.int64, name="ids"),
+        ])
+        def tokens(self, words, ids):
+            return {
+                "lengths": tf.cast(tf.strings.length(words), tf.int64),
+                "upper": tf.strings.upper(words),
+                "total": tf.reduce_sum(ids, axis=1),
+            }
+
+    module = Demo()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve, "tokens": module.tokens})
+
+
+def write_onnx(path: str) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("MatMul", ["features", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+        ],
+        name="serving_default",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(WEIGHTS, "w"), numpy_helper.from_array(BIAS, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="servekit-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.sha256(f.read()).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    out = parser.parse_args().out
+    os.makedirs(os.path.join(out, "reference"), exist_ok=True)
+
+    write_saved_model(os.path.join(out, "saved_model"))
+    write_onnx(os.path.join(out, "model.onnx"))
+
+    reference = []
+
+    def case(endpoint, batch, inputs, outputs):
+        entry = {"endpoint": endpoint, "batch": batch, "inputs": {}, "outputs": {}}
+        for kind, tensors in (("in", inputs), ("out", outputs)):
+            for name, value in tensors.items():
+                rel = f"reference/{endpoint}.b{batch}.{kind}.{name}.npy"
+                np.save(os.path.join(out, rel), value, allow_pickle=False)
+                entry["inputs" if kind == "in" else "outputs"][name] = rel
+        reference.append(entry)
+
+    for batch in (1, 4):
+        x = features(batch)
+        case("serving_default", batch, {"features": x}, {"logits": logits(x)})
+    words = np.array([b"alpha", b"", b"gamma ray"], dtype="S")
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4) - 5
+    case("tokens", 3, {"words": words, "ids": ids}, {
+        "lengths": np.array([len(w) for w in words], dtype=np.int64),
+        "upper": np.array([w.upper() for w in words], dtype="S"),
+        "total": ids.sum(axis=1),
+    })
+
+    saved_model_files = {f: sha256(os.path.join(out, "saved_model", f)) for f in SAVED_MODEL_FILES}
+    written = sorted(
+        os.path.relpath(os.path.join(d, f), os.path.join(out, "saved_model"))
+        for d, _, files in os.walk(os.path.join(out, "saved_model")) for f in files)
+    if written != sorted(SAVED_MODEL_FILES):
+        print(f"make_fixtures: TensorFlow wrote {written}, expected {sorted(SAVED_MODEL_FILES)}",
+              file=sys.stderr)
+        return 1
+
+    manifest = {
+        "servekit_manifest": 1,
+        "model": "tiny_fixture",
+        "source_backend": "tensorflow",
+        "tools": {"numpy": np.__version__},
+        "artifacts": [
+            {"format": "tf_saved_model", "path": "saved_model", "tags": ["serve"],
+             "files": saved_model_files},
+            {"format": "onnx", "path": "model.onnx", "opset": 17,
+             "files": {"model.onnx": sha256(os.path.join(out, "model.onnx"))}},
+        ],
+        "endpoints": [
+            {"name": "serving_default", "method_name": "tensorflow/serving/predict",
+             "formats": ["tf_saved_model", "onnx"],
+             "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", 3]}],
+             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]},
+            {"name": "tokens", "method_name": "tensorflow/serving/predict",
+             "formats": ["tf_saved_model"],
+             "inputs": [{"name": "words", "dtype": "string", "shape": ["batch"]},
+                        {"name": "ids", "dtype": "int64", "shape": ["batch", 4]}],
+             "outputs": [{"name": "lengths", "dtype": "int64", "shape": ["batch"]},
+                         {"name": "upper", "dtype": "string", "shape": ["batch"]},
+                         {"name": "total", "dtype": "int64", "shape": ["batch"]}]},
+        ],
+        "tolerances": {"float32": {"atol": 1e-5, "rtol": 0.0}},
+        "reference": reference,
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
