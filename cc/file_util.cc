@@ -68,7 +68,7 @@ StatusOr<std::vector<std::string>> ListFilesRecursive(const std::string& dir) {
     if (ec) return Internal("cannot list " + dir + ": " + ec.message());
     std::error_code type_ec;
     if (it->is_regular_file(type_ec)) {
-      files.push_back(fs::relative(it->path(), dir, type_ec).generic_string());
+      files.push_back(it->path().lexically_relative(dir).generic_string());
     }
   }
   if (ec) return Internal("cannot list " + dir + ": " + ec.message());

@@ -173,7 +173,7 @@ StatusOr<SavedModelProto> ParseSavedModel(std::string_view bytes) {
       saved_model.meta_graphs.push_back(std::move(meta).value());
     }
   }
-  SERVEKIT_RETURN_IF_ERROR(r.status().WithContext("SavedModel"));
+  SERVEKIT_RETURN_IF_ERROR(r.status());
   if (saved_model.meta_graphs.empty()) return DataLoss("SavedModel has no MetaGraphDef");
   return saved_model;
 }

@@ -9,6 +9,8 @@ DIR receives the layout of docs/manifest.md:
                       serving_default: features float32[?,3] -> logits float32[?,2]
                       tokens: words string[?], ids int64[?,4]
                               -> lengths int64[?], upper string[?], total int64[?]
+                      divide: a int64[?], b int64[?] -> quotient int64[?]
+                              (a // b: fails at run time when b has a zero)
     model.onnx      serving_default only (MatMul + Add, symbolic dim 'batch'),
                     the same weights, so both formats agree
     reference/      .npy inputs and outputs computed with NumPy
@@ -70,8 +72,16 @@ def write_saved_model(path: str) -> None:
                 "total": tf.reduce_sum(ids, axis=1),
             }
 
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.int64, name="a"),
+            tf.TensorSpec([None], tf.int64, name="b"),
+        ])
+        def divide(self, a, b):
+            return {"quotient": tf.math.floordiv(a, b)}
+
     module = Demo()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve, "tokens": module.tokens})
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": module.serve, "tokens": module.tokens, "divide": module.divide})
 
 
 def write_onnx(path: str) -> None:
@@ -130,6 +140,9 @@ def main() -> int:
         "upper": np.array([w.upper() for w in words], dtype="S"),
         "total": ids.sum(axis=1),
     })
+    a = np.array([7, -9], dtype=np.int64)
+    b = np.array([2, 4], dtype=np.int64)
+    case("divide", 2, {"a": a, "b": b}, {"quotient": a // b})
 
     saved_model_files = {f: sha256(os.path.join(out, "saved_model", f)) for f in SAVED_MODEL_FILES}
     written = sorted(
@@ -163,6 +176,11 @@ def main() -> int:
              "outputs": [{"name": "lengths", "dtype": "int64", "shape": ["batch"]},
                          {"name": "upper", "dtype": "string", "shape": ["batch"]},
                          {"name": "total", "dtype": "int64", "shape": ["batch"]}]},
+            {"name": "divide", "method_name": "tensorflow/serving/predict",
+             "formats": ["tf_saved_model"],
+             "inputs": [{"name": "a", "dtype": "int64", "shape": ["batch"]},
+                        {"name": "b", "dtype": "int64", "shape": ["batch"]}],
+             "outputs": [{"name": "quotient", "dtype": "int64", "shape": ["batch"]}]},
         ],
         "tolerances": {"float32": {"atol": 1e-5, "rtol": 0.0}},
         "reference": reference,

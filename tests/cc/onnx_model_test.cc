@@ -1,0 +1,184 @@
+// OnnxModel on the fixture: symbolic signature, runs, every error path, concurrency.
+#include "cc/onnx_model.h"
+
+#include <thread>
+
+#include "cc/file_util.h"
+#include "cc/loader.h"
+#include "gtest/gtest.h"
+#include "tests/cc/test_util.h"
+
+namespace servekit {
+namespace {
+
+using testing::Floats;
+using testing::Int64s;
+
+class OnnxModelTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto loaded = OnnxModel::Load(testing::FixturePath("model.onnx"), LoadOptions{});
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    model_ = std::move(loaded).value().release();
+  }
+  static void TearDownTestSuite() { delete model_; }
+  static OnnxModel* model_;
+};
+OnnxModel* OnnxModelTest::model_ = nullptr;
+
+TEST_F(OnnxModelTest, SignatureHasSymbolicBatch) {
+  ASSERT_EQ(model_->signatures().size(), 1u);
+  const Signature& s = model_->signatures()[0];
+  EXPECT_EQ(s.name, "serving_default");
+  ASSERT_EQ(s.inputs.size(), 1u);
+  EXPECT_EQ(SpecToString(s.inputs[0]), "float32[batch,3]");
+  EXPECT_EQ(SpecToString(s.outputs[0]), "float32[batch,2]");
+  EXPECT_EQ(model_->input_names().size(), 1u);
+}
+
+TEST_F(OnnxModelTest, Runs) {
+  auto out = model_->Run("serving_default", {{"features", Floats({2, 3}, {1, 0, 0, 0, 1, 2})}});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  const Tensor& logits = (*out)[0].tensor;
+  EXPECT_EQ(logits.Describe(), "float32[2,2]");
+  EXPECT_FLOAT_EQ(logits.data_as<float>()[0], 0.6f);
+  EXPECT_FLOAT_EQ(logits.data_as<float>()[3], 2.05f);
+  EXPECT_TRUE(logits.is_view()) << "outputs are views of ONNX Runtime's buffers";
+}
+
+TEST_F(OnnxModelTest, OutputsOutliveLaterRuns) {
+  auto first = model_->Run("serving_default", {{"features", Floats({1, 3}, {1, 0, 0})}});
+  auto second = model_->Run("serving_default", {{"features", Floats({1, 3}, {0, 0, 0})}});
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_FLOAT_EQ((*first)[0].tensor.data_as<float>()[0], 0.6f);
+  EXPECT_FLOAT_EQ((*second)[0].tensor.data_as<float>()[0], 0.1f);
+}
+
+TEST_F(OnnxModelTest, FeedErrors) {
+  auto out = model_->Run("serving_default", {{"features", Int64s({2, 3}, {1, 2, 3, 4, 5, 6})}});
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().message(),
+            "endpoint 'serving_default' input 'features': expected float32[batch,3], got int64[2,3]");
+  out = model_->Run("serving_default", {{"features", Floats({2, 3, 1}, {1, 2, 3, 4, 5, 6})}});
+  EXPECT_EQ(out.status().message(),
+            "endpoint 'serving_default' input 'features': expected float32[batch,3], got float32[2,3,1]");
+  out = model_->Run("serving_default", {{"x", Floats({1, 3}, {1, 2, 3})}});
+  EXPECT_EQ(out.status().message(), "endpoint 'serving_default' has no input 'x'; its inputs are: 'features'");
+  out = model_->Run("predict", {});
+  EXPECT_EQ(out.status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(OnnxModelTest, ConcurrentRunsAreCorrect) {
+  constexpr int kThreads = 8;
+  std::vector<int> failures(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &failures] {
+      for (int i = 0; i < 200; ++i) {
+        const float v = static_cast<float>(t * 1000 + i);
+        auto out = model_->Run("serving_default", {{"features", Floats({1, 3}, {0, v, 0})}});
+        // logits = [0.25 v + 0.1, 2 v - 0.2]
+        if (!out.ok() || std::abs((*out)[0].tensor.data_as<float>()[0] - (0.25f * v + 0.1f)) > 1e-2f ||
+            std::abs((*out)[0].tensor.data_as<float>()[1] - (2 * v - 0.2f)) > 1e-2f) {
+          ++failures[t];
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[t], 0) << "thread " << t;
+}
+
+// ---- Loading errors ------------------------------------------------------------------
+
+Status LoadError(const std::string& path, LoadOptions options = {}) {
+  auto m = OnnxModel::Load(path, options);
+  return m.ok() ? Status::Ok() : m.status();
+}
+
+std::string FixtureBytes() {
+  auto bytes = ReadFile(testing::FixturePath("model.onnx"));
+  EXPECT_TRUE(bytes.ok());
+  return bytes.ok() ? *bytes : std::string();
+}
+
+TEST(OnnxModelLoadTest, MissingFile) {
+  Status s = LoadError("/nonexistent/model.onnx");
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), "no ONNX model at /nonexistent/model.onnx: no such file");
+}
+
+TEST(OnnxModelLoadTest, Directory) {
+  Status s = LoadError(testing::FixtureDir());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("is a directory, not an ONNX file"), std::string::npos);
+}
+
+TEST(OnnxModelLoadTest, EmptyFile) {
+  const std::string path = testing::ScratchDir("empty") + "/model.onnx";
+  ASSERT_TRUE(WriteFile(path, "").ok());
+  Status s = LoadError(path);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_EQ(s.message(), path + " is empty, not an ONNX model");
+}
+
+TEST(OnnxModelLoadTest, NotAProtocolBuffer) {
+  const std::string path = testing::ScratchDir("text") + "/model.onnx";
+  ASSERT_TRUE(WriteFile(path, "this is not a model\n").ok());
+  Status s = LoadError(path);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("is not an ONNX model: malformed protocol buffer"), std::string::npos) << s.message();
+}
+
+TEST(OnnxModelLoadTest, Truncated) {
+  const std::string bytes = FixtureBytes();
+  const std::string path = testing::ScratchDir("truncated") + "/model.onnx";
+  ASSERT_TRUE(WriteFile(path, bytes.substr(0, bytes.size() - 10)).ok());
+  Status s = LoadError(path);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("is not an ONNX model"), std::string::npos) << s.message();
+}
+
+TEST(OnnxModelLoadTest, CorruptedGraphIsOrtsErrorAsStatus) {
+  // Rename the MatMul op to one that does not exist: well-formed bytes, invalid model.
+  std::string bytes = FixtureBytes();
+  const auto pos = bytes.find("MatMul");
+  ASSERT_NE(pos, std::string::npos);
+  bytes.replace(pos, 6, "NoSuch");
+  const std::string path = testing::ScratchDir("corrupted") + "/model.onnx";
+  ASSERT_TRUE(WriteFile(path, bytes).ok());
+  Status s = LoadError(path);
+  EXPECT_EQ(s.code(), StatusCode::kInternal);
+  EXPECT_NE(s.message().find("ONNX Runtime could not load"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("NoSuch"), std::string::npos) << s.message();
+}
+
+TEST(OnnxModelLoadTest, FromBytes) {
+  auto m = OnnxModel::LoadFromBytes(FixtureBytes(), {}, "bytes");
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ((*m)->path(), "bytes");
+  EXPECT_FALSE(OnnxModel::LoadFromBytes("", {}, "bytes").ok());
+}
+
+TEST(OnnxModelLoadTest, GpuWithoutCudaIsAClearError) {
+  LoadOptions options;
+  options.device = Device::kGpu;
+  auto m = OnnxModel::Load(testing::FixturePath("model.onnx"), options);
+  if (m.ok()) GTEST_SKIP() << "this ONNX Runtime has CUDA";
+  EXPECT_EQ(m.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(m.status().message().find("no CUDAExecutionProvider"), std::string::npos) << m.status().message();
+}
+
+TEST(OnnxModelLoadTest, OptionsAndLoadModel) {
+  LoadOptions options;
+  options.intra_op_threads = 1;
+  options.inter_op_threads = 1;
+  options.onnx_optimization = OnnxOptimization::kDisabled;
+  auto m = LoadModel(testing::FixturePath("model.onnx"), options);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ((*m)->format(), ModelFormat::kOnnx);
+  EXPECT_TRUE((*m)->Run("serving_default", {{"features", Floats({1, 3}, {1, 2, 3})}}).ok());
+}
+
+}  // namespace
+}  // namespace servekit

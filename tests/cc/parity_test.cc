@@ -1,0 +1,80 @@
+// Parity: tolerance arithmetic, and the fixture's reference and cross-format cases.
+#include "cc/parity.h"
+
+#include <cmath>
+
+#include "cc/loader.h"
+#include "gtest/gtest.h"
+#include "tests/cc/test_util.h"
+
+namespace servekit {
+namespace {
+
+using testing::Floats;
+using testing::Int64s;
+
+TEST(CompareTensorsTest, FloatTolerance) {
+  const Tensor e = Floats({3}, {1.0f, -2.0f, 100.0f});
+  auto r = CompareTensors("y", e, Floats({3}, {1.0f, -2.0f, 100.0f}), {1e-5, 0});
+  EXPECT_TRUE(r.passed);
+  EXPECT_EQ(r.max_abs_error, 0.0);
+  r = CompareTensors("y", e, Floats({3}, {1.00002f, -2.0f, 100.5f}), {1e-5, 1e-2});
+  EXPECT_TRUE(r.passed) << r.message;  // 100.5 within rtol 1e-2 of 100
+  EXPECT_NEAR(r.max_abs_error, 0.5, 1e-6);
+  EXPECT_NEAR(r.max_rel_error, 0.005, 1e-6);
+  r = CompareTensors("y", e, Floats({3}, {1.00002f, -2.0f, 100.5f}), {1e-5, 0});
+  EXPECT_FALSE(r.passed);
+  EXPECT_EQ(r.mismatches, 2);
+  EXPECT_EQ(r.message.rfind("2 of 3 elements differ beyond tolerance; first: element [0]: expected 1, found 1.00002", 0),
+            0u)
+      << r.message;
+}
+
+TEST(CompareTensorsTest, NanAndInf) {
+  const Tensor e = Floats({2}, {NAN, INFINITY});
+  EXPECT_TRUE(CompareTensors("y", e, Floats({2}, {NAN, INFINITY}), {0, 0}).passed);
+  auto r = CompareTensors("y", e, Floats({2}, {0, INFINITY}), {1, 1});
+  EXPECT_FALSE(r.passed);
+  EXPECT_TRUE(std::isinf(r.max_abs_error));
+  EXPECT_FALSE(CompareTensors("y", e, Floats({2}, {NAN, -INFINITY}), {1, 1}).passed);
+}
+
+TEST(CompareTensorsTest, IntegersStringsShapesDtypesAreExact) {
+  EXPECT_FALSE(CompareTensors("y", Int64s({1}, {5}), Int64s({1}, {6}), {10, 10}).passed);
+  // Values beyond 2^53 differ although their doubles are equal.
+  EXPECT_FALSE(
+      CompareTensors("y", Int64s({1}, {(int64_t{1} << 60) + 1}), Int64s({1}, {int64_t{1} << 60}), {0, 0}).passed);
+  auto r = CompareTensors("y", testing::Strings({2}, {"a", "b"}), testing::Strings({2}, {"a", "c"}), {});
+  EXPECT_FALSE(r.passed);
+  EXPECT_NE(r.message.find("element [1]: expected \"b\", found \"c\""), std::string::npos) << r.message;
+  r = CompareTensors("y", Floats({2}, {1, 2}), Floats({1, 2}, {1, 2}), {});
+  EXPECT_EQ(r.message, "shape expected [2], found [1,2]");
+  r = CompareTensors("y", Floats({1}, {1}), Int64s({1}, {1}), {});
+  EXPECT_EQ(r.message, "dtype expected float32, found int64");
+}
+
+TEST(ParityTest, ReferenceAndCrossFormat) {
+  auto manifest = ReadManifest(testing::FixturePath("manifest.json"));
+  ASSERT_TRUE(manifest.ok());
+  auto sm = LoadModel(testing::FixturePath("saved_model"));
+  auto onnx = LoadModel(testing::FixturePath("model.onnx"));
+  ASSERT_TRUE(sm.ok() && onnx.ok());
+  for (const auto& c : CheckReferenceParity(**sm, *manifest)) {
+    EXPECT_TRUE(c.passed) << ToJson(c).dump();
+  }
+  const auto onnx_cases = CheckReferenceParity(**onnx, *manifest);
+  ASSERT_EQ(onnx_cases.size(), 2u);
+  EXPECT_EQ(onnx_cases[1].label, "onnx reference serving_default b4");
+  EXPECT_TRUE(onnx_cases[1].passed);
+  EXPECT_EQ(onnx_cases[1].outputs[0].elements, 8);
+  const auto cross = CheckCrossParity(**sm, **onnx, *manifest);
+  ASSERT_EQ(cross.size(), 2u);
+  EXPECT_EQ(cross[0].label, "tf_saved_model vs onnx serving_default b1");
+  EXPECT_TRUE(cross[0].passed && cross[1].passed);
+  const auto lines = DescribeParity(cross[0]);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].rfind("PASS tf_saved_model vs onnx serving_default b1 logits max_abs=", 0), 0u) << lines[0];
+}
+
+}  // namespace
+}  // namespace servekit
