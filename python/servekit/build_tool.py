@@ -211,8 +211,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend != args.backend:
         parser.error(f"--backend {args.backend} but KERAS_BACKEND={backend}")
-    # Keras writes its config under KERAS_HOME; keep that out of $HOME and the outputs.
-    os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="keras-home-"))
+    # Keras and matplotlib (imported by converters) write config caches under
+    # $HOME, which an export action does not have: give them a scratch directory.
+    scratch = tempfile.mkdtemp(prefix="servekit-build-")
+    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
 
     import keras
 
@@ -235,7 +238,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tolerances=dict(_parse_tolerance(t) for t in args.tolerance),
         verbose=args.verbose,
     )
-    print(f"servekit: exported {args.name} ({backend}) in {time.monotonic() - start:.1f} s -> {manifest_path}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    if args.verbose:
+        print(f"servekit: exported {args.name} ({backend}) in {time.monotonic() - start:.1f} s -> {manifest_path}")
     return 0
 
 
