@@ -1,0 +1,275 @@
+"""Byte-stable artifacts: canonical SavedModel and ONNX protos.
+
+TensorFlow names every traced function with a per-process counter
+(`__inference_serve_123`), lists the function library in an order that can
+follow hash order, and writes a random `uuid` into `fingerprint.pb`; tf2onnx
+suffixes node names with a per-process counter and embeds the source path in
+the graph's doc_string. The functions here rewrite those bytes so that the
+same model exported twice, in any process, from any directory, gives
+byte-identical files. See docs/determinism.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Callable, Iterable
+
+_TRAILING_NUMBERS = re.compile(r"((?:_\d+)+)$")
+_ONNX_COUNTER = re.compile(r"^(.*?)(__\d+)((?::\d+)?)$")
+
+
+# ----------------------------------------------------------------------------
+# Generic protobuf string rewriting
+# ----------------------------------------------------------------------------
+
+
+def _rewrite_strings(message, fn: Callable[[str], str], bytes_fields: Iterable[str] = ()) -> None:
+    """Applies `fn` to every string field (and string map key) of `message`,
+    recursively. Bytes fields are rewritten only when named in `bytes_fields`
+    (e.g. `AttrValue.s`)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    bytes_fields = frozenset(bytes_fields)
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        for field, value in msg.ListFields():
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if field.message_type.GetOptions().map_entry:
+                    key_field = field.message_type.fields_by_name["key"]
+                    value_field = field.message_type.fields_by_name["value"]
+                    items = list(value.items())
+                    if key_field.type == FieldDescriptor.TYPE_STRING:
+                        renamed = [(fn(k), v) for k, v in items]
+                        if any(nk != k for (nk, _), (k, _) in zip(renamed, items)):
+                            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                                copies = [(nk, type(v)()) for nk, v in renamed]
+                                for (nk, c), (_, v) in zip(copies, renamed):
+                                    c.CopyFrom(v)
+                                value.clear()
+                                for nk, c in copies:
+                                    value[nk].CopyFrom(c)
+                            else:
+                                value.clear()
+                                for nk, v in renamed:
+                                    value[nk] = v
+                            items = list(value.items())
+                    if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                        stack.extend(v for _, v in items)
+                    elif value_field.type == FieldDescriptor.TYPE_STRING:
+                        for k, v in items:
+                            nv = fn(v)
+                            if nv != v:
+                                value[k] = nv
+                elif _repeated(field):
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                if _repeated(field):
+                    new = [fn(v) for v in value]
+                    if new != list(value):
+                        del value[:]
+                        value.extend(new)
+                else:
+                    nv = fn(value)
+                    if nv != value:
+                        setattr(msg, field.name, nv)
+            elif field.type == FieldDescriptor.TYPE_BYTES and field.name in bytes_fields:
+                if _repeated(field):
+                    new = [_fn_bytes(fn, v) for v in value]
+                    if new != list(value):
+                        del value[:]
+                        value.extend(new)
+                else:
+                    nv = _fn_bytes(fn, value)
+                    if nv != value:
+                        setattr(msg, field.name, nv)
+
+
+def _repeated(field) -> bool:
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == field.LABEL_REPEATED  # protobuf < 5
+
+
+def _fn_bytes(fn, value: bytes) -> bytes:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+    new = fn(text)
+    return value if new == text else new.encode("utf-8")
+
+
+# ----------------------------------------------------------------------------
+# SavedModel
+# ----------------------------------------------------------------------------
+
+
+def canonical_function_names(names: Iterable[str]) -> dict[str, str]:
+    """Maps TF function names to names whose numeric suffixes are ranks.
+
+    The numbers TF appends (`__inference_serve_71`) come from a process-wide
+    counter: their absolute values depend on everything traced before, their
+    relative order only on the export itself. Replacing each number by its rank
+    among all numbers in the library gives names that depend on the export only.
+    """
+    names = sorted(set(names))
+    numbers = set()
+    for name in names:
+        m = _TRAILING_NUMBERS.search(name)
+        if m:
+            numbers.update(int(x) for x in m.group(1).split("_")[1:])
+    rank = {n: i for i, n in enumerate(sorted(numbers))}
+    mapping = {}
+    for name in names:
+        m = _TRAILING_NUMBERS.search(name)
+        if not m:
+            continue
+        suffix = "".join(f"_{rank[int(x)]}" for x in m.group(1).split("_")[1:])
+        mapping[name] = name[: m.start()] + suffix
+    if len(set(mapping.values()) | (set(names) - set(mapping))) != len(names):  # pragma: no cover
+        raise RuntimeError("canonical function names collide")
+    return mapping
+
+
+def canonicalize_saved_model_proto(saved_model) -> None:
+    """Renames counter-numbered functions and sorts the function library."""
+    names = []
+    for mg in saved_model.meta_graphs:
+        lib = mg.graph_def.library
+        names += [f.signature.name for f in lib.function]
+        names += [g.function_name for g in lib.gradient] + [g.gradient_func for g in lib.gradient]
+    mapping = canonical_function_names(n for n in names if n)
+    if mapping:
+        _rewrite_strings(saved_model, lambda s: mapping.get(s, s), bytes_fields=("s",))
+    for mg in saved_model.meta_graphs:
+        lib = mg.graph_def.library
+        funcs = sorted(lib.function, key=lambda f: f.signature.name)
+        copies = [type(f)() for f in funcs]
+        for c, f in zip(copies, funcs):
+            c.CopyFrom(f)
+        del lib.function[:]
+        lib.function.extend(copies)
+        grads = sorted(((g.function_name, g.gradient_func) for g in lib.gradient))
+        del lib.gradient[:]
+        for fname, gname in grads:
+            lib.gradient.add(function_name=fname, gradient_func=gname)
+
+
+def canonicalize_saved_model(export_dir: str) -> None:
+    """Rewrites `saved_model.pb` canonically and regenerates `fingerprint.pb`.
+
+    The fingerprint's hashes are recomputed by TensorFlow from the rewritten
+    files; its `uuid` (random in TF) is derived from those content hashes.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = os.path.join(export_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    canonicalize_saved_model_proto(saved_model)
+    with open(pb_path, "wb") as f:
+        f.write(saved_model.SerializeToString(deterministic=True))
+    write_fingerprint(export_dir)
+
+
+def write_fingerprint(export_dir: str) -> None:
+    """Writes `fingerprint.pb` with hashes from TF and a content-derived uuid."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting as fingerprinting_pywrap
+
+    fingerprint = fingerprint_pb2.FingerprintDef()
+    fingerprint.ParseFromString(fingerprinting_pywrap.CreateFingerprintDef(export_dir))
+    digest = hashlib.sha256(
+        "|".join(str(x) for x in (
+            fingerprint.saved_model_checksum, fingerprint.graph_def_program_hash,
+            fingerprint.signature_def_hash, fingerprint.saved_object_graph_hash,
+            fingerprint.checkpoint_hash)).encode()).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    with open(os.path.join(export_dir, "fingerprint.pb"), "wb") as f:
+        f.write(fingerprint.SerializeToString(deterministic=True))
+
+
+# ----------------------------------------------------------------------------
+# ONNX
+# ----------------------------------------------------------------------------
+
+
+def _onnx_graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _onnx_graphs(attr.g)
+            for g in attr.graphs:
+                yield from _onnx_graphs(g)
+
+
+def _replace_repeated(container, values) -> None:
+    del container[:]
+    container.extend(values)
+
+
+def canonicalize_onnx(model, producer_version: str) -> None:
+    """Strips doc strings and metadata, renumbers tf2onnx name counters.
+
+    tf2onnx makes names unique with a process-wide counter (`MatMul__12`). Each
+    such name is given instead the rank of its counter among the names that
+    share its stem, in the order the names first appear in the graph.
+    """
+    model.doc_string = ""
+    model.producer_name = "servekit"
+    model.producer_version = producer_version
+    model.domain = ""
+    model.model_version = 0
+    del model.metadata_props[:]
+    counters: dict[str, list[int]] = {}
+    seen: dict[str, None] = {}
+
+    def note(name: str) -> None:
+        if name and name not in seen:
+            seen[name] = None
+            m = _ONNX_COUNTER.match(name)
+            if m:
+                counters.setdefault(m.group(1) + m.group(3), []).append(int(m.group(2)[2:]))
+
+    graphs = list(_onnx_graphs(model.graph))
+    for g in graphs:
+        for init in g.initializer:
+            note(init.name)
+        for node in g.node:
+            note(node.name)
+            for n in list(node.input) + list(node.output):
+                note(n)
+    rank = {stem: {n: i for i, n in enumerate(sorted(set(nums)))} for stem, nums in counters.items()}
+
+    def rename(name: str) -> str:
+        m = _ONNX_COUNTER.match(name)
+        if not m:
+            return name
+        stem = m.group(1) + m.group(3)
+        return f"{m.group(1)}__{rank[stem][int(m.group(2)[2:])]}{m.group(3)}"
+
+    mapping = {n: rename(n) for n in seen}
+    if len(set(mapping.values())) != len(mapping):  # pragma: no cover - would need a stem clash
+        mapping = {n: n for n in seen}
+    for g in graphs:
+        g.doc_string = ""
+        del g.value_info[:]
+        for init in g.initializer:
+            init.name = mapping.get(init.name, init.name)
+            init.doc_string = ""
+        for node in g.node:
+            node.doc_string = ""
+            node.name = mapping.get(node.name, node.name)
+            _replace_repeated(node.input, [mapping.get(n, n) for n in node.input])
+            _replace_repeated(node.output, [mapping.get(n, n) for n in node.output])
+        for vi in list(g.input) + list(g.output):
+            vi.doc_string = ""
+            vi.name = mapping.get(vi.name, vi.name)

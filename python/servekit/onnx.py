@@ -1,0 +1,216 @@
+"""ONNX export: converting the SavedModel twin with tf2onnx, then tidying.
+
+The ONNX model is converted from the `serving_default` signature of the
+SavedModel servekit writes first, through tf2onnx's saved-model path (which
+also converts lookup tables: `LookupTableFindV2` becomes an ai.onnx.ml
+`LabelEncoder` on the table's keys and values). Afterwards:
+
+- graph inputs and outputs are named exactly like the signature keys and
+  ordered like the model's inputs and outputs;
+- a dynamic batch dimension is the `dim_param` "batch", other dynamic
+  dimensions carry their polymorphic-shape symbol or stay unnamed;
+- doc strings (tf2onnx writes the source path there) and metadata are removed,
+  name counters renumbered (see `servekit.determinism`);
+- every node must be a standard ONNX op, or the conversion fails with the op
+  and the Keras layer it came from.
+
+This module imports TensorFlow and tf2onnx; it runs in the export worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from typing import Optional, Sequence
+
+from servekit import determinism
+from servekit import signature as sig
+from servekit.errors import ExportError
+
+DEFAULT_OPSET = 17
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences tf2onnx/TF loggers and stdout/stderr chatter."""
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "tensorflow", "absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield captured
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _patch_tf2onnx() -> None:
+    try:  # Keras' numpy>=2 compatibility patch for tf2onnx
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+        patch_tf2onnx()
+    except Exception:  # pragma: no cover - keras without it
+        pass
+
+
+def _layer_of(op_name: str, layer_names: Sequence[str]) -> Optional[str]:
+    """The Keras layer whose name scope an op name sits in, if any."""
+    parts = op_name.split("/")
+    best = None
+    for part in parts:
+        base = part
+        for name in layer_names:
+            if base == name or (base.startswith(name + "_") and base[len(name) + 1:].isdigit()):
+                best = name
+    return best
+
+
+def convert_saved_model(
+    saved_model_dir: str,
+    endpoint: sig.Signature,
+    opset: Optional[int] = None,
+    layer_names: Sequence[str] = (),
+    model_name: str = "model",
+    producer_version: str = "0",
+):
+    """Converts one signature of a SavedModel to an ONNX `ModelProto`.
+
+    Args:
+        saved_model_dir: the SavedModel (written by servekit).
+        endpoint: the signature to convert; its tensor names, order and
+            dimension names are imposed on the ONNX graph.
+        opset: ONNX opset (default 17).
+        layer_names: Keras layer names, to say which layer an unsupported op
+            belongs to.
+
+    Returns:
+        The ONNX `ModelProto`.
+
+    Raises:
+        ExportError: an op has no ONNX equivalent, or conversion failed.
+    """
+    import onnx
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import _convert_common
+
+    _patch_tf2onnx()
+    opset = opset or DEFAULT_OPSET
+    with _quiet() as chatter:
+        try:
+            graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+                saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
+                return_initialized_tables=True, return_tensors_to_rename=True)
+            # Map graph placeholders to signature keys by name, not by position.
+            wanted_inputs = {t.name for t in endpoint.inputs}
+            for tensor_name in inputs:
+                base = tensor_name.split(":")[0]
+                if base in wanted_inputs:
+                    renames[tensor_name] = base
+            with tf.device("/cpu:0"):
+                model_proto, _ = _convert_common(
+                    graph_def, name="model", opset=opset, input_names=inputs, output_names=outputs,
+                    tensors_to_rename=renames, initialized_tables=tables)
+        except ExportError:
+            raise
+        except Exception as e:  # tf2onnx raises bare exceptions
+            op = getattr(e, "op", None)
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ExportError(
+                f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({detail}). "
+                "Export format='tf_saved_model' instead, or replace the layer that uses this op.",
+                model=model_name, reason="conversion_failed") from None
+    _check_standard_ops(model_proto, layer_names, model_name, chatter.getvalue())
+    _impose_signature(model_proto, endpoint)
+    determinism.canonicalize_onnx(model_proto, producer_version)
+    model_proto.graph.name = model_name
+    onnx.checker.check_model(model_proto)
+    return model_proto
+
+
+def _check_standard_ops(model_proto, layer_names, model_name, chatter: str) -> None:
+    import onnx.defs
+
+    bad = []
+    for node in model_proto.graph.node:
+        domain = node.domain or ""
+        if domain not in _STANDARD_DOMAINS or not onnx.defs.has(node.op_type, domain):
+            bad.append(node)
+    if not bad:
+        return
+    node = bad[0]
+    layer = _layer_of(node.name, layer_names)
+    where = f"layer '{layer}'" if layer else f"node '{node.name}'"
+    ops = sorted({n.op_type for n in bad})
+    hint = ""
+    if any(op.startswith(("StringSplit", "RegexReplace", "StaticRegex", "StringLower", "StringStrip",
+                          "Substr", "StringNGrams")) for op in ops):
+        hint = (" ONNX has no string splitting/normalization ops: tokenize outside the model and feed "
+                "pre-split tokens to a StringLookup layer, or export format='tf_saved_model'.")
+    else:
+        hint = " Export format='tf_saved_model' instead, or replace this layer with standard Keras layers."
+    raise ExportError(
+        f"Model '{model_name}': {where} uses TensorFlow op(s) {', '.join(ops)} that have no ONNX "
+        f"equivalent in opset {_opset_of(model_proto)}.{hint}",
+        model=model_name, layer=layer, reason="unsupported_op")
+
+
+def _opset_of(model_proto) -> int:
+    for o in model_proto.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return 0
+
+
+def _set_dims(value_info, dims) -> None:
+    tensor_type = value_info.type.tensor_type
+    shape_dims = tensor_type.shape.dim
+    if len(shape_dims) != len(dims):
+        del shape_dims[:]
+        for _ in dims:
+            shape_dims.add()
+    for d, want in zip(shape_dims, dims):
+        if isinstance(want, int):
+            if not d.HasField("dim_value"):
+                d.dim_value = want
+            continue
+        d.Clear()
+        if want:
+            d.dim_param = want
+
+
+def _impose_signature(model_proto, endpoint: sig.Signature) -> None:
+    graph = model_proto.graph
+    by_name_in = {vi.name: vi for vi in graph.input}
+    by_name_out = {vi.name: vi for vi in graph.output}
+    want_in = [t.name for t in endpoint.inputs]
+    want_out = [t.name for t in endpoint.outputs]
+    if set(by_name_in) != set(want_in) or set(by_name_out) != set(want_out):
+        raise ExportError(
+            f"ONNX conversion produced inputs {sorted(by_name_in)} and outputs {sorted(by_name_out)}; expected "
+            f"{want_in} and {want_out}.", reason="conversion_failed")
+    ins = [type(by_name_in[n])() for n in want_in]
+    for c, n in zip(ins, want_in):
+        c.CopyFrom(by_name_in[n])
+    outs = [type(by_name_out[n])() for n in want_out]
+    for c, n in zip(outs, want_out):
+        c.CopyFrom(by_name_out[n])
+    del graph.input[:]
+    graph.input.extend(ins)
+    del graph.output[:]
+    graph.output.extend(outs)
+    for vi, t in zip(graph.input, endpoint.inputs):
+        _set_dims(vi, t.shape)
+    for vi, t in zip(graph.output, endpoint.outputs):
+        _set_dims(vi, t.shape)
+
+
+def write_onnx(model_proto, path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(model_proto.SerializeToString(deterministic=True))
+    os.chmod(path, 0o644)

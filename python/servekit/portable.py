@@ -1,0 +1,229 @@
+"""Cross-backend export: the source-process side of the export worker.
+
+A Keras model is portable between backends through its `.keras` archive. To
+export a model from any backend, servekit saves it to a private temporary
+directory, then runs `servekit._export_worker` there in a fresh process under
+the TensorFlow backend with a fixed environment. The worker writes the
+artifact at a staging path next to the destination and checks it against the
+outputs the source backend computed (also handed over in the temporary
+directory). A fresh process that runs the same steps makes the same traces, so
+the artifacts are reproducible; `servekit.determinism` removes what is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from servekit.errors import ExportError
+
+# Layers that hold code of one backend and cannot be rebuilt under TensorFlow.
+_BACKEND_BOUND_LAYERS = {
+    "TorchModuleWrapper": "it wraps a torch.nn.Module, which has no TensorFlow or ONNX-via-TF equivalent; rewrite it "
+                          "with Keras layers, or export it with torch.onnx.export directly",
+    "JaxLayer": "it wraps a JAX function, which servekit cannot rebuild under TensorFlow; rewrite it with Keras "
+                "layers",
+    "FlaxLayer": "it wraps a Flax module, which servekit cannot rebuild under TensorFlow; rewrite it with Keras "
+                 "layers",
+}
+
+WORKER_TIMEOUT_S = 1800
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT")
+
+
+@dataclasses.dataclass
+class CustomClass:
+    module: str
+    qualname: str
+    names: list[str]
+    layer: str
+
+    @property
+    def importable(self) -> bool:
+        if self.module == "__main__" or "<locals>" in self.qualname:
+            return False
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
+
+
+def _layers(model) -> list[Any]:
+    try:
+        return list(model._flatten_layers(include_self=True, recursive=True))
+    except Exception:
+        return [model]
+
+
+def custom_classes(model) -> list[CustomClass]:
+    """Non-Keras classes in the model (they must be importable by the worker)."""
+    import keras
+
+    found: dict[type, CustomClass] = {}
+    for layer in _layers(model):
+        cls = type(layer)
+        if cls.__module__.startswith("keras.") or cls in found:
+            continue
+        names = {cls.__name__}
+        try:
+            registered = keras.saving.get_registered_name(cls)
+            if registered:
+                names.add(registered)
+        except Exception:
+            pass
+        found[cls] = CustomClass(cls.__module__, cls.__qualname__, sorted(names), layer.name)
+    return list(found.values())
+
+
+def preflight(model, model_name: str, allow_in_process: bool) -> tuple[list[CustomClass], Optional[str]]:
+    """Checks before anything is written that the model can be rebuilt under TF.
+
+    Returns:
+        `(custom_classes, in_process_reason)`; `in_process_reason` is set when
+        the model must be exported in this process (TF backend only).
+
+    Raises:
+        ExportError: naming the layer and what to do instead.
+    """
+    for layer in _layers(model):
+        reason = _BACKEND_BOUND_LAYERS.get(type(layer).__name__)
+        if reason:
+            raise ExportError(
+                f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) cannot be exported: {reason}.",
+                model=model_name, layer=layer.name, reason="unsupported_layer")
+    classes = custom_classes(model)
+    bad = [c for c in classes if not c.importable]
+    if bad:
+        c = bad[0]
+        if allow_in_process:
+            return classes, f"layer '{c.layer}' uses class {c.qualname} from module '{c.module}'"
+        raise ExportError(
+            f"Model '{model_name}': layer '{c.layer}' is an instance of {c.qualname}, defined in '{c.module}', "
+            "which a separate export process cannot import, so the model cannot be rebuilt under TensorFlow. "
+            "Move the class to an importable module and decorate it with "
+            "@keras.saving.register_keras_serializable() (with get_config()), or export from the TensorFlow backend.",
+            model=model_name, layer=c.layer, reason="unsupported_layer")
+    return classes, None
+
+
+def save_keras(model, path: str, model_name: str) -> None:
+    try:
+        model.save(path)
+    except Exception as e:
+        raise ExportError(
+            f"Model '{model_name}' cannot be saved as a .keras archive, which servekit needs to rebuild it under "
+            f"TensorFlow: {e}. Give custom layers a get_config() and register them with "
+            "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
+
+
+def storable(a) -> np.ndarray:
+    """An array `np.savez` can store without pickling (strings as bytes)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "OU":
+        flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in a.ravel().tolist()]
+        return np.array(flat, dtype=bytes).reshape(a.shape) if flat else np.zeros(a.shape, dtype="S1")
+    return a
+
+
+class CaseWriter:
+    """Collects verification cases (inputs and expected outputs by name)."""
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+        self.cases: list[dict[str, Any]] = []
+
+    def add(self, endpoint: str, batch: int, inputs: dict, expected: dict, values: bool = True) -> None:
+        def keys(d):
+            out = {}
+            for name, value in d.items():
+                key = f"a{len(self.arrays)}"
+                self.arrays[key] = storable(value)
+                out[name] = key
+            return out
+
+        self.cases.append({"endpoint": endpoint, "batch": batch, "inputs": keys(inputs),
+                           "expected": keys(expected), "values": values})
+
+    def write(self, path: str) -> Optional[str]:
+        if not self.cases:
+            return None
+        np.savez(path, **self.arrays)
+        return path
+
+
+def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:
+    """The fixed environment of the export worker."""
+    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+    home = os.path.join(workdir, "home")
+    tmp = os.path.join(workdir, "tmp")
+    os.makedirs(home, exist_ok=True)
+    os.makedirs(tmp, exist_ok=True)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [package_root] + [p for p in extra_paths if p and p != package_root]
+    env.update(
+        KERAS_BACKEND="tensorflow",
+        PYTHONHASHSEED="0",
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=os.pathsep.join(paths),
+        HOME=home,
+        KERAS_HOME=os.path.join(home, ".keras"),
+        TMPDIR=tmp,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        TF_CPP_MIN_VLOG_LEVEL="0",
+        CUDA_VISIBLE_DEVICES="",
+        JAX_PLATFORMS="cpu",
+        TF2ONNX_CATCH_ERRORS="FALSE",
+    )
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def importable_sys_path() -> list[str]:
+    """The source process' sys.path entries that exist (for custom modules)."""
+    out = []
+    for p in sys.path:
+        p = os.path.abspath(p) if p else os.getcwd()
+        if os.path.isdir(p) and p not in out:
+            out.append(p)
+    return out
+
+
+def run_worker(job: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Runs the export worker on `job` in `workdir`; returns its report."""
+    job_path = os.path.join(workdir, "job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    env = worker_env(workdir, job.get("sys_path", []))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "servekit._export_worker", job_path],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"Model '{job.get('model_name')}': the export worker took longer than "
+                          f"{WORKER_TIMEOUT_S} s.", model=job.get("model_name"), reason="worker_error") from None
+    report_path = os.path.join(workdir, "report.json")
+    if proc.returncode != 0 or not os.path.exists(report_path):
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
+        raise ExportError(f"Model '{job.get('model_name')}': the export worker failed (exit code "
+                          f"{proc.returncode}):\n{tail}", model=job.get("model_name"), reason="worker_error")
+    with open(report_path) as f:
+        report = json.load(f)
+    report["_stderr"] = proc.stderr
+    return report
+
+
+def make_workdir() -> str:
+    return tempfile.mkdtemp(prefix="servekit-export-")
+
+
+def remove_workdir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)

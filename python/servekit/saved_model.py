@@ -1,0 +1,373 @@
+"""Building and writing SavedModels (the TensorFlow side of every export).
+
+This module imports TensorFlow. It runs in the export worker (a fresh
+TensorFlow-backend process, see `servekit._export_worker`) and, on the
+TensorFlow backend, in-process for `ExportArchive` and `tf.Module` exports.
+
+Every endpoint becomes:
+
+- a method on the saved root object, taking the same (possibly nested)
+  arguments as the exported function and returning what it returns (so
+  `loaded.serve(x)` behaves like `model(x)`), and
+- a signature (`loaded.signatures[name]`) taking flat, named tensors and
+  returning a dict of named tensors. The first endpoint is also the
+  `serving_default` signature unless an endpoint of that name exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from servekit import determinism
+from servekit import signature as sig
+from servekit.errors import ExportError
+from servekit.export_utils import FlatSpec, InputLayout, layout_from_signature, unique_names
+
+import tensorflow as tf
+
+SERVING_DEFAULT = "serving_default"
+
+
+def tf_dtype(dtype: str) -> tf.DType:
+    return tf.string if dtype == "string" else tf.as_dtype(dtype)
+
+
+def arg_specs(layout: InputLayout) -> list[Any]:
+    """The structured `tf.TensorSpec`s of an endpoint's positional arguments."""
+    specs = [tf.TensorSpec(s.shape, tf_dtype(s.dtype), name=s.name) for s in layout.flat]
+    return layout.pack(specs)
+
+
+def flat_specs(layout: InputLayout) -> list[tf.TensorSpec]:
+    return [tf.TensorSpec(s.shape, tf_dtype(s.dtype), name=s.name) for s in layout.flat]
+
+
+def is_tf_function(fn) -> bool:
+    return isinstance(fn, tf.types.experimental.GenericFunction)
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """One endpoint to write.
+
+    Args:
+        name: endpoint (method and signature) name.
+        fn: a Python callable taking the positional arguments described by
+            `layout`, or a `tf.function` (then `layout` may be None and the
+            function must have been traced).
+        layout: the inputs; None for an already traced `tf.function`.
+        output_names: names of the flat outputs; None to name them like
+            `tf.saved_model.save` (dict keys, or `output_0`, `output_1`, ...).
+    """
+
+    name: str
+    fn: Callable
+    layout: Optional[InputLayout] = None
+    output_names: Optional[Sequence[str]] = None
+
+
+@dataclasses.dataclass
+class BuiltModule:
+    root: Any
+    signatures: dict[str, Any]
+    endpoints: list[sig.Signature]
+    layouts: dict[str, InputLayout]
+    methods: dict[str, Any]
+
+
+class _LayerRecorder:
+    """Records every Keras layer called while tracing (to find lookup tables)."""
+
+    def __init__(self):
+        self.layers: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def recording(self):
+        try:
+            from keras.src.layers.layer import Layer
+        except Exception:  # pragma: no cover - keras missing
+            yield
+            return
+        original = Layer.__call__
+        recorder = self
+
+        def __call__(layer, *args, **kwargs):
+            recorder.layers.setdefault(id(layer), layer)
+            return original(layer, *args, **kwargs)
+
+        Layer.__call__ = __call__
+        try:
+            yield
+        finally:
+            Layer.__call__ = original
+
+
+def _relaxed_batch(spec):
+    if isinstance(spec, tf.TensorSpec) and spec.shape.rank:
+        shape = [None] + spec.shape.as_list()[1:]
+        return tf.TensorSpec(shape, spec.dtype, name=spec.name)
+    return spec
+
+
+def _traced_concrete(fn, name: str):
+    """The concrete function of a traced `tf.function`, batch dim relaxed."""
+    concretes = fn._list_all_concrete_functions()
+    if not concretes:
+        raise ExportError(
+            f"Endpoint '{name}': the tf.function {getattr(fn, '__name__', fn)!r} has never been called, so its "
+            "input shapes are unknown. Call it once, or pass input_signature=[keras.InputSpec(...)] to "
+            "add_endpoint().", reason="bad_signature")
+    first = concretes[0]
+    args, kwargs = first.structured_input_signature
+    if kwargs:
+        raise ExportError(f"Endpoint '{name}': keyword arguments ({sorted(kwargs)}) are not supported in "
+                          "endpoint functions; make them positional.", reason="bad_signature")
+    relaxed = tf.nest.map_structure(_relaxed_batch, args)
+    try:
+        return fn.get_concrete_function(*relaxed), relaxed
+    except Exception:
+        return first, args
+
+
+def _collect_resources(layers: Sequence[Any]) -> list[Any]:
+    """Lookup tables (TrackableResources) held by Keras layers."""
+    from tensorflow.saved_model.experimental import TrackableResource
+
+    found: dict[int, Any] = {}
+    todo = list(layers)
+    visited = set()
+    while todo:
+        layer = todo.pop()
+        if id(layer) in visited:
+            continue
+        visited.add(id(layer))
+        if isinstance(layer, TrackableResource):
+            found.setdefault(id(layer), layer)
+            continue
+        try:
+            sublayers = list(layer._flatten_layers(include_self=False, recursive=True))
+        except Exception:
+            sublayers = []
+        todo.extend(sublayers)
+        for value in list(vars(layer).values()):
+            if isinstance(value, TrackableResource):
+                found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def _output_signatures(concrete, names: Sequence[str], batch_dynamic: bool) -> tuple[sig.TensorSignature, ...]:
+    outputs = concrete.structured_outputs
+    result = []
+    for name in names:
+        t = outputs[name]
+        dims = []
+        for i, d in enumerate(t.shape.as_list() if t.shape.rank is not None else []):
+            dims.append((sig.BATCH_DIM if (i == 0 and batch_dynamic) else None) if d is None else int(d))
+        dtype = "string" if t.dtype == tf.string else t.dtype.name
+        result.append(sig.TensorSignature(name, dtype, tuple(dims)))
+    return tuple(result)
+
+
+def build_module(
+    endpoints: Sequence[Endpoint],
+    tracked: Sequence[Any] = (),
+    variable_collections: Optional[dict[str, Sequence[Any]]] = None,
+) -> BuiltModule:
+    """Traces the endpoints and assembles the trackable root to save.
+
+    Args:
+        endpoints: the endpoints, in registration order.
+        tracked: Keras layers/models and TF trackables to keep on the root
+            (`variables`, `trainable_variables`, `non_trainable_variables`
+            list their variables; their lookup tables are saved).
+        variable_collections: name -> list of variables, saved as attributes.
+
+    Returns:
+        A `BuiltModule`.
+    """
+    if not endpoints:
+        raise ExportError("No endpoints to export: call add_endpoint() first.", reason="no_endpoint")
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.variables = []
+    root.trainable_variables = []
+    root.non_trainable_variables = []
+    recorder = _LayerRecorder()
+    signatures: dict[str, Any] = {}
+    endpoint_sigs: list[sig.Signature] = []
+    layouts: dict[str, InputLayout] = {}
+    methods: dict[str, Any] = {}
+    concretes = []
+
+    for ep in endpoints:
+        if ep.layout is None:
+            if not is_tf_function(ep.fn):
+                raise ExportError(
+                    f"Endpoint '{ep.name}': {getattr(ep.fn, '__name__', ep.fn)!r} is not a tf.function, so it needs "
+                    "an input_signature, e.g. add_endpoint(name, fn, input_signature=[keras.InputSpec(shape=(None, "
+                    "3), dtype='float32')]).", reason="bad_signature")
+            with recorder.recording():
+                method_concrete, arg_sig = _traced_concrete(ep.fn, ep.name)
+            layout = layout_from_signature(list(arg_sig), arg_names=_arg_names(ep.fn),
+                                           where=f"endpoint '{ep.name}'")
+            method = ep.fn
+            concretes.append(method_concrete)
+            names_box: dict[str, Any] = {}
+            sig_fn = tf.function(_signature_wrapper(method, layout, ep.output_names, names_box),
+                                 input_signature=flat_specs(layout), autograph=False)
+            with recorder.recording():
+                concrete = sig_fn.get_concrete_function()
+        else:
+            # The signature function traces the user's function once, inline
+            # (so converters see one graph); the method calls it and gives the
+            # outputs back their original structure.
+            layout = ep.layout
+            names_box = {}
+            sig_fn = tf.function(_signature_wrapper(ep.fn, layout, ep.output_names, names_box),
+                                 input_signature=flat_specs(layout), autograph=False)
+            with recorder.recording():
+                concrete = sig_fn.get_concrete_function()
+            method = tf.function(_restructurer(sig_fn, layout, names_box), input_signature=arg_specs(layout),
+                                 autograph=False)
+            concretes.append(method.get_concrete_function())
+        layouts[ep.name] = layout
+        methods[ep.name] = method
+        concretes.append(concrete)
+        setattr(root, ep.name, method)
+        signatures[ep.name] = concrete
+        batch_dynamic = any(s.dims and s.dims[0] == sig.BATCH_DIM for s in layout.flat)
+        endpoint_sigs.append(sig.Signature(
+            name=ep.name, inputs=layout.tensor_signatures(),
+            outputs=_output_signatures(concrete, names_box["names"], batch_dynamic)))
+
+    if SERVING_DEFAULT not in signatures:
+        first = endpoint_sigs[0]
+        signatures[SERVING_DEFAULT] = signatures[first.name]
+        endpoint_sigs.insert(0, dataclasses.replace(first, name=SERVING_DEFAULT))
+        layouts[SERVING_DEFAULT] = layouts[first.name]
+    else:
+        endpoint_sigs.sort(key=lambda s: s.name != SERVING_DEFAULT)
+
+    # Variables used by the endpoints (like Keras' ExportArchive).
+    all_vars, seen = [], set()
+    for c in concretes:
+        for v in list(c.trainable_variables) + list(c.variables):
+            if id(v) not in seen:
+                seen.add(id(v))
+                all_vars.append(v)
+    root._all_variables = all_vars
+
+    keras_layers = []
+    for resource in tracked:
+        if hasattr(resource, "trainable_variables") and hasattr(resource, "_flatten_layers"):
+            root.variables += list(resource.variables)
+            root.trainable_variables += list(resource.trainable_variables)
+            root.non_trainable_variables += list(resource.non_trainable_variables)
+            keras_layers.append(resource)
+        else:
+            keras_layers.append(resource)
+    resources = _collect_resources(keras_layers + list(recorder.layers.values()))
+    root._misc_assets = resources
+    for name, variables in (variable_collections or {}).items():
+        setattr(root, name, list(variables))
+    return BuiltModule(root, signatures, endpoint_sigs, layouts, methods)
+
+
+def _restructurer(sig_fn, layout: InputLayout, box: dict):
+    """A function of the original arguments calling the signature function
+    and packing its named outputs into the original output structure."""
+
+    def method(*args):
+        out = sig_fn(*layout.flatten(list(args)))
+        return tf.nest.pack_sequence_as(box["structure"], [out[n] for n in box["names"]])
+
+    return method
+
+
+def _signature_wrapper(method, layout: InputLayout, output_names, box: dict):
+    """A function of flat named tensors returning a dict of named outputs."""
+
+    def signature_wrapper(*flat):
+        out = method(*layout.pack(list(flat)))
+        box["structure"] = out
+        leaves = tf.nest.flatten(out)
+        if output_names is not None:
+            if len(output_names) != len(leaves):
+                raise ExportError(f"Endpoint returned {len(leaves)} outputs; expected {len(output_names)} "
+                                  f"({list(output_names)}).", reason="bad_outputs")
+            names = list(output_names)
+        elif isinstance(out, dict) and all(isinstance(k, str) for k in out):
+            names = unique_names(sorted(out))  # tf.nest.flatten sorts dict keys
+        else:
+            names = [f"output_{i}" for i in range(len(leaves))]
+        box["names"] = names
+        return dict(zip(names, leaves))
+
+    return signature_wrapper
+
+
+def _arg_names(fn) -> Optional[list[str]]:
+    try:
+        return list(fn.function_spec.fullargspec.args)
+    except Exception:
+        try:
+            import inspect
+
+            return [p for p in inspect.signature(fn.python_function).parameters]
+        except Exception:
+            return None
+
+
+def save(built: BuiltModule, path: str, options=None) -> None:
+    """Writes the SavedModel and makes its bytes canonical."""
+    tf.saved_model.save(built.root, path, signatures=built.signatures, options=options)
+    determinism.canonicalize_saved_model(path)
+
+
+def save_module(module, path: str, signatures=None, options=None) -> list[sig.Signature]:
+    """Saves a plain `tf.Module` with `tf.saved_model.save` signature rules,
+    canonicalizes it and returns its signatures (read back from disk)."""
+    tf.saved_model.save(module, path, signatures=signatures, options=options)
+    determinism.canonicalize_saved_model(path)
+    return read_signatures(path)
+
+
+def read_signatures(path: str) -> list[sig.Signature]:
+    """Reads the signature defs of a SavedModel without loading it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    meta = saved_model.meta_graphs[0]
+    result = []
+    for key in sorted(meta.signature_def, key=lambda k: (k != SERVING_DEFAULT, k)):
+        sdef = meta.signature_def[key]
+
+        def tensors(m, batch_dynamic):
+            out = []
+            for name in m:
+                info = m[name]
+                dtype = tf.as_dtype(info.dtype)
+                dims = []
+                if not info.tensor_shape.unknown_rank:
+                    for i, d in enumerate(info.tensor_shape.dim):
+                        dims.append((sig.BATCH_DIM if (i == 0 and batch_dynamic) else None) if d.size < 0
+                                    else int(d.size))
+                out.append(sig.TensorSignature(name, "string" if dtype == tf.string else dtype.name, tuple(dims)))
+            return tuple(out)
+
+        ins = [sdef.inputs[k] for k in sdef.inputs]
+        batch_dynamic = any(i.tensor_shape.dim and i.tensor_shape.dim[0].size < 0 for i in ins)
+        result.append(sig.Signature(name=key, inputs=tensors(sdef.inputs, batch_dynamic),
+                                    outputs=tensors(sdef.outputs, batch_dynamic),
+                                    method_name=sdef.method_name or "tensorflow/serving/predict"))
+    return result
+
+
+def to_feed(values: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+    return {k: tf.constant(v) for k, v in values.items()}

@@ -1,0 +1,47 @@
+"""The short summary `verbose=True` prints (never a variable dump)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from servekit import signature as sig
+
+
+def _shape(t: sig.TensorSignature) -> str:
+    dims = ",".join("?" if d is None else str(d) for d in t.shape)
+    return f"{t.name} {t.dtype}[{dims}]"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def format_summary(artifact: sig.ExportedArtifact, name: str, backend: str, report: Mapping[str, Any],
+                   seconds: float) -> str:
+    lines = [f"servekit: exported '{name}' ({backend} backend) as {artifact.format} to '{artifact.path}' "
+             f"in {seconds:.1f} s"]
+    for ep in artifact.endpoints:
+        ins = ", ".join(_shape(t) for t in ep.inputs)
+        outs = ", ".join(_shape(t) for t in ep.outputs)
+        lines.append(f"  endpoint {ep.name}: ({ins}) -> ({outs})")
+    files = report.get("files") or {}
+    if files:
+        total = sum(files.values())
+        listed = ", ".join(f"{k} {_size(v)}" for k, v in files.items())
+        lines.append(f"  files ({_size(total)}): {listed}")
+    comps = report.get("comparisons") or []
+    if comps:
+        batches = sorted({c["batch"] for c in comps})
+        worst = max(c["max_abs_err"] for c in comps)
+        lines.append(f"  verified: batch {', '.join(map(str, batches))}; max abs err {worst:.2g}")
+    else:
+        lines.append("  not verified (verify=False)")
+    return "\n".join(lines)
+
+
+def print_summary(artifact, name, backend, report, seconds) -> None:
+    print(format_summary(artifact, name, backend, report, seconds), flush=True)

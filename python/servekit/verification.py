@@ -1,0 +1,156 @@
+"""Comparing an artifact's outputs with the source model's.
+
+An output element passes when `|actual - expected| <= atol + rtol * |expected|`
+(docs/manifest.md); integer, bool and string outputs must be equal. Shapes and
+names must match exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+# (atol, rtol) per dtype; the manifest's defaults.
+TOLERANCES = {
+    "float32": (1e-5, 0.0),
+    "float64": (1e-7, 0.0),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (1e-2, 1e-2),
+}
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Result of comparing one case (one batch) of one endpoint."""
+
+    endpoint: str
+    batch: int
+    max_abs_err: float
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _is_string(a: np.ndarray) -> bool:
+    return a.dtype.kind in "SUO"
+
+
+def _as_bytes(a: np.ndarray) -> np.ndarray:
+    flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in np.asarray(a, dtype=object).ravel()]
+    return np.array(flat, dtype=object).reshape(np.shape(a))
+
+
+def compare_outputs(
+    expected: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    endpoint: str = "serving_default",
+    batch: int = 0,
+    tolerances: Optional[Mapping[str, tuple]] = None,
+    values: bool = True,
+) -> Comparison:
+    """Compares named outputs.
+
+    Args:
+        expected: outputs of the source model, by name.
+        actual: outputs of the artifact, by name.
+        values: False to compare only names, shapes and dtypes (endpoints whose
+            outputs are random, e.g. a training-mode forward pass with dropout).
+
+    Returns:
+        A `Comparison`; `problems` says, per output, what differed.
+    """
+    tolerances = dict(TOLERANCES, **(tolerances or {}))
+    problems = []
+    worst = 0.0
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    if missing or extra:
+        problems.append(f"output names differ: missing {missing}, unexpected {extra}")
+    for name in expected:
+        if name not in actual:
+            continue
+        e, a = np.asarray(expected[name]), np.asarray(actual[name])
+        if e.shape != a.shape:
+            problems.append(f"output '{name}': shape {a.shape}, expected {e.shape}")
+            continue
+        if _is_string(e) or _is_string(a):
+            if not (_is_string(e) and _is_string(a)):
+                problems.append(f"output '{name}': dtype {a.dtype}, expected {e.dtype}")
+            elif values and not np.array_equal(_as_bytes(e), _as_bytes(a)):
+                n = int(np.sum(_as_bytes(e) != _as_bytes(a)))
+                problems.append(f"output '{name}': {n} string element(s) differ")
+            continue
+        if e.dtype.kind in "iub" or a.dtype.kind in "iub":
+            if e.dtype.kind != a.dtype.kind and not (e.dtype.kind in "iu" and a.dtype.kind in "iu"):
+                problems.append(f"output '{name}': dtype {a.dtype}, expected {e.dtype}")
+            elif values and not np.array_equal(e, a):
+                diff = float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))) if e.size else 0.0
+                worst = max(worst, diff)
+                problems.append(f"output '{name}': integer values differ (max abs diff {diff:g}); ints must be exact")
+            continue
+        if not values:
+            continue
+        atol, rtol = tolerances.get(str(e.dtype), tolerances["float32"])
+        e64, a64 = e.astype(np.float64), a.astype(np.float64)
+        if e.size:
+            if not np.array_equal(np.isnan(e64), np.isnan(a64)):
+                problems.append(f"output '{name}': NaN positions differ")
+                continue
+            mask = ~np.isnan(e64)
+            diff = np.abs(e64 - a64)[mask]
+            err = float(diff.max()) if diff.size else 0.0
+            worst = max(worst, err)
+            limit = atol + rtol * np.abs(e64[mask])
+            if np.any(diff > limit):
+                problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={atol:g} rtol={rtol:g}")
+    return Comparison(endpoint, batch, worst, problems)
+
+
+def describe_failures(comparisons: Sequence[Comparison]) -> str:
+    lines = []
+    for c in comparisons:
+        for p in c.problems:
+            lines.append(f"  endpoint '{c.endpoint}', batch {c.batch}: {p}")
+    return "\n".join(lines)
+
+
+def check_saved_model(path: str, cases) -> list[Comparison]:
+    """Reloads a SavedModel and runs each case through its signature.
+
+    Args:
+        path: the SavedModel directory.
+        cases: iterable of `(endpoint, batch, inputs_by_name, expected_by_name,
+            compare_values)`.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    results = []
+    for endpoint, batch, inputs, expected, values in cases:
+        fn = loaded.signatures[endpoint]
+        out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        actual = {k: v.numpy() for k, v in out.items()}
+        results.append(compare_outputs(expected, actual, endpoint, batch, values=values))
+    del loaded
+    return results
+
+
+def check_onnx(path_or_bytes, cases) -> list[Comparison]:
+    """Runs each case through onnxruntime (same `cases` as `check_saved_model`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path_or_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    results = []
+    for endpoint, batch, inputs, expected, values in cases:
+        feeds = {k: (np.asarray(v, dtype=object).astype(str).astype(object) if np.asarray(v).dtype.kind == "S"
+                     else v) for k, v in inputs.items()}
+        out = session.run(None, feeds)
+        results.append(compare_outputs(expected, dict(zip(names, out)), endpoint, batch, values=values))
+    return results

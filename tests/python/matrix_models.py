@@ -1,0 +1,111 @@
+"""The models of the support matrix (tiny, deterministic weights).
+
+Every builder takes a seed and returns a Keras model whose weights (including
+BatchNormalization moving statistics and biases) are drawn from that seed, so
+the same model can be rebuilt in another process. Layer names are explicit:
+they become tensor names in the artifacts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import keras
+
+VOCAB = ["the", "cat", "sat", "on", "mat", "dog"]
+
+
+def randomize_weights(model: keras.Model, seed: int) -> keras.Model:
+    """Sets every weight from a seeded RNG (variances kept positive)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        shape = tuple(w.shape)
+        if "variance" in w.path:
+            value = rng.uniform(0.5, 1.5, size=shape)
+        else:
+            value = rng.normal(0.0, 0.5, size=shape)
+        w.assign(value.astype(keras.backend.standardize_dtype(w.dtype)))
+    return model
+
+
+def mlp(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(3,), name="features")
+    x = keras.layers.Dense(8, activation="relu", name="hidden")(inp)
+    x = keras.layers.Dropout(0.5, name="dropout")(x)
+    out = keras.layers.Dense(2, name="logits")(x)
+    return randomize_weights(keras.Model(inp, out, name="mlp"), seed)
+
+
+def _two_input_body(x1, x2):
+    x = keras.layers.Concatenate(name="concat")([x1, x2])
+    x = keras.layers.Dense(8, activation="tanh", name="hidden")(x)
+    return keras.layers.Dense(2, name="score")(x)
+
+
+def two_inputs_list(seed: int = 0) -> keras.Model:
+    x1 = keras.Input(shape=(3,), name="x1")
+    x2 = keras.Input(shape=(4,), name="x2")
+    return randomize_weights(keras.Model([x1, x2], _two_input_body(x1, x2), name="two_inputs_list"), seed)
+
+
+def two_inputs_dict(seed: int = 0) -> keras.Model:
+    x1 = keras.Input(shape=(3,), name="x1")
+    x2 = keras.Input(shape=(4,), name="x2")
+    return randomize_weights(
+        keras.Model({"x1": x1, "x2": x2}, _two_input_body(x1, x2), name="two_inputs_dict"), seed)
+
+
+def cnn(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(32, 32, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(3, activation="softmax", name="probs")(x)
+    return randomize_weights(keras.Model(inp, out, name="cnn"), seed)
+
+
+def text_classifier(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(5,), dtype="string", name="tokens")
+    ids = keras.layers.StringLookup(vocabulary=VOCAB, name="token_ids")(inp)
+    x = keras.layers.Embedding(len(VOCAB) + 1, 4, name="embedding")(ids)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    out = keras.layers.Dense(2, name="logits")(x)
+    return randomize_weights(keras.Model(inp, [out, ids], name="text_classifier"), seed)
+
+
+def gru(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(6, 4), name="sequence")
+    x = keras.layers.GRU(8, name="gru")(inp)
+    out = keras.layers.Dense(2, name="logits")(x)
+    return randomize_weights(keras.Model(inp, out, name="gru"), seed)
+
+
+def transformer(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(8, 16), name="embeddings")
+    attn = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, name="attention")(inp, inp)
+    x = keras.layers.Add(name="residual_1")([inp, attn])
+    x = keras.layers.LayerNormalization(name="norm_1")(x)
+    h = keras.layers.Dense(32, activation="relu", name="ffn_1")(x)
+    h = keras.layers.Dense(16, name="ffn_2")(h)
+    x = keras.layers.Add(name="residual_2")([x, h])
+    x = keras.layers.LayerNormalization(name="norm_2")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    out = keras.layers.Dense(2, name="logits")(x)
+    return randomize_weights(keras.Model(inp, out, name="transformer"), seed)
+
+
+MODELS = {
+    "mlp": mlp,
+    "two_inputs_list": two_inputs_list,
+    "two_inputs_dict": two_inputs_dict,
+    "cnn": cnn,
+    "text_classifier": text_classifier,
+    "gru": gru,
+    "transformer": transformer,
+}
+
+
+def build(name: str, seed: int = 0) -> keras.Model:
+    return MODELS[name](seed)
