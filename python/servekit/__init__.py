@@ -12,7 +12,7 @@ Public API:
 from servekit.errors import ExportError
 from servekit.exporter import export
 
-__version__ = "0.1.0"
+from servekit.version import __version__
 
 __all__ = ["ExportArchive", "ExportError", "export", "load", "__version__"]
 

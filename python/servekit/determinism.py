@@ -216,6 +216,38 @@ def _replace_repeated(container, values) -> None:
     container.extend(values)
 
 
+_LOOKUP_PAIRS = {
+    # op_type: (key attributes, value attributes); exactly one of each is set.
+    "CategoryMapper": (("cats_strings",), ("cats_int64s",)),
+    "LabelEncoder": (("keys_strings", "keys_int64s", "keys_floats"),
+                     ("values_strings", "values_int64s", "values_floats")),
+}
+
+
+def _sort_lookup_attributes(node) -> None:
+    """Sorts the key/value pairs of lookup nodes: tf2onnx exports TF hash
+    tables in hash order, which changes from process to process."""
+    pairs = _LOOKUP_PAIRS.get(node.op_type)
+    if not pairs:
+        return
+    attrs = {a.name: a for a in node.attribute}
+    keys = next((attrs[n] for n in pairs[0] if n in attrs), None)
+    values = next((attrs[n] for n in pairs[1] if n in attrs), None)
+    if keys is None or values is None:
+        return
+
+    def items(a):
+        return list(a.strings) if a.strings else list(a.ints) if a.ints else list(a.floats)
+
+    k, v = items(keys), items(values)
+    if len(k) != len(v):
+        return
+    order = sorted(range(len(k)), key=lambda i: (k[i], v[i]))
+    for attr, seq in ((keys, k), (values, v)):
+        field = "strings" if attr.strings else "ints" if attr.ints else "floats"
+        _replace_repeated(getattr(attr, field), [seq[i] for i in order])
+
+
 def canonicalize_onnx(model, producer_version: str) -> None:
     """Strips doc strings and metadata, renumbers tf2onnx name counters.
 
@@ -260,6 +292,8 @@ def canonicalize_onnx(model, producer_version: str) -> None:
     if len(set(mapping.values())) != len(mapping):  # pragma: no cover - would need a stem clash
         mapping = {n: n for n in seen}
     for g in graphs:
+        for node in g.node:
+            _sort_lookup_attributes(node)
         g.doc_string = ""
         del g.value_info[:]
         for init in g.initializer:

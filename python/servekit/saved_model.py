@@ -252,14 +252,15 @@ def build_module(
     else:
         endpoint_sigs.sort(key=lambda s: s.name != SERVING_DEFAULT)
 
-    # Variables used by the endpoints (like Keras' ExportArchive).
-    all_vars, seen = [], set()
+    # Variables used by the endpoints (like Keras' ExportArchive), in a
+    # deterministic order: the order of captures follows object ids.
+    used, seen = [], set()
     for c in concretes:
         for v in list(c.trainable_variables) + list(c.variables):
             if id(v) not in seen:
                 seen.add(id(v))
-                all_vars.append(v)
-    root._all_variables = all_vars
+                used.append(v)
+    root._all_variables = _stable_variable_order(used, tracked)
 
     keras_layers = []
     for resource in tracked:
@@ -310,6 +311,34 @@ def _signature_wrapper(method, layout: InputLayout, output_names, box: dict):
     return signature_wrapper
 
 
+def _variable_handle_id(v):
+    try:
+        return id(v.handle)
+    except Exception:
+        return id(v)
+
+
+def _stable_variable_order(variables, tracked) -> list:
+    """Orders variables as the tracked layers list them, then by name/shape."""
+    rank: dict[int, int] = {}
+    for resource in tracked:
+        for v in list(getattr(resource, "variables", []) or []):
+            for key in (id(v), _variable_handle_id(v), id(getattr(v, "value", None))):
+                rank.setdefault(key, len(rank))
+            inner = getattr(v, "_value", None)
+            if inner is not None:
+                rank.setdefault(id(inner), len(rank))
+
+    def key(iv):
+        i, v = iv
+        r = rank.get(id(v), rank.get(_variable_handle_id(v)))
+        name = getattr(v, "name", "") or ""
+        shape = str(getattr(v, "shape", ""))
+        return (0 if r is not None else 1, r if r is not None else 0, name, shape, i)
+
+    return [v for _, v in sorted(enumerate(variables), key=key)]
+
+
 def _arg_names(fn) -> Optional[list[str]]:
     try:
         return list(fn.function_spec.fullargspec.args)
@@ -346,6 +375,8 @@ def read_signatures(path: str) -> list[sig.Signature]:
     meta = saved_model.meta_graphs[0]
     result = []
     for key in sorted(meta.signature_def, key=lambda k: (k != SERVING_DEFAULT, k)):
+        if key.startswith("__"):  # __saved_model_init_op
+            continue
         sdef = meta.signature_def[key]
 
         def tensors(m, batch_dynamic):

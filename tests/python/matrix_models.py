@@ -109,3 +109,72 @@ MODELS = {
 
 def build(name: str, seed: int = 0) -> keras.Model:
     return MODELS[name](seed)
+
+
+# Signature contract of each model: input names (flat, in signature order) and
+# output names (in the order the model returns them).
+INPUT_NAMES = {
+    "mlp": ["features"],
+    "two_inputs_list": ["x1", "x2"],
+    "two_inputs_dict": ["x1", "x2"],
+    "cnn": ["image"],
+    "text_classifier": ["tokens"],
+    "gru": ["sequence"],
+    "transformer": ["embeddings"],
+}
+OUTPUT_NAMES = {
+    "mlp": ["logits"],
+    "two_inputs_list": ["score"],
+    "two_inputs_dict": ["score"],
+    "cnn": ["probs"],
+    "text_classifier": ["logits", "token_ids"],
+    "gru": ["logits"],
+    "transformer": ["logits"],
+}
+_INPUT_SHAPES = {
+    "features": (3,), "x1": (3,), "x2": (4,), "image": (32, 32, 3), "tokens": (5,),
+    "sequence": (6, 4), "embeddings": (8, 16),
+}
+
+
+def sample_inputs(name: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Test inputs by input name (strings include out-of-vocabulary words)."""
+    out = {}
+    for input_name in INPUT_NAMES[name]:
+        shape = (batch,) + _INPUT_SHAPES[input_name]
+        if input_name == "tokens":
+            pool = np.array(VOCAB + ["zebra", "[UNK]", ""], dtype=object)
+            out[input_name] = rng.choice(pool, size=shape).astype(bytes)
+        else:
+            out[input_name] = rng.standard_normal(size=shape).astype("float32")
+    return out
+
+
+def structured(name: str, named: dict[str, np.ndarray]):
+    """The inputs as the model takes them."""
+    if name == "two_inputs_list":
+        return [named["x1"], named["x2"]]
+    if name == "two_inputs_dict":
+        return {"x1": named["x1"], "x2": named["x2"]}
+    return named[INPUT_NAMES[name][0]]
+
+
+def source_outputs(name: str, model: keras.Model, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs the model on this process' (source) backend; outputs by name.
+
+    On JAX and torch a string tensor cannot enter a model, so the text
+    classifier runs layer by layer: its StringLookup runs TF ops on every
+    backend and hands a backend tensor to the rest, which runs on the backend.
+    """
+    if name == "text_classifier" and keras.backend.backend() != "tensorflow":
+        import tensorflow as tf
+
+        ids = model.get_layer("token_ids")(tf.constant(named["tokens"]))
+        x = model.get_layer("embedding")(ids)
+        x = model.get_layer("pool")(x)
+        logits = model.get_layer("logits")(x)
+        outputs = [logits, ids]
+    else:
+        outputs = model(structured(name, named), training=False)
+    flat = keras.tree.flatten(outputs)
+    return {n: np.asarray(keras.ops.convert_to_numpy(v)) for n, v in zip(OUTPUT_NAMES[name], flat)}

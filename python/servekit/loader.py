@@ -1,0 +1,260 @@
+"""`servekit.load`: reload an artifact and call its endpoints by name.
+
+`tf.saved_model.load(p).serve(x)` fails when the loaded object is not kept
+alive (its variables are deleted with it). The object `load` returns owns the
+loaded artifact, and every endpoint callable it hands out holds a reference to
+it, so `servekit.load(p).serve(x)` works.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from servekit import signature as sig
+from servekit.errors import ExportError
+
+
+def _to_numpy(x):
+    if hasattr(x, "numpy"):
+        return x.numpy()
+    return np.asarray(x)
+
+
+class LoadedArtifact:
+    """Base class: an artifact with named endpoints.
+
+    Attributes:
+        path: what was loaded.
+        format: "tf_saved_model" or "onnx".
+        signatures: the endpoints' `servekit.signature.Signature`s.
+    """
+
+    format = ""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        return [s.name for s in self.signatures]
+
+    @property
+    def signatures(self) -> list[sig.Signature]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def call_endpoint(self, name: str, *args, **kwargs) -> dict[str, np.ndarray]:
+        """Runs endpoint `name`; returns its outputs by name as NumPy arrays.
+
+        Inputs are given by name (`x1=..., x2=...`), as one dict keyed by
+        input name, or positionally in the signature's input order.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def _named_inputs(self, signature: sig.Signature, args, kwargs) -> dict[str, Any]:
+        names = [t.name for t in signature.inputs]
+        if args and kwargs:
+            raise ExportError(f"Endpoint '{signature.name}': give inputs by name or by position, not both.",
+                              reason="bad_inputs")
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            kwargs = dict(args[0])
+            args = ()
+        if args:
+            flat = []
+            for a in args:
+                if isinstance(a, (list, tuple)):
+                    flat.extend(a)
+                else:
+                    flat.append(a)
+            if len(flat) != len(names):
+                raise ExportError(f"Endpoint '{signature.name}' takes {len(names)} input(s) {names}; got "
+                                  f"{len(flat)}.", reason="bad_inputs")
+            kwargs = dict(zip(names, flat))
+        missing = sorted(set(names) - set(kwargs))
+        extra = sorted(set(kwargs) - set(names))
+        if missing or extra:
+            raise ExportError(f"Endpoint '{signature.name}' takes inputs {names}; missing {missing}, unknown "
+                              f"{extra}.", reason="bad_inputs")
+        return kwargs
+
+    def signature(self, name: str) -> sig.Signature:
+        for s in self.signatures:
+            if s.name == name:
+                return s
+        raise KeyError(f"No endpoint '{name}' in {self.path}; it has: {', '.join(self.endpoint_names)}.")
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self.endpoint_names:
+            return lambda *args, **kwargs: self.call_endpoint(name, *args, **kwargs)
+        raise AttributeError(f"{type(self).__name__} at {self.path!r} has no endpoint {name!r}; endpoints: "
+                             f"{', '.join(self.endpoint_names)}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.format} {self.path!r} endpoints={self.endpoint_names}>"
+
+
+class LoadedSavedModel(LoadedArtifact):
+    """A SavedModel; `module` is the object `tf.saved_model.load` returned.
+
+    `loaded.<method>(...)` calls a saved method (e.g. `serve`, taking the
+    model's own input structure and returning its output structure) when the
+    SavedModel has one, else the signature of that name. Outputs are NumPy.
+    """
+
+    format = "tf_saved_model"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        import tensorflow as tf
+
+        from servekit.saved_model import read_signatures
+
+        self.module = tf.saved_model.load(path)
+        self._signatures = read_signatures(path)
+        self._order = {}
+        for name, fn in self.module.signatures.items():
+            order = [t.name.split(":")[0] for t in fn.inputs if t.dtype != tf.resource]
+            keys = set(fn.structured_input_signature[1])
+            self._order[name] = [n for n in order if n in keys] if set(order) >= keys else sorted(keys)
+
+    @property
+    def signatures(self) -> list[sig.Signature]:
+        result = []
+        for s in self._signatures:
+            order = self._order.get(s.name)
+            if order:
+                by_name = {t.name: t for t in s.inputs}
+                s = sig.Signature(s.name, tuple(by_name[n] for n in order if n in by_name), s.outputs,
+                                  s.method_name)
+            result.append(s)
+        return result
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        names = [s.name for s in self._signatures]
+        return names
+
+    def call_endpoint(self, name: str, *args, **kwargs) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        if name not in self.module.signatures:
+            raise KeyError(f"No signature '{name}' in {self.path}; it has: {', '.join(self.endpoint_names)}.")
+        signature = self.signature(name)
+        inputs = self._named_inputs(signature, args, kwargs)
+        out = self.module.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: out[k].numpy() for k in [t.name for t in signature.outputs] if k in out}
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("_") or name == "module":
+            raise AttributeError(name)
+        method = getattr(self.module, name, None)
+        if method is not None and callable(method) and name not in ("signatures",):
+            import tensorflow as tf
+
+            def call(*args):
+                return tf.nest.map_structure(_to_numpy, method(*args))
+
+            call._servekit_owner = self  # keeps the loaded artifact alive as long as `call`
+            return call
+        return super().__getattr__(name)
+
+
+class LoadedOnnx(LoadedArtifact):
+    """An ONNX model in an onnxruntime session; one endpoint, `serving_default`.
+
+    `loaded.serve(...)` runs it too and returns a single array when the model
+    has one output, else a dict by output name.
+    """
+
+    format = "onnx"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        self._signature = sig.Signature(
+            "serving_default",
+            tuple(_ort_tensor(v) for v in self.session.get_inputs()),
+            tuple(_ort_tensor(v) for v in self.session.get_outputs()))
+
+    @property
+    def signatures(self) -> list[sig.Signature]:
+        return [self._signature]
+
+    def call_endpoint(self, name: str, *args, **kwargs) -> dict[str, np.ndarray]:
+        if name != "serving_default":
+            raise KeyError(f"An ONNX model has one endpoint, 'serving_default'; got '{name}'.")
+        inputs = self._named_inputs(self._signature, args, kwargs)
+        feeds = {}
+        for k, v in inputs.items():
+            v = np.asarray(v)
+            feeds[k] = np.array(v.astype(str), dtype=object) if v.dtype.kind in "SO" else v
+        names = [t.name for t in self._signature.outputs]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def __getattr__(self, name: str) -> Callable:
+        if name == "serve":
+            def serve(*args, **kwargs):
+                out = self.call_endpoint("serving_default", *args, **kwargs)
+                return next(iter(out.values())) if len(out) == 1 else out
+
+            return serve
+        return super().__getattr__(name)
+
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16", "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32",
+    "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64", "tensor(bool)": "bool", "tensor(string)": "string",
+}
+
+
+def _ort_tensor(value) -> sig.TensorSignature:
+    dims = tuple(d if isinstance(d, int) else (d or None) for d in (value.shape or []))
+    return sig.TensorSignature(value.name, _ORT_DTYPES.get(value.type, "float32"), dims)
+
+
+def load(path) -> LoadedArtifact:
+    """Loads a SavedModel directory or an `.onnx` file for inference.
+
+    Args:
+        path: `str` or `pathlib.Path`.
+
+    Returns:
+        A `LoadedSavedModel` (methods and signatures of the SavedModel) or a
+        `LoadedOnnx` (onnxruntime). Both have `call_endpoint(name, ...)`,
+        `signatures` and an attribute per endpoint; the returned object and
+        the callables it hands out keep the artifact alive.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: `path` is neither a SavedModel nor an ONNX file.
+
+    Example:
+
+    ```python
+    loaded = servekit.load("out/model")
+    y = loaded.serve(x)                                  # like model(x)
+    outs = loaded.call_endpoint("serving_default", features=x)  # by name
+    ```
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No artifact at '{path}'.")
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise ValueError(f"'{path}' is a directory without saved_model.pb: not a SavedModel.")
+        return LoadedSavedModel(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise ValueError(f"'{path}' is empty.")
+    return LoadedOnnx(path)
