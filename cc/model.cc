@@ -28,45 +28,53 @@ const Signature* Model::FindEndpoint(const std::string& endpoint) const {
   return FindSignature(signatures_, endpoint);
 }
 
-std::string FeedMismatch(const TensorSpec& spec, const Tensor& tensor) {
-  bool ok = tensor.dtype() == spec.dtype;
-  if (ok && !spec.unknown_rank) {
-    ok = static_cast<size_t>(tensor.rank()) == spec.dims.size();
-    for (size_t i = 0; ok && i < spec.dims.size(); ++i) {
-      if (spec.dims[i].is_static() && spec.dims[i].size != tensor.shape()[i]) ok = false;
-    }
+bool FitsSpec(const TensorSpec& spec, const Tensor& tensor) {
+  if (tensor.dtype() != spec.dtype) return false;
+  if (spec.unknown_rank) return true;
+  if (static_cast<size_t>(tensor.rank()) != spec.dims.size()) return false;
+  for (size_t i = 0; i < spec.dims.size(); ++i) {
+    if (spec.dims[i].is_static() && spec.dims[i].size != tensor.shape()[i]) return false;
   }
-  if (ok) return std::string();
-  return "expected " + SpecToString(spec) + ", got " + tensor.Describe();
+  return true;
 }
+
+namespace {
+
+// Error messages are built only on failure: Run() is on the serving hot path.
+std::string Where(const Signature& signature) { return "endpoint '" + signature.name + "'"; }
+
+std::string Names(const std::vector<TensorSpec>& specs) {
+  std::string names;
+  for (const auto& spec : specs) names += (names.empty() ? "'" : ", '") + spec.name + "'";
+  return names;
+}
+
+}  // namespace
 
 Status Model::CheckFeeds(const Signature& signature, const std::vector<NamedTensor>& inputs,
                          std::vector<const Tensor*>* ordered) const {
-  const std::string where = "endpoint '" + signature.name + "'";
-  ordered->assign(signature.inputs.size(), nullptr);
+  const size_t n = signature.inputs.size();
+  ordered->assign(n, nullptr);
   for (const auto& feed : inputs) {
-    size_t index = signature.inputs.size();
-    for (size_t i = 0; i < signature.inputs.size(); ++i) {
-      if (signature.inputs[i].name == feed.name) {
-        index = i;
-        break;
-      }
+    size_t index = 0;
+    while (index < n && signature.inputs[index].name != feed.name) ++index;
+    if (index == n) {
+      return InvalidArgument(Where(signature) + " has no input '" + feed.name + "'; its inputs are: " +
+                             Names(signature.inputs));
     }
-    if (index == signature.inputs.size()) {
-      std::string known;
-      for (const auto& spec : signature.inputs) known += (known.empty() ? "'" : ", '") + spec.name + "'";
-      return InvalidArgument(where + " has no input '" + feed.name + "'; its inputs are: " + known);
-    }
+    const TensorSpec& spec = signature.inputs[index];
     if ((*ordered)[index] != nullptr) {
-      return InvalidArgument(where + " input '" + feed.name + "' is fed twice");
+      return InvalidArgument(Where(signature) + " input '" + feed.name + "' is fed twice");
     }
-    const std::string mismatch = FeedMismatch(signature.inputs[index], feed.tensor);
-    if (!mismatch.empty()) return InvalidArgument(where + " input '" + feed.name + "': " + mismatch);
+    if (!FitsSpec(spec, feed.tensor)) {
+      return InvalidArgument(Where(signature) + " input '" + feed.name + "': expected " + SpecToString(spec) +
+                             ", got " + feed.tensor.Describe());
+    }
     (*ordered)[index] = &feed.tensor;
   }
-  for (size_t i = 0; i < signature.inputs.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     if ((*ordered)[i] == nullptr) {
-      return InvalidArgument(where + " input '" + signature.inputs[i].name + "' (" +
+      return InvalidArgument(Where(signature) + " input '" + signature.inputs[i].name + "' (" +
                              SpecToString(signature.inputs[i]) + ") is not fed");
     }
   }
@@ -75,32 +83,25 @@ Status Model::CheckFeeds(const Signature& signature, const std::vector<NamedTens
 
 StatusOr<std::vector<NamedTensor>> Model::Run(const std::string& endpoint,
                                               const std::vector<NamedTensor>& inputs) const {
-  size_t index = signatures_.size();
-  for (size_t i = 0; i < signatures_.size(); ++i) {
-    if (signatures_[i].name == endpoint) {
-      index = i;
-      break;
-    }
-  }
+  size_t index = 0;
+  while (index < signatures_.size() && signatures_[index].name != endpoint) ++index;
   if (index == signatures_.size()) {
     std::string known;
     for (const auto& s : signatures_) known += (known.empty() ? "'" : ", '") + s.name + "'";
     return NotFound("no endpoint '" + endpoint + "' in " + path_ + "; it has: " + known);
   }
   const Signature& signature = signatures_[index];
-  std::vector<const Tensor*> ordered;
+  // Reused per thread: Run() calls no user code, so it never re-enters on one thread.
+  thread_local std::vector<const Tensor*> ordered;
   SERVEKIT_RETURN_IF_ERROR(CheckFeeds(signature, inputs, &ordered));
-  SERVEKIT_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, RunChecked(index, ordered));
+  std::vector<NamedTensor> outputs;
+  outputs.reserve(signature.outputs.size());
+  SERVEKIT_RETURN_IF_ERROR(RunChecked(index, ordered, &outputs));
   if (outputs.size() != signature.outputs.size()) {
-    return Internal("endpoint '" + endpoint + "' returned " + std::to_string(outputs.size()) +
-                    " outputs, its signature has " + std::to_string(signature.outputs.size()));
+    return Internal(Where(signature) + " returned " + std::to_string(outputs.size()) + " outputs, its signature has " +
+                    std::to_string(signature.outputs.size()));
   }
-  std::vector<NamedTensor> named;
-  named.reserve(outputs.size());
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    named.push_back(NamedTensor{signature.outputs[i].name, std::move(outputs[i])});
-  }
-  return named;
+  return outputs;
 }
 
 bool AliasesInput(const void* inner, const std::vector<const Tensor*>& inputs) {

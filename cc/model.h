@@ -69,18 +69,18 @@ class Model {
       : path_(std::move(path)), signatures_(std::move(signatures)) {}
 
   // Runs the endpoint at `endpoint_index` in signatures(); `inputs` are checked and in
-  // signature order. Returns the outputs in signature order.
-  virtual StatusOr<std::vector<Tensor>> RunChecked(size_t endpoint_index,
-                                                   const std::vector<const Tensor*>& inputs) const = 0;
+  // signature order. Appends one output per signature output, in signature order,
+  // to the empty `outputs`.
+  virtual Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
+                            std::vector<NamedTensor>* outputs) const = 0;
 
  private:
   std::string path_;
   std::vector<Signature> signatures_;
 };
 
-// Whether `tensor` fits `spec` (dtype, rank, static dims); an empty string when it
-// does, else "expected float32[batch,3], got int64[2,3]".
-std::string FeedMismatch(const TensorSpec& spec, const Tensor& tensor);
+// Whether `tensor` fits `spec`: dtype, rank (unless unknown) and static dims.
+bool FitsSpec(const TensorSpec& spec, const Tensor& tensor);
 
 // True when `inner` lies within the bytes of any of `inputs` (an output that aliases
 // caller memory must be copied before it outlives the call).

@@ -52,8 +52,8 @@ class OnnxModel final : public Model {
   OnnxModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime);
   static StatusOr<std::unique_ptr<OnnxModel>> Create(const std::string& path, std::string_view bytes,
                                                      const LoadOptions& options, const std::string& label);
-  StatusOr<std::vector<Tensor>> RunChecked(size_t endpoint_index,
-                                           const std::vector<const Tensor*>& inputs) const override;
+  Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
+                    std::vector<NamedTensor>* outputs) const override;
 
   std::unique_ptr<Runtime> runtime_;
 };

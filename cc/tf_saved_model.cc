@@ -307,8 +307,8 @@ StatusOr<std::unique_ptr<TfSavedModel>> TfSavedModel::Load(const std::string& di
       new TfSavedModel(dir, std::move(signatures), std::move(runtime), std::move(devices)));
 }
 
-StatusOr<std::vector<Tensor>> TfSavedModel::RunChecked(size_t endpoint_index,
-                                                       const std::vector<const Tensor*>& inputs) const {
+Status TfSavedModel::RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
+                                std::vector<NamedTensor>* outputs) const {
   const Runtime::Endpoint& endpoint = runtime_->endpoints[endpoint_index];
   std::vector<TfTensorPtr> owned;
   std::vector<TF_Tensor*> feeds;
@@ -328,16 +328,16 @@ StatusOr<std::vector<Tensor>> TfSavedModel::RunChecked(size_t endpoint_index,
   std::vector<TfTensorPtr> results;
   results.reserve(fetched.size());
   for (TF_Tensor* t : fetched) results.emplace_back(t);
-  SERVEKIT_RETURN_IF_ERROR(
-      FromTf(status.get(), "TensorFlow failed to run endpoint '" + signatures()[endpoint_index].name + "'"));
-  std::vector<Tensor> outputs;
-  outputs.reserve(results.size());
-  for (auto& r : results) {
-    if (r == nullptr) return Internal("TensorFlow returned no tensor for an output");
-    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromTfTensor(std::move(r), inputs));
-    outputs.push_back(std::move(t));
+  if (TF_GetCode(status.get()) != TF_OK) {
+    return FromTf(status.get(), "TensorFlow failed to run endpoint '" + signatures()[endpoint_index].name + "'");
   }
-  return outputs;
+  const Signature& signature = signatures()[endpoint_index];
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (results[i] == nullptr) return Internal("TensorFlow returned no tensor for an output");
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromTfTensor(std::move(results[i]), inputs));
+    outputs->push_back(NamedTensor{signature.outputs[i].name, std::move(t)});
+  }
+  return Status::Ok();
 }
 
 }  // namespace servekit

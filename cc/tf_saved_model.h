@@ -40,8 +40,8 @@ class TfSavedModel final : public Model {
   struct Runtime;  // TensorFlow handles; tf_saved_model.cc
   TfSavedModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime,
                std::vector<std::string> devices);
-  StatusOr<std::vector<Tensor>> RunChecked(size_t endpoint_index,
-                                           const std::vector<const Tensor*>& inputs) const override;
+  Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
+                    std::vector<NamedTensor>* outputs) const override;
 
   std::unique_ptr<Runtime> runtime_;
   std::vector<std::string> devices_;

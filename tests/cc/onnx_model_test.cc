@@ -54,6 +54,26 @@ TEST_F(OnnxModelTest, OutputsOutliveLaterRuns) {
   EXPECT_FLOAT_EQ((*second)[0].tensor.data_as<float>()[0], 0.1f);
 }
 
+TEST_F(OnnxModelTest, ReusedInputBufferSeesNewContentsAndShapes) {
+  // The same caller buffer fed again (cached input view) must show its current bytes.
+  std::vector<float> buffer = {1, 0, 0, 0, 0, 0};
+  auto run = [&](Shape shape) {
+    const size_t bytes = static_cast<size_t>(shape[0]) * 3 * sizeof(float);
+    auto view = Tensor::View(DType::kFloat32, shape, buffer.data(), bytes, nullptr);
+    EXPECT_TRUE(view.ok());
+    auto out = model_->Run("serving_default", {{"features", *view}});
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return out.ok() ? (*out)[0].tensor.Copy().value() : Tensor();
+  };
+  EXPECT_FLOAT_EQ(run({1, 3}).data_as<float>()[0], 0.6f);
+  buffer[0] = 0;
+  EXPECT_FLOAT_EQ(run({1, 3}).data_as<float>()[0], 0.1f);
+  buffer[3] = 1;
+  const Tensor two = run({2, 3});
+  EXPECT_EQ(two.Describe(), "float32[2,2]");
+  EXPECT_FLOAT_EQ(two.data_as<float>()[2], 0.6f);
+}
+
 TEST_F(OnnxModelTest, FeedErrors) {
   auto out = model_->Run("serving_default", {{"features", Int64s({2, 3}, {1, 2, 3, 4, 5, 6})}});
   ASSERT_FALSE(out.ok());
