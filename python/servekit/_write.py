@@ -26,6 +26,7 @@ def write_and_verify(
     scratch_dir: str,
     version: str,
     options=None,
+    case_factory=None,
 ) -> dict[str, Any]:
     """Builds, writes at `output` (a staging path), reloads and compares.
 
@@ -33,6 +34,9 @@ def write_and_verify(
         cases: `(endpoint, batch, inputs_by_name, expected_by_name,
             compare_values)` tuples; expected outputs come from the source
             model on its source backend.
+
+        case_factory: optional `f(built_module) -> cases`, used instead of
+            `cases` when the cases depend on what was traced (in-process).
 
     Returns:
         A report dict: `ok`, `endpoints` (Signature JSON), `comparisons`,
@@ -43,6 +47,8 @@ def write_and_verify(
     sm_dir = output if fmt == "tf_saved_model" else os.path.join(scratch_dir, "twin_saved_model")
     sk_sm.save(built, sm_dir, options=options)
     report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
+    if case_factory is not None:
+        cases = case_factory(built)
     if cases:
         comps = verification.check_saved_model(sm_dir, cases)
         report["comparisons"] += [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
