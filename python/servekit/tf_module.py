@@ -1,0 +1,133 @@
+"""Exporting plain `tf.Module` objects (no Keras) with `tf.saved_model.save` rules.
+
+Signatures follow TensorFlow's rules: `signatures` may be a `tf.function` with
+an `input_signature`, a concrete function, or a dict of them keyed by
+signature name; when omitted, the module's single `tf.function` with an
+input signature (or its `serving_default` attribute) becomes
+`serving_default`. Signature inputs are named after the function's
+arguments (or TensorSpec names); outputs are a dict's keys, or `output_0`,
+`output_1`, ... for a tensor or a list.
+
+On top of `tf.saved_model.save`, servekit writes atomically, makes the bytes
+canonical and, unless `verify=False`, reloads the SavedModel and compares
+every signature with the original function on generated inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from servekit import atomic
+from servekit import export_utils as eu
+from servekit import signature as sig
+from servekit import summary
+from servekit.errors import ExportError
+
+
+def _canonical_signatures(module, signatures):
+    """TF's own canonicalization: {key: concrete fn taking kwargs, returning a dict}."""
+    from tensorflow.python.saved_model import save as tf_save
+    from tensorflow.python.saved_model import signature_serialization
+
+    if signatures is None:
+        signatures = signature_serialization.find_function_to_export(tf_save._AugmentedGraphView(module))
+    concrete, _, _ = signature_serialization.canonicalize_signatures(signatures)
+    return signatures, concrete
+
+
+def _layout_of(concrete) -> eu.InputLayout:
+    specs = concrete.structured_input_signature[1]
+    flat = []
+    for name in concrete._arg_keywords:  # signature order
+        spec = specs[name]
+        shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
+        dtype = "string" if spec.dtype.name == "string" else spec.dtype.name
+        flat.append(eu.FlatSpec(name, dtype, shape, sig.dims_from_shape(shape)))
+    return eu.InputLayout(flat, [{s.name: i for i, s in enumerate(flat)}])
+
+
+def _endpoint_signatures(concrete) -> tuple[sig.Signature, ...]:
+    result = []
+    for key in sorted(concrete, key=lambda k: (k != "serving_default", k)):
+        fn = concrete[key]
+        layout = _layout_of(fn)
+        batch_dynamic = any(s.shape and s.shape[0] is None for s in layout.flat)
+        outputs = []
+        for name in sorted(fn.structured_outputs):
+            spec = fn.structured_outputs[name]
+            shape = spec.shape.as_list() if spec.shape.rank is not None else []
+            dims = tuple((sig.BATCH_DIM if (i == 0 and batch_dynamic) else None) if d is None else int(d)
+                         for i, d in enumerate(shape))
+            outputs.append(sig.TensorSignature(name, "string" if spec.dtype.name == "string" else spec.dtype.name,
+                                               dims))
+        result.append(sig.Signature(key, layout.tensor_signatures(), tuple(outputs)))
+    return tuple(result)
+
+
+def export_module(module, filepath, verbose: bool = True, verify: bool = True, signatures=None, options=None,
+                  **kwargs: Any) -> sig.ExportedArtifact:
+    """Exports a `tf.Module` as a SavedModel (see the module docstring).
+
+    Args:
+        module: a `tf.Module` (or other TF trackable) with `tf.function`s.
+        filepath: the SavedModel directory (replaced atomically).
+        verbose: print a short summary.
+        verify: reload and compare each signature with the original function.
+        signatures: as for `tf.saved_model.save`.
+        options: `tf.saved_model.SaveOptions`.
+
+    Returns:
+        The `ExportedArtifact`.
+    """
+    import tensorflow as tf
+
+    from servekit import saved_model as sk_sm
+    from servekit import verification
+
+    if kwargs:
+        raise ExportError(f"Unknown argument(s) for exporting a tf.Module: {sorted(kwargs)}.",
+                          reason="bad_argument")
+    t0 = time.monotonic()
+    filepath = os.fspath(filepath)
+    name = getattr(module, "name", None) or type(module).__name__
+    try:
+        signatures, concrete = _canonical_signatures(module, signatures)
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"tf.Module '{name}': invalid signatures: {e}", model=name, reason="bad_signature") from None
+    cases = []
+    if verify:
+        for key, fn in concrete.items():
+            layout = _layout_of(fn)
+            batches = [1, 7] if layout.flat and all(s.shape and s.shape[0] is None for s in layout.flat) else [
+                next((s.shape[0] for s in layout.flat if s.shape), 1)]
+            for batch in batches:
+                flat = eu.generate_inputs(layout, batch)
+                inputs = {s.name: v for s, v in zip(layout.flat, flat)}
+                first = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+                second = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+                values = all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
+                cases.append((key, batch, inputs, {k: v.numpy() for k, v in first.items()}, values))
+    with atomic.staged_write(filepath) as staged:
+        try:
+            sk_sm.save_module(module, staged, signatures=signatures, options=options)
+        except ExportError:
+            raise
+        except Exception as e:
+            raise ExportError(f"tf.Module '{name}' could not be saved: {e}", model=name,
+                              reason="export_failed") from None
+        comps = verification.check_saved_model(staged, cases) if cases else []
+        if not all(c.ok for c in comps):
+            raise ExportError(f"tf.Module '{name}': the SavedModel does not reproduce the module:\n"
+                              f"{verification.describe_failures(comps)}\nNothing was written at '{filepath}'.",
+                              model=name, reason="verification_failed")
+        atomic.commit(staged, filepath)
+    artifact = sig.ExportedArtifact("tf_saved_model", filepath, _endpoint_signatures(concrete))
+    if verbose:
+        report = {"files": atomic.artifact_files(filepath), "comparisons": [c.__dict__ for c in comps]}
+        summary.print_summary(artifact, name, "tensorflow", report, time.monotonic() - t0)
+    return artifact
+

@@ -1,0 +1,48 @@
+"""Custom Keras classes used by the tests (importable, registered)."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class Scale(keras.layers.Layer):
+    """y = x * w, one trainable weight per feature."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+    def call(self, x):
+        return x * self.w
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class SkewedLayer(keras.layers.Layer):
+    """Adds $SERVEKIT_TEST_SKEW (read when traced/called) to its input.
+
+    The export worker runs with a fixed environment without that variable,
+    so setting it in the test process makes the artifact differ from the
+    source model: a way to make verification fail on purpose.
+    """
+
+    def call(self, x):
+        return x + float(os.environ.get("SERVEKIT_TEST_SKEW", "0"))
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class TinySubclassed(keras.Model):
+    """A subclassed model (never Functional): Dense -> Scale."""
+
+    def __init__(self, units=2, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units, name="dense")
+        self.scale = Scale(name="scale")
+
+    def call(self, x):
+        return self.scale(self.dense(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
