@@ -1,0 +1,290 @@
+"""servekit.export: every API form and error path, on this process' backend.
+
+Run once per backend (KERAS_BACKEND=tensorflow|jax|torch).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import artifact_checks as checks
+import custom_layers
+import keras
+import matrix_models as mm
+import servekit
+from servekit import export_utils as eu
+
+BACKEND = keras.backend.backend()
+SPEC3 = keras.InputSpec(shape=(None, 3), dtype="float32")
+
+
+def _siblings(path):
+    parent = os.path.dirname(path)
+    return sorted(n for n in os.listdir(parent) if ".servekit-" in n)
+
+
+def _outputs(model, x):
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+
+
+# -- input signatures ------------------------------------------------------------
+
+
+def test_signature_inferred_from_functional_inputs():
+    layout = eu.resolve_input_layout(mm.two_inputs_list())
+    assert [s.name for s in layout.flat] == ["x1", "x2"]
+    assert layout.args == [[0, 1]]
+    assert [s.dims for s in layout.flat] == [("batch", 3), ("batch", 4)]
+
+
+def test_signature_inferred_from_dict_inputs_uses_keys():
+    layout = eu.resolve_input_layout(mm.two_inputs_dict())
+    assert [s.name for s in layout.flat] == ["x1", "x2"]
+    assert layout.args == [{"x1": 0, "x2": 1}]
+
+
+def test_signature_forms_are_equivalent():
+    model = mm.two_inputs_list()
+    import tensorflow as tf
+
+    forms = [
+        None,
+        [[keras.InputSpec(shape=(None, 3), dtype="float32"), keras.InputSpec(shape=(None, 4), dtype="float32")]],
+        [keras.InputSpec(shape=(None, 3), dtype="float32"), keras.InputSpec(shape=(None, 4), dtype="float32")],  # flat, for 2 inputs
+        [[tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None, 4), tf.float32)]],
+        [list(model.inputs)],  # KerasTensors
+        [[keras.ops.ones((2, 3)), keras.ops.ones((2, 4))]],  # backend tensors: batch made dynamic
+        [[np.ones((5, 3), "float32"), np.ones((5, 4), "float32")]],
+    ]
+    layouts = [eu.resolve_input_layout(model, f) for f in forms]
+    for layout in layouts:
+        assert [(s.name, s.dtype, s.shape) for s in layout.flat] == [("x1", "float32", (None, 3)),
+                                                                    ("x2", "float32", (None, 4))]
+        assert layout.args == [[0, 1]]
+
+
+def test_spec_names_override_and_are_sanitized():
+    layout = eu.resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(None, 3), dtype="float32", name="my input:0")])
+    assert [s.name for s in layout.flat] == ["my_input_0"]
+
+
+def test_static_batch_in_signature_is_kept():
+    layout = eu.resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(4, 3), dtype="float32")])
+    assert layout.flat[0].shape == (4, 3) and layout.flat[0].dims == (4, 3)
+
+
+def test_bad_signature_element():
+    with pytest.raises(servekit.ExportError, match="unsupported input signature element"):
+        eu.resolve_input_layout(mm.mlp(), ["not a spec"])
+    with pytest.raises(servekit.ExportError, match="needs both `shape` and `dtype`"):
+        eu.resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(None, 3))])
+
+
+def test_polymorphic_shapes_parsing():
+    assert eu.parse_polymorphic_shape("(b, 3)", (None, 3)) == ((None, 3), ("batch", 3))
+    assert eu.parse_polymorphic_shape("(batch, t, _)", (None, 6, 4)) == ((None, None, 4), ("batch", "t", 4))
+    assert eu.parse_polymorphic_shape("(2, ...)", (None, 6, 4)) == ((2, 6, 4), (2, 6, 4))
+    with pytest.raises(servekit.ExportError):
+        eu.parse_polymorphic_shape("(b, 3, 4)", (None, 3))
+
+
+# -- exports ------------------------------------------------------------------------
+
+
+def test_never_called_sequential_exports_onnx(tmp_path):
+    model = keras.Sequential([keras.Input((3,), name="features"), keras.layers.Dense(2, name="out")],
+                             name="seq")
+    mm.randomize_weights(model, 3)
+    path = str(tmp_path / "seq.onnx")
+    artifact = servekit.export(model, path, format="onnx", verbose=False, opset_version=13)
+    assert artifact.opset == 13
+    import onnx
+
+    proto = onnx.load(path)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    x = np.random.default_rng(1).standard_normal((5, 3)).astype("float32")
+    got = checks.onnx_outputs(path, {"features": x})
+    assert checks.max_abs_err({"out": _outputs(model, x)}, got) <= 1e-5
+
+
+def test_subclassed_model_with_custom_layer(tmp_path):
+    model = custom_layers.TinySubclassed(name="tiny")
+    x = np.random.default_rng(2).standard_normal((4, 3)).astype("float32")
+    model(x)
+    mm.randomize_weights(model, 4)
+    path = str(tmp_path / "tiny")
+    artifact = servekit.export(model, path, verbose=False)
+    default = artifact.endpoint("serving_default")
+    assert [t.name for t in default.inputs] == ["inputs"] and [t.name for t in default.outputs] == ["output_0"]
+    got = checks.saved_model_outputs(path, {"inputs": x})
+    assert checks.max_abs_err({"output_0": _outputs(model, x)}, got) <= 1e-5
+
+
+def test_subclassed_model_never_called_is_refused(tmp_path):
+    path = str(tmp_path / "never")
+    with pytest.raises(servekit.ExportError, match="never been called") as info:
+        servekit.export(custom_layers.TinySubclassed(name="never_called"), path, verbose=False)
+    assert "never_called" in str(info.value) and "input_signature" in str(info.value)
+    assert not os.path.exists(path) and _siblings(path) == []
+
+
+def test_layer_class_not_importable(tmp_path):
+    class LocalScale(keras.layers.Layer):  # defined in a function: no worker can import it
+        def call(self, x):
+            return x * 2.0
+
+    inp = keras.Input((3,), name="features")
+    model = keras.Model(inp, LocalScale(name="local_scale")(keras.layers.Dense(2, name="d")(inp)), name="local")
+    path = str(tmp_path / "local")
+    if BACKEND == "tensorflow":
+        # Exported in-process instead (TensorFlow is the source backend).
+        artifact = servekit.export(model, path, verbose=False)
+        x = np.ones((2, 3), "float32")
+        got = checks.saved_model_outputs(path, {"features": x})
+        assert checks.max_abs_err({"local_scale": _outputs(model, x)}, got) <= 1e-5
+        assert artifact.endpoint("serve").outputs[0].name == "local_scale"
+    else:
+        with pytest.raises(servekit.ExportError, match="local_scale") as info:
+            servekit.export(model, path, verbose=False)
+        assert info.value.layer == "local_scale" and "register_keras_serializable" in str(info.value)
+        assert not os.path.exists(path) and _siblings(path) == []
+
+
+def test_backend_bound_layer_is_refused(tmp_path):
+    """A layer wrapping backend code cannot be rebuilt under TensorFlow."""
+    inp = keras.Input((3,), name="features")
+    if BACKEND == "torch":
+        import torch
+
+        layer = keras.layers.TorchModuleWrapper(torch.nn.Linear(3, 2), name="torch_linear")
+    elif BACKEND == "jax":
+        def call_fn(params, inputs):
+            return inputs @ params["w"]
+
+        layer = keras.layers.JaxLayer(call_fn, params={"w": np.ones((3, 2), "float32")}, name="jax_linear")
+    else:
+        # TensorFlow has no backend-bound wrapper; an ONNX-impossible layer
+        # is checked in test_onnx_impossible_layer_is_refused.
+        layer = keras.layers.Dense(2, name="plain")
+    model = keras.Model(inp, layer(inp), name="bound")
+    path = str(tmp_path / "bound")
+    if BACKEND == "tensorflow":
+        servekit.export(model, path, verbose=False)
+        assert os.path.exists(os.path.join(path, "saved_model.pb"))
+        return
+    with pytest.raises(servekit.ExportError) as info:
+        servekit.export(model, path, verbose=False)
+    assert info.value.layer == layer.name and layer.name in str(info.value)
+    assert "rewrite it with Keras layers" in str(info.value)
+    assert not os.path.exists(path) and _siblings(path) == []
+
+
+def test_onnx_impossible_layer_is_refused(tmp_path):
+    """TextVectorization splits strings: no ONNX op does that."""
+    inp = keras.Input((1,), dtype="string", name="text")
+    vec = keras.layers.TextVectorization(max_tokens=10, output_sequence_length=4, vocabulary=["a", "b", "c"],
+                                         name="vectorizer")
+    out = keras.layers.Embedding(10, 2, name="embedding")(vec(inp))
+    model = keras.Model(inp, out, name="vectorized")
+    path = str(tmp_path / "vectorized.onnx")
+    with pytest.raises(servekit.ExportError) as info:
+        servekit.export(model, path, format="onnx", verbose=False)
+    message = str(info.value)
+    assert info.value.layer == "vectorizer" and "'vectorizer'" in message, message
+    assert "tf_saved_model" in message and "Nothing was written" in message
+    assert not os.path.exists(path) and _siblings(path) == []
+
+
+def test_jax_only_arguments(tmp_path):
+    model = mm.gru(1)
+    seq = keras.InputSpec(shape=(None, None, 4), dtype="float32")  # dynamic time too
+    path = str(tmp_path / "gru_poly.onnx")
+    kwargs = dict(is_static=True, jax2tf_kwargs={"polymorphic_shapes": ["(b, t, 4)"]})
+    if BACKEND != "jax":
+        with pytest.raises(servekit.ExportError, match="jax backend only"):
+            servekit.export(model, path, format="onnx", verbose=False, input_signature=[seq], **kwargs)
+        assert not os.path.exists(path)
+        return
+    inp = keras.Input((None, 4), name="sequence")
+    model = keras.Model(inp, model.get_layer("logits")(model.get_layer("gru")(inp)), name="gru_dynamic")
+    artifact = servekit.export(model, path, format="onnx", verbose=False,
+                               input_signature=[keras.InputSpec(shape=(None, 6, 4), dtype="float32")], **kwargs)
+    assert artifact.endpoint("serving_default").inputs[0].shape == ("batch", "t", 4)
+    session = checks.onnx_session(path)
+    assert session.get_inputs()[0].shape == ["batch", "t", 4]
+    rng = np.random.default_rng(3)
+    for batch, steps in ((1, 2), (7, 9)):
+        x = rng.standard_normal((batch, steps, 4)).astype("float32")
+        got = checks.onnx_outputs(path, {"sequence": x})
+        assert checks.max_abs_err({"logits": _outputs(model, x)}, got) <= 1e-5
+
+
+def test_argument_errors(tmp_path):
+    model = mm.mlp()
+    path = str(tmp_path / "x")
+    with pytest.raises(servekit.ExportError, match="Unknown format"):
+        servekit.export(model, path, format="tflite")
+    with pytest.raises(servekit.ExportError, match="Unknown argument"):
+        servekit.export(model, path, bogus=1)
+    with pytest.raises(servekit.ExportError, match="opset_version applies to format='onnx'"):
+        servekit.export(model, path, opset_version=17)
+    with pytest.raises(servekit.ExportError, match="opset_version must be"):
+        servekit.export(model, path, format="onnx", opset_version=7)
+    with pytest.raises(servekit.ExportError, match="keras.Model or a tf.Module"):
+        servekit.export(keras.layers.Dense(2), path)
+    assert issubclass(servekit.ExportError, ValueError)
+    assert not os.path.exists(path)
+
+
+# -- verbose, atomic writes, verification ----------------------------------------------
+
+
+def test_verbose_summary_and_silence(tmp_path, capfd):
+    model = mm.mlp(5)
+    servekit.export(model, str(tmp_path / "quiet"), verbose=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    servekit.export(model, str(tmp_path / "loud.onnx"), format="onnx", verbose=True)
+    out, err = capfd.readouterr()
+    assert "endpoint serving_default: (features float32[batch,3]) -> (logits float32[batch,2])" in out
+    assert "loud.onnx" in out and "verified: batch 1, 7" in out and ("KiB" in out or " B" in out)
+    assert "kernel" not in out and "Variable" not in out  # a summary, not a variable dump
+    assert len(out.splitlines()) <= 6 and err == ""
+
+
+def test_failed_verification_writes_nothing_and_keeps_old_artifact(tmp_path, monkeypatch):
+    inp = keras.Input((3,), name="features")
+    out = custom_layers.SkewedLayer(name="skewed")(keras.layers.Dense(2, name="dense")(inp))
+    model = keras.Model(inp, out, name="skewed_model")
+    sm_path, onnx_path = str(tmp_path / "artifact"), str(tmp_path / "artifact.onnx")
+    # Good artifacts first (no skew).
+    servekit.export(model, sm_path, verbose=False)
+    servekit.export(model, onnx_path, format="onnx", verbose=False)
+    before_sm, before_onnx = checks.read_tree(sm_path), checks.read_tree(onnx_path)
+    monkeypatch.setenv("SERVEKIT_TEST_SKEW", "0.5")
+    for path, fmt in ((sm_path, "tf_saved_model"), (onnx_path, "onnx")):
+        with pytest.raises(servekit.ExportError) as info:
+            servekit.export(model, path, format=fmt, verbose=False)
+        message = str(info.value)
+        assert info.value.reason == "verification_failed"
+        assert "skewed_model" in message and "output 'skewed'" in message and "max abs diff 0.5" in message
+        assert "Nothing was written" in message
+        assert _siblings(path) == []
+    assert checks.read_tree(sm_path) == before_sm and checks.read_tree(onnx_path) == before_onnx
+    # verify=False skips the check and writes the (skew-free) artifact.
+    servekit.export(model, sm_path, verbose=False, verify=False)
+    assert _siblings(sm_path) == []
+
+
+def test_export_replaces_existing_artifact(tmp_path):
+    path = str(tmp_path / "replace")
+    os.makedirs(path)
+    with open(os.path.join(path, "stale.txt"), "w") as f:
+        f.write("old")
+    servekit.export(mm.mlp(1), path, verbose=False)
+    names = os.listdir(path)
+    assert "stale.txt" not in names and "saved_model.pb" in names and "fingerprint.pb" in names
+    assert _siblings(path) == []
