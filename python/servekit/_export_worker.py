@@ -99,7 +99,7 @@ def _build_endpoints(job, custom):
             return _pack_outputs(_template, list(out))
 
         endpoints.append(Endpoint(ep["name"], fn, layout, ep["output_names"]))
-    weights = list(bundle.weights)
+    weights = list(bundle.variables)
     values = np.load(job["variables_file"], allow_pickle=False) if job.get("variables_file") else {}
 
     def resolve(refs):

@@ -400,6 +400,14 @@ class ExportArchive:
             result = []
             if not verify:
                 return result
+            restore = _snapshot(self.variables + [v for e in self._endpoints if e.model is not None
+                                                  for v in e.model.variables])
+            try:
+                return _cases(built, result)
+            finally:
+                restore()
+
+        def _cases(built, result):
             by_name = {s.name: s for s in built.endpoints}
             for spec in self._endpoints:
                 layout = built.layouts[spec.name]
@@ -467,6 +475,7 @@ class ExportArchive:
             bundle_outputs += leaves
         bundle = keras.Model(bundle_inputs, bundle_outputs, name="servekit_archive")
         if verify:
+            restore = _snapshot(list(bundle.variables) + self.variables)
             offset = 0
             for spec, ep in zip(self._endpoints, job_endpoints):
                 a, b = ep["inputs_range"]
@@ -480,9 +489,11 @@ class ExportArchive:
                     writer.add(spec.name, batch, dict(zip([s.name for s in spec.layout.flat], flat)),
                                dict(zip(ep["output_names"], first)), values)
                 offset += 1
+            restore()
         classes, _ = portable.preflight(bundle, "ExportArchive", allow_in_process=False)
-        weights = list(bundle.weights)
-        index = {id(w): i for i, w in enumerate(weights)}
+        # bundle.variables (unlike .weights) includes RNG seed states; the
+        # worker's loaded bundle lists its variables in the same order.
+        index = {id(w): i for i, w in enumerate(bundle.variables)}
         values: dict[str, np.ndarray] = {}
 
         def ref(v):
@@ -522,6 +533,28 @@ class ExportArchive:
         else:
             outs = keras.tree.flatten(spec.fn(*spec.layout.pack(list(flat))))
         return [eu.to_numpy(x) for x in outs]
+
+
+def _snapshot(variables):
+    """Saves variable values (e.g. RNG seed states advanced by calling a
+    training-mode endpoint); returns a function restoring them."""
+    import keras
+
+    seen, saved = set(), []
+    for v in variables:
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        try:
+            saved.append((v, np.array(keras.ops.convert_to_numpy(v.value))))
+        except Exception:
+            pass
+
+    def restore():
+        for v, value in saved:
+            v.assign(value)
+
+    return restore
 
 
 def _is_tf_variable(v) -> bool:

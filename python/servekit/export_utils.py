@@ -625,17 +625,23 @@ def to_numpy(x) -> np.ndarray:
 def _call_functional_raw(model, flat_inputs):
     """Runs a Functional model layer by layer without converting its inputs to
     backend tensors (needed for string inputs on JAX and torch, where the
-    preprocessing layers run TensorFlow ops on any backend)."""
+    preprocessing layers run TensorFlow ops on any backend). Nested Functional
+    models are run the same way."""
     import keras
 
     def operation_fn(op):
+        if _is_functional(op):
+            def call_nested(*args, **kwargs):
+                outs = op._run_through_graph(keras.tree.flatten(args[0]), operation_fn=operation_fn)
+                return outs[0] if isinstance(outs, (list, tuple)) and len(outs) == 1 else outs
+
+            return call_nested
         if isinstance(op, keras.layers.Layer):
             return functools.partial(op, training=False)
         return op
 
     outputs = model._run_through_graph(list(flat_inputs), operation_fn=operation_fn)
-    flat = keras.tree.flatten(outputs)
-    return flat
+    return keras.tree.flatten(outputs)
 
 
 def call_model_flat(model, layout: InputLayout, flat_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -159,7 +159,7 @@ def test_backend_bound_layer_is_refused(tmp_path):
     if BACKEND == "torch":
         import torch
 
-        layer = keras.layers.TorchModuleWrapper(torch.nn.Linear(3, 2), name="torch_linear")
+        layer = keras.layers.TorchModuleWrapper(torch.nn.Linear(3, 2), output_shape=(None, 2), name="torch_linear")
     elif BACKEND == "jax":
         def call_fn(params, inputs):
             return inputs @ params["w"]
