@@ -111,29 +111,28 @@ def _fn_bytes(fn, value: bytes) -> bytes:
 
 
 def canonical_function_names(names: Iterable[str]) -> dict[str, str]:
-    """Maps TF function names to names whose numeric suffixes are ranks.
+    """Maps TF function names to names whose numeric suffix is a rank.
 
     The numbers TF appends (`__inference_serve_71`) come from a process-wide
-    counter: their absolute values depend on everything traced before, their
-    relative order only on the export itself. Replacing each number by its rank
-    among all numbers in the library gives names that depend on the export only.
+    counter: their values depend on everything traced before. Each name is
+    given instead its rank among the names with the same stem (the name
+    without its trailing `_<number>` groups), ordered by those numbers: the
+    same functions get the same names whatever the process traced before.
     """
     names = sorted(set(names))
-    numbers = set()
+    stems: dict[str, list[tuple[tuple[int, ...], str]]] = {}
     for name in names:
         m = _TRAILING_NUMBERS.search(name)
         if m:
-            numbers.update(int(x) for x in m.group(1).split("_")[1:])
-    rank = {n: i for i, n in enumerate(sorted(numbers))}
+            numbers = tuple(int(x) for x in m.group(1).split("_")[1:])
+            stems.setdefault(name[: m.start()], []).append((numbers, name))
     mapping = {}
-    for name in names:
-        m = _TRAILING_NUMBERS.search(name)
-        if not m:
-            continue
-        suffix = "".join(f"_{rank[int(x)]}" for x in m.group(1).split("_")[1:])
-        mapping[name] = name[: m.start()] + suffix
-    if len(set(mapping.values()) | (set(names) - set(mapping))) != len(names):  # pragma: no cover
-        raise RuntimeError("canonical function names collide")
+    for stem, entries in stems.items():
+        for rank, (_, name) in enumerate(sorted(entries)):
+            mapping[name] = f"{stem}_{rank}"
+    kept = set(names) - set(mapping)
+    if len(set(mapping.values()) | kept) != len(names):  # a kept name looks like stem_rank
+        mapping = {n: n for n in names}
     return mapping
 
 
@@ -176,16 +175,38 @@ def canonicalize_saved_model(export_dir: str) -> None:
     canonicalize_saved_model_proto(saved_model)
     with open(pb_path, "wb") as f:
         f.write(saved_model.SerializeToString(deterministic=True))
-    write_fingerprint(export_dir)
+    write_fingerprint(export_dir, saved_model)
 
 
-def write_fingerprint(export_dir: str) -> None:
-    """Writes `fingerprint.pb` with hashes from TF and a content-derived uuid."""
+def _hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+
+
+def write_fingerprint(export_dir: str, saved_model=None) -> None:
+    """Writes `fingerprint.pb`: TF's hashes where they are stable, our own
+    where TF's are not, and a uuid derived from the hashes.
+
+    TF computes `saved_model_checksum` (of the file), `signature_def_hash` and
+    `checkpoint_hash` reproducibly. Its `graph_def_program_hash` and
+    `saved_object_graph_hash` walk protobuf maps in an order that can change
+    from one process to the next (observed: identical saved_model.pb files,
+    different `saved_object_graph_hash`), so servekit replaces them with the
+    first 8 bytes of the SHA-256 of the deterministic serialization of the
+    (canonical) GraphDef and SavedObjectGraph.
+    """
     from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting as fingerprinting_pywrap
 
+    if saved_model is None:
+        saved_model = saved_model_pb2.SavedModel()
+        with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+            saved_model.ParseFromString(f.read())
+    meta = saved_model.meta_graphs[0]
     fingerprint = fingerprint_pb2.FingerprintDef()
     fingerprint.ParseFromString(fingerprinting_pywrap.CreateFingerprintDef(export_dir))
+    fingerprint.graph_def_program_hash = _hash64(meta.graph_def.SerializeToString(deterministic=True))
+    fingerprint.saved_object_graph_hash = _hash64(meta.object_graph_def.SerializeToString(deterministic=True))
     digest = hashlib.sha256(
         "|".join(str(x) for x in (
             fingerprint.saved_model_checksum, fingerprint.graph_def_program_hash,
