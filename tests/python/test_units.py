@@ -26,7 +26,7 @@ def test_render_markdown_table_and_notes():
     lines = text.splitlines()
     assert lines[0] == ("| model | tensorflow → tf_saved_model | tensorflow → onnx | jax → tf_saved_model | "
                         "jax → onnx | torch → tf_saved_model | torch → onnx |")
-    assert lines[2] == "| cnn | ✅ 0e+00 | · | · | ✅ 3e-07 | · | · |"
+    assert lines[2] == "| cnn | ✅ 0e+00 | · | · | ✅ 2e-07 | · | · |"
     assert lines[3] == "| text | · | · | ❌ | · | · | ➖ |"
     assert "2 pass, 1 fail, 1 unsupported." in text
     assert "- text, torch → onnx (unsupported): layer 'x' cannot be exported" in text
