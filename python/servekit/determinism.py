@@ -136,6 +136,30 @@ def canonical_function_names(names: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
+def _user_specified_name_attrs(saved_model):
+    """Every `_user_specified_name` AttrValue (of nodes and function args)."""
+    key = "_user_specified_name"
+    for mg in saved_model.meta_graphs:
+        nodes = list(mg.graph_def.node)
+        for f in mg.graph_def.library.function:
+            nodes += list(f.node_def)
+            for arg in f.arg_attr.values():
+                if key in arg.attr:
+                    yield arg.attr[key]
+        for node in nodes:
+            if key in node.attr:
+                yield node.attr[key]
+
+
+def canonicalize_user_specified_names(saved_model) -> None:
+    """Numeric `_user_specified_name`s are TF tensor ids (a process-wide
+    counter) of captured resources; replace each by its rank."""
+    attrs = [a for a in _user_specified_name_attrs(saved_model) if a.s.isdigit()]
+    rank = {n: i for i, n in enumerate(sorted({int(a.s) for a in attrs}))}
+    for a in attrs:
+        a.s = str(rank[int(a.s)]).encode()
+
+
 def canonicalize_saved_model_proto(saved_model) -> None:
     """Renames counter-numbered functions and sorts the function library."""
     names = []
@@ -143,6 +167,7 @@ def canonicalize_saved_model_proto(saved_model) -> None:
         lib = mg.graph_def.library
         names += [f.signature.name for f in lib.function]
         names += [g.function_name for g in lib.gradient] + [g.gradient_func for g in lib.gradient]
+    canonicalize_user_specified_names(saved_model)
     mapping = canonical_function_names(n for n in names if n)
     if mapping:
         _rewrite_strings(saved_model, lambda s: mapping.get(s, s), bytes_fields=("s",))
