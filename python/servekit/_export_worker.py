@@ -162,7 +162,20 @@ def run(job) -> dict:
         scratch_dir=os.getcwd(), version=job["version"])
 
 
+class _BlockOtherBackends:
+    """The worker runs TensorFlow only; TensorFlow and Keras import JAX when it
+    is installed (~1 s per export). Hide JAX/torch from this process."""
+
+    _BLOCKED = ("jax", "jaxlib", "torch", "flax")
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self._BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden in the export worker)", name=name)
+        return None
+
+
 def main(argv) -> int:
+    sys.meta_path.insert(0, _BlockOtherBackends())
     job_path = argv[1]
     with open(job_path) as f:
         job = json.load(f)

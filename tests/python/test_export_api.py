@@ -166,15 +166,16 @@ def test_backend_bound_layer_is_refused(tmp_path):
 
         layer = keras.layers.JaxLayer(call_fn, params={"w": np.ones((3, 2), "float32")}, name="jax_linear")
     else:
-        # TensorFlow has no backend-bound wrapper; an ONNX-impossible layer
-        # is checked in test_onnx_impossible_layer_is_refused.
-        layer = keras.layers.Dense(2, name="plain")
+        # TensorFlow has no backend-bound wrapper layer (an ONNX-impossible
+        # layer is checked in test_onnx_impossible_layer_is_refused): the
+        # preflight accepts plain layers.
+        from servekit import portable
+
+        model = keras.Model(inp, keras.layers.Dense(2, name="plain")(inp), name="plain")
+        assert portable.preflight(model, "plain", allow_in_process=False) == ([], None)
+        return
     model = keras.Model(inp, layer(inp), name="bound")
     path = str(tmp_path / "bound")
-    if BACKEND == "tensorflow":
-        servekit.export(model, path, verbose=False)
-        assert os.path.exists(os.path.join(path, "saved_model.pb"))
-        return
     with pytest.raises(servekit.ExportError) as info:
         servekit.export(model, path, verbose=False)
     assert info.value.layer == layer.name and layer.name in str(info.value)
@@ -260,11 +261,14 @@ def test_failed_verification_writes_nothing_and_keeps_old_artifact(tmp_path, mon
     out = custom_layers.SkewedLayer(name="skewed")(keras.layers.Dense(2, name="dense")(inp))
     model = keras.Model(inp, out, name="skewed_model")
     sm_path, onnx_path = str(tmp_path / "artifact"), str(tmp_path / "artifact.onnx")
-    # Good artifacts first (no skew).
-    servekit.export(model, sm_path, verbose=False)
-    servekit.export(model, onnx_path, format="onnx", verbose=False)
+    # Artifacts already there must survive a failed export untouched.
+    os.makedirs(os.path.join(sm_path, "variables"))
+    with open(os.path.join(sm_path, "saved_model.pb"), "wb") as f:
+        f.write(b"previous artifact")
+    with open(onnx_path, "wb") as f:
+        f.write(b"previous onnx")
     before_sm, before_onnx = checks.read_tree(sm_path), checks.read_tree(onnx_path)
-    monkeypatch.setenv("SERVEKIT_TEST_SKEW", "0.5")
+    monkeypatch.setenv("SERVEKIT_TEST_SKEW", "0.5")  # the worker does not see it: outputs differ by 0.5
     for path, fmt in ((sm_path, "tf_saved_model"), (onnx_path, "onnx")):
         with pytest.raises(servekit.ExportError) as info:
             servekit.export(model, path, format=fmt, verbose=False)
@@ -274,17 +278,9 @@ def test_failed_verification_writes_nothing_and_keeps_old_artifact(tmp_path, mon
         assert "Nothing was written" in message
         assert _siblings(path) == []
     assert checks.read_tree(sm_path) == before_sm and checks.read_tree(onnx_path) == before_onnx
-    # verify=False skips the check and writes the (skew-free) artifact.
+    # verify=False skips the check and replaces the previous artifact.
     servekit.export(model, sm_path, verbose=False, verify=False)
+    names = os.listdir(sm_path)
+    assert "saved_model.pb" in names and "fingerprint.pb" in names
+    assert checks.read_tree(sm_path)["saved_model.pb"] != b"previous artifact"
     assert _siblings(sm_path) == []
-
-
-def test_export_replaces_existing_artifact(tmp_path):
-    path = str(tmp_path / "replace")
-    os.makedirs(path)
-    with open(os.path.join(path, "stale.txt"), "w") as f:
-        f.write("old")
-    servekit.export(mm.mlp(1), path, verbose=False)
-    names = os.listdir(path)
-    assert "stale.txt" not in names and "saved_model.pb" in names and "fingerprint.pb" in names
-    assert _siblings(path) == []
