@@ -166,6 +166,97 @@ StatusOr<std::vector<NamedTensor>> MakeBatchInputs(const Signature& signature, c
   return inputs;
 }
 
+namespace {
+
+// A bare ONNX Runtime loop: Ort::Values built once over the inputs' bytes, in session
+// input order, and Ort::Session::Run on them (what onnxruntime_perf_test measures).
+class BareOrtLoop {
+ public:
+  static StatusOr<std::unique_ptr<BareOrtLoop>> Make(const OnnxModel& model, const std::vector<NamedTensor>& inputs) {
+    auto loop = std::unique_ptr<BareOrtLoop>(new BareOrtLoop(model));
+    try {
+      Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+      Ort::AllocatorWithDefaultOptions allocator;
+      for (const char* name : model.input_names()) {
+        const Tensor* t = FindTensor(inputs, name);
+        if (t == nullptr) return InvalidArgument(std::string("no input for '") + name + "'");
+        const auto type = static_cast<ONNXTensorElementDataType>(ToOnnx(t->dtype()));
+        if (t->is_string() || t->byte_size() == 0) {
+          Ort::Value v = Ort::Value::CreateTensor(allocator, t->shape().data(), t->shape().size(), type);
+          for (size_t i = 0; i < t->strings().size(); ++i) {
+            const std::string& str = t->strings()[i];
+            char* buffer = v.GetResizedStringTensorElementBuffer(i, str.size());
+            if (!str.empty()) std::memcpy(buffer, str.data(), str.size());
+          }
+          loop->values_.push_back(std::move(v));
+        } else {
+          loop->values_.push_back(Ort::Value::CreateTensor(memory, const_cast<void*>(t->data()), t->byte_size(),
+                                                           t->shape().data(), t->shape().size(), type));
+        }
+        loop->keep_.push_back(*t);
+      }
+    } catch (const Ort::Exception& e) {
+      return Internal(std::string("building ONNX Runtime inputs failed: ") + e.what());
+    }
+    return loop;
+  }
+
+  // One Ort::Session::Run; its outputs are released before it returns.
+  Status RunOnce() {
+    try {
+      model_.session().Run(Ort::RunOptions{nullptr}, model_.input_names().data(), values_.data(), values_.size(),
+                           model_.output_names().data(), model_.output_names().size());
+    } catch (const Ort::Exception& e) {
+      return Internal(std::string("bare ONNX Runtime run failed: ") + e.what());
+    }
+    return Status::Ok();
+  }
+
+ private:
+  explicit BareOrtLoop(const OnnxModel& model) : model_(model) {}
+  const OnnxModel& model_;
+  std::vector<Ort::Value> values_;
+  std::vector<Tensor> keep_;  // owns the bytes the values view
+};
+
+// Latencies (ns) of `call`: `warmup` untimed calls, then timed calls until at least
+// `min_iterations` were made and `min_seconds` passed.
+template <typename Call>
+StatusOr<std::vector<int64_t>> TimeLoop(Call call, int warmup, int64_t min_iterations, double min_seconds) {
+  if (warmup < 0 || min_iterations < 0 || min_seconds < 0) {
+    return InvalidArgument("warmup, iterations and seconds must be >= 0");
+  }
+  if (min_iterations == 0 && min_seconds == 0) return InvalidArgument("give iterations or seconds");
+  for (int i = 0; i < warmup; ++i) SERVEKIT_RETURN_IF_ERROR(call());
+  std::vector<int64_t> latencies;
+  latencies.reserve(static_cast<size_t>(std::min<int64_t>(min_iterations, 10000000)));
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(min_seconds));
+  while (static_cast<int64_t>(latencies.size()) < min_iterations || Clock::now() < deadline) {
+    const auto start = Clock::now();
+    Status st = call();
+    latencies.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+    SERVEKIT_RETURN_IF_ERROR(st);
+  }
+  return latencies;
+}
+
+}  // namespace
+
+StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::string& endpoint,
+                                              const std::vector<NamedTensor>& inputs, int warmup,
+                                              int64_t min_iterations, double min_seconds) {
+  if (model.FindEndpoint(endpoint) == nullptr) return NotFound("no endpoint '" + endpoint + "' in " + model.path());
+  // Each timing includes releasing the outputs.
+  return TimeLoop([&] { return model.Run(endpoint, inputs).status(); }, warmup, min_iterations, min_seconds);
+}
+
+StatusOr<std::vector<int64_t>> TimeBareOrtLoop(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
+                                               int warmup, int64_t min_iterations, double min_seconds) {
+  SERVEKIT_ASSIGN_OR_RETURN(auto loop, BareOrtLoop::Make(model, inputs));
+  return TimeLoop([&] { return loop->RunOnce(); }, warmup, min_iterations, min_seconds);
+}
+
 StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOptions& options) {
   const Signature* signature = model.FindEndpoint(options.endpoint);
   if (signature == nullptr) return NotFound("no endpoint '" + options.endpoint + "' in " + model.path());
@@ -192,59 +283,27 @@ StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOption
   for (int64_t batch : options.batches) {
     SERVEKIT_ASSIGN_OR_RETURN(std::vector<NamedTensor> inputs,
                               MakeBatchInputs(*signature, options.sample_inputs, batch, options.seed));
-    // Ort::Values over the same bytes, in session input order, for the bare loop.
-    std::vector<Ort::Value> bare_values;
-    std::vector<Tensor> keep;  // owns the bytes the bare values view
+    std::unique_ptr<BareOrtLoop> bare;
     if (options.bare_ort) {
-      try {
-        Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-        Ort::AllocatorWithDefaultOptions allocator;
-        for (const char* name : onnx->input_names()) {
-          const Tensor* t = FindTensor(inputs, name);
-          if (t == nullptr) return Internal(std::string("no input for '") + name + "'");
-          const auto type = static_cast<ONNXTensorElementDataType>(ToOnnx(t->dtype()));
-          if (t->is_string()) {
-            Ort::Value v = Ort::Value::CreateTensor(allocator, t->shape().data(), t->shape().size(), type);
-            for (size_t i = 0; i < t->strings().size(); ++i) {
-              v.FillStringTensorElement(t->strings()[i].c_str(), i);
-            }
-            bare_values.push_back(std::move(v));
-          } else {
-            bare_values.push_back(Ort::Value::CreateTensor(memory, const_cast<void*>(t->data()), t->byte_size(),
-                                                           t->shape().data(), t->shape().size(), type));
-          }
-          keep.push_back(*t);
-        }
-      } catch (const Ort::Exception& e) {
-        return Internal(std::string("building ONNX Runtime inputs failed: ") + e.what());
-      }
+      SERVEKIT_ASSIGN_OR_RETURN(bare, BareOrtLoop::Make(*onnx, inputs));
     }
-    auto bare_run = [&]() -> Status {
-      try {
-        onnx->session().Run(Ort::RunOptions{nullptr}, onnx->input_names().data(), bare_values.data(),
-                            bare_values.size(), onnx->output_names().data(), onnx->output_names().size());
-      } catch (const Ort::Exception& e) {
-        return Internal(std::string("bare ONNX Runtime run failed: ") + e.what());
-      }
-      return Status::Ok();
-    };
-
     for (int i = 0; i < options.warmup; ++i) {
       SERVEKIT_RETURN_IF_ERROR(model.Run(options.endpoint, inputs).status());
-      if (options.bare_ort) SERVEKIT_RETURN_IF_ERROR(bare_run());
+      if (bare) SERVEKIT_RETURN_IF_ERROR(bare->RunOnce());
     }
+    // The runner and the bare loop alternate call by call, so that both see the
+    // same machine state. Both timings include releasing the outputs.
     std::vector<double> runner_us, bare_us;
     double elapsed_us = 0;
     for (int64_t i = 0; i < max_iterations && (budget_us == 0 || elapsed_us < budget_us); ++i) {
-      // Both timings include releasing the outputs.
       auto start = Clock::now();
-      Status run_status = model.Run(options.endpoint, inputs).status();
+      Status st = model.Run(options.endpoint, inputs).status();
       runner_us.push_back(MicrosSince(start));
-      SERVEKIT_RETURN_IF_ERROR(run_status);
+      SERVEKIT_RETURN_IF_ERROR(st);
       elapsed_us += runner_us.back();
-      if (options.bare_ort) {
+      if (bare) {
         start = Clock::now();
-        Status st = bare_run();
+        st = bare->RunOnce();
         bare_us.push_back(MicrosSince(start));
         SERVEKIT_RETURN_IF_ERROR(st);
         elapsed_us += bare_us.back();
@@ -254,7 +313,7 @@ StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOption
     r.batch = batch;
     r.runner = Summarize(std::move(runner_us));
     r.items_per_second = r.runner.mean_us > 0 ? static_cast<double>(batch) * 1e6 / r.runner.mean_us : 0;
-    if (options.bare_ort) {
+    if (bare) {
       r.bare_ort = Summarize(std::move(bare_us));
       if (r.bare_ort->p50_us > 0) r.overhead_ratio = r.runner.p50_us / r.bare_ort->p50_us;
     }

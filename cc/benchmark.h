@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cc/model.h"
+#include "cc/onnx_model.h"
 #include "nlohmann/json.hpp"
 
 namespace servekit {
@@ -78,6 +79,18 @@ StatusOr<std::vector<NamedTensor>> MakeBatchInputs(const Signature& signature, c
                                                    int64_t batch, uint64_t seed);
 
 StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOptions& options);
+
+// Per-call latencies in nanoseconds of `model.Run(endpoint, inputs)`: `warmup`
+// untimed calls, then timed calls until at least `min_iterations` were made and
+// `min_seconds` passed (for drivers that compute their own statistics).
+StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::string& endpoint,
+                                              const std::vector<NamedTensor>& inputs, int warmup,
+                                              int64_t min_iterations, double min_seconds);
+
+// The same for a bare Ort::Session::Run loop on `model`'s session over Ort::Values
+// built once from `inputs`.
+StatusOr<std::vector<int64_t>> TimeBareOrtLoop(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
+                                               int warmup, int64_t min_iterations, double min_seconds);
 
 }  // namespace servekit
 

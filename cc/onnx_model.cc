@@ -1,6 +1,7 @@
 #include "cc/onnx_model.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "cc/file_util.h"
 #include "cc/protowire.h"
@@ -77,14 +78,60 @@ GraphOptimizationLevel ToOrt(OnnxOptimization level) {
 
 }  // namespace
 
+// How to know an output's shape before running: each dim is static, or equals a dim
+// of an input that carries the same symbolic name (e.g. 'batch').
+struct OutputPlan {
+  bool predictable = false;
+  DType dtype = DType::kFloat32;
+  std::vector<std::pair<int, int64_t>> dims;  // (input index, its dim) or (-1, static size)
+};
+
 struct OnnxModel::Runtime {
   std::unique_ptr<Ort::Session> session;
   Ort::MemoryInfo memory_info{nullptr};
+  // ONNX Runtime's own logging stays quiet: every error comes back as a Status.
+  Ort::RunOptions run_options{nullptr};
   std::vector<std::string> input_name_storage;
   std::vector<std::string> output_name_storage;
   std::vector<const char*> input_names;
   std::vector<const char*> output_names;
+  std::vector<OutputPlan> output_plans;
+  // Whether to pre-allocate predictable outputs; cleared for good the first time a
+  // prediction proves wrong (ONNX Runtime rejects a mis-shaped output buffer).
+  mutable std::atomic<bool> preallocate{false};
 };
+
+namespace {
+
+std::vector<OutputPlan> PlanOutputs(const Signature& signature) {
+  std::vector<OutputPlan> plans;
+  for (const auto& out : signature.outputs) {
+    OutputPlan plan;
+    plan.dtype = out.dtype;
+    plan.predictable = !out.unknown_rank && out.dtype != DType::kString;
+    for (const auto& d : out.dims) {
+      if (d.is_static()) {
+        plan.dims.emplace_back(-1, d.size);
+        continue;
+      }
+      bool bound = false;
+      for (size_t i = 0; i < signature.inputs.size() && !bound && !d.symbol.empty(); ++i) {
+        const auto& in_dims = signature.inputs[i].dims;
+        for (size_t k = 0; k < in_dims.size() && !bound; ++k) {
+          if (!in_dims[k].is_static() && in_dims[k].symbol == d.symbol) {
+            plan.dims.emplace_back(static_cast<int>(i), static_cast<int64_t>(k));
+            bound = true;
+          }
+        }
+      }
+      if (!bound) plan.predictable = false;
+    }
+    plans.push_back(std::move(plan));
+  }
+  return plans;
+}
+
+}  // namespace
 
 Status CheckOnnxBytes(std::string_view bytes, const std::string& what) {
   if (bytes.empty()) return DataLoss(what + " is empty, not an ONNX model");
@@ -166,6 +213,12 @@ StatusOr<std::unique_ptr<OnnxModel>> OnnxModel::Create(const std::string& path, 
     }
     for (const auto& n : runtime->input_name_storage) runtime->input_names.push_back(n.c_str());
     for (const auto& n : runtime->output_name_storage) runtime->output_names.push_back(n.c_str());
+    runtime->run_options = Ort::RunOptions();
+    runtime->run_options.SetRunLogSeverityLevel(ORT_LOGGING_LEVEL_FATAL);
+    runtime->output_plans = PlanOutputs(signature);
+    for (const auto& plan : runtime->output_plans) {
+      if (plan.predictable) runtime->preallocate = true;
+    }
     std::vector<Signature> signatures;
     signatures.push_back(std::move(signature));
     return std::unique_ptr<OnnxModel>(new OnnxModel(path.empty() ? label : path, std::move(signatures),
@@ -254,17 +307,22 @@ StatusOr<Tensor> FromOrtValue(OrtValue* value, const std::string& name, const st
   if (!dtype) return Unimplemented("ONNX Runtime returned a " + OnnxTypeName(element_type) + " tensor");
   SERVEKIT_ASSIGN_OR_RETURN(int64_t n, NumElements(shape));
   if (*dtype == DType::kString) {
-    Ort::UnownedValue v(value);
-    const size_t total = v.GetStringTensorDataLength();
-    std::string content(total, '\0');
-    std::vector<size_t> offsets(static_cast<size_t>(n));
-    if (n > 0) v.GetStringTensorContent(content.data(), total, offsets.data(), offsets.size());
-    std::vector<std::string> strings(static_cast<size_t>(n));
-    for (size_t i = 0; i < strings.size(); ++i) {
-      const size_t end = i + 1 < strings.size() ? offsets[i + 1] : total;
-      strings[i] = content.substr(offsets[i], end - offsets[i]);
+    try {
+      Ort::UnownedValue v(value);
+      const size_t total = v.GetStringTensorDataLength();
+      std::string content(total, '\0');
+      std::vector<size_t> offsets(static_cast<size_t>(n));
+      if (n > 0) v.GetStringTensorContent(content.data(), total, offsets.data(), offsets.size());
+      std::vector<std::string> strings(static_cast<size_t>(n));
+      for (size_t i = 0; i < strings.size(); ++i) {
+        const size_t end = i + 1 < strings.size() ? offsets[i + 1] : total;
+        if (offsets[i] > end || end > total) return Internal("ONNX output '" + name + "': bad string offsets");
+        strings[i] = content.substr(offsets[i], end - offsets[i]);
+      }
+      return Tensor::FromStrings(std::move(shape), std::move(strings));
+    } catch (const Ort::Exception& e) {
+      return Internal("ONNX output '" + name + "': " + e.what());
     }
-    return Tensor::FromStrings(std::move(shape), std::move(strings));
   }
   const size_t bytes = static_cast<size_t>(n) * DTypeSize(*dtype);
   void* data = nullptr;
@@ -326,9 +384,59 @@ class InputViewCache {
 
 }  // namespace
 
+namespace {
+
+// One Ort::Session::Run on `feeds`. With `preallocate`, every output whose shape the
+// plan predicts gets a buffer of ours for ONNX Runtime to write into: no output
+// allocation by ONNX Runtime and no shape query afterwards. ONNX Runtime checks the
+// buffer's shape and fails the run when the prediction is wrong.
+Status RunOnce(const OnnxModel& model, const OnnxModel::Runtime& rt, OrtValue* const* feeds,
+               const std::vector<const Tensor*>& inputs, bool preallocate, std::vector<NamedTensor>* outputs) {
+  const OrtApi& api = Ort::GetApi();
+  const size_t n_out = rt.output_names.size();
+  ValueArray fetched(n_out);
+  std::vector<Tensor> buffers;           // our output buffers ...
+  std::vector<int> buffer_of(n_out, -1);  // ... and which output each one is
+  if (preallocate) {
+    buffers.reserve(n_out);
+    for (size_t k = 0; k < n_out; ++k) {
+      const OutputPlan& plan = rt.output_plans[k];
+      if (!plan.predictable) continue;
+      Shape shape(plan.dims.size());
+      for (size_t d = 0; d < plan.dims.size(); ++d) {
+        const auto [input, value] = plan.dims[d];
+        shape[d] = input < 0 ? value : inputs[input]->shape()[value];
+      }
+      auto buffer = Tensor::AllocateUninitialized(plan.dtype, std::move(shape));
+      if (!buffer.ok() || buffer->byte_size() == 0) continue;  // ONNX Runtime allocates this one
+      SERVEKIT_ORT_RETURN_IF_ERROR(
+          api.CreateTensorWithDataAsOrtValue(rt.memory_info, buffer->mutable_data(), buffer->byte_size(),
+                                             buffer->shape().data(), buffer->shape().size(),
+                                             static_cast<ONNXTensorElementDataType>(ToOnnx(plan.dtype)), &fetched[k]),
+          "ONNX output", rt.output_name_storage[k]);
+      buffer_of[k] = static_cast<int>(buffers.size());
+      buffers.push_back(std::move(buffer).value());
+    }
+  }
+  SERVEKIT_ORT_RETURN_IF_ERROR(api.Run(*rt.session, rt.run_options, rt.input_names.data(), feeds, inputs.size(),
+                                       rt.output_names.data(), n_out, fetched.data()),
+                               "ONNX Runtime failed to run", model.path());
+  for (size_t k = 0; k < n_out; ++k) {
+    if (buffer_of[k] >= 0) {
+      // `fetched` releases the OrtValue that wrapped our buffer.
+      outputs->push_back(NamedTensor{rt.output_name_storage[k], std::move(buffers[buffer_of[k]])});
+      continue;
+    }
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromOrtValue(fetched.release(k), rt.output_name_storage[k], inputs));
+    outputs->push_back(NamedTensor{rt.output_name_storage[k], std::move(t)});
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status OnnxModel::RunChecked(size_t /*endpoint_index*/, const std::vector<const Tensor*>& inputs,
                              std::vector<NamedTensor>* outputs) const {
-  const OrtApi& api = Ort::GetApi();
   const Runtime& rt = *runtime_;
   thread_local InputViewCache views;
   ValueArray owned_feeds(inputs.size());  // values made for this call only
@@ -357,16 +465,16 @@ Status OnnxModel::RunChecked(size_t /*endpoint_index*/, const std::vector<const 
       return Internal(std::string("input '") + rt.input_names[i] + "': " + e.what());
     }
   }
-  const size_t n_out = rt.output_names.size();
-  ValueArray fetched(n_out);
-  SERVEKIT_ORT_RETURN_IF_ERROR(api.Run(*rt.session, nullptr, rt.input_names.data(), feeds, inputs.size(),
-                                       rt.output_names.data(), n_out, fetched.data()),
-                               "ONNX Runtime failed to run", path());
-  for (size_t k = 0; k < n_out; ++k) {
-    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromOrtValue(fetched.release(k), rt.output_name_storage[k], inputs));
-    outputs->push_back(NamedTensor{rt.output_name_storage[k], std::move(t)});
+  if (rt.preallocate.load(std::memory_order_relaxed)) {
+    Status status = RunOnce(*this, rt, feeds, inputs, /*preallocate=*/true, outputs);
+    if (status.ok()) return status;
+    // A wrong shape prediction, or a genuine failure: run again the ordinary way.
+    outputs->clear();
+    Status retry = RunOnce(*this, rt, feeds, inputs, /*preallocate=*/false, outputs);
+    if (retry.ok()) rt.preallocate.store(false, std::memory_order_relaxed);
+    return retry;
   }
-  return Status::Ok();
+  return RunOnce(*this, rt, feeds, inputs, /*preallocate=*/false, outputs);
 }
 
 }  // namespace servekit

@@ -6,7 +6,11 @@
 // device options; every Ort::Exception becomes a Status. The one endpoint,
 // `serving_default`, takes its signature from the session's input and output type
 // info, symbolic dim names included. Run() feeds zero-copy Ort::Values that view
-// the caller's tensors and returns views of ONNX Runtime's outputs.
+// the caller's tensors. Outputs whose shape follows from the signature (static dims,
+// or a symbolic dim such as 'batch' shared with an input) are written by ONNX Runtime
+// straight into buffers servekit allocates; ONNX Runtime verifies their shape, and a
+// model whose outputs defy the prediction falls back, for good, to outputs that ONNX
+// Runtime allocates (returned as views, no copy).
 #ifndef SERVEKIT_CC_ONNX_MODEL_H_
 #define SERVEKIT_CC_ONNX_MODEL_H_
 
@@ -47,8 +51,9 @@ class OnnxModel final : public Model {
   const std::vector<const char*>& input_names() const;
   const std::vector<const char*>& output_names() const;
 
- private:
   struct Runtime;  // ONNX Runtime objects; onnx_model.cc
+
+ private:
   OnnxModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime);
   static StatusOr<std::unique_ptr<OnnxModel>> Create(const std::string& path, std::string_view bytes,
                                                      const LoadOptions& options, const std::string& label);

@@ -33,6 +33,8 @@ class Tensor {
 
   // A zero-filled tensor that owns its storage (empty strings for string).
   static StatusOr<Tensor> Allocate(DType dtype, Shape shape);
+  // The same without zero-filling numeric bytes, for buffers a runtime overwrites.
+  static StatusOr<Tensor> AllocateUninitialized(DType dtype, Shape shape);
   // A view of `nbytes` bytes at `data`, kept alive by `owner` (may be null when the
   // caller guarantees the memory outlives every use). Not for string.
   static StatusOr<Tensor> View(DType dtype, Shape shape, const void* data, size_t nbytes,
@@ -73,6 +75,8 @@ class Tensor {
   std::string Describe() const;
 
  private:
+  static StatusOr<Tensor> AllocateImpl(DType dtype, Shape shape, bool zero);
+
   DType dtype_ = DType::kFloat32;
   Shape shape_ = {0};
   int64_t num_elements_ = 0;

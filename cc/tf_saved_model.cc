@@ -145,14 +145,23 @@ StatusOr<Tensor> FromTfTensor(TfTensorPtr tensor, const std::vector<const Tensor
     }
     return Tensor::FromStrings(std::move(shape), std::move(values));
   }
+  // A fetched tensor may share its buffer with the graph (a Const op's value) or with
+  // the caller's input (a pass-through): then the output must be a copy, or writing
+  // to it (NumPy arrays over outputs are writable) would change the model or the input.
+  bool exclusive = false;
+  if (TF_Tensor* moved = TF_TensorMaybeMove(raw)) {  // only when nobody else holds the buffer
+    tensor.release();  // TF_TensorMaybeMove deleted it
+    tensor.reset(moved);
+    raw = moved;
+    exclusive = true;
+  }
   const void* data = TF_TensorData(raw);
   const size_t bytes = TF_TensorByteSize(raw);
   std::shared_ptr<const void> owner(tensor.release(), [](const void* p) {
     TF_DeleteTensor(static_cast<TF_Tensor*>(const_cast<void*>(p)));
   });
   SERVEKIT_ASSIGN_OR_RETURN(Tensor view, Tensor::View(*dtype, std::move(shape), data, bytes, std::move(owner)));
-  // An output that is an input passed through would point into the caller's memory.
-  if (bytes != 0 && AliasesInput(data, inputs)) return view.Copy();
+  if (bytes != 0 && (!exclusive || AliasesInput(data, inputs))) return view.Copy();
   return view;
 }
 

@@ -9,10 +9,12 @@ DIR receives the layout of docs/manifest.md:
                       serving_default: features float32[?,3] -> logits float32[?,2]
                       tokens: words string[?], ids int64[?,4]
                               -> lengths int64[?], upper string[?], total int64[?]
-                      divide: a int64[?], b int64[?] -> quotient int64[?]
-                              (a // b: fails at run time when b has a zero)
+                      divide: a int64[?], b int64[?] -> quotient int64[?], constant int64[3]
+                              (a // b: fails at run time when b has a zero; constant
+                              is a graph constant, whose buffer TensorFlow shares)
     model.onnx      serving_default only (MatMul + Add, symbolic dim 'batch'),
                     the same weights, so both formats agree
+    extra.onnx      odd outputs for the ONNX runner's tests (not in the manifest)
     reference/      .npy inputs and outputs computed with NumPy
 
 Weights and inputs are fixed constants, so the references are reproducible.
@@ -77,7 +79,8 @@ def write_saved_model(path: str) -> None:
             tf.TensorSpec([None], tf.int64, name="b"),
         ])
         def divide(self, a, b):
-            return {"quotient": tf.math.floordiv(a, b)}
+            return {"quotient": tf.math.floordiv(a, b),
+                    "constant": tf.constant([1, 2, 3], dtype=tf.int64)}
 
     module = Demo()
     tf.saved_model.save(module, path, signatures={
@@ -105,6 +108,35 @@ def write_onnx(path: str) -> None:
     onnx.save(model, path)
 
 
+def write_extra_onnx(path: str) -> None:
+    """An ONNX model that exercises the ONNX runner's corners (not in the manifest):
+    `doubled` declares ['batch', 3] but has 2*batch rows (a wrong shape prediction),
+    `same` is `x` reshaped to [?, 3] (an unnamed dim; ONNX Runtime's Reshape may hand
+    back the caller's own buffer), `words_out` is a string output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("Concat", ["x", "x"], ["doubled"], axis=0),
+            helper.make_node("Reshape", ["x", "rows_of_3"], ["same"]),
+            helper.make_node("Identity", ["words"], ["words_out"]),
+        ],
+        name="extra",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+                helper.make_tensor_value_info("words", TensorProto.STRING, ["n"])],
+        outputs=[helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", 3]),
+                 helper.make_tensor_value_info("same", TensorProto.FLOAT, [None, 3]),
+                 helper.make_tensor_value_info("words_out", TensorProto.STRING, ["n"])],
+        initializer=[numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "rows_of_3")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="servekit-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 def sha256(path: str) -> str:
     with open(path, "rb") as f:
         return "sha256:" + hashlib.sha256(f.read()).hexdigest()
@@ -118,6 +150,7 @@ def main() -> int:
 
     write_saved_model(os.path.join(out, "saved_model"))
     write_onnx(os.path.join(out, "model.onnx"))
+    write_extra_onnx(os.path.join(out, "extra.onnx"))
 
     reference = []
 
@@ -142,7 +175,7 @@ def main() -> int:
     })
     a = np.array([7, -9], dtype=np.int64)
     b = np.array([2, 4], dtype=np.int64)
-    case("divide", 2, {"a": a, "b": b}, {"quotient": a // b})
+    case("divide", 2, {"a": a, "b": b}, {"quotient": a // b, "constant": np.array([1, 2, 3], dtype=np.int64)})
 
     saved_model_files = {f: sha256(os.path.join(out, "saved_model", f)) for f in SAVED_MODEL_FILES}
     written = sorted(
@@ -180,7 +213,8 @@ def main() -> int:
              "formats": ["tf_saved_model"],
              "inputs": [{"name": "a", "dtype": "int64", "shape": ["batch"]},
                         {"name": "b", "dtype": "int64", "shape": ["batch"]}],
-             "outputs": [{"name": "quotient", "dtype": "int64", "shape": ["batch"]}]},
+             "outputs": [{"name": "quotient", "dtype": "int64", "shape": ["batch"]},
+                         {"name": "constant", "dtype": "int64", "shape": [3]}]},
         ],
         "tolerances": {"float32": {"atol": 1e-5, "rtol": 0.0}},
         "reference": reference,

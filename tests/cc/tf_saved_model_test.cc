@@ -73,6 +73,23 @@ TEST_F(TfSavedModelTest, RunsStringsAndInt64) {
   EXPECT_EQ(total->data_as<int64_t>()[1], 3);
 }
 
+TEST_F(TfSavedModelTest, SharedBuffersAreCopied) {
+  // 'constant' is a Const op's value: TensorFlow shares its buffer, so servekit copies
+  // it (the output is writable memory of its own); exclusive outputs are not copied.
+  auto out = model_->Run("divide", {{"a", Int64s({1}, {4})}, {"b", Int64s({1}, {2})}});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  const Tensor* constant = FindTensor(*out, "constant");
+  ASSERT_NE(constant, nullptr);
+  EXPECT_EQ(constant->Describe(), "int64[3]");
+  EXPECT_FALSE(constant->is_view());
+  EXPECT_EQ(constant->data_as<int64_t>()[2], 3);
+  static_cast<int64_t*>(constant->mutable_data())[2] = 99;
+  auto again = model_->Run("divide", {{"a", Int64s({1}, {4})}, {"b", Int64s({1}, {2})}});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(FindTensor(*again, "constant")->data_as<int64_t>()[2], 3);
+  EXPECT_TRUE(FindTensor(*again, "quotient")->is_view());
+}
+
 TEST_F(TfSavedModelTest, EmptyBatch) {
   auto out = model_->Run("serving_default", {{"features", *Tensor::Allocate(DType::kFloat32, {0, 3})}});
   ASSERT_TRUE(out.ok()) << out.status().ToString();
@@ -105,7 +122,7 @@ TEST_F(TfSavedModelTest, RuntimeErrorsBecomeStatus) {
   // Feeds that fit the signature but that TensorFlow rejects: integer division by zero.
   auto out = model_->Run("divide", {{"a", Int64s({2}, {7, 9})}, {"b", Int64s({2}, {2, 3})}});
   ASSERT_TRUE(out.ok()) << out.status().ToString();
-  EXPECT_EQ((*out)[0].tensor.data_as<int64_t>()[0], 3);
+  EXPECT_EQ(FindTensor(*out, "quotient")->data_as<int64_t>()[0], 3);
   out = model_->Run("divide", {{"a", Int64s({2}, {7, 9})}, {"b", Int64s({2}, {2, 0})}});
   ASSERT_FALSE(out.ok());
   EXPECT_EQ(out.status().code(), StatusCode::kInvalidArgument);
