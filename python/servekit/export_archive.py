@@ -336,6 +336,10 @@ class ExportArchive:
         if not self._endpoints:
             raise ExportError("No endpoints have been set yet: call add_endpoint() before write_out().",
                               reason="no_endpoint")
+        if options is not None and getattr(options, "save_debug_info", False):
+            raise ExportError("SaveOptions(save_debug_info=True) writes stack traces with absolute paths of this "
+                              "machine into the artifact; servekit artifacts never carry paths. Drop that option.",
+                              reason="bad_argument")
         t0 = time.monotonic()
         filepath = os.fspath(filepath)
         workdir = portable.make_workdir()

@@ -284,3 +284,18 @@ def test_failed_verification_writes_nothing_and_keeps_old_artifact(tmp_path, mon
     assert "saved_model.pb" in names and "fingerprint.pb" in names
     assert checks.read_tree(sm_path)["saved_model.pb"] != b"previous artifact"
     assert _siblings(sm_path) == []
+
+
+def test_reference_outputs_on_source_backend():
+    """The lead's build tool names reference outputs with this function."""
+    rng = np.random.default_rng(9)
+    for name in ("text_classifier", "two_inputs_dict"):
+        model = mm.build(name, seed=2)
+        named = mm.sample_inputs(name, 3, rng)
+        expected = mm.source_outputs(name, model, named)
+        by_name = eu.reference_outputs(model, named)
+        structured = eu.reference_outputs(model, mm.structured(name, named))
+        assert list(by_name) == mm.OUTPUT_NAMES[name] == list(structured)
+        for key in expected:
+            np.testing.assert_array_equal(by_name[key], expected[key])
+            np.testing.assert_array_equal(structured[key], expected[key])
