@@ -1,0 +1,212 @@
+"""servekit_verify, the native verifier's command line, on the fixture export."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+RUNFILES = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
+VERIFY = RUNFILES / "cc/cli/servekit_verify"
+FIXTURE = RUNFILES / "tests/cc/fixture"
+
+
+def verify(*args, cwd=None):
+    """Runs servekit_verify; returns (exit status, stdout, stderr)."""
+    p = subprocess.run([str(VERIFY), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture
+def export_copy(tmp_path):
+    """A writable copy of the fixture export."""
+    dst = tmp_path / "export"
+    shutil.copytree(FIXTURE, dst, symlinks=False)
+    for path in dst.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    return dst
+
+
+def test_help_and_usage():
+    code, out, _ = verify("--help")
+    assert code == 0 and "Usage:" in out
+    for command in ("inspect", "validate", "run", "bench"):
+        code, out, _ = verify(command, "--help")
+        assert code == 0, command
+        assert f"servekit_verify {command}" in out
+    code, _, err = verify()
+    assert code == 2
+    code, _, err = verify("frobnicate")
+    assert code == 2 and "unknown command 'frobnicate'" in err
+    code, _, err = verify("inspect", FIXTURE / "model.onnx", "--bogus")
+    assert code == 2 and "unknown option '--bogus'" in err
+
+
+def test_inspect_saved_model_table():
+    code, out, err = verify("inspect", FIXTURE / "saved_model")
+    assert code == 0, err
+    assert "(tf_saved_model), 3 endpoints" in out
+    assert "endpoint 'serving_default'  (tensorflow/serving/predict)" in out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["input", "features", "float32", "[?,3]", "serving_default_features:0"] in lines
+    assert ["output", "upper", "string", "[?]", "PartitionedCall_1:2"] in lines
+
+
+def test_inspect_onnx_json():
+    code, out, err = verify("inspect", FIXTURE / "model.onnx", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "onnx"
+    (endpoint,) = report["endpoints"]
+    assert endpoint["inputs"] == [{"name": "features", "dtype": "float32", "shape": ["batch", 3]}]
+    assert endpoint["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]
+
+
+def test_inspect_errors():
+    code, _, err = verify("inspect", "/nonexistent/model.onnx")
+    assert code == 2 and "no model at /nonexistent/model.onnx" in err
+    code, _, err = verify("inspect", FIXTURE / "reference")
+    assert code == 2 and "is not a SavedModel: it has no saved_model.pb" in err
+
+
+def test_validate_passes():
+    code, out, err = verify("validate", "--manifest", FIXTURE / "manifest.json")
+    assert code == 0, out + err
+    assert "RESULT: PASS" in out
+    assert "PASS tf_saved_model vs onnx serving_default b4 logits" in out
+    assert "PASS onnx reference serving_default b1 logits" in out
+
+
+def test_validate_one_format_json_to_stdout():
+    code, out, err = verify("validate", "--manifest", FIXTURE / "manifest.json", "--format", "onnx", "--json", "-")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["passed"] is True
+    assert [a["format"] for a in report["artifacts"]] == ["onnx"]
+    assert "RESULT: PASS" in err  # the text report moves to stderr
+
+
+def test_validate_wrong_manifest_is_exit_1_with_precise_messages(export_copy, tmp_path):
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    manifest["endpoints"][0]["outputs"][0]["dtype"] = "float64"
+    manifest["endpoints"][0]["inputs"][0]["shape"] = ["batch", 4]
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = verify("validate", "--manifest", export_copy / "manifest.json", "--json", tmp_path / "r.json")
+    assert code == 1, out + err
+    assert "RESULT: FAIL" in out
+    assert ("  - tf_saved_model: endpoint 'serving_default' output 'logits': dtype expected float64, found float32"
+            in out.splitlines())
+    assert "  - onnx: endpoint 'serving_default' input 'features': dim 1 expected 4, found 3" in out.splitlines()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False
+    assert any("dtype expected float64, found float32" in f for f in report["failures"])
+
+
+def test_validate_tampered_reference_is_exit_1(export_copy):
+    ref = export_copy / "reference/serving_default.b4.out.logits.npy"
+    logits = np.load(ref)
+    logits[3, 1] += 0.5
+    np.save(ref, logits)
+    code, out, err = verify("validate", "--manifest", export_copy / "manifest.json", "--no-cross")
+    assert code == 1, out + err
+    assert "FAIL tf_saved_model reference serving_default b4 logits max_abs=0.5" in out
+    assert "1 of 8 elements differ beyond tolerance; first: element [3,1]" in out
+
+
+def test_validate_broken_artifact_is_exit_2(export_copy):
+    (export_copy / "model.onnx").write_bytes(b"\x08\x07garbage")
+    code, out, err = verify("validate", "--manifest", export_copy / "manifest.json")
+    assert code == 2, out + err
+    assert "onnx: load failed: " in out
+    assert "artifact 'onnx' file 'model.onnx': sha256 expected" in out
+
+
+def test_validate_usage_errors():
+    code, _, err = verify("validate")
+    assert code == 2 and "--manifest is required" in err
+    code, _, err = verify("validate", "--manifest", "/nonexistent/manifest.json")
+    assert code == 2 and "no such file: /nonexistent/manifest.json" in err
+    code, _, err = verify("validate", "--manifest", FIXTURE / "manifest.json", "--format", "tflite")
+    assert code == 2 and "--format must be tf_saved_model or onnx" in err
+
+
+def test_run_writes_outputs(tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = verify("run", FIXTURE / "saved_model", "--endpoint", "tokens",
+                            "--input", f"words={FIXTURE / 'reference/tokens.b3.in.words.npy'}",
+                            "--input", f"ids={FIXTURE / 'reference/tokens.b3.in.ids.npy'}",
+                            "--output-dir", out_dir)
+    assert code == 0, err
+    for name in ("lengths", "total", "upper"):
+        np.testing.assert_array_equal(np.load(out_dir / f"{name}.npy"),
+                                      np.load(FIXTURE / f"reference/tokens.b3.out.{name}.npy"))
+    code, out, err = verify("run", FIXTURE / "model.onnx",
+                            "--input", f"features={FIXTURE / 'reference/serving_default.b4.in.features.npy'}",
+                            "--output-dir", out_dir)
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(out_dir / "logits.npy"),
+                               np.load(FIXTURE / "reference/serving_default.b4.out.logits.npy"), atol=1e-5)
+
+
+def test_run_errors(tmp_path):
+    ids = FIXTURE / "reference/tokens.b3.in.ids.npy"
+    code, _, err = verify("run", FIXTURE / "model.onnx", "--input", f"features={ids}", "--output-dir", tmp_path)
+    assert code == 2
+    assert "endpoint 'serving_default' input 'features': expected float32[batch,3], got int64[3,4]" in err
+    code, _, err = verify("run", FIXTURE / "model.onnx", "--input", "features", "--output-dir", tmp_path)
+    assert code == 2 and "--input must be NAME=FILE.npy" in err
+    code, _, err = verify("run", FIXTURE / "model.onnx", "--output-dir", tmp_path)
+    assert code == 2 and "input 'features' (float32[batch,3]) is not fed" in err
+    code, _, err = verify("run", FIXTURE / "model.onnx", "--input", f"features={tmp_path}/missing.npy",
+                          "--output-dir", tmp_path)
+    assert code == 2 and "no such file" in err
+
+
+def test_bench_json(tmp_path):
+    code, out, err = verify("bench", FIXTURE / "model.onnx", "--batches", "1,4", "--iterations", "30",
+                            "--warmup", "2", "--threads", "1", "--bare-ort", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    assert "bare_p50" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["format"] == "onnx" and report["threads"]["intra_op"] == 1
+    assert [b["batch"] for b in report["batches"]] == [1, 4]
+    for b in report["batches"]:
+        assert b["runner"]["iterations"] == 30
+        assert b["runner"]["p50_us"] <= b["runner"]["p99_us"] <= b["runner"]["max_us"]
+        assert b["overhead_ratio_p50"] > 0
+    assert report["machine"]["logical_cores"] >= 1
+
+
+def test_bench_saved_model_with_sample_inputs():
+    code, out, err = verify("bench", FIXTURE / "saved_model", "--endpoint", "tokens", "--seconds", "0.2",
+                            "--batches", "2", "--input", f"words={FIXTURE / 'reference/tokens.b3.in.words.npy'}",
+                            "--input", f"ids={FIXTURE / 'reference/tokens.b3.in.ids.npy'}")
+    assert code == 0, err
+    assert "sample inputs" in out
+
+
+def test_bench_usage_errors():
+    model = FIXTURE / "model.onnx"
+    for args, message in [
+        (("--batches", "1,x"), "--batches must be a comma-separated list of positive integers"),
+        (("--iterations", "5", "--seconds", "1"), "give --iterations or --seconds, not both"),
+        (("--iterations", "0"), "--iterations and --seconds must be > 0"),
+        (("--threads", "two"), "--threads must be an integer"),
+        (("--device", "tpu"), "--device must be cpu or gpu"),
+    ]:
+        code, _, err = verify("bench", model, *args)
+        assert code == 2, args
+        assert message in err, (args, err)
+    code, _, err = verify("bench", FIXTURE / "saved_model", "--bare-ort", "--iterations", "2")
+    assert code == 2 and "the bare ONNX Runtime loop needs an ONNX model" in err
+
+
+def test_gpu_request_is_a_clear_error_without_gpu():
+    code, out, err = verify("bench", FIXTURE / "model.onnx", "--device", "gpu", "--iterations", "2")
+    if code == 0:
+        pytest.skip("this ONNX Runtime has CUDA")
+    assert code == 2 and "device 'gpu' requested" in err

@@ -1,0 +1,214 @@
+"""servekit.native (the pybind11 module servekit._native) on the fixture export."""
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from servekit import native
+from servekit.signature import Signature, TensorSignature
+
+RUNFILES = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
+FIXTURE = RUNFILES / "tests/cc/fixture"
+
+
+def ref(name):
+    return np.load(FIXTURE / "reference" / name)
+
+
+@pytest.fixture(scope="module")
+def onnx_model():
+    return native.load(str(FIXTURE / "model.onnx"), intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def saved_model():
+    return native.load(str(FIXTURE / "saved_model"), intra_op_threads=1, inter_op_threads=1)
+
+
+def test_signatures(onnx_model, saved_model):
+    assert onnx_model.format == "onnx"
+    assert onnx_model.signatures == (Signature(
+        name="serving_default", method_name="",
+        inputs=(TensorSignature("features", "float32", ("batch", 3)),),
+        outputs=(TensorSignature("logits", "float32", ("batch", 2)),)),)
+    assert saved_model.endpoints == ("divide", "serving_default", "tokens")
+    tokens = saved_model.signature("tokens")
+    assert tokens.inputs == (TensorSignature("ids", "int64", (None, 4)), TensorSignature("words", "string", (None,)))
+    with pytest.raises(LookupError, match="No endpoint 'nope'"):
+        saved_model.signature("nope")
+
+
+def test_run_matches_references(onnx_model, saved_model):
+    for model in (onnx_model, saved_model):
+        for batch in (1, 4):
+            out = model.run("serving_default", {"features": ref(f"serving_default.b{batch}.in.features.npy")})
+            assert list(out) == ["logits"]
+            np.testing.assert_allclose(out["logits"], ref(f"serving_default.b{batch}.out.logits.npy"), atol=1e-5)
+            assert out["logits"].dtype == np.float32 and out["logits"].flags.writeable
+
+
+def test_strings_and_int64(saved_model):
+    out = saved_model.run("tokens", {"words": ref("tokens.b3.in.words.npy"), "ids": ref("tokens.b3.in.ids.npy")})
+    np.testing.assert_array_equal(out["lengths"], ref("tokens.b3.out.lengths.npy"))
+    np.testing.assert_array_equal(out["total"], ref("tokens.b3.out.total.npy"))
+    assert out["upper"].dtype == object
+    assert list(out["upper"]) == [b"ALPHA", b"", b"GAMMA RAY"]
+    # str and object arrays work too, and bytes keep embedded NULs.
+    out = saved_model.run("tokens", {"words": np.array(["ab", "é"]), "ids": np.zeros((2, 4), np.int64)})
+    assert list(out["upper"]) == [b"AB", "é".encode()]
+    out = saved_model.run("tokens", {"words": np.array([b"a\0b", "c"], dtype=object), "ids": np.zeros((2, 4), np.int64)})
+    assert list(out["upper"]) == [b"A\0B", b"C"]
+
+
+def test_non_contiguous_big_endian_and_mappings(onnx_model):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    expected = onnx_model.run("serving_default", {"features": x})["logits"]
+    wide = np.zeros((4, 6), np.float32)
+    wide[:, ::2] = x
+    np.testing.assert_array_equal(onnx_model.run("serving_default", {"features": wide[:, ::2]})["logits"], expected)
+    np.testing.assert_array_equal(onnx_model.run("serving_default", {"features": x.astype(">f4")})["logits"], expected)
+    np.testing.assert_array_equal(onnx_model.run("serving_default", {"features": x.T.copy().T})["logits"], expected)
+
+    class Feeds(dict):
+        pass
+
+    np.testing.assert_array_equal(onnx_model.run("serving_default", Feeds(features=x))["logits"], expected)
+
+
+def test_outputs_are_independent_of_inputs_and_each_other(onnx_model, saved_model):
+    x = ref("serving_default.b1.in.features.npy").copy()
+    first = onnx_model.run("serving_default", {"features": x})["logits"]
+    kept = first.copy()
+    x += 1
+    second = onnx_model.run("serving_default", {"features": x})["logits"]
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(first, second)
+    # A SavedModel constant output is a copy: writing to it leaves the model intact.
+    out = saved_model.run("divide", {"a": np.array([5]), "b": np.array([2])})
+    assert out["quotient"].tolist() == [2]
+    out["constant"][:] = 0
+    assert saved_model.run("divide", {"a": np.array([5]), "b": np.array([2])})["constant"].tolist() == [1, 2, 3]
+
+
+def test_feed_errors_are_precise(onnx_model, saved_model):
+    with pytest.raises(ValueError) as e:
+        onnx_model.run("serving_default", {"features": np.ones((2, 3))})
+    assert str(e.value) == "endpoint 'serving_default' input 'features': expected float32[batch,3], got float64[2,3]"
+    with pytest.raises(ValueError, match=r"expected float32\[batch,3\], got float32\[2,4\]"):
+        onnx_model.run("serving_default", {"features": np.ones((2, 4), np.float32)})
+    with pytest.raises(ValueError, match="has no input 'x'; its inputs are: 'features'"):
+        onnx_model.run("serving_default", {"x": np.ones((1, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"input 'features' \(float32\[batch,3\]\) is not fed"):
+        onnx_model.run("serving_default", {})
+    with pytest.raises(LookupError, match="no endpoint 'predict'"):
+        onnx_model.run("predict", {})
+    with pytest.raises(TypeError, match="input 'features' has NumPy dtype complex64"):
+        onnx_model.run("serving_default", {"features": np.ones((1, 3), np.complex64)})
+    with pytest.raises(TypeError, match="mapping"):
+        onnx_model.run("serving_default", [("features", np.ones((1, 3), np.float32))])
+    with pytest.raises(TypeError, match="must be bytes or str"):
+        saved_model.run("tokens", {"words": np.array([1, "a"], dtype=object), "ids": np.zeros((2, 4), np.int64)})
+    with pytest.raises(ValueError, match="TensorFlow failed to run endpoint 'divide'.*division by zero"):
+        saved_model.run("divide", {"a": np.array([1]), "b": np.array([0])})
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(LookupError, match="no model at /nonexistent/model.onnx"):
+        native.load("/nonexistent/model.onnx")
+    with pytest.raises(LookupError, match="is not a SavedModel: it has no saved_model.pb"):
+        native.load(str(FIXTURE / "reference"))
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"")
+    with pytest.raises(ValueError, match="is empty, not an ONNX model"):
+        native.load(str(broken))
+    with pytest.raises(LookupError, match=r"has no MetaGraph tagged \{train\}; it has: \{serve\}"):
+        native.load(str(FIXTURE / "saved_model"), tags=["train"])
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu'"):
+        native.load(str(FIXTURE / "model.onnx"), device="tpu")
+
+
+@pytest.mark.parametrize("artifact", ["model.onnx", "saved_model"])
+def test_gpu_request_without_gpu_is_clear(artifact):
+    try:
+        native.load(str(FIXTURE / artifact), device="gpu")
+    except RuntimeError as e:
+        assert "device 'gpu' requested" in str(e)
+    else:
+        pytest.skip("this machine has a GPU")
+
+
+def test_threads_share_one_model(onnx_model, saved_model):
+    x = ref("serving_default.b4.in.features.npy")
+    expected = ref("serving_default.b4.out.logits.npy")
+
+    def work(i):
+        model = onnx_model if i % 2 else saved_model
+        for _ in range(25):
+            out = model.run("serving_default", {"features": x * 1.0})
+            np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
+        return i
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(work, range(8))) == list(range(8))
+
+
+def test_validate(tmp_path):
+    report = native.validate(str(FIXTURE / "manifest.json"))
+    assert report.passed and bool(report) and report.failures == ()
+    assert {a["format"] for a in report.details["artifacts"]} == {"tf_saved_model", "onnx"}
+    export = tmp_path / "export"
+    shutil.copytree(FIXTURE, export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["endpoints"][1]["inputs"][1]["shape"] = ["batch", 5]
+    (export / "manifest.json").chmod(0o644)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    report = native.validate(str(export / "manifest.json"), "tf_saved_model")
+    assert not report.passed
+    assert report.failures == ("tf_saved_model: endpoint 'tokens' input 'ids': dim 1 expected 5, found 4",)
+    with pytest.raises(LookupError, match="has no onnx artifact"):
+        native.validate(str(_onnx_less_manifest(tmp_path)), "onnx")
+
+
+def _onnx_less_manifest(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"servekit_manifest": 1, "model": "m", "artifacts": [], "endpoints": []}))
+    return path
+
+
+def test_benchmark_helpers(onnx_model, saved_model):
+    feeds = {"features": ref("serving_default.b1.in.features.npy")}
+    report = native.benchmark(onnx_model, batches=[1, 8], iterations=20, warmup=2, inputs=feeds, bare_ort=True)
+    assert [b["batch"] for b in report["batches"]] == [1, 8]
+    assert report["inputs"] == "sample" and report["batches"][0]["overhead_ratio_p50"] > 0
+    report = native.benchmark(saved_model, endpoint="tokens", iterations=5)
+    assert report["inputs"] == "random" and report["batches"][0]["runner"]["iterations"] == 5
+    latencies = native.benchmark_loop(onnx_model, "serving_default", feeds, 2, 50, 0.0)
+    assert len(latencies) == 50 and all(isinstance(t, int) and t > 0 for t in latencies)
+    bare = native.bare_onnxruntime_loop(str(FIXTURE / "model.onnx"), feeds, 1, 2, 40, 0.0)
+    assert len(bare) == 40
+    with pytest.raises(ValueError, match="needs an ONNX model"):
+        native.benchmark(saved_model, bare_ort=True, iterations=2)
+
+
+def test_coexists_with_tensorflow_onnxruntime_and_hashlib():
+    # The extension keeps its symbols to itself: the Python runtimes and OpenSSL-backed
+    # hashlib keep working in the same process.
+    import hashlib
+
+    import onnxruntime
+    import tensorflow as tf
+
+    assert hashlib.sha256(b"abc").hexdigest().startswith("ba7816bf")
+    session = onnxruntime.InferenceSession(str(FIXTURE / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = ref("serving_default.b1.in.features.npy")
+    np.testing.assert_allclose(session.run(None, {"features": x})[0], ref("serving_default.b1.out.logits.npy"),
+                               atol=1e-5)
+    assert float(tf.reduce_sum(tf.constant([1.0, 2.0]))) == 3.0
+    model = native.load(str(FIXTURE / "saved_model"))
+    np.testing.assert_allclose(model.run("serving_default", {"features": x})["logits"],
+                               ref("serving_default.b1.out.logits.npy"), atol=1e-5)
