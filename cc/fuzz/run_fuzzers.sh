@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of servekit's parsers with libFuzzer and AddressSanitizer.
+#
+#   cc/fuzz/run_fuzzers.sh [RUNS] [WORKDIR] [TARGET...]
+#
+# Builds each target (saved_model_proto, onnx_model, npy) with Debian's clang++
+# -fsanitize=fuzzer,address (plus UBSan), seeds it with the test fixture export
+# (bazel build //tests/cc:fixture), runs RUNS executions (default 100000) and prints
+# one line per target: executions, corpus size, and whether it crashed. Crash inputs
+# are left in WORKDIR/<target>/ (default WORKDIR: /tmp/servekit-fuzz). Exit status 1
+# when any target crashed.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+runs="${1:-100000}"
+work="${2:-/tmp/servekit-fuzz}"
+shift $(( $# > 2 ? 2 : $# ))
+targets=("$@")
+[[ ${#targets[@]} -gt 0 ]] || targets=(saved_model_proto onnx_model npy)
+
+clang="${CXX_FUZZ:-clang++}"
+command -v "$clang" >/dev/null || { echo "run_fuzzers.sh: $clang not found (apt-get install clang)" >&2; exit 2; }
+python="$root/.setup/venv/bin/python3"
+site="$("$python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+ort_include="$root/.setup/onnxruntime/include"
+ort_lib="$site/onnxruntime/capi"
+
+(cd "$root" && bazel build //tests/cc:fixture >/dev/null 2>&1) || { echo "run_fuzzers.sh: bazel build //tests/cc:fixture failed" >&2; exit 2; }
+fixture="$root/bazel-bin/tests/cc/fixture"
+
+flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+       -fno-sanitize-recover=undefined -I"$root")
+common=(cc/status.cc cc/dtype.cc cc/tensor.cc cc/signature.cc cc/file_util.cc cc/protowire.cc)
+
+sources_of() {
+  case "$1" in
+    saved_model_proto) echo "${common[*]} cc/saved_model_proto.cc" ;;
+    onnx_model) echo "${common[*]} cc/model.cc cc/onnx_model.cc" ;;
+    npy) echo "${common[*]} cc/npy.cc" ;;
+  esac
+}
+
+seeds_of() {
+  case "$1" in
+    saved_model_proto) echo "$fixture/saved_model/saved_model.pb" ;;
+    onnx_model) echo "$fixture/model.onnx $fixture/extra.onnx" ;;
+    npy) ls "$fixture"/reference/*.npy ;;
+  esac
+}
+
+status=0
+for target in "${targets[@]}"; do
+  dir="$work/$target"
+  mkdir -p "$dir/corpus"
+  cp $(seeds_of "$target") "$dir/corpus/" 2>/dev/null || true
+  extra=()
+  [[ "$target" == onnx_model ]] && extra=(-I"$ort_include" -L"$ort_lib" -l:libonnxruntime.so.1 -Wl,-rpath,"$ort_lib")
+  (cd "$root" && "$clang" "${flags[@]}" cc/fuzz/"$target"_fuzzer.cc $(sources_of "$target") "${extra[@]}" \
+      -o "$dir/fuzzer")
+  # ONNX Runtime is not instrumented and keeps process-wide state: no leak checks there.
+  leaks=1
+  [[ "$target" == onnx_model ]] && leaks=0
+  log="$dir/fuzz.log"
+  set +e
+  (cd "$dir" && ASAN_OPTIONS="detect_leaks=$leaks" ./fuzzer -runs="$runs" -max_len=65536 -timeout=10 \
+      -rss_limit_mb=4096 -print_final_stats=1 corpus >"$log" 2>&1)
+  code=$?
+  set -e
+  executions="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"
+  corpus="$(ls "$dir/corpus" | wc -l)"
+  if [[ $code -eq 0 ]]; then
+    echo "$target: $executions executions, corpus $corpus inputs, no crash"
+  else
+    echo "$target: CRASH after $executions executions (exit $code); see $log and $dir/crash-*"
+    status=1
+  fi
+done
+exit $status
