@@ -386,6 +386,8 @@ class InputViewCache {
 
 namespace {
 
+constexpr uint64_t kMaxPredictedOutputBytes = uint64_t{64} << 20;
+
 // One Ort::Session::Run on `feeds`. With `preallocate`, every output whose shape the
 // plan predicts gets a buffer of ours for ONNX Runtime to write into: no output
 // allocation by ONNX Runtime and no shape query afterwards. ONNX Runtime checks the
@@ -406,6 +408,14 @@ Status RunOnce(const OnnxModel& model, const OnnxModel::Runtime& rt, OrtValue* c
       for (size_t d = 0; d < plan.dims.size(); ++d) {
         const auto [input, value] = plan.dims[d];
         shape[d] = input < 0 ? value : inputs[input]->shape()[value];
+      }
+      // A prediction is only a guess from the model's declared shapes: never reserve
+      // much memory for it. Large outputs are left to ONNX Runtime, whose shape query
+      // then costs nothing in comparison.
+      auto elements = NumElements(shape);
+      if (!elements.ok() || *elements == 0 ||
+          static_cast<uint64_t>(*elements) > kMaxPredictedOutputBytes / DTypeSize(plan.dtype)) {
+        continue;
       }
       auto buffer = Tensor::AllocateUninitialized(plan.dtype, std::move(shape));
       if (!buffer.ok() || buffer->byte_size() == 0) continue;  // ONNX Runtime allocates this one

@@ -43,7 +43,7 @@ sources_of() {
 seeds_of() {
   case "$1" in
     saved_model_proto) echo "$fixture/saved_model/saved_model.pb" ;;
-    onnx_model) echo "$fixture/model.onnx $fixture/extra.onnx" ;;
+    onnx_model) echo "$fixture/model.onnx $fixture/extra.onnx $root/cc/fuzz/regressions/onnx_model/"* ;;
     npy) ls "$fixture"/reference/*.npy ;;
   esac
 }
