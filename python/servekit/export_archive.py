@@ -6,15 +6,18 @@ guarantees of `servekit.export`: the artifact is written to a staging sibling,
 reloaded and compared with the endpoints computed on the source backend,
 made byte-stable, and only then moved into place.
 
-- TensorFlow backend: endpoints are traced in this process, so they may be any
-  TensorFlow code (`tf.function`s already traced, lookup tables, ...).
-- JAX and torch backends: each endpoint is called once on symbolic Keras
-  inputs; the Keras layers, models and `keras.ops` it calls form a Functional
-  graph, which is saved as `.keras` and rebuilt under TensorFlow in a fresh
-  worker process (see `servekit.portable`). Endpoints must therefore be built
-  from Keras layers/models and `keras.ops` (e.g. `model.call`,
-  `lambda x: model(x, training=True)`); code calling `jax.numpy`/`torch`
-  directly is refused with an `ExportError` saying so.
+- Keras-only archives (every backend): each endpoint is called once on
+  symbolic Keras inputs; the Keras layers, models and `keras.ops` it calls
+  form a Functional graph, which is saved as `.keras` and rebuilt under
+  TensorFlow in a fresh worker process (see `servekit.portable`), so the
+  artifact does not depend on what this process did before.
+- TensorFlow backend, endpoints with TensorFlow code (traced `tf.function`s,
+  `tf.lookup` tables, `tf.Variable` collections, `SaveOptions`, or functions
+  that cannot be traced symbolically): written in this process.
+- JAX and torch backends: endpoints must be built from Keras layers/models and
+  `keras.ops` (e.g. `model.call`, `lambda x: model(x, training=True)`); code
+  calling `jax.numpy`/`torch` directly is refused with an `ExportError`
+  saying so.
 """
 
 from __future__ import annotations
@@ -346,7 +349,17 @@ class ExportArchive:
         try:
             with atomic.staged_write(filepath) as staged:
                 if self._backend == "tensorflow":
-                    report = self._write_in_process(staged, workdir, options, verify)
+                    # Keras-only archives go through the worker too (fresh
+                    # process: object names and traces do not depend on what
+                    # this process did before); TF code runs in-process.
+                    report = None
+                    if self._portable_candidate(options):
+                        try:
+                            report = self._write_portable(staged, workdir, verify)
+                        except _NotPortable:
+                            report = None
+                    if report is None:
+                        report = self._write_in_process(staged, workdir, options, verify)
                 else:
                     if options is not None:
                         raise ExportError("SaveOptions apply on the tensorflow backend only.",
@@ -392,6 +405,34 @@ class ExportArchive:
             return list(eu.VERIFY_BATCH_SIZES)
         return [next((s.shape[0] for s in layout.flat if s.shape and s.shape[0] is not None), 1)]
 
+    def _endpoint_runs(self, spec: _EndpointSpec, layout: eu.InputLayout, call):
+        """Runs an endpoint's source function on generated inputs.
+
+        Each batch is run three times; if any run differs, the endpoint is
+        random (e.g. dropout in training mode) and its outputs are compared by
+        name, shape and dtype only. Returns `(batch, inputs, outputs,
+        compare_values)` per batch.
+        """
+        runs, stable = [], True
+        for batch in self._batches(layout):
+            flat = eu.generate_inputs(layout, batch, model=self._vocab_source(spec))
+            outs = [call(flat) for _ in range(3)]
+            stable = stable and all(np.array_equal(x, y) for other in outs[1:] for x, y in zip(outs[0], other))
+            runs.append((batch, flat, outs[0]))
+        return [(batch, flat, out, stable) for batch, flat, out in runs]
+
+    def _portable_candidate(self, options) -> bool:
+        """TensorFlow backend: can this archive go through the worker?"""
+        import keras
+
+        if options is not None:
+            return False
+        if any(e.layout is None or _is_tf_function(e.fn) for e in self._endpoints):
+            return False
+        if any(not isinstance(r, keras.layers.Layer) for r in self._tracked):
+            return False
+        return all(isinstance(v, keras.Variable) for vs in self._collections.values() for v in vs)
+
     def _write_in_process(self, staged, workdir, options, verify):
         import tensorflow as tf
 
@@ -416,14 +457,14 @@ class ExportArchive:
             for spec in self._endpoints:
                 layout = built.layouts[spec.name]
                 names = [t.name for t in by_name[spec.name].outputs]
-                for batch in self._batches(layout):
-                    flat = eu.generate_inputs(layout, batch, model=self._vocab_source(spec))
-                    args = layout.pack([tf.constant(v) for v in flat])
-                    first = [np.asarray(t) for t in tf.nest.flatten(spec.fn(*args))]
-                    second = [np.asarray(t) for t in tf.nest.flatten(spec.fn(*args))]
-                    values = all(np.array_equal(a, b) for a, b in zip(first, second))
+
+                def call(flat, _spec=spec, _layout=layout):
+                    args = _layout.pack([tf.constant(v) for v in flat])
+                    return [np.asarray(t) for t in tf.nest.flatten(_spec.fn(*args))]
+
+                for batch, flat, outs, values in self._endpoint_runs(spec, layout, call):
                     result.append((spec.name, batch, dict(zip([s.name for s in layout.flat], flat)),
-                                   dict(zip(names, first)), values))
+                                   dict(zip(names, outs)), values))
             return result
 
         try:
@@ -449,6 +490,8 @@ class ExportArchive:
             try:
                 out = trace_fn(*layout.pack(symbolic))
             except Exception as e:
+                if self._backend == "tensorflow":
+                    raise _NotPortable(str(e)) from None
                 raise ExportError(
                     f"Endpoint '{spec.name}': on the {self._backend} backend, servekit rebuilds each endpoint under "
                     "TensorFlow from the Keras layers, models and keras.ops it calls, by calling it once on "
@@ -458,6 +501,8 @@ class ExportArchive:
             leaves = keras.tree.flatten(out)
             bad = [type(x).__name__ for x in leaves if not isinstance(x, keras.KerasTensor)]
             if bad or not leaves:
+                if self._backend == "tensorflow":
+                    raise _NotPortable(f"returned {bad}")
                 raise ExportError(
                     f"Endpoint '{spec.name}' returned {bad or 'nothing'} instead of Keras tensors when called on "
                     f"symbolic inputs: on the {self._backend} backend endpoints must compute their outputs with "
@@ -477,7 +522,13 @@ class ExportArchive:
             })
             bundle_inputs += symbolic
             bundle_outputs += leaves
-        bundle = keras.Model(bundle_inputs, bundle_outputs, name="servekit_archive")
+        try:
+            bundle = keras.Model(bundle_inputs, bundle_outputs, name="servekit_archive")
+        except Exception as e:
+            if self._backend == "tensorflow":
+                raise _NotPortable(str(e)) from None
+            raise ExportError(f"The endpoints cannot be rebuilt as one Keras graph: {e}",
+                              reason="untraceable_endpoint") from None
         if verify:
             restore = _snapshot(list(bundle.variables) + self.variables)
             offset = 0
@@ -485,16 +536,17 @@ class ExportArchive:
                 a, b = ep["inputs_range"]
                 c, d = ep["outputs_range"]
                 sub = keras.Model(bundle_inputs[a:b], bundle_outputs[c:d])
-                for batch in self._batches(spec.layout):
-                    flat = eu.generate_inputs(spec.layout, batch, model=self._vocab_source(spec))
-                    first = self._source_call(spec, sub, flat)
-                    second = self._source_call(spec, sub, flat)
-                    values = all(np.array_equal(x, y) for x, y in zip(first, second))
+                runs = self._endpoint_runs(spec, spec.layout,
+                                           lambda flat, _spec=spec, _sub=sub: self._source_call(_spec, _sub, flat))
+                for batch, flat, outs, values in runs:
                     writer.add(spec.name, batch, dict(zip([s.name for s in spec.layout.flat], flat)),
-                               dict(zip(ep["output_names"], first)), values)
+                               dict(zip(ep["output_names"], outs)), values)
                 offset += 1
             restore()
-        classes, _ = portable.preflight(bundle, "ExportArchive", allow_in_process=False)
+        classes, in_process_reason = portable.preflight(bundle, "ExportArchive",
+                                                        allow_in_process=self._backend == "tensorflow")
+        if in_process_reason:
+            raise _NotPortable(in_process_reason)
         # bundle.variables (unlike .weights) includes RNG seed states; the
         # worker's loaded bundle lists its variables in the same order.
         index = {id(w): i for i, w in enumerate(bundle.variables)}
@@ -537,6 +589,10 @@ class ExportArchive:
         else:
             outs = keras.tree.flatten(spec.fn(*spec.layout.pack(list(flat))))
         return [eu.to_numpy(x) for x in outs]
+
+
+class _NotPortable(Exception):
+    """The archive needs TensorFlow code: write it in-process instead."""
 
 
 def _snapshot(variables):
