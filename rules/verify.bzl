@@ -3,8 +3,9 @@
 The test runs `servekit_verify validate` against the export's manifest: it loads
 the artifact with the TensorFlow C API or the ONNX Runtime C++ API, checks its
 signatures and file digests against the manifest, and reproduces the reference
-outputs within the manifest's tolerances. With `check = "cross_format"` it runs
-the SavedModel and the ONNX model on the same reference inputs and compares them.
+outputs within the manifest's tolerances. With `check = "cross_format"` it does
+that for both artifacts and then runs the SavedModel and the ONNX model on the
+same reference inputs and compares them with each other.
 """
 
 load("//rules:export.bzl", "ServekitExportInfo")
@@ -17,7 +18,8 @@ def _artifact_test_impl(ctx):
         fail("check '%s': %s exported only %s" % (ctx.attr.check, ctx.attr.export.label, export.formats))
     verifier = ctx.executable._verifier
     if ctx.attr.check == "cross_format":
-        command = "compare --manifest '%s'" % export.manifest.short_path
+        # Every artifact, then SavedModel vs ONNX on the same reference inputs.
+        command = "validate --manifest '%s'" % export.manifest.short_path
     else:
         command = "validate --manifest '%s' --format %s" % (export.manifest.short_path, ctx.attr.check)
     script = ctx.actions.declare_file(ctx.label.name + ".sh")
