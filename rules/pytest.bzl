@@ -25,6 +25,9 @@ def pytest_test(name, srcs, deps = [], data = [], env = {}, args = [], **kwargs)
         deps = deps,
         data = data,
         env = env,
+        # No __init__.py files in the runfiles: pytest then puts each test file's
+        # own directory on sys.path, so tests import their sibling helper modules.
+        legacy_create_init = False,
         python_version = "PY3",
         srcs_version = "PY3",
         **kwargs
