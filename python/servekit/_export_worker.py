@@ -48,6 +48,37 @@ def _import_custom(job) -> dict:
     return custom
 
 
+def _install_lambda_globals(job) -> None:
+    """Gives deserialized Lambda functions the globals they refer to."""
+    import importlib
+
+    entries = job.get("lambda_globals") or {}
+    if not entries:
+        return
+    extra = {}
+    for name, entry in entries.items():
+        if entry["kind"] == "module":
+            extra[name] = importlib.import_module(entry["module"])
+        elif entry["kind"] == "value":
+            extra[name] = entry["value"]
+        else:
+            obj = importlib.import_module(entry["module"])
+            for part in entry["qualname"].split("."):
+                obj = getattr(obj, part)
+            extra[name] = obj
+    from keras.src.utils import python_utils
+
+    original = python_utils.func_load
+
+    def func_load(code, defaults=None, closure=None, globs=None):
+        if globs is None:
+            globs = dict(vars(python_utils))
+            globs.update(extra)
+        return original(code, defaults=defaults, closure=closure, globs=globs)
+
+    python_utils.func_load = func_load
+
+
 def _load(path: str, custom):
     import keras
 
@@ -154,6 +185,7 @@ def run(job) -> dict:
     from servekit import _write
 
     custom = _import_custom(job)
+    _install_lambda_globals(job)
     endpoints, tracked, collections, model = _build_endpoints(job, custom)
     return _write.write_and_verify(
         endpoints, tracked, collections, fmt=job["format"], output=job["output"],

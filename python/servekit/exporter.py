@@ -189,6 +189,7 @@ def export(
                     "opset": opset, "model_name": model_name, "version": _version(),
                     "endpoints": [{"name": DEFAULT_ENDPOINT_NAME, "layout": layout.to_json(),
                                    "output_names": output_names}],
+                    "lambda_globals": portable.lambda_globals(model)[0],
                     "custom_classes": [dict(module=c.module, qualname=c.qualname, names=c.names)
                                        for c in classes],
                     "sys_path": portable.importable_sys_path() if classes else [],

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -84,6 +86,48 @@ def custom_classes(model) -> list[CustomClass]:
     return list(found.values())
 
 
+def _code_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    """Globals the functions of `keras.layers.Lambda` layers refer to.
+
+    Keras serializes a Lambda's bytecode but not its globals: a fresh process
+    loading it knows neither `keras` nor `np`. Returns `(entries, problems)`:
+    entries say how the worker rebuilds each global (a module, an importable
+    function/class, or a plain constant); problems are `(layer, name)` pairs
+    that cannot be carried over.
+    """
+    entries: dict[str, dict] = {}
+    problems: list[tuple[str, str]] = []
+    for layer in _layers(model):
+        if type(layer).__name__ != "Lambda" or not type(layer).__module__.startswith("keras."):
+            continue
+        fn = getattr(layer, "function", None)
+        if not inspect.isfunction(fn):
+            continue
+        g = fn.__globals__
+        for name in sorted(_code_names(fn.__code__)):
+            if name not in g or name in entries:
+                continue
+            value = g[name]
+            if isinstance(value, types.ModuleType):
+                entries[name] = {"kind": "module", "module": value.__name__}
+            elif isinstance(value, (bool, int, float, str, type(None))):
+                entries[name] = {"kind": "value", "value": value}
+            elif (callable(value) and getattr(value, "__module__", None) not in (None, "__main__")
+                  and "<locals>" not in getattr(value, "__qualname__", "<locals>")):
+                entries[name] = {"kind": "object", "module": value.__module__, "qualname": value.__qualname__}
+            else:
+                problems.append((layer.name, name))
+    return entries, problems
+
+
 def preflight(model, model_name: str, allow_in_process: bool) -> tuple[list[CustomClass], Optional[str]]:
     """Checks before anything is written that the model can be rebuilt under TF.
 
@@ -100,6 +144,17 @@ def preflight(model, model_name: str, allow_in_process: bool) -> tuple[list[Cust
             raise ExportError(
                 f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) cannot be exported: {reason}.",
                 model=model_name, layer=layer.name, reason="unsupported_layer")
+    _, lambda_problems = lambda_globals(model)
+    if lambda_problems:
+        layer, name = lambda_problems[0]
+        if allow_in_process:
+            return custom_classes(model), f"Lambda layer '{layer}' uses the global '{name}'"
+        raise ExportError(
+            f"Model '{model_name}': Lambda layer '{layer}' refers to the global '{name}', which servekit cannot "
+            "carry to a separate export process (only modules, importable functions/classes and plain constants "
+            "can be). Pass it through Lambda(arguments={...}), or replace the Lambda with a custom layer "
+            "registered with @keras.saving.register_keras_serializable() in an importable module.",
+            model=model_name, layer=layer, reason="unsupported_layer")
     classes = custom_classes(model)
     bad = [c for c in classes if not c.importable]
     if bad:

@@ -300,3 +300,37 @@ def test_reference_outputs_on_source_backend():
         for key in expected:
             np.testing.assert_array_equal(by_name[key], expected[key])
             np.testing.assert_array_equal(structured[key], expected[key])
+
+
+class _Unportable:
+    factor = 3.0
+
+
+_UNPORTABLE = _Unportable()
+
+
+def test_lambda_layers_get_their_globals(tmp_path):
+    """Keras saves a Lambda's bytecode, not its globals: servekit carries modules,
+    importable functions and constants over, and refuses anything else."""
+    inp = keras.Input((3,), name="features")
+    x = keras.layers.Lambda(lambda t: keras.ops.tanh(t) * 2.0, name="scaled_tanh")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="logits")(x), name="with_lambda")
+    mm.randomize_weights(model, 6)
+    path = str(tmp_path / "lambda")
+    servekit.export(model, path, verbose=False)
+    xs = np.random.default_rng(4).standard_normal((7, 3)).astype("float32")
+    assert checks.max_abs_err({"logits": _outputs(model, xs)},
+                              checks.saved_model_outputs(path, {"features": xs})) <= 1e-5
+
+    bad = keras.Model(inp, keras.layers.Lambda(lambda t: t * _UNPORTABLE.factor, output_shape=(3,),
+                                               name="uses_object")(inp), name="bad_lambda")
+    bad_path = str(tmp_path / "bad_lambda")
+    if BACKEND == "tensorflow":
+        servekit.export(bad, bad_path, verbose=False)  # exported in-process instead
+        assert checks.max_abs_err({"uses_object": _outputs(bad, xs)},
+                                  checks.saved_model_outputs(bad_path, {"features": xs})) <= 1e-5
+    else:
+        with pytest.raises(servekit.ExportError, match="_UNPORTABLE") as info:
+            servekit.export(bad, bad_path, verbose=False)
+        assert info.value.layer == "uses_object" and "arguments=" in str(info.value)
+        assert not os.path.exists(bad_path) and _siblings(bad_path) == []
