@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
+import warnings
 from typing import Any, Optional, Sequence
 
 from servekit import onnx as sk_onnx
@@ -12,7 +15,30 @@ from servekit import saved_model as sk_sm
 from servekit import verification
 
 
-def write_and_verify(
+@contextlib.contextmanager
+def quiet():
+    """Silences Python warnings and TF/absl/tf2onnx loggers (in-process writes
+    must print nothing when verbose=False)."""
+    loggers = [logging.getLogger(n) for n in ("tensorflow", "absl", "tf2onnx", "h5py")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def write_and_verify(*args, **kwargs) -> dict[str, Any]:
+    """`_write_and_verify` with warnings and library logs silenced."""
+    with quiet():
+        return _write_and_verify(*args, **kwargs)
+
+
+def _write_and_verify(
     endpoints: Sequence[sk_sm.Endpoint],
     tracked: Sequence[Any],
     collections: dict,
