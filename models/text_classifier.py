@@ -1,7 +1,4 @@
-"""A text classifier: StringLookup on a string token input, Embedding, pooling, Dense.
-
-String tensors are TensorFlow's: this model is exported from the TensorFlow backend.
-"""
+"""A text classifier: StringLookup on a string token input, Embedding, pooling, Dense."""
 
 import keras
 import numpy as np

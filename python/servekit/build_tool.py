@@ -90,17 +90,13 @@ def _named(values: Any, tensors: Sequence[Any], what: str, model_name: str) -> d
 
 
 def reference_case(
-    model: Any, signature: Signature, inputs: Any
+    model: Any, signature: Signature, inputs: Any, input_signature: Optional[Any] = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Runs the model on its source backend; returns named inputs and outputs."""
-    import keras
+    from servekit.export_utils import reference_outputs
 
-    outputs = model(inputs, training=False)
-    outputs = keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
-    return (
-        _named(inputs, signature.inputs, "inputs", model.name),
-        _named(outputs, signature.outputs, "outputs", model.name),
-    )
+    named_inputs = _named(inputs, signature.inputs, "inputs", model.name)
+    return named_inputs, reference_outputs(model, inputs, input_signature)
 
 
 def build_export(
@@ -169,7 +165,7 @@ def build_export(
         cases = []
         for batch in reference_batches:
             rng = np.random.default_rng([SEED, batch])
-            named_in, named_out = reference_case(model, default, sample(batch, rng))
+            named_in, named_out = reference_case(model, default, sample(batch, rng), input_signature)
             cases.append(manifest_lib.write_reference_case(staging, default, batch, named_in, named_out))
 
         document = manifest_lib.build_manifest(
