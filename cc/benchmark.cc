@@ -176,22 +176,17 @@ class BareOrtLoop {
     auto loop = std::unique_ptr<BareOrtLoop>(new BareOrtLoop(model));
     try {
       Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-      Ort::AllocatorWithDefaultOptions allocator;
       for (const char* name : model.input_names()) {
         const Tensor* t = FindTensor(inputs, name);
         if (t == nullptr) return InvalidArgument(std::string("no input for '") + name + "'");
-        const auto type = static_cast<ONNXTensorElementDataType>(ToOnnx(t->dtype()));
         if (t->is_string() || t->byte_size() == 0) {
-          Ort::Value v = Ort::Value::CreateTensor(allocator, t->shape().data(), t->shape().size(), type);
-          for (size_t i = 0; i < t->strings().size(); ++i) {
-            const std::string& str = t->strings()[i];
-            char* buffer = v.GetResizedStringTensorElementBuffer(i, str.size());
-            if (!str.empty()) std::memcpy(buffer, str.data(), str.size());
-          }
+          Ort::Value v{nullptr};
+          SERVEKIT_RETURN_IF_ERROR(CopyToOrtValue(*t, &v));
           loop->values_.push_back(std::move(v));
         } else {
-          loop->values_.push_back(Ort::Value::CreateTensor(memory, const_cast<void*>(t->data()), t->byte_size(),
-                                                           t->shape().data(), t->shape().size(), type));
+          loop->values_.push_back(Ort::Value::CreateTensor(
+              memory, const_cast<void*>(t->data()), t->byte_size(), t->shape().data(), t->shape().size(),
+              static_cast<ONNXTensorElementDataType>(ToOnnx(t->dtype()))));
         }
         loop->keep_.push_back(*t);
       }

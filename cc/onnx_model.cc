@@ -133,6 +133,27 @@ std::vector<OutputPlan> PlanOutputs(const Signature& signature) {
 
 }  // namespace
 
+Status CopyToOrtValue(const Tensor& tensor, Ort::Value* out) {
+  try {
+    Ort::AllocatorWithDefaultOptions allocator;
+    Ort::Value value = Ort::Value::CreateTensor(allocator, tensor.shape().data(), tensor.shape().size(),
+                                                static_cast<ONNXTensorElementDataType>(ToOnnx(tensor.dtype())));
+    if (tensor.is_string()) {
+      for (size_t k = 0; k < tensor.strings().size(); ++k) {
+        const std::string& s = tensor.strings()[k];
+        char* buffer = value.GetResizedStringTensorElementBuffer(k, s.size());
+        if (!s.empty()) std::memcpy(buffer, s.data(), s.size());
+      }
+    } else if (tensor.byte_size() != 0) {
+      std::memcpy(value.GetTensorMutableRawData(), tensor.data(), tensor.byte_size());
+    }
+    *out = std::move(value);
+    return Status::Ok();
+  } catch (const Ort::Exception& e) {
+    return Internal(std::string("ONNX Runtime could not make a ") + tensor.Describe() + " tensor: " + e.what());
+  }
+}
+
 Status CheckOnnxBytes(std::string_view bytes, const std::string& what) {
   if (bytes.empty()) return DataLoss(what + " is empty, not an ONNX model");
   // onnx.ModelProto: 1 ir_version, 7 graph, 8 opset_import, ...
@@ -462,18 +483,9 @@ Status OnnxModel::RunChecked(size_t /*endpoint_index*/, const std::vector<const 
                                    rt.input_name_storage[i]);
       continue;
     }
-    try {  // strings and empty tensors: ONNX Runtime owns the storage
-      Ort::AllocatorWithDefaultOptions allocator;
-      Ort::Value value = Ort::Value::CreateTensor(allocator, t.shape().data(), t.shape().size(), type);
-      for (size_t k = 0; k < t.strings().size(); ++k) {
-        const std::string& s = t.strings()[k];
-        char* buffer = value.GetResizedStringTensorElementBuffer(k, s.size());
-        if (!s.empty()) std::memcpy(buffer, s.data(), s.size());
-      }
-      owned_feeds[i] = feeds[i] = value.release();
-    } catch (const Ort::Exception& e) {
-      return Internal(std::string("input '") + rt.input_names[i] + "': " + e.what());
-    }
+    Ort::Value value{nullptr};  // strings and empty tensors: ONNX Runtime owns a copy
+    SERVEKIT_RETURN_IF_ERROR(CopyToOrtValue(t, &value).WithContext("input '" + rt.input_name_storage[i] + "'"));
+    owned_feeds[i] = feeds[i] = value.release();
   }
   if (rt.preallocate.load(std::memory_order_relaxed)) {
     Status status = RunOnce(*this, rt, feeds, inputs, /*preallocate=*/true, outputs);

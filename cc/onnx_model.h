@@ -23,12 +23,17 @@
 
 namespace Ort {
 struct Session;
+struct Value;
 }
 
 namespace servekit {
 
 // The endpoint name of an ONNX model's single graph.
 inline constexpr char kOnnxEndpoint[] = "serving_default";
+
+// An Ort::Value that owns a copy of `tensor`: how string and empty tensors are fed
+// (numeric ones are viewed in place instead).
+Status CopyToOrtValue(const Tensor& tensor, Ort::Value* out);
 
 // Whether `bytes` look like an ONNX ModelProto: a well-formed protocol buffer with a
 // graph field. `what` names the input in the error.
