@@ -15,7 +15,13 @@ def _tensorflow_c_impl(rctx):
     venv_file(rctx, site, "tensorflow/libtensorflow_framework.so.2")
     venv_file(rctx, site, "tensorflow/include/tensorflow/c/c_api.h")
     # c_api.h and the headers it includes: TF's C API and the TSL/XLA C bits under it.
-    for headers in ["tensorflow/c", "tsl/platform", "xla/tsl/c"]:
+    for headers in [
+        "tensorflow/c",
+        "tensorflow/core/platform/ctstring.h",
+        "tensorflow/core/platform/ctstring_internal.h",
+        "tsl/platform",
+        "xla/tsl/c",
+    ]:
         rctx.symlink("%s/include/%s" % (tf_dir, headers), "include/" + headers)
     rctx.file("BUILD", """\
 package(default_visibility = ["//visibility:public"])
