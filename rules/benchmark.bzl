@@ -8,29 +8,20 @@ module) side by side with the Python runtimes (`tf.saved_model.load` signatures,
 to `--out_dir` (default: benchmarks/<name>/ in the workspace).
 """
 
-load("//rules:export.bzl", "ServekitExportInfo")
+load("//rules:export.bzl", "ServekitExportInfo", "export_launcher")
 
 def _artifact_benchmark_impl(ctx):
     export = ctx.attr.export[ServekitExportInfo]
     runner = ctx.executable._benchmark
-    script = ctx.actions.declare_file(ctx.label.name + ".sh")
     default_args = ["--manifest", export.manifest.short_path]
     if ctx.attr.batches:
         default_args += ["--batches", ",".join([str(b) for b in ctx.attr.batches])]
-    ctx.actions.write(
-        output = script,
-        content = "\n".join([
-            "#!/bin/sh",
-            "# Reports land in the workspace when run with `bazel run`.",
-            'out="${BUILD_WORKSPACE_DIRECTORY:-.}/benchmarks/%s"' % export.name,
-            "exec '%s' %s --out_dir \"$out\" \"$@\"" % (runner.short_path, " ".join(["'%s'" % a for a in default_args])),
-            "",
-        ]),
-        is_executable = True,
-    )
-    runfiles = ctx.runfiles(files = [runner], transitive_files = export.files)
-    runfiles = runfiles.merge(ctx.attr._benchmark[DefaultInfo].default_runfiles)
-    return [DefaultInfo(executable = script, runfiles = runfiles)]
+    command = "\n".join([
+        "# Reports land in the workspace when run with `bazel run`.",
+        'out="${BUILD_WORKSPACE_DIRECTORY:-.}/benchmarks/%s"' % export.name,
+        "exec '%s' %s --out_dir \"$out\" \"$@\"" % (runner.short_path, " ".join(["'%s'" % a for a in default_args])),
+    ])
+    return [export_launcher(ctx, ctx.attr._benchmark, export, command)]
 
 artifact_benchmark = rule(
     implementation = _artifact_benchmark_impl,

@@ -30,6 +30,22 @@ ServekitExportInfo = provider(
     },
 )
 
+def export_launcher(ctx, tool_target, export, command):
+    """DefaultInfo of a shell launcher running `command` with a tool on an export.
+
+    Args:
+      ctx: the rule context; the launcher is `<name>.sh`.
+      tool_target: the executable target the command runs (its runfiles come along).
+      export: the ServekitExportInfo whose files the command reads.
+      command: the shell command lines, run from the runfiles root.
+    """
+    script = ctx.actions.declare_file(ctx.label.name + ".sh")
+    ctx.actions.write(output = script, content = "#!/bin/sh\n" + command + "\n", is_executable = True)
+    tool = tool_target[DefaultInfo].files_to_run.executable
+    runfiles = ctx.runfiles(files = [tool], transitive_files = export.files)
+    runfiles = runfiles.merge(tool_target[DefaultInfo].default_runfiles)
+    return DefaultInfo(executable = script, runfiles = runfiles)
+
 # The environment of every export action. Nothing comes from the caller's shell.
 _EXPORT_ENV = {
     "HOME": "/nonexistent",

@@ -8,7 +8,7 @@ that for both artifacts and then runs the SavedModel and the ONNX model on the
 same reference inputs and compares them with each other.
 """
 
-load("//rules:export.bzl", "ServekitExportInfo")
+load("//rules:export.bzl", "ServekitExportInfo", "export_launcher")
 
 CHECKS = ["tf_saved_model", "onnx", "cross_format"]
 
@@ -22,15 +22,7 @@ def _artifact_test_impl(ctx):
         command = "validate --manifest '%s'" % export.manifest.short_path
     else:
         command = "validate --manifest '%s' --format %s" % (export.manifest.short_path, ctx.attr.check)
-    script = ctx.actions.declare_file(ctx.label.name + ".sh")
-    ctx.actions.write(
-        output = script,
-        content = "#!/bin/sh\nexec '%s' %s\n" % (verifier.short_path, command),
-        is_executable = True,
-    )
-    runfiles = ctx.runfiles(files = [verifier], transitive_files = export.files)
-    runfiles = runfiles.merge(ctx.attr._verifier[DefaultInfo].default_runfiles)
-    return [DefaultInfo(executable = script, runfiles = runfiles)]
+    return [export_launcher(ctx, ctx.attr._verifier, export, "exec '%s' %s" % (verifier.short_path, command))]
 
 artifact_test = rule(
     implementation = _artifact_test_impl,
