@@ -28,7 +28,10 @@ trap cleanup EXIT
 
 "$ROOT/tools/setup.sh" --with-remote-cache >&2
 
-mkdir -p "$WORK/cas" "$WORK/nginx"
+mkdir -p "$WORK/cas" "$WORK/nginx/body"
+# nginx's workers drop root for an unprivileged user, which must write the cache.
+chmod 0755 "$WORK"
+chmod 0777 "$WORK/cas" "$WORK/nginx/body"
 cat > "$WORK/nginx/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -58,12 +61,13 @@ build() {  # name, extra bazel flags... -> prints the "processes" line; sets HIT
   local clone="$WORK/clone-$name"
   git clone -q "$ROOT" "$clone"
   (cd "$clone" && ./tools/setup.sh >/dev/null &&
-   bazel build --noshow_progress "$@" "${TARGETS[@]}" 2>&1) | tee "$WORK/$name.log" | grep -E "processes|ERROR" >&2 || true
+   bazel build --noshow_progress "$@" "${TARGETS[@]}" 2>&1) | tee "$WORK/$name.log" | grep -E "^ERROR" >&2 || true
   local line; line=$(grep -E "^INFO: [0-9]+ processes" "$WORK/$name.log" | tail -n1)
+  # Bazel 4 counts disk cache hits as "remote cache hit" too.
   HITS=$(sed -nE 's/.* ([0-9]+) (disk cache hit|remote cache hit).*/\1/p' <<<"$line")
   # Actions that ran here rather than coming from a cache ("internal" ones are
   # Bazel's own bookkeeping, such as symlink trees).
-  EXPORTS_RUN=$(grep -oE "[0-9]+ (linux-sandbox|processwrapper-sandbox|local|sandboxed|worker)" <<<"$line" |
+  EXPORTS_RUN=$({ grep -oE "[0-9]+ (linux-sandbox|processwrapper-sandbox|local|sandboxed|worker)" <<<"$line" || true; } |
                 awk '{s += $1} END {print s + 0}')
   echo "$name: $line"
 }
