@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from servekit.portable import storable
 from servekit.signature import ExportedArtifact, Signature
 
 MANIFEST_VERSION = 1
@@ -66,15 +67,6 @@ def _sha256(path: pathlib.Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def to_npy_array(value: Any) -> np.ndarray:
-    """Converts a tensor to the array stored in a reference file (strings as `|S`)."""
-    array = np.asarray(value)
-    if array.dtype.kind in ("U", "O"):
-        flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
-        array = np.array([s.encode("utf-8") for s in flat], dtype=np.bytes_).reshape(array.shape)
-    return np.ascontiguousarray(array)
-
-
 def write_reference_case(
     export_dir: pathlib.Path,
     signature: Signature,
@@ -99,7 +91,7 @@ def write_reference_case(
             relative = f"{REFERENCE_DIR}/{signature.name}.b{batch}.{kind}.{tensor.name}.npy"
             target = export_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            np.save(target, to_npy_array(values[tensor.name]), allow_pickle=False)
+            np.save(target, np.ascontiguousarray(storable(values[tensor.name])), allow_pickle=False)
             entry["inputs" if kind == "in" else "outputs"][tensor.name] = relative
     return entry
 
