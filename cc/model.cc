@@ -1,6 +1,7 @@
 #include "cc/model.h"
 
 #include <cctype>
+#include <string>
 
 namespace servekit {
 
@@ -22,6 +23,18 @@ std::optional<Device> DeviceFromName(std::string_view name) {
   if (lower == "cpu") return Device::kCpu;
   if (lower == "gpu" || lower == "cuda") return Device::kGpu;
   return std::nullopt;
+}
+
+Status CheckLoadOptions(const LoadOptions& options) {
+  if (options.intra_op_threads < 0) {
+    return InvalidArgument("intra-op threads must be >= 0 (0: the runtime's default), not " +
+                           std::to_string(options.intra_op_threads));
+  }
+  if (options.inter_op_threads < LoadOptions::kCallerThread) {
+    return InvalidArgument("inter-op threads must be >= -1 (0: the runtime's default, -1: run ops in the "
+                           "calling thread), not " + std::to_string(options.inter_op_threads));
+  }
+  return Status::Ok();
 }
 
 const Signature* Model::FindEndpoint(const std::string& endpoint) const {

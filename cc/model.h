@@ -36,12 +36,23 @@ std::optional<Device> DeviceFromName(std::string_view name);  // "cpu"/"gpu" (an
 enum class OnnxOptimization { kDisabled, kBasic, kExtended, kAll };
 
 struct LoadOptions {
+  // inter_op_threads value: every op runs in the thread that called Run, with no
+  // hand-off to a pool. TensorFlow's negative inter_op_parallelism_threads; the
+  // lowest single-stream latency there (a one-thread TF pool sleeps between calls
+  // and costs a wake-up per Run). ONNX Runtime's default sequential execution
+  // already runs in the caller's thread.
+  static constexpr int kCallerThread = -1;
+
   int intra_op_threads = 0;  // 0: the runtime's default
-  int inter_op_threads = 0;  // 0: the runtime's default
+  int inter_op_threads = 0;  // 0: the runtime's default; > 0: a pool; kCallerThread
   Device device = Device::kCpu;
   std::vector<std::string> tags = {"serve"};  // SavedModel MetaGraph tags
   OnnxOptimization onnx_optimization = OnnxOptimization::kAll;
 };
+
+// InvalidArgument for thread counts the runtimes would misread (intra-op < 0,
+// inter-op < kCallerThread).
+Status CheckLoadOptions(const LoadOptions& options);
 
 class Model {
  public:

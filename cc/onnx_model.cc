@@ -191,10 +191,13 @@ StatusOr<std::unique_ptr<OnnxModel>> OnnxModel::LoadFromBytes(std::string_view b
 
 StatusOr<std::unique_ptr<OnnxModel>> OnnxModel::Create(const std::string& path, std::string_view bytes,
                                                        const LoadOptions& options, const std::string& label) {
+  SERVEKIT_RETURN_IF_ERROR(CheckLoadOptions(options));
   SERVEKIT_RETURN_IF_ERROR(CheckOnnxBytes(bytes, label));
   try {
     Ort::SessionOptions session_options;
     if (options.intra_op_threads > 0) session_options.SetIntraOpNumThreads(options.intra_op_threads);
+    // Only a pool size is passed on: sequential execution (the default, and what
+    // kCallerThread asks for) runs the graph in the calling thread.
     if (options.inter_op_threads > 0) session_options.SetInterOpNumThreads(options.inter_op_threads);
     session_options.SetGraphOptimizationLevel(ToOrt(options.onnx_optimization));
     if (options.device == Device::kGpu) {

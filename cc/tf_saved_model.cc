@@ -196,9 +196,10 @@ std::string SerializeTfConfig(const LoadOptions& options) {
     AppendTag(2, 0, &config);
     AppendVarint(static_cast<uint64_t>(options.intra_op_threads), &config);
   }
-  if (options.inter_op_threads > 0) {
+  if (options.inter_op_threads != 0) {
+    // An int32 field: negative values are sign-extended to 64 bits on the wire.
     AppendTag(5, 0, &config);
-    AppendVarint(static_cast<uint64_t>(options.inter_op_threads), &config);
+    AppendVarint(static_cast<uint64_t>(static_cast<int64_t>(options.inter_op_threads)), &config);
   }
   AppendTag(7, 0, &config);
   AppendVarint(1, &config);
@@ -239,6 +240,7 @@ TfSavedModel::TfSavedModel(std::string path, std::vector<Signature> signatures, 
 TfSavedModel::~TfSavedModel() = default;
 
 StatusOr<std::unique_ptr<TfSavedModel>> TfSavedModel::Load(const std::string& dir, const LoadOptions& options) {
+  SERVEKIT_RETURN_IF_ERROR(CheckLoadOptions(options));
   if (options.tags.empty()) return InvalidArgument("loading a SavedModel needs at least one tag");
   // Our own checks first: TensorFlow's errors for a non-SavedModel are less clear.
   SERVEKIT_RETURN_IF_ERROR(ReadSavedModelSignatures(dir, options.tags).status());

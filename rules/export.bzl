@@ -115,7 +115,8 @@ def _model_export_impl(ctx):
     )
     files = depset(outputs)
     return [
-        DefaultInfo(files = files),
+        # Runfiles too, so that an export can be a test's or binary's `data`.
+        DefaultInfo(files = files, runfiles = ctx.runfiles(transitive_files = files)),
         ServekitExportInfo(
             name = ctx.label.name,
             manifest = manifest,

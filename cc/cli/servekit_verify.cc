@@ -68,6 +68,7 @@ Options:
   --json PATH       also write the full report as JSON ('-' for standard output)
   --no-cross        skip the cross-format comparison
   --threads N       intra-op threads of the runtimes (default: runtime's choice)
+  --inter-threads N inter-op threads; -1 runs ops in the calling thread
   --device D        cpu (default) or gpu
 
 Exit status: 0 all checks passed, 1 some check failed, 2 usage or load error.
@@ -82,6 +83,7 @@ Options:
   --input N=FILE    the input named N from a .npy file (repeat for each input)
   --output-dir D    where to write the outputs (created if missing; required)
   --threads N       intra-op threads
+  --inter-threads N inter-op threads; -1 runs ops in the calling thread
   --device D        cpu (default) or gpu
   --tag T           SavedModel MetaGraph tag (repeatable; default: serve)
 )";
@@ -99,7 +101,8 @@ Options:
   --seconds S         ... or a time budget per batch size
   --warmup N          untimed calls first (default: 10)
   --threads N         intra-op threads (default: the runtime's choice)
-  --inter-threads N   inter-op threads
+  --inter-threads N   inter-op threads; -1 runs ops in the calling thread (the
+                      lowest single-stream latency on TensorFlow)
   --input N=FILE      sample input from a .npy file (repeat for each input)
   --bare-ort          ONNX only: also time a bare Ort::Session::Run loop and
                       report servekit's overhead ratio
@@ -131,7 +134,6 @@ StatusOr<LoadOptions> LoadOptionsFrom(const Flags& flags) {
   LoadOptions options;
   SERVEKIT_ASSIGN_OR_RETURN(auto threads, flags.GetInt("threads"));
   SERVEKIT_ASSIGN_OR_RETURN(auto inter, flags.GetInt("inter-threads"));
-  if ((threads && *threads < 0) || (inter && *inter < 0)) return InvalidArgument("thread counts must be >= 0");
   if (threads) options.intra_op_threads = static_cast<int>(*threads);
   if (inter) options.inter_op_threads = static_cast<int>(*inter);
   if (auto device = flags.Get("device")) {

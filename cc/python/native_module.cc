@@ -74,7 +74,6 @@ py::object JsonToPython(const nlohmann::json& j) {
 
 LoadOptions MakeLoadOptions(int intra_op_threads, int inter_op_threads, const std::string& device,
                             const std::vector<std::string>& tags, const std::string& optimization) {
-  if (intra_op_threads < 0 || inter_op_threads < 0) Raise(InvalidArgument("thread counts must be >= 0"));
   LoadOptions options;
   options.intra_op_threads = intra_op_threads;
   options.inter_op_threads = inter_op_threads;
@@ -209,19 +208,19 @@ std::vector<int64_t> BenchmarkLoop(const PyModel& self, const std::string& endpo
   return ValueOrRaise(std::move(latencies));
 }
 
-std::vector<int64_t> BareOnnxRuntimeLoop(const std::string& path, const py::handle& inputs, int threads, int warmup,
+std::vector<int64_t> BareOnnxRuntimeLoop(const PyModel& self, const py::handle& inputs, int warmup,
                                          int64_t iterations, double seconds) {
+  const auto* onnx = dynamic_cast<const OnnxModel*>(self.model.get());
+  if (onnx == nullptr) {
+    Raise(InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
+                          std::string(FormatName(self.model->format()))));
+  }
   std::vector<py::object> keep_alive;
   const std::vector<NamedTensor> feeds = FeedsFromPython(inputs, &keep_alive);
-  LoadOptions options;
-  options.intra_op_threads = threads;
-  options.inter_op_threads = 1;
   StatusOr<std::vector<int64_t>> latencies = Status(StatusCode::kInternal, "not run");
   {
     py::gil_scoped_release release;
-    auto model = OnnxModel::Load(path, options);
-    latencies = model.ok() ? TimeBareOrtLoop(**model, feeds, warmup, iterations, seconds)
-                           : StatusOr<std::vector<int64_t>>(model.status());
+    latencies = TimeBareOrtLoop(*onnx, feeds, warmup, iterations, seconds);
   }
   return ValueOrRaise(std::move(latencies));
 }
@@ -274,8 +273,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("benchmark_loop", &BenchmarkLoop, py::arg("model"), py::arg("endpoint"), py::arg("inputs"),
         py::arg("warmup") = 10, py::arg("iterations") = 100, py::arg("seconds") = 0.0,
         "Per-call latencies (ns) of the native runner's own loop: at least `iterations` calls and `seconds`.");
-  m.def("bare_onnxruntime_loop", &BareOnnxRuntimeLoop, py::arg("path"), py::arg("inputs"), py::arg("threads") = 0,
-        py::arg("warmup") = 10, py::arg("iterations") = 100, py::arg("seconds") = 0.0,
-        "Per-call latencies (ns) of a bare Ort::Session::Run loop over pre-built values on a session of `path` "
-        "(intra-op threads `threads`, inter-op 1).");
+  m.def("bare_onnxruntime_loop", &BareOnnxRuntimeLoop, py::arg("model"), py::arg("inputs"), py::arg("warmup") = 10,
+        py::arg("iterations") = 100, py::arg("seconds") = 0.0,
+        "Per-call latencies (ns) of a bare Ort::Session::Run loop over pre-built values on the ONNX model's own "
+        "session: at least `iterations` calls and `seconds`.");
 }

@@ -11,12 +11,14 @@ measures:
   native           the C++ runner's own loop (TF C API / ORT C++ API), no Python
   native_python    the same runner called once per iteration from Python
                    through the pybind11 module (what a Python server would see)
-  ort_bare_cpp     (ONNX) a bare `Ort::Session::Run` loop over prebuilt values:
-                   what onnxruntime_perf_test measures
+  ort_bare_cpp     (ONNX) a bare `Ort::Session::Run` loop over prebuilt values on
+                   the native runner's own session: what onnxruntime_perf_test
+                   measures
   python_runtime   `onnxruntime.InferenceSession.run`, or
                    `tf.saved_model.load(path).signatures["serving_default"]`
 
-and writes benchmark.json, benchmark.md (a table with ratios) and benchmark.png
+The runners take turns in rounds (`measure_interleaved`), so that load on the
+machine is shared by all of them rather than skewing one. It then writes benchmark.json, benchmark.md (a table with ratios) and benchmark.png
 (p50 latency against batch size, per runner). Speed is only ever measured here,
 never asserted in tests.
 """
@@ -28,13 +30,14 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from servekit import native
 
 DEFAULT_BATCHES = (1, 8, 32, 128)
 
@@ -82,17 +85,44 @@ def latency_stats(latencies_ns: Sequence[float], batch: int) -> dict[str, float]
     }
 
 
-def time_python_loop(call: Callable[[], Any], warmup: int, iterations: int, seconds: float) -> list[float]:
-    """Per-call latencies (ns) of `call`: `warmup` untimed calls, then at least
-    `iterations` calls or `seconds` of calls, whichever ends later."""
-    for _ in range(warmup):
-        call()
+def time_python_loop(call: Callable[[], Any], iterations: int, seconds: float) -> list[int]:
+    """Per-call latencies (ns) of `call`: at least `iterations` calls and `seconds`
+    of calls, whichever ends later."""
     latencies = []
     deadline = time.perf_counter() + seconds
     while len(latencies) < iterations or time.perf_counter() < deadline:
         start = time.perf_counter_ns()
         call()
         latencies.append(time.perf_counter_ns() - start)
+    return latencies
+
+
+# A runner times calls: (min_iterations, min_seconds) -> per-call latencies in ns.
+Runner = Callable[[int, float], list[int]]
+
+
+def measure_interleaved(runners: Mapping[str, Runner], warmup: int, iterations: int, seconds: float,
+                        rounds: int) -> dict[str, list[int]]:
+    """Latencies of each runner, measured in `rounds` interleaved slices.
+
+    Every runner gets `warmup` untimed calls, then each round runs every runner
+    for its share (iterations / rounds calls and seconds / rounds), starting with
+    a different runner each round. Load that comes and goes during the
+    measurement then lands on all runners alike instead of on whichever ran at
+    that moment, so the ratios between runners stay meaningful on a busy machine.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    names = list(runners)
+    if warmup > 0:
+        for name in names:
+            runners[name](warmup, 0.0)
+    latencies: dict[str, list[int]] = {name: [] for name in names}
+    per_round_iterations = -(-iterations // rounds)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            latencies[name] += runners[name](per_round_iterations, seconds / rounds)
     return latencies
 
 
@@ -112,20 +142,22 @@ def reference_inputs(manifest: Mapping[str, Any], root: pathlib.Path, endpoint: 
 
 
 def _python_runner(fmt: str, path: pathlib.Path, endpoint: str, threads: int):
-    """A callable running `inputs` through the Python runtime of `fmt`."""
+    """A callable running `inputs` through the Python runtime of `fmt`, with
+    `threads` intra-op threads and ops run in the calling thread, like the
+    native runners."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda inputs: session.run(None, inputs)
 
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(native.CALLER_THREAD)
     loaded = tf.saved_model.load(str(path))
     function = loaded.signatures[endpoint]
 
@@ -143,6 +175,7 @@ def benchmark_export(
     warmup: int = 20,
     iterations: int = 200,
     seconds: float = 1.0,
+    rounds: int = 5,
     formats: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """Runs the side-by-side benchmark of one export; returns the report.
@@ -150,18 +183,28 @@ def benchmark_export(
     Args:
         manifest_path: the export's manifest.json.
         batches: batch sizes of the sweep.
-        threads: intra-op threads for every runtime (inter-op: 1).
-        warmup: untimed runs before each measurement.
-        iterations: minimum timed runs per measurement.
-        seconds: minimum time per measurement.
+        threads: intra-op threads for every runtime (inter-op: the caller's thread).
+        warmup: untimed runs per runner before each measurement.
+        iterations: minimum timed runs per runner and batch.
+        seconds: minimum time per runner and batch.
+        rounds: slices the runners take turns in (see `measure_interleaved`).
         formats: artifacts to measure; all of the export's by default.
 
     Returns:
-        A JSON-serialisable dict: machine, settings and one row per
-        (format, runner, batch) with latency percentiles and throughput.
-    """
-    from servekit import native
+        A JSON-serialisable dict: machine, settings, one row per (format,
+        runner, batch) with latency percentiles and throughput, and the ratios
+        between runners (see `runner_ratios`).
 
+    Raises:
+        ValueError: the export has no reference inputs for `serving_default`,
+            or `rounds` < 1.
+
+    Example:
+
+    >>> report = benchmark_export(pathlib.Path("bazel-bin/models/mlp_tensorflow/manifest.json"),
+    ...                           batches=[1, 32], seconds=0.5)
+    >>> write_report(report, pathlib.Path("/tmp/mlp_bench"))
+    """
     manifest = json.loads(manifest_path.read_text())
     root = manifest_path.parent
     endpoint = "serving_default"
@@ -172,20 +215,18 @@ def benchmark_export(
         if formats and fmt not in formats:
             continue
         path = root / artifact["path"]
-        model = native.load(str(path), intra_op_threads=threads, inter_op_threads=1)
+        model = native.load(str(path), intra_op_threads=threads, inter_op_threads=native.CALLER_THREAD)
         python_run = _python_runner(fmt, path, endpoint, threads)
         for batch in batches:
             inputs = {k: tile_to_batch(v, batch) for k, v in base_inputs.items()}
-            measured = {
-                "native": native.benchmark_loop(model, endpoint, inputs, warmup, iterations, seconds),
-                "native_python": time_python_loop(
-                    lambda: model.run(endpoint, inputs), warmup, iterations, seconds),
-                "python_runtime": time_python_loop(
-                    lambda: python_run(inputs), warmup, iterations, seconds),
+            runners: dict[str, Runner] = {
+                "native": lambda n, s: native.benchmark_loop(model, endpoint, inputs, 0, n, s),
+                "native_python": lambda n, s: time_python_loop(lambda: model.run(endpoint, inputs), n, s),
+                "python_runtime": lambda n, s: time_python_loop(lambda: python_run(inputs), n, s),
             }
             if fmt == "onnx":
-                measured["ort_bare_cpp"] = native.bare_onnxruntime_loop(
-                    str(path), inputs, threads, warmup, iterations, seconds)
+                runners["ort_bare_cpp"] = lambda n, s: native.bare_onnxruntime_loop(model, inputs, 0, n, s)
+            measured = measure_interleaved(runners, warmup, iterations, seconds, rounds)
             for runner, latencies in measured.items():
                 rows.append({"format": fmt, "runner": runner, "batch": batch,
                              **latency_stats(latencies, batch)})
@@ -194,40 +235,85 @@ def benchmark_export(
         "model": manifest["model"],
         "source_backend": manifest["source_backend"],
         "machine": machine_info(),
-        "settings": {"threads": threads, "inter_op_threads": 1, "warmup": warmup,
-                     "min_iterations": iterations, "min_seconds": seconds,
+        "settings": {"threads": threads, "inter_op": "caller thread", "warmup": warmup,
+                     "min_iterations": iterations, "min_seconds": seconds, "rounds": rounds,
                      "batches": list(batches)},
         "results": rows,
+        "ratios": runner_ratios(rows),
     }
 
 
-def _p50(report: Mapping[str, Any], fmt: str, runner: str, batch: int) -> Optional[float]:
-    for row in report["results"]:
-        if (row["format"], row["runner"], row["batch"]) == (fmt, runner, batch):
-            return row["p50_us"]
-    return None
+def runner_ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The comparisons the benchmark exists for, one entry per (format, batch).
+
+    - `native_speedup_vs_python`: the Python runtime's p50 over the native loop's;
+    - `native_python_speedup_vs_python`: the same for the module called from Python;
+    - `native_overhead_vs_bare_ort` (ONNX): the native loop's p50 over a bare
+      `Ort::Session::Run` loop's on the same session (1.0 = no overhead);
+    - `native_throughput_vs_fastest_python`: the native loop's samples/s over the
+      faster Python runtime's (of either format) at that batch.
+    """
+    by_key = {(r["format"], r["runner"], r["batch"]): r for r in rows}
+    fastest_python: dict[int, float] = {}
+    for r in rows:
+        if r["runner"] == "python_runtime":
+            fastest_python[r["batch"]] = max(fastest_python.get(r["batch"], 0.0), r["throughput_per_s"])
+    ratios = []
+    for (fmt, runner, batch), native_row in by_key.items():
+        if runner != "native":
+            continue
+        python_row = by_key.get((fmt, "python_runtime", batch))
+        module_row = by_key.get((fmt, "native_python", batch))
+        bare_row = by_key.get((fmt, "ort_bare_cpp", batch))
+        entry: dict[str, Any] = {"format": fmt, "batch": batch}
+        if python_row:
+            entry["native_speedup_vs_python"] = python_row["p50_us"] / native_row["p50_us"]
+            if module_row:
+                entry["native_python_speedup_vs_python"] = python_row["p50_us"] / module_row["p50_us"]
+        if bare_row:
+            entry["native_overhead_vs_bare_ort"] = native_row["p50_us"] / bare_row["p50_us"]
+        if fastest_python.get(batch):
+            entry["native_throughput_vs_fastest_python"] = native_row["throughput_per_s"] / fastest_python[batch]
+        ratios.append(entry)
+    return ratios
+
+
+_RATIO_COLUMNS = (
+    ("native_speedup_vs_python", "native vs python p50"),
+    ("native_python_speedup_vs_python", "module from Python vs python p50"),
+    ("native_overhead_vs_bare_ort", "native / bare ORT p50"),
+    ("native_throughput_vs_fastest_python", "native / fastest python samples/s"),
+)
 
 
 def render_table(report: Mapping[str, Any]) -> str:
-    """A Markdown table of the report, with each runner's p50 ratio to the Python runtime."""
+    """Markdown: the machine, one row per measurement, then the ratios between runners."""
     machine = report["machine"]
+    settings = report["settings"]
     lines = [
         f"Model `{report['model']}` (source backend {report['source_backend']}); "
         f"{machine['cpu']}, {machine['cores']} cores"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU")
-        + f"; {report['settings']['threads']} intra-op thread(s).",
+        + f"; {settings['threads']} intra-op thread(s); runners interleaved in "
+        f"{settings['rounds']} rounds.",
         "",
-        "| format | runner | batch | p50 µs | p90 µs | p99 µs | max µs | samples/s | p50 vs python_runtime |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| format | runner | batch | p50 µs | p90 µs | p99 µs | max µs | samples/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
-        baseline = _p50(report, row["format"], "python_runtime", row["batch"])
-        ratio = f"{baseline / row['p50_us']:.2f}× faster" if baseline and row["runner"] != "python_runtime" else ""
         lines.append(
             f"| {row['format']} | {row['runner']} | {row['batch']} | {row['p50_us']:.1f} | "
             f"{row['p90_us']:.1f} | {row['p99_us']:.1f} | {row['max_us']:.1f} | "
-            f"{row['throughput_per_s']:.0f} | {ratio} |"
+            f"{row['throughput_per_s']:.0f} |"
         )
+    lines += [
+        "",
+        "| format | batch | " + " | ".join(title for _, title in _RATIO_COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(_RATIO_COLUMNS),
+    ]
+    for entry in report["ratios"]:
+        cells = [f"{entry[key]:.2f}×" if key in entry else "" for key, _ in _RATIO_COLUMNS]
+        lines.append(f"| {entry['format']} | {entry['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -275,6 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per measurement")
     parser.add_argument("--formats", default=None, help="comma-separated; default: all")
     args = parser.parse_args(argv)
     report = benchmark_export(
@@ -284,6 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         warmup=args.warmup,
         iterations=args.iterations,
         seconds=args.seconds,
+        rounds=args.rounds,
         formats=args.formats.split(",") if args.formats else None,
     )
     write_report(report, args.out_dir)

@@ -36,6 +36,7 @@ from servekit import _native
 from servekit.signature import Signature
 
 __all__ = [
+    "CALLER_THREAD",
     "Model",
     "ValidationReport",
     "bare_onnxruntime_loop",
@@ -87,6 +88,10 @@ class Model:
         return f"servekit.native.Model({self.format}, {self.path!r})"
 
 
+# `inter_op_threads` value: ops run in the calling thread (LoadOptions::kCallerThread).
+CALLER_THREAD = -1
+
+
 def load(
     path: str,
     *,
@@ -101,7 +106,10 @@ def load(
 
     Args:
         path: the artifact.
-        intra_op_threads, inter_op_threads: runtime thread pools; 0 is the runtime's default.
+        intra_op_threads, inter_op_threads: runtime thread pools; 0 is the runtime's
+            default. `inter_op_threads=CALLER_THREAD` (-1) runs every op in the
+            thread that calls `run`: the lowest single-stream latency on
+            TensorFlow, whose one-thread pool sleeps between calls.
         device: "cpu" or "gpu"; "gpu" fails clearly where the runtime has no GPU.
         tags: SavedModel MetaGraph tags (default ["serve"]).
         format: "tf_saved_model" or "onnx"; detected from the path by default.
@@ -173,9 +181,9 @@ def benchmark_loop(model: Model, endpoint: str, inputs: Mapping[str, Any], warmu
     return _native.benchmark_loop(_unwrap(model), endpoint, inputs, warmup, iterations, seconds)
 
 
-def bare_onnxruntime_loop(path: str, inputs: Mapping[str, Any], threads: int = 0, warmup: int = 10,
-                          iterations: int = 100, seconds: float = 0.0) -> list[int]:
+def bare_onnxruntime_loop(model: Model, inputs: Mapping[str, Any], warmup: int = 10, iterations: int = 100,
+                          seconds: float = 0.0) -> list[int]:
     """Per-call latencies in ns of a bare `Ort::Session::Run` loop over values built
-    once (what onnxruntime_perf_test measures), on a session of `path` with
-    `threads` intra-op threads and one inter-op thread."""
-    return _native.bare_onnxruntime_loop(str(path), inputs, threads, warmup, iterations, seconds)
+    once (what onnxruntime_perf_test measures), on the ONNX `model`'s own session,
+    so that it compares with `benchmark_loop` at equal session settings."""
+    return _native.bare_onnxruntime_loop(_unwrap(model), inputs, warmup, iterations, seconds)

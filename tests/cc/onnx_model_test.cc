@@ -226,5 +226,18 @@ TEST(OnnxModelLoadTest, OptionsAndLoadModel) {
   EXPECT_TRUE((*m)->Run("serving_default", {{"features", Floats({1, 3}, {1, 2, 3})}}).ok());
 }
 
+TEST(OnnxModelLoadTest, CallerThreadInterOpRunsAndBadThreadCountsAreRejected) {
+  LoadOptions options;
+  options.inter_op_threads = LoadOptions::kCallerThread;
+  auto m = OnnxModel::Load(testing::FixturePath("model.onnx"), options);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_TRUE((*m)->Run("serving_default", {{"features", Floats({2, 3}, {1, 2, 3, 4, 5, 6})}}).ok());
+  options.inter_op_threads = -2;
+  auto bad = OnnxModel::Load(testing::FixturePath("model.onnx"), options);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("inter-op threads must be >= -1"), std::string::npos)
+      << bad.status().message();
+}
+
 }  // namespace
 }  // namespace servekit

@@ -196,6 +196,8 @@ def test_bench_usage_errors():
         (("--iterations", "5", "--seconds", "1"), "give --iterations or --seconds, not both"),
         (("--iterations", "0"), "--iterations and --seconds must be > 0"),
         (("--threads", "two"), "--threads must be an integer"),
+        (("--threads", "-1"), "intra-op threads must be >= 0"),
+        (("--inter-threads", "-2"), "inter-op threads must be >= -1"),
         (("--device", "tpu"), "--device must be cpu or gpu"),
     ]:
         code, _, err = verify("bench", model, *args)

@@ -130,6 +130,15 @@ def test_load_errors(tmp_path):
         native.load(str(FIXTURE / "saved_model"), tags=["train"])
     with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu'"):
         native.load(str(FIXTURE / "model.onnx"), device="tpu")
+    with pytest.raises(ValueError, match="inter-op threads must be >= -1"):
+        native.load(str(FIXTURE / "saved_model"), inter_op_threads=-2)
+
+
+def test_caller_thread_inter_op():
+    for artifact in ("saved_model", "model.onnx"):
+        inline = native.load(str(FIXTURE / artifact), intra_op_threads=1, inter_op_threads=native.CALLER_THREAD)
+        out = inline.run("serving_default", {"features": ref("serving_default.b4.in.features.npy")})
+        np.testing.assert_allclose(out["logits"], ref("serving_default.b4.out.logits.npy"), atol=1e-5)
 
 
 @pytest.mark.parametrize("artifact", ["model.onnx", "saved_model"])
@@ -189,8 +198,10 @@ def test_benchmark_helpers(onnx_model, saved_model):
     assert report["inputs"] == "random" and report["batches"][0]["runner"]["iterations"] == 5
     latencies = native.benchmark_loop(onnx_model, "serving_default", feeds, 2, 50, 0.0)
     assert len(latencies) == 50 and all(isinstance(t, int) and t > 0 for t in latencies)
-    bare = native.bare_onnxruntime_loop(str(FIXTURE / "model.onnx"), feeds, 1, 2, 40, 0.0)
-    assert len(bare) == 40
+    bare = native.bare_onnxruntime_loop(onnx_model, feeds, 2, 40, 0.0)
+    assert len(bare) == 40 and all(t > 0 for t in bare)
+    with pytest.raises(ValueError, match="needs an ONNX model"):
+        native.bare_onnxruntime_loop(saved_model, {"x": np.zeros(1)}, 0, 1)
     with pytest.raises(ValueError, match="needs an ONNX model"):
         native.benchmark(saved_model, bare_ort=True, iterations=2)
 

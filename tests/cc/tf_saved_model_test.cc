@@ -238,6 +238,33 @@ TEST(TfSavedModelLoadTest, ThreadOptionsAndConfigBytes) {
   EXPECT_TRUE(out.ok());
 }
 
+TEST(TfSavedModelLoadTest, CallerThreadInterOpIsTensorFlowsNegativeSetting) {
+  LoadOptions options;
+  options.intra_op_threads = 1;
+  options.inter_op_threads = LoadOptions::kCallerThread;
+  // As tf.compat.v1.ConfigProto(device_count={"GPU": 0}, intra_op_parallelism_threads=1,
+  // inter_op_parallelism_threads=-1, allow_soft_placement=True).SerializeToString().
+  EXPECT_EQ(SerializeTfConfig(options),
+            std::string("\x0a\x07\x0a\x03GPU\x10\x00\x10\x01\x28\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x38\x01", 24));
+  auto m = TfSavedModel::Load(testing::FixturePath("saved_model"), options);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  auto out = (*m)->Run("serving_default", {{"features", Floats({1, 3}, {1, 0, 0})}});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_FLOAT_EQ((*out)[0].tensor.data_as<float>()[0], 0.6f);  // x @ W + b, as in RunsServingDefault
+  EXPECT_FLOAT_EQ((*out)[0].tensor.data_as<float>()[1], -1.2f);
+}
+
+TEST(TfSavedModelLoadTest, RejectsThreadCountsTheRuntimeWouldMisread) {
+  for (auto [intra, inter] : {std::pair{-1, 0}, std::pair{0, -2}}) {
+    LoadOptions options;
+    options.intra_op_threads = intra;
+    options.inter_op_threads = inter;
+    auto m = TfSavedModel::Load(testing::FixturePath("saved_model"), options);
+    EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument) << intra << "," << inter;
+    EXPECT_NE(m.status().message().find("threads must be >="), std::string::npos) << m.status().message();
+  }
+}
+
 TEST(TfSavedModelLoadTest, LoadModelDetectsTheFormat) {
   auto m = LoadModel(testing::FixturePath("saved_model"));
   ASSERT_TRUE(m.ok()) << m.status().ToString();
