@@ -3,12 +3,14 @@
 #include <sys/utsname.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -20,10 +22,6 @@ namespace servekit {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double MicrosSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::micro>(Clock::now() - start).count();
-}
 
 // Tiles (or cuts) `sample` along dim 0 to `batch` rows.
 StatusOr<Tensor> TileToBatch(const Tensor& sample, int64_t batch) {
@@ -214,26 +212,39 @@ class BareOrtLoop {
   std::vector<Tensor> keep_;  // owns the bytes the values view
 };
 
-// Latencies (ns) of `call`: `warmup` untimed calls, then timed calls until at least
-// `min_iterations` were made and `min_seconds` passed.
-template <typename Call>
-StatusOr<std::vector<int64_t>> TimeLoop(Call call, int warmup, int64_t min_iterations, double min_seconds) {
+// Per-call latencies (ns) of each of `calls`, made in turn call by call so that
+// all of them see the same machine state: `warmup` untimed rounds, then timed
+// rounds until at least `min_iterations` were made and `min_seconds` passed.
+template <size_t N, typename Call>
+StatusOr<std::array<std::vector<int64_t>, N>> TimeAlternating(const std::array<Call, N>& calls, int warmup,
+                                                              int64_t min_iterations, double min_seconds) {
   if (warmup < 0 || min_iterations < 0 || min_seconds < 0) {
     return InvalidArgument("warmup, iterations and seconds must be >= 0");
   }
   if (min_iterations == 0 && min_seconds == 0) return InvalidArgument("give iterations or seconds");
-  for (int i = 0; i < warmup; ++i) SERVEKIT_RETURN_IF_ERROR(call());
-  std::vector<int64_t> latencies;
-  latencies.reserve(static_cast<size_t>(std::min<int64_t>(min_iterations, 10000000)));
+  for (int i = 0; i < warmup; ++i) {
+    for (const auto& call : calls) SERVEKIT_RETURN_IF_ERROR(call());
+  }
+  std::array<std::vector<int64_t>, N> latencies;
+  for (auto& l : latencies) l.reserve(static_cast<size_t>(std::min<int64_t>(min_iterations, 10000000)));
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(min_seconds));
-  while (static_cast<int64_t>(latencies.size()) < min_iterations || Clock::now() < deadline) {
-    const auto start = Clock::now();
-    Status st = call();
-    latencies.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
-    SERVEKIT_RETURN_IF_ERROR(st);
+  while (static_cast<int64_t>(latencies[0].size()) < min_iterations || Clock::now() < deadline) {
+    for (size_t i = 0; i < N; ++i) {
+      const auto start = Clock::now();
+      Status st = calls[i]();
+      latencies[i].push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+      SERVEKIT_RETURN_IF_ERROR(st);
+    }
   }
   return latencies;
+}
+
+std::vector<double> NanosToMicros(const std::vector<int64_t>& nanos) {
+  std::vector<double> micros;
+  micros.reserve(nanos.size());
+  for (int64_t ns : nanos) micros.push_back(static_cast<double>(ns) / 1e3);
+  return micros;
 }
 
 }  // namespace
@@ -243,13 +254,24 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
                                               int64_t min_iterations, double min_seconds) {
   if (model.FindEndpoint(endpoint) == nullptr) return NotFound("no endpoint '" + endpoint + "' in " + model.path());
   // Each timing includes releasing the outputs.
-  return TimeLoop([&] { return model.Run(endpoint, inputs).status(); }, warmup, min_iterations, min_seconds);
+  using Call = std::function<Status()>;
+  SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
+                            TimeAlternating(std::array<Call, 1>{[&] { return model.Run(endpoint, inputs).status(); }},
+                                            warmup, min_iterations, min_seconds));
+  return std::move(latencies[0]);
 }
 
-StatusOr<std::vector<int64_t>> TimeBareOrtLoop(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
-                                               int warmup, int64_t min_iterations, double min_seconds) {
-  SERVEKIT_ASSIGN_OR_RETURN(auto loop, BareOrtLoop::Make(model, inputs));
-  return TimeLoop([&] { return loop->RunOnce(); }, warmup, min_iterations, min_seconds);
+StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
+                                                         int warmup, int64_t min_iterations, double min_seconds) {
+  SERVEKIT_ASSIGN_OR_RETURN(auto bare, BareOrtLoop::Make(model, inputs));
+  const std::string endpoint = kOnnxEndpoint;
+  using Call = std::function<Status()>;
+  SERVEKIT_ASSIGN_OR_RETURN(auto latencies, TimeAlternating(std::array<Call, 2>{
+                                                                [&] { return model.Run(endpoint, inputs).status(); },
+                                                                [&] { return bare->RunOnce(); },
+                                                            },
+                                                            warmup, min_iterations, min_seconds));
+  return RunnerAndBareOrtLatencies{std::move(latencies[0]), std::move(latencies[1])};
 }
 
 StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOptions& options) {
@@ -263,9 +285,9 @@ StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOption
   if (options.iterations < 0 || options.seconds < 0 || options.warmup < 0) {
     return InvalidArgument("iterations, seconds and warmup must be >= 0");
   }
-  const int64_t max_iterations =
-      options.iterations > 0 ? options.iterations : (options.seconds > 0 ? int64_t{100000000} : 100);
-  const double budget_us = options.iterations > 0 ? 0.0 : options.seconds * 1e6;
+  // A fixed count, or as many calls as fit the time budget.
+  const int64_t min_iterations = options.iterations > 0 ? options.iterations : (options.seconds > 0 ? 1 : 100);
+  const double min_seconds = options.iterations > 0 ? 0.0 : options.seconds;
 
   BenchmarkReport report;
   report.path = model.path();
@@ -278,40 +300,20 @@ StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOption
   for (int64_t batch : options.batches) {
     SERVEKIT_ASSIGN_OR_RETURN(std::vector<NamedTensor> inputs,
                               MakeBatchInputs(*signature, options.sample_inputs, batch, options.seed));
-    std::unique_ptr<BareOrtLoop> bare;
-    if (options.bare_ort) {
-      SERVEKIT_ASSIGN_OR_RETURN(bare, BareOrtLoop::Make(*onnx, inputs));
-    }
-    for (int i = 0; i < options.warmup; ++i) {
-      SERVEKIT_RETURN_IF_ERROR(model.Run(options.endpoint, inputs).status());
-      if (bare) SERVEKIT_RETURN_IF_ERROR(bare->RunOnce());
-    }
-    // The runner and the bare loop alternate call by call, so that both see the
-    // same machine state. Both timings include releasing the outputs.
-    std::vector<double> runner_us, bare_us;
-    double elapsed_us = 0;
-    for (int64_t i = 0; i < max_iterations && (budget_us == 0 || elapsed_us < budget_us); ++i) {
-      auto start = Clock::now();
-      Status st = model.Run(options.endpoint, inputs).status();
-      runner_us.push_back(MicrosSince(start));
-      SERVEKIT_RETURN_IF_ERROR(st);
-      elapsed_us += runner_us.back();
-      if (bare) {
-        start = Clock::now();
-        st = bare->RunOnce();
-        bare_us.push_back(MicrosSince(start));
-        SERVEKIT_RETURN_IF_ERROR(st);
-        elapsed_us += bare_us.back();
-      }
-    }
     BatchResult r;
     r.batch = batch;
-    r.runner = Summarize(std::move(runner_us));
-    r.items_per_second = r.runner.mean_us > 0 ? static_cast<double>(batch) * 1e6 / r.runner.mean_us : 0;
-    if (bare) {
-      r.bare_ort = Summarize(std::move(bare_us));
+    if (options.bare_ort) {
+      SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
+                                TimeRunnerAndBareOrt(*onnx, inputs, options.warmup, min_iterations, min_seconds));
+      r.runner = Summarize(NanosToMicros(latencies.runner));
+      r.bare_ort = Summarize(NanosToMicros(latencies.bare_ort));
       if (r.bare_ort->p50_us > 0) r.overhead_ratio = r.runner.p50_us / r.bare_ort->p50_us;
+    } else {
+      SERVEKIT_ASSIGN_OR_RETURN(auto latencies, TimeRunnerLoop(model, options.endpoint, inputs, options.warmup,
+                                                               min_iterations, min_seconds));
+      r.runner = Summarize(NanosToMicros(latencies));
     }
+    r.items_per_second = r.runner.mean_us > 0 ? static_cast<double>(batch) * 1e6 / r.runner.mean_us : 0;
     report.batches.push_back(std::move(r));
   }
   return report;

@@ -6,7 +6,7 @@
 // wall-clock; the report has p50/p90/p99/max, throughput, the thread settings and
 // the machine. For ONNX models, `bare_ort` also times a bare Ort::Session::Run loop
 // over pre-built Ort::Values on the same session (what onnxruntime_perf_test
-// measures), interleaved call by call with servekit's runner, so the report can
+// measures), alternating call by call with servekit's runner, so the report can
 // state the runner's overhead ratio.
 #ifndef SERVEKIT_CC_BENCHMARK_H_
 #define SERVEKIT_CC_BENCHMARK_H_
@@ -87,10 +87,16 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
                                               const std::vector<NamedTensor>& inputs, int warmup,
                                               int64_t min_iterations, double min_seconds);
 
-// The same for a bare Ort::Session::Run loop on `model`'s session over Ort::Values
-// built once from `inputs`.
-StatusOr<std::vector<int64_t>> TimeBareOrtLoop(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
-                                               int warmup, int64_t min_iterations, double min_seconds);
+// Per-call latencies (ns) of servekit's runner on an ONNX `model` and of a bare
+// Ort::Session::Run loop over Ort::Values built once from `inputs`, on the same
+// session, alternating call by call (so both see the same machine state; what
+// the runner adds is then the ratio of the two).
+struct RunnerAndBareOrtLatencies {
+  std::vector<int64_t> runner;
+  std::vector<int64_t> bare_ort;
+};
+StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
+                                                         int warmup, int64_t min_iterations, double min_seconds);
 
 }  // namespace servekit
 

@@ -4,7 +4,7 @@
 //   Model.signatures / .run(endpoint, {name: array}) -> {name: array}
 //   validate(manifest_path, format=None, ...) -> dict   (servekit_verify validate)
 //   benchmark(model, ...) -> dict                        (servekit_verify bench)
-//   benchmark_loop(...), bare_onnxruntime_loop(...) -> [ns, ...]
+//   benchmark_loop(...) -> [ns, ...], runner_and_bare_onnxruntime_loops(...) -> ([ns], [ns])
 //
 // Errors are servekit Statuses turned into Python exceptions: ValueError (bad
 // argument, corrupt file), LookupError (missing file, endpoint or tensor),
@@ -208,8 +208,8 @@ std::vector<int64_t> BenchmarkLoop(const PyModel& self, const std::string& endpo
   return ValueOrRaise(std::move(latencies));
 }
 
-std::vector<int64_t> BareOnnxRuntimeLoop(const PyModel& self, const py::handle& inputs, int warmup,
-                                         int64_t iterations, double seconds) {
+py::tuple RunnerAndBareOnnxRuntimeLoops(const PyModel& self, const py::handle& inputs, int warmup,
+                                        int64_t iterations, double seconds) {
   const auto* onnx = dynamic_cast<const OnnxModel*>(self.model.get());
   if (onnx == nullptr) {
     Raise(InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
@@ -217,12 +217,13 @@ std::vector<int64_t> BareOnnxRuntimeLoop(const PyModel& self, const py::handle& 
   }
   std::vector<py::object> keep_alive;
   const std::vector<NamedTensor> feeds = FeedsFromPython(inputs, &keep_alive);
-  StatusOr<std::vector<int64_t>> latencies = Status(StatusCode::kInternal, "not run");
+  StatusOr<RunnerAndBareOrtLatencies> latencies = Status(StatusCode::kInternal, "not run");
   {
     py::gil_scoped_release release;
-    latencies = TimeBareOrtLoop(*onnx, feeds, warmup, iterations, seconds);
+    latencies = TimeRunnerAndBareOrt(*onnx, feeds, warmup, iterations, seconds);
   }
-  return ValueOrRaise(std::move(latencies));
+  RunnerAndBareOrtLatencies both = ValueOrRaise(std::move(latencies));
+  return py::make_tuple(std::move(both.runner), std::move(both.bare_ort));
 }
 
 }  // namespace
@@ -273,8 +274,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("benchmark_loop", &BenchmarkLoop, py::arg("model"), py::arg("endpoint"), py::arg("inputs"),
         py::arg("warmup") = 10, py::arg("iterations") = 100, py::arg("seconds") = 0.0,
         "Per-call latencies (ns) of the native runner's own loop: at least `iterations` calls and `seconds`.");
-  m.def("bare_onnxruntime_loop", &BareOnnxRuntimeLoop, py::arg("model"), py::arg("inputs"), py::arg("warmup") = 10,
-        py::arg("iterations") = 100, py::arg("seconds") = 0.0,
-        "Per-call latencies (ns) of a bare Ort::Session::Run loop over pre-built values on the ONNX model's own "
-        "session: at least `iterations` calls and `seconds`.");
+  m.def("runner_and_bare_onnxruntime_loops", &RunnerAndBareOnnxRuntimeLoops, py::arg("model"), py::arg("inputs"),
+        py::arg("warmup") = 10, py::arg("iterations") = 100, py::arg("seconds") = 0.0,
+        "(runner, bare) per-call latencies (ns) of the native runner and of a bare Ort::Session::Run loop over "
+        "pre-built values on the ONNX model's own session, alternating call by call: at least `iterations` "
+        "calls each and `seconds`.");
 }

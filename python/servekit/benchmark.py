@@ -12,8 +12,8 @@ measures:
   native_python    the same runner called once per iteration from Python
                    through the pybind11 module (what a Python server would see)
   ort_bare_cpp     (ONNX) a bare `Ort::Session::Run` loop over prebuilt values on
-                   the native runner's own session: what onnxruntime_perf_test
-                   measures
+                   the native runner's own session, alternating call by call
+                   with `native`: what onnxruntime_perf_test measures
   python_runtime   `onnxruntime.InferenceSession.run`, or
                    `tf.saved_model.load(path).signatures["serving_default"]`
 
@@ -97,13 +97,15 @@ def time_python_loop(call: Callable[[], Any], iterations: int, seconds: float) -
     return latencies
 
 
-# A runner times calls: (min_iterations, min_seconds) -> per-call latencies in ns.
-Runner = Callable[[int, float], list[int]]
+# A runner times calls: (min_iterations, min_seconds) -> {series: per-call latencies
+# in ns}. Most runners time one series; the native ONNX runner times itself and a
+# bare ORT loop alternating call by call, as two series.
+Runner = Callable[[int, float], Mapping[str, list[int]]]
 
 
 def measure_interleaved(runners: Mapping[str, Runner], warmup: int, iterations: int, seconds: float,
                         rounds: int) -> dict[str, list[int]]:
-    """Latencies of each runner, measured in `rounds` interleaved slices.
+    """Latencies of each runner's series, measured in `rounds` interleaved slices.
 
     Every runner gets `warmup` untimed calls, then each round runs every runner
     for its share (iterations / rounds calls and seconds / rounds), starting with
@@ -117,12 +119,13 @@ def measure_interleaved(runners: Mapping[str, Runner], warmup: int, iterations: 
     if warmup > 0:
         for name in names:
             runners[name](warmup, 0.0)
-    latencies: dict[str, list[int]] = {name: [] for name in names}
+    latencies: dict[str, list[int]] = {}
     per_round_iterations = -(-iterations // rounds)
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            latencies[name] += runners[name](per_round_iterations, seconds / rounds)
+            for series, values in runners[name](per_round_iterations, seconds / rounds).items():
+                latencies.setdefault(series, []).extend(values)
     return latencies
 
 
@@ -220,12 +223,15 @@ def benchmark_export(
         for batch in batches:
             inputs = {k: tile_to_batch(v, batch) for k, v in base_inputs.items()}
             runners: dict[str, Runner] = {
-                "native": lambda n, s: native.benchmark_loop(model, endpoint, inputs, 0, n, s),
-                "native_python": lambda n, s: time_python_loop(lambda: model.run(endpoint, inputs), n, s),
-                "python_runtime": lambda n, s: time_python_loop(lambda: python_run(inputs), n, s),
+                "native": lambda n, s: {"native": native.benchmark_loop(model, endpoint, inputs, 0, n, s)},
+                "native_python": lambda n, s: {
+                    "native_python": time_python_loop(lambda: model.run(endpoint, inputs), n, s)},
+                "python_runtime": lambda n, s: {
+                    "python_runtime": time_python_loop(lambda: python_run(inputs), n, s)},
             }
             if fmt == "onnx":
-                runners["ort_bare_cpp"] = lambda n, s: native.bare_onnxruntime_loop(model, inputs, 0, n, s)
+                runners["native"] = lambda n, s: dict(zip(
+                    ("native", "ort_bare_cpp"), native.runner_and_bare_onnxruntime_loops(model, inputs, 0, n, s)))
             measured = measure_interleaved(runners, warmup, iterations, seconds, rounds)
             for runner, latencies in measured.items():
                 rows.append({"format": fmt, "runner": runner, "batch": batch,

@@ -39,10 +39,10 @@ __all__ = [
     "CALLER_THREAD",
     "Model",
     "ValidationReport",
-    "bare_onnxruntime_loop",
     "benchmark",
     "benchmark_loop",
     "load",
+    "runner_and_bare_onnxruntime_loops",
     "validate",
 ]
 
@@ -181,9 +181,10 @@ def benchmark_loop(model: Model, endpoint: str, inputs: Mapping[str, Any], warmu
     return _native.benchmark_loop(_unwrap(model), endpoint, inputs, warmup, iterations, seconds)
 
 
-def bare_onnxruntime_loop(model: Model, inputs: Mapping[str, Any], warmup: int = 10, iterations: int = 100,
-                          seconds: float = 0.0) -> list[int]:
-    """Per-call latencies in ns of a bare `Ort::Session::Run` loop over values built
-    once (what onnxruntime_perf_test measures), on the ONNX `model`'s own session,
-    so that it compares with `benchmark_loop` at equal session settings."""
-    return _native.bare_onnxruntime_loop(_unwrap(model), inputs, warmup, iterations, seconds)
+def runner_and_bare_onnxruntime_loops(model: Model, inputs: Mapping[str, Any], warmup: int = 10,
+                                      iterations: int = 100, seconds: float = 0.0) -> tuple[list[int], list[int]]:
+    """Per-call latencies in ns of the native runner on an ONNX `model` and of a
+    bare `Ort::Session::Run` loop over values built once (what
+    onnxruntime_perf_test measures) on the same session, alternating call by call
+    so that their ratio is the runner's own overhead, whatever the machine does."""
+    return _native.runner_and_bare_onnxruntime_loops(_unwrap(model), inputs, warmup, iterations, seconds)

@@ -198,10 +198,10 @@ def test_benchmark_helpers(onnx_model, saved_model):
     assert report["inputs"] == "random" and report["batches"][0]["runner"]["iterations"] == 5
     latencies = native.benchmark_loop(onnx_model, "serving_default", feeds, 2, 50, 0.0)
     assert len(latencies) == 50 and all(isinstance(t, int) and t > 0 for t in latencies)
-    bare = native.bare_onnxruntime_loop(onnx_model, feeds, 2, 40, 0.0)
-    assert len(bare) == 40 and all(t > 0 for t in bare)
+    runner, bare = native.runner_and_bare_onnxruntime_loops(onnx_model, feeds, 2, 40, 0.0)
+    assert len(runner) == len(bare) == 40 and all(t > 0 for t in runner + bare)
     with pytest.raises(ValueError, match="needs an ONNX model"):
-        native.bare_onnxruntime_loop(saved_model, {"x": np.zeros(1)}, 0, 1)
+        native.runner_and_bare_onnxruntime_loops(saved_model, {"x": np.zeros(1)}, 0, 1)
     with pytest.raises(ValueError, match="needs an ONNX model"):
         native.benchmark(saved_model, bare_ort=True, iterations=2)
 

@@ -19,24 +19,25 @@ MANIFEST = RUNFILES / "models/mlp_tensorflow/manifest.json"
 def test_runners_take_turns_and_each_gets_its_share():
     calls = []
 
-    def runner(name):
+    def runner(name, series=None):
         def run(iterations, seconds):
             calls.append((name, iterations, seconds))
-            return [1] * iterations
+            return {s: [1] * iterations for s in (series or [name])}
         return run
 
     latencies = benchmark.measure_interleaved(
-        {"a": runner("a"), "b": runner("b"), "c": runner("c")}, warmup=2, iterations=10, seconds=0.3, rounds=3)
+        {"a": runner("a", ["a", "a_bare"]), "b": runner("b"), "c": runner("c")},
+        warmup=2, iterations=10, seconds=0.3, rounds=3)
 
     assert calls[:3] == [("a", 2, 0.0), ("b", 2, 0.0), ("c", 2, 0.0)]  # warm-up, untimed
     assert [name for name, _, _ in calls[3:]] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert all(n == 4 and s == pytest.approx(0.1) for _, n, s in calls[3:])
-    assert {name: len(values) for name, values in latencies.items()} == {"a": 12, "b": 12, "c": 12}
+    assert {name: len(values) for name, values in latencies.items()} == {"a": 12, "a_bare": 12, "b": 12, "c": 12}
 
 
 def test_rounds_must_be_positive():
     with pytest.raises(ValueError, match="rounds must be >= 1"):
-        benchmark.measure_interleaved({"a": lambda n, s: [1]}, warmup=0, iterations=1, seconds=0, rounds=0)
+        benchmark.measure_interleaved({"a": lambda n, s: {"a": [1]}}, warmup=0, iterations=1, seconds=0, rounds=0)
 
 
 @pytest.fixture(scope="module")
