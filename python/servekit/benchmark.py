@@ -18,9 +18,10 @@ measures:
                    `tf.saved_model.load(path).signatures["serving_default"]`
 
 The runners take turns in rounds (`measure_interleaved`), so that load on the
-machine is shared by all of them rather than skewing one. It then writes benchmark.json, benchmark.md (a table with ratios) and benchmark.png
-(p50 latency against batch size, per runner). Speed is only ever measured here,
-never asserted in tests.
+machine is shared by all of them rather than skewing one. It then writes
+benchmark.json, benchmark.md (a table with ratios) and benchmark.png (p50 latency
+against batch size, per runner). Speed is only ever measured here, never
+asserted in tests.
 """
 
 from __future__ import annotations
@@ -222,16 +223,18 @@ def benchmark_export(
         python_run = _python_runner(fmt, path, endpoint, threads)
         for batch in batches:
             inputs = {k: tile_to_batch(v, batch) for k, v in base_inputs.items()}
+            if fmt == "onnx":  # the native loop and a bare ORT loop, alternating call by call
+                native_runner: Runner = lambda n, s: dict(zip(
+                    ("native", "ort_bare_cpp"), native.runner_and_bare_onnxruntime_loops(model, inputs, 0, n, s)))
+            else:
+                native_runner = lambda n, s: {"native": native.benchmark_loop(model, endpoint, inputs, 0, n, s)}
             runners: dict[str, Runner] = {
-                "native": lambda n, s: {"native": native.benchmark_loop(model, endpoint, inputs, 0, n, s)},
+                "native": native_runner,
                 "native_python": lambda n, s: {
                     "native_python": time_python_loop(lambda: model.run(endpoint, inputs), n, s)},
                 "python_runtime": lambda n, s: {
                     "python_runtime": time_python_loop(lambda: python_run(inputs), n, s)},
             }
-            if fmt == "onnx":
-                runners["native"] = lambda n, s: dict(zip(
-                    ("native", "ort_bare_cpp"), native.runner_and_bare_onnxruntime_loops(model, inputs, 0, n, s)))
             measured = measure_interleaved(runners, warmup, iterations, seconds, rounds)
             for runner, latencies in measured.items():
                 rows.append({"format": fmt, "runner": runner, "batch": batch,
