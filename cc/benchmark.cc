@@ -261,9 +261,14 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
   return std::move(latencies[0]);
 }
 
-StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
+StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, const std::vector<NamedTensor>& inputs,
                                                          int warmup, int64_t min_iterations, double min_seconds) {
-  SERVEKIT_ASSIGN_OR_RETURN(auto bare, BareOrtLoop::Make(model, inputs));
+  const auto* onnx = dynamic_cast<const OnnxModel*>(&model);
+  if (onnx == nullptr) {
+    return InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
+                           std::string(FormatName(model.format())));
+  }
+  SERVEKIT_ASSIGN_OR_RETURN(auto bare, BareOrtLoop::Make(*onnx, inputs));
   const std::string endpoint = kOnnxEndpoint;
   using Call = std::function<Status()>;
   SERVEKIT_ASSIGN_OR_RETURN(auto latencies, TimeAlternating(std::array<Call, 2>{
@@ -277,11 +282,6 @@ StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const OnnxModel& model,
 StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOptions& options) {
   const Signature* signature = model.FindEndpoint(options.endpoint);
   if (signature == nullptr) return NotFound("no endpoint '" + options.endpoint + "' in " + model.path());
-  const OnnxModel* onnx = dynamic_cast<const OnnxModel*>(&model);
-  if (options.bare_ort && onnx == nullptr) {
-    return InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
-                           std::string(FormatName(model.format())));
-  }
   if (options.iterations < 0 || options.seconds < 0 || options.warmup < 0) {
     return InvalidArgument("iterations, seconds and warmup must be >= 0");
   }
@@ -304,7 +304,7 @@ StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOption
     r.batch = batch;
     if (options.bare_ort) {
       SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
-                                TimeRunnerAndBareOrt(*onnx, inputs, options.warmup, min_iterations, min_seconds));
+                                TimeRunnerAndBareOrt(model, inputs, options.warmup, min_iterations, min_seconds));
       r.runner = Summarize(NanosToMicros(latencies.runner));
       r.bare_ort = Summarize(NanosToMicros(latencies.bare_ort));
       if (r.bare_ort->p50_us > 0) r.overhead_ratio = r.runner.p50_us / r.bare_ort->p50_us;

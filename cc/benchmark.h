@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "cc/model.h"
-#include "cc/onnx_model.h"
 #include "nlohmann/json.hpp"
 
 namespace servekit {
@@ -95,7 +94,8 @@ struct RunnerAndBareOrtLatencies {
   std::vector<int64_t> runner;
   std::vector<int64_t> bare_ort;
 };
-StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const OnnxModel& model, const std::vector<NamedTensor>& inputs,
+// InvalidArgument for a model that is not ONNX.
+StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, const std::vector<NamedTensor>& inputs,
                                                          int warmup, int64_t min_iterations, double min_seconds);
 
 }  // namespace servekit

@@ -18,7 +18,6 @@
 #include "cc/benchmark.h"
 #include "cc/loader.h"
 #include "cc/manifest.h"
-#include "cc/onnx_model.h"
 #include "cc/python/numpy_convert.h"
 #include "cc/verify.h"
 #include "nlohmann/json.hpp"
@@ -210,17 +209,12 @@ std::vector<int64_t> BenchmarkLoop(const PyModel& self, const std::string& endpo
 
 py::tuple RunnerAndBareOnnxRuntimeLoops(const PyModel& self, const py::handle& inputs, int warmup,
                                         int64_t iterations, double seconds) {
-  const auto* onnx = dynamic_cast<const OnnxModel*>(self.model.get());
-  if (onnx == nullptr) {
-    Raise(InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
-                          std::string(FormatName(self.model->format()))));
-  }
   std::vector<py::object> keep_alive;
   const std::vector<NamedTensor> feeds = FeedsFromPython(inputs, &keep_alive);
   StatusOr<RunnerAndBareOrtLatencies> latencies = Status(StatusCode::kInternal, "not run");
   {
     py::gil_scoped_release release;
-    latencies = TimeRunnerAndBareOrt(*onnx, feeds, warmup, iterations, seconds);
+    latencies = TimeRunnerAndBareOrt(*self.model, feeds, warmup, iterations, seconds);
   }
   RunnerAndBareOrtLatencies both = ValueOrRaise(std::move(latencies));
   return py::make_tuple(std::move(both.runner), std::move(both.bare_ort));
