@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <random>
 #include <thread>
 
@@ -212,30 +211,38 @@ class BareOrtLoop {
   std::vector<Tensor> keep_;  // owns the bytes the values view
 };
 
-// Per-call latencies (ns) of each of `calls`, made in turn call by call so that
-// all of them see the same machine state: `warmup` untimed rounds, then timed
-// rounds until at least `min_iterations` were made and `min_seconds` passed.
-template <size_t N, typename Call>
-StatusOr<std::array<std::vector<int64_t>, N>> TimeAlternating(const std::array<Call, N>& calls, int warmup,
-                                                              int64_t min_iterations, double min_seconds) {
+// Per-call latencies (ns) of each of `calls` (each returning a Status), made in
+// turn call by call so that all of them see the same machine state: `warmup`
+// untimed rounds, then timed rounds until at least `min_iterations` were made and
+// `min_seconds` passed.
+template <typename... Calls>
+StatusOr<std::array<std::vector<int64_t>, sizeof...(Calls)>> TimeAlternating(int warmup, int64_t min_iterations,
+                                                                             double min_seconds, Calls... calls) {
   if (warmup < 0 || min_iterations < 0 || min_seconds < 0) {
     return InvalidArgument("warmup, iterations and seconds must be >= 0");
   }
   if (min_iterations == 0 && min_seconds == 0) return InvalidArgument("give iterations or seconds");
   for (int i = 0; i < warmup; ++i) {
-    for (const auto& call : calls) SERVEKIT_RETURN_IF_ERROR(call());
+    Status st = Status::Ok();
+    ((st = st.ok() ? calls() : st), ...);
+    SERVEKIT_RETURN_IF_ERROR(st);
   }
-  std::array<std::vector<int64_t>, N> latencies;
+  std::array<std::vector<int64_t>, sizeof...(Calls)> latencies;
   for (auto& l : latencies) l.reserve(static_cast<size_t>(std::min<int64_t>(min_iterations, 10000000)));
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(min_seconds));
   while (static_cast<int64_t>(latencies[0].size()) < min_iterations || Clock::now() < deadline) {
-    for (size_t i = 0; i < N; ++i) {
+    Status st = Status::Ok();
+    size_t index = 0;
+    auto timed = [&](auto& call) {
+      if (!st.ok()) return;
       const auto start = Clock::now();
-      Status st = calls[i]();
-      latencies[i].push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
-      SERVEKIT_RETURN_IF_ERROR(st);
-    }
+      st = call();
+      latencies[index++].push_back(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+    };
+    (timed(calls), ...);
+    SERVEKIT_RETURN_IF_ERROR(st);
   }
   return latencies;
 }
@@ -254,10 +261,9 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
                                               int64_t min_iterations, double min_seconds) {
   if (model.FindEndpoint(endpoint) == nullptr) return NotFound("no endpoint '" + endpoint + "' in " + model.path());
   // Each timing includes releasing the outputs.
-  using Call = std::function<Status()>;
-  SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
-                            TimeAlternating(std::array<Call, 1>{[&] { return model.Run(endpoint, inputs).status(); }},
-                                            warmup, min_iterations, min_seconds));
+  SERVEKIT_ASSIGN_OR_RETURN(auto latencies, TimeAlternating(warmup, min_iterations, min_seconds, [&] {
+                              return model.Run(endpoint, inputs).status();
+                            }));
   return std::move(latencies[0]);
 }
 
@@ -270,12 +276,11 @@ StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, con
   }
   SERVEKIT_ASSIGN_OR_RETURN(auto bare, BareOrtLoop::Make(*onnx, inputs));
   const std::string endpoint = kOnnxEndpoint;
-  using Call = std::function<Status()>;
-  SERVEKIT_ASSIGN_OR_RETURN(auto latencies, TimeAlternating(std::array<Call, 2>{
-                                                                [&] { return model.Run(endpoint, inputs).status(); },
-                                                                [&] { return bare->RunOnce(); },
-                                                            },
-                                                            warmup, min_iterations, min_seconds));
+  SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
+                            TimeAlternating(
+                                warmup, min_iterations, min_seconds,
+                                [&] { return model.Run(endpoint, inputs).status(); },
+                                [&] { return bare->RunOnce(); }));
   return RunnerAndBareOrtLatencies{std::move(latencies[0]), std::move(latencies[1])};
 }
 
