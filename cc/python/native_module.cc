@@ -227,6 +227,7 @@ PYBIND11_MODULE(_native, m) {
   using namespace servekit;           // NOLINT: the module's bindings
   using namespace servekit::python;   // NOLINT
   m.doc() = "servekit's native verifier: TensorFlow C API and ONNX Runtime runners, manifest validation, benchmarks.";
+  m.attr("CALLER_THREAD") = LoadOptions::kCallerThread;
 
   py::class_<PyModel>(m, "Model", "A loaded SavedModel or ONNX model. Thread-safe; run() releases the GIL.")
       .def_property_readonly("path", [](const PyModel& self) { return self.model->path(); })

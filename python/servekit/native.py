@@ -89,7 +89,7 @@ class Model:
 
 
 # `inter_op_threads` value: ops run in the calling thread (LoadOptions::kCallerThread).
-CALLER_THREAD = -1
+CALLER_THREAD: int = _native.CALLER_THREAD
 
 
 def load(
