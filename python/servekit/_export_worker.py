@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import traceback
 
 
@@ -163,17 +162,9 @@ class _TrackedVariables:
 
 
 def _cases(job):
-    import numpy as np
+    from servekit.pipeline.cases import CaseSet
 
-    if not job.get("cases_file"):
-        return []
-    arrays = np.load(job["cases_file"], allow_pickle=False)
-    cases = []
-    for case in job["cases"]:
-        inputs = {n: arrays[k] for n, k in case["inputs"].items()}
-        expected = {n: arrays[k] for n, k in case["expected"].items()}
-        cases.append((case["endpoint"], case["batch"], inputs, expected, case["values"]))
-    return cases
+    return list(CaseSet.read(job.get("cases_file"), job.get("cases", [])))
 
 
 def run(job) -> dict:

@@ -57,9 +57,8 @@ def _write_and_verify(
     """Builds, writes at `output` (a staging path), reloads and compares.
 
     Args:
-        cases: `(endpoint, batch, inputs_by_name, expected_by_name,
-            compare_values)` tuples; expected outputs come from the source
-            model on its source backend.
+        cases: `servekit.pipeline.cases.Case`s; expected outputs come from
+            the source model on its source backend.
 
         case_factory: optional `f(built_module) -> cases`, used instead of
             `cases` when the cases depend on what was traced (in-process).
@@ -91,7 +90,7 @@ def _write_and_verify(
         sk_onnx.write_onnx(proto, output)
         report["endpoints"] = [serving.to_json()]
         report["opset"] = sk_onnx._opset_of(proto)
-        serving_cases = [c for c in cases if c[0] == serving.name]
+        serving_cases = [c for c in cases if c.endpoint == serving.name]
         if serving_cases:
             comps = verification.check_onnx(output, serving_cases)
             report["comparisons"] += [dict(c.__dict__, artifact="onnx") for c in comps]

@@ -29,3 +29,11 @@ class ExportError(ValueError):
         self.model = model
         self.layer = layer
         self.reason = reason
+
+
+class ExportTypeError(ExportError, TypeError):
+    """An `ExportError` about the type of an argument or input signature.
+
+    Also a `TypeError`, where Keras raises one (`except TypeError` written
+    against Keras keeps working).
+    """

@@ -1,23 +1,24 @@
 """`servekit.ExportArchive`: a SavedModel with several endpoints, on any backend.
 
-Same API as `keras.export.ExportArchive` (`track`, `add_endpoint`,
-`track_and_add_endpoint`, `add_variable_collection`, `write_out`), with the
-guarantees of `servekit.export`: the artifact is written to a staging sibling,
-reloaded and compared with the endpoints computed on the source backend,
-made byte-stable, and only then moved into place.
+Same API and semantics as `keras.export.ExportArchive` (`track`,
+`add_endpoint`, `track_and_add_endpoint`, `add_variable_collection`,
+`write_out`); on the TensorFlow and JAX backends every call is also made on a
+Keras `ExportArchive` of the same backend, so `tf.function` endpoints,
+`tf.lookup` tables, `jax2tf_kwargs`, variable collections and
+`SaveOptions(function_aliases=...)` behave exactly as in Keras. `write_out`
+goes through servekit's export pipeline (`servekit.pipeline.core`):
 
-- Keras-only archives (every backend): each endpoint is called once on
-  symbolic Keras inputs; the Keras layers, models and `keras.ops` it calls
-  form a Functional graph, which is saved as `.keras` and rebuilt under
-  TensorFlow in a fresh worker process (see `servekit.portable`), so the
-  artifact does not depend on what this process did before.
-- TensorFlow backend, endpoints with TensorFlow code (traced `tf.function`s,
-  `tf.lookup` tables, `tf.Variable` collections, `SaveOptions`, or functions
-  that cannot be traced symbolically): written in this process.
-- JAX and torch backends: endpoints must be built from Keras layers/models and
-  `keras.ops` (e.g. `model.call`, `lambda x: model(x, training=True)`); code
-  calling `jax.numpy`/`torch` directly is refused with an `ExportError`
-  saying so.
+1. each endpoint is probed and run on generated inputs on the source backend
+   (the verification cases; random and stateful endpoints are detected);
+2. the portable rebuild is tried first: endpoints made of Keras layers, models
+   and `keras.ops` are traced into one Functional graph, saved as `.keras` and
+   rebuilt under TensorFlow in a fresh worker, byte-reproducibly, on every
+   backend (the only road on torch);
+3. otherwise (TensorFlow code in an endpoint, classes a fresh process cannot
+   import, ...) the Keras archive writes it in this process, with servekit's
+   signature names;
+4. the artifact is reloaded and compared with the cases before it is moved
+   into place; nothing is written when no strategy produces a verified one.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from servekit import atomic
 from servekit import export_utils as eu
 from servekit import portable
 from servekit import signature as sig
+from servekit import strategies
 from servekit import summary
-from servekit.errors import ExportError
+from servekit.errors import ExportError, ExportTypeError
+from servekit.pipeline import behavior as behavior_lib
+from servekit.pipeline import core as pipeline
+from servekit.pipeline import reference
+from servekit.pipeline.cases import CaseSet
+from servekit.pipeline.request import EndpointPlan, ExportRequest
 
 _EXAMPLE = (
     "export_archive.add_endpoint(\n"
@@ -45,6 +51,7 @@ _EXAMPLE = (
     "    input_signature=[keras.InputSpec(shape=(None, 3), dtype='float32')],\n"
     ")"
 )
+_RESERVED = ("variables", "trainable_variables", "non_trainable_variables", "signatures")
 
 
 @dataclasses.dataclass
@@ -54,6 +61,8 @@ class _EndpointSpec:
     layout: Optional[eu.InputLayout]
     output_names: Optional[list[str]]
     model: Any = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    traced: bool = False  # a tf.function registered without input_signature
 
 
 def _is_tf_function(fn) -> bool:
@@ -105,10 +114,11 @@ class _LayerPool:
 class ExportArchive:
     """Writes a SavedModel with custom endpoints, from any Keras backend.
 
-    Use `track()` to register the layers/models (and, on TensorFlow, other
-    trackable resources) to save, `add_endpoint()` to register each serving
-    function and its input signature, then `write_out()`. The first endpoint
-    is also the `serving_default` signature unless one is named so.
+    Use `track()` to register the layers/models (and, on TensorFlow and JAX,
+    other TensorFlow trackables such as `tf.lookup` tables) to save,
+    `add_endpoint()` to register each serving function and its input
+    signature, then `write_out()`. The first endpoint is also the
+    `serving_default` signature unless one is named so.
 
     Variables used by endpoints are tracked automatically, and so are the
     lookup tables of `StringLookup`, `IntegerLookup` and `TextVectorization`
@@ -137,6 +147,13 @@ class ExportArchive:
         self._endpoints: list[_EndpointSpec] = []
         self._tracked: list[Any] = []
         self._collections: dict[str, list] = {}
+        # Keras's own archive of this backend (TensorFlow and JAX): the
+        # in-process strategy writes with it.
+        self._keras_archive = None
+        if self._backend in ("tensorflow", "jax"):
+            from servekit.strategies.in_process import new_keras_archive
+
+            self._keras_archive = new_keras_archive()
 
     # -- tracked variables (Keras semantics) ---------------------------------
 
@@ -147,25 +164,39 @@ class ExportArchive:
 
     @property
     def variables(self) -> list:
+        if self._keras_archive is not None:
+            return self._keras_archive.variables
         return [v for r in self._keras_tracked() for v in r.variables]
 
     @property
     def trainable_variables(self) -> list:
+        if self._keras_archive is not None:
+            return self._keras_archive.trainable_variables
         return [v for r in self._keras_tracked() for v in r.trainable_variables]
 
     @property
     def non_trainable_variables(self) -> list:
+        if self._keras_archive is not None:
+            return self._keras_archive.non_trainable_variables
         return [v for r in self._keras_tracked() for v in r.non_trainable_variables]
+
+    @property
+    def _tf_trackable(self):
+        """The object Keras saves (TensorFlow and JAX backends)."""
+        if self._keras_archive is None:
+            raise AttributeError("_tf_trackable exists on the tensorflow and jax backends only")
+        return self._keras_archive._tf_trackable
 
     # -- API -------------------------------------------------------------------
 
     def track(self, resource):
         """Tracks a layer or model (its variables and lookup tables) or, on the
-        TensorFlow backend, a TensorFlow trackable (e.g. a `tf.lookup` table).
+        TensorFlow and JAX backends, a TensorFlow trackable (e.g. a
+        `tf.lookup` table).
 
         Args:
             resource: a built `keras.layers.Layer`/`keras.Model`, or a TF
-                `Trackable` (TensorFlow backend only).
+                `Trackable`.
 
         Returns:
             `resource`.
@@ -179,21 +210,24 @@ class ExportArchive:
         if isinstance(resource, keras.layers.Layer):
             if not resource.built:
                 raise ExportError(
-                    f"Layer '{resource.name}' has not been built, so it has no variables to export. Call it once "
-                    "on data (or build it) before track().", layer=resource.name, reason="not_built")
+                    f"Layer '{resource.name}' has not been built, so it has no variables to export (It must be "
+                    "built before export). Call it once on data (or build it) before track().",
+                    layer=resource.name, reason="not_built")
         elif _is_tf_trackable(resource):
-            if self._backend != "tensorflow":
+            if self._keras_archive is None:
                 raise ExportError(
                     f"Cannot track {type(resource).__name__}: on the {self._backend} backend ExportArchive rebuilds "
                     "endpoints from Keras layers, so TensorFlow resources cannot be part of them. Use a Keras layer "
-                    "(e.g. StringLookup instead of a tf.lookup table), or export from the tensorflow backend.",
-                    reason="untrackable")
+                    "(e.g. StringLookup instead of a tf.lookup table), or export from the tensorflow or jax "
+                    "backend.", reason="untrackable")
         else:
             raise ExportError(
-                f"Cannot track {resource!r} of type {type(resource).__name__}: ExportArchive tracks Keras layers "
-                "and models and, on the tensorflow backend, TensorFlow trackables (tf.lookup tables, tf.Variable, "
-                "tf.Module).", reason="untrackable")
+                f"Cannot track {resource!r} of type {type(resource).__name__} (Invalid resource type): "
+                "ExportArchive tracks Keras layers and models and, on the tensorflow and jax backends, "
+                "TensorFlow trackables (tf.lookup tables, tf.Variable, tf.Module).", reason="untrackable")
         if not any(r is resource for r in self._tracked):
+            if self._keras_archive is not None:
+                _keras_call(self._keras_archive.track, resource)
             self._tracked.append(resource)
         return resource
 
@@ -204,18 +238,19 @@ class ExportArchive:
             name: the endpoint's method and signature name.
             fn: the function to serve. With `input_signature`, any callable;
                 without, a `tf.function` already called at least once
-                (TensorFlow backend; its batch dimension is made dynamic when
-                the function allows it).
+                (TensorFlow and JAX backends; its batch dimension is made
+                dynamic when the function allows it).
             input_signature: one structure per positional argument of `fn`:
                 `keras.InputSpec`, `tf.TensorSpec`, `KerasTensor` or tensors;
                 for a Functional model with several inputs, a nested list
                 (`[[spec1, spec2]]`) or dict (`[{"a": spec1, "b": spec2}]`).
-            **kwargs: JAX backend only: `is_static` (ignored, accepted for
-                Keras compatibility) and `jax2tf_kwargs` (`polymorphic_shapes`
-                makes dimensions dynamic).
+            **kwargs: JAX backend only: `is_static` and `jax2tf_kwargs`, as
+                for `keras.export.ExportArchive` (`polymorphic_shapes` also
+                names the dynamic dimensions of the signature).
 
         Returns:
-            On TensorFlow, the `tf.function` for `fn`; otherwise `fn`.
+            On TensorFlow and JAX, the `tf.function` Keras made for `fn`;
+            on torch, `fn`.
 
         Raises:
             ExportError: duplicate name, missing signature, bad arguments.
@@ -238,26 +273,32 @@ class ExportArchive:
                               f"{self._backend} backend.", reason="bad_argument")
         if kwargs:
             raise ExportError(f"Endpoint '{name}': unknown argument(s) {sorted(kwargs)}.", reason="bad_argument")
-        polymorphic = (jax2tf_kwargs or {}).get("polymorphic_shapes")
+        backend_kwargs = {k: v for k, v in (("jax2tf_kwargs", jax2tf_kwargs), ("is_static", is_static))
+                          if v is not None}
 
         if input_signature is None:
-            if _is_tf_function(fn):
-                if self._backend != "tensorflow":
-                    raise ExportError(
-                        f"Endpoint '{name}': a tf.function cannot be exported from the {self._backend} backend "
-                        f"(it would call {self._backend} tensors from TensorFlow). Pass the Python function and an "
-                        f"input_signature instead:\n{_EXAMPLE}", reason="bad_signature")
-                if not fn._list_all_concrete_functions():
-                    raise ExportError(
-                        f"Endpoint '{name}': the tf.function {getattr(fn, '__name__', fn)!r} has never been called, "
-                        "so the shapes and dtypes of its inputs are unknown. Call it once, or pass an "
-                        f"input_signature:\n{_EXAMPLE}", reason="bad_signature")
-                self._endpoints.append(_EndpointSpec(name, fn, None, None))
-                return fn
-            raise ExportError(
-                f"Endpoint '{name}': {getattr(fn, '__name__', type(fn).__name__)!r} is not a traced tf.function, "
-                f"so it needs an input_signature giving the shape and dtype of each argument, e.g.\n{_EXAMPLE}",
-                reason="bad_signature")
+            if not _is_tf_function(fn):
+                raise ExportError(
+                    f"Endpoint '{name}': {getattr(fn, '__name__', type(fn).__name__)!r} is not a traced tf.function, "
+                    "so it needs an input_signature giving the shape and dtype of each argument (you must provide "
+                    f"an `input_signature` argument), e.g.\n{_EXAMPLE}", reason="bad_signature")
+            if self._keras_archive is None:
+                raise ExportError(
+                    f"Endpoint '{name}': a tf.function cannot be exported from the {self._backend} backend "
+                    f"(it would call {self._backend} tensors from TensorFlow). Pass the Python function and an "
+                    f"input_signature instead:\n{_EXAMPLE}", reason="bad_signature")
+            if not fn._list_all_concrete_functions():
+                raise ExportError(
+                    f"Endpoint '{name}': the tf.function {getattr(fn, '__name__', fn)!r} has never been called, "
+                    "so the shapes and dtypes of its inputs are unknown (you must either provide a function that "
+                    f"has been called at least once, or an input_signature). Call it once, or pass an "
+                    f"input_signature:\n{_EXAMPLE}", reason="bad_signature")
+            from servekit.strategies.in_process import traced_layout
+
+            layout = traced_layout(fn, name)
+            result = _keras_call(self._keras_archive.add_endpoint, name, fn, **backend_kwargs)
+            self._endpoints.append(_EndpointSpec(name, fn, layout, None, None, backend_kwargs, traced=True))
+            return result
 
         model = _model_of(fn)
         hints = eu.model_input_names(model) if model is not None else None
@@ -268,25 +309,23 @@ class ExportArchive:
         if (model is not None and eu._is_functional(model) and hints and len(hints) > 1
                 and len(signature) == len(hints) and all(eu._is_leaf_spec(s) for s in signature)):
             signature = [signature]  # the Functional model's inputs, given flat
-        arg_names = _positional_names(fn)
-        layout = eu.layout_from_signature(signature, name_hints=hints, arg_names=arg_names,
+        layout = eu.layout_from_signature(signature, name_hints=hints, arg_names=_positional_names(fn),
                                           where=f"input_signature of endpoint '{name}'")
-        if polymorphic is not None:
-            layout = eu.apply_polymorphic_shapes(layout, polymorphic)
+        if jax2tf_kwargs and jax2tf_kwargs.get("polymorphic_shapes") is not None:
+            layout = eu.apply_polymorphic_shapes(layout, jax2tf_kwargs["polymorphic_shapes"])
         output_names = None
         if model is not None:
             try:
                 output_names = eu.model_output_names(model, layout)
-            except Exception:
-                output_names = None
-        self._endpoints.append(_EndpointSpec(name, fn, layout, output_names, model))
-        if self._backend == "tensorflow":
-            import tensorflow as tf
-
+            except (TypeError, ValueError, NotImplementedError):
+                output_names = None  # named from what the endpoint returns
+        result = fn
+        if self._keras_archive is not None:
             from servekit.saved_model import arg_specs
 
-            return tf.function(fn, input_signature=arg_specs(layout), autograph=False)
-        return fn
+            result = _keras_call(self._keras_archive.add_endpoint, name, fn, arg_specs(layout), **backend_kwargs)
+        self._endpoints.append(_EndpointSpec(name, fn, layout, output_names, model, backend_kwargs))
+        return result
 
     def track_and_add_endpoint(self, name: str, resource, input_signature, **kwargs):
         """Tracks `resource` and registers `resource.__call__` as endpoint `name`."""
@@ -298,7 +337,8 @@ class ExportArchive:
 
         Args:
             name: attribute name.
-            variables: a list/tuple/set of `keras.Variable` or `tf.Variable`.
+            variables: a list/tuple/set of `keras.Variable` (or, on
+                TensorFlow, `tf.Variable`).
         """
         import keras
 
@@ -315,6 +355,8 @@ class ExportArchive:
             if is_tf_var and self._backend != "tensorflow":
                 raise ExportError(f"Variable collection '{name}': tf.Variable cannot be exported from the "
                                   f"{self._backend} backend; use keras.Variable.", reason="bad_argument")
+        if self._keras_archive is not None:
+            _keras_call(self._keras_archive.add_variable_collection, name, variables)
         self._collections[name] = variables
 
     def write_out(self, filepath, options=None, verbose: bool = True, verify: bool = True) -> sig.ExportedArtifact:
@@ -322,19 +364,21 @@ class ExportArchive:
 
         Args:
             filepath: the SavedModel directory (replaced atomically).
-            options: `tf.saved_model.SaveOptions` (TensorFlow backend).
-            verbose: print a short summary (endpoints, signatures, sizes).
+            options: `tf.saved_model.SaveOptions` (TensorFlow and JAX).
+            verbose: print a short summary (endpoints, signatures, sizes,
+                the strategy that wrote it).
             verify: reload and compare each endpoint with its source function
                 on generated inputs (batch 1 and 7) before moving it in place.
-                Endpoints whose outputs are random (e.g. training-mode dropout)
-                are compared by names, shapes and dtypes only.
+                Random outputs are compared by statistics over repeated calls
+                and must stay random; stateful endpoints must advance their
+                state as the source does.
 
         Returns:
             The `ExportedArtifact`.
 
         Raises:
-            ExportError: no endpoint, an endpoint cannot be exported, or the
-                artifact failed its check (nothing is written then).
+            ExportError: no endpoint, an endpoint cannot be exported, or no
+                strategy produced a verified artifact (nothing is written).
         """
         if not self._endpoints:
             raise ExportError("No endpoints have been set yet: call add_endpoint() before write_out().",
@@ -343,39 +387,23 @@ class ExportArchive:
             raise ExportError("SaveOptions(save_debug_info=True) writes stack traces with absolute paths of this "
                               "machine into the artifact; servekit artifacts never carry paths. Drop that option.",
                               reason="bad_argument")
+        if options is not None and self._keras_archive is None:
+            raise ExportError("SaveOptions apply on the tensorflow and jax backends only.", reason="bad_argument")
         t0 = time.monotonic()
         filepath = os.fspath(filepath)
-        workdir = portable.make_workdir()
-        try:
-            with atomic.staged_write(filepath) as staged:
-                if self._backend == "tensorflow":
-                    # Keras-only archives go through the worker too (fresh
-                    # process: object names and traces do not depend on what
-                    # this process did before); TF code runs in-process.
-                    report = None
-                    if self._portable_candidate(options):
-                        try:
-                            report = self._write_portable(staged, workdir, verify)
-                        except _NotPortable:
-                            report = None
-                    if report is None:
-                        report = self._write_in_process(staged, workdir, options, verify)
-                else:
-                    if options is not None:
-                        raise ExportError("SaveOptions apply on the tensorflow backend only.",
-                                          reason="bad_argument")
-                    report = self._write_portable(staged, workdir, verify)
-                if not report.get("ok"):
-                    raise ExportError(f"ExportArchive ({self._backend} backend): {report.get('message')}\n"
-                                      f"Nothing was written at '{filepath}'.", layer=report.get("layer"),
-                                      reason=report.get("reason", "export_failed"))
-                atomic.commit(staged, filepath)
-            report["files"] = atomic.artifact_files(filepath)
-        finally:
-            portable.remove_workdir(workdir)
-        endpoints = tuple(sig.Signature.from_json(e) for e in report["endpoints"])
-        artifact = sig.ExportedArtifact("tf_saved_model", filepath, endpoints)
+        plans, cases = self._plans(verify)
+        request = ExportRequest("archive", "tf_saved_model", "ExportArchive", self._backend, plans, cases,
+                                verify=verify, source=self, options=options, version=_version())
+        report, attempts = pipeline.run(request, filepath, strategies.DEFAULT_ORDER,
+                                        what=f"ExportArchive ({self._backend} backend)",
+                                        make_workdir=portable.make_workdir, remove_workdir=portable.remove_workdir)
+        behaviors = {p.name: p.behavior for p in plans}
+        behaviors.setdefault("serving_default", plans[0].behavior)
+        endpoints = tuple(sig.Signature.from_json(e).with_behavior(behaviors.get(e["name"], behavior_lib.Behavior()))
+                          for e in report["endpoints"])
+        artifact = sig.ExportedArtifact("tf_saved_model", filepath, endpoints, strategy=report["strategy"])
         if verbose:
+            report["strategy_line"] = pipeline.describe(attempts)
             summary.print_summary(artifact, "ExportArchive", self._backend, report, time.monotonic() - t0)
         return artifact
 
@@ -387,99 +415,122 @@ class ExportArchive:
                               reason="bad_argument")
         if any(e.name == name for e in self._endpoints) or name in self._collections:
             raise ExportError(f"Endpoint name '{name}' is already taken.", reason="duplicate_name")
-        if name in ("variables", "trainable_variables", "non_trainable_variables", "signatures"):
+        if name in _RESERVED:
             raise ExportError(f"'{name}' is reserved on the exported object; choose another name.",
                               reason="bad_argument")
+
+    def _source_variables(self, spec: _EndpointSpec) -> list:
+        """The Keras variables an endpoint may change (restored after probing)."""
+        return behavior_lib.model_variables(*self._keras_tracked(), spec.model)
 
     def _vocab_source(self, spec: _EndpointSpec):
         layers = []
         for r in list(self._keras_tracked()) + ([spec.model] if spec.model is not None else []):
-            try:
-                layers += list(r._flatten_layers(include_self=True, recursive=True))
-            except Exception:
-                pass
+            layers += list(portable._layers(r))
         return _LayerPool(layers)
 
-    def _batches(self, layout: eu.InputLayout):
-        if layout.flat and all(s.shape and s.shape[0] is None for s in layout.flat):
-            return list(eu.VERIFY_BATCH_SIZES)
-        return [next((s.shape[0] for s in layout.flat if s.shape and s.shape[0] is not None), 1)]
-
-    def _endpoint_runs(self, spec: _EndpointSpec, layout: eu.InputLayout, call):
-        """Runs an endpoint's source function on generated inputs.
-
-        Each batch is run three times; if any run differs, the endpoint is
-        random (e.g. dropout in training mode) and its outputs are compared by
-        name, shape and dtype only. Returns `(batch, inputs, outputs,
-        compare_values)` per batch.
-        """
-        runs, stable = [], True
-        for batch in self._batches(layout):
-            flat = eu.generate_inputs(layout, batch, model=self._vocab_source(spec))
-            outs = [call(flat) for _ in range(3)]
-            stable = stable and all(np.array_equal(x, y) for other in outs[1:] for x, y in zip(outs[0], other))
-            runs.append((batch, flat, outs[0]))
-        return [(batch, flat, out, stable) for batch, flat, out in runs]
-
-    def _portable_candidate(self, options) -> bool:
-        """TensorFlow backend: can this archive go through the worker?"""
+    def _source_call(self, spec: _EndpointSpec) -> Callable[[list], list]:
+        """Runs an endpoint on the source backend: flat NumPy in, flat NumPy out."""
         import keras
 
-        if options is not None:
-            return False
-        if any(e.layout is None or _is_tf_function(e.fn) for e in self._endpoints):
-            return False
-        if any(not isinstance(r, keras.layers.Layer) for r in self._tracked):
-            return False
-        return all(isinstance(v, keras.Variable) for vs in self._collections.values() for v in vs)
+        if spec.traced or self._backend == "tensorflow" or any(s.dtype == "string" for s in spec.layout.flat):
+            import tensorflow as tf
 
-    def _write_in_process(self, staged, workdir, options, verify):
-        import tensorflow as tf
+            if any(s.dtype == "string" for s in spec.layout.flat) and not spec.traced and self._backend != "tensorflow":
+                sub = self._symbolic_submodel(spec)  # lookup layers run TF ops on every backend
 
-        from servekit import _write
-        from servekit.saved_model import Endpoint
+                def call_raw(flat):
+                    return [eu.to_numpy(x) for x in eu._call_functional_raw(sub, [tf.constant(v) for v in flat])]
 
-        endpoints = [Endpoint(e.name, e.fn, e.layout, e.output_names) for e in self._endpoints]
+                return call_raw
 
-        def cases(built):
-            result = []
-            if not verify:
-                return result
-            restore = _snapshot(self.variables + [v for e in self._endpoints if e.model is not None
-                                                  for v in e.model.variables])
+            def call_tf(flat):
+                out = spec.fn(*spec.layout.pack([tf.constant(v) for v in flat]))
+                return [eu.to_numpy(x) for x in tf.nest.flatten(out)]
+
+            return call_tf
+
+        def call(flat):
+            out = spec.fn(*spec.layout.pack([keras.ops.convert_to_tensor(v) for v in flat]))
+            return [eu.to_numpy(x) for x in keras.tree.flatten(out)]
+
+        return call
+
+    def _symbolic_submodel(self, spec: _EndpointSpec):
+        import keras
+
+        symbolic = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=s.name) for s in spec.layout.flat]
+        out = (spec.model if spec.model is not None else spec.fn)(*spec.layout.pack(symbolic))
+        return keras.Model(symbolic, keras.tree.flatten(out))
+
+    def _output_structure(self, spec: _EndpointSpec):
+        """What the endpoint returns (to name its outputs): traced on symbolic
+        inputs when it takes strings on JAX/torch, else run once (state
+        restored)."""
+        import keras
+
+        if any(s.dtype == "string" for s in spec.layout.flat) and not spec.traced and self._backend != "tensorflow":
+            symbolic = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=s.name) for s in spec.layout.flat]
+            return (spec.model if spec.model is not None else spec.fn)(*spec.layout.pack(symbolic))
+        flat = eu.generate_inputs(spec.layout, reference.verify_batches(spec.layout)[0],
+                                  model=self._vocab_source(spec))
+        with behavior_lib.VariableSnapshot(self._source_variables(spec)):
             try:
-                return _cases(built, result)
-            finally:
-                restore()
+                if spec.traced or self._backend == "tensorflow":
+                    import tensorflow as tf
 
-        def _cases(built, result):
-            by_name = {s.name: s for s in built.endpoints}
-            for spec in self._endpoints:
-                layout = built.layouts[spec.name]
-                names = [t.name for t in by_name[spec.name].outputs]
+                    return spec.fn(*spec.layout.pack([tf.constant(v) for v in flat]))
+                return spec.fn(*spec.layout.pack([keras.ops.convert_to_tensor(v) for v in flat]))
+            except ExportError:
+                raise
+            except Exception as e:  # the user's function failed: say which endpoint, with its message
+                raise ExportError(f"Endpoint '{spec.name}' failed on generated inputs on the {self._backend} "
+                                  f"backend: {type(e).__name__}: {e}", reason="source_failed") from None
 
-                def call(flat, _spec=spec, _layout=layout):
-                    args = _layout.pack([tf.constant(v) for v in flat])
-                    return [np.asarray(t) for t in tf.nest.flatten(_spec.fn(*args))]
+    def _plans(self, verify: bool) -> tuple[list[EndpointPlan], CaseSet]:
+        """Each endpoint's plan (output names, behavior) and verification cases."""
+        plans, cases = [], CaseSet()
+        for spec in self._endpoints:
+            call = _failing_as_export_error(spec.name, self._backend, self._source_call(spec))
+            names = eu.endpoint_output_names(self._output_structure(spec), spec.output_names)
+            plan = EndpointPlan(spec.name, spec.layout, names, fn=spec.fn, kwargs=spec.kwargs)
+            if verify:
+                plan.behavior, made = reference.make_cases(spec.name, spec.layout, names, call,
+                                                           self._source_variables(spec), self._vocab_source(spec))
+                for case in made:
+                    cases.add(case)
+            plans.append(plan)
+        return plans, cases
 
-                for batch, flat, outs, values in self._endpoint_runs(spec, layout, call):
-                    result.append((spec.name, batch, dict(zip([s.name for s in layout.flat], flat)),
-                                   dict(zip(names, outs)), values))
-            return result
-
-        try:
-            return _write.write_and_verify(
-                endpoints, self._tracked, self._collections, fmt="tf_saved_model", output=staged, cases=[],
-                opset=None, model_name="ExportArchive", layer_names=[], scratch_dir=workdir,
-                version=_version(), options=options, case_factory=cases)
-        except ExportError as e:
-            return {"ok": False, "message": str(e), "reason": e.reason, "layer": e.layer}
-
-    def _write_portable(self, staged, workdir, verify):
+    def _portable_unavailable(self, request: ExportRequest) -> Optional[str]:
+        """Why the portable rebuild cannot write this archive, or None."""
         import keras
 
+        if request.options is not None:
+            return "SaveOptions apply to the SavedModel this process writes"
+        for spec in self._endpoints:
+            if spec.traced or _is_tf_function(spec.fn):
+                return f"endpoint '{spec.name}' is a tf.function: TensorFlow code stays in this process"
+        for r in self._tracked:
+            if not isinstance(r, keras.layers.Layer):
+                return f"a tracked {type(r).__name__} is a TensorFlow resource, not a Keras layer"
+        for name, vs in self._collections.items():
+            if not all(isinstance(v, keras.Variable) for v in vs):
+                return f"variable collection '{name}' holds tf.Variables"
+        return None
+
+    def _in_process_unavailable(self) -> Optional[str]:
+        if self._keras_archive is None:
+            return (f"Keras's ExportArchive cannot trace endpoints on the {self._backend} backend "
+                    "(it needs torch_xla)")
+        return None
+
+    def _write_portable(self, staged: str, workdir: str, request: ExportRequest) -> dict[str, Any]:
+        """The portable rebuild of this archive (see `servekit.strategies.portable`)."""
+        import keras
+
+        plans = {p.name: p for p in request.endpoints}
         bundle_inputs, bundle_outputs, job_endpoints = [], [], []
-        writer = portable.CaseWriter()
         for spec in self._endpoints:
             layout = spec.layout
             symbolic = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=f"{spec.name}__{s.name}")
@@ -490,29 +541,20 @@ class ExportArchive:
             try:
                 out = trace_fn(*layout.pack(symbolic))
             except Exception as e:
-                if self._backend == "tensorflow":
-                    raise _NotPortable(str(e)) from None
                 raise ExportError(
                     f"Endpoint '{spec.name}': on the {self._backend} backend, servekit rebuilds each endpoint under "
                     "TensorFlow from the Keras layers, models and keras.ops it calls, by calling it once on "
                     f"symbolic inputs; that failed ({type(e).__name__}: {e}). Write the endpoint with Keras "
-                    "layers/models and keras.ops only (e.g. fn=model.call or lambda x: model(x, training=True)), "
-                    "or export from the tensorflow backend.", reason="untraceable_endpoint") from None
+                    "layers/models and keras.ops only (e.g. fn=model.call or lambda x: model(x, training=True)).",
+                    reason="untraceable_endpoint") from None
             leaves = keras.tree.flatten(out)
             bad = [type(x).__name__ for x in leaves if not isinstance(x, keras.KerasTensor)]
             if bad or not leaves:
-                if self._backend == "tensorflow":
-                    raise _NotPortable(f"returned {bad}")
                 raise ExportError(
                     f"Endpoint '{spec.name}' returned {bad or 'nothing'} instead of Keras tensors when called on "
                     f"symbolic inputs: on the {self._backend} backend endpoints must compute their outputs with "
                     "Keras layers/models and keras.ops.", reason="untraceable_endpoint")
-            if spec.output_names is not None and len(spec.output_names) == len(leaves):
-                names = list(spec.output_names)
-            elif isinstance(out, dict) and all(isinstance(k, str) for k in out):
-                names = eu.unique_names(sorted(out))
-            else:
-                names = [f"output_{i}" for i in range(len(leaves))]
+            names = plans[spec.name].output_names
             template = keras.tree.pack_sequence_as(out, list(range(len(leaves))))
             job_endpoints.append({
                 "name": spec.name, "layout": layout.to_json(), "output_names": names,
@@ -525,28 +567,9 @@ class ExportArchive:
         try:
             bundle = keras.Model(bundle_inputs, bundle_outputs, name="servekit_archive")
         except Exception as e:
-            if self._backend == "tensorflow":
-                raise _NotPortable(str(e)) from None
             raise ExportError(f"The endpoints cannot be rebuilt as one Keras graph: {e}",
                               reason="untraceable_endpoint") from None
-        if verify:
-            restore = _snapshot(list(bundle.variables) + self.variables)
-            offset = 0
-            for spec, ep in zip(self._endpoints, job_endpoints):
-                a, b = ep["inputs_range"]
-                c, d = ep["outputs_range"]
-                sub = keras.Model(bundle_inputs[a:b], bundle_outputs[c:d])
-                runs = self._endpoint_runs(spec, spec.layout,
-                                           lambda flat, _spec=spec, _sub=sub: self._source_call(_spec, _sub, flat))
-                for batch, flat, outs, values in runs:
-                    writer.add(spec.name, batch, dict(zip([s.name for s in spec.layout.flat], flat)),
-                               dict(zip(ep["output_names"], outs)), values)
-                offset += 1
-            restore()
-        classes, in_process_reason = portable.preflight(bundle, "ExportArchive",
-                                                        allow_in_process=self._backend == "tensorflow")
-        if in_process_reason:
-            raise _NotPortable(in_process_reason)
+        classes = portable.preflight(bundle, "ExportArchive")
         # bundle.variables (unlike .weights) includes RNG seed states; the
         # worker's loaded bundle lists its variables in the same order.
         index = {id(w): i for i, w in enumerate(bundle.variables)}
@@ -565,6 +588,7 @@ class ExportArchive:
         if values:
             variables_file = os.path.join(workdir, "variables.npz")
             np.savez(variables_file, **values)
+        cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
         keras_file = os.path.join(workdir, "archive.keras")
         portable.save_keras(bundle, keras_file, "ExportArchive")
         job = {
@@ -572,50 +596,38 @@ class ExportArchive:
             "opset": None, "model_name": "ExportArchive", "version": _version(), "endpoints": job_endpoints,
             "tracked": tracked, "variable_collections": collections, "variables_file": variables_file,
             "lambda_globals": portable.lambda_globals(bundle)[0],
-                    "custom_classes": [dict(module=c.module, qualname=c.qualname, names=c.names) for c in classes],
+            "custom_classes": [dict(module=c.module, qualname=c.qualname, names=c.names) for c in classes],
             "sys_path": portable.importable_sys_path() if classes else [], "layer_names": [],
-            "verify": verify, "cases_file": writer.write(os.path.join(workdir, "cases.npz")),
-            "cases": writer.cases,
+            "verify": request.verify, "cases_file": cases_file, "cases": cases_index,
         }
         return portable.run_worker(job, workdir)
 
-    def _source_call(self, spec: _EndpointSpec, sub, flat) -> list[np.ndarray]:
-        """The endpoint's outputs on the source backend, flat."""
-        import keras
-
-        if any(s.dtype == "string" for s in spec.layout.flat):
-            import tensorflow as tf  # lookup layers run TF ops on every backend
-
-            outs = eu._call_functional_raw(sub, [tf.constant(v) for v in flat])
-        else:
-            outs = keras.tree.flatten(spec.fn(*spec.layout.pack(list(flat))))
-        return [eu.to_numpy(x) for x in outs]
 
 
-class _NotPortable(Exception):
-    """The archive needs TensorFlow code: write it in-process instead."""
+def _keras_call(method, *args, **kwargs):
+    """Calls Keras's archive; its errors become `ExportError`s that keep
+    Keras's message (and stay `TypeError`s where Keras raises one)."""
+    try:
+        return method(*args, **kwargs)
+    except TypeError as e:
+        raise ExportTypeError(f"ExportArchive: {e}", reason="bad_argument") from None
+    except ValueError as e:
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"ExportArchive: {e}", reason="bad_argument") from None
 
 
-def _snapshot(variables):
-    """Saves variable values (e.g. RNG seed states advanced by calling a
-    training-mode endpoint); returns a function restoring them."""
-    import keras
-
-    seen, saved = set(), []
-    for v in variables:
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
+def _failing_as_export_error(name: str, backend: str, call):
+    def wrapped(flat):
         try:
-            saved.append((v, np.array(keras.ops.convert_to_numpy(v.value))))
-        except Exception:
-            pass
+            return call(flat)
+        except ExportError:
+            raise
+        except Exception as e:  # the user's function failed: say which endpoint, with its message
+            raise ExportError(f"Endpoint '{name}' failed on generated inputs on the {backend} backend: "
+                              f"{type(e).__name__}: {e}", reason="source_failed") from None
 
-    def restore():
-        for v, value in saved:
-            v.assign(value)
-
-    return restore
+    return wrapped
 
 
 def _is_tf_variable(v) -> bool:

@@ -244,9 +244,11 @@ def _spec_fields(x, where: str) -> tuple[tuple, str, Optional[str]]:
         shape = tuple(int(d) for d in x.shape)
         dtype = "string" if isinstance(x, np.ndarray) and x.dtype.kind in "SUO" else keras.backend.standardize_dtype(x.dtype)
         return ((None,) + shape[1:]) if shape else shape, dtype, None
-    raise ExportError(
-        f"{where}: unsupported input signature element {x!r} of type {type(x).__name__}. "
-        "Use keras.InputSpec, tf.TensorSpec, a KerasTensor or a tensor.",
+    from servekit.errors import ExportTypeError
+
+    raise ExportTypeError(
+        f"{where}: unsupported input signature element {x!r} of type {type(x).__name__} (Unsupported x={x} of "
+        f"the type ({type(x)})). Use keras.InputSpec, tf.TensorSpec, a KerasTensor or a tensor.",
         reason="bad_signature",
     )
 
@@ -298,8 +300,15 @@ def layout_from_signature(
     names = unique_names(names)
     flat = []
     for (shape, dtype, _, _), name in zip(raw, names):
-        flat.append(FlatSpec(name, dtype, tuple(shape), sig.dims_from_shape(shape)))
+        flat.append(FlatSpec(name, dtype, tuple(shape), named_dims(name, shape)))
     return InputLayout(flat, args)
+
+
+def named_dims(name: str, shape: Sequence[Optional[int]]) -> tuple:
+    """Manifest dims of an input: a dynamic leading dim is `batch`, any other
+    dynamic dim `<input>_<axis>` (so ONNX shows every dynamic dim by name)."""
+    return tuple(sig.BATCH_DIM if (d is None and i == 0) else (f"{name}_{i}" if d is None else int(d))
+                 for i, d in enumerate(shape))
 
 
 def model_input_names(model) -> list[Optional[str]]:
@@ -349,7 +358,8 @@ def resolve_input_layout(model, input_signature=None, polymorphic_shapes=None) -
         if isinstance(model, keras.Sequential):
             if not model.built or not getattr(model, "inputs", None):
                 raise ExportError(
-                    f"Model '{model_name}' has not been built, so its inputs are unknown. Start it with "
+                    f"Model '{model_name}' has not been built, so its inputs are unknown (It must be built before "
+                    "export). Start it with "
                     "keras.Input(shape=...), call it once, or pass input_signature=[keras.InputSpec(...)].",
                     model=model_name, reason="not_built")
             input_signature = list(model.inputs)
@@ -360,7 +370,7 @@ def resolve_input_layout(model, input_signature=None, polymorphic_shapes=None) -
             if not shapes or not getattr(model, "built", False):
                 raise ExportError(
                     f"Model '{model_name}' ({type(model).__name__}) has never been called, so its inputs are "
-                    "unknown. Call it once on real data, or pass input_signature=[keras.InputSpec(shape=..., "
+                    "unknown (It must be called at least once before export). Call it once on real data, or pass input_signature=[keras.InputSpec(shape=..., "
                     "dtype=...)].", model=model_name, reason="not_built")
             dtype = getattr(model, "input_dtype", None) or "float32"
             input_signature = [_shape_struct_to_specs(v, dtype) for v in shapes.values()]
@@ -501,6 +511,23 @@ def output_leaf_names(structure) -> list[str]:
         else:
             raw.append(f"output_{i}")
     return unique_names(raw)
+
+
+def endpoint_output_names(structure, known: Optional[Sequence[str]] = None) -> list[str]:
+    """Names of an endpoint's flat outputs, as its signature keys.
+
+    `known` names (a model's output layers) when they match the number of
+    outputs; else the keys of a dict, sorted like `tf.nest.flatten` sorts
+    them; else `output_0`, `output_1`, ... like `tf.saved_model.save`.
+    """
+    import keras
+
+    leaves = keras.tree.flatten(structure)
+    if known is not None and len(known) == len(leaves):
+        return list(known)
+    if isinstance(structure, dict) and all(isinstance(k, str) for k in structure) and len(structure) == len(leaves):
+        return unique_names(sorted(structure))
+    return [f"output_{i}" for i in range(len(leaves))]
 
 
 def model_output_structure(model, layout: InputLayout):

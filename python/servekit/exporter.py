@@ -7,15 +7,21 @@ import sys
 import time
 from typing import Any, Optional
 
-from servekit import atomic
 from servekit import export_utils as eu
 from servekit import portable
 from servekit import signature as sig
+from servekit import strategies
 from servekit import summary
 from servekit.errors import ExportError
+from servekit.pipeline import behavior as behavior_lib
+from servekit.pipeline import core as pipeline
+from servekit.pipeline import reference
+from servekit.pipeline.cases import CaseSet
+from servekit.pipeline.request import EndpointPlan, ExportRequest
 
 FORMATS = ("tf_saved_model", "onnx")
 DEFAULT_ENDPOINT_NAME = "serve"
+SERVING_DEFAULT = "serving_default"
 _FORMAT_ALIASES = {"tf_saved_model": "tf_saved_model", "saved_model": "tf_saved_model", "onnx": "onnx"}
 
 
@@ -31,13 +37,10 @@ def _is_tf_module(obj) -> bool:
         return False
     import tensorflow as tf
 
-    try:
-        import keras
+    import keras
 
-        if isinstance(obj, keras.layers.Layer):
-            return False
-    except Exception:  # pragma: no cover
-        pass
+    if isinstance(obj, keras.layers.Layer):
+        return False
     return isinstance(obj, (tf.Module, tf.__internal__.tracking.AutoTrackable))
 
 
@@ -53,13 +56,18 @@ def export(
 
     The model's forward pass in inference mode is written as a TensorFlow
     SavedModel (endpoint `serve`, also the `serving_default` signature) or an
-    ONNX model (one graph, the `serving_default` endpoint). The artifact is
-    built under TensorFlow from a `.keras` copy of the model in a fresh
-    process, so it is the same whichever backend the model lives on. Before it
-    is moved to `filepath`, the artifact is reloaded and run on generated
-    inputs (batch 1 and 7) and must reproduce the outputs the model computes
-    on its own backend (float32: max abs diff <= 1e-5; ints and strings
-    exactly).
+    ONNX model (one graph, the `serving_default` endpoint). Export strategies
+    are tried in order (`servekit.strategies`): first the portable rebuild
+    (the model is saved as `.keras` and rebuilt under TensorFlow in a fresh
+    process: byte-reproducible, and every backend reaches both formats), then
+    the in-process export on the source backend, as Keras does it (subclassed
+    models without `get_config`, classes a fresh process cannot import). The
+    first artifact that verifies is moved to `filepath`: it is reloaded and
+    run on generated inputs (batch 1 and 7) and must reproduce the outputs the
+    model computes on its own backend (float32: max abs diff <= 1e-5; ints and
+    strings exactly). Random outputs are compared by shape, dtype and
+    statistics over repeated calls and must stay random; a stateful model's
+    successive calls must advance its state as the source model does.
 
     Signature keys and ONNX tensor names are the model's input names (dict
     keys for dict inputs) and output layer names (dict keys for dict outputs);
@@ -82,17 +90,17 @@ def export(
             - `verify` (bool, default True): reload and compare before moving
               the artifact into place.
             - `opset_version` (int, ONNX only): the ONNX opset (default 17).
-            - JAX backend only: `is_static` (bool; accepted for Keras
-              compatibility, servekit always exports state-free inference) and
-              `jax2tf_kwargs` (dict); its `polymorphic_shapes` (e.g.
-              `["(b, 3)"]`) mark dimensions dynamic: symbols become dynamic
-              dimensions (the first one named `batch`). Other jax2tf options
-              do not apply, since servekit does not go through jax2tf.
+            - `strategy` ("auto", "portable_rebuild" or "in_process"): try
+              only this strategy (default "auto": all, in order).
+            - JAX backend only: `is_static` (bool) and `jax2tf_kwargs`
+              (dict), passed to jax2tf by the in-process strategy; their
+              `polymorphic_shapes` (e.g. `["(b, 3)"]`) also name the dynamic
+              dimensions of the signature (the first one `batch`).
             - `signatures` (tf.Module only): as `tf.saved_model.save`.
 
     Returns:
-        A `servekit.signature.ExportedArtifact` (format, path, endpoints,
-        opset).
+        A `servekit.signature.ExportedArtifact` (format, path, endpoints
+        marked stochastic/stateful, opset, the strategy that produced it).
 
     Raises:
         ExportError: the export is impossible (naming the layer or input and
@@ -135,6 +143,7 @@ def export(
     backend = eu.backend_name()
     is_static = kwargs.pop("is_static", None)
     jax2tf_kwargs = kwargs.pop("jax2tf_kwargs", None)
+    strategy = kwargs.pop("strategy", None)
     if (is_static is not None or jax2tf_kwargs is not None) and backend != "jax":
         raise ExportError(f"'jax2tf_kwargs' and 'is_static' apply to the jax backend only; this is the {backend} "
                           "backend.", model=model_name, reason="bad_argument")
@@ -148,88 +157,41 @@ def export(
                           reason="bad_argument")
     if jax2tf_kwargs is not None and not isinstance(jax2tf_kwargs, dict):
         raise ExportError("jax2tf_kwargs must be a dict.", model=model_name, reason="bad_argument")
+    chosen = strategies.resolve(strategy)
     polymorphic = (jax2tf_kwargs or {}).get("polymorphic_shapes")
 
     layout = eu.resolve_input_layout(model, input_signature, polymorphic_shapes=polymorphic)
     output_names = eu.model_output_names(model, layout)
-    classes, in_process_reason = portable.preflight(model, model_name, allow_in_process=backend == "tensorflow")
-    if backend == "tensorflow" and os.environ.get("SERVEKIT_EXPORT_IN_PROCESS") == "1":
-        in_process_reason = "SERVEKIT_EXPORT_IN_PROCESS=1"  # debugging aid
-
-    writer = portable.CaseWriter()
+    backend_kwargs = {k: v for k, v in (("jax2tf_kwargs", jax2tf_kwargs), ("is_static", is_static)) if v is not None}
+    plan = EndpointPlan(DEFAULT_ENDPOINT_NAME, layout, output_names, fn=model, kwargs=backend_kwargs)
+    cases = CaseSet()
     if verify:
-        batches = eu.VERIFY_BATCH_SIZES if layout.flat and all(
-            s.shape and s.shape[0] is None for s in layout.flat) else (None,)
-        for batch in batches:
-            if batch is None:
-                batch = next((s.shape[0] for s in layout.flat if s.shape), 1)
-            inputs = eu.generate_inputs(layout, batch, model=model)
+        def call(flat):
             try:
-                outputs = eu.call_model_flat(model, layout, inputs)
+                return eu.call_model_flat(model, layout, flat)
             except ExportError:
                 raise
-            except Exception as e:
-                raise ExportError(f"Model '{model_name}' failed on generated inputs of batch {batch} on the "
-                                  f"{backend} backend: {e}", model=model_name, reason="source_failed") from None
-            writer.add("serving_default", batch, dict(zip([s.name for s in layout.flat], inputs)),
-                       dict(zip(output_names, outputs)))
+            except Exception as e:  # the user's model failed: say so, with its own message
+                raise ExportError(f"Model '{model_name}' failed on generated inputs on the {backend} backend: {e}",
+                                  model=model_name, reason="source_failed") from None
 
-    layer_names = [l.name for l in portable._layers(model)]
-    workdir = portable.make_workdir()
-    try:
-        with atomic.staged_write(filepath) as staged:
-            if in_process_reason:
-                report = _export_in_process(model, layout, output_names, fmt, staged, writer, opset, model_name,
-                                            layer_names, workdir)
-            else:
-                keras_file = os.path.join(workdir, "model.keras")
-                portable.save_keras(model, keras_file, model_name)
-                job = {
-                    "kind": "model", "keras_file": keras_file, "format": fmt, "output": staged,
-                    "opset": opset, "model_name": model_name, "version": _version(),
-                    "endpoints": [{"name": DEFAULT_ENDPOINT_NAME, "layout": layout.to_json(),
-                                   "output_names": output_names}],
-                    "lambda_globals": portable.lambda_globals(model)[0],
-                    "custom_classes": [dict(module=c.module, qualname=c.qualname, names=c.names)
-                                       for c in classes],
-                    "sys_path": portable.importable_sys_path() if classes else [],
-                    "layer_names": layer_names, "verify": verify,
-                    "cases_file": writer.write(os.path.join(workdir, "cases.npz")), "cases": writer.cases,
-                }
-                report = portable.run_worker(job, workdir)
-            if not report.get("ok"):
-                raise ExportError(
-                    f"Model '{model_name}' ({backend} backend) -> {fmt}: {report.get('message')}\n"
-                    f"Nothing was written at '{filepath}'.", model=model_name, layer=report.get("layer"),
-                    reason=report.get("reason", "export_failed"))
-            atomic.commit(staged, filepath)
-        report["files"] = atomic.artifact_files(filepath)
-    finally:
-        portable.remove_workdir(workdir)
-    endpoints = tuple(sig.Signature.from_json(e) for e in report["endpoints"])
-    artifact = sig.ExportedArtifact(format=fmt, path=filepath, endpoints=endpoints, opset=report.get("opset"))
+        plan.behavior, made = reference.make_cases(SERVING_DEFAULT, layout, output_names, call,
+                                                   behavior_lib.model_variables(model), vocab_source=model)
+        cases = CaseSet(made)
+    if fmt == "onnx" and plan.behavior.stateful:
+        raise ExportError(
+            f"Model '{model_name}' updates its variables when called (a stateful layer), and ONNX models have no "
+            "variables: the artifact could not advance its state. Export format='tf_saved_model', or keep the "
+            "state outside the model.", model=model_name, reason="stateful_onnx")
+
+    request = ExportRequest("model", fmt, model_name, backend, [plan], cases, verify=verify, opset=opset,
+                            source=model, version=_version())
+    report, attempts = pipeline.run(request, filepath, chosen, what=f"Model '{model_name}' ({backend} backend) -> {fmt}",
+                                    make_workdir=portable.make_workdir, remove_workdir=portable.remove_workdir)
+    endpoints = tuple(sig.Signature.from_json(e).with_behavior(plan.behavior) for e in report["endpoints"])
+    artifact = sig.ExportedArtifact(format=fmt, path=filepath, endpoints=endpoints, opset=report.get("opset"),
+                                    strategy=report["strategy"])
     if verbose:
+        report["strategy_line"] = pipeline.describe(attempts)
         summary.print_summary(artifact, model_name, backend, report, time.monotonic() - t0)
     return artifact
-
-
-def _export_in_process(model, layout, output_names, fmt, staged, writer, opset, model_name, layer_names, workdir):
-    """TensorFlow backend, model with classes a worker cannot import."""
-    from servekit import _write
-    from servekit.saved_model import Endpoint
-
-    def serve(*args):
-        return model(*args, training=False)
-
-    cases = []
-    for case in writer.cases:
-        inputs = {n: writer.arrays[k] for n, k in case["inputs"].items()}
-        expected = {n: writer.arrays[k] for n, k in case["expected"].items()}
-        cases.append((case["endpoint"], case["batch"], inputs, expected, case["values"]))
-    try:
-        return _write.write_and_verify(
-            [Endpoint(DEFAULT_ENDPOINT_NAME, serve, layout, output_names)], [model], {}, fmt=fmt, output=staged,
-            cases=cases, opset=opset, model_name=model_name, layer_names=layer_names, scratch_dir=workdir,
-            version=_version())
-    except ExportError as e:
-        return {"ok": False, "message": str(e), "reason": e.reason, "layer": e.layer}

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from servekit.portable import storable
+from servekit.pipeline.cases import storable
 from servekit.signature import ExportedArtifact, Signature
 
 MANIFEST_VERSION = 1

@@ -119,7 +119,6 @@ def convert_saved_model(
         except ExportError:
             raise
         except Exception as e:  # tf2onnx raises bare exceptions
-            op = getattr(e, "op", None)
             detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ExportError(
                 f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({detail}). "
@@ -214,3 +213,81 @@ def write_onnx(model_proto, path: str) -> None:
     with open(path, "wb") as f:
         f.write(model_proto.SerializeToString(deterministic=True))
     os.chmod(path, 0o644)
+
+
+def _rename_values(graph, mapping: dict[str, str]) -> None:
+    """Renames values everywhere in `graph` and its subgraphs."""
+    import onnx
+
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_values(attr.g, mapping)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _rename_values(g, mapping)
+    for collection in (graph.input, graph.output, graph.value_info):
+        for vi in collection:
+            vi.name = mapping.get(vi.name, vi.name)
+    for init in graph.initializer:
+        init.name = mapping.get(init.name, init.name)
+
+
+def _value_names(graph) -> set[str]:
+    names = {vi.name for vi in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    names |= {i.name for i in graph.initializer}
+    for node in graph.node:
+        names |= set(node.input) | set(node.output)
+    return names
+
+
+def adopt_foreign(model_proto, endpoint: sig.Signature, model_name: str, producer_version: str,
+                  layer_names: Sequence[str] = ()) -> None:
+    """Gives an ONNX model from another converter (jax2onnx, torch.onnx)
+    servekit's guarantees, in place: graph inputs and outputs named and ordered
+    like `endpoint` (matched by position), dynamic dimensions named, local
+    functions inlined, only standard ops, canonical bytes.
+
+    Raises:
+        ExportError: the graph's inputs or outputs do not match the signature
+            in number, or it uses non-standard ops.
+    """
+    import onnx
+
+    if model_proto.functions:
+        from onnx import inliner
+
+        inlined = inliner.inline_local_functions(model_proto)
+        model_proto.CopyFrom(inlined)
+    graph = model_proto.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in initializers]
+    if initializers & {vi.name for vi in graph.input}:
+        kept = [vi for vi in graph.input if vi.name not in initializers]
+        del graph.input[:]
+        graph.input.extend(kept)
+    if len(inputs) != len(endpoint.inputs) or len(graph.output) != len(endpoint.outputs):
+        raise ExportError(
+            f"Model '{model_name}': the converter produced {len(inputs)} input(s) and {len(graph.output)} output(s); "
+            f"the signature has {len(endpoint.inputs)} and {len(endpoint.outputs)}.", model=model_name,
+            reason="conversion_failed")
+    taken = _value_names(graph)
+    wanted = {t.name for t in endpoint.inputs} | {t.name for t in endpoint.outputs}
+    # Internal values that happen to carry a wanted name move out of the way.
+    clashes = {n: f"{n}__internal" for n in taken & wanted
+               if n not in {vi.name for vi in inputs} | {vo.name for vo in graph.output}}
+    if clashes:
+        _rename_values(graph, clashes)
+    _rename_values(graph, {vi.name: t.name for vi, t in zip(inputs, endpoint.inputs) if vi.name != t.name})
+    for i, (vo, t) in enumerate(zip(list(graph.output), endpoint.outputs)):
+        if vo.name == t.name:
+            continue
+        graph.node.append(onnx.helper.make_node("Identity", [vo.name], [t.name], name=f"servekit_output_{i}"))
+        graph.output[i].name = t.name
+    _check_standard_ops(model_proto, layer_names, model_name, "")
+    _impose_signature(model_proto, endpoint)
+    determinism.canonicalize_onnx(model_proto, producer_version)
+    model_proto.graph.name = model_name
+    onnx.checker.check_model(model_proto)

@@ -22,9 +22,8 @@ import subprocess
 import sys
 import tempfile
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 
 from servekit.errors import ExportError
 
@@ -128,27 +127,25 @@ def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     return entries, problems
 
 
-def preflight(model, model_name: str, allow_in_process: bool) -> tuple[list[CustomClass], Optional[str]]:
-    """Checks before anything is written that the model can be rebuilt under TF.
+def preflight(model, model_name: str) -> list[CustomClass]:
+    """Checks, before anything is written, that a fresh process can rebuild
+    the model from its `.keras` archive.
 
     Returns:
-        `(custom_classes, in_process_reason)`; `in_process_reason` is set when
-        the model must be exported in this process (TF backend only).
+        The model's custom (non-Keras) classes, which the worker imports.
 
     Raises:
-        ExportError: naming the layer and what to do instead.
+        ExportError: naming the layer and what would make it portable.
     """
     for layer in _layers(model):
         reason = _BACKEND_BOUND_LAYERS.get(type(layer).__name__)
         if reason:
             raise ExportError(
-                f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) cannot be exported: {reason}.",
-                model=model_name, layer=layer.name, reason="unsupported_layer")
+                f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt under "
+                f"TensorFlow: {reason}.", model=model_name, layer=layer.name, reason="unsupported_layer")
     _, lambda_problems = lambda_globals(model)
     if lambda_problems:
         layer, name = lambda_problems[0]
-        if allow_in_process:
-            return custom_classes(model), f"Lambda layer '{layer}' uses the global '{name}'"
         raise ExportError(
             f"Model '{model_name}': Lambda layer '{layer}' refers to the global '{name}', which servekit cannot "
             "carry to a separate export process (only modules, importable functions/classes and plain constants "
@@ -159,60 +156,23 @@ def preflight(model, model_name: str, allow_in_process: bool) -> tuple[list[Cust
     bad = [c for c in classes if not c.importable]
     if bad:
         c = bad[0]
-        if allow_in_process:
-            return classes, f"layer '{c.layer}' uses class {c.qualname} from module '{c.module}'"
         raise ExportError(
             f"Model '{model_name}': layer '{c.layer}' is an instance of {c.qualname}, defined in '{c.module}', "
             "which a separate export process cannot import, so the model cannot be rebuilt under TensorFlow. "
-            "Move the class to an importable module and decorate it with "
-            "@keras.saving.register_keras_serializable() (with get_config()), or export from the TensorFlow backend.",
+            "To make it portable, move the class to an importable module and decorate it with "
+            "@keras.saving.register_keras_serializable() (with get_config()).",
             model=model_name, layer=c.layer, reason="unsupported_layer")
-    return classes, None
+    return classes
 
 
 def save_keras(model, path: str, model_name: str) -> None:
     try:
         model.save(path)
-    except Exception as e:
+    except Exception as e:  # Keras raises anything from a get_config(); the message is kept
         raise ExportError(
             f"Model '{model_name}' cannot be saved as a .keras archive, which servekit needs to rebuild it under "
             f"TensorFlow: {e}. Give custom layers a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
-
-
-def storable(a) -> np.ndarray:
-    """An array `np.savez` can store without pickling (strings as bytes)."""
-    a = np.asarray(a)
-    if a.dtype.kind in "OU":
-        flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in a.ravel().tolist()]
-        return np.array(flat, dtype=bytes).reshape(a.shape) if flat else np.zeros(a.shape, dtype="S1")
-    return a
-
-
-class CaseWriter:
-    """Collects verification cases (inputs and expected outputs by name)."""
-
-    def __init__(self):
-        self.arrays: dict[str, np.ndarray] = {}
-        self.cases: list[dict[str, Any]] = []
-
-    def add(self, endpoint: str, batch: int, inputs: dict, expected: dict, values: bool = True) -> None:
-        def keys(d):
-            out = {}
-            for name, value in d.items():
-                key = f"a{len(self.arrays)}"
-                self.arrays[key] = storable(value)
-                out[name] = key
-            return out
-
-        self.cases.append({"endpoint": endpoint, "batch": batch, "inputs": keys(inputs),
-                           "expected": keys(expected), "values": values})
-
-    def write(self, path: str) -> Optional[str]:
-        if not self.cases:
-            return None
-        np.savez(path, **self.arrays)
-        return path
 
 
 def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:

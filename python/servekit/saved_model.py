@@ -26,7 +26,7 @@ import numpy as np
 from servekit import determinism
 from servekit import signature as sig
 from servekit.errors import ExportError
-from servekit.export_utils import FlatSpec, InputLayout, layout_from_signature, unique_names
+from servekit.export_utils import InputLayout, endpoint_output_names, layout_from_signature
 
 import tensorflow as tf
 
@@ -296,15 +296,10 @@ def _signature_wrapper(method, layout: InputLayout, output_names, box: dict):
         out = method(*layout.pack(list(flat)))
         box["structure"] = out
         leaves = tf.nest.flatten(out)
-        if output_names is not None:
-            if len(output_names) != len(leaves):
-                raise ExportError(f"Endpoint returned {len(leaves)} outputs; expected {len(output_names)} "
-                                  f"({list(output_names)}).", reason="bad_outputs")
-            names = list(output_names)
-        elif isinstance(out, dict) and all(isinstance(k, str) for k in out):
-            names = unique_names(sorted(out))  # tf.nest.flatten sorts dict keys
-        else:
-            names = [f"output_{i}" for i in range(len(leaves))]
+        if output_names is not None and len(output_names) != len(leaves):
+            raise ExportError(f"Endpoint returned {len(leaves)} outputs; expected {len(output_names)} "
+                              f"({list(output_names)}).", reason="bad_outputs")
+        names = endpoint_output_names(out, output_names)
         box["names"] = names
         return dict(zip(names, leaves))
 

@@ -37,6 +37,7 @@ class TensorSignature:
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+    stochastic: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -47,21 +48,32 @@ class TensorSignature:
         object.__setattr__(self, "shape", tuple(self.shape))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        data = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.stochastic:
+            data["stochastic"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TensorSignature":
-        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]),
+                   stochastic=bool(data.get("stochastic", False)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
-    """An endpoint: its name, its method name and its inputs and outputs, in order."""
+    """An endpoint: its name, its method name and its inputs and outputs, in order.
+
+    `stochastic`: some outputs (those marked `stochastic`) differ between calls
+    on the same input; `stateful`: a call updates the artifact's variables
+    (see `servekit.pipeline.behavior`).
+    """
 
     name: str
     inputs: tuple[TensorSignature, ...]
     outputs: tuple[TensorSignature, ...]
     method_name: str = "tensorflow/serving/predict"
+    stochastic: bool = False
+    stateful: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,7 +81,16 @@ class Signature:
             "method_name": self.method_name,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
+            "stochastic": self.stochastic,
+            "stateful": self.stateful,
         }
+
+    def with_behavior(self, behavior) -> "Signature":
+        """This signature marked with a `pipeline.behavior.Behavior` (by output index)."""
+        outputs = tuple(dataclasses.replace(t, stochastic=i in behavior.stochastic_outputs)
+                        for i, t in enumerate(self.outputs))
+        return dataclasses.replace(self, outputs=outputs, stochastic=behavior.stochastic,
+                                   stateful=behavior.stateful)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Signature":
@@ -78,6 +99,8 @@ class Signature:
             method_name=data.get("method_name", "tensorflow/serving/predict"),
             inputs=tuple(TensorSignature.from_json(t) for t in data["inputs"]),
             outputs=tuple(TensorSignature.from_json(t) for t in data["outputs"]),
+            stochastic=bool(data.get("stochastic", False)),
+            stateful=bool(data.get("stateful", False)),
         )
 
 
@@ -85,13 +108,16 @@ class Signature:
 class ExportedArtifact:
     """What `servekit.export` wrote: the format, the path and its endpoints.
 
-    `endpoints[0]` is `serving_default`. An ONNX artifact has exactly one endpoint.
+    `endpoints[0]` is `serving_default`. An ONNX artifact has exactly one
+    endpoint. `strategy` names the export strategy that produced the artifact
+    ("portable_rebuild" or "in_process", see `servekit.strategies`).
     """
 
     format: str
     path: str
     endpoints: tuple[Signature, ...]
     opset: Optional[int] = None
+    strategy: Optional[str] = None
 
     def endpoint(self, name: str) -> Signature:
         for signature in self.endpoints:

@@ -27,7 +27,10 @@ def format_summary(artifact: sig.ExportedArtifact, name: str, backend: str, repo
     for ep in artifact.endpoints:
         ins = ", ".join(_shape(t) for t in ep.inputs)
         outs = ", ".join(_shape(t) for t in ep.outputs)
-        lines.append(f"  endpoint {ep.name}: ({ins}) -> ({outs})")
+        marks = [m for m, on in (("stochastic", ep.stochastic), ("stateful", ep.stateful)) if on]
+        lines.append(f"  endpoint {ep.name}: ({ins}) -> ({outs})" + (f" [{', '.join(marks)}]" if marks else ""))
+    if report.get("strategy_line"):
+        lines.append(f"  {report['strategy_line']}")
     files = report.get("files") or {}
     if files:
         total = sum(files.values())

@@ -118,23 +118,65 @@ def describe_failures(comparisons: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def _check_runs(case, run_again, results: list) -> None:
+    """Compares the stochastic outputs of `case` by statistics over repeated calls."""
+    from servekit.pipeline.behavior import compare_statistics
+
+    if not case.runs:
+        return
+    artifact_runs: dict[str, list] = {n: [] for n in case.runs}
+    for _ in range(len(next(iter(case.runs.values())))):
+        out = run_again(case.inputs)
+        for n in artifact_runs:
+            artifact_runs[n].append(out[n])
+    problems = []
+    for name, source_runs in case.runs.items():
+        problem = compare_statistics(source_runs, artifact_runs[name])
+        if problem:
+            problems.append(f"stochastic output '{name}': {problem}")
+    results.append(Comparison(case.endpoint, case.batch, 0.0, problems))
+
+
+def _check(cases, run) -> list[Comparison]:
+    """Runs each case once, in order (stateful endpoints advance as the source
+    did), then the repeated calls of stochastic outputs."""
+    results = []
+    for case in cases:
+        actual = run(case.endpoint, case.inputs)
+        expected = {n: v for n, v in case.expected.items()}
+        stochastic = set(case.runs)
+        comp = compare_outputs({n: v for n, v in expected.items() if n not in stochastic},
+                               {n: v for n, v in actual.items() if n not in stochastic},
+                               case.endpoint, case.batch, values=case.values)
+        for name in sorted(stochastic):
+            if name not in actual:
+                comp.problems.append(f"output '{name}' is missing")
+                continue
+            shape_only = compare_outputs({name: expected[name]}, {name: actual[name]}, case.endpoint, case.batch,
+                                         values=False)
+            comp.problems.extend(shape_only.problems)
+        results.append(comp)
+    for case in cases:
+        _check_runs(case, lambda inputs, _ep=case.endpoint: run(_ep, inputs), results)
+    return results
+
+
 def check_saved_model(path: str, cases) -> list[Comparison]:
     """Reloads a SavedModel and runs each case through its signature.
 
     Args:
         path: the SavedModel directory.
-        cases: iterable of `(endpoint, batch, inputs_by_name, expected_by_name,
-            compare_values)`.
+        cases: `servekit.pipeline.cases.Case`s, run in order on one fresh load.
     """
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)
-    results = []
-    for endpoint, batch, inputs, expected, values in cases:
-        fn = loaded.signatures[endpoint]
-        out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-        actual = {k: v.numpy() for k, v in out.items()}
-        results.append(compare_outputs(expected, actual, endpoint, batch, values=values))
+
+    def run(endpoint, inputs):
+        out = loaded.signatures[endpoint](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    results = _check(list(cases), run)
     del loaded
     return results
 
@@ -147,10 +189,10 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
     options.log_severity_level = 3
     session = ort.InferenceSession(path_or_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    results = []
-    for endpoint, batch, inputs, expected, values in cases:
+
+    def run(endpoint, inputs):
         feeds = {k: (np.asarray(v, dtype=object).astype(str).astype(object) if np.asarray(v).dtype.kind == "S"
                      else v) for k, v in inputs.items()}
-        out = session.run(None, feeds)
-        results.append(compare_outputs(expected, dict(zip(names, out)), endpoint, batch, values=values))
-    return results
+        return dict(zip(names, session.run(None, feeds)))
+
+    return _check(list(cases), run)

@@ -135,6 +135,10 @@ def test_subclassed_model_never_called_is_refused(tmp_path):
 
 
 def test_layer_class_not_importable(tmp_path):
+    """A class no fresh process can import is exported in-process on the source
+    backend; on torch, where only the portable rebuild writes SavedModels, the
+    error says why each strategy could not."""
+
     class LocalScale(keras.layers.Layer):  # defined in a function: no worker can import it
         def call(self, x):
             return x * 2.0
@@ -142,22 +146,34 @@ def test_layer_class_not_importable(tmp_path):
     inp = keras.Input((3,), name="features")
     model = keras.Model(inp, LocalScale(name="local_scale")(keras.layers.Dense(2, name="d")(inp)), name="local")
     path = str(tmp_path / "local")
-    if BACKEND == "tensorflow":
-        # Exported in-process instead (TensorFlow is the source backend).
+    if BACKEND != "torch":
         artifact = servekit.export(model, path, verbose=False)
+        assert artifact.strategy == "in_process"
         x = np.ones((2, 3), "float32")
         got = checks.saved_model_outputs(path, {"features": x})
         assert checks.max_abs_err({"local_scale": _outputs(model, x)}, got) <= 1e-5
         assert artifact.endpoint("serve").outputs[0].name == "local_scale"
+        assert checks.find_leaks(path) == []
     else:
         with pytest.raises(servekit.ExportError, match="local_scale") as info:
             servekit.export(model, path, verbose=False)
-        assert info.value.layer == "local_scale" and "register_keras_serializable" in str(info.value)
+        message = str(info.value)
+        assert info.value.layer == "local_scale" and "register_keras_serializable" in message
+        assert "portable_rebuild (skipped)" in message and "in_process (skipped)" in message
+        assert "torch_xla" in message
         assert not os.path.exists(path) and _siblings(path) == []
+    # Its ONNX export works on every backend (tf2onnx, jax2onnx or torch.onnx in-process).
+    onnx_path = str(tmp_path / "local.onnx")
+    artifact = servekit.export(model, onnx_path, format="onnx", verbose=False)
+    assert artifact.strategy == "in_process"
+    x = np.random.default_rng(9).standard_normal((7, 3)).astype("float32")
+    got = checks.onnx_outputs(onnx_path, {"features": x})
+    assert checks.max_abs_err({"local_scale": _outputs(model, x)}, got) <= 1e-5
 
 
-def test_backend_bound_layer_is_refused(tmp_path):
-    """A layer wrapping backend code cannot be rebuilt under TensorFlow."""
+def test_backend_bound_layer(tmp_path):
+    """A layer wrapping backend code cannot be rebuilt under TensorFlow; the
+    in-process strategy exports it where its backend has a converter."""
     inp = keras.Input((3,), name="features")
     if BACKEND == "torch":
         import torch
@@ -175,10 +191,17 @@ def test_backend_bound_layer_is_refused(tmp_path):
         from servekit import portable
 
         model = keras.Model(inp, keras.layers.Dense(2, name="plain")(inp), name="plain")
-        assert portable.preflight(model, "plain", allow_in_process=False) == ([], None)
+        assert portable.preflight(model, "plain") == []
         return
     model = keras.Model(inp, layer(inp), name="bound")
     path = str(tmp_path / "bound")
+    if BACKEND == "jax":  # jax2tf converts the wrapped JAX function in-process
+        artifact = servekit.export(model, path, verbose=False)
+        assert artifact.strategy == "in_process"
+        x = np.random.default_rng(2).standard_normal((7, 3)).astype("float32")
+        got = checks.saved_model_outputs(path, {"features": x})
+        assert checks.max_abs_err({artifact.endpoint("serve").outputs[0].name: _outputs(model, x)}, got) <= 1e-5
+        return
     with pytest.raises(servekit.ExportError) as info:
         servekit.export(model, path, verbose=False)
     assert info.value.layer == layer.name and layer.name in str(info.value)
@@ -271,8 +294,8 @@ def test_failed_verification_writes_nothing_and_keeps_old_artifact(tmp_path, mon
     before_sm, before_onnx = checks.read_tree(sm_path), checks.read_tree(onnx_path)
     monkeypatch.setenv("SERVEKIT_TEST_SKEW", "0.5")  # the worker does not see it: outputs differ by 0.5
     for path, fmt in ((sm_path, "tf_saved_model"), (onnx_path, "onnx")):
-        with pytest.raises(servekit.ExportError) as info:
-            servekit.export(model, path, format=fmt, verbose=False)
+        with pytest.raises(servekit.ExportError) as info:  # the worker's rebuild alone
+            servekit.export(model, path, format=fmt, verbose=False, strategy="portable_rebuild")
         message = str(info.value)
         assert info.value.reason == "verification_failed"
         assert "skewed_model" in message and "output 'skewed'" in message and "max abs diff 0.5" in message
@@ -325,11 +348,12 @@ def test_lambda_layers_get_their_globals(tmp_path):
     bad = keras.Model(inp, keras.layers.Lambda(lambda t: t * _UNPORTABLE.factor, output_shape=(3,),
                                                name="uses_object")(inp), name="bad_lambda")
     bad_path = str(tmp_path / "bad_lambda")
-    if BACKEND == "tensorflow":
-        servekit.export(bad, bad_path, verbose=False)  # exported in-process instead
+    if BACKEND != "torch":
+        artifact = servekit.export(bad, bad_path, verbose=False)
+        assert artifact.strategy == "in_process"
         assert checks.max_abs_err({"uses_object": _outputs(bad, xs)},
                                   checks.saved_model_outputs(bad_path, {"features": xs})) <= 1e-5
-    else:
+    else:  # a torch SavedModel needs the portable rebuild, which cannot carry the global
         with pytest.raises(servekit.ExportError, match="_UNPORTABLE") as info:
             servekit.export(bad, bad_path, verbose=False)
         assert info.value.layer == "uses_object" and "arguments=" in str(info.value)

@@ -1,0 +1,209 @@
+"""What a source endpoint does besides computing: draw random numbers, update state.
+
+Keras exports such endpoints as they are: an exported dropout-in-training-mode or
+`keras.random` layer stays random, and a layer that updates a non-trainable
+variable in `call` keeps updating it in the artifact. servekit must still verify
+them, so before any export it *probes* each endpoint on the source backend:
+
+- **stateful**: a call changes a variable other than a `SeedGenerator` state
+  (e.g. a counter incremented in `call`). The reference cases are then the
+  endpoint's successive calls from the export-time state, and an artifact must
+  advance its state the same way (compared call by call, in order).
+- **stochastic**: two calls on the same input give different outputs, and not
+  because of state (seed generator states advance on every call). Outputs that
+  stayed equal are still compared value for value; the others are compared by
+  name, dtype, shape, finiteness and statistics over repeated calls, and the
+  artifact must stay random (two calls differ).
+
+Every probe restores the variables it touched: exporting never changes the
+model (Keras's own suite checks that an exported counter starts where the model
+left it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+# Repeated calls per case for the statistics of stochastic outputs.
+STATISTICS_CALLS = 8
+# Per-element tolerance of the mean of stochastic outputs, in standard errors.
+STATISTICS_SIGMAS = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Behavior:
+    """How an endpoint behaves across calls (recorded in the manifest).
+
+    Args:
+        stochastic: some outputs differ between calls on the same input.
+        stateful: a call updates variables other than RNG seed states.
+        stochastic_outputs: indices (in flat output order) of the outputs
+            that differ between calls.
+    """
+
+    stochastic: bool = False
+    stateful: bool = False
+    stochastic_outputs: tuple[int, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        return not (self.stochastic or self.stateful)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stochastic": self.stochastic, "stateful": self.stateful,
+                "stochastic_outputs": list(self.stochastic_outputs)}
+
+    @classmethod
+    def from_json(cls, data: Optional[dict[str, Any]]) -> "Behavior":
+        data = data or {}
+        return cls(bool(data.get("stochastic")), bool(data.get("stateful")),
+                   tuple(data.get("stochastic_outputs", ())))
+
+
+def _is_seed_state(variable) -> bool:
+    path = str(getattr(variable, "path", "") or getattr(variable, "name", ""))
+    return "seed_generator" in path or path.endswith("seed_generator_state")
+
+
+def _value(variable) -> np.ndarray:
+    import keras
+
+    if isinstance(variable, keras.Variable):
+        return np.array(keras.ops.convert_to_numpy(variable.value))
+    return np.array(variable.numpy())  # tf.Variable
+
+
+class VariableSnapshot:
+    """The values of some variables, to restore after calling the source model.
+
+    Example:
+
+    ```python
+    with VariableSnapshot(model.variables):
+        model(x)  # may advance a counter or a seed state
+    # the variables hold their previous values again
+    ```
+    """
+
+    def __init__(self, variables: Iterable[Any]):
+        seen: set[int] = set()
+        self._saved = []
+        for v in variables:
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            self._saved.append((v, _value(v)))
+
+    def changed(self) -> list[Any]:
+        """The variables whose value differs from the snapshot."""
+        return [v for v, old in self._saved
+                if not np.array_equal(_value(v), old, equal_nan=old.dtype.kind == "f")]
+
+    def restore(self) -> None:
+        for v, old in self._saved:
+            v.assign(old)
+
+    def __enter__(self) -> "VariableSnapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def model_variables(*objects: Any) -> list[Any]:
+    """Every variable of the given layers/models, seed states included."""
+    out = []
+    for obj in objects:
+        if obj is None:
+            continue
+        out += list(getattr(obj, "variables", []) or [])
+    return out
+
+
+def probe(call: Callable[[Sequence[np.ndarray]], list[np.ndarray]], flat_inputs: Sequence[np.ndarray],
+          variables: Sequence[Any]) -> Behavior:
+    """Calls an endpoint twice on the same inputs and says how it behaved.
+
+    Args:
+        call: runs the source endpoint on flat inputs, returns flat outputs.
+        flat_inputs: one generated case.
+        variables: the variables the endpoint may touch (restored afterwards).
+
+    Returns:
+        The endpoint's `Behavior`.
+    """
+    with VariableSnapshot(variables) as snapshot:
+        first = call(flat_inputs)
+        stateful = any(not _is_seed_state(v) for v in snapshot.changed())
+        second = call(flat_inputs)
+    differing = tuple(i for i, (a, b) in enumerate(zip(first, second)) if not _equal(a, b))
+    if stateful:
+        # A counter output differs because of the state, which the ordered
+        # reference sequence checks exactly; only outputs that also differ
+        # from the same state are random.
+        with VariableSnapshot(variables):
+            again = call(flat_inputs)
+        random = tuple(i for i, (a, b) in enumerate(zip(first, again)) if not _equal(a, b))
+        if not random:
+            with VariableSnapshot(variables) as snapshot:
+                call(flat_inputs)
+                seeds = [v for v in snapshot.changed() if _is_seed_state(v)]
+            random = differing if seeds and _differs_with_fresh_seeds(call, flat_inputs, variables) else ()
+        return Behavior(stochastic=bool(random), stateful=True, stochastic_outputs=random)
+    return Behavior(stochastic=bool(differing), stateful=False, stochastic_outputs=differing)
+
+
+def _differs_with_fresh_seeds(call, flat_inputs, variables) -> bool:
+    """Stateful endpoint with seed states: do outputs depend on the seeds?"""
+    with VariableSnapshot(variables):
+        a = call(flat_inputs)
+    with VariableSnapshot(variables):
+        for v in variables:
+            if _is_seed_state(v):
+                v.assign(_value(v) + 1)
+        b = call(flat_inputs)
+    return any(not _equal(x, y) for x, y in zip(a, b))
+
+
+def _equal(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def compare_statistics(source_runs: Sequence[np.ndarray], artifact_runs: Sequence[np.ndarray]) -> Optional[str]:
+    """Compares one stochastic output across repeated calls of both sides.
+
+    The per-element means over the calls must agree within
+    `STATISTICS_SIGMAS` standard errors (the scale floored by the average
+    spread, so elements that happened not to vary do not make it zero), and
+    the artifact must itself vary between calls.
+
+    Returns:
+        None when they agree, else what differed.
+    """
+    s = np.stack([np.asarray(r, dtype=np.float64) for r in source_runs])
+    a = np.stack([np.asarray(r, dtype=np.float64) for r in artifact_runs])
+    if s.shape != a.shape:
+        return f"shape {a.shape[1:]}, expected {s.shape[1:]}"
+    if not np.all(np.isfinite(a)) and np.all(np.isfinite(s)):
+        return "non-finite values where the source model has none"
+    if s.size and np.all(a == a[:1]):
+        return "the artifact gave the same values on every call: it is no longer random"
+    if not s.size:
+        return None
+    n = s.shape[0]
+    spread = s.std(axis=0) + a.std(axis=0)
+    floor = float(np.mean(spread)) + 1e-6
+    tolerance = STATISTICS_SIGMAS * (spread + floor) / np.sqrt(n)
+    excess = np.abs(s.mean(axis=0) - a.mean(axis=0)) - tolerance
+    if np.any(excess > 0):
+        return (f"mean over {n} calls differs by up to {float(np.max(np.abs(s.mean(0) - a.mean(0)))):.3g} "
+                f"(tolerance {STATISTICS_SIGMAS:g} standard errors)")
+    return None

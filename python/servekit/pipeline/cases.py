@@ -1,0 +1,105 @@
+"""Verification cases: inputs and the outputs the source model computed on them.
+
+A `Case` is one call of one endpoint. Cases of an endpoint are run on a freshly
+loaded artifact in the order they were made, once each: for a stateful endpoint
+they are the source's successive calls from the export-time state. Outputs named
+in `runs` are stochastic: instead of one expected value they carry the source's
+outputs over repeated calls, compared by statistics (`pipeline.behavior`).
+
+`CaseSet` stores cases in one `.npz` plus a JSON index, which is how they travel
+to the export worker (no pickling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+
+
+def storable(a) -> np.ndarray:
+    """An array `np.savez` can store without pickling (strings as bytes)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "OU":
+        flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in a.ravel().tolist()]
+        return np.array(flat, dtype=bytes).reshape(a.shape) if flat else np.zeros(a.shape, dtype="S1")
+    return a
+
+
+@dataclasses.dataclass
+class Case:
+    """One verification call.
+
+    Args:
+        endpoint: the signature name.
+        batch: the batch size (for messages).
+        inputs: input arrays by signature key.
+        expected: the source's outputs by output name.
+        values: False to compare names, dtypes and shapes only.
+        runs: output name -> the source's outputs over repeated calls, for
+            stochastic outputs (compared by statistics, not value for value).
+    """
+
+    endpoint: str
+    batch: int
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+    values: bool = True
+    runs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+
+
+class CaseSet:
+    """An ordered list of cases that can be written for the export worker."""
+
+    def __init__(self, cases: Optional[list[Case]] = None):
+        self.cases: list[Case] = list(cases or [])
+
+    def add(self, case: Case) -> None:
+        self.cases.append(case)
+
+    def __iter__(self):
+        return iter(self.cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def for_endpoint(self, name: str) -> list[Case]:
+        return [c for c in self.cases if c.endpoint == name]
+
+    def write(self, path: str) -> tuple[Optional[str], list[dict[str, Any]]]:
+        """Writes the arrays to `path` (.npz); returns `(path, index)`."""
+        if not self.cases:
+            return None, []
+        arrays: dict[str, np.ndarray] = {}
+
+        def key(value) -> str:
+            k = f"a{len(arrays)}"
+            arrays[k] = storable(value)
+            return k
+
+        index = []
+        for c in self.cases:
+            index.append({
+                "endpoint": c.endpoint, "batch": c.batch, "values": c.values,
+                "inputs": {n: key(v) for n, v in c.inputs.items()},
+                "expected": {n: key(v) for n, v in c.expected.items()},
+                "runs": {n: [key(v) for v in vs] for n, vs in c.runs.items()},
+            })
+        np.savez(path, **arrays)
+        return path, index
+
+    @classmethod
+    def read(cls, path: Optional[str], index: list[dict[str, Any]]) -> "CaseSet":
+        if not path:
+            return cls()
+        arrays = np.load(path, allow_pickle=False)
+        cases = []
+        for entry in index:
+            cases.append(Case(
+                entry["endpoint"], entry["batch"],
+                {n: arrays[k] for n, k in entry["inputs"].items()},
+                {n: arrays[k] for n, k in entry["expected"].items()},
+                entry["values"],
+                {n: [arrays[k] for k in ks] for n, ks in entry.get("runs", {}).items()}))
+        return cls(cases)

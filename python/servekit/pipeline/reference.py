@@ -1,0 +1,77 @@
+"""Running the source endpoint: behavior probe and verification cases.
+
+Everything here runs in the source process, on the source backend. The same
+function serves `servekit.export`, `ExportArchive` and the build tool, so
+batch choice, the randomness/state checks and the case order are defined once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from servekit import export_utils as eu
+from servekit.pipeline import behavior as behavior_lib
+from servekit.pipeline.cases import Case
+
+# A flat-inputs -> flat-outputs call of the source endpoint.
+SourceCall = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+def verify_batches(layout: eu.InputLayout) -> list[int]:
+    """Batch sizes to verify: 1 and 7 when every input has a dynamic batch,
+    else the static batch size."""
+    if layout.flat and all(s.shape and s.shape[0] is None for s in layout.flat):
+        return list(eu.VERIFY_BATCH_SIZES)
+    return [next((s.shape[0] for s in layout.flat if s.shape and s.shape[0] is not None), 1)]
+
+
+def make_cases(
+    endpoint: str,
+    layout: eu.InputLayout,
+    output_names: Sequence[str],
+    call: SourceCall,
+    variables: Sequence[Any],
+    vocab_source: Any = None,
+    batches: Optional[Sequence[int]] = None,
+    inputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
+) -> tuple[behavior_lib.Behavior, list[Case]]:
+    """Probes an endpoint and computes its verification cases.
+
+    Args:
+        endpoint: the signature name the cases are for.
+        layout: the endpoint's inputs.
+        output_names: the names of its flat outputs.
+        call: runs the source endpoint on flat inputs.
+        variables: every variable the endpoint may change; restored after.
+        vocab_source: a model/layer whose lookup vocabularies and embedding
+            sizes keep generated inputs meaningful.
+        batches: batch sizes (default `verify_batches(layout)`).
+        inputs: flat inputs per case, instead of generated ones.
+
+    Returns:
+        `(behavior, cases)`. A stateful endpoint's cases are successive calls
+        from the current state; a stochastic output's cases carry
+        `behavior.STATISTICS_CALLS` repeated source outputs in `runs`.
+    """
+    if inputs is None:
+        batches = list(batches or verify_batches(layout))
+        inputs = [eu.generate_inputs(layout, b, model=vocab_source) for b in batches]
+    else:
+        batches = [int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else 1 for flat in inputs]
+    names = [s.name for s in layout.flat]
+    behavior = behavior_lib.probe(call, inputs[0], variables)
+    with behavior_lib.VariableSnapshot(variables):
+        outputs = [call(flat) for flat in inputs]  # in order: state advances as in the artifact
+    cases = []
+    stochastic_names = [output_names[i] for i in behavior.stochastic_outputs if i < len(output_names)]
+    for batch, flat, outs in zip(batches, inputs, outputs):
+        runs: dict[str, list[np.ndarray]] = {}
+        if stochastic_names:
+            with behavior_lib.VariableSnapshot(variables):
+                repeated = [call(flat) for _ in range(behavior_lib.STATISTICS_CALLS)]
+            for i in behavior.stochastic_outputs:
+                runs[output_names[i]] = [r[i] for r in repeated]
+        cases.append(Case(endpoint, batch, dict(zip(names, flat)), dict(zip(output_names, outs)), True, runs))
+    return behavior, cases

@@ -1,0 +1,38 @@
+"""Export strategies: the ways an artifact can be produced, tried in order.
+
+- `portable.PortableRebuild`: the model is saved as `.keras` and rebuilt under
+  TensorFlow in a fresh worker process (`servekit._export_worker`). Its
+  artifacts do not depend on anything the calling process did, so they are
+  byte-reproducible across processes and directories, and every backend reaches
+  both formats (torch -> SavedModel, JAX CNNs -> ONNX, lookup layers -> ONNX).
+- `in_process.InProcess`: the way Keras exports, on the source backend in this
+  process (TensorFlow: traced here; JAX: jax2tf for SavedModel, jax2onnx for
+  ONNX; torch: torch.onnx for ONNX), with servekit's naming, canonical bytes and
+  verification applied to the result. It exports what cannot be rebuilt
+  elsewhere: subclassed models without `get_config`, classes defined in
+  `__main__` or a function, layers bound to their backend.
+
+`DEFAULT_ORDER` tries the portable rebuild first, because its artifacts are
+reproducible whatever the calling process did before the export; the first
+strategy whose artifact verifies wins (see `servekit.pipeline.core`).
+"""
+
+from __future__ import annotations
+
+from servekit.strategies.in_process import InProcess
+from servekit.strategies.portable import PortableRebuild
+
+DEFAULT_ORDER = (PortableRebuild(), InProcess())
+BY_NAME = {s.name: s for s in DEFAULT_ORDER}
+
+
+def resolve(strategy: str | None):
+    """The strategies to try for `strategy` ("auto" or None: all, in order)."""
+    if strategy in (None, "auto"):
+        return DEFAULT_ORDER
+    if strategy not in BY_NAME:
+        from servekit.errors import ExportError
+
+        raise ExportError(f"Unknown strategy {strategy!r}; expected 'auto' or one of {sorted(BY_NAME)}.",
+                          reason="bad_argument")
+    return (BY_NAME[strategy],)

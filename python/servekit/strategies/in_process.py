@@ -1,0 +1,246 @@
+"""In-process export on the source backend, the way Keras exports.
+
+SavedModel (TensorFlow and JAX backends): a Keras `ExportArchive` of the source
+backend traces each endpoint in this process (TensorFlow: `tf.function`; JAX:
+`jax2tf`, with the caller's `jax2tf_kwargs` and `is_static`), so subclassed
+models without `get_config`, classes defined in `__main__`, random and stateful
+layers all export as Keras exports them. servekit then adds its own signatures
+(inputs named by their keys, outputs by their layers), writes the SavedModel,
+makes its bytes canonical and verifies it.
+
+ONNX: on TensorFlow, tf2onnx converts the in-process SavedModel; on JAX, Keras
+runs jax2onnx; on torch, `torch.onnx` (the dynamo exporter, else TorchScript).
+servekit renames the graph's inputs and outputs to the signature keys, names
+the dynamic dimensions, strips doc strings and paths and verifies the result.
+
+A SavedModel from the torch backend needs torch_xla, which does not import
+with this torch: the portable rebuild is the only road there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any, Optional
+
+from servekit import signature as sig
+from servekit.errors import ExportError
+from servekit.pipeline.request import EndpointPlan, ExportRequest
+
+
+class InProcess:
+    """Exports on the source backend in this process."""
+
+    name = "in_process"
+
+    def unavailable(self, request: ExportRequest) -> Optional[str]:
+        if request.backend == "torch" and request.format == "tf_saved_model":
+            return ("a SavedModel from the torch backend needs torch_xla, which does not import with this torch; "
+                    "only the portable rebuild writes one")
+        if request.backend not in ("tensorflow", "jax", "torch"):
+            return f"the {request.backend} backend has no in-process exporter"
+        if request.kind == "archive":
+            return request.source._in_process_unavailable()
+        return None
+
+    def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
+        from servekit import _write
+
+        with _write.quiet(), _no_source_paths():
+            if request.format == "tf_saved_model":
+                return _saved_model(request, staged)
+            if request.backend == "tensorflow":
+                return _onnx_from_saved_model(request, staged, workdir)
+            return _onnx_native(request, staged, workdir)
+
+
+def keras_archive(request: ExportRequest):
+    """The source backend's Keras `ExportArchive`, with the request's endpoints."""
+    if request.kind == "archive":
+        return request.source._keras_archive
+    from servekit import saved_model as sk_sm
+
+    archive = new_keras_archive()
+    plan = request.endpoints[0]
+    try:
+        archive.track_and_add_endpoint(plan.name, request.source, sk_sm.arg_specs(plan.layout), **plan.kwargs)
+    except (TypeError, ValueError) as e:
+        cls = TypeError if isinstance(e, TypeError) else ValueError
+        raise _error(cls, f"Keras could not trace the model on the {request.backend} backend: {e}",
+                     "untraceable_endpoint") from None
+    return archive
+
+
+def _error(cls, message: str, reason: str) -> ExportError:
+    from servekit.errors import ExportTypeError
+
+    return (ExportTypeError if cls is TypeError else ExportError)(message, reason=reason)
+
+
+def _verified(report: dict, comparisons, artifact: str, what: str) -> dict:
+    from servekit import verification
+
+    report["comparisons"] += [dict(c.__dict__, artifact=artifact) for c in comparisons]
+    if not all(c.ok for c in comparisons):
+        report.update(ok=False, reason="verification_failed",
+                      message=f"The {what} does not reproduce the source model:\n"
+                              + verification.describe_failures(comparisons))
+    return report
+
+
+def _saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
+    from servekit import verification
+
+    archive = keras_archive(request)
+    try:
+        signatures = save_traced(archive, request.endpoints, path, request.options)
+    except TypeError as e:
+        raise _error(TypeError, f"tracing failed: {e}", "untraceable_endpoint") from None
+    report = {"ok": True, "endpoints": [s.to_json() for s in signatures], "comparisons": []}
+    if request.verify and len(request.cases):
+        _verified(report, verification.check_saved_model(path, request.cases), "tf_saved_model", "SavedModel")
+    return report
+
+
+def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
+    from servekit import onnx as sk_onnx
+    from servekit import verification
+
+    twin = os.path.join(workdir, "twin_saved_model")
+    report = _saved_model(request, twin)
+    if not report["ok"]:
+        report["message"] = report["message"].replace("SavedModel", "SavedModel (from which the ONNX model is "
+                                                                    "converted)", 1)
+        return report
+    serving = sig.Signature.from_json(report["endpoints"][0])
+    proto = sk_onnx.convert_saved_model(twin, serving, opset=request.opset, layer_names=request.layer_names,
+                                        model_name=request.name, producer_version=request.version)
+    sk_onnx.write_onnx(proto, path)
+    report["endpoints"] = [serving.to_json()]
+    report["opset"] = sk_onnx._opset_of(proto)
+    if request.verify and len(request.cases):
+        _verified(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name)), "onnx",
+                  "ONNX model")
+    return report
+
+
+def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
+    """JAX (jax2onnx) and torch (torch.onnx) through Keras's own ONNX export."""
+    import keras
+    import onnx
+
+    from keras.src.export.onnx import export_onnx
+
+    from servekit import export_utils as eu
+    from servekit import onnx as sk_onnx
+    from servekit import verification
+
+    plan = request.endpoints[0]
+    layout = plan.layout
+    specs = layout.pack([keras.InputSpec(shape=s.shape, dtype=s.dtype, name=s.name) for s in layout.flat])
+    scratch = os.path.join(workdir, "native.onnx")
+    try:
+        export_onnx(request.source, scratch, verbose=False, input_signature=specs, opset_version=request.opset)
+    except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
+        raise ExportError(f"Keras's {request.backend} ONNX exporter failed: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}",
+                          reason="conversion_failed") from None
+    outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
+    signature = sig.Signature("serving_default", layout.tensor_signatures(), outputs).with_behavior(plan.behavior)
+    proto = onnx.load(scratch)
+    sk_onnx.adopt_foreign(proto, signature, model_name=request.name, producer_version=request.version,
+                          layer_names=request.layer_names)
+    sk_onnx.write_onnx(proto, path)
+    report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [], "opset": sk_onnx._opset_of(proto)}
+    if request.verify and len(request.cases):
+        _verified(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")), "onnx",
+                  "ONNX model")
+    return report
+
+
+def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> list[sig.Signature]:
+    """Saves a Keras `ExportArchive` with servekit's signatures, canonically.
+
+    Each endpoint's method is Keras's (same arguments and return structure as
+    the exported function); its signature takes flat tensors named like the
+    layout and returns a dict named like `plan.output_names`. The first
+    endpoint is also `serving_default` unless one has that name.
+
+    Returns:
+        The signatures, `serving_default` first.
+    """
+    import tensorflow as tf
+
+    from servekit import determinism
+    from servekit import saved_model as sk_sm
+
+    archive._filter_and_track_resources()
+    signatures: dict[str, Any] = {}
+    result: list[sig.Signature] = []
+    for plan in plans:
+        method = getattr(archive._tf_trackable, plan.name)
+        layout = plan.layout or traced_layout(method, plan.name)
+        box: dict[str, Any] = {}
+        sig_fn = tf.function(sk_sm._signature_wrapper(method, layout, plan.output_names, box),
+                             input_signature=sk_sm.flat_specs(layout), autograph=False)
+        concrete = sig_fn.get_concrete_function()
+        signatures[plan.name] = concrete
+        batch_dynamic = any(s.dims and s.dims[0] == sig.BATCH_DIM for s in layout.flat)
+        outputs = sk_sm._output_signatures(concrete, box["names"], batch_dynamic)
+        result.append(sig.Signature(plan.name, layout.tensor_signatures(), outputs).with_behavior(plan.behavior))
+    if sk_sm.SERVING_DEFAULT not in signatures:
+        signatures[sk_sm.SERVING_DEFAULT] = signatures[plans[0].name]
+        result.insert(0, dataclasses.replace(result[0], name=sk_sm.SERVING_DEFAULT))
+    else:
+        result.sort(key=lambda s: s.name != sk_sm.SERVING_DEFAULT)
+    tf.saved_model.save(archive._tf_trackable, path, signatures=signatures, options=options)
+    determinism.canonicalize_saved_model(path)
+    return result
+
+
+def traced_layout(method, name: str):
+    """The layout of a `tf.function` endpoint registered without a signature:
+    its first trace, with the batch dimension made dynamic when possible."""
+    from servekit import saved_model as sk_sm
+    from servekit.export_utils import layout_from_signature
+
+    _, arg_sig = sk_sm._traced_concrete(method, name)
+    return layout_from_signature(list(arg_sig), arg_names=sk_sm._arg_names(method), where=f"endpoint '{name}'")
+
+
+@contextlib.contextmanager
+def _no_source_paths():
+    """jax2tf serializes source locations (absolute paths of this machine) into
+    the module it embeds; servekit artifacts carry no paths."""
+    import sys
+
+    if "jax" not in sys.modules:
+        yield
+        return
+    import jax
+
+    saved = {}
+    for flag, value in (("jax_include_full_tracebacks_in_locations", False),
+                        ("jax_traceback_in_locations_limit", 0)):
+        try:
+            saved[flag] = getattr(jax.config, flag)
+            jax.config.update(flag, value)
+        except (AttributeError, KeyError):
+            continue
+    try:
+        yield
+    finally:
+        for flag, value in saved.items():
+            jax.config.update(flag, value)
+
+
+def new_keras_archive():
+    """A Keras `ExportArchive` of this backend (TensorFlow or JAX).
+
+    Taken by its backend class, not through `keras.export.ExportArchive`, so
+    that code routing Keras's name to servekit still gets Keras's archive here.
+    """
+    from keras.src.export.saved_model import BackendSavedModelExportArchive
+
+    return BackendSavedModelExportArchive()
