@@ -24,7 +24,6 @@ goes through servekit's export pipeline (`servekit.pipeline.core`):
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import sys
 import time
@@ -91,14 +90,6 @@ def _model_of(fn):
     if isinstance(owner, keras.Model) and getattr(fn, "__name__", "") in ("call", "__call__"):
         return owner
     return None
-
-
-def _positional_names(fn) -> Optional[list[str]]:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 class _LayerPool:
@@ -309,7 +300,7 @@ class ExportArchive:
         if (model is not None and eu._is_functional(model) and hints and len(hints) > 1
                 and len(signature) == len(hints) and all(eu._is_leaf_spec(s) for s in signature)):
             signature = [signature]  # the Functional model's inputs, given flat
-        layout = eu.layout_from_signature(signature, name_hints=hints, arg_names=_positional_names(fn),
+        layout = eu.layout_from_signature(signature, name_hints=hints, arg_names=eu.positional_names(fn),
                                           where=f"input_signature of endpoint '{name}'")
         if jax2tf_kwargs and jax2tf_kwargs.get("polymorphic_shapes") is not None:
             layout = eu.apply_polymorphic_shapes(layout, jax2tf_kwargs["polymorphic_shapes"])

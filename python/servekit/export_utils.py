@@ -103,6 +103,7 @@ class InputLayout:
 
     flat: list[FlatSpec]
     args: list[Any]
+    arg_names: Optional[list[str]] = None  # the endpoint's parameter names, when known
 
     def pack(self, flat_values: Sequence[Any]) -> list[Any]:
         """Rebuilds the positional arguments from flat values."""
@@ -156,11 +157,13 @@ class InputLayout:
         raise ExportError(f"Cannot match the given inputs to the inputs {names}.", reason="bad_inputs")
 
     def to_json(self) -> dict[str, Any]:
-        return {"flat": [s.to_json() for s in self.flat], "args": _to_json_struct(self.args)}
+        return {"flat": [s.to_json() for s in self.flat], "args": _to_json_struct(self.args),
+                "arg_names": self.arg_names}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "InputLayout":
-        return cls([FlatSpec.from_json(s) for s in data["flat"]], _from_json_struct(data["args"]))
+        return cls([FlatSpec.from_json(s) for s in data["flat"]], _from_json_struct(data["args"]),
+                   data.get("arg_names"))
 
     def tensor_signatures(self) -> tuple[sig.TensorSignature, ...]:
         return tuple(s.tensor_signature() for s in self.flat)
@@ -301,7 +304,8 @@ def layout_from_signature(
     flat = []
     for (shape, dtype, _, _), name in zip(raw, names):
         flat.append(FlatSpec(name, dtype, tuple(shape), named_dims(name, shape)))
-    return InputLayout(flat, args)
+    keep_names = arg_names is not None and len(arg_names) >= len(args) and all(n.isidentifier() for n in arg_names)
+    return InputLayout(flat, args, list(arg_names[:len(args)]) if keep_names else None)
 
 
 def named_dims(name: str, shape: Sequence[Optional[int]]) -> tuple:
@@ -367,11 +371,12 @@ def resolve_input_layout(model, input_signature=None, polymorphic_shapes=None) -
             input_signature = [model._inputs_struct]
         else:
             shapes = getattr(model, "_build_shapes_dict", None)
-            if not shapes or not getattr(model, "built", False):
+            if not shapes or not getattr(model, "built", False) or not getattr(model, "_called", True):
                 raise ExportError(
                     f"Model '{model_name}' ({type(model).__name__}) has never been called, so its inputs are "
-                    "unknown (It must be called at least once before export). Call it once on real data, or pass input_signature=[keras.InputSpec(shape=..., "
-                    "dtype=...)].", model=model_name, reason="not_built")
+                    "unknown (It must be called at least once before export). Call it once on real data, or pass "
+                    "input_signature=[keras.InputSpec(shape=..., dtype=...)].", model=model_name,
+                    reason="not_built")
             dtype = getattr(model, "input_dtype", None) or "float32"
             input_signature = [_shape_struct_to_specs(v, dtype) for v in shapes.values()]
     else:
@@ -383,9 +388,28 @@ def resolve_input_layout(model, input_signature=None, polymorphic_shapes=None) -
                 and all(_is_leaf_spec(x) for x in input_signature)):
             input_signature = [input_signature]
     layout = layout_from_signature(input_signature, name_hints=hints, where=f"input_signature of '{model_name}'")
+    layout.arg_names = _call_arg_names(model, len(layout.args))
     if polymorphic_shapes is not None:
         layout = apply_polymorphic_shapes(layout, polymorphic_shapes)
     return layout
+
+
+def positional_names(fn) -> Optional[list[str]]:
+    """The names of `fn`'s positional parameters, or None if unknown."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _call_arg_names(model, count: int) -> Optional[list[str]]:
+    names = positional_names(model.call)
+    if not names or len(names) < count or not all(n.isidentifier() for n in names[:count]):
+        return None
+    return names[:count]
 
 
 def _is_functional(model) -> bool:
@@ -404,7 +428,8 @@ def _shape_struct_to_specs(structure, dtype):
     if isinstance(structure, (list, tuple)):
         if all(isinstance(d, (int, type(None))) for d in structure):
             return keras.InputSpec(shape=(None,) + tuple(structure)[1:], dtype=dtype)
-        return [_shape_struct_to_specs(v, dtype) for v in structure]
+        specs = [_shape_struct_to_specs(v, dtype) for v in structure]
+        return tuple(specs) if isinstance(structure, tuple) else specs  # the call's own structure
     raise ExportError(f"Cannot infer an input signature from the recorded shape {structure!r}.",
                       reason="bad_signature")
 
@@ -477,7 +502,7 @@ def apply_polymorphic_shapes(layout: InputLayout, polymorphic_shapes) -> InputLa
 
     for t, p in zip(layout.args, polymorphic_shapes):
         visit(t, p)
-    return InputLayout(flat, layout.args)
+    return InputLayout(flat, layout.args, layout.arg_names)
 
 
 # ----------------------------------------------------------------------------

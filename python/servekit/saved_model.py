@@ -286,6 +286,11 @@ def _restructurer(sig_fn, layout: InputLayout, box: dict):
         out = sig_fn(*layout.flatten(list(args)))
         return tf.nest.pack_sequence_as(box["structure"], [out[n] for n in box["names"]])
 
+    if layout.arg_names:  # the reloaded method takes the same keywords as the source function
+        import inspect
+
+        method.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in layout.arg_names])
     return method
 
 

@@ -181,8 +181,15 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
     for plan in plans:
         method = getattr(archive._tf_trackable, plan.name)
         layout = plan.layout or traced_layout(method, plan.name)
+        # The signature calls the method's own trace: calling the tf.function
+        # from another graph would trace it again, and a second trace breaks
+        # SaveOptions(function_aliases=...) on reload.
+        if getattr(method, "input_signature", None) is not None:
+            traced = method.get_concrete_function()
+        else:
+            traced = method.get_concrete_function(*sk_sm.arg_specs(layout))
         box: dict[str, Any] = {}
-        sig_fn = tf.function(sk_sm._signature_wrapper(method, layout, plan.output_names, box),
+        sig_fn = tf.function(sk_sm._signature_wrapper(traced, layout, plan.output_names, box),
                              input_signature=sk_sm.flat_specs(layout), autograph=False)
         concrete = sig_fn.get_concrete_function()
         signatures[plan.name] = concrete
@@ -195,8 +202,40 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
     else:
         result.sort(key=lambda s: s.name != sk_sm.SERVING_DEFAULT)
     tf.saved_model.save(archive._tf_trackable, path, signatures=signatures, options=options)
+    if options is not None and getattr(options, "function_aliases", None):
+        _alias_every_trace(path, archive, plans, options.function_aliases)
     determinism.canonicalize_saved_model(path)
     return result
+
+
+def _alias_every_trace(path: str, archive, plans: list[EndpointPlan], aliases: dict) -> None:
+    """Records each function alias for exactly the traces the SavedModel keeps.
+
+    `tf.saved_model.save` records an alias for every trace the function has in
+    this process, but the object graph keeps only the trace made in the save
+    context; on load, TensorFlow then refuses the alias ("mismatched concrete
+    functions") and returns a list instead of the function.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    attribute_of = {id(getattr(archive._tf_trackable, p.name)): p.name for p in plans}
+    pb = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        saved.ParseFromString(f.read())
+    meta = saved.meta_graphs[0]
+    nodes = meta.object_graph_def.nodes
+    children = {c.local_name: c.node_id for c in nodes[0].children}
+    for alias, fn in aliases.items():
+        attribute = attribute_of.get(id(fn))
+        if attribute in children:
+            recorded = meta.meta_info_def.function_aliases
+            for name in [n for n, a in recorded.items() if a == alias]:
+                del recorded[name]
+            for name in nodes[children[attribute]].function.concrete_functions:
+                meta.meta_info_def.function_aliases[name] = alias
+    with open(pb, "wb") as f:
+        f.write(saved.SerializeToString(deterministic=True))
 
 
 def traced_layout(method, name: str):
