@@ -100,6 +100,8 @@ def convert_saved_model(
     from tf2onnx.convert import _convert_common
 
     _patch_tf2onnx()
+    from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
+
     opset = opset or DEFAULT_OPSET
     with _quiet() as chatter:
         try:

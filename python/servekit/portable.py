@@ -169,9 +169,10 @@ def save_keras(model, path: str, model_name: str) -> None:
     try:
         model.save(path)
     except Exception as e:  # Keras raises anything from a get_config(); the message is kept
+        detail = str(e).strip() or f"{type(e).__name__} from its get_config()"
         raise ExportError(
-            f"Model '{model_name}' cannot be saved as a .keras archive, which servekit needs to rebuild it under "
-            f"TensorFlow: {e}. Give custom layers a get_config() and register them with "
+            f"Model '{model_name}' cannot be saved as a .keras archive, which the portable rebuild needs: {detail}. "
+            "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
 
 

@@ -40,7 +40,13 @@ def format_summary(artifact: sig.ExportedArtifact, name: str, backend: str, repo
     if comps:
         batches = sorted({c["batch"] for c in comps})
         worst = max(c["max_abs_err"] for c in comps)
-        lines.append(f"  verified: batch {', '.join(map(str, batches))}; max abs err {worst:.2g}")
+        how = []
+        if any(ep.stochastic for ep in artifact.endpoints):
+            how.append("stochastic outputs by statistics over repeated calls")
+        if any(ep.stateful for ep in artifact.endpoints):
+            how.append("stateful endpoints call by call from the export-time state")
+        lines.append(f"  verified: batch {', '.join(map(str, batches))}; max abs err {worst:.2g}"
+                     + (f" ({'; '.join(how)})" if how else ""))
     else:
         lines.append("  not verified")
     return "\n".join(lines)

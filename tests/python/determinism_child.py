@@ -22,8 +22,10 @@ MODELS = ("mlp", "text_classifier")
 
 
 def export_all(out_dir: str) -> list[str]:
-    """Exports the MLP (SavedModel), the text classifier (ONNX: lookup tables)
-    and an ExportArchive with a training-mode endpoint; returns the paths."""
+    """Exports the MLP (SavedModel), the text classifier (ONNX: lookup tables),
+    an ExportArchive with a training-mode endpoint (portable rebuild) and a
+    subclassed model without get_config in both formats (in-process); returns
+    the paths."""
     keras.utils.set_random_seed(5)  # Dropout's seed state is part of the model
     paths = []
     for name in MODELS:
@@ -42,6 +44,13 @@ def export_all(out_dir: str) -> list[str]:
     path = os.path.join(out_dir, "archive")
     archive.write_out(path, verbose=True)
     paths.append(path)
+    # In-process strategy: a subclassed model without get_config, both formats.
+    model = mm.build("subclassed", seed=97)
+    for fmt, suffix in (("tf_saved_model", ""), ("onnx", ".onnx")):
+        path = os.path.join(out_dir, "subclassed" + suffix)
+        artifact = servekit.export(model, path, format=fmt, verbose=True)
+        assert artifact.strategy == "in_process", artifact.strategy
+        paths.append(path)
     return paths
 
 

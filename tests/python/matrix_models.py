@@ -96,6 +96,71 @@ def transformer(seed: int = 0) -> keras.Model:
     return randomize_weights(keras.Model(inp, out, name="transformer"), seed)
 
 
+class LayerStack(keras.Model):
+    """A subclassed model without get_config (its layers are a constructor
+    argument), as research code writes them: it cannot be saved as `.keras`,
+    so only the in-process strategy exports it."""
+
+    def __init__(self, layer_list, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_list = layer_list
+
+    def call(self, inputs):
+        x = inputs
+        for layer in self.layer_list:
+            x = layer(x)
+        return x
+
+
+class GaussianJitter(keras.layers.Layer):
+    """Adds N(0, 0.5) noise on every call, in inference too (a random layer)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(7)
+
+    def call(self, x):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=0.5, seed=self.seed_generator)
+
+
+class CallCounter(keras.layers.Layer):
+    """Counts its calls in a non-trainable variable and adds the count (a
+    stateful layer: each call advances the state)."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", dtype="float32", trainable=False,
+                                     name="count")
+
+    def call(self, x):
+        self.count.assign(self.count + 1.0)
+        return x + self.count
+
+
+def subclassed(seed: int = 0) -> keras.Model:
+    model = LayerStack([keras.layers.Dense(8, activation="relu", name="hidden"),
+                        keras.layers.Dense(2, name="logits")], name="subclassed")
+    model(np.zeros((1, 3), "float32"))
+    return randomize_weights(model, seed)
+
+
+def random_layer(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(3,), name="features")
+    x = keras.layers.Dense(4, name="hidden")(inp)
+    out = GaussianJitter(name="jitter")(x)
+    return randomize_weights(keras.Model(inp, out, name="random_layer"), seed)
+
+
+def stateful_layer(seed: int = 0) -> keras.Model:
+    inp = keras.Input(shape=(3,), name="features")
+    x = keras.layers.Dense(4, name="hidden")(inp)
+    out = CallCounter(name="counter")(x)
+    model = keras.Model(inp, out, name="stateful_layer")
+    rng = np.random.default_rng(seed)
+    for w in model.get_layer("hidden").weights:
+        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    return model
+
+
 MODELS = {
     "mlp": mlp,
     "two_inputs_list": two_inputs_list,
@@ -104,7 +169,13 @@ MODELS = {
     "text_classifier": text_classifier,
     "gru": gru,
     "transformer": transformer,
+    "subclassed": subclassed,
+    "random_layer": random_layer,
+    "stateful_layer": stateful_layer,
 }
+# How the models behave across calls (what the matrix compares).
+STOCHASTIC = {"random_layer"}
+STATEFUL = {"stateful_layer"}
 
 
 def build(name: str, seed: int = 0) -> keras.Model:
@@ -121,6 +192,9 @@ INPUT_NAMES = {
     "text_classifier": ["tokens"],
     "gru": ["sequence"],
     "transformer": ["embeddings"],
+    "subclassed": ["inputs"],
+    "random_layer": ["features"],
+    "stateful_layer": ["features"],
 }
 OUTPUT_NAMES = {
     "mlp": ["logits"],
@@ -130,9 +204,12 @@ OUTPUT_NAMES = {
     "text_classifier": ["logits", "token_ids"],
     "gru": ["logits"],
     "transformer": ["logits"],
+    "subclassed": ["output_0"],
+    "random_layer": ["jitter"],
+    "stateful_layer": ["counter"],
 }
 _INPUT_SHAPES = {
-    "features": (3,), "x1": (3,), "x2": (4,), "image": (32, 32, 3), "tokens": (5,),
+    "inputs": (3,), "features": (3,), "x1": (3,), "x2": (4,), "image": (32, 32, 3), "tokens": (5,),
     "sequence": (6, 4), "embeddings": (8, 16),
 }
 

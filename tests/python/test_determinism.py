@@ -45,7 +45,7 @@ def two_exports(tmp_path_factory):
 
 def test_byte_identical_across_processes_and_directories(two_exports):
     pairs, _ = two_exports
-    assert len(pairs) == 3
+    assert len(pairs) == 5
     for a, b in pairs:
         tree_a, tree_b = checks.read_tree(a), checks.read_tree(b)
         assert sorted(tree_a) == sorted(tree_b), a
