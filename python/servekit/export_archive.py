@@ -29,7 +29,6 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-import numpy as np
 
 from servekit import export_utils as eu
 from servekit import portable
@@ -518,81 +517,13 @@ class ExportArchive:
 
     def _write_portable(self, staged: str, workdir: str, request: ExportRequest) -> dict[str, Any]:
         """The portable rebuild of this archive (see `servekit.strategies.portable`)."""
-        import keras
+        from servekit.strategies import portable as portable_strategy
 
-        plans = {p.name: p for p in request.endpoints}
-        bundle_inputs, bundle_outputs, job_endpoints = [], [], []
-        for spec in self._endpoints:
-            layout = spec.layout
-            symbolic = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=f"{spec.name}__{s.name}")
-                        for s in layout.flat]
-            # `model.call` on symbolic tensors bypasses Layer.__call__, which is
-            # what records the graph: trace the model itself instead.
-            trace_fn = spec.model if spec.model is not None else spec.fn
-            try:
-                out = trace_fn(*layout.pack(symbolic))
-            except Exception as e:
-                raise ExportError(
-                    f"Endpoint '{spec.name}': on the {self._backend} backend, servekit rebuilds each endpoint under "
-                    "TensorFlow from the Keras layers, models and keras.ops it calls, by calling it once on "
-                    f"symbolic inputs; that failed ({type(e).__name__}: {e}). Write the endpoint with Keras "
-                    "layers/models and keras.ops only (e.g. fn=model.call or lambda x: model(x, training=True)).",
-                    reason="untraceable_endpoint") from None
-            leaves = keras.tree.flatten(out)
-            bad = [type(x).__name__ for x in leaves if not isinstance(x, keras.KerasTensor)]
-            if bad or not leaves:
-                raise ExportError(
-                    f"Endpoint '{spec.name}' returned {bad or 'nothing'} instead of Keras tensors when called on "
-                    f"symbolic inputs: on the {self._backend} backend endpoints must compute their outputs with "
-                    "Keras layers/models and keras.ops.", reason="untraceable_endpoint")
-            names = plans[spec.name].output_names
-            template = keras.tree.pack_sequence_as(out, list(range(len(leaves))))
-            job_endpoints.append({
-                "name": spec.name, "layout": layout.to_json(), "output_names": names,
-                "inputs_range": [len(bundle_inputs), len(bundle_inputs) + len(symbolic)],
-                "outputs_range": [len(bundle_outputs), len(bundle_outputs) + len(leaves)],
-                "output_structure": eu._to_json_struct(template),
-            })
-            bundle_inputs += symbolic
-            bundle_outputs += leaves
-        try:
-            bundle = keras.Model(bundle_inputs, bundle_outputs, name="servekit_archive")
-        except Exception as e:
-            raise ExportError(f"The endpoints cannot be rebuilt as one Keras graph: {e}",
-                              reason="untraceable_endpoint") from None
-        classes = portable.preflight(bundle, "ExportArchive")
-        # bundle.variables (unlike .weights) includes RNG seed states; the
-        # worker's loaded bundle lists its variables in the same order.
-        index = {id(w): i for i, w in enumerate(bundle.variables)}
-        values: dict[str, np.ndarray] = {}
-
-        def ref(v):
-            if id(v) in index:
-                return {"kind": "bundle", "index": index[id(v)], "trainable": bool(v.trainable)}
-            key = f"v{len(values)}"
-            values[key] = np.asarray(keras.ops.convert_to_numpy(v.value))
-            return {"kind": "value", "key": key, "trainable": bool(v.trainable), "name": v.name}
-
-        tracked = [{"variables": [ref(v) for v in r.variables]} for r in self._keras_tracked()]
-        collections = {name: [ref(v) for v in vs] for name, vs in self._collections.items()}
-        variables_file = None
-        if values:
-            variables_file = os.path.join(workdir, "variables.npz")
-            np.savez(variables_file, **values)
-        cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
-        keras_file = os.path.join(workdir, "archive.keras")
-        portable.save_keras(bundle, keras_file, "ExportArchive")
-        job = {
-            "kind": "archive", "keras_file": keras_file, "format": "tf_saved_model", "output": staged,
-            "opset": None, "model_name": "ExportArchive", "version": _version(), "endpoints": job_endpoints,
-            "tracked": tracked, "variable_collections": collections, "variables_file": variables_file,
-            "lambda_globals": portable.lambda_globals(bundle)[0],
-            "custom_classes": [dict(module=c.module, qualname=c.qualname, names=c.names) for c in classes],
-            "sys_path": portable.importable_sys_path() if classes else [], "layer_names": [],
-            "verify": request.verify, "cases_file": cases_file, "cases": cases_index,
-        }
-        return portable.run_worker(job, workdir)
-
+        traced = [portable_strategy.BundleEndpoint(spec.name, spec.layout, plan.output_names,
+                                                   spec.model if spec.model is not None else spec.fn)
+                  for spec, plan in zip(self._endpoints, request.endpoints)]
+        return portable_strategy.write_bundle(request, staged, workdir, traced, self._keras_tracked(),
+                                              self._collections)
 
 
 def _keras_call(method, *args, **kwargs):

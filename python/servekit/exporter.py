@@ -179,10 +179,12 @@ def export(
                                                    behavior_lib.model_variables(model), vocab_source=model)
         cases = CaseSet(made)
     if fmt == "onnx" and plan.behavior.stateful:
+        layer = plan.behavior.state_layer
         raise ExportError(
-            f"Model '{model_name}' updates its variables when called (a stateful layer), and ONNX models have no "
-            "variables: the artifact could not advance its state. Export format='tf_saved_model', or keep the "
-            "state outside the model.", model=model_name, reason="stateful_onnx")
+            f"Model '{model_name}': layer '{layer}' updates its variables when called "
+            f"({', '.join(plan.behavior.state_variables)}), and ONNX models have no variables: the artifact could "
+            "not advance its state. Export format='tf_saved_model', or keep the state outside the model.",
+            model=model_name, layer=layer, reason="stateful_onnx")
 
     request = ExportRequest("model", fmt, model_name, backend, [plan], cases, verify=verify, opset=opset,
                             source=model, version=_version())

@@ -44,11 +44,11 @@ def export_all(out_dir: str) -> list[str]:
     path = os.path.join(out_dir, "archive")
     archive.write_out(path, verbose=True)
     paths.append(path)
-    # In-process strategy: a subclassed model without get_config, both formats.
+    # The in-process strategy, pinned: a subclassed model without get_config, both formats.
     model = mm.build("subclassed", seed=97)
     for fmt, suffix in (("tf_saved_model", ""), ("onnx", ".onnx")):
         path = os.path.join(out_dir, "subclassed" + suffix)
-        artifact = servekit.export(model, path, format=fmt, verbose=True)
+        artifact = servekit.export(model, path, format=fmt, verbose=True, strategy="in_process")
         assert artifact.strategy == "in_process", artifact.strategy
         paths.append(path)
     return paths

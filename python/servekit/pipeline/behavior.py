@@ -42,11 +42,22 @@ class Behavior:
         stateful: a call updates variables other than RNG seed states.
         stochastic_outputs: indices (in flat output order) of the outputs
             that differ between calls.
+        state_variables: paths of the variables a call updates.
     """
 
     stochastic: bool = False
     stateful: bool = False
     stochastic_outputs: tuple[int, ...] = ()
+    state_variables: tuple[str, ...] = ()  # paths of the variables a call updates
+
+    @property
+    def state_layer(self) -> Optional[str]:
+        """The layer owning the first updated variable (its path's parent)."""
+        for path in self.state_variables:
+            parts = path.split("/")
+            if len(parts) > 1:
+                return parts[-2]
+        return None
 
     @property
     def exact(self) -> bool:
@@ -137,8 +148,10 @@ def probe(call: Callable[[Sequence[np.ndarray]], list[np.ndarray]], flat_inputs:
     """
     with VariableSnapshot(variables) as snapshot:
         first = call(flat_inputs)
-        stateful = any(not _is_seed_state(v) for v in snapshot.changed())
+        state = [v for v in snapshot.changed() if not _is_seed_state(v)]
+        stateful = bool(state)
         second = call(flat_inputs)
+    state_paths = tuple(str(getattr(v, "path", None) or getattr(v, "name", "")) for v in state)
     differing = tuple(i for i, (a, b) in enumerate(zip(first, second)) if not _equal(a, b))
     if stateful:
         # A counter output differs because of the state, which the ordered
@@ -152,7 +165,8 @@ def probe(call: Callable[[Sequence[np.ndarray]], list[np.ndarray]], flat_inputs:
                 call(flat_inputs)
                 seeds = [v for v in snapshot.changed() if _is_seed_state(v)]
             random = differing if seeds and _differs_with_fresh_seeds(call, flat_inputs, variables) else ()
-        return Behavior(stochastic=bool(random), stateful=True, stochastic_outputs=random)
+        return Behavior(stochastic=bool(random), stateful=True, stochastic_outputs=random,
+                        state_variables=state_paths)
     return Behavior(stochastic=bool(differing), stateful=False, stochastic_outputs=differing)
 
 

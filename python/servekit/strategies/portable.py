@@ -1,21 +1,44 @@
 """The portable rebuild: `.keras` archive -> fresh TensorFlow worker -> artifact.
 
-The source process saves the model (or an archive's endpoints as one
-Functional bundle) to a private temporary directory and runs
-`servekit._export_worker` there under the TensorFlow backend with a fixed
+The source process saves what to export to a private temporary directory and
+runs `servekit._export_worker` there under the TensorFlow backend with a fixed
 environment (`servekit.portable.worker_env`). The worker writes and verifies
 the artifact at the staging path against the cases the source backend
-computed; the pipeline commits it.
+computed; the pipeline commits it. What is saved:
+
+- a model that Keras can save (Functional, Sequential, subclassed with
+  `get_config`): the model itself;
+- otherwise, and for `ExportArchive`s: a *bundle*, one Functional model traced
+  from the endpoints on symbolic inputs. A subclassed model's `call` is traced
+  layer by layer, so a model without `get_config` (or whose class a fresh
+  process cannot import) still rebuilds when its `call` uses Keras layers and
+  `keras.ops` only; the worker cuts each endpoint back out of the bundle.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
+from servekit import export_utils as eu
 from servekit import portable
 from servekit.errors import ExportError
 from servekit.pipeline.request import ExportRequest
+
+
+@dataclasses.dataclass
+class BundleEndpoint:
+    """One endpoint of a bundle: `trace` is called once on symbolic inputs
+    (structured like `layout`) and must return Keras tensors."""
+
+    name: str
+    layout: eu.InputLayout
+    output_names: Sequence[str]
+    trace: Callable[..., Any]
 
 
 class PortableRebuild:
@@ -29,16 +52,22 @@ class PortableRebuild:
         try:
             portable.preflight(request.source, request.name)
         except ExportError as e:
-            return e
+            if not _traceable_call(request.source):
+                return e
         return None
 
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
         if request.kind == "archive":
             return request.source._write_portable(staged, workdir, request)
         model = request.source
-        classes = portable.preflight(model, request.name)
         keras_file = os.path.join(workdir, "model.keras")
-        portable.save_keras(model, keras_file, request.name)
+        try:
+            classes = portable.preflight(model, request.name)
+            portable.save_keras(model, keras_file, request.name)
+        except ExportError as e:
+            if not _traceable_call(model):
+                raise
+            return _write_traced_model(request, staged, workdir, why=str(e))
         endpoint = request.endpoints[0]
         cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
         job = {
@@ -53,3 +82,118 @@ class PortableRebuild:
             "cases_file": cases_file, "cases": cases_index,
         }
         return portable.run_worker(job, workdir)
+
+
+def _traceable_call(model) -> bool:
+    """A subclassed model, whose `call` can be traced into a Functional bundle."""
+    import keras
+
+    return isinstance(model, keras.Model) and not eu._is_functional(model) and not isinstance(
+        model, keras.Sequential)
+
+
+def _inference_call(model) -> Callable[..., Any]:
+    """`model.call` in inference mode (`training=False` when it takes it)."""
+    try:
+        takes_training = "training" in inspect.signature(model.call).parameters
+    except (TypeError, ValueError):
+        takes_training = False
+    if takes_training:
+        return lambda *args: model.call(*args, training=False)
+    return model.call
+
+
+def _write_traced_model(request: ExportRequest, staged: str, workdir: str, why: str) -> dict[str, Any]:
+    endpoint = request.endpoints[0]
+    traced = BundleEndpoint(endpoint.name, endpoint.layout, endpoint.output_names, _inference_call(request.source))
+    try:
+        return write_bundle(request, staged, workdir, [traced], [request.source], {})
+    except ExportError as e:
+        raise ExportError(f"{why}\nTracing its call() into Keras layers did not help either: {e}",
+                          model=request.name, layer=e.layer, reason=e.reason) from None
+
+
+def write_bundle(request: ExportRequest, staged: str, workdir: str, endpoints: Sequence[BundleEndpoint],
+                 tracked_layers: Sequence[Any], collections: dict[str, list]) -> dict[str, Any]:
+    """Traces `endpoints` into one Functional bundle, saves it and runs the worker.
+
+    Args:
+        tracked_layers: layers whose variables the artifact lists
+            (`variables`, `trainable_variables`, ...).
+        collections: variable collections saved as attributes.
+
+    Raises:
+        ExportError: an endpoint leaves Keras (its outputs are not Keras
+            tensors on symbolic inputs), or a layer cannot be rebuilt.
+    """
+    import keras
+
+    backend = request.backend
+    bundle_inputs, bundle_outputs, job_endpoints = [], [], []
+    for ep in endpoints:
+        layout = ep.layout
+        symbolic = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=f"{ep.name}__{s.name}")
+                    for s in layout.flat]
+        try:
+            out = ep.trace(*layout.pack(symbolic))
+        except Exception as e:  # the user's code met symbolic tensors: reported, with what to do
+            raise ExportError(
+                f"Endpoint '{ep.name}': on the {backend} backend, servekit rebuilds each endpoint under "
+                "TensorFlow from the Keras layers, models and keras.ops it calls, by calling it once on "
+                f"symbolic inputs; that failed ({type(e).__name__}: {e}). Write the endpoint with Keras "
+                "layers/models and keras.ops only (e.g. fn=model.call or lambda x: model(x, training=True)).",
+                reason="untraceable_endpoint") from None
+        leaves = keras.tree.flatten(out)
+        bad = [type(x).__name__ for x in leaves if not isinstance(x, keras.KerasTensor)]
+        if bad or not leaves:
+            raise ExportError(
+                f"Endpoint '{ep.name}' returned {bad or 'nothing'} instead of Keras tensors when called on "
+                f"symbolic inputs: on the {backend} backend endpoints must compute their outputs with "
+                "Keras layers/models and keras.ops.", reason="untraceable_endpoint")
+        template = keras.tree.pack_sequence_as(out, list(range(len(leaves))))
+        job_endpoints.append({
+            "name": ep.name, "layout": layout.to_json(), "output_names": list(ep.output_names),
+            "inputs_range": [len(bundle_inputs), len(bundle_inputs) + len(symbolic)],
+            "outputs_range": [len(bundle_outputs), len(bundle_outputs) + len(leaves)],
+            "output_structure": eu._to_json_struct(template),
+        })
+        bundle_inputs += symbolic
+        bundle_outputs += leaves
+    try:
+        bundle = keras.Model(bundle_inputs, bundle_outputs, name="servekit_bundle")
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"The endpoints cannot be rebuilt as one Keras graph: {e}",
+                          reason="untraceable_endpoint") from None
+    classes = portable.preflight(bundle, request.name)
+    # bundle.variables (unlike .weights) includes RNG seed states; the
+    # worker's loaded bundle lists its variables in the same order.
+    index = {id(w): i for i, w in enumerate(bundle.variables)}
+    values: dict[str, np.ndarray] = {}
+
+    def ref(v):
+        if id(v) in index:
+            return {"kind": "bundle", "index": index[id(v)], "trainable": bool(v.trainable)}
+        key = f"v{len(values)}"
+        values[key] = np.asarray(keras.ops.convert_to_numpy(v.value))
+        return {"kind": "value", "key": key, "trainable": bool(v.trainable), "name": v.name}
+
+    tracked = [{"variables": [ref(v) for v in r.variables]} for r in tracked_layers]
+    job_collections = {name: [ref(v) for v in vs] for name, vs in collections.items()}
+    variables_file = None
+    if values:
+        variables_file = os.path.join(workdir, "variables.npz")
+        np.savez(variables_file, **values)
+    cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
+    keras_file = os.path.join(workdir, "bundle.keras")
+    portable.save_keras(bundle, keras_file, request.name)
+    job = {
+        "kind": "archive", "keras_file": keras_file, "format": request.format, "output": staged,
+        "opset": request.opset, "model_name": request.name, "version": request.version,
+        "endpoints": job_endpoints, "tracked": tracked, "variable_collections": job_collections,
+        "variables_file": variables_file, "lambda_globals": portable.lambda_globals(bundle)[0],
+        "custom_classes": [dict(module=c.module, qualname=c.qualname, names=c.names) for c in classes],
+        "sys_path": portable.importable_sys_path() if classes else [],
+        "layer_names": [layer.name for layer in portable._layers(bundle)],
+        "verify": request.verify, "cases_file": cases_file, "cases": cases_index,
+    }
+    return portable.run_worker(job, workdir)
