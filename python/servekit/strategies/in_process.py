@@ -126,11 +126,8 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
 
 
 def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
-    """JAX (jax2onnx) and torch (torch.onnx) through Keras's own ONNX export."""
-    import keras
+    """JAX (jax2onnx) and torch (torch.onnx), on the source backend."""
     import onnx
-
-    from keras.src.export.onnx import export_onnx
 
     from servekit import export_utils as eu
     from servekit import onnx as sk_onnx
@@ -138,15 +135,16 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
 
     plan = request.endpoints[0]
     layout = plan.layout
-    specs = layout.pack([keras.InputSpec(shape=s.shape, dtype=s.dtype, name=s.name) for s in layout.flat])
     scratch = os.path.join(workdir, "native.onnx")
-    try:
-        export_onnx(request.source, scratch, verbose=False, input_signature=specs, opset_version=request.opset)
-    except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
-        raise ExportError(f"Keras's {request.backend} ONNX exporter failed: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}",
-                          reason="conversion_failed") from None
     outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
+    convert = _jax_to_onnx if request.backend == "jax" else _torch_to_onnx
+    try:
+        convert(request.source, layout, outputs, scratch, request.opset)
+    except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
+        detail = str(e).strip().splitlines()
+        raise ExportError(f"{'jax2onnx' if request.backend == 'jax' else 'torch.onnx'} could not convert the "
+                          f"model: {type(e).__name__}: {detail[-1] if detail else ''}",
+                          reason="conversion_failed") from None
     signature = sig.Signature("serving_default", layout.tensor_signatures(), outputs).with_behavior(plan.behavior)
     proto = onnx.load(scratch)
     sk_onnx.adopt_foreign(proto, signature, model_name=request.name, producer_version=request.version,
@@ -157,6 +155,60 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
         _verified(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")), "onnx",
                   "ONNX model")
     return report
+
+
+def _symbolic_dims(spec) -> tuple:
+    return tuple(d if isinstance(d, int) else str(d) for d in spec.dims)
+
+
+def _jax_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> None:
+    """jax2onnx on the model's inference call, with named dynamic dimensions."""
+    import jax
+    import jax2onnx
+    import keras
+    import numpy as np
+
+    def predict(*flat):
+        return keras.tree.flatten(model(*layout.pack(list(flat)), training=False))
+
+    inputs = [jax.ShapeDtypeStruct(_symbolic_dims(s), np.dtype(s.dtype)) for s in layout.flat]
+    kwargs = {"opset": opset} if opset else {}
+    jax2onnx.to_onnx(predict, inputs=inputs, input_names=[s.name for s in layout.flat], return_mode="file",
+                     output_path=path, **kwargs)
+
+
+def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> None:
+    """torch.onnx on the model's inference call: the TorchScript exporter
+    (dynamic dimensions named, no stack traces), else the dynamo exporter."""
+    import keras
+    import torch
+
+    from servekit import export_utils as eu
+    from servekit import onnx as sk_onnx
+
+    class FlatCall(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *flat):
+            return tuple(keras.tree.flatten(self.model(*layout.pack(list(flat)), training=False)))
+
+    sample = tuple(torch.from_numpy(x) for x in eu.generate_inputs(layout, 2))
+    names = [s.name for s in layout.flat]
+    dynamic = {t.name: {i: str(d) for i, d in enumerate(dims) if not isinstance(d, int)}
+               for t, dims in [(s, s.dims) for s in layout.flat] + [(o, o.shape) for o in outputs]}
+    dynamic = {k: {i: (d if d != "None" else f"{k}_{i}") for i, d in v.items()} for k, v in dynamic.items() if v}
+    common = dict(input_names=names, output_names=[o.name for o in outputs],
+                  opset_version=opset or sk_onnx.DEFAULT_OPSET)
+    module = FlatCall().eval()
+    with torch.no_grad():
+        try:
+            torch.onnx.export(module, sample, path, dynamo=False, dynamic_axes=dynamic or None,
+                              do_constant_folding=True, verbose=False, **common)
+        except (RuntimeError, TypeError, ValueError, torch.onnx.errors.OnnxExporterError):
+            program = torch.onnx.export(module, sample, dynamo=True, **common)
+            program.save(path)
 
 
 def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> list[sig.Signature]:
@@ -251,7 +303,8 @@ def traced_layout(method, name: str):
 @contextlib.contextmanager
 def _no_source_paths():
     """jax2tf serializes source locations (absolute paths of this machine) into
-    the module it embeds; servekit artifacts carry no paths."""
+    the module it embeds; servekit artifacts carry no paths, so file names are
+    canonicalized to nothing while servekit traces."""
     import sys
 
     if "jax" not in sys.modules:
@@ -261,7 +314,8 @@ def _no_source_paths():
 
     saved = {}
     for flag, value in (("jax_include_full_tracebacks_in_locations", False),
-                        ("jax_traceback_in_locations_limit", 0)):
+                        ("jax_traceback_in_locations_limit", 0),
+                        ("jax_hlo_source_file_canonicalization_regex", ".*")):
         try:
             saved[flag] = getattr(jax.config, flag)
             jax.config.update(flag, value)
