@@ -129,3 +129,147 @@ def test_compare_outputs_tolerances():
 def test_names_are_sanitized_and_unique():
     assert eu.unique_names(["a b", "a_b", "a b", "0x", ""]) == ["a_b", "a_b_1", "a_b_2", "0x", "t"]
     assert eu.sanitize_name("in/put:0") == "in_put_0"
+
+
+# -- the export pipeline ----------------------------------------------------------------
+
+from servekit.errors import ExportError, ExportTypeError  # noqa: E402
+from servekit.pipeline import behavior, core  # noqa: E402
+from servekit.pipeline.cases import Case, CaseSet  # noqa: E402
+
+
+class _Writes:
+    """A strategy that writes `content` to the staged path and reports `ok`."""
+
+    def __init__(self, name, ok=True, content=b"artifact", why=None, raises=None):
+        self.name, self.ok, self.content, self.why, self.raises = name, ok, content, why, raises
+        self.staged = []
+
+    def unavailable(self, request):
+        return self.why
+
+    def write(self, request, staged, workdir):
+        self.staged.append(staged)
+        if self.raises is not None:
+            raise self.raises
+        with open(staged, "wb") as f:
+            f.write(self.content)
+        report = {"ok": self.ok, "endpoints": []}
+        if not self.ok:
+            report.update(message=f"{self.name} does not reproduce the model", reason="verification_failed")
+        return report
+
+
+def _run(tmp_path, strategies):
+    made = []
+
+    def make_workdir():
+        made.append(str(tmp_path / f"work{len(made)}"))
+        os.makedirs(made[-1])
+        return made[-1]
+
+    return core.run(None, str(tmp_path / "out"), strategies, "Model 'm' (jax backend) -> onnx", make_workdir,
+                    lambda d: __import__("shutil").rmtree(d)), made
+
+
+def test_pipeline_first_verified_strategy_wins_and_earlier_reasons_are_kept(tmp_path):
+    skipped = _Writes("first", why="cannot import the class")
+    failing = _Writes("second", ok=False, content=b"bad")
+    winner = _Writes("third", content=b"good")
+    never = _Writes("fourth")
+    (report, attempts), workdirs = _run(tmp_path, [skipped, failing, winner, never])
+    assert report["strategy"] == "third" and open(tmp_path / "out", "rb").read() == b"good"
+    assert [(a.strategy, a.outcome) for a in attempts] == [("first", "skipped"), ("second", "failed"),
+                                                             ("third", "used")]
+    assert never.staged == [] and skipped.staged == []
+    assert not os.path.exists(failing.staged[0]), "a failed strategy's staged artifact is removed"
+    assert all(not os.path.exists(d) for d in workdirs)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    line = core.describe(attempts)
+    assert line.startswith("strategy third (") and "first skipped: cannot import the class" in line
+
+
+def test_pipeline_failure_lists_every_reason_and_writes_nothing(tmp_path):
+    (tmp_path / "out").write_bytes(b"previous")
+    strategies = [_Writes("portable", why=ExportError("layer 'x' is local", layer="x")),
+                  _Writes("inproc", ok=False), _Writes("raising", raises=RuntimeError("converter crashed\nat op Foo"))]
+    with pytest.raises(ExportError) as info:
+        _run(tmp_path, strategies)
+    message = str(info.value)
+    assert message.startswith("Model 'm' (jax backend) -> onnx: no export strategy produced a verified artifact")
+    assert "portable (skipped): layer 'x' is local" in message
+    assert "inproc (failed): inproc does not reproduce the model" in message
+    assert "raising (failed): RuntimeError: at op Foo" in message
+    assert info.value.layer == "x" and info.value.reason == "strategy_failed"
+    assert not isinstance(info.value, TypeError)
+    assert (tmp_path / "out").read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_pipeline_keeps_a_type_error_a_type_error(tmp_path):
+    with pytest.raises(TypeError) as info:
+        _run(tmp_path, [_Writes("only", raises=ExportTypeError("polymorphic shape mismatch"))])
+    assert isinstance(info.value, ExportError) and "polymorphic shape mismatch" in str(info.value)
+
+
+def test_case_set_round_trip_keeps_order_strings_and_runs(tmp_path):
+    cases = CaseSet([
+        Case("serve", 1, {"x": np.ones((1, 2), "float32")}, {"y": np.zeros((1, 2))}),
+        Case("serve", 7, {"t": np.array([b"a", "é".encode()])}, {"y": np.arange(3)}, True,
+             {"noise": [np.full(2, i, "float32") for i in range(3)]}),
+    ])
+    path, index = cases.write(str(tmp_path / "cases.npz"))
+    back = list(CaseSet.read(path, json.loads(json.dumps(index))))
+    assert [(c.endpoint, c.batch) for c in back] == [("serve", 1), ("serve", 7)]
+    assert back[1].inputs["t"].tolist() == [b"a", "é".encode()]
+    assert [r.tolist() for r in back[1].runs["noise"]] == [[0, 0], [1, 1], [2, 2]]
+    assert CaseSet().write(str(tmp_path / "none.npz")) == (None, [])
+
+
+def test_statistics_accept_the_same_distribution_and_reject_others():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((7, 10))
+    draw = lambda shift=0.0, scale=0.5: [base + shift + rng.normal(0, scale, base.shape) for _ in range(8)]
+    assert behavior.compare_statistics(draw(), draw()) is None
+    assert "differs" in behavior.compare_statistics(draw(), draw(shift=1.0))
+    frozen = draw()[:1] * 8
+    assert "no longer random" in behavior.compare_statistics(draw(), frozen)
+    assert "shape" in behavior.compare_statistics(draw(), [r[:, :5] for r in draw()])
+
+
+def test_probe_tells_random_from_stateful_and_restores_variables():
+    class Var:
+        def __init__(self, path, value):
+            self.path, self.value = path, np.array(value)
+
+        def numpy(self):
+            return self.value
+
+        def assign(self, v):
+            self.value = np.array(v)
+
+    counter, seed = Var("counter/count", 0.0), Var("jitter/seed_generator_state", [1, 0])
+    x = [np.ones(3, "float32")]
+
+    def stateful(flat):
+        counter.assign(counter.value + 1)
+        return [flat[0] + counter.value]
+
+    def random(flat):
+        seed.assign(seed.value + 1)
+        return [flat[0] + seed.value[0], flat[0]]
+
+    found = behavior.probe(stateful, x, [counter, seed])
+    assert (found.stateful, found.stochastic, found.state_layer) == (True, False, "counter")
+    assert counter.value == 0.0
+    found = behavior.probe(random, x, [counter, seed])
+    assert (found.stateful, found.stochastic, found.stochastic_outputs) == (False, True, (0,))
+    assert seed.value.tolist() == [1, 0]
+    assert behavior.probe(lambda flat: [flat[0] * 2], x, [counter, seed]).exact
+
+
+def test_named_dims_and_output_names():
+    assert eu.named_dims("image", (None, None, None, 3)) == ("batch", "image_1", "image_2", 3)
+    assert eu.endpoint_output_names({"b": 1, "a": 2}) == ["a", "b"]
+    assert eu.endpoint_output_names([1, 2], ["logits", "ids"]) == ["logits", "ids"]
+    assert eu.endpoint_output_names((1, 2, 3), ["too", "few"]) == ["output_0", "output_1", "output_2"]
