@@ -38,6 +38,14 @@ def _import_custom(job) -> dict:
 
     custom = {}
     for entry in job.get("custom_classes", []):
+        if entry.get("file") and entry["module"] not in sys.modules:
+            # A module the source process loaded by path (a model file).
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location(entry["module"], entry["file"])
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[entry["module"]] = loaded
+            spec.loader.exec_module(loaded)
         module = importlib.import_module(entry["module"])
         obj = module
         for part in entry["qualname"].split("."):

@@ -38,6 +38,9 @@ def load_model_file(path: pathlib.Path) -> types.ModuleType:
     if spec is None or spec.loader is None:
         raise ValueError(f"Cannot import model file {path}.")
     module = importlib.util.module_from_spec(spec)
+    # Registered, so that its classes can be found (and re-imported by path in
+    # the export worker) like those of any module.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     if not hasattr(module, "build_model"):
         raise ValueError(

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import types
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 
 from servekit.errors import ExportError
@@ -43,19 +43,46 @@ _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT")
 
 @dataclasses.dataclass
 class CustomClass:
+    """A non-Keras class of the model, and how the worker imports it: by module
+    name, or from `file` for a module that was loaded by path (a model file of
+    the build tool)."""
+
     module: str
     qualname: str
     names: list[str]
     layer: str
+    file: Optional[str] = None
 
     @property
     def importable(self) -> bool:
         if self.module == "__main__" or "<locals>" in self.qualname:
             return False
+        if self.file:
+            return True
         try:
             return importlib.util.find_spec(self.module) is not None
         except (ImportError, ValueError):
             return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"module": self.module, "qualname": self.qualname, "names": self.names, "file": self.file}
+
+
+def _loaded_by_path(module_name: str) -> Optional[str]:
+    """The source file of a module imported from a path (not findable by name)."""
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module_name == "__main__" or not path or not os.path.isfile(path):
+        return None
+    if "." not in module_name:
+        import importlib.machinery
+
+        # Findable on sys.path by name (sys.modules aside): the worker imports it so.
+        if importlib.machinery.PathFinder.find_spec(module_name) is not None:
+            return None
+    elif getattr(module, "__spec__", None) is not None and module.__spec__.origin == path:
+        return None  # a package's submodule: importable by name
+    return os.path.abspath(path)
 
 
 def _layers(model) -> list[Any]:
@@ -81,7 +108,8 @@ def custom_classes(model) -> list[CustomClass]:
                 names.add(registered)
         except Exception:
             pass
-        found[cls] = CustomClass(cls.__module__, cls.__qualname__, sorted(names), layer.name)
+        found[cls] = CustomClass(cls.__module__, cls.__qualname__, sorted(names), layer.name,
+                                 _loaded_by_path(cls.__module__))
     return list(found.values())
 
 
