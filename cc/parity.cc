@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 
 #include "cc/npy.h"
 
@@ -169,6 +170,7 @@ bool SameBytes(const Tensor& a, const Tensor& b) {
 
 std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest& manifest) {
   std::vector<CaseParity> results;
+  std::map<std::string, int> calls;  // per stateful endpoint, calls so far
   for (const ReferenceCase* case_ptr : CasesToRun(model, manifest)) {
     const ReferenceCase& c = *case_ptr;
     const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
@@ -176,6 +178,7 @@ std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest&
     r.endpoint = c.endpoint;
     r.batch = c.batch;
     r.label = std::string(FormatName(model.format())) + " reference " + BatchLabel(c);
+    if (endpoint->stateful) r.label += " call " + std::to_string(++calls[c.endpoint]);
     auto inputs = LoadCaseInputs(manifest, c);
     if (!inputs.ok()) {
       r.error = inputs.status().message();
@@ -258,7 +261,7 @@ std::vector<RandomnessCheck> CheckStaysRandom(const Model& model, const Manifest
       list += (list.empty() ? "'" : ", '") + name + "'";
     }
     r.passed = !differ.empty();
-    r.message = r.passed ? differ + " differ between two runs"
+    r.message = r.passed ? differ + " changed between two runs"
                          : "two runs gave identical " + (same.empty() ? std::string("outputs") : same) +
                                ": the artifact is deterministic, but the manifest says the endpoint is stochastic";
     results.push_back(std::move(r));

@@ -111,7 +111,7 @@ TEST(StochasticStatefulVerifyTest, RandomExportPasses) {
   for (const auto& a : report->artifacts) {
     ASSERT_EQ(a.stays_random.size(), 1u) << FormatName(a.format);
     EXPECT_TRUE(a.stays_random[0].passed) << a.stays_random[0].message;
-    EXPECT_EQ(a.stays_random[0].message, "'noisy' differ between two runs");
+    EXPECT_EQ(a.stays_random[0].message, "'noisy' changed between two runs");
     for (const auto& c : a.parity) {
       for (const auto& o : c.outputs) {
         EXPECT_EQ(o.check, o.name == "noisy" ? OutputCheck::kStochastic : OutputCheck::kValues) << o.name;
@@ -137,7 +137,7 @@ TEST(StochasticStatefulVerifyTest, RandomExportPasses) {
   EXPECT_NE(text.find("N/A  tf_saved_model vs onnx serving_default b2 noisy: not comparable (stochastic output)"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("PASS onnx stays random serving_default b2: 'noisy' differ between two runs"),
+  EXPECT_NE(text.find("PASS onnx stays random serving_default b2: 'noisy' changed between two runs"),
             std::string::npos)
       << text;
   const auto json = report->ToJson();
@@ -191,7 +191,7 @@ TEST(StochasticStatefulVerifyTest, StatefulReferencesOutOfOrderFail) {
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_FALSE(report->passed());
   const auto failures = report->Failures();
-  EXPECT_TRUE(Contains(failures, "tf_saved_model reference counter b2 count max_abs=2 max_rel=0.666667: 1 of 1 "
+  EXPECT_TRUE(Contains(failures, "tf_saved_model reference counter b2 call 1 count max_abs=2 max_rel=0.666667: 1 of 1 "
                                  "elements differ beyond tolerance; first: element []: expected 3, found 1"))
       << ::testing::PrintToString(failures);
 
