@@ -373,14 +373,17 @@ Status OnnxModel::RunOnce(const Ort::Value* feeds, const std::vector<const Tenso
                           std::vector<NamedTensor>* outputs, bool* shape_mismatch) const {
   const Runtime& rt = *runtime_;
   const size_t n_out = rt.output_names.size();
-  thread_local std::vector<Ort::Value> fetched;  // Run never re-enters on one thread
+  // Scratch space reused per thread (Run never re-enters on one thread): the per-call
+  // path allocates nothing but the outputs themselves.
+  thread_local std::vector<Ort::Value> fetched;
+  thread_local std::vector<Tensor> buffers;  // our output buffers ...
+  thread_local std::vector<int> buffer_of;   // ... and which output each one is
   fetched.clear();
   for (size_t k = 0; k < n_out; ++k) fetched.emplace_back(nullptr);
-  std::vector<Tensor> buffers;            // our output buffers ...
-  std::vector<int> buffer_of(n_out, -1);  // ... and which output each one is
+  buffers.clear();
+  buffer_of.assign(n_out, -1);
   try {
     if (preallocate) {
-      buffers.reserve(n_out);
       for (size_t k = 0; k < n_out; ++k) {
         const OutputPlan& plan = rt.output_plans[k];
         if (!plan.predictable) continue;
