@@ -165,52 +165,6 @@ StatusOr<std::vector<NamedTensor>> MakeBatchInputs(const Signature& signature, c
 
 namespace {
 
-// A bare ONNX Runtime loop: Ort::Values built once over the inputs' bytes, in session
-// input order, and Ort::Session::Run on them (what onnxruntime_perf_test measures).
-class BareOrtLoop {
- public:
-  static StatusOr<std::unique_ptr<BareOrtLoop>> Make(const OnnxModel& model, const std::vector<NamedTensor>& inputs) {
-    auto loop = std::unique_ptr<BareOrtLoop>(new BareOrtLoop(model));
-    try {
-      Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-      for (const char* name : model.input_names()) {
-        const Tensor* t = FindTensor(inputs, name);
-        if (t == nullptr) return InvalidArgument(std::string("no input for '") + name + "'");
-        if (t->is_string() || t->byte_size() == 0) {
-          Ort::Value v{nullptr};
-          SERVEKIT_RETURN_IF_ERROR(CopyToOrtValue(*t, &v));
-          loop->values_.push_back(std::move(v));
-        } else {
-          loop->values_.push_back(Ort::Value::CreateTensor(
-              memory, const_cast<void*>(t->data()), t->byte_size(), t->shape().data(), t->shape().size(),
-              static_cast<ONNXTensorElementDataType>(ToOnnx(t->dtype()))));
-        }
-        loop->keep_.push_back(*t);
-      }
-    } catch (const Ort::Exception& e) {
-      return Internal(std::string("building ONNX Runtime inputs failed: ") + e.what());
-    }
-    return loop;
-  }
-
-  // One Ort::Session::Run; its outputs are released before it returns.
-  Status RunOnce() {
-    try {
-      model_.session().Run(Ort::RunOptions{nullptr}, model_.input_names().data(), values_.data(), values_.size(),
-                           model_.output_names().data(), model_.output_names().size());
-    } catch (const Ort::Exception& e) {
-      return Internal(std::string("bare ONNX Runtime run failed: ") + e.what());
-    }
-    return Status::Ok();
-  }
-
- private:
-  explicit BareOrtLoop(const OnnxModel& model) : model_(model) {}
-  const OnnxModel& model_;
-  std::vector<Ort::Value> values_;
-  std::vector<Tensor> keep_;  // owns the bytes the values view
-};
-
 // Per-call latencies (ns) of each of `calls` (each returning a Status), made in
 // turn call by call so that all of them see the same machine state: `warmup`
 // untimed rounds, then timed rounds until at least `min_iterations` were made and
@@ -274,7 +228,7 @@ StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, con
     return InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
                            std::string(FormatName(model.format())));
   }
-  SERVEKIT_ASSIGN_OR_RETURN(auto bare, BareOrtLoop::Make(*onnx, inputs));
+  SERVEKIT_ASSIGN_OR_RETURN(auto bare, onnx->MakeBareLoop(inputs));
   const std::string endpoint = kOnnxEndpoint;
   SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
                             TimeAlternating(

@@ -33,6 +33,14 @@ class Reader {
     return v->get<std::string>();
   }
 
+  // An optional boolean, false when absent.
+  static StatusOr<bool> Bool(const json& object, const std::string& where, const char* key) {
+    SERVEKIT_ASSIGN_OR_RETURN(const json* v, Field(object, where, key, false));
+    if (v == nullptr) return false;
+    if (!v->is_boolean()) return Error(Join(where, key), "must be true or false");
+    return v->get<bool>();
+  }
+
   static StatusOr<const json*> Array(const json& object, const std::string& where, const char* key,
                                      bool required = true) {
     SERVEKIT_ASSIGN_OR_RETURN(const json* v, Field(object, where, key, required));
@@ -200,6 +208,19 @@ StatusOr<Manifest> ParseJson(const json& root, const std::string& base_dir) {
     }
     SERVEKIT_ASSIGN_OR_RETURN(endpoint.signature.inputs, ParseTensors(e, where, "inputs"));
     SERVEKIT_ASSIGN_OR_RETURN(endpoint.signature.outputs, ParseTensors(e, where, "outputs"));
+    SERVEKIT_ASSIGN_OR_RETURN(endpoint.stochastic, Reader::Bool(e, where, "stochastic"));
+    SERVEKIT_ASSIGN_OR_RETURN(endpoint.stateful, Reader::Bool(e, where, "stateful"));
+    for (size_t k = 0; k < endpoint.signature.outputs.size(); ++k) {
+      const json& out = e["outputs"][k];
+      SERVEKIT_ASSIGN_OR_RETURN(bool stochastic,
+                                Reader::Bool(out, Reader::Index(Reader::Join(where, "outputs"), k), "stochastic"));
+      if (stochastic) endpoint.stochastic_outputs.push_back(endpoint.signature.outputs[k].name);
+    }
+    if (!endpoint.stochastic_outputs.empty()) endpoint.stochastic = true;
+    // A stochastic endpoint that names no stochastic output: any output may vary.
+    if (endpoint.stochastic && endpoint.stochastic_outputs.empty()) {
+      for (const auto& out : endpoint.signature.outputs) endpoint.stochastic_outputs.push_back(out.name);
+    }
     m.endpoints.push_back(std::move(endpoint));
   }
 
@@ -252,6 +273,13 @@ StatusOr<Manifest> ParseJson(const json& root, const std::string& base_dir) {
 bool ManifestEndpoint::HasFormat(ModelFormat format) const {
   for (auto f : formats) {
     if (f == format) return true;
+  }
+  return false;
+}
+
+bool ManifestEndpoint::IsStochasticOutput(const std::string& output) const {
+  for (const auto& name : stochastic_outputs) {
+    if (name == output) return true;
   }
   return false;
 }

@@ -37,7 +37,19 @@ struct ManifestArtifact {
 struct ManifestEndpoint {
   Signature signature;
   std::vector<ModelFormat> formats;
+  // The endpoint draws random numbers: two calls on the same input differ. True
+  // when the manifest says so, or when it marks any output stochastic.
+  bool stochastic = false;
+  // A call updates the artifact's variables: its reference cases are the source
+  // model's successive calls from the export-time state.
+  bool stateful = false;
+  // The outputs that vary between calls (manifest: output "stochastic": true); the
+  // endpoint's other outputs are deterministic. A stochastic endpoint that marks no
+  // output has every output here.
+  std::vector<std::string> stochastic_outputs;
+
   bool HasFormat(ModelFormat format) const;
+  bool IsStochasticOutput(const std::string& output) const;
 };
 
 // An element passes when |actual - expected| <= atol + rtol * |expected|.

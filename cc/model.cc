@@ -96,14 +96,14 @@ Status Model::CheckFeeds(const Signature& signature, const std::vector<NamedTens
 
 StatusOr<std::vector<NamedTensor>> Model::Run(const std::string& endpoint,
                                               const std::vector<NamedTensor>& inputs) const {
-  size_t index = 0;
-  while (index < signatures_.size() && signatures_[index].name != endpoint) ++index;
-  if (index == signatures_.size()) {
+  const Signature* found = FindEndpoint(endpoint);
+  if (found == nullptr) {
     std::string known;
     for (const auto& s : signatures_) known += (known.empty() ? "'" : ", '") + s.name + "'";
     return NotFound("no endpoint '" + endpoint + "' in " + path_ + "; it has: " + known);
   }
-  const Signature& signature = signatures_[index];
+  const size_t index = static_cast<size_t>(found - signatures_.data());
+  const Signature& signature = *found;
   // Reused per thread: Run() calls no user code, so it never re-enters on one thread.
   thread_local std::vector<const Tensor*> ordered;
   SERVEKIT_RETURN_IF_ERROR(CheckFeeds(signature, inputs, &ordered));

@@ -6,11 +6,13 @@
 // device options; every Ort::Exception becomes a Status. The one endpoint,
 // `serving_default`, takes its signature from the session's input and output type
 // info, symbolic dim names included. Run() feeds zero-copy Ort::Values that view
-// the caller's tensors. Outputs whose shape follows from the signature (static dims,
-// or a symbolic dim such as 'batch' shared with an input) are written by ONNX Runtime
-// straight into buffers servekit allocates; ONNX Runtime verifies their shape, and a
-// model whose outputs defy the prediction falls back, for good, to outputs that ONNX
-// Runtime allocates (returned as views, no copy).
+// the caller's tensors, through the non-allocating Ort::Session::Run overload.
+// Outputs whose shape follows from the signature (static dims, or a symbolic dim
+// such as 'batch' shared with an input) are written by ONNX Runtime straight into
+// buffers servekit allocates; ONNX Runtime verifies their shape, and a model whose
+// outputs defy the prediction is run again, and from then on for good, with
+// outputs that ONNX Runtime allocates (returned as views, no copy). Any other
+// failure is returned as it is.
 #ifndef SERVEKIT_CC_ONNX_MODEL_H_
 #define SERVEKIT_CC_ONNX_MODEL_H_
 
@@ -22,7 +24,6 @@
 #include "cc/model.h"
 
 namespace Ort {
-struct Session;
 struct Value;
 }
 
@@ -30,10 +31,6 @@ namespace servekit {
 
 // The endpoint name of an ONNX model's single graph.
 inline constexpr char kOnnxEndpoint[] = "serving_default";
-
-// An Ort::Value that owns a copy of `tensor`: how string and empty tensors are fed
-// (numeric ones are viewed in place instead).
-Status CopyToOrtValue(const Tensor& tensor, Ort::Value* out);
 
 // Whether `bytes` look like an ONNX ModelProto: a well-formed protocol buffer with a
 // graph field. `what` names the input in the error.
@@ -49,21 +46,32 @@ class OnnxModel final : public Model {
 
   ModelFormat format() const override { return ModelFormat::kOnnx; }
 
-  // The underlying session, for measurements that bypass servekit (benchmark.cc's
-  // bare ONNX Runtime loop). Ort::Session::Run is thread-safe.
-  Ort::Session& session() const;
-  // Input and output names in session order, as Ort::Session::Run takes them.
-  const std::vector<const char*>& input_names() const;
-  const std::vector<const char*>& output_names() const;
+  // A bare Ort::Session::Run loop on this model's session, over Ort::Values built
+  // once from `inputs` (what onnxruntime_perf_test measures): the baseline against
+  // which the benchmark states what servekit's Run adds. Holds the model by reference.
+  class BareLoop {
+   public:
+    ~BareLoop();
+    // One Ort::Session::Run; its outputs are released before it returns.
+    Status RunOnce();
 
-  struct Runtime;  // ONNX Runtime objects; onnx_model.cc
+   private:
+    friend class OnnxModel;
+    struct State;
+    explicit BareLoop(std::unique_ptr<State> state);
+    std::unique_ptr<State> state_;
+  };
+  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const;
 
  private:
+  struct Runtime;  // ONNX Runtime objects; onnx_model.cc
   OnnxModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime);
   static StatusOr<std::unique_ptr<OnnxModel>> Create(const std::string& path, std::string_view bytes,
                                                      const LoadOptions& options, const std::string& label);
   Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
                     std::vector<NamedTensor>* outputs) const override;
+  Status RunOnce(const Ort::Value* feeds, const std::vector<const Tensor*>& inputs, bool preallocate,
+                 std::vector<NamedTensor>* outputs, bool* shape_mismatch) const;
 
   std::unique_ptr<Runtime> runtime_;
 };

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <map>
 
 #include "cc/npy.h"
 
@@ -26,6 +28,44 @@ std::string IndexToString(const Shape& shape, int64_t flat) {
 }
 
 }  // namespace
+
+const char* OutputCheckName(OutputCheck check) {
+  switch (check) {
+    case OutputCheck::kValues: return "values";
+    case OutputCheck::kStochastic: return "stochastic";
+    case OutputCheck::kNotComparable: return "not_comparable";
+  }
+  return "values";
+}
+
+OutputParity CheckStochasticOutput(const std::string& name, const Tensor& expected, const Tensor& actual) {
+  OutputParity r;
+  r.name = name;
+  r.check = OutputCheck::kStochastic;
+  r.elements = actual.num_elements();
+  if (expected.dtype() != actual.dtype()) {
+    r.message = std::string("dtype expected ") + DTypeName(expected.dtype()) + ", found " + DTypeName(actual.dtype());
+    return r;
+  }
+  if (expected.shape() != actual.shape()) {
+    r.message = "shape expected " + ShapeToString(expected.shape()) + ", found " + ShapeToString(actual.shape());
+    return r;
+  }
+  if (IsFloating(actual.dtype())) {
+    for (int64_t i = 0; i < r.elements; ++i) {
+      const double a = ElementAsDouble(actual.dtype(), actual.data(), i);
+      if (!std::isfinite(a) && r.mismatches++ == 0) {
+        r.message = "element " + IndexToString(actual.shape(), i) + " is " + Number(a);
+      }
+    }
+    if (r.mismatches > 0) {
+      r.message = std::to_string(r.mismatches) + " of " + std::to_string(r.elements) +
+                  " elements are not finite; first: " + r.message;
+    }
+  }
+  r.passed = r.mismatches == 0;
+  return r;
+}
 
 OutputParity CompareTensors(const std::string& name, const Tensor& expected, const Tensor& actual,
                             const Tolerance& tolerance) {
@@ -105,15 +145,40 @@ const Tensor* Find(const std::vector<NamedTensor>& tensors, const std::string& n
 
 }  // namespace
 
-std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest& manifest) {
-  std::vector<CaseParity> results;
+namespace {
+
+// The manifest's reference cases the model's format serves, in the order to run
+// them: stateful endpoints' cases first (manifest order), then the others.
+std::vector<const ReferenceCase*> CasesToRun(const Model& model, const Manifest& manifest) {
+  std::vector<const ReferenceCase*> stateful, others;
   for (const auto& c : manifest.reference) {
     const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
     if (endpoint == nullptr || !endpoint->HasFormat(model.format())) continue;
+    (endpoint->stateful ? stateful : others).push_back(&c);
+  }
+  stateful.insert(stateful.end(), others.begin(), others.end());
+  return stateful;
+}
+
+bool SameBytes(const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  if (a.is_string()) return a.strings() == b.strings();
+  return a.byte_size() == b.byte_size() && (a.byte_size() == 0 || std::memcmp(a.data(), b.data(), a.byte_size()) == 0);
+}
+
+}  // namespace
+
+std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest& manifest) {
+  std::vector<CaseParity> results;
+  std::map<std::string, int> calls;  // per stateful endpoint, calls so far
+  for (const ReferenceCase* case_ptr : CasesToRun(model, manifest)) {
+    const ReferenceCase& c = *case_ptr;
+    const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
     CaseParity r;
     r.endpoint = c.endpoint;
     r.batch = c.batch;
     r.label = std::string(FormatName(model.format())) + " reference " + BatchLabel(c);
+    if (endpoint->stateful) r.label += " call " + std::to_string(++calls[c.endpoint]);
     auto inputs = LoadCaseInputs(manifest, c);
     if (!inputs.ok()) {
       r.error = inputs.status().message();
@@ -136,12 +201,69 @@ std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest&
         o.message = expected.status().message();
       } else if (actual == nullptr) {
         o.message = "the model returned no output '" + name + "'";
+      } else if (endpoint->IsStochasticOutput(name)) {
+        o = CheckStochasticOutput(name, *expected, *actual);
       } else {
         o = CompareTensors(name, *expected, *actual, manifest.ToleranceFor(expected->dtype()));
       }
       r.passed = r.passed && o.passed;
       r.outputs.push_back(std::move(o));
     }
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+std::vector<RandomnessCheck> CheckStaysRandom(const Model& model, const Manifest& manifest) {
+  std::vector<RandomnessCheck> results;
+  for (const auto& endpoint : manifest.endpoints) {
+    if (!endpoint.stochastic || !endpoint.HasFormat(model.format())) continue;
+    RandomnessCheck r;
+    r.endpoint = endpoint.signature.name;
+    r.label = std::string(FormatName(model.format())) + " stays random " + r.endpoint;
+    const ReferenceCase* first = nullptr;
+    for (const auto& c : manifest.reference) {
+      if (c.endpoint == r.endpoint) {
+        first = &c;
+        break;
+      }
+    }
+    if (first == nullptr) {
+      r.message = "no reference case to run it on";
+      results.push_back(std::move(r));
+      continue;
+    }
+    r.label += " b" + std::to_string(first->batch);
+    auto inputs = LoadCaseInputs(manifest, *first);
+    if (!inputs.ok()) {
+      r.message = inputs.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    auto one = model.Run(r.endpoint, *inputs);
+    if (!one.ok()) {
+      r.message = one.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    auto two = model.Run(r.endpoint, *inputs);
+    if (!two.ok()) {
+      r.message = two.status().message();
+      results.push_back(std::move(r));
+      continue;
+    }
+    std::string differ, same;
+    for (const auto& name : endpoint.stochastic_outputs) {
+      const Tensor* a = Find(*one, name);
+      const Tensor* b = Find(*two, name);
+      if (a == nullptr || b == nullptr) continue;  // reported by the signature check
+      std::string& list = SameBytes(*a, *b) ? same : differ;
+      list += (list.empty() ? "'" : ", '") + name + "'";
+    }
+    r.passed = !differ.empty();
+    r.message = r.passed ? differ + " changed between two runs"
+                         : "two runs gave identical " + (same.empty() ? std::string("outputs") : same) +
+                               ": the artifact is deterministic, but the manifest says the endpoint is stochastic";
     results.push_back(std::move(r));
   }
   return results;
@@ -156,6 +278,14 @@ std::vector<CaseParity> CheckCrossParity(const Model& a, const Model& b, const M
     r.endpoint = c.endpoint;
     r.batch = c.batch;
     r.label = std::string(FormatName(a.format())) + " vs " + FormatName(b.format()) + " " + BatchLabel(c);
+    if (endpoint->stateful) {
+      // Each artifact's state has moved on since its reference run; another call
+      // would compare two arbitrary points of two histories.
+      r.passed = true;
+      r.not_comparable = "stateful endpoint: each call updates the artifact's variables";
+      results.push_back(std::move(r));
+      continue;
+    }
     auto inputs = LoadCaseInputs(manifest, c);
     if (!inputs.ok()) {
       r.error = inputs.status().message();
@@ -176,7 +306,11 @@ std::vector<CaseParity> CheckCrossParity(const Model& a, const Model& b, const M
       const Tensor* tb = Find(*out_b, spec.name);
       OutputParity o;
       o.name = spec.name;
-      if (ta == nullptr || tb == nullptr) {
+      if (endpoint->IsStochasticOutput(spec.name)) {
+        o.check = OutputCheck::kNotComparable;
+        o.passed = true;
+        o.message = "stochastic output";
+      } else if (ta == nullptr || tb == nullptr) {
         o.message = std::string("output missing from ") + FormatName((ta == nullptr ? a : b).format());
       } else {
         o = CompareTensors(spec.name, *ta, *tb, manifest.ToleranceFor(spec.dtype));
@@ -193,6 +327,7 @@ nlohmann::json ToJson(const CaseParity& c) {
   nlohmann::json outputs = nlohmann::json::array();
   for (const auto& o : c.outputs) {
     nlohmann::json j = {{"name", o.name},
+                        {"check", OutputCheckName(o.check)},
                         {"passed", o.passed},
                         {"elements", o.elements},
                         {"mismatches", o.mismatches},
@@ -210,7 +345,16 @@ nlohmann::json ToJson(const CaseParity& c) {
                       {"passed", c.passed},
                       {"outputs", outputs}};
   if (!c.error.empty()) j["error"] = c.error;
+  if (!c.not_comparable.empty()) j["not_comparable"] = c.not_comparable;
   return j;
+}
+
+nlohmann::json ToJson(const RandomnessCheck& c) {
+  return {{"endpoint", c.endpoint}, {"label", c.label}, {"passed", c.passed}, {"message", c.message}};
+}
+
+std::string DescribeRandomness(const RandomnessCheck& c) {
+  return std::string(c.passed ? "PASS " : "FAIL ") + c.label + ": " + c.message;
 }
 
 std::vector<std::string> DescribeParity(const CaseParity& c) {
@@ -219,10 +363,25 @@ std::vector<std::string> DescribeParity(const CaseParity& c) {
     lines.push_back("FAIL " + c.label + ": " + c.error);
     return lines;
   }
+  if (!c.not_comparable.empty()) {
+    lines.push_back("N/A  " + c.label + ": not comparable (" + c.not_comparable + ")");
+    return lines;
+  }
   for (const auto& o : c.outputs) {
-    std::string line = std::string(o.passed ? "PASS " : "FAIL ") + c.label + " " + o.name +
-                       " max_abs=" + Number(o.max_abs_error) + " max_rel=" + Number(o.max_rel_error);
-    if (!o.passed) line += ": " + o.message;
+    std::string line;
+    if (o.check == OutputCheck::kNotComparable) {
+      line = "N/A  " + c.label + " " + o.name + ": not comparable (" + o.message + ")";
+    } else if (o.check == OutputCheck::kStochastic && o.passed) {
+      line = "PASS " + c.label + " " + o.name + " stochastic: dtype and shape as expected, values finite (not compared)";
+    } else {
+      line = std::string(o.passed ? "PASS " : "FAIL ") + c.label + " " + o.name;
+      if (o.check == OutputCheck::kValues) {
+        line += " max_abs=" + Number(o.max_abs_error) + " max_rel=" + Number(o.max_rel_error);
+      } else {
+        line += " stochastic";
+      }
+      if (!o.passed) line += ": " + o.message;
+    }
     lines.push_back(std::move(line));
   }
   return lines;

@@ -6,6 +6,15 @@
 // compares them with each other. Floats pass elementwise when
 // |actual - expected| <= atol + rtol * |expected| (NaN matches only NaN); integers,
 // bool and strings must be equal. Each output reports its max abs and max rel error.
+//
+// Endpoints the manifest marks stochastic or stateful (docs/manifest.md) change the
+// checks, and every change is reported, never silent:
+// - a stochastic output is checked for name, dtype and shape and finite float
+//   values, not compared with the reference; CheckStaysRandom checks that two runs
+//   on the same reference inputs differ in at least one stochastic output;
+// - a stateful endpoint's reference cases run first, once each, in manifest order
+//   (they are successive calls from the export-time state: load the model afresh);
+// - across formats, stochastic outputs and stateful endpoints are "not comparable".
 #ifndef SERVEKIT_CC_PARITY_H_
 #define SERVEKIT_CC_PARITY_H_
 
@@ -20,8 +29,17 @@
 
 namespace servekit {
 
+// How an output was checked.
+enum class OutputCheck {
+  kValues,         // compared with the expected values within tolerance
+  kStochastic,     // a stochastic output: dtype, shape and finite values only
+  kNotComparable,  // across formats: a stochastic output, nothing compared
+};
+const char* OutputCheckName(OutputCheck check);  // "values", "stochastic", "not_comparable"
+
 struct OutputParity {
   std::string name;
+  OutputCheck check = OutputCheck::kValues;
   bool passed = false;
   double max_abs_error = 0.0;
   double max_rel_error = 0.0;  // over elements whose expected value is non-zero
@@ -37,26 +55,49 @@ struct CaseParity {
   std::string label;  // "reference serving_default b4", "tf_saved_model vs onnx serving_default b4"
   bool passed = false;
   std::string error;  // the case could not run (missing file, run failure); empty otherwise
+  // Why the case was not run (across formats, a stateful endpoint); it then passes.
+  std::string not_comparable;
   std::vector<OutputParity> outputs;
+};
+
+// Whether a stochastic endpoint stays random in an artifact: two runs on its first
+// reference case's inputs give different values for at least one stochastic output.
+struct RandomnessCheck {
+  std::string endpoint;
+  std::string label;  // "onnx stays random serving_default b2"
+  bool passed = false;
+  std::string message;  // which outputs differed, or why the check failed
 };
 
 // Compares one output tensor with its expected value.
 OutputParity CompareTensors(const std::string& name, const Tensor& expected, const Tensor& actual,
                             const Tolerance& tolerance);
 
+// A stochastic output against its reference: dtype, shape and (floats) finite
+// values; the values themselves are not compared.
+OutputParity CheckStochasticOutput(const std::string& name, const Tensor& expected, const Tensor& actual);
+
 // The reference inputs of `c`, read from the manifest's .npy files.
 StatusOr<std::vector<NamedTensor>> LoadCaseInputs(const Manifest& manifest, const ReferenceCase& c);
 
-// Every reference case whose endpoint the model's format serves.
+// Every reference case whose endpoint the model's format serves: the cases of
+// stateful endpoints first, in manifest order, then the others.
 std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest& manifest);
+
+// One RandomnessCheck per stochastic endpoint the model's format serves.
+std::vector<RandomnessCheck> CheckStaysRandom(const Model& model, const Manifest& manifest);
 
 // Runs the reference inputs of every case both formats serve through `a` and `b`
 // and compares b's outputs with a's.
 std::vector<CaseParity> CheckCrossParity(const Model& a, const Model& b, const Manifest& manifest);
 
 nlohmann::json ToJson(const CaseParity& c);
-// One line per output: "PASS reference serving_default b1 logits max_abs=1.2e-07 max_rel=3e-07".
+nlohmann::json ToJson(const RandomnessCheck& c);
+// One line per output: "PASS reference serving_default b1 logits max_abs=1.2e-07 max_rel=3e-07";
+// "N/A ..." for what is not comparable.
 std::vector<std::string> DescribeParity(const CaseParity& c);
+// "PASS onnx stays random serving_default b2: 'noisy' differs between two runs".
+std::string DescribeRandomness(const RandomnessCheck& c);
 
 }  // namespace servekit
 

@@ -64,4 +64,39 @@ bool WireReader::Next(WireField* field) {
   }
 }
 
+void WireWriter::AppendVarint(uint64_t value) {
+  while (value >= 0x80) {
+    data_.push_back(static_cast<char>(value | 0x80));
+    value >>= 7;
+  }
+  data_.push_back(static_cast<char>(value));
+}
+
+void WireWriter::Varint(uint32_t number, uint64_t value) {
+  AppendVarint((uint64_t{number} << 3) | static_cast<uint64_t>(WireType::kVarint));
+  AppendVarint(value);
+}
+
+void WireWriter::Bytes(uint32_t number, std::string_view bytes) {
+  AppendVarint((uint64_t{number} << 3) | static_cast<uint64_t>(WireType::kLengthDelimited));
+  AppendVarint(bytes.size());
+  data_.append(bytes.data(), bytes.size());
+}
+
+std::string TfConfigProto::Serialize() const {
+  // tensorflow.ConfigProto: 1 device_count map<string,int32> (entry: 1 key, 2 value),
+  // 2 intra_op_parallelism_threads, 5 inter_op_parallelism_threads, 7 allow_soft_placement.
+  WireWriter config;
+  if (hide_gpus) {
+    WireWriter entry;
+    entry.Bytes(1, "GPU");
+    entry.Varint(2, 0);
+    config.Bytes(1, entry.data());
+  }
+  if (intra_op_threads != 0) config.Varint(2, static_cast<uint64_t>(int64_t{intra_op_threads}));
+  if (inter_op_threads != 0) config.Varint(5, static_cast<uint64_t>(int64_t{inter_op_threads}));
+  if (allow_soft_placement) config.Varint(7, 1);
+  return config.data();
+}
+
 }  // namespace servekit

@@ -26,7 +26,8 @@ enum class StatusCode {
 
 const char* StatusCodeName(StatusCode code);
 
-class Status {
+// [[nodiscard]]: a Status dropped on the floor is an error nobody handles.
+class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
@@ -59,7 +60,7 @@ inline Status Internal(std::string m) { return Status(StatusCode::kInternal, std
 
 // Either a T or a non-OK Status. Accessing value() of an error is a programming bug.
 template <typename T>
-class StatusOr {
+class [[nodiscard]] StatusOr {
  public:
   StatusOr(const Status& status) : state_(status) {  // NOLINT: implicit by design
     if (status.ok()) state_ = Status(StatusCode::kInternal, "StatusOr built from an OK status");

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cc/file_util.h"
+#include "cc/protowire.h"
 #include "tensorflow/c/c_api.h"
 
 namespace servekit {
@@ -52,16 +53,6 @@ Status FromTf(const TF_Status* status, const std::string& context) {
     default: return Internal(message);
   }
 }
-
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-void AppendTag(int field, int wire_type, std::string* out) { AppendVarint((field << 3) | wire_type, out); }
 
 // "op:3" -> ("op", 3); a bare "op" means output 0.
 bool SplitTensorName(const std::string& name, std::string* op, int* index) {
@@ -178,32 +169,11 @@ struct TfSavedModel::Runtime {
 };
 
 std::string SerializeTfConfig(const LoadOptions& options) {
-  // tensorflow.ConfigProto: 1 device_count map<string,int32>, 2 intra_op_parallelism_threads,
-  // 5 inter_op_parallelism_threads, 7 allow_soft_placement.
-  std::string config;
-  if (options.device == Device::kCpu) {
-    std::string entry;
-    AppendTag(1, 2, &entry);
-    AppendVarint(3, &entry);
-    entry += "GPU";
-    AppendTag(2, 0, &entry);
-    AppendVarint(0, &entry);
-    AppendTag(1, 2, &config);
-    AppendVarint(entry.size(), &config);
-    config += entry;
-  }
-  if (options.intra_op_threads > 0) {
-    AppendTag(2, 0, &config);
-    AppendVarint(static_cast<uint64_t>(options.intra_op_threads), &config);
-  }
-  if (options.inter_op_threads != 0) {
-    // An int32 field: negative values are sign-extended to 64 bits on the wire.
-    AppendTag(5, 0, &config);
-    AppendVarint(static_cast<uint64_t>(static_cast<int64_t>(options.inter_op_threads)), &config);
-  }
-  AppendTag(7, 0, &config);
-  AppendVarint(1, &config);
-  return config;
+  TfConfigProto config;
+  config.hide_gpus = options.device == Device::kCpu;
+  config.intra_op_threads = options.intra_op_threads;
+  config.inter_op_threads = options.inter_op_threads;
+  return config.Serialize();
 }
 
 StatusOr<std::vector<Signature>> ReadSavedModelSignatures(const std::string& dir,

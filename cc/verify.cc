@@ -1,6 +1,8 @@
 #include "cc/verify.h"
 
+#include <algorithm>
 #include <memory>
+#include <sstream>
 
 #include "cc/loader.h"
 #include "cc/validate.h"
@@ -10,6 +12,9 @@ namespace servekit {
 bool ArtifactReport::passed() const {
   if (!load_error.empty() || !digest_errors.empty() || !signature_errors.empty()) return false;
   for (const auto& c : parity) {
+    if (!c.passed) return false;
+  }
+  for (const auto& c : stays_random) {
     if (!c.passed) return false;
   }
   return true;
@@ -45,6 +50,9 @@ std::vector<std::string> VerifyReport::Failures() const {
         if (line.rfind("FAIL ", 0) == 0) lines.push_back(prefix + line.substr(5));
       }
     }
+    for (const auto& c : a.stays_random) {
+      if (!c.passed) lines.push_back(prefix + DescribeRandomness(c).substr(5));
+    }
   }
   for (const auto& c : cross_parity) {
     if (c.passed) continue;
@@ -60,28 +68,113 @@ nlohmann::json VerifyReport::ToJson() const {
   for (const auto& a : artifacts) {
     nlohmann::json parity = nlohmann::json::array();
     for (const auto& c : a.parity) parity.push_back(servekit::ToJson(c));
+    nlohmann::json random = nlohmann::json::array();
+    for (const auto& c : a.stays_random) random.push_back(servekit::ToJson(c));
     artifacts_json.push_back({{"format", FormatName(a.format)},
                               {"path", a.path},
                               {"passed", a.passed()},
                               {"load_error", a.load_error},
                               {"digest_errors", a.digest_errors},
                               {"signature_errors", a.signature_errors},
-                              {"parity", parity}});
+                              {"parity", parity},
+                              {"stays_random", random}});
+  }
+  nlohmann::json endpoints_json = nlohmann::json::array();
+  for (const auto& e : endpoints) {
+    std::vector<std::string> formats;
+    for (auto f : e.formats) formats.push_back(FormatName(f));
+    endpoints_json.push_back({{"name", e.name},
+                              {"formats", formats},
+                              {"stochastic", e.stochastic},
+                              {"stateful", e.stateful},
+                              {"stochastic_outputs", e.stochastic_outputs}});
   }
   nlohmann::json cross = nlohmann::json::array();
   for (const auto& c : cross_parity) cross.push_back(servekit::ToJson(c));
   return {{"manifest", manifest_path}, {"model", model},         {"passed", passed()},
-          {"artifacts", artifacts_json}, {"cross_parity", cross}, {"failures", Failures()}};
+          {"endpoints", endpoints_json}, {"artifacts", artifacts_json},
+          {"cross_parity", cross},       {"failures", Failures()}};
+}
+
+namespace {
+
+std::string Pad(const std::string& s, size_t width) {
+  return s.size() >= width ? s : s + std::string(width - s.size(), ' ');
+}
+
+}  // namespace
+
+std::string VerifyReport::ToText() const {
+  std::ostringstream out;
+  out << "manifest " << manifest_path << " (model '" << model << "')\n";
+  out << "\nendpoints:\n";
+  size_t width = 0, formats_width = 0;
+  std::vector<std::string> formats(endpoints.size());
+  for (size_t i = 0; i < endpoints.size(); ++i) {
+    width = std::max(width, endpoints[i].name.size());
+    for (auto f : endpoints[i].formats) formats[i] += (formats[i].empty() ? "" : ",") + std::string(FormatName(f));
+    formats_width = std::max(formats_width, formats[i].size());
+  }
+  for (size_t i = 0; i < endpoints.size(); ++i) {
+    const EndpointSummary& e = endpoints[i];
+    std::string flags;
+    if (e.stochastic) {
+      flags += "  stochastic (";
+      for (size_t k = 0; k < e.stochastic_outputs.size(); ++k) flags += (k ? ", " : "") + e.stochastic_outputs[k];
+      flags += ")";
+    }
+    if (e.stateful) flags += "  stateful";
+    std::string line = "  " + Pad(e.name, width) + "  " + (flags.empty() ? formats[i] : Pad(formats[i], formats_width)) + flags;
+    out << line << "\n";
+  }
+  for (const auto& a : artifacts) {
+    out << "\n" << FormatName(a.format) << ": " << a.path << "\n";
+    out << "  digests: " << (a.digest_errors.empty() ? "OK" : std::to_string(a.digest_errors.size()) + " problem(s)")
+        << "\n";
+    if (!a.load_error.empty()) {
+      out << "  load: FAILED\n";
+      continue;
+    }
+    out << "  signatures: "
+        << (a.signature_errors.empty() ? "OK" : std::to_string(a.signature_errors.size()) + " mismatch(es)") << "\n";
+    for (const auto& c : a.parity) {
+      for (const auto& line : DescribeParity(c)) out << "  " << line << "\n";
+    }
+    for (const auto& c : a.stays_random) out << "  " << DescribeRandomness(c) << "\n";
+  }
+  if (!cross_parity.empty()) {
+    out << "\ncross-format:\n";
+    for (const auto& c : cross_parity) {
+      for (const auto& line : DescribeParity(c)) out << "  " << line << "\n";
+    }
+  }
+  const auto failures = Failures();
+  if (failures.empty()) {
+    out << "\nRESULT: PASS\n";
+  } else {
+    out << "\nRESULT: FAIL (" << failures.size() << " problem" << (failures.size() == 1 ? "" : "s") << ")\n";
+    for (const auto& f : failures) out << "  - " << f << "\n";
+  }
+  return out.str();
 }
 
 StatusOr<VerifyReport> VerifyExport(const std::string& manifest_path, const VerifyOptions& options) {
   SERVEKIT_ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(manifest_path));
+  return VerifyExport(manifest, manifest_path, options);
+}
+
+StatusOr<VerifyReport> VerifyExport(const Manifest& manifest, const std::string& manifest_path,
+                                    const VerifyOptions& options) {
   if (options.format && manifest.FindArtifact(*options.format) == nullptr) {
     return NotFound(manifest_path + " has no " + FormatName(*options.format) + " artifact");
   }
   VerifyReport report;
   report.manifest_path = manifest_path;
   report.model = manifest.model;
+  for (const auto& e : manifest.endpoints) {
+    report.endpoints.push_back(
+        EndpointSummary{e.signature.name, e.formats, e.stochastic, e.stateful, e.stochastic_outputs});
+  }
   std::vector<std::unique_ptr<Model>> loaded;
   for (const auto& artifact : manifest.artifacts) {
     if (options.format && artifact.format != *options.format) continue;
@@ -96,7 +189,10 @@ StatusOr<VerifyReport> VerifyExport(const std::string& manifest_path, const Veri
       a.load_error = model.status().message();
     } else {
       a.signature_errors = CompareSignatures(manifest, artifact.format, (*model)->signatures());
+      // First on the fresh model: stateful endpoints' reference cases start from
+      // the export-time state.
       a.parity = CheckReferenceParity(**model, manifest);
+      a.stays_random = CheckStaysRandom(**model, manifest);
       loaded.push_back(std::move(model).value());
     }
     report.artifacts.push_back(std::move(a));

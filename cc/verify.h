@@ -4,6 +4,11 @@
 // loading, signatures against the manifest's endpoints, and reference parity; then,
 // when both formats loaded, SavedModel-vs-ONNX parity on the reference inputs. The
 // report lists every failure precisely; nothing stops at the first one.
+//
+// Stochastic and stateful endpoints (docs/manifest.md): each artifact runs its
+// stateful endpoints' reference cases first, right after loading; each stochastic
+// endpoint must stay random in each artifact; the report lists the endpoints with
+// these properties, and what could not be compared across formats.
 #ifndef SERVEKIT_CC_VERIFY_H_
 #define SERVEKIT_CC_VERIFY_H_
 
@@ -31,12 +36,23 @@ struct ArtifactReport {
   std::vector<std::string> digest_errors;
   std::vector<std::string> signature_errors;
   std::vector<CaseParity> parity;
+  std::vector<RandomnessCheck> stays_random;
   bool passed() const;
+};
+
+// What the manifest says about one endpoint, as the report shows it.
+struct EndpointSummary {
+  std::string name;
+  std::vector<ModelFormat> formats;
+  bool stochastic = false;
+  bool stateful = false;
+  std::vector<std::string> stochastic_outputs;
 };
 
 struct VerifyReport {
   std::string manifest_path;
   std::string model;
+  std::vector<EndpointSummary> endpoints;
   std::vector<ArtifactReport> artifacts;
   std::vector<CaseParity> cross_parity;
 
@@ -45,11 +61,16 @@ struct VerifyReport {
   // Every failure, one line each, prefixed by its artifact.
   std::vector<std::string> Failures() const;
   nlohmann::json ToJson() const;
+  // What `servekit_verify validate` prints: per artifact, then cross-format, then the result.
+  std::string ToText() const;
 };
 
 // Errors (as a Status) only for a manifest that cannot be read or a requested format
 // it does not have; every finding about the artifacts goes into the report.
 StatusOr<VerifyReport> VerifyExport(const std::string& manifest_path, const VerifyOptions& options = {});
+// The same on a manifest already read (`manifest_path` only labels the report).
+StatusOr<VerifyReport> VerifyExport(const Manifest& manifest, const std::string& manifest_path,
+                                    const VerifyOptions& options = {});
 
 }  // namespace servekit
 

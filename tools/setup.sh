@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${SERVEKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/servekit}
 ORT_HEADERS_PACKAGE=libonnxruntime-dev   # API 21 headers work with runtime >= 1.21
 ORT_HEADERS_SUITE=trixie
-APT_PACKAGES=(bazel-bootstrap bazel-rules-java libgtest-dev nlohmann-json3-dev g++ clang libclang-rt-14-dev)
+APT_PACKAGES=(bazel-bootstrap bazel-rules-java libgtest-dev libcli11-dev nlohmann-json3-dev g++ clang libclang-rt-14-dev)
 # tools/remote_cache_demo.sh serves a Bazel HTTP cache with nginx's WebDAV module.
 REMOTE_CACHE_PACKAGES=(nginx-light curl)
 

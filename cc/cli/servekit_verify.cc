@@ -1,29 +1,83 @@
 // servekit_verify: inspect, validate, run and benchmark exported models natively.
 //
-//   servekit_verify inspect <artifact> [--json] [--tag T]...
-//   servekit_verify validate --manifest <manifest.json> [--format tf_saved_model|onnx] [--json FILE|-]
-//   servekit_verify run <artifact> --endpoint E --input name=file.npy ... --output-dir D
-//   servekit_verify bench <artifact> [--batches 1,8,32,128] [--iterations N | --seconds S] ...
+// The command line is declared with CLI11 (subcommands, typed and validated
+// options, help generated from the declarations); the library does the work and
+// renders the reports (InspectReport, VerifyReport, BenchmarkReport: ToText and
+// ToJson). This file only parses and prints.
 //
 // Exit status: 0 success (validate: everything passed), 1 validation failure,
 // 2 usage or load error.
+#include <alloca.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
-#include <unistd.h>
+#include <cstring>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "cc/benchmark.h"
-#include "cc/cli/flags.h"
 #include "cc/file_util.h"
+#include "cc/inspect.h"
 #include "cc/loader.h"
-#include "cc/manifest.h"
 #include "cc/npy.h"
-#include "cc/parity.h"
-#include "cc/tf_saved_model.h"
 #include "cc/verify.h"
 #include "nlohmann/json.hpp"
+
+namespace {
+
+// TensorFlow's logs stay out of servekit_verify's output unless --verbose is given:
+// - its informational logs and warnings while it loads and runs a model obey
+//   TF_CPP_MIN_LOG_LEVEL, which it reads as its libraries load: when the caller
+//   has not set it, the process starts again at once with TF_CPP_MIN_LOG_LEVEL=2
+//   (setenv would come too late, and from here it would not even stick: libc's
+//   initializer, which runs next, resets the environment to the one the kernel
+//   passed);
+// - what it prints as its libraries load, whatever the level says ("oneDNN custom
+//   operations are on", through absl before anyone could configure it): standard
+//   error goes to /dev/null while the shared libraries initialize, and comes back
+//   before main.
+// QuietLibraryInit runs from .preinit_array, before any shared library's
+// initializer; RestoreStderr is a constructor of the executable, which runs after
+// all of them. If anything fails, the command carries on with TensorFlow's logs.
+int saved_stderr = -1;
+
+void QuietLibraryInit(int argc, char** argv, char** envp) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--verbose") == 0) return;
+  }
+  size_t n = 0;
+  bool has_level = false;
+  for (; envp[n] != nullptr; ++n) has_level = has_level || std::strncmp(envp[n], "TF_CPP_MIN_LOG_LEVEL=", 21) == 0;
+  if (!has_level) {
+    char** env = static_cast<char**>(alloca((n + 2) * sizeof(char*)));
+    std::memcpy(env, envp, n * sizeof(char*));
+    env[n] = const_cast<char*>("TF_CPP_MIN_LOG_LEVEL=2");
+    env[n + 1] = nullptr;
+    execve("/proc/self/exe", argv, env);
+  }
+  const int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (null < 0) return;
+  saved_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (saved_stderr >= 0) dup2(null, STDERR_FILENO);
+  close(null);
+}
+__attribute__((section(".preinit_array"), used)) void (*const kQuietLibraryInit)(int, char**, char**) =
+    QuietLibraryInit;
+
+__attribute__((constructor)) void RestoreStderr() {
+  if (saved_stderr < 0) return;
+  dup2(saved_stderr, STDERR_FILENO);
+  close(saved_stderr);
+  saved_stderr = -1;
+}
+
+}  // namespace
 
 namespace servekit {
 namespace {
@@ -32,92 +86,8 @@ constexpr int kOk = 0;
 constexpr int kValidationFailed = 1;
 constexpr int kUsageOrLoadError = 2;
 
-const char kUsage[] = R"(servekit_verify: check exported models natively (TensorFlow C API, ONNX Runtime).
-
-Usage:
-  servekit_verify inspect <artifact> [--json]
-  servekit_verify validate --manifest <manifest.json> [--format tf_saved_model|onnx]
-  servekit_verify run <artifact> --endpoint E --input name=file.npy ... --output-dir D
-  servekit_verify bench <artifact> [--batches 1,8,32,128] [--iterations N | --seconds S]
-
-<artifact> is a SavedModel directory or an .onnx file.
-Run 'servekit_verify <command> --help' for a command's options.
-Exit status: 0 success, 1 validation failure, 2 usage or load error.
-)";
-
-const char kInspectHelp[] = R"(servekit_verify inspect <artifact> [options]
-
-Prints the endpoints of a SavedModel directory or an .onnx file: every input and
-output with its dtype and shape ('?' is a dynamic dim, a name is an ONNX symbolic
-dim). A SavedModel is read from saved_model.pb without starting TensorFlow.
-
-Options:
-  --json          print the signatures as JSON (the manifest's endpoint form)
-  --tag T         SavedModel MetaGraph tag (repeatable; default: serve)
-)";
-
-const char kValidateHelp[] = R"(servekit_verify validate --manifest <manifest.json> [options]
-
-Checks an export against its manifest: artifact file digests, that each artifact
-loads, its signatures (endpoints, names, dtypes, ranks, static and symbolic dims),
-its outputs on the reference inputs, and SavedModel-vs-ONNX agreement.
-
-Options:
-  --manifest PATH   the export's manifest.json (required)
-  --format F        only this artifact: tf_saved_model or onnx
-  --json PATH       also write the full report as JSON ('-' for standard output)
-  --no-cross        skip the cross-format comparison
-  --threads N       intra-op threads of the runtimes (default: runtime's choice)
-  --inter-threads N inter-op threads; -1 runs ops in the calling thread
-  --device D        cpu (default) or gpu
-
-Exit status: 0 all checks passed, 1 some check failed, 2 usage or load error.
-)";
-
-const char kRunHelp[] = R"(servekit_verify run <artifact> --endpoint E --input name=file.npy ... --output-dir D
-
-Runs one endpoint on .npy inputs and writes each output to D/<output name>.npy.
-
-Options:
-  --endpoint E      the endpoint (default: serving_default)
-  --input N=FILE    the input named N from a .npy file (repeat for each input)
-  --output-dir D    where to write the outputs (created if missing; required)
-  --threads N       intra-op threads
-  --inter-threads N inter-op threads; -1 runs ops in the calling thread
-  --device D        cpu (default) or gpu
-  --tag T           SavedModel MetaGraph tag (repeatable; default: serve)
-)";
-
-const char kBenchHelp[] = R"(servekit_verify bench <artifact> [options]
-
-Measures per-call latency (p50/p90/p99/max) and throughput for each batch size.
-Inputs: the given .npy files tiled to each batch, else random data matching the
-signature (dynamic dims other than the batch are 1, integers are in [0, 10)).
-
-Options:
-  --endpoint E        the endpoint (default: serving_default)
-  --batches LIST      batch sizes, e.g. 1,8,32,128 (default: 1)
-  --iterations N      timed calls per batch size (default: 100) ...
-  --seconds S         ... or a time budget per batch size
-  --warmup N          untimed calls first (default: 10)
-  --threads N         intra-op threads (default: the runtime's choice)
-  --inter-threads N   inter-op threads; -1 runs ops in the calling thread (the
-                      lowest single-stream latency on TensorFlow)
-  --input N=FILE      sample input from a .npy file (repeat for each input)
-  --bare-ort          ONNX only: also time a bare Ort::Session::Run loop and
-                      report servekit's overhead ratio
-  --json PATH         write the report as JSON ('-' for standard output)
-  --device D          cpu (default) or gpu
-)";
-
 int Fail(const Status& status) {
   std::cerr << "servekit_verify: " << status.message() << "\n";
-  return kUsageOrLoadError;
-}
-
-int UsageError(const Status& status, const char* command) {
-  std::cerr << "servekit_verify " << command << ": " << status.message() << "\n"
-            << "Run 'servekit_verify " << command << " --help' for usage.\n";
   return kUsageOrLoadError;
 }
 
@@ -129,258 +99,236 @@ Status WriteJson(const std::string& where, const nlohmann::json& j) {
   return WriteFile(where, j.dump(2) + "\n");
 }
 
-// --threads/--inter-threads/--device/--tag into LoadOptions.
-StatusOr<LoadOptions> LoadOptionsFrom(const Flags& flags) {
-  LoadOptions options;
-  SERVEKIT_ASSIGN_OR_RETURN(auto threads, flags.GetInt("threads"));
-  SERVEKIT_ASSIGN_OR_RETURN(auto inter, flags.GetInt("inter-threads"));
-  if (threads) options.intra_op_threads = static_cast<int>(*threads);
-  if (inter) options.inter_op_threads = static_cast<int>(*inter);
-  if (auto device = flags.Get("device")) {
-    auto d = DeviceFromName(*device);
-    if (!d) return InvalidArgument("--device must be cpu or gpu, not '" + *device + "'");
-    options.device = *d;
-  }
-  if (flags.Has("tag")) options.tags = flags.GetAll("tag");
-  return options;
+// A number no smaller than `min` (`strict`: larger than `min`), with a short message.
+CLI::Validator AtLeast(double min, bool strict, const std::string& name) {
+  return CLI::Validator(
+      [min, strict](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        const bool ok = end != text.c_str() && *end == '\0' && (strict ? v > min : v >= min);
+        if (ok) return "";
+        char bound[32];
+        std::snprintf(bound, sizeof(bound), "%g", min);
+        return std::string("must be a number ") + (strict ? "> " : ">= ") + bound + ", not '" + text + "'";
+      },
+      name);
 }
+const CLI::Validator kPositive = AtLeast(0, /*strict=*/true, "> 0");
+const CLI::Validator kNonNegative = AtLeast(0, /*strict=*/false, ">= 0");
 
-// --input name=file.npy, each read.
-StatusOr<std::vector<NamedTensor>> InputsFrom(const Flags& flags) {
+// The options of the subcommands that load a model.
+struct LoadFlags {
+  int threads = 0;
+  int inter_threads = 0;
+  std::string device = "cpu";
+  std::vector<std::string> tags;
+
+  void Declare(CLI::App* app, bool with_tags) {
+    app->add_option("--threads", threads, "intra-op threads of the runtimes (0: the runtime's choice)")
+        ->check(kNonNegative);
+    app->add_option("--inter-threads", inter_threads,
+                    "inter-op threads (0: the runtime's choice); -1 runs every op in the calling thread, the "
+                    "lowest single-stream latency on TensorFlow")
+        ->check(AtLeast(LoadOptions::kCallerThread, /*strict=*/false, ">= -1"));
+    app->add_option("--device", device, "cpu or gpu (a clear error where there is no GPU)")
+        ->check(CLI::IsMember({"cpu", "gpu"}, CLI::ignore_case));
+    if (with_tags) app->add_option("--tag", tags, "SavedModel MetaGraph tag (repeatable; default: serve)");
+  }
+
+  LoadOptions Get() const {
+    LoadOptions options;
+    options.intra_op_threads = threads;
+    options.inter_op_threads = inter_threads;
+    options.device = DeviceFromName(device).value_or(Device::kCpu);  // validated by the parser
+    if (!tags.empty()) options.tags = tags;
+    return options;
+  }
+};
+
+// --input NAME=FILE.npy, each read.
+StatusOr<std::vector<NamedTensor>> ReadInputs(const std::vector<std::string>& specs) {
   std::vector<NamedTensor> inputs;
-  for (const auto& spec : flags.GetAll("input")) {
+  for (const auto& spec : specs) {
     const auto eq = spec.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
-      return InvalidArgument("--input must be NAME=FILE.npy, not '" + spec + "'");
-    }
     SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(spec.substr(eq + 1)));
     inputs.push_back(NamedTensor{spec.substr(0, eq), std::move(t)});
   }
   return inputs;
 }
 
-std::string Pad(const std::string& s, size_t width) { return s.size() >= width ? s : s + std::string(width - s.size(), ' '); }
-
-void PrintSignatures(const std::string& path, ModelFormat format, const std::vector<Signature>& signatures) {
-  std::cout << path << " (" << FormatName(format) << "), " << signatures.size() << " endpoint"
-            << (signatures.size() == 1 ? "" : "s") << "\n";
-  for (const auto& s : signatures) {
-    std::cout << "\nendpoint '" << s.name << "'" << (s.method_name.empty() ? "" : "  (" + s.method_name + ")") << "\n";
-    size_t width = 4;
-    for (const auto* list : {&s.inputs, &s.outputs}) {
-      for (const auto& t : *list) width = std::max(width, t.name.size());
-    }
-    for (const auto& [role, list] : {std::pair{"input ", &s.inputs}, std::pair{"output", &s.outputs}}) {
-      for (const auto& t : *list) {
-        std::string shape = SpecToString(t).substr(std::string(DTypeName(t.dtype)).size());
-        std::cout << "  " << role << "  " << Pad(t.name, width) << "  " << Pad(DTypeName(t.dtype), 8) << "  "
-                  << Pad(shape, 16) << (t.runtime_name.empty() ? "" : "  " + t.runtime_name) << "\n";
+const CLI::Validator kNameEqualsFile(
+    [](const std::string& spec) -> std::string {
+      const auto eq = spec.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+        return "must be NAME=FILE.npy, not '" + spec + "'";
       }
-    }
-  }
-}
-
-int Inspect(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args, {"tag"}, {"json", "help"});
-  if (!flags.ok()) return UsageError(flags.status(), "inspect");
-  if (flags->Has("help")) {
-    std::cout << kInspectHelp;
-    return kOk;
-  }
-  if (flags->positional().size() != 1) return UsageError(InvalidArgument("expected one <artifact>"), "inspect");
-  const std::string path = flags->positional()[0];
-  auto format = DetectFormat(path);
-  if (!format.ok()) return Fail(format.status());
-  std::vector<Signature> signatures;
-  const std::vector<std::string> tags = flags->Has("tag") ? flags->GetAll("tag") : std::vector<std::string>{"serve"};
-  if (*format == ModelFormat::kTfSavedModel) {
-    auto read = ReadSavedModelSignatures(path, tags);
-    if (!read.ok()) return Fail(read.status());
-    signatures = std::move(read).value();
-  } else {
-    auto model = LoadModel(path, LoadOptions{}, *format);
-    if (!model.ok()) return Fail(model.status());
-    signatures = (*model)->signatures();
-  }
-  if (flags->Has("json")) {
-    nlohmann::json endpoints = nlohmann::json::array();
-    for (const auto& s : signatures) endpoints.push_back(SignatureToJson(s));
-    std::cout << nlohmann::json{{"path", path}, {"format", FormatName(*format)}, {"endpoints", endpoints}}.dump(2)
-              << "\n";
-  } else {
-    PrintSignatures(path, *format, signatures);
-  }
-  return kOk;
-}
-
-int Validate(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args, {"manifest", "format", "json", "threads", "inter-threads", "device"},
-                            {"no-cross", "help"});
-  if (!flags.ok()) return UsageError(flags.status(), "validate");
-  if (flags->Has("help")) {
-    std::cout << kValidateHelp;
-    return kOk;
-  }
-  if (!flags->Has("manifest")) return UsageError(InvalidArgument("--manifest is required"), "validate");
-  if (!flags->positional().empty()) {
-    return UsageError(InvalidArgument("unexpected argument '" + flags->positional()[0] + "'"), "validate");
-  }
-  VerifyOptions options;
-  if (auto f = flags->Get("format")) {
-    options.format = FormatFromName(*f);
-    if (!options.format) {
-      return UsageError(InvalidArgument("--format must be tf_saved_model or onnx, not '" + *f + "'"), "validate");
-    }
-  }
-  auto load = LoadOptionsFrom(*flags);
-  if (!load.ok()) return UsageError(load.status(), "validate");
-  options.load = *load;
-  options.cross_format = !flags->Has("no-cross");
-
-  auto report = VerifyExport(*flags->Get("manifest"), options);
-  if (!report.ok()) return Fail(report.status());
-  const bool json_to_stdout = flags->Get("json") == std::optional<std::string>("-");
-  std::ostream& out = json_to_stdout ? std::cerr : std::cout;
-  out << "manifest " << report->manifest_path << " (model '" << report->model << "')\n";
-  for (const auto& a : report->artifacts) {
-    out << "\n" << FormatName(a.format) << ": " << a.path << "\n";
-    out << "  digests: " << (a.digest_errors.empty() ? "OK" : std::to_string(a.digest_errors.size()) + " problem(s)")
-        << "\n";
-    if (!a.load_error.empty()) {
-      out << "  load: FAILED\n";
-    } else {
-      out << "  signatures: "
-          << (a.signature_errors.empty() ? "OK" : std::to_string(a.signature_errors.size()) + " mismatch(es)") << "\n";
-      for (const auto& c : a.parity) {
-        for (const auto& line : DescribeParity(c)) out << "  " << line << "\n";
-      }
-    }
-  }
-  if (!report->cross_parity.empty()) {
-    out << "\ncross-format:\n";
-    for (const auto& c : report->cross_parity) {
-      for (const auto& line : DescribeParity(c)) out << "  " << line << "\n";
-    }
-  }
-  const auto failures = report->Failures();
-  if (failures.empty()) {
-    out << "\nRESULT: PASS\n";
-  } else {
-    out << "\nRESULT: FAIL (" << failures.size() << " problem" << (failures.size() == 1 ? "" : "s") << ")\n";
-    for (const auto& f : failures) out << "  - " << f << "\n";
-  }
-  if (auto json_path = flags->Get("json")) {
-    Status st = WriteJson(*json_path, report->ToJson());
-    if (!st.ok()) return Fail(st);
-  }
-  if (report->load_failed()) return kUsageOrLoadError;
-  return report->passed() ? kOk : kValidationFailed;
-}
-
-int Run(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args, {"endpoint", "input", "output-dir", "threads", "inter-threads", "device", "tag"},
-                            {"help"});
-  if (!flags.ok()) return UsageError(flags.status(), "run");
-  if (flags->Has("help")) {
-    std::cout << kRunHelp;
-    return kOk;
-  }
-  if (flags->positional().size() != 1) return UsageError(InvalidArgument("expected one <artifact>"), "run");
-  if (!flags->Has("output-dir")) return UsageError(InvalidArgument("--output-dir is required"), "run");
-  auto load = LoadOptionsFrom(*flags);
-  if (!load.ok()) return UsageError(load.status(), "run");
-  auto inputs = InputsFrom(*flags);
-  if (!inputs.ok()) return Fail(inputs.status());
-  auto model = LoadModel(flags->positional()[0], *load);
-  if (!model.ok()) return Fail(model.status());
-  const std::string endpoint = flags->Get("endpoint").value_or("serving_default");
-  auto outputs = (*model)->Run(endpoint, *inputs);
-  if (!outputs.ok()) return Fail(outputs.status());
-  const std::string dir = *flags->Get("output-dir");
-  Status st = MakeDirectories(dir);
-  if (!st.ok()) return Fail(st);
-  for (const auto& o : *outputs) {
-    const std::string path = JoinPath(dir, o.name + ".npy");
-    st = WriteNpy(path, o.tensor);
-    if (!st.ok()) return Fail(st);
-    std::cout << o.name << "  " << o.tensor.Describe() << "  -> " << path << "\n";
-  }
-  return kOk;
-}
-
-int Bench(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args,
-                            {"endpoint", "batches", "iterations", "seconds", "warmup", "threads", "inter-threads",
-                             "input", "json", "device", "tag"},
-                            {"bare-ort", "help"});
-  if (!flags.ok()) return UsageError(flags.status(), "bench");
-  if (flags->Has("help")) {
-    std::cout << kBenchHelp;
-    return kOk;
-  }
-  if (flags->positional().size() != 1) return UsageError(InvalidArgument("expected one <artifact>"), "bench");
-  BenchmarkOptions options;
-  options.endpoint = flags->Get("endpoint").value_or("serving_default");
-  if (auto batches = flags->Get("batches")) {
-    auto list = ParseIntList(*batches, "batches");
-    if (!list.ok()) return UsageError(list.status(), "bench");
-    options.batches = *list;
-  }
-  auto iterations = flags->GetInt("iterations");
-  auto seconds = flags->GetDouble("seconds");
-  auto warmup = flags->GetInt("warmup");
-  for (const Status& s : {iterations.status(), seconds.status(), warmup.status()}) {
-    if (!s.ok()) return UsageError(s, "bench");
-  }
-  if (*iterations && *seconds) return UsageError(InvalidArgument("give --iterations or --seconds, not both"), "bench");
-  if ((*iterations && **iterations <= 0) || (*seconds && **seconds <= 0) || (*warmup && **warmup < 0)) {
-    return UsageError(InvalidArgument("--iterations and --seconds must be > 0, --warmup >= 0"), "bench");
-  }
-  if (*iterations) options.iterations = **iterations;
-  if (*seconds) options.seconds = **seconds;
-  if (*warmup) options.warmup = static_cast<int>(**warmup);
-  options.bare_ort = flags->Has("bare-ort");
-  auto load = LoadOptionsFrom(*flags);
-  if (!load.ok()) return UsageError(load.status(), "bench");
-  options.load_options = *load;
-  auto inputs = InputsFrom(*flags);
-  if (!inputs.ok()) return Fail(inputs.status());
-  options.sample_inputs = std::move(inputs).value();
-
-  auto model = LoadModel(flags->positional()[0], *load);
-  if (!model.ok()) return Fail(model.status());
-  auto report = RunBenchmark(**model, options);
-  if (!report.ok()) return Fail(report.status());
-  const bool json_to_stdout = flags->Get("json") == std::optional<std::string>("-");
-  (json_to_stdout ? std::cerr : std::cout) << report->ToText();
-  if (auto json_path = flags->Get("json")) {
-    Status st = WriteJson(*json_path, report->ToJson());
-    if (!st.ok()) return Fail(st);
-  }
-  return kOk;
-}
+      return "";
+    },
+    "NAME=FILE.npy");
 
 int Main(int argc, char** argv) {
-  // Quiet TensorFlow's informational logging unless the caller set a level.
-  // TensorFlow reads the variable while its libraries load, before main(), so
-  // set it and start again (if that fails, carry on with the logs).
-  if (std::getenv("TF_CPP_MIN_LOG_LEVEL") == nullptr) {
-    setenv("TF_CPP_MIN_LOG_LEVEL", "2", /*overwrite=*/1);
-    execv("/proc/self/exe", argv);
+  CLI::App app("servekit_verify: check exported models natively (TensorFlow C API, ONNX Runtime).\n"
+               "<artifact> is a SavedModel directory or an .onnx file. Exit status: 0 success, 1 validation "
+               "failure, 2 usage or load error.",
+               "servekit_verify");
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.add_flag("--verbose", "show TensorFlow's own logs (hidden by default)");
+
+  // ---- inspect
+  CLI::App* inspect = app.add_subcommand(
+      "inspect",
+      "Prints the endpoints of an artifact: every input and output with its dtype and shape ('?' is a dynamic dim, "
+      "a name an ONNX symbolic dim). A SavedModel is read from saved_model.pb without starting TensorFlow.");
+  std::string inspect_path;
+  std::vector<std::string> inspect_tags;
+  std::optional<std::string> inspect_manifest;
+  bool inspect_json = false;
+  inspect->add_option("artifact", inspect_path, "SavedModel directory or .onnx file")->required();
+  inspect->add_flag("--json", inspect_json, "print JSON (the manifest's endpoint form)");
+  inspect->add_option("--tag", inspect_tags, "SavedModel MetaGraph tag (repeatable; default: serve)");
+  inspect->add_option("--manifest", inspect_manifest,
+                      "the export's manifest.json: also show which endpoints are stochastic or stateful")
+      ->check(CLI::ExistingFile);
+
+  // ---- validate
+  CLI::App* validate = app.add_subcommand(
+      "validate",
+      "Checks an export against its manifest: artifact file digests, that each artifact loads, its signatures, "
+      "its outputs on the reference inputs (stochastic outputs: dtype, shape, finite values, and that they stay "
+      "random; stateful endpoints: references in order on a fresh model), and SavedModel-vs-ONNX agreement. "
+      "Exit status: 0 all checks passed, 1 some check failed, 2 usage or load error.");
+  std::string manifest_path;
+  std::optional<std::string> validate_format;
+  std::optional<std::string> validate_json;
+  bool no_cross = false;
+  LoadFlags validate_load;
+  validate->add_option("--manifest", manifest_path, "the export's manifest.json")->required();
+  validate->add_option("--format", validate_format, "only this artifact")
+      ->check(CLI::IsMember({"tf_saved_model", "onnx"}));
+  validate->add_option("--json", validate_json, "also write the full report as JSON ('-': standard output)");
+  validate->add_flag("--no-cross", no_cross, "skip the cross-format comparison");
+  validate_load.Declare(validate, /*with_tags=*/false);
+
+  // ---- run
+  CLI::App* run = app.add_subcommand("run", "Runs one endpoint on .npy inputs and writes each output to "
+                                            "<output-dir>/<output name>.npy.");
+  std::string run_path, run_endpoint = "serving_default", output_dir;
+  std::vector<std::string> run_inputs;
+  LoadFlags run_load;
+  run->add_option("artifact", run_path, "SavedModel directory or .onnx file")->required();
+  run->add_option("--endpoint", run_endpoint, "the endpoint")->capture_default_str();
+  run->add_option("--input", run_inputs, "an input from a .npy file (repeat for each input)")
+      ->check(kNameEqualsFile);
+  run->add_option("--output-dir", output_dir, "where to write the outputs (created if missing)")->required();
+  run_load.Declare(run, /*with_tags=*/true);
+
+  // ---- bench
+  CLI::App* bench = app.add_subcommand(
+      "bench",
+      "Measures per-call latency (p50/p90/p99/max, nearest-rank) and throughput for each batch size. Inputs: the "
+      "given .npy files tiled to each batch, else random data matching the signature (dynamic dims other than "
+      "the batch are 1, integers in [0, 10)).");
+  std::string bench_path;
+  BenchmarkOptions bench_options;
+  std::vector<std::string> bench_inputs;
+  std::optional<std::string> bench_json;
+  LoadFlags bench_load;
+  bench->add_option("artifact", bench_path, "SavedModel directory or .onnx file")->required();
+  bench->add_option("--endpoint", bench_options.endpoint, "the endpoint")->capture_default_str();
+  bench->add_option("--batches", bench_options.batches, "batch sizes, e.g. 1,8,32,128")->capture_default_str()
+      ->delimiter(',')
+      ->check(kPositive);
+  CLI::Option* iterations =
+      bench->add_option("--iterations", bench_options.iterations, "timed calls per batch size (default: 100)")
+          ->check(kPositive);
+  CLI::Option* seconds =
+      bench->add_option("--seconds", bench_options.seconds, "a time budget per batch size instead")
+          ->check(kPositive);
+  iterations->excludes(seconds);
+  bench->add_option("--warmup", bench_options.warmup, "untimed calls first")->capture_default_str()
+      ->check(kNonNegative);
+  bench->add_option("--input", bench_inputs, "sample input from a .npy file (repeat for each input)")
+      ->check(kNameEqualsFile);
+  bench->add_flag("--bare-ort", bench_options.bare_ort,
+                  "ONNX only: also time a bare Ort::Session::Run loop and report servekit's overhead ratio");
+  bench->add_option("--json", bench_json, "write the report as JSON ('-': standard output)");
+  bench_load.Declare(bench, /*with_tags=*/true);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // CLI11's message, with the subcommand it concerns and where its help is.
+    std::string command;
+    for (const CLI::App* sub : app.get_subcommands()) command = " " + sub->get_name();
+    std::string message = e.what();
+    if (command.empty() && argc > 1 && argv[1][0] != '-') {
+      message = std::string("unknown command '") + argv[1] + "' (commands: inspect, validate, run, bench)";
+    }
+    std::cerr << "servekit_verify" << command << ": " << message << "\n"
+              << "Run 'servekit_verify" << command << " --help' for usage.\n";
+    return kUsageOrLoadError;
   }
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    std::cout << kUsage;
-    return args.empty() ? kUsageOrLoadError : kOk;
+
+  if (inspect->parsed()) {
+    auto report = InspectArtifact(inspect_path, inspect_tags.empty() ? std::vector<std::string>{"serve"} : inspect_tags,
+                                  inspect_manifest);
+    if (!report.ok()) return Fail(report.status());
+    std::cout << (inspect_json ? report->ToJson().dump(2) + "\n" : report->ToText());
+    return kOk;
   }
-  const std::string command = args[0];
-  args.erase(args.begin());
-  if (command == "inspect") return Inspect(args);
-  if (command == "validate") return Validate(args);
-  if (command == "run") return Run(args);
-  if (command == "bench") return Bench(args);
-  std::cerr << "servekit_verify: unknown command '" << command << "'\n\n" << kUsage;
-  return kUsageOrLoadError;
+
+  if (validate->parsed()) {
+    VerifyOptions options;
+    if (validate_format) options.format = FormatFromName(*validate_format);
+    options.load = validate_load.Get();
+    options.cross_format = !no_cross;
+    auto report = VerifyExport(manifest_path, options);
+    if (!report.ok()) return Fail(report.status());
+    (validate_json == std::optional<std::string>("-") ? std::cerr : std::cout) << report->ToText();
+    if (validate_json) {
+      Status st = WriteJson(*validate_json, report->ToJson());
+      if (!st.ok()) return Fail(st);
+    }
+    if (report->load_failed()) return kUsageOrLoadError;
+    return report->passed() ? kOk : kValidationFailed;
+  }
+
+  if (run->parsed()) {
+    auto inputs = ReadInputs(run_inputs);
+    if (!inputs.ok()) return Fail(inputs.status());
+    auto model = LoadModel(run_path, run_load.Get());
+    if (!model.ok()) return Fail(model.status());
+    auto outputs = (*model)->Run(run_endpoint, *inputs);
+    if (!outputs.ok()) return Fail(outputs.status());
+    Status st = MakeDirectories(output_dir);
+    if (!st.ok()) return Fail(st);
+    for (const auto& o : *outputs) {
+      const std::string path = JoinPath(output_dir, o.name + ".npy");
+      st = WriteNpy(path, o.tensor);
+      if (!st.ok()) return Fail(st);
+      std::cout << o.name << "  " << o.tensor.Describe() << "  -> " << path << "\n";
+    }
+    return kOk;
+  }
+
+  // bench
+  bench_options.load_options = bench_load.Get();
+  auto inputs = ReadInputs(bench_inputs);
+  if (!inputs.ok()) return Fail(inputs.status());
+  bench_options.sample_inputs = std::move(inputs).value();
+  auto model = LoadModel(bench_path, bench_options.load_options);
+  if (!model.ok()) return Fail(model.status());
+  auto report = RunBenchmark(**model, bench_options);
+  if (!report.ok()) return Fail(report.status());
+  (bench_json == std::optional<std::string>("-") ? std::cerr : std::cout) << report->ToText();
+  if (bench_json) {
+    Status st = WriteJson(*bench_json, report->ToJson());
+    if (!st.ok()) return Fail(st);
+  }
+  return kOk;
 }
 
 }  // namespace

@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of servekit's parsers with libFuzzer and AddressSanitizer.
 #
-#   cc/fuzz/run_fuzzers.sh [RUNS] [WORKDIR] [TARGET...]
+#   cc/fuzz/run_fuzzers.sh [--runs N | --seconds S] [--workdir DIR] [TARGET...]
 #
-# Builds each target (saved_model_proto, onnx_model, npy) with Debian's clang++
-# -fsanitize=fuzzer,address (plus UBSan), seeds it with the test fixture export
-# (bazel build //tests/cc:fixture), runs RUNS executions (default 100000) and prints
-# one line per target: executions, corpus size, and whether it crashed. Crash inputs
-# are left in WORKDIR/<target>/ (default WORKDIR: /tmp/servekit-fuzz). Exit status 1
-# when any target crashed.
+# Builds each target (saved_model_proto, onnx_model, npy; default: all) with
+# Debian's clang++ -fsanitize=fuzzer,address (plus UBSan), seeds it with the test
+# fixture export (bazel build //tests/cc:fixture) and the checked-in regression
+# inputs, then fuzzes it for N executions (--runs, default 100000) or S seconds
+# (--seconds: the fixed budget CI gives every target). Prints one line per target:
+# executions, corpus size, and whether it crashed. Crash inputs are left in
+# DIR/<target>/ (default DIR: /tmp/servekit-fuzz). Exit status 1 when any target
+# crashed, 2 when a target could not be built.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-runs="${1:-100000}"
-work="${2:-/tmp/servekit-fuzz}"
-shift $(( $# > 2 ? 2 : $# ))
-targets=("$@")
+budget=(-runs=100000)
+work=/tmp/servekit-fuzz
+targets=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runs) budget=(-runs="$2"); shift 2 ;;
+    --seconds) budget=(-max_total_time="$2"); shift 2 ;;
+    --workdir) work="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -*) echo "run_fuzzers.sh: unknown option $1" >&2; exit 2 ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
 [[ ${#targets[@]} -gt 0 ]] || targets=(saved_model_proto onnx_model npy)
 
 clang="${CXX_FUZZ:-clang++}"
@@ -37,6 +48,7 @@ sources_of() {
     saved_model_proto) echo "${common[*]} cc/saved_model_proto.cc" ;;
     onnx_model) echo "${common[*]} cc/model.cc cc/onnx_model.cc" ;;
     npy) echo "${common[*]} cc/npy.cc" ;;
+    *) echo "run_fuzzers.sh: unknown target $1" >&2; return 1 ;;
   esac
 }
 
@@ -52,24 +64,29 @@ status=0
 for target in "${targets[@]}"; do
   dir="$work/$target"
   mkdir -p "$dir/corpus"
+  srcs="$(sources_of "$target")" || exit 2
   cp $(seeds_of "$target") "$dir/corpus/" 2>/dev/null || true
   extra=()
   [[ "$target" == onnx_model ]] && extra=(-I"$ort_include" -L"$ort_lib" -l:libonnxruntime.so.1 -Wl,-rpath,"$ort_lib")
-  (cd "$root" && "$clang" "${flags[@]}" cc/fuzz/"$target"_fuzzer.cc $(sources_of "$target") "${extra[@]}" \
-      -o "$dir/fuzzer")
+  # Rebuilt only when a source is newer than the fuzzer binary.
+  if [[ ! -x "$dir/fuzzer" ]] || [[ -n "$(cd "$root" && find cc -newer "$dir/fuzzer" -name '*.cc' -o -newer "$dir/fuzzer" -name '*.h' | head -1)" ]]; then
+    (cd "$root" && "$clang" "${flags[@]}" cc/fuzz/"$target"_fuzzer.cc $srcs "${extra[@]}" -o "$dir/fuzzer") ||
+      { echo "$target: BUILD FAILED"; exit 2; }
+  fi
   # ONNX Runtime is not instrumented and keeps process-wide state: no leak checks there.
   leaks=1
   [[ "$target" == onnx_model ]] && leaks=0
   log="$dir/fuzz.log"
   set +e
-  (cd "$dir" && ASAN_OPTIONS="detect_leaks=$leaks" ./fuzzer -runs="$runs" -max_len=65536 -timeout=10 \
+  (cd "$dir" && ASAN_OPTIONS="detect_leaks=$leaks" ./fuzzer "${budget[@]}" -max_len=65536 -timeout=10 \
       -rss_limit_mb=4096 -print_final_stats=1 corpus >"$log" 2>&1)
   code=$?
   set -e
   executions="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"
+  seconds="$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' || echo '?')"
   corpus="$(ls "$dir/corpus" | wc -l)"
   if [[ $code -eq 0 ]]; then
-    echo "$target: $executions executions, corpus $corpus inputs, no crash"
+    echo "$target: $executions executions in ${seconds}s, corpus $corpus inputs, no crash"
   else
     echo "$target: CRASH after $executions executions (exit $code); see $log and $dir/crash-*"
     status=1

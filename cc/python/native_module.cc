@@ -1,16 +1,20 @@
-// servekit._native: the native verifier from Python.
+// servekit._native: the native verifier from Python, bound like RE2's module: the
+// library's own types as Python classes and enums, no JSON in between.
 //
-//   load(path, ...) -> Model            a SavedModel directory or an .onnx file
-//   Model.signatures / .run(endpoint, {name: array}) -> {name: array}
-//   validate(manifest_path, format=None, ...) -> dict   (servekit_verify validate)
-//   benchmark(model, ...) -> dict                        (servekit_verify bench)
-//   benchmark_loop(...) -> [ns, ...], runner_and_bare_onnxruntime_loops(...) -> ([ns], [ns])
+//   load(path, options: LoadOptions, format: Format | None) -> Model
+//   Model.signatures -> [Signature]; Model.run(endpoint, {name: array}) -> {name: array}
+//   validate(manifest_path, format, cross_format, options) -> VerifyReport
+//   benchmark(model, ...) -> BenchmarkReport; summarize_latencies([ns]) -> LatencyStats
+//   benchmark_loop(...) -> [ns]; runner_and_bare_onnxruntime_loops(...) -> ([ns], [ns])
 //
-// Errors are servekit Statuses turned into Python exceptions: ValueError (bad
-// argument, corrupt file), LookupError (missing file, endpoint or tensor),
-// NotImplementedError (unsupported feature), RuntimeError (runtime failure, no GPU).
-// Model.run releases the GIL while the runtime works and copies no input the
-// runtime can read in place.
+// Errors: every failure is a servekit Status, thrown as the one registered C++
+// exception type (StatusError) and translated once into the Python exception of its
+// code: ValueError (bad argument, corrupt file), LookupError (missing file, endpoint
+// or tensor), NotImplementedError (unsupported feature), RuntimeError (runtime
+// failure, no GPU); the exception's `status_code` names the code. Model.run,
+// load, validate and the benchmarks release the GIL while the runtimes work; run
+// copies no input the runtime can read in place.
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,7 +24,6 @@
 #include "cc/manifest.h"
 #include "cc/python/numpy_convert.h"
 #include "cc/verify.h"
-#include "nlohmann/json.hpp"
 #include "pybind11/numpy.h"
 #include "pybind11/pybind11.h"
 #include "pybind11/stl.h"
@@ -30,73 +33,43 @@ namespace {
 
 namespace py = pybind11;
 
-[[noreturn]] void Raise(const Status& status) {
-  PyObject* type = PyExc_RuntimeError;
-  switch (status.code()) {
-    case StatusCode::kInvalidArgument:
-    case StatusCode::kDataLoss: type = PyExc_ValueError; break;
-    case StatusCode::kNotFound: type = PyExc_LookupError; break;
-    case StatusCode::kUnimplemented: type = PyExc_NotImplementedError; break;
-    default: break;
+// A non-OK Status on its way to Python.
+class StatusError : public std::exception {
+ public:
+  explicit StatusError(Status status) : status_(std::move(status)) {}
+  const char* what() const noexcept override { return status_.message().c_str(); }
+  const Status& status() const { return status_; }
+
+ private:
+  Status status_;
+};
+
+void TranslateStatusError(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const StatusError& e) {
+    PyObject* type = PyExc_RuntimeError;
+    switch (e.status().code()) {
+      case StatusCode::kInvalidArgument:
+      case StatusCode::kDataLoss: type = PyExc_ValueError; break;
+      case StatusCode::kNotFound: type = PyExc_LookupError; break;
+      case StatusCode::kUnimplemented: type = PyExc_NotImplementedError; break;
+      default: break;
+    }
+    py::object error = py::reinterpret_borrow<py::object>(type)(e.status().message());
+    error.attr("status_code") = py::str(StatusCodeName(e.status().code()));
+    PyErr_SetObject(type, error.ptr());
   }
-  PyErr_SetString(type, status.message().c_str());
-  throw py::error_already_set();
+}
+
+void ThrowIfError(const Status& status) {
+  if (!status.ok()) throw StatusError(status);
 }
 
 template <typename T>
-T ValueOrRaise(StatusOr<T> s) {
-  if (!s.ok()) Raise(s.status());
+T ValueOrThrow(StatusOr<T> s) {
+  if (!s.ok()) throw StatusError(s.status());
   return std::move(s).value();
-}
-
-py::object JsonToPython(const nlohmann::json& j) {
-  switch (j.type()) {
-    case nlohmann::json::value_t::null: return py::none();
-    case nlohmann::json::value_t::boolean: return py::bool_(j.get<bool>());
-    case nlohmann::json::value_t::number_integer: return py::int_(j.get<int64_t>());
-    case nlohmann::json::value_t::number_unsigned: return py::int_(j.get<uint64_t>());
-    case nlohmann::json::value_t::number_float: return py::float_(j.get<double>());
-    case nlohmann::json::value_t::string: return py::str(j.get<std::string>());
-    case nlohmann::json::value_t::array: {
-      py::list list;
-      for (const auto& item : j) list.append(JsonToPython(item));
-      return std::move(list);
-    }
-    case nlohmann::json::value_t::object: {
-      py::dict dict;
-      for (auto it = j.begin(); it != j.end(); ++it) dict[py::str(it.key())] = JsonToPython(it.value());
-      return std::move(dict);
-    }
-    default: return py::none();
-  }
-}
-
-LoadOptions MakeLoadOptions(int intra_op_threads, int inter_op_threads, const std::string& device,
-                            const std::vector<std::string>& tags, const std::string& optimization) {
-  LoadOptions options;
-  options.intra_op_threads = intra_op_threads;
-  options.inter_op_threads = inter_op_threads;
-  auto d = DeviceFromName(device);
-  if (!d) Raise(InvalidArgument("device must be 'cpu' or 'gpu', not '" + device + "'"));
-  options.device = *d;
-  if (!tags.empty()) options.tags = tags;
-  if (optimization == "disabled") {
-    options.onnx_optimization = OnnxOptimization::kDisabled;
-  } else if (optimization == "basic") {
-    options.onnx_optimization = OnnxOptimization::kBasic;
-  } else if (optimization == "extended") {
-    options.onnx_optimization = OnnxOptimization::kExtended;
-  } else if (optimization != "all") {
-    Raise(InvalidArgument("optimization must be disabled, basic, extended or all, not '" + optimization + "'"));
-  }
-  return options;
-}
-
-std::optional<ModelFormat> ParseFormat(const std::optional<std::string>& format) {
-  if (!format) return std::nullopt;
-  auto f = FormatFromName(*format);
-  if (!f) Raise(InvalidArgument("format must be 'tf_saved_model' or 'onnx', not '" + *format + "'"));
-  return f;
 }
 
 // A loaded model as Python sees it. Shared, so that benchmark helpers can hold it.
@@ -134,48 +107,38 @@ py::dict Run(const PyModel& self, const std::string& endpoint, const py::handle&
     py::gil_scoped_release release;
     outputs = self.model->Run(endpoint, feeds);
   }
-  if (!outputs.ok()) Raise(outputs.status());
+  ThrowIfError(outputs.status());
   py::dict result;
   for (auto& o : *outputs) result[py::str(o.name)] = TensorToPython(std::move(o.tensor));
   return result;
 }
 
-py::list Signatures(const PyModel& self) {
-  py::list list;
-  for (const auto& s : self.model->signatures()) list.append(JsonToPython(SignatureToJson(s)));
-  return list;
-}
-
-PyModel Load(const std::string& path, int intra_op_threads, int inter_op_threads, const std::string& device,
-             const std::vector<std::string>& tags, const std::optional<std::string>& format,
-             const std::string& optimization) {
-  const LoadOptions options = MakeLoadOptions(intra_op_threads, inter_op_threads, device, tags, optimization);
-  const auto f = ParseFormat(format);
+PyModel Load(const std::string& path, const LoadOptions& options, std::optional<ModelFormat> format) {
   StatusOr<std::unique_ptr<Model>> model = Status(StatusCode::kInternal, "not loaded");
   {
     py::gil_scoped_release release;
-    model = LoadModel(path, options, f);
+    model = LoadModel(path, options, format);
   }
-  return PyModel{std::shared_ptr<const Model>(ValueOrRaise(std::move(model))), options};
+  return PyModel{std::shared_ptr<const Model>(ValueOrThrow(std::move(model))), options};
 }
 
-py::object Validate(const std::string& manifest_path, const std::optional<std::string>& format, bool cross_format,
-                    int intra_op_threads, int inter_op_threads, const std::string& device) {
+VerifyReport Validate(const std::string& manifest_path, std::optional<ModelFormat> format, bool cross_format,
+                      const LoadOptions& load) {
   VerifyOptions options;
-  options.format = ParseFormat(format);
+  options.format = format;
   options.cross_format = cross_format;
-  options.load = MakeLoadOptions(intra_op_threads, inter_op_threads, device, {}, "all");
+  options.load = load;
   StatusOr<VerifyReport> report = Status(StatusCode::kInternal, "not run");
   {
     py::gil_scoped_release release;
     report = VerifyExport(manifest_path, options);
   }
-  return JsonToPython(ValueOrRaise(std::move(report)).ToJson());
+  return ValueOrThrow(std::move(report));
 }
 
-py::object Benchmark(const PyModel& self, const std::string& endpoint, const std::vector<int64_t>& batches,
-                     int64_t iterations, double seconds, int warmup, const py::object& inputs, bool bare_ort,
-                     uint64_t seed) {
+BenchmarkReport Benchmark(const PyModel& self, const std::string& endpoint, const std::vector<int64_t>& batches,
+                          int64_t iterations, double seconds, int warmup, const py::object& inputs, bool bare_ort,
+                          uint64_t seed) {
   BenchmarkOptions options;
   options.endpoint = endpoint;
   options.batches = batches;
@@ -192,7 +155,7 @@ py::object Benchmark(const PyModel& self, const std::string& endpoint, const std
     py::gil_scoped_release release;
     report = RunBenchmark(*self.model, options);
   }
-  return JsonToPython(ValueOrRaise(std::move(report)).ToJson());
+  return ValueOrThrow(std::move(report));
 }
 
 std::vector<int64_t> BenchmarkLoop(const PyModel& self, const std::string& endpoint, const py::handle& inputs,
@@ -204,7 +167,7 @@ std::vector<int64_t> BenchmarkLoop(const PyModel& self, const std::string& endpo
     py::gil_scoped_release release;
     latencies = TimeRunnerLoop(*self.model, endpoint, feeds, warmup, iterations, seconds);
   }
-  return ValueOrRaise(std::move(latencies));
+  return ValueOrThrow(std::move(latencies));
 }
 
 py::tuple RunnerAndBareOnnxRuntimeLoops(const PyModel& self, const py::handle& inputs, int warmup,
@@ -216,9 +179,25 @@ py::tuple RunnerAndBareOnnxRuntimeLoops(const PyModel& self, const py::handle& i
     py::gil_scoped_release release;
     latencies = TimeRunnerAndBareOrt(*self.model, feeds, warmup, iterations, seconds);
   }
-  RunnerAndBareOrtLatencies both = ValueOrRaise(std::move(latencies));
+  RunnerAndBareOrtLatencies both = ValueOrThrow(std::move(latencies));
   return py::make_tuple(std::move(both.runner), std::move(both.bare_ort));
 }
+
+// A dim as the manifest writes it: an int (static), a name, or None.
+py::object DimToPython(const Dim& d) {
+  if (d.is_static()) return py::int_(d.size);
+  if (!d.symbol.empty()) return py::str(d.symbol);
+  return py::none();
+}
+
+template <typename T>
+py::tuple Tuple(const std::vector<T>& items) {
+  py::tuple t(items.size());
+  for (size_t i = 0; i < items.size(); ++i) t[i] = py::cast(items[i]);
+  return t;
+}
+
+std::string Json(const nlohmann::json& j) { return j.dump(2); }
 
 }  // namespace
 }  // namespace servekit::python
@@ -227,19 +206,86 @@ PYBIND11_MODULE(_native, m) {
   using namespace servekit;           // NOLINT: the module's bindings
   using namespace servekit::python;   // NOLINT
   m.doc() = "servekit's native verifier: TensorFlow C API and ONNX Runtime runners, manifest validation, benchmarks.";
+  py::register_exception_translator(&TranslateStatusError);
+
+  // ---- Enums: member names are the manifest's and the CLI's spellings.
+  py::enum_<ModelFormat>(m, "Format", "An artifact format.")
+      .value("tf_saved_model", ModelFormat::kTfSavedModel)
+      .value("onnx", ModelFormat::kOnnx);
+  py::enum_<Device>(m, "Device").value("cpu", Device::kCpu).value("gpu", Device::kGpu);
+  py::enum_<OnnxOptimization>(m, "OnnxOptimization", "ONNX Runtime's graph optimization level.")
+      .value("disabled", OnnxOptimization::kDisabled)
+      .value("basic", OnnxOptimization::kBasic)
+      .value("extended", OnnxOptimization::kExtended)
+      .value("all", OnnxOptimization::kAll);
+  py::enum_<OutputCheck>(m, "OutputCheck", "How an output was checked.")
+      .value("values", OutputCheck::kValues)
+      .value("stochastic", OutputCheck::kStochastic)
+      .value("not_comparable", OutputCheck::kNotComparable);
+
+  // ---- Signatures
+  py::class_<Dim>(m, "Dim", "One dimension: static (size >= 0) or dynamic (size -1, maybe a symbol).")
+      .def_readonly("size", &Dim::size)
+      .def_readonly("symbol", &Dim::symbol)
+      .def_property_readonly("is_static", &Dim::is_static)
+      .def("__repr__", [](const Dim& d) { return "Dim(" + DimToString(d) + ")"; });
+  py::class_<TensorSpec>(m, "TensorSpec", "An input or output of an endpoint.")
+      .def_readonly("name", &TensorSpec::name)
+      .def_property_readonly("dtype", [](const TensorSpec& s) { return std::string(DTypeName(s.dtype)); })
+      .def_readonly("dims", &TensorSpec::dims)
+      .def_property_readonly(
+          "shape",
+          [](const TensorSpec& s) -> py::object {
+            if (s.unknown_rank) return py::none();
+            py::tuple shape(s.dims.size());
+            for (size_t i = 0; i < s.dims.size(); ++i) shape[i] = DimToPython(s.dims[i]);
+            return std::move(shape);
+          },
+          "A tuple with an int (static), a name or None per dim; None for an unknown rank.")
+      .def_readonly("unknown_rank", &TensorSpec::unknown_rank)
+      .def_readonly("runtime_name", &TensorSpec::runtime_name)
+      .def("__repr__", [](const TensorSpec& s) { return "TensorSpec('" + s.name + "', " + SpecToString(s) + ")"; });
+  py::class_<Signature>(m, "Signature", "An endpoint: its name, method name, inputs and outputs in order.")
+      .def_readonly("name", &Signature::name)
+      .def_readonly("method_name", &Signature::method_name)
+      .def_property_readonly("inputs", [](const Signature& s) { return Tuple(s.inputs); })
+      .def_property_readonly("outputs", [](const Signature& s) { return Tuple(s.outputs); })
+      .def("__repr__", [](const Signature& s) { return "Signature('" + s.name + "')"; });
+
+  // ---- Loading
+  py::class_<LoadOptions>(m, "LoadOptions", "Threads, device, SavedModel tags and ONNX optimization.")
+      .def(py::init([](int intra_op_threads, int inter_op_threads, Device device, std::vector<std::string> tags,
+                       OnnxOptimization optimization) {
+             LoadOptions options;
+             options.intra_op_threads = intra_op_threads;
+             options.inter_op_threads = inter_op_threads;
+             options.device = device;
+             if (!tags.empty()) options.tags = std::move(tags);
+             options.onnx_optimization = optimization;
+             ThrowIfError(CheckLoadOptions(options));
+             return options;
+           }),
+           py::arg("intra_op_threads") = 0, py::arg("inter_op_threads") = 0, py::arg("device") = Device::kCpu,
+           py::arg("tags") = std::vector<std::string>{}, py::arg("optimization") = OnnxOptimization::kAll)
+      .def_readonly("intra_op_threads", &LoadOptions::intra_op_threads)
+      .def_readonly("inter_op_threads", &LoadOptions::inter_op_threads)
+      .def_readonly("device", &LoadOptions::device)
+      .def_readonly("tags", &LoadOptions::tags)
+      .def_readonly("optimization", &LoadOptions::onnx_optimization)
+      .def_property_readonly_static("CALLER_THREAD", [](py::object) { return LoadOptions::kCallerThread; });
   m.attr("CALLER_THREAD") = LoadOptions::kCallerThread;
 
   py::class_<PyModel>(m, "Model", "A loaded SavedModel or ONNX model. Thread-safe; run() releases the GIL.")
       .def_property_readonly("path", [](const PyModel& self) { return self.model->path(); })
-      .def_property_readonly("format", [](const PyModel& self) { return std::string(FormatName(self.model->format())); },
-                             "'tf_saved_model' or 'onnx'.")
-      .def_property_readonly("signatures", &Signatures,
-                             "One dict per endpoint, in the manifest's form: {name, method_name, inputs, outputs}, "
-                             "each tensor {name, dtype, shape} with ints (static), names or None (dynamic).")
+      .def_property_readonly("format", [](const PyModel& self) { return self.model->format(); })
+      .def_property_readonly("options", [](const PyModel& self) { return self.options; })
+      .def_property_readonly("signatures", [](const PyModel& self) { return Tuple(self.model->signatures()); })
       .def_property_readonly("endpoints",
                              [](const PyModel& self) {
-                               std::vector<std::string> names;
-                               for (const auto& s : self.model->signatures()) names.push_back(s.name);
+                               py::tuple names(self.model->signatures().size());
+                               for (size_t i = 0; i < self.model->signatures().size(); ++i) {
+                                 names[i] = py::str(self.model->signatures()[i].name);
+                               }
                                return names;
                              })
       .def("run", &Run, py::arg("endpoint"), py::arg("inputs"),
@@ -250,22 +296,107 @@ PYBIND11_MODULE(_native, m) {
         return "<servekit._native.Model " + std::string(FormatName(self.model->format())) + " '" +
                self.model->path() + "'>";
       });
+  m.def("load", &Load, py::arg("path"), py::arg("options") = LoadOptions{},
+        py::arg("format") = std::optional<ModelFormat>(),
+        "Loads a SavedModel directory or an .onnx file (the format detected from the path unless given).");
 
-  m.def("load", &Load, py::arg("path"), py::arg("intra_op_threads") = 0, py::arg("inter_op_threads") = 0,
-        py::arg("device") = "cpu", py::arg("tags") = std::vector<std::string>{},
-        py::arg("format") = std::optional<std::string>(), py::arg("optimization") = "all",
-        "Loads a SavedModel directory or an .onnx file. Threads 0 mean the runtime's default; device is 'cpu' or "
-        "'gpu' (an error where there is none); tags select the SavedModel MetaGraph (default ['serve']).");
-  m.def("validate", &Validate, py::arg("manifest_path"), py::arg("format") = std::optional<std::string>(),
-        py::arg("cross_format") = true, py::arg("intra_op_threads") = 0, py::arg("inter_op_threads") = 0,
-        py::arg("device") = "cpu",
-        "Checks an export against its manifest (digests, signatures, reference parity, cross-format parity); "
-        "returns the report as a dict with 'passed' and 'failures'.");
+  // ---- Validation reports
+  py::class_<OutputParity>(m, "OutputParity", "One output compared with its expected value.")
+      .def_readonly("name", &OutputParity::name)
+      .def_readonly("check", &OutputParity::check)
+      .def_readonly("passed", &OutputParity::passed)
+      .def_readonly("max_abs_error", &OutputParity::max_abs_error)
+      .def_readonly("max_rel_error", &OutputParity::max_rel_error)
+      .def_readonly("elements", &OutputParity::elements)
+      .def_readonly("mismatches", &OutputParity::mismatches)
+      .def_property_readonly("atol", [](const OutputParity& o) { return o.tolerance.atol; })
+      .def_property_readonly("rtol", [](const OutputParity& o) { return o.tolerance.rtol; })
+      .def_readonly("message", &OutputParity::message);
+  py::class_<CaseParity>(m, "CaseParity", "One reference case (or one cross-format comparison).")
+      .def_readonly("endpoint", &CaseParity::endpoint)
+      .def_readonly("batch", &CaseParity::batch)
+      .def_readonly("label", &CaseParity::label)
+      .def_readonly("passed", &CaseParity::passed)
+      .def_readonly("error", &CaseParity::error)
+      .def_readonly("not_comparable", &CaseParity::not_comparable)
+      .def_property_readonly("outputs", [](const CaseParity& c) { return Tuple(c.outputs); })
+      .def_property_readonly("lines", [](const CaseParity& c) { return Tuple(DescribeParity(c)); });
+  py::class_<RandomnessCheck>(m, "RandomnessCheck", "Whether a stochastic endpoint stays random in an artifact.")
+      .def_readonly("endpoint", &RandomnessCheck::endpoint)
+      .def_readonly("label", &RandomnessCheck::label)
+      .def_readonly("passed", &RandomnessCheck::passed)
+      .def_readonly("message", &RandomnessCheck::message);
+  py::class_<EndpointSummary>(m, "EndpointSummary", "What the manifest says about an endpoint.")
+      .def_readonly("name", &EndpointSummary::name)
+      .def_property_readonly("formats", [](const EndpointSummary& e) { return Tuple(e.formats); })
+      .def_readonly("stochastic", &EndpointSummary::stochastic)
+      .def_readonly("stateful", &EndpointSummary::stateful)
+      .def_property_readonly("stochastic_outputs", [](const EndpointSummary& e) { return Tuple(e.stochastic_outputs); });
+  py::class_<ArtifactReport>(m, "ArtifactReport", "Everything checked about one artifact.")
+      .def_readonly("format", &ArtifactReport::format)
+      .def_readonly("path", &ArtifactReport::path)
+      .def_property_readonly("passed", &ArtifactReport::passed)
+      .def_readonly("load_error", &ArtifactReport::load_error)
+      .def_property_readonly("digest_errors", [](const ArtifactReport& a) { return Tuple(a.digest_errors); })
+      .def_property_readonly("signature_errors", [](const ArtifactReport& a) { return Tuple(a.signature_errors); })
+      .def_property_readonly("parity", [](const ArtifactReport& a) { return Tuple(a.parity); })
+      .def_property_readonly("stays_random", [](const ArtifactReport& a) { return Tuple(a.stays_random); });
+  py::class_<VerifyReport>(m, "VerifyReport", "What validate found; `failures` has one precise line per problem.")
+      .def_readonly("manifest_path", &VerifyReport::manifest_path)
+      .def_readonly("model", &VerifyReport::model)
+      .def_property_readonly("passed", &VerifyReport::passed)
+      .def("__bool__", &VerifyReport::passed)
+      .def_property_readonly("load_failed", &VerifyReport::load_failed)
+      .def_property_readonly("failures", [](const VerifyReport& r) { return Tuple(r.Failures()); })
+      .def_property_readonly("endpoints", [](const VerifyReport& r) { return Tuple(r.endpoints); })
+      .def_property_readonly("artifacts", [](const VerifyReport& r) { return Tuple(r.artifacts); })
+      .def_property_readonly("cross_parity", [](const VerifyReport& r) { return Tuple(r.cross_parity); })
+      .def("to_text", &VerifyReport::ToText, "The report `servekit_verify validate` prints.")
+      .def("to_json", [](const VerifyReport& r) { return Json(r.ToJson()); }, "The report as JSON text.");
+  m.def("validate", &Validate, py::arg("manifest_path"), py::arg("format") = std::optional<ModelFormat>(),
+        py::arg("cross_format") = true, py::arg("options") = LoadOptions{},
+        "Checks an export against its manifest (digests, signatures, reference parity, stochastic and stateful "
+        "endpoints, cross-format parity).");
+
+  // ---- Benchmarks
+  py::class_<LatencyStats>(m, "LatencyStats", "Per-call latency statistics in microseconds (nearest-rank "
+                                               "percentiles).")
+      .def_readonly("iterations", &LatencyStats::iterations)
+      .def_readonly("total_seconds", &LatencyStats::total_seconds)
+      .def_readonly("mean_us", &LatencyStats::mean_us)
+      .def_readonly("min_us", &LatencyStats::min_us)
+      .def_readonly("p50_us", &LatencyStats::p50_us)
+      .def_readonly("p90_us", &LatencyStats::p90_us)
+      .def_readonly("p99_us", &LatencyStats::p99_us)
+      .def_readonly("max_us", &LatencyStats::max_us);
+  py::class_<BatchResult>(m, "BatchResult")
+      .def_readonly("batch", &BatchResult::batch)
+      .def_readonly("runner", &BatchResult::runner)
+      .def_readonly("items_per_second", &BatchResult::items_per_second)
+      .def_readonly("bare_ort", &BatchResult::bare_ort)
+      .def_readonly("overhead_ratio", &BatchResult::overhead_ratio);
+  py::class_<BenchmarkReport>(m, "BenchmarkReport")
+      .def_readonly("path", &BenchmarkReport::path)
+      .def_readonly("format", &BenchmarkReport::format)
+      .def_readonly("endpoint", &BenchmarkReport::endpoint)
+      .def_readonly("input_source", &BenchmarkReport::input_source)
+      .def_readonly("load_options", &BenchmarkReport::load_options)
+      .def_property_readonly("batches", [](const BenchmarkReport& r) { return Tuple(r.batches); })
+      .def("to_text", &BenchmarkReport::ToText, "The table `servekit_verify bench` prints.")
+      .def("to_json", [](const BenchmarkReport& r) { return Json(r.ToJson()); }, "The report as JSON text.");
+  m.def("summarize_latencies",
+        [](const std::vector<int64_t>& nanos) {
+          std::vector<double> micros(nanos.size());
+          for (size_t i = 0; i < nanos.size(); ++i) micros[i] = static_cast<double>(nanos[i]) / 1e3;
+          return Summarize(std::move(micros));
+        },
+        py::arg("latencies_ns"),
+        "Latency statistics of per-call latencies in ns: the benchmark's one percentile definition (nearest rank: "
+        "the ceil(q*n)-th smallest).");
   m.def("benchmark", &Benchmark, py::arg("model"), py::arg("endpoint") = "serving_default",
         py::arg("batches") = std::vector<int64_t>{1}, py::arg("iterations") = 0, py::arg("seconds") = 0.0,
         py::arg("warmup") = 10, py::arg("inputs") = py::none(), py::arg("bare_ort") = false, py::arg("seed") = 1,
-        "Latency percentiles and throughput per batch size (inputs tiled to each batch, else random); returns the "
-        "report as a dict.");
+        "Latency percentiles and throughput per batch size (inputs tiled to each batch, else random).");
   m.def("benchmark_loop", &BenchmarkLoop, py::arg("model"), py::arg("endpoint"), py::arg("inputs"),
         py::arg("warmup") = 10, py::arg("iterations") = 100, py::arg("seconds") = 0.0,
         "Per-call latencies (ns) of the native runner's own loop: at least `iterations` calls and `seconds`.");

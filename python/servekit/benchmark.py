@@ -72,17 +72,20 @@ def machine_info() -> dict[str, Any]:
 
 
 def latency_stats(latencies_ns: Sequence[float], batch: int) -> dict[str, float]:
-    """p50/p90/p99/max latency in microseconds and throughput in samples/s."""
-    ordered = np.sort(np.asarray(latencies_ns, dtype=np.float64)) / 1e3
-    p50 = float(np.percentile(ordered, 50))
+    """p50/p90/p99/max latency in microseconds and throughput in samples/s.
+
+    Percentiles are nearest-rank (the p-th percentile of n samples is the
+    ceil(p/100 * n)-th smallest), computed by the same C++ function as
+    `servekit_verify bench` (`native.summarize_latencies`)."""
+    stats = native.summarize_latencies([int(t) for t in latencies_ns])
     return {
-        "iterations": int(len(ordered)),
-        "p50_us": p50,
-        "p90_us": float(np.percentile(ordered, 90)),
-        "p99_us": float(np.percentile(ordered, 99)),
-        "max_us": float(ordered[-1]),
-        "mean_us": float(ordered.mean()),
-        "throughput_per_s": batch / (float(ordered.mean()) / 1e6),
+        "iterations": stats.iterations,
+        "p50_us": stats.p50_us,
+        "p90_us": stats.p90_us,
+        "p99_us": stats.p99_us,
+        "max_us": stats.max_us,
+        "mean_us": stats.mean_us,
+        "throughput_per_s": batch / (stats.mean_us / 1e6),
     }
 
 

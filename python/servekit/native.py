@@ -13,13 +13,19 @@ documented face of the `servekit._native` extension (built by Bazel as
     out = model.run("serving_default", {"features": x})   # {"logits": array}
 
     report = native.validate("export/manifest.json")
-    assert report.passed, "\\n".join(report.failures)
+    assert report.passed, report.to_text()
+
+Reports are the C++ library's own types, bound as Python classes (no JSON in
+between): `validate` returns a `VerifyReport` (`passed`, `failures`, per-artifact
+`parity` and `stays_random`, per-endpoint `stochastic`/`stateful`, `to_text()`,
+`to_json()`), `benchmark` a `BenchmarkReport`.
 
 Errors raise ValueError (a bad argument or feed, a corrupt file), LookupError (a
 missing file, endpoint or tensor), NotImplementedError (something servekit does not
-support, e.g. sparse tensors) or RuntimeError (a runtime failure, no GPU). Messages
-are precise, e.g. "endpoint 'serving_default' input 'features': expected
-float32[batch,3], got int64[2,3]".
+support, e.g. sparse tensors) or RuntimeError (a runtime failure, no GPU); the
+exception's `status_code` names servekit's status code. Messages are precise, e.g.
+"endpoint 'serving_default' input 'features': expected float32[batch,3], got
+int64[2,3]".
 
 `Model.run` releases the GIL while the runtime works, views C-contiguous input
 arrays without copying them, and returns arrays that view the runtime's result
@@ -29,22 +35,59 @@ threads.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from servekit import _native
-from servekit.signature import Signature
+from servekit.signature import Signature, TensorSignature
 
 __all__ = [
     "CALLER_THREAD",
+    "BenchmarkReport",
+    "Device",
+    "Format",
+    "LatencyStats",
+    "LoadOptions",
     "Model",
-    "ValidationReport",
+    "OnnxOptimization",
+    "VerifyReport",
     "benchmark",
     "benchmark_loop",
     "load",
     "runner_and_bare_onnxruntime_loops",
+    "summarize_latencies",
     "validate",
 ]
+
+# The extension's types, as they are.
+Format = _native.Format
+Device = _native.Device
+OnnxOptimization = _native.OnnxOptimization
+LoadOptions = _native.LoadOptions
+VerifyReport = _native.VerifyReport
+BenchmarkReport = _native.BenchmarkReport
+LatencyStats = _native.LatencyStats
+
+# `inter_op_threads` value: ops run in the calling thread (LoadOptions::kCallerThread).
+CALLER_THREAD: int = _native.CALLER_THREAD
+
+
+def _member(enum: Any, value: Any, what: str) -> Any:
+    """`value` as a member of the extension's `enum`: a member already, or its name."""
+    if isinstance(value, enum):
+        return value
+    members = enum.__members__
+    if isinstance(value, str) and value.lower() in members:
+        return members[value.lower()]
+    raise ValueError(f"{what} must be one of {', '.join(members)}, not {value!r}")
+
+
+def _signature(s: "_native.Signature") -> Signature:
+    return Signature(
+        name=s.name,
+        method_name=s.method_name,
+        inputs=tuple(TensorSignature(t.name, t.dtype, t.shape) for t in s.inputs),
+        outputs=tuple(TensorSignature(t.name, t.dtype, t.shape) for t in s.outputs),
+    )
 
 
 class Model:
@@ -66,17 +109,22 @@ class Model:
     @property
     def format(self) -> str:
         """'tf_saved_model' or 'onnx'."""
-        return self._model.format
+        return self._model.format.name
+
+    @property
+    def options(self) -> LoadOptions:
+        """The `LoadOptions` the model was loaded with."""
+        return self._model.options
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        return tuple(self._model.endpoints)
+        return self._model.endpoints
 
     @property
     def signatures(self) -> tuple[Signature, ...]:
         """The endpoints as `servekit.signature.Signature`s. ONNX dims carry their
         symbolic names; SavedModel dynamic dims are None."""
-        return tuple(Signature.from_json(s) for s in self._model.signatures)
+        return tuple(_signature(s) for s in self._model.signatures)
 
     def signature(self, endpoint: str) -> Signature:
         for s in self.signatures:
@@ -88,8 +136,11 @@ class Model:
         return f"servekit.native.Model({self.format}, {self.path!r})"
 
 
-# `inter_op_threads` value: ops run in the calling thread (LoadOptions::kCallerThread).
-CALLER_THREAD: int = _native.CALLER_THREAD
+def _load_options(intra_op_threads: int, inter_op_threads: int, device: Union[str, Any],
+                  tags: Optional[Sequence[str]] = None, optimization: Union[str, Any] = "all") -> LoadOptions:
+    return LoadOptions(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                       device=_member(Device, device, "device"), tags=list(tags or []),
+                       optimization=_member(OnnxOptimization, optimization, "optimization"))
 
 
 def load(
@@ -97,10 +148,10 @@ def load(
     *,
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
-    device: str = "cpu",
+    device: Union[str, Any] = "cpu",
     tags: Optional[Sequence[str]] = None,
-    format: Optional[str] = None,
-    optimization: str = "all",
+    format: Optional[Union[str, Any]] = None,
+    optimization: Union[str, Any] = "all",
 ) -> Model:
     """Loads a SavedModel directory or an .onnx file.
 
@@ -110,43 +161,36 @@ def load(
             default. `inter_op_threads=CALLER_THREAD` (-1) runs every op in the
             thread that calls `run`: the lowest single-stream latency on
             TensorFlow, whose one-thread pool sleeps between calls.
-        device: "cpu" or "gpu"; "gpu" fails clearly where the runtime has no GPU.
+        device: "cpu" or "gpu" (or a `Device`); "gpu" fails clearly where the
+            runtime has no GPU.
         tags: SavedModel MetaGraph tags (default ["serve"]).
-        format: "tf_saved_model" or "onnx"; detected from the path by default.
-        optimization: ONNX Runtime graph optimization: "disabled", "basic", "extended", "all".
+        format: "tf_saved_model" or "onnx" (or a `Format`); detected from the path
+            by default.
+        optimization: ONNX Runtime graph optimization: "disabled", "basic",
+            "extended", "all" (or an `OnnxOptimization`).
     """
-    return Model(_native.load(str(path), intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                              device=device, tags=list(tags or []), format=format, optimization=optimization))
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationReport:
-    """What `validate` found. `failures` has one precise line per problem."""
-
-    passed: bool
-    failures: tuple[str, ...]
-    details: dict  # the full report: per artifact digests, signatures, parity; cross-format parity
-
-    def __bool__(self) -> bool:
-        return self.passed
+    options = _load_options(intra_op_threads, inter_op_threads, device, tags, optimization)
+    fmt = None if format is None else _member(Format, format, "format")
+    return Model(_native.load(str(path), options, fmt))
 
 
 def validate(
     manifest_path: str,
-    format: Optional[str] = None,
+    format: Optional[Union[str, Any]] = None,
     *,
     cross_format: bool = True,
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
-    device: str = "cpu",
-) -> ValidationReport:
+    device: Union[str, Any] = "cpu",
+) -> VerifyReport:
     """Checks an export against its manifest.json, like `servekit_verify validate`:
-    artifact digests, loading, signatures, reference parity and (both formats)
-    SavedModel-vs-ONNX parity. Raises only when the manifest itself cannot be used."""
-    details = _native.validate(str(manifest_path), format=format, cross_format=cross_format,
-                               intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                               device=device)
-    return ValidationReport(passed=bool(details["passed"]), failures=tuple(details["failures"]), details=details)
+    artifact digests, loading, signatures, reference parity, stochastic and stateful
+    endpoints (docs/manifest.md) and (both formats) SavedModel-vs-ONNX parity.
+    Returns the `VerifyReport`, which is truthy when everything passed. Raises only
+    when the manifest itself cannot be used."""
+    fmt = None if format is None else _member(Format, format, "format")
+    return _native.validate(str(manifest_path), fmt, cross_format,
+                            _load_options(intra_op_threads, inter_op_threads, device))
 
 
 def _unwrap(model: Any) -> "_native.Model":
@@ -164,7 +208,7 @@ def benchmark(
     inputs: Optional[Mapping[str, Any]] = None,
     bare_ort: bool = False,
     seed: int = 1,
-) -> dict:
+) -> BenchmarkReport:
     """Latency (p50/p90/p99/max) and throughput per batch size, like
     `servekit_verify bench`. `inputs` are tiled along dim 0 to each batch (random
     data matching the signature when None); `iterations` calls per batch, or a
@@ -172,6 +216,14 @@ def benchmark(
     bare Ort::Session::Run loop and reports the runner's overhead ratio."""
     return _native.benchmark(_unwrap(model), endpoint=endpoint, batches=list(batches), iterations=iterations,
                              seconds=seconds, warmup=warmup, inputs=inputs, bare_ort=bare_ort, seed=seed)
+
+
+def summarize_latencies(latencies_ns: Sequence[int]) -> LatencyStats:
+    """Mean, min, p50/p90/p99 and max in microseconds of per-call latencies in ns,
+    with the benchmark's one percentile definition (nearest rank: the p-th
+    percentile of n samples is the ceil(p/100 * n)-th smallest), shared by the C++
+    benchmark and the Python driver."""
+    return _native.summarize_latencies(list(latencies_ns))
 
 
 def benchmark_loop(model: Model, endpoint: str, inputs: Mapping[str, Any], warmup: int = 10,

@@ -16,8 +16,17 @@ DIR receives the layout of docs/manifest.md:
                     the same weights, so both formats agree
     extra.onnx      odd outputs for the ONNX runner's tests (not in the manifest)
     reference/      .npy inputs and outputs computed with NumPy
+    random/         a second export, of endpoints that are not pure functions:
+                      serving_default (SavedModel and ONNX, stochastic):
+                        features float32[?,3] -> noisy = features + uniform noise
+                        (stochastic), doubled = 2 * features (deterministic)
+                      counter (SavedModel, stateful): x float32[?] -> count int64[]
+                        (a variable each call increments), shifted = x + count
+                    its references come from running the source tf.Module: three
+                    successive `counter` calls from the saved (export-time) state
 
-Weights and inputs are fixed constants, so the references are reproducible.
+Weights and inputs are fixed constants, so the references are reproducible, except
+the random export's noise, which is random by design.
 """
 
 import argparse
@@ -137,6 +146,114 @@ def write_extra_onnx(path: str) -> None:
     onnx.save(model, path)
 
 
+class _RandomExport:
+    """The tf.Module of the random/ export; built lazily (TensorFlow imports slowly)."""
+
+    @staticmethod
+    def build():
+        import tensorflow as tf
+
+        class Random(tf.Module):
+            def __init__(self):
+                super().__init__()
+                self.count = tf.Variable(0, dtype=tf.int64, name="count")
+
+            @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+            def serve(self, features):
+                return {"noisy": features + tf.random.uniform(tf.shape(features)),
+                        "doubled": features * 2.0}
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+            def counter(self, x):
+                count = self.count.assign_add(1)
+                return {"count": tf.identity(count), "shifted": x + tf.cast(count, tf.float32)}
+
+        return Random()
+
+
+def write_random_onnx(path: str) -> None:
+    """serving_default of the random export in ONNX: RandomUniformLike (no seed, so
+    every run draws anew) added to the input, and the input doubled."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("RandomUniformLike", ["features"], ["noise"], low=0.0, high=1.0),
+            helper.make_node("Add", ["features", "noise"], ["noisy"]),
+            helper.make_node("Mul", ["features", "two"], ["doubled"]),
+        ],
+        name="serving_default",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
+        outputs=[helper.make_tensor_value_info("noisy", TensorProto.FLOAT, ["batch", 3]),
+                 helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="servekit-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def write_random_export(out: str) -> None:
+    import tensorflow as tf
+
+    os.makedirs(os.path.join(out, "reference"), exist_ok=True)
+    module = _RandomExport.build()
+    # Saved first: the artifact holds the export-time state (count = 0).
+    tf.saved_model.save(module, os.path.join(out, "saved_model"),
+                        signatures={"serving_default": module.serve, "counter": module.counter})
+    write_random_onnx(os.path.join(out, "model.onnx"))
+
+    reference = []
+
+    def case(endpoint, index, inputs, outputs):
+        entry = {"endpoint": endpoint, "batch": len(next(iter(inputs.values()))), "inputs": {}, "outputs": {}}
+        for kind, tensors in (("in", inputs), ("out", outputs)):
+            for name, value in tensors.items():
+                rel = f"reference/{endpoint}.{index}.{kind}.{name}.npy"
+                np.save(os.path.join(out, rel), np.asarray(value), allow_pickle=False)
+                entry["inputs" if kind == "in" else "outputs"][name] = rel
+        reference.append(entry)
+
+    x = features(2)
+    case("serving_default", 0, {"features": x}, {k: v.numpy() for k, v in module.serve(x).items()})
+    # The source model's successive calls, from the state the artifact was saved in.
+    for call in range(3):
+        xs = np.array([0.5, -1.5], dtype=np.float32) * (call + 1)
+        case("counter", call, {"x": xs}, {k: v.numpy() for k, v in module.counter(xs).items()})
+
+    manifest = {
+        "servekit_manifest": 1,
+        "model": "random_fixture",
+        "source_backend": "tensorflow",
+        "tools": {"tensorflow": tf.__version__},
+        "artifacts": [
+            {"format": "tf_saved_model", "path": "saved_model", "tags": ["serve"],
+             "files": {f: sha256(os.path.join(out, "saved_model", f)) for f in SAVED_MODEL_FILES}},
+            {"format": "onnx", "path": "model.onnx", "opset": 17,
+             "files": {"model.onnx": sha256(os.path.join(out, "model.onnx"))}},
+        ],
+        "endpoints": [
+            {"name": "serving_default", "method_name": "tensorflow/serving/predict",
+             "formats": ["tf_saved_model", "onnx"], "stochastic": True,
+             "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", 3]}],
+             "outputs": [{"name": "noisy", "dtype": "float32", "shape": ["batch", 3], "stochastic": True},
+                         {"name": "doubled", "dtype": "float32", "shape": ["batch", 3]}]},
+            {"name": "counter", "method_name": "tensorflow/serving/predict",
+             "formats": ["tf_saved_model"], "stateful": True,
+             "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch"]}],
+             "outputs": [{"name": "count", "dtype": "int64", "shape": []},
+                         {"name": "shifted", "dtype": "float32", "shape": ["batch"]}]},
+        ],
+        "reference": reference,
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+
+
 def sha256(path: str) -> str:
     with open(path, "rb") as f:
         return "sha256:" + hashlib.sha256(f.read()).hexdigest()
@@ -222,6 +339,7 @@ def main() -> int:
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
+    write_random_export(os.path.join(out, "random"))
     return 0
 
 

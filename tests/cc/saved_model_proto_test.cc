@@ -2,6 +2,7 @@
 #include "cc/saved_model_proto.h"
 
 #include "cc/file_util.h"
+#include "cc/protowire.h"
 #include "gtest/gtest.h"
 #include "tests/cc/test_util.h"
 
@@ -116,6 +117,31 @@ TEST(SavedModelProtoTest, CorruptBytesFailCleanly) {
     corrupt[i] = static_cast<char>(corrupt[i] ^ 0xa5);
     (void)ParseSavedModel(corrupt);  // must not crash; may or may not parse
   }
+}
+
+// What WireWriter writes, WireReader reads back, negative int32s included.
+TEST(ProtowireTest, WriterRoundTripsThroughReader) {
+  TfConfigProto config;
+  config.hide_gpus = true;
+  config.intra_op_threads = 1;
+  config.inter_op_threads = -1;
+  const std::string bytes = config.Serialize();
+  WireReader reader(bytes);
+  WireField field;
+  std::vector<uint32_t> numbers;
+  while (reader.Next(&field)) {
+    numbers.push_back(field.number);
+    if (field.number == 1) {
+      WireReader entry(field.bytes);
+      WireField key;
+      ASSERT_TRUE(entry.Next(&key));
+      EXPECT_EQ(key.bytes, "GPU");
+    }
+    if (field.number == 5) EXPECT_EQ(static_cast<int32_t>(field.value), -1);
+  }
+  EXPECT_TRUE(reader.status().ok()) << reader.status().ToString();
+  EXPECT_EQ(numbers, (std::vector<uint32_t>{1, 2, 5, 7}));
+  EXPECT_EQ(TfConfigProto{}.Serialize(), "\x38\x01");  // allow_soft_placement only
 }
 
 }  // namespace

@@ -32,18 +32,35 @@ def export_copy(tmp_path):
 
 
 def test_help_and_usage():
-    code, out, _ = verify("--help")
-    assert code == 0 and "Usage:" in out
+    code, out, err = verify("--help")
+    assert code == 0 and "Usage: servekit_verify [OPTIONS] SUBCOMMAND" in out
+    assert err == ""  # nothing from TensorFlow's libraries as they load
     for command in ("inspect", "validate", "run", "bench"):
-        code, out, _ = verify(command, "--help")
+        code, out, err = verify(command, "--help")
         assert code == 0, command
-        assert f"servekit_verify {command}" in out
+        assert f"Usage: servekit_verify {command} [OPTIONS]" in out
+        assert err == "", (command, err)
+    # The help comes from the declarations: every option is there.
+    _, out, _ = verify("inspect", "--help")
+    assert "--tag TEXT" in out and "--manifest" in out and "--json" in out
+    _, out, _ = verify("bench", "--help")
+    assert "--iterations INT:> 0 Excludes: --seconds" in out
     code, _, err = verify()
-    assert code == 2
+    assert code == 2 and "A subcommand is required" in err
     code, _, err = verify("frobnicate")
     assert code == 2 and "unknown command 'frobnicate'" in err
     code, _, err = verify("inspect", FIXTURE / "model.onnx", "--bogus")
-    assert code == 2 and "unknown option '--bogus'" in err
+    assert code == 2 and "servekit_verify inspect: The following argument was not expected: --bogus" in err
+
+
+def test_tensorflow_logs_only_with_verbose():
+    code, out, err = verify("validate", "--manifest", FIXTURE / "manifest.json", "--format", "tf_saved_model")
+    assert code == 0, out + err
+    assert err == ""
+    code, out, err = verify("--verbose", "validate", "--manifest", FIXTURE / "manifest.json",
+                            "--format", "tf_saved_model")
+    assert code == 0, out + err
+    assert "Reading SavedModel from" in err  # TensorFlow's own loader log
 
 
 def test_inspect_saved_model_table():
@@ -131,7 +148,33 @@ def test_validate_usage_errors():
     code, _, err = verify("validate", "--manifest", "/nonexistent/manifest.json")
     assert code == 2 and "no such file: /nonexistent/manifest.json" in err
     code, _, err = verify("validate", "--manifest", FIXTURE / "manifest.json", "--format", "tflite")
-    assert code == 2 and "--format must be tf_saved_model or onnx" in err
+    assert code == 2 and "--format: tflite not in {tf_saved_model,onnx}" in err
+
+
+def test_validate_stochastic_and_stateful_export():
+    code, out, err = verify("validate", "--manifest", FIXTURE / "random/manifest.json", "--json", "-")
+    assert code == 0, out + err
+    assert "  serving_default  tf_saved_model,onnx  stochastic (noisy)" in err.splitlines()
+    assert "  counter          tf_saved_model       stateful" in err.splitlines()
+    assert "  PASS onnx stays random serving_default b2: 'noisy' changed between two runs" in err.splitlines()
+    assert ("  N/A  tf_saved_model vs onnx serving_default b2 noisy: not comparable (stochastic output)"
+            in err.splitlines())
+    report = json.loads(out)
+    assert [(e["name"], e["stochastic"], e["stateful"]) for e in report["endpoints"]] == [
+        ("serving_default", True, False), ("counter", False, True)]
+
+
+def test_inspect_with_manifest_marks_endpoints():
+    code, out, err = verify("inspect", FIXTURE / "random/saved_model", "--manifest", FIXTURE / "random/manifest.json")
+    assert code == 0, err
+    assert "endpoint 'counter'  (tensorflow/serving/predict)  stateful" in out
+    assert "endpoint 'serving_default'  (tensorflow/serving/predict)  stochastic" in out
+    code, out, err = verify("inspect", FIXTURE / "random/model.onnx", "--manifest", FIXTURE / "random/manifest.json",
+                            "--json")
+    assert code == 0, err
+    (endpoint,) = json.loads(out)["endpoints"]
+    assert endpoint["stochastic"] is True and endpoint["stateful"] is False
+    assert [(o["name"], o["stochastic"]) for o in endpoint["outputs"]] == [("noisy", True), ("doubled", False)]
 
 
 def test_run_writes_outputs(tmp_path):
@@ -158,7 +201,7 @@ def test_run_errors(tmp_path):
     assert code == 2
     assert "endpoint 'serving_default' input 'features': expected float32[batch,3], got int64[3,4]" in err
     code, _, err = verify("run", FIXTURE / "model.onnx", "--input", "features", "--output-dir", tmp_path)
-    assert code == 2 and "--input must be NAME=FILE.npy" in err
+    assert code == 2 and "--input: must be NAME=FILE.npy, not 'features'" in err
     code, _, err = verify("run", FIXTURE / "model.onnx", "--output-dir", tmp_path)
     assert code == 2 and "input 'features' (float32[batch,3]) is not fed" in err
     code, _, err = verify("run", FIXTURE / "model.onnx", "--input", f"features={tmp_path}/missing.npy",
@@ -192,13 +235,15 @@ def test_bench_saved_model_with_sample_inputs():
 def test_bench_usage_errors():
     model = FIXTURE / "model.onnx"
     for args, message in [
-        (("--batches", "1,x"), "--batches must be a comma-separated list of positive integers"),
-        (("--iterations", "5", "--seconds", "1"), "give --iterations or --seconds, not both"),
-        (("--iterations", "0"), "--iterations and --seconds must be > 0"),
-        (("--threads", "two"), "--threads must be an integer"),
-        (("--threads", "-1"), "intra-op threads must be >= 0"),
-        (("--inter-threads", "-2"), "inter-op threads must be >= -1"),
-        (("--device", "tpu"), "--device must be cpu or gpu"),
+        (("--batches", "1,x"), "--batches: must be a number > 0, not 'x'"),
+        (("--batches", "1,0"), "--batches: must be a number > 0, not '0'"),
+        (("--iterations", "5", "--seconds", "1"), "--iterations excludes --seconds"),
+        (("--iterations", "0"), "--iterations: must be a number > 0, not '0'"),
+        (("--iterations", "1.5"), "Could not convert: --iterations = 1.5"),
+        (("--threads", "two"), "--threads: must be a number >= 0, not 'two'"),
+        (("--threads", "-1"), "--threads: must be a number >= 0, not '-1'"),
+        (("--inter-threads", "-2"), "--inter-threads: must be a number >= -1, not '-2'"),
+        (("--device", "tpu"), "--device: tpu not in {cpu,gpu}"),
     ]:
         code, _, err = verify("bench", model, *args)
         assert code == 2, args

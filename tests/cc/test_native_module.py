@@ -128,10 +128,14 @@ def test_load_errors(tmp_path):
         native.load(str(broken))
     with pytest.raises(LookupError, match=r"has no MetaGraph tagged \{train\}; it has: \{serve\}"):
         native.load(str(FIXTURE / "saved_model"), tags=["train"])
-    with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu'"):
+    with pytest.raises(ValueError, match="device must be one of cpu, gpu, not 'tpu'"):
         native.load(str(FIXTURE / "model.onnx"), device="tpu")
-    with pytest.raises(ValueError, match="inter-op threads must be >= -1"):
+    with pytest.raises(ValueError, match="inter-op threads must be >= -1") as e:
         native.load(str(FIXTURE / "saved_model"), inter_op_threads=-2)
+    assert e.value.status_code == "INVALID_ARGUMENT"
+    with pytest.raises(LookupError) as e:
+        native.load("/nonexistent/model.onnx")
+    assert e.value.status_code == "NOT_FOUND"
 
 
 def test_caller_thread_inter_op():
@@ -170,7 +174,10 @@ def test_threads_share_one_model(onnx_model, saved_model):
 def test_validate(tmp_path):
     report = native.validate(str(FIXTURE / "manifest.json"))
     assert report.passed and bool(report) and report.failures == ()
-    assert {a["format"] for a in report.details["artifacts"]} == {"tf_saved_model", "onnx"}
+    assert isinstance(report, native.VerifyReport)
+    assert {a.format for a in report.artifacts} == {native.Format.tf_saved_model, native.Format.onnx}
+    assert all(c.passed for a in report.artifacts for c in a.parity)
+    assert json.loads(report.to_json())["passed"] is True and "RESULT: PASS" in report.to_text()
     export = tmp_path / "export"
     shutil.copytree(FIXTURE, export)
     manifest = json.loads((export / "manifest.json").read_text())
@@ -184,6 +191,44 @@ def test_validate(tmp_path):
         native.validate(str(_onnx_less_manifest(tmp_path)), "onnx")
 
 
+def test_validate_reports_stochastic_and_stateful_endpoints():
+    report = native.validate(str(FIXTURE / "random/manifest.json"))
+    assert report.passed, report.to_text()
+    assert [(e.name, e.stochastic, e.stateful, e.stochastic_outputs) for e in report.endpoints] == [
+        ("serving_default", True, False, ("noisy",)), ("counter", False, True, ())]
+    for artifact in report.artifacts:
+        (check,) = artifact.stays_random
+        assert check.passed and check.endpoint == "serving_default"
+        noisy = [o for c in artifact.parity for o in c.outputs if o.name == "noisy"]
+        assert noisy and all(o.check == native._native.OutputCheck.stochastic for o in noisy)
+    (cross,) = report.cross_parity
+    assert [o.check.name for o in cross.outputs] == ["not_comparable", "values"]
+
+
+def test_bound_types():
+    options = native.LoadOptions(intra_op_threads=1, inter_op_threads=native.CALLER_THREAD,
+                                 device=native.Device.cpu, optimization=native.OnnxOptimization.basic)
+    assert options.inter_op_threads == native.LoadOptions.CALLER_THREAD == -1
+    assert options.tags == ["serve"] and options.optimization == native.OnnxOptimization.basic
+    with pytest.raises(ValueError, match="intra-op threads must be >= 0"):
+        native.LoadOptions(intra_op_threads=-1)
+    model = native.load(str(FIXTURE / "model.onnx"), optimization="basic")
+    assert model.options.optimization == native.OnnxOptimization.basic
+    (signature,) = model._model.signatures
+    assert signature.name == "serving_default"
+    (features,) = signature.inputs
+    assert (features.name, features.dtype, features.shape) == ("features", "float32", ("batch", 3))
+    assert [(d.size, d.symbol, d.is_static) for d in features.dims] == [(-1, "batch", False), (3, "", True)]
+
+
+def test_summarize_latencies_is_nearest_rank():
+    stats = native.summarize_latencies([4000, 1000, 3000, 2000])  # ns
+    assert (stats.min_us, stats.p50_us, stats.p90_us, stats.max_us) == (1.0, 2.0, 4.0, 4.0)
+    assert stats.mean_us == 2.5 and stats.iterations == 4
+    stats = native.summarize_latencies(range(1000, 101000, 1000))  # 1..100 µs
+    assert (stats.p50_us, stats.p90_us, stats.p99_us) == (50.0, 90.0, 99.0)
+
+
 def _onnx_less_manifest(tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"servekit_manifest": 1, "model": "m", "artifacts": [], "endpoints": []}))
@@ -193,10 +238,13 @@ def _onnx_less_manifest(tmp_path):
 def test_benchmark_helpers(onnx_model, saved_model):
     feeds = {"features": ref("serving_default.b1.in.features.npy")}
     report = native.benchmark(onnx_model, batches=[1, 8], iterations=20, warmup=2, inputs=feeds, bare_ort=True)
-    assert [b["batch"] for b in report["batches"]] == [1, 8]
-    assert report["inputs"] == "sample" and report["batches"][0]["overhead_ratio_p50"] > 0
+    assert [b.batch for b in report.batches] == [1, 8]
+    assert report.input_source == "sample" and report.batches[0].overhead_ratio > 0
+    assert report.batches[0].bare_ort.iterations == 20
+    assert json.loads(report.to_json())["batches"][1]["batch"] == 8
     report = native.benchmark(saved_model, endpoint="tokens", iterations=5)
-    assert report["inputs"] == "random" and report["batches"][0]["runner"]["iterations"] == 5
+    assert report.input_source == "random" and report.batches[0].runner.iterations == 5
+    assert report.batches[0].bare_ort is None and report.batches[0].overhead_ratio is None
     latencies = native.benchmark_loop(onnx_model, "serving_default", feeds, 2, 50, 0.0)
     assert len(latencies) == 50 and all(isinstance(t, int) and t > 0 for t in latencies)
     runner, bare = native.runner_and_bare_onnxruntime_loops(onnx_model, feeds, 2, 40, 0.0)
