@@ -12,6 +12,8 @@
 # 3. The consumer's export is byte-identical, file by file, to
 #    //models:mlp_tensorflow built by Bazel 4.2.3 in WORKSPACE mode (the lane
 #    builds that with the host's Bazel; a no-op when it is up to date).
+# Before that it checks that the consumer's mlp.py is models/mlp.py and that the
+# README shows the consumer's files as they are (a failure there fails the lane).
 #
 # Prints `bzlmod lane: N passed, N failed` (test cases from test.xml, plus one
 # case for the byte-identity check) and exits non-zero on any failure. Run as root.
@@ -65,6 +67,17 @@ status=0
 cmp "$ROOT/models/mlp.py" "$ROOT/$CONSUMER/models/mlp.py" ||
   { log "$CONSUMER/models/mlp.py differs from models/mlp.py"; status=1; }
 
+# The README shows the consumer's files as they are (its `bzlmod file:` blocks).
+python3 - "$ROOT" "$CONSUMER" <<'PY' || status=1
+import pathlib, re, sys
+root, consumer = pathlib.Path(sys.argv[1]), sys.argv[2]
+blocks = re.findall(r"<!-- bzlmod file: (\S+) -->\s*```\w*\n(.*?)```", (root / "README.md").read_text(), re.S)
+stale = [name for name, body in blocks if (root / consumer / name).read_text() != body]
+if not blocks or stale:
+    sys.exit(f"[bzlmod lane] README.md shows {stale or 'none'} of {consumer} differently from the files")
+print(f"[bzlmod lane] README.md shows {', '.join(n for n, _ in blocks)} of {consumer} as they are")
+PY
+
 # The reference: the same export from Bazel 4.2.3 in WORKSPACE mode.
 log "reference: bazel $(dpkg-query -W -f='${Version}' bazel-bootstrap) build //models:$EXPORT (WORKSPACE mode)"
 (cd "$ROOT" && bazel build --noshow_progress "//models:$EXPORT") || status=1
@@ -100,6 +113,7 @@ for summary in "$state/consumer_summary" "$state/own_summary"; do
 done
 if [ "$identical" = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 [ "$failed" = 0 ] || status=1
+[ "$status" = 0 ] || [ "$failed" != 0 ] || failed=1  # a failed check above, or a build failure
 log "done in $((SECONDS - start)) s"
 echo "bzlmod lane: $passed passed, $failed failed"
 exit $status
