@@ -34,7 +34,7 @@ artifact_benchmark = rule(
             doc = "Batch sizes of the sweep (override at run time with --batches).",
         ),
         "_benchmark": attr.label(
-            default = "//python/servekit:benchmark",
+            default = Label("//python/servekit:benchmark"),
             executable = True,
             cfg = "target",
         ),

@@ -168,12 +168,12 @@ model_export = rule(
             doc = "Other files `src` reads or imports (helper modules, vocabularies).",
         ),
         "_build_tool": attr.label(
-            default = "//python/servekit:build_tool",
+            default = Label("//python/servekit:build_tool"),
             executable = True,
             cfg = "exec",
         ),
         "_stack_lock": attr.label(
-            default = "@servekit_python//:stack_lock",
+            default = Label("@servekit_python//:stack_lock"),
             doc = "pip freeze of the venv: a new Python stack re-runs every export.",
         ),
     },

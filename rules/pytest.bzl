@@ -17,10 +17,11 @@ def pytest_test(name, srcs, deps = [], data = [], env = {}, args = [], **kwargs)
       args: extra pytest arguments (e.g. ["-k", "not slow"]).
       **kwargs: passed to py_test (size, timeout, tags, shard_count, ...).
     """
+    runner = str(Label("//rules:pytest_runner.py"))  # servekit's, from any repository
     native.py_test(
         name = name,
-        srcs = srcs + ["//rules:pytest_runner.py"],
-        main = "//rules:pytest_runner.py",
+        srcs = srcs + [runner],
+        main = runner,
         args = ["$(rootpath %s)" % src for src in srcs if src.split("/")[-1].split(":")[-1].startswith("test_")] + args,
         deps = deps,
         data = data,

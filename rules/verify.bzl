@@ -41,7 +41,7 @@ artifact_test = rule(
                   "data; cross_format: SavedModel vs ONNX on the reference inputs.",
         ),
         "_verifier": attr.label(
-            default = "//cc/cli:servekit_verify",
+            default = Label("//cc/cli:servekit_verify"),
             executable = True,
             cfg = "target",
         ),

@@ -6,11 +6,10 @@ the pinned onnxruntime wheel ships runtime 1.31 as `libonnxruntime.so.1.<x>` wit
 SONAME `libonnxruntime.so.1`; tools/setup.sh adds the SONAME link beside it.
 """
 
-load("//third_party:venv.bzl", "venv_file", "venv_site_packages")
+load("//third_party:venv.bzl", "VENV_ATTRS", "servekit_root", "venv_file", "venv_site_packages")
 
 def _onnxruntime_impl(rctx):
-    workspace = rctx.path(Label("//:WORKSPACE")).dirname
-    headers = rctx.path("%s/.setup/onnxruntime/include" % workspace)
+    headers = rctx.path(rctx.attr.headers or "%s/.setup/onnxruntime/include" % servekit_root(rctx))
     if not rctx.path("%s/onnxruntime_cxx_api.h" % headers).exists:
         fail("ONNX Runtime headers are missing at %s. Run tools/setup.sh first." % headers)
     site = venv_site_packages(rctx)
@@ -34,6 +33,10 @@ cc_library(
 
 onnxruntime = repository_rule(
     implementation = _onnxruntime_impl,
+    attrs = dict(VENV_ATTRS, headers = attr.string(
+        doc = "Absolute path of a directory holding onnxruntime_cxx_api.h (ORT API >= 21); " +
+              "empty: <servekit checkout>/.setup/onnxruntime/include (tools/setup.sh).",
+    )),
     local = True,
     configure = True,
     doc = "ONNX Runtime C/C++ headers (Debian) and shared library (pip wheel).",

@@ -1,4 +1,4 @@
-"""Exposes the venv made by tools/setup.sh to Bazel.
+"""Exposes the venv made by tools/setup.sh (or the one `venv` names) to Bazel.
 
 The repository `@servekit_python` provides:
   :toolchain       the venv interpreter as the Python toolchain (register it);
@@ -8,7 +8,7 @@ The repository `@servekit_python` provides:
                    action, so a change of the Python stack re-runs them.
 """
 
-load("//third_party:venv.bzl", "venv_python")
+load("//third_party:venv.bzl", "VENV_ATTRS", "venv_python")
 
 _PROBE = """
 import json, sysconfig
@@ -80,6 +80,7 @@ cc_library(
 
 python_configure = repository_rule(
     implementation = _python_configure_impl,
+    attrs = VENV_ATTRS,
     local = True,
     configure = True,
     doc = "The venv of tools/setup.sh as a Python toolchain and C headers.",

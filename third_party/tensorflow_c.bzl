@@ -6,7 +6,7 @@ Only the C API is exposed: linking TF's generated C++ protobuf classes would tie
 servekit to one TensorFlow release.
 """
 
-load("//third_party:venv.bzl", "venv_file", "venv_site_packages")
+load("//third_party:venv.bzl", "VENV_ATTRS", "venv_file", "venv_site_packages")
 
 def _tensorflow_c_impl(rctx):
     site = venv_site_packages(rctx)
@@ -41,6 +41,7 @@ cc_library(
 
 tensorflow_c = repository_rule(
     implementation = _tensorflow_c_impl,
+    attrs = VENV_ATTRS,
     local = True,
     configure = True,
     doc = "TensorFlow C API headers and libraries from the venv's tensorflow wheel.",

@@ -1,4 +1,21 @@
-"""Finds the venv of tools/setup.sh from a repository rule."""
+"""Finds the project's venv (or a consumer's) from a repository rule.
+
+Shared by the repository rules of python_configure.bzl, tensorflow_c.bzl and
+onnxruntime.bzl, which WORKSPACE calls directly and extensions.bzl calls for
+bzlmod. Each takes a `venv` attribute: empty means servekit's own venv, the
+`.setup/venv` link tools/setup.sh makes in the servekit checkout.
+"""
+
+VENV_ATTRS = {
+    "venv": attr.string(
+        doc = "Absolute path of the virtualenv to use; empty: servekit's own " +
+              "(<servekit checkout>/.setup/venv, made by tools/setup.sh).",
+    ),
+}
+
+def servekit_root(rctx):
+    """Returns the directory of the servekit checkout (main or external repository)."""
+    return rctx.path(Label("//:MODULE.bazel")).dirname
 
 def venv_python(rctx):
     """Returns the venv interpreter's real path, or fails with the fix.
@@ -8,9 +25,10 @@ def venv_python(rctx):
     """
     rctx.read(Label("//tools:requirements.txt"))
     rctx.read(Label("//tools:constraints.txt"))
-    workspace = rctx.path(Label("//:WORKSPACE")).dirname
-    venv = "%s/.setup/venv" % workspace
+    venv = rctx.attr.venv or "%s/.setup/venv" % servekit_root(rctx)
     if not rctx.path(venv + "/bin/python3").exists:
+        if rctx.attr.venv:
+            fail("No venv at %s (the `venv` attribute of @%s)." % (venv, rctx.name))
         fail("No venv at %s. Run tools/setup.sh first: it creates the venv Bazel uses." % venv)
     return "%s/bin/python3" % rctx.execute(["readlink", "-f", venv]).stdout.strip()
 

@@ -10,6 +10,9 @@
 #   * ONNX Runtime C/C++ headers, extracted from Debian's libonnxruntime-dev
 #     .deb with a private apt configuration (the system's sources are untouched).
 # Then links both into <repo>/.setup/, where the Bazel repository rules look.
+# With --with-bazel7 it also builds the Bazel 7 lane (tools/bzlmod_lane.sh): a
+# Debian sid chroot under the cache with Debian's Bazel 7.7.1 and rule packages,
+# and a file:// module registry inside it (tools/bazel7_registry.py).
 # A re-run on a ready machine only checks stamps and takes about a second.
 set -euo pipefail
 
@@ -20,6 +23,10 @@ ORT_HEADERS_SUITE=trixie
 APT_PACKAGES=(bazel-bootstrap bazel-rules-java libgtest-dev libcli11-dev nlohmann-json3-dev g++ clang libclang-rt-14-dev)
 # tools/remote_cache_demo.sh serves a Bazel HTTP cache with nginx's WebDAV module.
 REMOTE_CACHE_PACKAGES=(nginx-light curl)
+# The Bazel 7 lane: Debian sid carries Bazel 7.7.1 (it needs sid's glibc and JDK,
+# hence a chroot). GoogleTest and nlohmann-json come from the chroot's /usr there.
+BAZEL7_SUITE=sid
+BAZEL7_PACKAGES=(bazel-bootstrap bazel-rules-shell g++ python3 libgtest-dev nlohmann-json3-dev)
 
 log() { printf '[setup] %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -106,18 +113,53 @@ install_onnxruntime_headers() {
   ln -sfn "$dest" "$ROOT/.setup/onnxruntime"
 }
 
+# A Debian sid chroot with Bazel 7.7.1, under the cache (never in the repo). The
+# stamp names the package list, so a changed list re-runs the install step.
+install_bazel7() {
+  local dir="$CACHE/bazel7" chroot="$CACHE/bazel7/sid"
+  local want="${BAZEL7_PACKAGES[*]}"
+  if [ -f "$chroot/.servekit-complete" ] && [ "$(cat "$chroot/.servekit-complete")" = "$want" ]; then
+    log "bazel 7: chroot $chroot ready"
+  else
+    if [ ! -f "$chroot/.servekit-debootstrap" ]; then
+      log "bazel 7: debootstrap $BAZEL7_SUITE into $chroot (about 1 minute)"
+      rm -rf "$chroot"; mkdir -p "$dir"
+      as_root debootstrap --variant=minbase "$BAZEL7_SUITE" "$chroot" http://deb.debian.org/debian >"$dir/debootstrap.log" 2>&1 ||
+        { tail -n 20 "$dir/debootstrap.log"; log "error: debootstrap failed (log: $dir/debootstrap.log)"; exit 1; }
+      touch "$chroot/.servekit-debootstrap"
+    fi
+    log "bazel 7: installing ${BAZEL7_PACKAGES[*]} in the chroot (about 1.5 minutes)"
+    as_root "$ROOT/tools/bazel7_chroot.sh" -- sh -c '
+      apt-get -qq -o Acquire::Check-Valid-Until=false update &&
+      apt-get install -y -qq --no-install-recommends "$@" >/dev/null &&
+      apt-get clean' sh "${BAZEL7_PACKAGES[@]}"
+    echo "$want" > "$chroot/.servekit-complete"
+  fi
+  # The registry is cheap to rebuild and depends on this checkout's script: always.
+  log "bazel 7: $(as_root "$ROOT/tools/bazel7_chroot.sh" -- python3 "$ROOT/tools/bazel7_registry.py" \
+    /opt/servekit-registry "$ROOT/MODULE.bazel" "$ROOT/tests/bzlmod_consumer/MODULE.bazel")"
+  # The venv must run inside the chroot (its Python prefix is bind-mounted there).
+  as_root "$ROOT/tools/bazel7_chroot.sh" -- "$ROOT/.setup/venv/bin/python3" -c 'import numpy, pybind11' ||
+    { log "error: the venv does not run inside the Bazel 7 chroot"; exit 1; }
+  log "bazel 7: $(as_root "$ROOT/tools/bazel7_chroot.sh" -- dpkg-query -W -f='${Version}' bazel-bootstrap) in $chroot, registry file:///opt/servekit-registry"
+}
+
 main() {
   local start=$SECONDS
-  case "${1:-}" in
-    --with-remote-cache) APT_PACKAGES+=("${REMOTE_CACHE_PACKAGES[@]}") ;;
-    "") ;;
-    *) log "usage: tools/setup.sh [--with-remote-cache]"; exit 2 ;;
-  esac
+  local with_bazel7=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      --with-remote-cache) APT_PACKAGES+=("${REMOTE_CACHE_PACKAGES[@]}") ;;
+      --with-bazel7) APT_PACKAGES+=(debootstrap); with_bazel7=1 ;;
+      *) log "usage: tools/setup.sh [--with-remote-cache] [--with-bazel7]"; exit 2 ;;
+    esac
+  done
   mkdir -p "$CACHE" "$ROOT/.setup"
   install_debian_packages
   install_python_stack
   install_onnxruntime_headers
   log "bazel: $(dpkg-query -W -f='${Version}' bazel-bootstrap) (Debian bazel-bootstrap)"
+  [ "$with_bazel7" = 1 ] && install_bazel7
   log "done in $((SECONDS - start)) s"
 }
 
