@@ -217,7 +217,7 @@ def _is_leaf_spec(x) -> bool:
         return True
     try:
         return bool(keras.ops.is_tensor(x))
-    except Exception:  # pragma: no cover - exotic objects
+    except (TypeError, ValueError, AttributeError):  # not a tensor of any backend
         return False
 
 
@@ -323,7 +323,7 @@ def model_input_names(model) -> list[Optional[str]]:
     if inputs is None:
         try:
             inputs = model.inputs
-        except Exception:
+        except (AttributeError, ValueError):  # a subclassed model has no symbolic inputs
             return []
     if inputs is None:
         return []
@@ -604,14 +604,14 @@ def _lookup_vocabularies(model) -> tuple[list[str], list[int], Optional[int]]:
     layers = []
     try:
         layers = list(model._flatten_layers(include_self=True, recursive=True))
-    except Exception:
+    except AttributeError:  # not a layer: no vocabularies to draw from
         pass
     for layer in layers:
         kind = type(layer).__name__
         if kind in ("StringLookup", "IntegerLookup", "TextVectorization"):
             try:
                 vocab = list(layer.get_vocabulary())
-            except Exception:
+            except (AttributeError, ValueError, RuntimeError):  # not adapted yet
                 vocab = []
             for tok in vocab[:50]:
                 if isinstance(tok, bytes):
@@ -670,7 +670,7 @@ def to_numpy(x) -> np.ndarray:
         return np.asarray(x.numpy())
     try:
         return np.asarray(keras.ops.convert_to_numpy(x))
-    except Exception:
+    except (TypeError, ValueError, AttributeError):  # already host data
         return np.asarray(x)
 
 

@@ -88,7 +88,7 @@ def _loaded_by_path(module_name: str) -> Optional[str]:
 def _layers(model) -> list[Any]:
     try:
         return list(model._flatten_layers(include_self=True, recursive=True))
-    except Exception:
+    except AttributeError:  # not a Keras layer
         return [model]
 
 
@@ -106,7 +106,7 @@ def custom_classes(model) -> list[CustomClass]:
             registered = keras.saving.get_registered_name(cls)
             if registered:
                 names.add(registered)
-        except Exception:
+        except (TypeError, AttributeError):  # not registered
             pass
         found[cls] = CustomClass(cls.__module__, cls.__qualname__, sorted(names), layer.name,
                                  _loaded_by_path(cls.__module__))

@@ -90,7 +90,7 @@ class _LayerRecorder:
     def recording(self):
         try:
             from keras.src.layers.layer import Layer
-        except Exception:  # pragma: no cover - keras missing
+        except ImportError:  # no keras: nothing to record
             yield
             return
         original = Layer.__call__
@@ -130,7 +130,7 @@ def _traced_concrete(fn, name: str):
     relaxed = tf.nest.map_structure(_relaxed_batch, args)
     try:
         return fn.get_concrete_function(*relaxed), relaxed
-    except Exception:
+    except (TypeError, ValueError, tf.errors.OpError):  # the trace needs its static batch: keep it
         return first, args
 
 
@@ -151,7 +151,7 @@ def _collect_resources(layers: Sequence[Any]) -> list[Any]:
             continue
         try:
             sublayers = list(layer._flatten_layers(include_self=False, recursive=True))
-        except Exception:
+        except AttributeError:  # a TF trackable, not a layer
             sublayers = []
         todo.extend(sublayers)
         for value in list(vars(layer).values()):
@@ -314,7 +314,7 @@ def _signature_wrapper(method, layout: InputLayout, output_names, box: dict):
 def _variable_handle_id(v):
     try:
         return id(v.handle)
-    except Exception:
+    except (AttributeError, ValueError):  # no resource handle
         return id(v)
 
 
@@ -342,12 +342,12 @@ def _stable_variable_order(variables, tracked) -> list:
 def _arg_names(fn) -> Optional[list[str]]:
     try:
         return list(fn.function_spec.fullargspec.args)
-    except Exception:
+    except AttributeError:  # not a tf.function with a function_spec
         try:
             import inspect
 
             return [p for p in inspect.signature(fn.python_function).parameters]
-        except Exception:
+        except (AttributeError, TypeError, ValueError):  # no inspectable signature
             return None
 
 

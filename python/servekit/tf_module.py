@@ -19,13 +19,16 @@ import os
 import time
 from typing import Any
 
-import numpy as np
-
-from servekit import atomic
 from servekit import export_utils as eu
+from servekit import portable
 from servekit import signature as sig
 from servekit import summary
+from servekit import version
 from servekit.errors import ExportError
+from servekit.pipeline import core as pipeline
+from servekit.pipeline import reference
+from servekit.pipeline.cases import CaseSet
+from servekit.pipeline.request import EndpointPlan, ExportRequest
 
 
 def _canonical_signatures(module, signatures):
@@ -85,9 +88,6 @@ def export_module(module, filepath, verbose: bool = True, verify: bool = True, s
     """
     import tensorflow as tf
 
-    from servekit import saved_model as sk_sm
-    from servekit import verification
-
     if kwargs:
         raise ExportError(f"Unknown argument(s) for exporting a tf.Module: {sorted(kwargs)}.",
                           reason="bad_argument")
@@ -98,38 +98,63 @@ def export_module(module, filepath, verbose: bool = True, verify: bool = True, s
         signatures, concrete = _canonical_signatures(module, signatures)
     except (ValueError, TypeError) as e:
         raise ExportError(f"tf.Module '{name}': invalid signatures: {e}", model=name, reason="bad_signature") from None
-    cases = []
-    if verify:
-        for key, fn in concrete.items():
-            layout = _layout_of(fn)
-            batches = [1, 7] if layout.flat and all(s.shape and s.shape[0] is None for s in layout.flat) else [
-                next((s.shape[0] for s in layout.flat if s.shape), 1)]
-            runs, stable = [], True
-            for batch in batches:
-                flat = eu.generate_inputs(layout, batch)
-                inputs = {s.name: v for s, v in zip(layout.flat, flat)}
-                outs = [{k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
-                        for _ in range(3)]
-                stable = stable and all(np.array_equal(outs[0][k], o[k]) for o in outs[1:] for k in outs[0])
-                runs.append((batch, inputs, outs[0]))
-            cases += [(key, batch, inputs, out, stable) for batch, inputs, out in runs]
-    with atomic.staged_write(filepath) as staged:
-        try:
-            sk_sm.save_module(module, staged, signatures=signatures, options=options)
-        except ExportError:
-            raise
-        except Exception as e:
-            raise ExportError(f"tf.Module '{name}' could not be saved: {e}", model=name,
-                              reason="export_failed") from None
-        comps = verification.check_saved_model(staged, cases) if cases else []
-        if not all(c.ok for c in comps):
-            raise ExportError(f"tf.Module '{name}': the SavedModel does not reproduce the module:\n"
-                              f"{verification.describe_failures(comps)}\nNothing was written at '{filepath}'.",
-                              model=name, reason="verification_failed")
-        atomic.commit(staged, filepath)
-    artifact = sig.ExportedArtifact("tf_saved_model", filepath, _endpoint_signatures(concrete))
+    plans, cases = [], CaseSet()
+    for key, fn in concrete.items():
+        layout = _layout_of(fn)
+        names = sorted(fn.structured_outputs)
+
+        def call(flat, _fn=fn, _layout=layout, _names=names):
+            out = _fn(**{s.name: tf.constant(v) for s, v in zip(_layout.flat, flat)})
+            return [out[n].numpy() for n in _names]
+
+        plan = EndpointPlan(key, layout, names, fn=fn)
+        if verify:
+            plan.behavior, made = reference.make_cases(key, layout, names, call, list(module.variables))
+            for case in made:
+                cases.add(case)
+        plans.append(plan)
+    request = ExportRequest("module", "tf_saved_model", name, "tensorflow", plans, cases, verify=verify,
+                            source=module, options=options, version=version.__version__)
+    strategy = _SaveModule(signatures)
+    report, attempts = pipeline.run(request, filepath, [strategy], what=f"tf.Module '{name}'",
+                                    make_workdir=portable.make_workdir, remove_workdir=portable.remove_workdir)
+    behaviors = {p.name: p.behavior for p in plans}
+    endpoints = tuple(s.with_behavior(behaviors[s.name]) for s in _endpoint_signatures(concrete))
+    artifact = sig.ExportedArtifact("tf_saved_model", filepath, endpoints, strategy=report["strategy"])
     if verbose:
-        report = {"files": atomic.artifact_files(filepath), "comparisons": [c.__dict__ for c in comps]}
+        report["strategy_line"] = pipeline.describe(attempts)
         summary.print_summary(artifact, name, "tensorflow", report, time.monotonic() - t0)
     return artifact
 
+
+class _SaveModule:
+    """The one strategy for a plain `tf.Module`: it is TensorFlow code, saved
+    in this process with `tf.saved_model.save` and made canonical."""
+
+    name = "in_process"
+
+    def __init__(self, signatures):
+        self._signatures = signatures
+
+    def unavailable(self, request: ExportRequest):
+        return None
+
+    def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
+        import tensorflow as tf
+
+        from servekit import saved_model as sk_sm
+        from servekit import verification
+
+        try:
+            sk_sm.save_module(request.source, staged, signatures=self._signatures, options=request.options)
+        except (ValueError, TypeError, AssertionError, tf.errors.OpError) as e:
+            raise ExportError(f"tf.Module '{request.name}' could not be saved: {e}", model=request.name,
+                              reason="export_failed") from None
+        report: dict[str, Any] = {"ok": True, "endpoints": [], "comparisons": []}
+        comps = verification.check_saved_model(staged, request.cases) if len(request.cases) else []
+        report["comparisons"] = [c.__dict__ for c in comps]
+        if not all(c.ok for c in comps):
+            report.update(ok=False, reason="verification_failed",
+                          message="the SavedModel does not reproduce the module:\n"
+                                  + verification.describe_failures(comps))
+        return report
