@@ -37,18 +37,18 @@ if [ "${1:-}" = --in-chroot ]; then
   trap 'cd "$ROOT/$CONSUMER" && bazel7 shutdown 2>/dev/null; cd "$ROOT" && bazel7 shutdown 2>/dev/null' EXIT
   log "consumer: bazel $(bazel7 --version 2>/dev/null | cut -d' ' -f2) build //models:$EXPORT, test //models/..."
   start=$SECONDS
-  consumer_tests=$(bazel7 query 'tests(//models/...)' 2>/dev/null)
+  consumer_tests=$(bazel7 query 'tests(//models/...)' 2>/dev/null) || status=1
   bazel7 build --noshow_progress "//models:$EXPORT" || status=1
   bazel7 test --noshow_progress --build_tests_only //models/... || status=1
-  bazel7 info bazel-bin 2>/dev/null > "$state/consumer_bin"
+  bazel7 info bazel-bin 2>/dev/null > "$state/consumer_bin" || status=1
   python3 "$ROOT/tools/test_summary.py" "$(bazel7 info bazel-testlogs 2>/dev/null)" $consumer_tests > "$state/consumer_summary"
   log "consumer: $(cat "$state/consumer_summary") in $((SECONDS - start)) s"
-  bazel7 shutdown
+  bazel7 shutdown || true
 
   cd "$ROOT"
   start=$SECONDS
   log "servekit: bazel test //tests/cc/... as the root module"
-  own_tests=$(bazel7 query 'tests(//tests/cc/...)' 2>/dev/null)
+  own_tests=$(bazel7 query 'tests(//tests/cc/...)' 2>/dev/null) || status=1
   bazel7 test --noshow_progress //tests/cc/... || status=1
   python3 "$ROOT/tools/test_summary.py" "$(bazel7 info bazel-testlogs 2>/dev/null)" $own_tests > "$state/own_summary"
   log "servekit: $(cat "$state/own_summary") in $((SECONDS - start)) s"
@@ -81,11 +81,11 @@ PY
 # The reference: the same export from Bazel 4.2.3 in WORKSPACE mode.
 log "reference: bazel $(dpkg-query -W -f='${Version}' bazel-bootstrap) build //models:$EXPORT (WORKSPACE mode)"
 (cd "$ROOT" && bazel build --noshow_progress "//models:$EXPORT") || status=1
-reference=$(cd "$ROOT" && bazel info bazel-bin 2>/dev/null)/models/$EXPORT
+reference=$(cd "$ROOT" && bazel info bazel-bin 2>/dev/null || true)/models/$EXPORT
 
 # The registry, so that it matches the MODULE.bazel files of this checkout.
 "$ROOT/tools/bazel7_chroot.sh" -- python3 "$ROOT/tools/bazel7_registry.py" /opt/servekit-registry \
-  "$ROOT/MODULE.bazel" "$ROOT/$CONSUMER/MODULE.bazel" >/dev/null
+  "$ROOT/MODULE.bazel" "$ROOT/$CONSUMER/MODULE.bazel" >/dev/null || status=1
 "$ROOT/tools/bazel7_chroot.sh" --bind "$state" -- "$ROOT/tools/bzlmod_lane.sh" --in-chroot "$state" || status=1
 
 # Every file of the two exports, byte for byte.
