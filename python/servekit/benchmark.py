@@ -39,8 +39,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 if __name__ == "__main__":
     # As a script, this file's directory (the servekit package) would come first
     # on sys.path and its modules (onnx.py) shadow the real packages.
-    _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _PACKAGE_DIR]
+    _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _PACKAGE_DIR]
 
 import numpy as np
 

@@ -27,8 +27,8 @@ if __name__ == "__main__":
     # Run as a script (Bazel's py_binary), Python puts this file's directory, the
     # servekit package itself, first on sys.path, where servekit/onnx.py would be
     # found as the `onnx` package. The package is imported from its parent.
-    _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _PACKAGE_DIR]
+    _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _PACKAGE_DIR]
 
 import numpy as np
 

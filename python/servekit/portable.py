@@ -234,11 +234,11 @@ def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:
 def importable_sys_path() -> list[str]:
     """The source process' sys.path entries that exist (for custom modules),
     never servekit's own package directory (its `onnx.py` would shadow onnx)."""
-    package_dir = os.path.dirname(os.path.abspath(__file__))
+    package_dir = os.path.dirname(os.path.realpath(__file__))
     out = []
     for p in sys.path:
         p = os.path.abspath(p) if p else os.getcwd()
-        if os.path.isdir(p) and p not in out and p != package_dir:
+        if os.path.isdir(p) and p not in out and os.path.realpath(p) != package_dir:
             out.append(p)
     return out
 

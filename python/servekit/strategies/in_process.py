@@ -228,6 +228,10 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
     from servekit import saved_model as sk_sm
 
     archive._filter_and_track_resources()
+    # Keras collects the variables the endpoints use through sets: order them as
+    # the archive tracks them, so the object graph is the same in every process.
+    root = archive._tf_trackable
+    root._all_variables = sk_sm._stable_variable_order(list(root._all_variables), [root])
     signatures: dict[str, Any] = {}
     result: list[sig.Signature] = []
     for plan in plans:
