@@ -61,7 +61,8 @@ def make_cases(
     else:
         batches = [int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else 1 for flat in inputs]
     names = [s.name for s in layout.flat]
-    behavior = behavior_lib.probe(call, inputs[0], variables)
+    largest = max(range(len(inputs)), key=lambda i: batches[i])  # most elements to tell randomness by
+    behavior = behavior_lib.probe(call, inputs[largest], variables)
     with behavior_lib.VariableSnapshot(variables):
         outputs = [call(flat) for flat in inputs]  # in order: state advances as in the artifact
     cases = []

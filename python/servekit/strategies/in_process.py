@@ -237,15 +237,8 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
     for plan in plans:
         method = getattr(archive._tf_trackable, plan.name)
         layout = plan.layout or traced_layout(method, plan.name)
-        # The signature calls the method's own trace: calling the tf.function
-        # from another graph would trace it again, and a second trace breaks
-        # SaveOptions(function_aliases=...) on reload.
-        if getattr(method, "input_signature", None) is not None:
-            traced = method.get_concrete_function()
-        else:
-            traced = method.get_concrete_function(*sk_sm.arg_specs(layout))
         box: dict[str, Any] = {}
-        sig_fn = tf.function(sk_sm._signature_wrapper(traced, layout, plan.output_names, box),
+        sig_fn = tf.function(sk_sm._signature_wrapper(method, layout, plan.output_names, box),
                              input_signature=sk_sm.flat_specs(layout), autograph=False)
         concrete = sig_fn.get_concrete_function()
         signatures[plan.name] = concrete
