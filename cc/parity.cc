@@ -214,6 +214,32 @@ std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest&
   return results;
 }
 
+namespace {
+
+// The endpoint's first reference case or, when it has none (SavedModel's `serve`
+// next to `serving_default`), the first case of an endpoint taking the same inputs.
+const ReferenceCase* FirstCaseWithInputsOf(const Manifest& manifest, const Signature& signature) {
+  auto same_inputs = [&signature](const Signature& other) {
+    if (other.inputs.size() != signature.inputs.size()) return false;
+    for (size_t i = 0; i < other.inputs.size(); ++i) {
+      const TensorSpec& a = other.inputs[i];
+      const TensorSpec& b = signature.inputs[i];
+      if (a.name != b.name || a.dtype != b.dtype || a.dims != b.dims) return false;
+    }
+    return true;
+  };
+  for (const auto& c : manifest.reference) {
+    if (c.endpoint == signature.name) return &c;
+  }
+  for (const auto& c : manifest.reference) {
+    const ManifestEndpoint* other = manifest.FindEndpoint(c.endpoint);
+    if (other != nullptr && same_inputs(other->signature)) return &c;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 std::vector<RandomnessCheck> CheckStaysRandom(const Model& model, const Manifest& manifest) {
   std::vector<RandomnessCheck> results;
   for (const auto& endpoint : manifest.endpoints) {
@@ -221,19 +247,14 @@ std::vector<RandomnessCheck> CheckStaysRandom(const Model& model, const Manifest
     RandomnessCheck r;
     r.endpoint = endpoint.signature.name;
     r.label = std::string(FormatName(model.format())) + " stays random " + r.endpoint;
-    const ReferenceCase* first = nullptr;
-    for (const auto& c : manifest.reference) {
-      if (c.endpoint == r.endpoint) {
-        first = &c;
-        break;
-      }
-    }
+    const ReferenceCase* first = FirstCaseWithInputsOf(manifest, endpoint.signature);
     if (first == nullptr) {
       r.message = "no reference case to run it on";
       results.push_back(std::move(r));
       continue;
     }
     r.label += " b" + std::to_string(first->batch);
+    if (first->endpoint != r.endpoint) r.label += " (inputs of '" + first->endpoint + "')";
     auto inputs = LoadCaseInputs(manifest, *first);
     if (!inputs.ok()) {
       r.message = inputs.status().message();
