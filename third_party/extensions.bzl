@@ -13,8 +13,9 @@ The repositories are made by the same repository rules WORKSPACE calls:
                      pybind11 headers, the stack lock (python_configure.bzl);
   @tensorflow_c      tensorflow_c: the TF C API of the venv's tensorflow wheel;
   @onnxruntime       onnxruntime: ORT headers and the venv's onnxruntime library;
-  @googletest, @nlohmann_json   Debian's libgtest-dev and nlohmann-json3-dev in /usr
-                     (needed only to build servekit's own C++ tests and verifier).
+  @googletest, @cli11, @nlohmann_json   Debian's libgtest-dev, libcli11-dev and
+                     nlohmann-json3-dev in /usr (needed only to build servekit's own C++
+                     tests and verifier).
 
 Tags of the root module win; servekit's own defaults apply otherwise.
 """
@@ -35,7 +36,7 @@ _onnxruntime_headers = tag_class(
 )
 
 _system = tag_class(
-    doc = "The prefix GoogleTest and nlohmann-json are installed under (Debian: /usr).",
+    doc = "The prefix GoogleTest, CLI11 and nlohmann-json are installed under (Debian: /usr).",
     attrs = {"prefix": attr.string(mandatory = True)},
 )
 
@@ -67,6 +68,11 @@ def _servekit_impl(module_ctx):
         name = "googletest",
         path = prefix,
         build_file = Label("//third_party:googletest.BUILD"),
+    )
+    new_local_repository(
+        name = "cli11",
+        path = prefix,
+        build_file = Label("//third_party:cli11.BUILD"),
     )
     new_local_repository(
         name = "nlohmann_json",

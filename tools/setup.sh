@@ -24,9 +24,9 @@ APT_PACKAGES=(bazel-bootstrap bazel-rules-java libgtest-dev libcli11-dev nlohman
 # tools/remote_cache_demo.sh serves a Bazel HTTP cache with nginx's WebDAV module.
 REMOTE_CACHE_PACKAGES=(nginx-light curl)
 # The Bazel 7 lane: Debian sid carries Bazel 7.7.1 (it needs sid's glibc and JDK,
-# hence a chroot). GoogleTest and nlohmann-json come from the chroot's /usr there.
+# hence a chroot). GoogleTest, CLI11 and nlohmann-json come from the chroot's /usr there.
 BAZEL7_SUITE=sid
-BAZEL7_PACKAGES=(bazel-bootstrap bazel-rules-shell g++ python3 libgtest-dev nlohmann-json3-dev)
+BAZEL7_PACKAGES=(bazel-bootstrap bazel-rules-shell g++ python3 libgtest-dev libcli11-dev nlohmann-json3-dev)
 
 log() { printf '[setup] %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
