@@ -32,25 +32,28 @@ def export_copy(tmp_path):
 
 
 def test_help_and_usage():
+    # Phrased so that CLI11 2.1 (Debian bookworm) and newer (sid, the Bazel 7 lane),
+    # whose help layouts differ, both pass.
     code, out, err = verify("--help")
-    assert code == 0 and "Usage: servekit_verify [OPTIONS] SUBCOMMAND" in out
+    assert code == 0 and "servekit_verify [OPTIONS] SUBCOMMAND" in out, out
     assert err == ""  # nothing from TensorFlow's libraries as they load
     for command in ("inspect", "validate", "run", "bench"):
         code, out, err = verify(command, "--help")
         assert code == 0, command
-        assert f"Usage: servekit_verify {command} [OPTIONS]" in out
+        assert f"servekit_verify {command} [OPTIONS]" in out, out
         assert err == "", (command, err)
     # The help comes from the declarations: every option is there.
     _, out, _ = verify("inspect", "--help")
-    assert "--tag TEXT" in out and "--manifest" in out and "--json" in out
+    assert "--tag" in out and "--manifest" in out and "--json" in out
     _, out, _ = verify("bench", "--help")
-    assert "--iterations INT:> 0 Excludes: --seconds" in out
+    assert "--iterations" in out and "Excludes: --seconds" in out, out
     code, _, err = verify()
     assert code == 2 and "A subcommand is required" in err
     code, _, err = verify("frobnicate")
     assert code == 2 and "unknown command 'frobnicate'" in err
     code, _, err = verify("inspect", FIXTURE / "model.onnx", "--bogus")
-    assert code == 2 and "servekit_verify inspect: The following argument was not expected: --bogus" in err
+    assert code == 2 and "The following argument was not expected: --bogus" in err
+    assert err.startswith("servekit_verify inspect:"), err
 
 
 def test_tensorflow_logs_only_with_verbose():
