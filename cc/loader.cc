@@ -7,6 +7,10 @@
 namespace servekit {
 
 StatusOr<ModelFormat> DetectFormat(const std::string& path) {
+  if (IsDirectory(path) && IsRegularFile(JoinPath(path, kOnnxExternalModelFile)) &&
+      !IsRegularFile(JoinPath(path, "saved_model.pb"))) {
+    return ModelFormat::kOnnx;  // an ONNX model with external data
+  }
   if (IsDirectory(path)) return ModelFormat::kTfSavedModel;
   const bool onnx_name = path.size() > 5 && path.compare(path.size() - 5, 5, ".onnx") == 0;
   if (IsRegularFile(path)) {

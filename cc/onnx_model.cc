@@ -153,8 +153,16 @@ OnnxModel::OnnxModel(std::string path, std::vector<Signature> signatures, std::u
 
 OnnxModel::~OnnxModel() = default;
 
-StatusOr<std::unique_ptr<OnnxModel>> OnnxModel::Load(const std::string& path, const LoadOptions& options) {
-  if (IsDirectory(path)) return InvalidArgument(path + " is a directory, not an ONNX file");
+StatusOr<std::unique_ptr<OnnxModel>> OnnxModel::Load(const std::string& artifact, const LoadOptions& options) {
+  // An ONNX model over 2 GB is a directory: model.onnx and its external data
+  // (model.onnx.data), which ONNX Runtime reads relative to the model file's path.
+  const std::string external = JoinPath(artifact, kOnnxExternalModelFile);
+  const bool with_external_data = IsDirectory(artifact) && IsRegularFile(external);
+  const std::string path = with_external_data ? external : artifact;
+  if (IsDirectory(path)) {
+    return InvalidArgument(path + " is a directory, not an ONNX file (nor one with " + kOnnxExternalModelFile +
+                           " and external data)");
+  }
   if (!IsRegularFile(path)) return NotFound("no ONNX model at " + path + ": no such file");
   SERVEKIT_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
   return Create(path, bytes, options, path);

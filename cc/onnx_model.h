@@ -31,6 +31,9 @@ namespace servekit {
 
 // The endpoint name of an ONNX model's single graph.
 inline constexpr char kOnnxEndpoint[] = "serving_default";
+// The model file inside an ONNX artifact directory (a model whose tensors are
+// external data, model.onnx.data beside it; servekit writes one over 2 GB).
+inline constexpr char kOnnxExternalModelFile[] = "model.onnx";
 
 // Whether `bytes` look like an ONNX ModelProto: a well-formed protocol buffer with a
 // graph field. `what` names the input in the error.

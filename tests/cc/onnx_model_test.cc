@@ -153,10 +153,18 @@ TEST(OnnxModelLoadTest, MissingFile) {
   EXPECT_EQ(s.message(), "no ONNX model at /nonexistent/model.onnx: no such file");
 }
 
-TEST(OnnxModelLoadTest, Directory) {
-  Status s = LoadError(testing::FixtureDir());
+TEST(OnnxModelLoadTest, DirectoryWithoutModelOnnx) {
+  const std::string dir = testing::ScratchDir("no_model_onnx");
+  Status s = LoadError(dir);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("is a directory, not an ONNX file"), std::string::npos);
+}
+
+// An export directory of an ONNX model with external data holds model.onnx: it loads.
+TEST(OnnxModelLoadTest, DirectoryWithModelOnnxLoadsIt) {
+  auto m = OnnxModel::Load(testing::FixtureDir(), {});
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_EQ((*m)->path(), testing::FixturePath("model.onnx"));
 }
 
 TEST(OnnxModelLoadTest, EmptyFile) {
