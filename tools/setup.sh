@@ -55,9 +55,13 @@ find_python() {
   log "error: Python 3.11 is required (the pinned wheels are cp311)"; exit 1
 }
 
+# The only `pip check` complaints accepted: the dependencies requirements-nodeps.txt leaves out.
+NODEPS_ALLOWED='^(keras-hub [^ ]+ requires (tensorflow-text|kagglehub|kagglesdk|sentencepiece)|tokenizers [^ ]+ requires huggingface-hub),'
+
 install_python_stack() {
   local digest venv
-  digest=$(cat "$ROOT/tools/requirements.txt" "$ROOT/tools/constraints.txt" | sha256sum | cut -c1-12)
+  digest=$(cat "$ROOT/tools/requirements.txt" "$ROOT/tools/constraints.txt" "$ROOT/tools/requirements-nodeps.txt" |
+    sha256sum | cut -c1-12)
   venv="$CACHE/venv-$digest"
   if [ -f "$venv/.servekit-complete" ]; then
     log "python: $venv ready"
@@ -72,7 +76,16 @@ install_python_stack() {
     "$venv/bin/pip" install -q --disable-pip-version-check "${find_links[@]}" \
       -r "$ROOT/tools/requirements.txt" -c "$ROOT/tools/constraints.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; }
     [ "${PIPESTATUS[0]}" = 0 ] || { log "error: pip install failed"; exit 1; }
-    "$venv/bin/pip" check >/dev/null
+    # keras-hub and tokenizers without their declared dependencies: tensorflow-text
+    # (it would pull the full `tensorflow` wheel beside tensorflow-cpu), kagglehub
+    # and huggingface-hub (preset downloads: no hub is reachable) and sentencepiece
+    # are not needed to build backbones (see tools/requirements-nodeps.txt).
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+      -r "$ROOT/tools/requirements-nodeps.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    [ "${PIPESTATUS[0]}" = 0 ] || { log "error: pip install --no-deps failed"; exit 1; }
+    local broken
+    broken=$("$venv/bin/pip" check 2>&1 | grep -vE "$NODEPS_ALLOWED" || true)
+    [ -z "$broken" ] || { log "error: pip check: $broken"; exit 1; }
     touch "$venv/.servekit-complete"
   fi
   link_onnxruntime_soname "$venv"
