@@ -1,6 +1,6 @@
 """`artifact_benchmark`: `bazel run` target that benchmarks a model export.
 
-Runs `servekit.benchmark` on the export: the native runners (C++ loops on the TF C
+Runs `servekit.bench.benchmark` on the export: the native runners (C++ loops on the TF C
 API and ORT C++ API, and the same runners called from Python through the pybind11
 module) side by side with the Python runtimes (`tf.saved_model.load` signatures,
 `onnxruntime.InferenceSession`) on the same inputs, over a batch sweep. Writes
@@ -34,7 +34,7 @@ artifact_benchmark = rule(
             doc = "Batch sizes of the sweep (override at run time with --batches).",
         ),
         "_benchmark": attr.label(
-            default = Label("//python/servekit:benchmark"),
+            default = Label("//python/servekit/bench:benchmark"),
             executable = True,
             cfg = "target",
         ),

@@ -1,6 +1,6 @@
 """`model_export`: a Keras model definition in, verified serving artifacts out.
 
-The export action runs `servekit.build_tool` (the export library) in the exec
+The export action runs `servekit.build.build_tool` (the export library) in the exec
 configuration on the venv interpreter, in a fixed environment: no $HOME, fixed
 seeds and thread counts, the source backend chosen here. It writes, under
 `bazel-bin/<package>/<name>/`:
@@ -47,7 +47,8 @@ def export_launcher(ctx, tool_target, export, command):
     return DefaultInfo(executable = script, runfiles = runfiles)
 
 # The environment of every export action. Nothing comes from the caller's shell.
-_EXPORT_ENV = {
+# Public so that a test can run the build tool in exactly this environment.
+EXPORT_ENV = {
     "HOME": "/nonexistent",
     "PYTHONHASHSEED": "0",
     "PYTHONDONTWRITEBYTECODE": "1",
@@ -81,6 +82,10 @@ def _model_export_impl(ctx):
         outputs.append(onnx)
 
     args = ctx.actions.args()
+
+    # In a params file, so that the action can run in a persistent worker.
+    args.use_param_file("@%s", use_always = True)
+    args.set_param_file_format("multiline")
     args.add("--model_file", ctx.file.src)
     args.add("--name", ctx.label.name)
     args.add("--backend", ctx.attr.backend)
@@ -98,7 +103,7 @@ def _model_export_impl(ctx):
     if ctx.file.weights:
         inputs.append(ctx.file.weights)
 
-    env = dict(_EXPORT_ENV)
+    env = dict(EXPORT_ENV)
     env["KERAS_BACKEND"] = ctx.attr.backend
     ctx.actions.run(
         executable = ctx.executable._build_tool,
@@ -106,6 +111,10 @@ def _model_export_impl(ctx):
         inputs = inputs,
         outputs = outputs,
         env = env,
+        # One persistent build tool per source backend (KERAS_BACKEND is part of
+        # the worker key); --strategy=ServekitExport=sandboxed runs each action
+        # in a fresh process instead.
+        execution_requirements = {"supports-workers": "1"},
         mnemonic = "ServekitExport",
         progress_message = "Exporting %s (%s backend) to %s" % (
             ctx.label,
@@ -168,7 +177,7 @@ model_export = rule(
             doc = "Other files `src` reads or imports (helper modules, vocabularies).",
         ),
         "_build_tool": attr.label(
-            default = Label("//python/servekit:build_tool"),
+            default = Label("//python/servekit/build:build_tool"),
             executable = True,
             cfg = "exec",
         ),

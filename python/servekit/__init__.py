@@ -24,7 +24,7 @@ def __getattr__(name):
 
         return ExportArchive
     if name == "load":
-        from servekit.loader import load
+        from servekit.runtime.loader import load
 
         return load
     raise AttributeError(f"module 'servekit' has no attribute {name!r}")

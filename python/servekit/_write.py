@@ -32,10 +32,15 @@ def quiet():
             lg.setLevel(level)
 
 
-def write_and_verify(*args, **kwargs) -> dict[str, Any]:
+def write_and_verify(*args, **kwargs) -> dict[str, dict[str, Any]]:
     """`_write_and_verify` with warnings and library logs silenced."""
     with quiet():
         return _write_and_verify(*args, **kwargs)
+
+
+def _failed(comparisons, what: str) -> dict[str, Any]:
+    return {"ok": False, "reason": "verification_failed",
+            "message": f"The {what} does not reproduce the source model:\n" + verification.describe_failures(comparisons)}
 
 
 def _write_and_verify(
@@ -43,62 +48,68 @@ def _write_and_verify(
     tracked: Sequence[Any],
     collections: dict,
     *,
-    fmt: str,
-    output: str,
-    cases: Sequence[tuple],
+    outputs: dict[str, str],
+    cases: Sequence[Any],
     opset: Optional[int],
     model_name: str,
     layer_names: Sequence[str],
     scratch_dir: str,
     version: str,
-    options=None,
-    case_factory=None,
-) -> dict[str, Any]:
-    """Builds, writes at `output` (a staging path), reloads and compares.
+) -> dict[str, dict[str, Any]]:
+    """Builds the endpoints once, writes every format at its staging path,
+    reloads each artifact and compares it with the cases.
+
+    The SavedModel is written first (at `outputs["tf_saved_model"]`, or in
+    `scratch_dir` when only ONNX is asked for) and verified; the ONNX model is
+    converted from that same SavedModel, so both formats cost one trace.
 
     Args:
+        outputs: format -> staging path ("tf_saved_model", "onnx").
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
             the source model on its source backend.
 
-        case_factory: optional `f(built_module) -> cases`, used instead of
-            `cases` when the cases depend on what was traced (in-process).
-
     Returns:
-        A report dict: `ok`, `endpoints` (Signature JSON), `comparisons`,
-        `files`, `opset`, and `message`/`reason` when not ok.
+        format -> report: `ok`, `endpoints` (Signature JSON), `comparisons`,
+        `files`, `opset` (ONNX), and `message`/`reason` when not ok.
     """
     t0 = time.monotonic()
     built = sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
-    sm_dir = output if fmt == "tf_saved_model" else os.path.join(scratch_dir, "twin_saved_model")
-    sk_sm.save(built, sm_dir, options=options)
-    report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
-    if case_factory is not None:
-        cases = case_factory(built)
+    sm_dir = outputs.get("tf_saved_model") or os.path.join(scratch_dir, "twin_saved_model")
+    sk_sm.save(built, sm_dir)
+    sm_report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
     if cases:
         comps = verification.check_saved_model(sm_dir, cases)
-        report["comparisons"] += [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
+        sm_report["comparisons"] = [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
         if not all(c.ok for c in comps):
-            what = "SavedModel" if fmt == "tf_saved_model" else "SavedModel (from which the ONNX model is converted)"
-            report.update(ok=False, reason="verification_failed",
-                          message=f"The {what} does not reproduce the source model:\n"
-                                  + verification.describe_failures(comps))
-            return report
-    if fmt == "onnx":
+            reports = {}
+            if "tf_saved_model" in outputs:
+                reports["tf_saved_model"] = dict(sm_report, **_failed(comps, "SavedModel"))
+            if "onnx" in outputs:
+                reports["onnx"] = dict(sm_report, **_failed(
+                    comps, "SavedModel (from which the ONNX model is converted)"))
+            return reports
+    reports: dict[str, dict[str, Any]] = {}
+    if "tf_saved_model" in outputs:
+        sm_report["files"] = artifact_files(sm_dir)
+        sm_report["seconds"] = time.monotonic() - t0
+        reports["tf_saved_model"] = sm_report
+    if "onnx" in outputs:
+        t1 = time.monotonic()
+        output = outputs["onnx"]
         serving = built.endpoints[0]
         proto = sk_onnx.convert_saved_model(sm_dir, serving, opset=opset, layer_names=layer_names,
                                             model_name=model_name, producer_version=version)
         sk_onnx.write_onnx(proto, output)
-        report["endpoints"] = [serving.to_json()]
-        report["opset"] = sk_onnx._opset_of(proto)
+        report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "opset": sk_onnx._opset_of(proto),
+                                  "comparisons": list(sm_report["comparisons"])}
         serving_cases = [c for c in cases if c.endpoint == serving.name]
         if serving_cases:
             comps = verification.check_onnx(output, serving_cases)
             report["comparisons"] += [dict(c.__dict__, artifact="onnx") for c in comps]
             if not all(c.ok for c in comps):
-                report.update(ok=False, reason="verification_failed",
-                              message="The ONNX model does not reproduce the source model:\n"
-                                      + verification.describe_failures(comps))
-                return report
-    report["files"] = artifact_files(output)
-    report["seconds"] = time.monotonic() - t0
-    return report
+                report.update(_failed(comps, "ONNX model"))
+        if report["ok"]:
+            report["files"] = artifact_files(output)
+            report["seconds"] = time.monotonic() - t1
+        reports["onnx"] = report
+    return reports

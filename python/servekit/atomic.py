@@ -88,8 +88,13 @@ def staged_write(filepath: str) -> Iterator[str]:
     try:
         yield staged
     finally:
-        if os.path.lexists(staged):
-            _remove(staged)
+        discard(staged)
+
+
+def discard(staged: str) -> None:
+    """Removes a staged artifact that will not be committed (if it exists)."""
+    if os.path.lexists(staged):
+        _remove(staged)
 
 
 def artifact_files(path: str) -> dict[str, int]:

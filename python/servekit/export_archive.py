@@ -31,7 +31,6 @@ from typing import Any, Callable, Optional
 
 
 from servekit import export_utils as eu
-from servekit import portable
 from servekit import signature as sig
 from servekit import strategies
 from servekit import summary
@@ -385,8 +384,7 @@ class ExportArchive:
         request = ExportRequest("archive", "tf_saved_model", "ExportArchive", self._backend, plans, cases,
                                 verify=verify, source=self, options=options, version=_version())
         report, attempts = pipeline.run(request, filepath, strategies.DEFAULT_ORDER,
-                                        what=f"ExportArchive ({self._backend} backend)",
-                                        make_workdir=portable.make_workdir, remove_workdir=portable.remove_workdir)
+                                        what=f"ExportArchive ({self._backend} backend)")
         behaviors = {p.name: p.behavior for p in plans}
         behaviors.setdefault("serving_default", plans[0].behavior)
         endpoints = tuple(sig.Signature.from_json(e).with_behavior(behaviors.get(e["name"], behavior_lib.Behavior()))
@@ -416,7 +414,7 @@ class ExportArchive:
     def _vocab_source(self, spec: _EndpointSpec):
         layers = []
         for r in list(self._keras_tracked()) + ([spec.model] if spec.model is not None else []):
-            layers += list(portable._layers(r))
+            layers += eu.all_layers(r)
         return _LayerPool(layers)
 
     def _source_call(self, spec: _EndpointSpec) -> Callable[[list], list]:
@@ -464,24 +462,19 @@ class ExportArchive:
             return (spec.model if spec.model is not None else spec.fn)(*spec.layout.pack(symbolic))
         flat = eu.generate_inputs(spec.layout, reference.verify_batches(spec.layout)[0],
                                   model=self._vocab_source(spec))
-        with behavior_lib.VariableSnapshot(self._source_variables(spec)):
-            try:
-                if spec.traced or self._backend == "tensorflow":
-                    import tensorflow as tf
+        with behavior_lib.VariableSnapshot(self._source_variables(spec)), \
+                reference.blaming_the_source(f"Endpoint '{spec.name}'", self._backend):
+            if spec.traced or self._backend == "tensorflow":
+                import tensorflow as tf
 
-                    return spec.fn(*spec.layout.pack([tf.constant(v) for v in flat]))
-                return spec.fn(*spec.layout.pack([keras.ops.convert_to_tensor(v) for v in flat]))
-            except ExportError:
-                raise
-            except Exception as e:  # the user's function failed: say which endpoint, with its message
-                raise ExportError(f"Endpoint '{spec.name}' failed on generated inputs on the {self._backend} "
-                                  f"backend: {type(e).__name__}: {e}", reason="source_failed") from None
+                return spec.fn(*spec.layout.pack([tf.constant(v) for v in flat]))
+            return spec.fn(*spec.layout.pack([keras.ops.convert_to_tensor(v) for v in flat]))
 
     def _plans(self, verify: bool) -> tuple[list[EndpointPlan], CaseSet]:
         """Each endpoint's plan (output names, behavior) and verification cases."""
         plans, cases = [], CaseSet()
         for spec in self._endpoints:
-            call = _failing_as_export_error(spec.name, self._backend, self._source_call(spec))
+            call = reference.guarded(self._source_call(spec), f"Endpoint '{spec.name}'", self._backend)
             names = eu.endpoint_output_names(self._output_structure(spec), spec.output_names)
             plan = EndpointPlan(spec.name, spec.layout, names, fn=spec.fn, kwargs=spec.kwargs)
             if verify:
@@ -515,7 +508,8 @@ class ExportArchive:
                     "(it needs torch_xla)")
         return None
 
-    def _write_portable(self, staged: str, workdir: str, request: ExportRequest) -> dict[str, Any]:
+    def _write_portable(self, staged: dict[str, str], workdir: str,
+                        request: ExportRequest) -> dict[str, dict[str, Any]]:
         """The portable rebuild of this archive (see `servekit.strategies.portable`)."""
         from servekit.strategies import portable as portable_strategy
 
@@ -537,19 +531,6 @@ def _keras_call(method, *args, **kwargs):
         if isinstance(e, ExportError):
             raise
         raise ExportError(f"ExportArchive: {e}", reason="bad_argument") from None
-
-
-def _failing_as_export_error(name: str, backend: str, call):
-    def wrapped(flat):
-        try:
-            return call(flat)
-        except ExportError:
-            raise
-        except Exception as e:  # the user's function failed: say which endpoint, with its message
-            raise ExportError(f"Endpoint '{name}' failed on generated inputs on the {backend} backend: "
-                              f"{type(e).__name__}: {e}", reason="source_failed") from None
-
-    return wrapped
 
 
 def _is_tf_variable(v) -> bool:

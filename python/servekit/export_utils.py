@@ -157,16 +157,24 @@ class InputLayout:
         raise ExportError(f"Cannot match the given inputs to the inputs {names}.", reason="bad_inputs")
 
     def to_json(self) -> dict[str, Any]:
-        return {"flat": [s.to_json() for s in self.flat], "args": _to_json_struct(self.args),
+        return {"flat": [s.to_json() for s in self.flat], "args": to_json_struct(self.args),
                 "arg_names": self.arg_names}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "InputLayout":
-        return cls([FlatSpec.from_json(s) for s in data["flat"]], _from_json_struct(data["args"]),
+        return cls([FlatSpec.from_json(s) for s in data["flat"]], from_json_struct(data["args"]),
                    data.get("arg_names"))
 
     def tensor_signatures(self) -> tuple[sig.TensorSignature, ...]:
         return tuple(s.tensor_signature() for s in self.flat)
+
+
+def all_layers(model) -> list[Any]:
+    """`model` and every layer nested in it (just `[model]` for a non-Keras object)."""
+    try:
+        return list(model._flatten_layers(include_self=True, recursive=True))
+    except AttributeError:  # not a Keras layer
+        return [model]
 
 
 def _map_leaves(fn, struct):
@@ -179,25 +187,27 @@ def _map_leaves(fn, struct):
     return fn(struct)
 
 
-def _to_json_struct(struct):
+def to_json_struct(struct):
+    """A nest of dicts/lists/tuples as JSON that keeps tuples and key order."""
     if isinstance(struct, dict):
-        return {"dict": [[k, _to_json_struct(v)] for k, v in struct.items()]}
+        return {"dict": [[k, to_json_struct(v)] for k, v in struct.items()]}
     if isinstance(struct, tuple):
-        return {"tuple": [_to_json_struct(v) for v in struct]}
+        return {"tuple": [to_json_struct(v) for v in struct]}
     if isinstance(struct, list):
-        return {"list": [_to_json_struct(v) for v in struct]}
+        return {"list": [to_json_struct(v) for v in struct]}
     return struct
 
 
-def _from_json_struct(data):
+def from_json_struct(data):
+    """The inverse of `to_json_struct`."""
     if isinstance(data, dict):
         if "dict" in data:
-            return {k: _from_json_struct(v) for k, v in data["dict"]}
+            return {k: from_json_struct(v) for k, v in data["dict"]}
         if "tuple" in data:
-            return tuple(_from_json_struct(v) for v in data["tuple"])
-        return [_from_json_struct(v) for v in data["list"]]
+            return tuple(from_json_struct(v) for v in data["tuple"])
+        return [from_json_struct(v) for v in data["list"]]
     if isinstance(data, list):  # plain list (older layouts)
-        return [_from_json_struct(v) for v in data]
+        return [from_json_struct(v) for v in data]
     return data
 
 
@@ -627,21 +637,92 @@ def _lookup_vocabularies(model) -> tuple[list[str], list[int], Optional[int]]:
     return strings, ints, min_dim
 
 
-def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None) -> list[np.ndarray]:
+def embedding_input_ranges(model) -> dict[str, tuple[int, int]]:
+    """Id ranges of the integer inputs that feed an `Embedding` directly.
+
+    An input whose values index an `Embedding` (or a subclass, such as
+    keras_hub's `ReversibleEmbedding`) must stay below its `input_dim`: token
+    ids below the vocabulary size, segment ids below the number of segments.
+    Inputs are followed into nested Functional models (a keras_hub backbone
+    called on the outer model's inputs). Keyed by input name; an input that
+    feeds several embeddings gets the smallest range.
+    """
+    import keras
+
+    ranges: dict[str, tuple[int, int]] = {}
+    if not _is_functional(model):
+        return ranges
+    roots = {id(t): t.name for t in keras.tree.flatten(model.inputs)}
+
+    def visit(functional, names: dict[int, str], depth: int) -> None:
+        if depth > 8:  # nesting deeper than any real model: stop rather than recurse forever
+            return
+        for operation in functional.operations:
+            for node in getattr(operation, "_inbound_nodes", []):
+                tensors = list(node.input_tensors)
+                if isinstance(operation, keras.layers.Embedding) and tensors and id(tensors[0]) in names:
+                    name = names[id(tensors[0])]
+                    high = int(operation.input_dim)
+                    ranges[name] = (0, min(high, ranges.get(name, (0, high))[1]))
+                elif _is_functional(operation) and operation is not functional:
+                    inner = keras.tree.flatten(operation.inputs)
+                    mapped = {id(i): names[id(t)] for i, t in zip(inner, tensors) if id(t) in names}
+                    if mapped:
+                        visit(operation, mapped, depth + 1)
+
+    visit(model, roots, 0)
+    return ranges
+
+
+def input_ranges_for(model, declared: Optional[dict] = None) -> dict[str, tuple[float, float]]:
+    """The value range of each input that has one: `declared` (by input
+    name, `(low, high)`, high exclusive) over those inferred from embeddings.
+
+    Raises:
+        ExportError: a declared name is not an input of the model, or a range
+            is not `(low, high)` with low < high.
+    """
+    ranges: dict[str, tuple[float, float]] = dict(embedding_input_ranges(model)) if model is not None else {}
+    for name, value in (declared or {}).items():
+        try:
+            low, high = value
+            ok = low < high
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ExportError(f"input_ranges[{name!r}] = {value!r}: expected (low, high) with low < high, high "
+                              "exclusive (e.g. (1, 2) for a padding mask of ones).", reason="bad_argument")
+        ranges[name] = (low, high)
+    return ranges
+
+
+def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None,
+                    ranges: Optional[dict] = None) -> list[np.ndarray]:
     """Deterministic inputs for verification, one array per flat input.
 
     Floats are standard normal, integers small non-negative ids (within the
     model's Embedding/IntegerLookup range), strings drawn from the model's
     StringLookup/TextVectorization vocabularies plus one out-of-vocabulary
-    token, booleans random.
+    token, booleans random. An input with a range in `ranges` (by name,
+    `(low, high)`, high exclusive; see `input_ranges_for`) draws uniformly
+    from it: integers from `range(low, high)`, floats from `[low, high)`.
     """
     rng = np.random.default_rng(seed + 1000 * batch)
     strings, ints, min_dim = _lookup_vocabularies(model) if model is not None else ([], [], None)
+    ranges = ranges or {}
     out = []
     for spec in layout.flat:
         shape = tuple(batch if (i == 0 and d is None) else (_DYNAMIC_DIM_SIZE if d is None else d)
                       for i, d in enumerate(spec.shape))
         dtype = spec.dtype
+        if spec.name in ranges and dtype != "string":
+            low, high = ranges[spec.name]
+            if dtype.startswith(("int", "uint")) or dtype == "bool":
+                values = rng.integers(int(low), int(high), size=shape)
+            else:
+                values = rng.uniform(low, high, size=shape)
+            out.append(np.asarray(values).astype("float32" if dtype == "bfloat16" else dtype))
+            continue
         if dtype == "string":
             pool = np.array((strings or ["a", "b", "c"]) + [_OOV_TOKEN], dtype=object)
             values = rng.choice(pool, size=shape) if shape else rng.choice(pool)

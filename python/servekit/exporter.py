@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from servekit import export_utils as eu
-from servekit import portable
 from servekit import signature as sig
 from servekit import strategies
 from servekit import summary
@@ -90,8 +89,21 @@ def export(
             - `verify` (bool, default True): reload and compare before moving
               the artifact into place.
             - `opset_version` (int, ONNX only): the ONNX opset (default 17).
-            - `strategy` ("auto", "portable_rebuild" or "in_process"): try
-              only this strategy (default "auto": all, in order).
+            - `strategy` ("auto", "portable_rebuild", "in_process" or
+              "cross_backend_rebuild" (ONNX)): try only this strategy
+              (default "auto": all, in order).
+            - `tolerances` (dict, servekit only): `(atol, rtol)` by dtype
+              name over the defaults (float32: `(1e-5, 0)`), for a deep
+              network whose outputs differ across backends by more than
+              1e-5 absolute; an element passes when `|artifact - source| <=
+              atol + rtol * |source|`. The build tool passes a model's
+              `tolerances` attribute here and into the manifest.
+            - `input_ranges` (dict, servekit only): value ranges of the
+              generated verification inputs, by input name, as
+              `(low, high)` with high exclusive, for inputs whose values
+              have a meaning the model's layers do not tell (e.g.
+              `{"padding_mask": (1, 2)}`: all ones). Integer inputs that
+              index an `Embedding` stay below its `input_dim` without it.
             - JAX backend only: `is_static` (bool) and `jax2tf_kwargs`
               (dict), passed to jax2tf by the in-process strategy; their
               `polymorphic_shapes` (e.g. `["(b, 3)"]`) also name the dynamic
@@ -116,23 +128,66 @@ def export(
     loaded.serve(x)
     ```
     """
-    t0 = time.monotonic()
-    verbose = True if verbose is None else bool(verbose)
     if format not in _FORMAT_ALIASES:
         raise ExportError(f"Unknown format {format!r}; servekit exports 'tf_saved_model' and 'onnx'.",
                           reason="bad_argument")
     fmt = _FORMAT_ALIASES[format]
-    filepath = os.fspath(filepath)
-    verify = bool(kwargs.pop("verify", True))
-    opset = kwargs.pop("opset_version", None)
     if _is_tf_module(model):
         from servekit import tf_module
 
         if fmt != "tf_saved_model":
             raise ExportError("A plain tf.Module exports only as format='tf_saved_model'.", reason="bad_argument")
-        return tf_module.export_module(model, filepath, verbose=verbose, verify=verify,
-                                       signatures=kwargs.pop("signatures", None),
+        verify = bool(kwargs.pop("verify", True))
+        return tf_module.export_module(model, os.fspath(filepath), verbose=True if verbose is None else bool(verbose),
+                                       verify=verify, signatures=kwargs.pop("signatures", None),
                                        options=kwargs.pop("options", None), **kwargs)
+    return export_formats(model, {fmt: filepath}, verbose=verbose, input_signature=input_signature, **kwargs)[fmt]
+
+
+def export_formats(
+    model,
+    destinations: Mapping[str, Any],
+    verbose: Optional[bool] = None,
+    input_signature=None,
+    **kwargs: Any,
+) -> dict[str, sig.ExportedArtifact]:
+    """Exports a Keras model to several formats at once; see `export`.
+
+    The model is probed and its verification cases computed once, and the
+    portable rebuild writes every format in one worker job, converting the
+    ONNX model from the SavedModel it has just written: two formats cost
+    little more than one. Nothing is moved into place unless every format
+    verifies.
+
+    Args:
+        model: a `keras.Model`.
+        destinations: format ("tf_saved_model", "onnx") -> path.
+        verbose, input_signature, **kwargs: as in `export`; `opset_version`
+            applies to the ONNX artifact.
+
+    Returns:
+        format -> `servekit.signature.ExportedArtifact`.
+
+    Raises:
+        ExportError: as `export`, for the first format that cannot be
+            exported; nothing is written at any destination.
+
+    Example:
+
+    ```python
+    artifacts = servekit.exporter.export_formats(
+        model, {"tf_saved_model": "out/model", "onnx": "out/model.onnx"})
+    ```
+    """
+    t0 = time.monotonic()
+    verbose = True if verbose is None else bool(verbose)
+    for fmt in destinations:
+        if fmt not in FORMATS:
+            raise ExportError(f"Unknown format {fmt!r}; servekit exports 'tf_saved_model' and 'onnx'.",
+                              reason="bad_argument")
+    destinations = {fmt: os.fspath(path) for fmt, path in destinations.items()}
+    verify = bool(kwargs.pop("verify", True))
+    opset = kwargs.pop("opset_version", None)
     import keras
 
     if not isinstance(model, keras.Model):
@@ -144,13 +199,15 @@ def export(
     is_static = kwargs.pop("is_static", None)
     jax2tf_kwargs = kwargs.pop("jax2tf_kwargs", None)
     strategy = kwargs.pop("strategy", None)
+    input_ranges = kwargs.pop("input_ranges", None)
+    tolerances = kwargs.pop("tolerances", None)
     if (is_static is not None or jax2tf_kwargs is not None) and backend != "jax":
         raise ExportError(f"'jax2tf_kwargs' and 'is_static' apply to the jax backend only; this is the {backend} "
                           "backend.", model=model_name, reason="bad_argument")
     if kwargs:
         raise ExportError(f"Unknown argument(s) for export(): {sorted(kwargs)}.", model=model_name,
                           reason="bad_argument")
-    if opset is not None and fmt != "onnx":
+    if opset is not None and "onnx" not in destinations:
         raise ExportError("opset_version applies to format='onnx' only.", model=model_name, reason="bad_argument")
     if opset is not None and (not isinstance(opset, int) or opset < 13):
         raise ExportError(f"opset_version must be an int >= 13; got {opset!r}.", model=model_name,
@@ -162,23 +219,25 @@ def export(
 
     layout = eu.resolve_input_layout(model, input_signature, polymorphic_shapes=polymorphic)
     output_names = eu.model_output_names(model, layout)
+    unknown = sorted(set(input_ranges or {}) - {s.name for s in layout.flat})
+    if unknown:
+        raise ExportError(f"Model '{model_name}': input_ranges names {unknown}, which are not inputs of the model "
+                          f"({[s.name for s in layout.flat]}). Key input_ranges by the model's input names.",
+                          model=model_name, reason="bad_argument")
     backend_kwargs = {k: v for k, v in (("jax2tf_kwargs", jax2tf_kwargs), ("is_static", is_static)) if v is not None}
     plan = EndpointPlan(DEFAULT_ENDPOINT_NAME, layout, output_names, fn=model, kwargs=backend_kwargs)
     cases = CaseSet()
     if verify:
-        def call(flat):
-            try:
-                return eu.call_model_flat(model, layout, flat)
-            except ExportError:
-                raise
-            except Exception as e:  # the user's model failed: say so, with its own message
-                raise ExportError(f"Model '{model_name}' failed on generated inputs on the {backend} backend: {e}",
-                                  model=model_name, reason="source_failed") from None
-
+        call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
+                                 backend, model=model_name)
         plan.behavior, made = reference.make_cases(SERVING_DEFAULT, layout, output_names, call,
-                                                   behavior_lib.model_variables(model), vocab_source=model)
+                                                   behavior_lib.model_variables(model), vocab_source=model,
+                                                   input_ranges=input_ranges)
+        if tolerances:
+            for case in made:
+                case.tolerances = {str(d): (float(t[0]), float(t[1])) for d, t in tolerances.items()}
         cases = CaseSet(made)
-    if fmt == "onnx" and plan.behavior.stateful:
+    if "onnx" in destinations and plan.behavior.stateful:
         layer = plan.behavior.state_layer
         raise ExportError(
             f"Model '{model_name}': layer '{layer}' updates its variables when called "
@@ -186,14 +245,18 @@ def export(
             "not advance its state. Export format='tf_saved_model', or keep the state outside the model.",
             model=model_name, layer=layer, reason="stateful_onnx")
 
-    request = ExportRequest("model", fmt, model_name, backend, [plan], cases, verify=verify, opset=opset,
-                            source=model, version=_version())
-    report, attempts = pipeline.run(request, filepath, chosen, what=f"Model '{model_name}' ({backend} backend) -> {fmt}",
-                                    make_workdir=portable.make_workdir, remove_workdir=portable.remove_workdir)
-    endpoints = tuple(sig.Signature.from_json(e).with_behavior(plan.behavior) for e in report["endpoints"])
-    artifact = sig.ExportedArtifact(format=fmt, path=filepath, endpoints=endpoints, opset=report.get("opset"),
-                                    strategy=report["strategy"])
-    if verbose:
-        report["strategy_line"] = pipeline.describe(attempts)
-        summary.print_summary(artifact, model_name, backend, report, time.monotonic() - t0)
-    return artifact
+    request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], cases, verify=verify,
+                            opset=opset, source=model, version=_version())
+    results = pipeline.run_formats(request, destinations, chosen,
+                                   what=lambda fmt: f"Model '{model_name}' ({backend} backend) -> {fmt}")
+    artifacts = {}
+    for fmt, (report, attempts) in results.items():
+        endpoints = tuple(sig.Signature.from_json(e).with_behavior(plan.behavior) for e in report["endpoints"])
+        artifacts[fmt] = sig.ExportedArtifact(format=fmt, path=destinations[fmt], endpoints=endpoints,
+                                              opset=report.get("opset"), converter=report.get("converter"),
+                                              strategy=report["strategy"])
+        if verbose:
+            report["strategy_line"] = pipeline.describe(attempts) + (
+                f", converter {report['converter']}" if report.get("converter") else "")
+            summary.print_summary(artifacts[fmt], model_name, backend, report, time.monotonic() - t0)
+    return artifacts

@@ -30,6 +30,15 @@ from servekit import signature as sig
 from servekit.errors import ExportError
 
 DEFAULT_OPSET = 17
+# An ONNX file is one protobuf message, and protobuf cannot serialize one over
+# 2 GiB. Above this many bytes of tensor data (room left for the graph), the
+# tensors go to an external data file: the artifact at the export path is then
+# a directory holding `model.onnx` and `model.onnx.data`. The environment
+# variable lowers it (tests exercise the layout with small models).
+EXTERNAL_DATA_ENV = "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES"
+EXTERNAL_DATA_BYTES = 2**31 - 2**27
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
@@ -103,11 +112,15 @@ def convert_saved_model(
     from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
 
     opset = opset or DEFAULT_OPSET
+    # A frozen graph over 2 GB cannot be one GraphDef: tf2onnx's large-model
+    # mode keeps the big constants out of it and hands their bytes back apart.
+    large = _variables_bytes(saved_model_dir) > external_data_threshold()
     with _quiet() as chatter:
         try:
             graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
                 saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
-                return_initialized_tables=True, return_tensors_to_rename=True)
+                return_initialized_tables=True, return_tensors_to_rename=True, large_model=large)
+            graph_def = _inline_xla_calls(graph_def, inputs, outputs)
             # Map graph placeholders to signature keys by name, not by position.
             wanted_inputs = {t.name for t in endpoint.inputs}
             for tensor_name in inputs:
@@ -115,9 +128,11 @@ def convert_saved_model(
                 if base in wanted_inputs:
                     renames[tensor_name] = base
             with tf.device("/cpu:0"):
-                model_proto, _ = _convert_common(
+                model_proto, storage = _convert_common(
                     graph_def, name="model", opset=opset, input_names=inputs, output_names=outputs,
-                    tensors_to_rename=renames, initialized_tables=tables)
+                    tensors_to_rename=renames, initialized_tables=tables, large_model=large)
+            if storage is not None:
+                _inline_external_tensors(model_proto, storage)
         except ExportError:
             raise
         except Exception as e:  # tf2onnx raises bare exceptions
@@ -130,8 +145,67 @@ def convert_saved_model(
     _impose_signature(model_proto, endpoint)
     determinism.canonicalize_onnx(model_proto, producer_version)
     model_proto.graph.name = model_name
-    onnx.checker.check_model(model_proto)
+    _check_in_memory(model_proto)
     return model_proto
+
+
+def _variables_bytes(saved_model_dir: str) -> int:
+    """Size of a SavedModel's variable files: about what its frozen graph holds."""
+    variables = os.path.join(saved_model_dir, "variables")
+    if not os.path.isdir(variables):
+        return 0
+    return sum(os.path.getsize(os.path.join(variables, n)) for n in os.listdir(variables))
+
+
+def _inline_external_tensors(model_proto, storage) -> None:
+    """Puts the tensors tf2onnx's large-model mode kept apart back into the
+    in-memory model (`write_onnx` then writes them as servekit's external data)."""
+    from onnx import TensorProto
+    from onnx import external_data_helper
+
+    for tensor in external_data_helper._get_all_tensors(model_proto):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location not in storage.name_to_tensor_data:
+            raise ExportError(f"tf2onnx's large-model conversion lost the data of tensor '{tensor.name}'.",
+                              reason="conversion_failed")
+        tensor.raw_data = storage.name_to_tensor_data.pop(location)
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+
+
+_CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+_XLA_MARKS = ("_XlaMustCompile", "_noinline")
+
+
+def _inline_xla_calls(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
+    """Inlines the functions Keras compiles with XLA into the frozen graph.
+
+    Keras's TensorFlow backend wraps some ops in `tf.function(jit_compile=True)`
+    because TensorFlow's CPU kernels lack them (grouped convolutions, e.g.
+    ConvNeXt's depthwise `Conv2D(groups=C)`; channels-first 3D convolutions).
+    Grappler never inlines a function marked for XLA, so tf2onnx would see a
+    `StatefulPartitionedCall` it cannot convert. The body is plain TensorFlow
+    ops (a grouped `Conv2D` is an ONNX `Conv` with `group`): the marks are
+    removed and grappler runs again, which inlines it.
+    """
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+
+    marked = [n for n in graph_def.node if n.op in _CALL_OPS and any(m in n.attr for m in _XLA_MARKS)]
+    if not marked:
+        return graph_def
+    for node in marked:
+        for mark in _XLA_MARKS:
+            if mark in node.attr:
+                del node.attr[mark]
+    for function in graph_def.library.function:
+        for mark in _XLA_MARKS:
+            if mark in function.attr:
+                del function.attr[mark]
+    with tf.Graph().as_default():  # grappler exports a meta graph: graph mode
+        return tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
 
 
 def _check_standard_ops(model_proto, layer_names, model_name, chatter: str) -> None:
@@ -211,10 +285,94 @@ def _impose_signature(model_proto, endpoint: sig.Signature) -> None:
         _set_dims(vi, t.shape)
 
 
+def _check_in_memory(model_proto) -> None:
+    """onnx.checker on a model small enough to serialize; larger ones are
+    checked by `write_onnx`, from their files."""
+    import onnx
+
+    if _tensor_bytes(model_proto) <= external_data_threshold():
+        onnx.checker.check_model(model_proto)
+
+
+def external_data_threshold() -> int:
+    """Bytes of tensor data above which `write_onnx` writes external data."""
+    value = os.environ.get(EXTERNAL_DATA_ENV)
+    if not value:
+        return EXTERNAL_DATA_BYTES
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise ExportError(f"{EXTERNAL_DATA_ENV}={value!r} is not a number of bytes.", reason="bad_argument") from None
+
+
+def _tensor_bytes(model_proto) -> int:
+    """Bytes of tensor data in the main graph's initializers and Constant nodes."""
+    import onnx
+
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model_proto):
+        total += len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
+    return total
+
+
+def onnx_model_file(path: str) -> str:
+    """The ONNX model file of an artifact: `path` itself, or `path/model.onnx`
+    for an artifact with external data."""
+    return os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+
+
 def write_onnx(model_proto, path: str) -> None:
-    with open(path, "wb") as f:
+    """Writes `model_proto` at `path`, canonically (byte-reproducible).
+
+    A model whose tensors exceed `external_data_threshold()` is written as a
+    directory `path` with `model.onnx` (the graph, tensors referenced by a
+    relative location) and `model.onnx.data` (every tensor over 1 KiB, in
+    graph order, at 64-byte aligned offsets): ONNX Runtime loads it from the
+    model file's path, in Python and natively.
+    """
+    if _tensor_bytes(model_proto) <= external_data_threshold():
+        with open(path, "wb") as f:
+            f.write(model_proto.SerializeToString(deterministic=True))
+        os.chmod(path, 0o644)
+        return
+    from onnx import external_data_helper
+
+    os.makedirs(path)
+    external_data_helper.convert_model_to_external_data(
+        model_proto, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024, convert_attribute=True)
+    _write_external_tensors(model_proto, os.path.join(path, DATA_FILE))
+    model_file = os.path.join(path, MODEL_FILE)
+    with open(model_file, "wb") as f:
         f.write(model_proto.SerializeToString(deterministic=True))
-    os.chmod(path, 0o644)
+    for name in (MODEL_FILE, DATA_FILE):
+        os.chmod(os.path.join(path, name), 0o644)
+    import onnx
+
+    onnx.checker.check_model(model_file)  # by path: the checker reads the external data itself
+
+
+_ALIGNMENT = 64
+
+
+def _write_external_tensors(model_proto, data_path: str) -> None:
+    """Moves each tensor marked external into `data_path`, in graph order,
+    and records its offset and length (what onnx's own writer does, with a
+    fixed order and alignment so that the bytes are reproducible)."""
+    from onnx import external_data_helper
+
+    offset = 0
+    with open(data_path, "wb") as f:
+        for tensor in external_data_helper._get_all_tensors(model_proto):
+            if not external_data_helper.uses_external_data(tensor) or not tensor.HasField("raw_data"):
+                continue
+            pad = (-offset) % _ALIGNMENT
+            f.write(b"\0" * pad)
+            offset += pad
+            data = tensor.raw_data
+            f.write(data)
+            external_data_helper.set_external_data(tensor, location=DATA_FILE, offset=offset, length=len(data))
+            offset += len(data)
+            tensor.ClearField("raw_data")
 
 
 def _rename_values(graph, mapping: dict[str, str]) -> None:
@@ -292,4 +450,4 @@ def adopt_foreign(model_proto, endpoint: sig.Signature, model_name: str, produce
     _impose_signature(model_proto, endpoint)
     determinism.canonicalize_onnx(model_proto, producer_version)
     model_proto.graph.name = model_name
-    onnx.checker.check_model(model_proto)
+    _check_in_memory(model_proto)

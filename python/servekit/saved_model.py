@@ -1,7 +1,7 @@
 """Building and writing SavedModels (the TensorFlow side of every export).
 
 This module imports TensorFlow. It runs in the export worker (a fresh
-TensorFlow-backend process, see `servekit._export_worker`) and, on the
+TensorFlow-backend process, see `servekit.worker`) and, on the
 TensorFlow backend, in-process for `ExportArchive` and `tf.Module` exports.
 
 Every endpoint becomes:

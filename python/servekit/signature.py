@@ -110,7 +110,9 @@ class ExportedArtifact:
 
     `endpoints[0]` is `serving_default`. An ONNX artifact has exactly one
     endpoint. `strategy` names the export strategy that produced the artifact
-    ("portable_rebuild" or "in_process", see `servekit.strategies`).
+    ("portable_rebuild" or "in_process", see `servekit.strategies`);
+    `converter` the tool that made an ONNX model ("tf2onnx", "jax2onnx",
+    "torch.onnx (TorchScript)" or "torch.onnx (dynamo)").
     """
 
     format: str
@@ -118,6 +120,7 @@ class ExportedArtifact:
     endpoints: tuple[Signature, ...]
     opset: Optional[int] = None
     strategy: Optional[str] = None
+    converter: Optional[str] = None
 
     def endpoint(self, name: str) -> Signature:
         for signature in self.endpoints:

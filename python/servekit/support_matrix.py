@@ -5,7 +5,8 @@ writes to `support_matrix.<backend>.json`:
 
     {"backend": "jax", "format": "onnx", "model": "cnn",
      "status": "pass" | "fail" | "unsupported",
-     "max_abs_err": 2.4e-07 | None, "message": "..."}
+     "max_abs_err": 2.4e-07 | None, "message": "...",
+     "converter": "tf2onnx" (optional: the tool that made an ONNX model)}
 
 `render_markdown` depends on nothing but the standard library.
 """
@@ -21,12 +22,15 @@ _MARK = {"pass": "✅", "fail": "❌", "unsupported": "➖"}
 
 
 def make_row(backend: str, format: str, model: str, status: str, max_abs_err: Optional[float] = None,
-             message: str = "") -> dict[str, Any]:
+             message: str = "", converter: Optional[str] = None) -> dict[str, Any]:
     """One result row (validates `status`)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}; got {status!r}")
-    return {"backend": backend, "format": format, "model": model, "status": status,
-            "max_abs_err": None if max_abs_err is None else float(max_abs_err), "message": message}
+    row = {"backend": backend, "format": format, "model": model, "status": status,
+           "max_abs_err": None if max_abs_err is None else float(max_abs_err), "message": message}
+    if converter:
+        row["converter"] = converter
+    return row
 
 
 def _ordered(values: Iterable[str], preferred: tuple[str, ...]) -> list[str]:
@@ -40,7 +44,9 @@ def _cell(row: Optional[Mapping[str, Any]]) -> str:
     status = row.get("status", "fail")
     mark = _MARK.get(status, "?")
     if status == "pass" and row.get("max_abs_err") is not None:
-        return f"{mark} {row['max_abs_err']:.0e}"
+        mark = f"{mark} {row['max_abs_err']:.0e}"
+    if status == "pass" and row.get("converter"):
+        mark = f"{mark} ({row['converter']})"
     return mark
 
 
@@ -51,6 +57,7 @@ def render_markdown(results: Iterable[Mapping[str, Any]]) -> str:
     ✅ with the max abs error, ❌ (fail) or ➖ (unsupported: export refused
     before writing anything); the messages of failed and unsupported cells
     follow as notes. When the same cell appears twice, the last row wins.
+    A passing cell with a `converter` names it in parentheses.
 
     Args:
         results: rows as made by `make_row` (e.g. loaded from the JSON files).

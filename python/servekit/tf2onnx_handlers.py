@@ -10,6 +10,12 @@ a graph (importing this module registers them):
   stays random (fresh numbers on every run), as Keras's semantics require, and
   servekit verifies it by statistics rather than values.
 - `Erfc`: exact GELU (`approximate=False`) lowers to it; `erfc(x) = 1 - erf(x)`.
+
+And one fix to tf2onnx's optimizer (`_patch_transpose_optimizer`): its
+transpose optimizer folds `Add(const)` after a bias-less `Conv` into the Conv's
+bias, and crashes (`max() arg is an empty sequence`) when the constant is a
+scalar: hard-sigmoid/hard-swish (`relu6(x + 3) / 6`) after a Conv without bias,
+as in MobileNetV3.
 """
 
 from __future__ import annotations
@@ -45,3 +51,31 @@ class Erfc:
         one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
         node.type = "Sub"
         ctx.replace_inputs(node, [one, erf])
+
+
+def _patch_transpose_optimizer() -> None:
+    """Lets tf2onnx's transpose optimizer fold a scalar `Add` into a Conv's bias.
+
+    `TransposeOptimizer._add_handler` reads the bias size as
+    `max(const.shape)`, which fails for a rank-0 constant. For a scalar the
+    Add is kept and handled like any other Add after a Transpose (the path
+    tf2onnx takes for constants it cannot fold), which is exact.
+    """
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    original = TransposeOptimizer._add_handler
+    if getattr(original, "_servekit_scalar_bias", False):
+        return
+
+    def add_handler(self, trans, node):
+        bias = node.inputs[1] if len(node.inputs) > 1 else None
+        if bias is not None and bias.is_const() and bias.get_tensor_value(as_list=False).ndim == 0:
+            # Not foldable the way tf2onnx folds: keep the Add, move the Transpose past it.
+            return self._handle_node_having_branches(trans, node)
+        return original(self, trans, node)
+
+    add_handler._servekit_scalar_bias = True
+    TransposeOptimizer._add_handler = add_handler
+
+
+_patch_transpose_optimizer()

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 from servekit import export_utils as eu
-from servekit import portable
 from servekit import signature as sig
 from servekit import summary
 from servekit import version
@@ -116,8 +115,7 @@ def export_module(module, filepath, verbose: bool = True, verify: bool = True, s
     request = ExportRequest("module", "tf_saved_model", name, "tensorflow", plans, cases, verify=verify,
                             source=module, options=options, version=version.__version__)
     strategy = _SaveModule(signatures)
-    report, attempts = pipeline.run(request, filepath, [strategy], what=f"tf.Module '{name}'",
-                                    make_workdir=portable.make_workdir, remove_workdir=portable.remove_workdir)
+    report, attempts = pipeline.run(request, filepath, [strategy], what=f"tf.Module '{name}'")
     behaviors = {p.name: p.behavior for p in plans}
     endpoints = tuple(s.with_behavior(behaviors[s.name]) for s in _endpoint_signatures(concrete))
     artifact = sig.ExportedArtifact("tf_saved_model", filepath, endpoints, strategy=report["strategy"])

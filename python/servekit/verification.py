@@ -143,11 +143,12 @@ def _check(cases, run) -> list[Comparison]:
     results = []
     for case in cases:
         actual = run(case.endpoint, case.inputs)
-        expected = {n: v for n, v in case.expected.items()}
+        expected = case.expected
         stochastic = set(case.runs)
         comp = compare_outputs({n: v for n, v in expected.items() if n not in stochastic},
                                {n: v for n, v in actual.items() if n not in stochastic},
-                               case.endpoint, case.batch, values=case.values)
+                               case.endpoint, case.batch, values=case.values,
+                               tolerances=getattr(case, "tolerances", None))
         for name in sorted(stochastic):
             if name not in actual:
                 comp.problems.append(f"output '{name}' is missing")
@@ -187,6 +188,10 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if isinstance(path_or_bytes, str):
+        from servekit.onnx import onnx_model_file
+
+        path_or_bytes = onnx_model_file(path_or_bytes)  # external data: ORT loads it beside the model file
     session = ort.InferenceSession(path_or_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 

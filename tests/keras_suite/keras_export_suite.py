@@ -7,8 +7,10 @@ SavedModel tests on torch with NumPy 2 (its torch SavedModel road needs
 torch_xla); servekit exports torch SavedModels, so here they run. A pytest
 plugin then routes every export entry point the tests call
 (`export_saved_model`, `ExportArchive`, `export_onnx`, `Model.export`) to
-servekit, and pytest runs them. Any failure fails the Bazel test; each case is
-reported in the JUnit XML Bazel collects.
+servekit, and pytest runs them in one warm export worker
+(`servekit.worker.launch.warm_worker`, byte-identical to fresh processes). Any
+failure fails the Bazel test; each case is reported in the JUnit XML Bazel
+collects.
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ def main(argv: list[str]) -> int:
         xml = os.environ.get("XML_OUTPUT_FILE")
         if xml:
             args += ["--junitxml", xml, "-o", "junit_family=xunit2"]
-        return pytest.main(args, plugins=[RouteToServekit()])
+        from servekit.worker.launch import warm_worker
+
+        with warm_worker():
+            return pytest.main(args, plugins=[RouteToServekit()])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

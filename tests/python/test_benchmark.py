@@ -1,4 +1,4 @@
-"""servekit.benchmark, the side-by-side benchmark driver, on a real zoo export.
+"""servekit.bench.benchmark, the side-by-side benchmark driver, on a real zoo export.
 
 Only the report's shape and its arithmetic are checked here: speed itself is
 measured by `bazel run //models:<export>_benchmark`, never asserted.
@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from servekit import benchmark
+from servekit.bench import benchmark
 
 RUNFILES = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
 MANIFEST = RUNFILES / "models/mlp_tensorflow/manifest.json"

@@ -188,10 +188,10 @@ def test_backend_bound_layer(tmp_path):
         # TensorFlow has no backend-bound wrapper layer (an ONNX-impossible
         # layer is checked in test_onnx_impossible_layer_is_refused): the
         # preflight accepts plain layers.
-        from servekit import portable
+        from servekit.strategies import keras_file
 
         model = keras.Model(inp, keras.layers.Dense(2, name="plain")(inp), name="plain")
-        assert portable.preflight(model, "plain") == []
+        assert keras_file.preflight(model, "plain") == []
         return
     model = keras.Model(inp, layer(inp), name="bound")
     path = str(tmp_path / "bound")

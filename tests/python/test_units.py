@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -168,7 +170,8 @@ def _run(tmp_path, strategies):
         os.makedirs(made[-1])
         return made[-1]
 
-    return core.run(None, str(tmp_path / "out"), strategies, "Model 'm' (jax backend) -> onnx", make_workdir,
+    request = types.SimpleNamespace(format="onnx")
+    return core.run(request, str(tmp_path / "out"), strategies, "Model 'm' (jax backend) -> onnx", make_workdir,
                     lambda d: __import__("shutil").rmtree(d)), made
 
 
@@ -204,6 +207,55 @@ def test_pipeline_failure_lists_every_reason_and_writes_nothing(tmp_path):
     assert not isinstance(info.value, TypeError)
     assert (tmp_path / "out").read_bytes() == b"previous"
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+@dataclasses.dataclass
+class _Request:
+    format: str = "tf_saved_model"
+
+
+class _WritesTogether(_Writes):
+    """Writes several formats in one call (like the portable rebuild), but not
+    `refuses` (its report says why)."""
+
+    def __init__(self, name, refuses=()):
+        super().__init__(name)
+        self.calls, self.refuses = [], set(refuses)
+
+    def write_formats(self, requests, staged, workdir):
+        self.calls.append(sorted(requests))
+        reports = {}
+        for fmt, request in requests.items():
+            assert request.format == fmt
+            if fmt in self.refuses:
+                reports[fmt] = {"ok": False, "message": f"{self.name} cannot convert", "reason": "strategy_failed"}
+                continue
+            with open(staged[fmt], "wb") as f:
+                f.write(f"{self.name}:{fmt}".encode())
+            reports[fmt] = {"ok": True, "endpoints": []}
+        return reports
+
+
+def test_pipeline_writes_formats_together_and_falls_back_per_format(tmp_path):
+    together = _WritesTogether("portable", refuses={"onnx"})
+    fallback = _Writes("in_process", content=b"in_process:onnx")
+    destinations = {"tf_saved_model": str(tmp_path / "model"), "onnx": str(tmp_path / "model.onnx")}
+    results = core.run_formats(_Request(), destinations, [together, fallback], lambda fmt: f"m -> {fmt}")
+    assert together.calls == [["onnx", "tf_saved_model"]]  # one call for both formats
+    assert len(fallback.staged) == 1  # only the format the first strategy could not write
+    assert open(destinations["tf_saved_model"], "rb").read() == b"portable:tf_saved_model"
+    assert open(destinations["onnx"], "rb").read() == b"in_process:onnx"
+    assert [a.outcome for a in results["onnx"][1]] == ["failed", "used"]
+    assert results["tf_saved_model"][0]["strategy"] == "portable"
+    assert sorted(os.listdir(tmp_path)) == ["model", "model.onnx"]
+
+
+def test_pipeline_commits_no_format_unless_every_format_has_an_artifact(tmp_path):
+    together = _WritesTogether("portable", refuses={"onnx"})
+    destinations = {"tf_saved_model": str(tmp_path / "model"), "onnx": str(tmp_path / "model.onnx")}
+    with pytest.raises(ExportError, match=r"m -> onnx: portable cannot convert"):
+        core.run_formats(_Request(), destinations, [together], lambda fmt: f"m -> {fmt}")
+    assert os.listdir(tmp_path) == []
 
 
 def test_pipeline_keeps_a_type_error_a_type_error(tmp_path):
@@ -273,3 +325,96 @@ def test_named_dims_and_output_names():
     assert eu.endpoint_output_names({"b": 1, "a": 2}) == ["a", "b"]
     assert eu.endpoint_output_names([1, 2], ["logits", "ids"]) == ["logits", "ids"]
     assert eu.endpoint_output_names((1, 2, 3), ["too", "few"]) == ["output_0", "output_1", "output_2"]
+
+
+# -- the worker job -------------------------------------------------------------------
+
+
+def _layout() -> eu.InputLayout:
+    flat = [eu.FlatSpec("image", "float32", (None, 8, 8, 3), ("batch", None, None, None)),
+            eu.FlatSpec("tokens", "int64", (None, None), ("batch", "tokens_1"))]
+    return eu.InputLayout(flat, [{"image": 0, "tokens": 1}], ["inputs"])
+
+
+def test_worker_job_round_trips_through_json(tmp_path):
+    from servekit.worker.job import CustomClass, EndpointJob, VariableRef, WorkerJob
+
+    job = WorkerJob(
+        kind="archive", keras_file="bundle.keras", outputs={"tf_saved_model": "staged", "onnx": "staged.onnx"},
+        model_name="m",
+        version="1.2.3",
+        endpoints=(EndpointJob("serve", _layout(), ("logits", "probs"), inputs_range=(0, 2),
+                               outputs_range=(0, 2), output_structure={"logits": 0, "extra": (1,)}),),
+        opset=17, layer_names=("dense",), cases_file="cases.npz", cases=({"endpoint": "serve", "inputs": []},),
+        lambda_globals={"np": {"kind": "module", "module": "numpy"}},
+        custom_classes=(CustomClass("my.layers", "Scale", ("Scale", "my>Scale"), "scale", None),),
+        sys_path=("/src",), tracked=((VariableRef(True, index=0), VariableRef(False, key="v0", name="step")),),
+        variable_collections={"extra": (VariableRef(False, key="v0", name="step"),)}, variables_file="v.npz")
+    path = str(tmp_path / "job.json")
+    job.write(path)
+    again = WorkerJob.read(path)
+    assert again == job
+    # Tuples inside the output structure survive (JSON alone would make them lists).
+    assert again.endpoints[0].output_structure == {"logits": 0, "extra": (1,)}
+    with open(path) as f:
+        assert json.load(f)["endpoints"][0]["inputs_range"] == [0, 2]
+
+
+def test_worker_job_of_a_model_has_no_bundle_fields():
+    from servekit.worker.job import EndpointJob
+
+    endpoint = EndpointJob("serving_default", _layout(), ("output_0",))
+    data = endpoint.to_json()
+    assert "inputs_range" not in data and EndpointJob.from_json(data) == endpoint
+
+
+def test_variable_ref_names_exactly_one_source():
+    from servekit.worker.job import VariableRef
+
+    with pytest.raises(ValueError, match="either a bundle index or a saved value key"):
+        VariableRef(True)
+    with pytest.raises(ValueError):
+        VariableRef(True, index=1, key="v1")
+
+
+def test_worker_refuses_a_bad_command_line(capsys):
+    from servekit.worker.__main__ import main
+
+    assert main(["worker"]) == 2
+    assert "usage: python -m servekit.worker JOB.json | --serve" in capsys.readouterr().err
+
+
+# -- verification inputs that respect their meaning -------------------------------
+
+
+def _token_model():
+    import keras
+
+    ids = keras.Input((6,), dtype="int32", name="token_ids")
+    segments = keras.Input((6,), dtype="int32", name="segment_ids")
+    mask = keras.Input((6,), dtype="int32", name="padding_mask")
+    inner_ids = keras.Input((6,), dtype="int32", name="inner_ids")
+    inner = keras.Model(inner_ids, keras.layers.Embedding(50, 4, name="tokens")(inner_ids), name="inner")
+    x = inner(ids) + keras.layers.Embedding(2, 4, name="segments")(segments)
+    x = x * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    return keras.Model({"token_ids": ids, "segment_ids": segments, "padding_mask": mask}, x, name="tokens_model")
+
+
+def test_embedding_ranges_follow_inputs_into_nested_models():
+    model = _token_model()
+    assert eu.embedding_input_ranges(model) == {"token_ids": (0, 50), "segment_ids": (0, 2)}
+    ranges = eu.input_ranges_for(model, {"padding_mask": (1, 2)})
+    assert ranges == {"token_ids": (0, 50), "segment_ids": (0, 2), "padding_mask": (1, 2)}
+    layout = eu.resolve_input_layout(model, None)
+    for batch in (1, 7):
+        flat = dict(zip([s.name for s in layout.flat], eu.generate_inputs(layout, batch, model=model, ranges=ranges)))
+        assert flat["segment_ids"].min() >= 0 and flat["segment_ids"].max() < 2
+        assert flat["token_ids"].min() >= 0 and flat["token_ids"].max() < 50
+        assert (flat["padding_mask"] == 1).all()
+
+
+def test_bad_input_ranges_are_refused_with_the_fix():
+    from servekit.errors import ExportError
+
+    with pytest.raises(ExportError, match=r"input_ranges\['padding_mask'\] = \(2, 1\).*high exclusive"):
+        eu.input_ranges_for(_token_model(), {"padding_mask": (2, 1)})

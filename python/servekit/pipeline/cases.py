@@ -39,6 +39,8 @@ class Case:
         values: False to compare names, dtypes and shapes only.
         runs: output name -> the source's outputs over repeated calls, for
             stochastic outputs (compared by statistics, not value for value).
+        tolerances: `(atol, rtol)` by dtype over `verification.TOLERANCES`
+            (the export's `tolerances`), or None for the defaults.
     """
 
     endpoint: str
@@ -47,6 +49,7 @@ class Case:
     expected: dict[str, np.ndarray]
     values: bool = True
     runs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    tolerances: Optional[dict[str, tuple[float, float]]] = None
 
 
 class CaseSet:
@@ -85,6 +88,7 @@ class CaseSet:
                 "inputs": {n: key(v) for n, v in c.inputs.items()},
                 "expected": {n: key(v) for n, v in c.expected.items()},
                 "runs": {n: [key(v) for v in vs] for n, vs in c.runs.items()},
+                "tolerances": c.tolerances,
             })
         np.savez(path, **arrays)
         return path, index
@@ -101,5 +105,6 @@ class CaseSet:
                 {n: arrays[k] for n, k in entry["inputs"].items()},
                 {n: arrays[k] for n, k in entry["expected"].items()},
                 entry["values"],
-                {n: [arrays[k] for k in ks] for n, ks in entry.get("runs", {}).items()}))
+                {n: [arrays[k] for k in ks] for n, ks in entry.get("runs", {}).items()},
+                {d: tuple(t) for d, t in entry["tolerances"].items()} if entry.get("tolerances") else None))
         return cls(cases)

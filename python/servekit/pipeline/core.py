@@ -13,9 +13,12 @@ on disk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Protocol, Sequence
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from servekit import atomic
 from servekit import errors
@@ -33,7 +36,11 @@ class Strategy(Protocol):
 
     def write(self, request: Any, staged: str, workdir: str) -> dict[str, Any]:
         """Writes and verifies the artifact at `staged`; returns a report
-        (`ok`, `endpoints`, `comparisons`, and `message`/`reason` if not ok)."""
+        (`ok`, `endpoints`, `comparisons`, and `message`/`reason` if not ok).
+
+        A strategy that writes several formats more cheaply together also has
+        `write_formats(requests: {format: request}, staged: {format: path},
+        workdir) -> {format: report}`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +62,8 @@ def run(
     filepath: str,
     strategies: Sequence[Strategy],
     what: str,
-    make_workdir: Callable[[], str],
-    remove_workdir: Callable[[str], None],
+    make_workdir: Optional[Callable[[], str]] = None,
+    remove_workdir: Optional[Callable[[str], None]] = None,
 ) -> tuple[dict[str, Any], list[Attempt]]:
     """Produces `request` at `filepath` with the first strategy that verifies.
 
@@ -66,6 +73,8 @@ def run(
         strategies: tried in this order.
         what: how error messages name the export (e.g. "Model 'mlp' (jax
             backend) -> onnx").
+        make_workdir, remove_workdir: create and delete each strategy's
+            private scratch directory (default: a fresh temporary directory).
 
     Returns:
         `(report, attempts)`: the winning strategy's report (with `strategy`
@@ -75,39 +84,102 @@ def run(
         ExportError: no strategy produced a verified artifact; the message has
             each strategy's reason. Nothing was written at `filepath`.
     """
-    filepath = os.fspath(filepath)
-    attempts: list[Attempt] = []
-    reasons: list[str] = []  # machine-readable reasons of the failed attempts
-    for strategy in strategies:
-        why = strategy.unavailable(request)
-        if why:
-            layer = why.layer if isinstance(why, ExportError) else None
-            attempts.append(Attempt(strategy.name, "skipped", str(why), layer=layer))
-            continue
-        workdir = make_workdir()
-        try:
-            with atomic.staged_write(filepath) as staged:
-                try:
-                    report = strategy.write(request, staged, workdir)
-                except ExportError as e:
-                    report = {"ok": False, "message": str(e), "reason": e.reason, "layer": e.layer,
-                              "error_class": type(e)}
-                except Exception as e:  # a converter or runtime failed: recorded, shown, next strategy
-                    detail = str(e).strip().splitlines()
-                    report = {"ok": False, "message": f"{type(e).__name__}: {detail[-1] if detail else ''}",
-                              "reason": "strategy_failed", "error_class": type(e)}
+    results = run_formats(request, {request.format: filepath}, strategies, lambda fmt: what,
+                          make_workdir, remove_workdir)
+    return results[request.format]
+
+
+def run_formats(
+    request: Any,
+    destinations: Mapping[str, str],
+    strategies: Sequence[Strategy],
+    what: Callable[[str], str],
+    make_workdir: Optional[Callable[[], str]] = None,
+    remove_workdir: Optional[Callable[[str], None]] = None,
+) -> dict[str, tuple[dict[str, Any], list[Attempt]]]:
+    """Produces `request` in several formats at once; see `run`.
+
+    Each format gets the first strategy that verifies it. A strategy with a
+    `write_formats` method gets every format it can try in one call (the
+    portable rebuild converts the ONNX model from the SavedModel it has just
+    written). Artifacts are committed only once every format has one, so a
+    format that no strategy produces leaves nothing on disk.
+
+    Args:
+        request: the typed description of the export; `request.format` is
+            replaced by each format in turn.
+        destinations: format -> destination path, in the order to write them.
+        what: format -> how error messages name the export.
+
+    Returns:
+        format -> `(report, attempts)`, as `run` returns them.
+
+    Raises:
+        ExportError: for the first format no strategy produced.
+    """
+    make_workdir = make_workdir or (lambda: tempfile.mkdtemp(prefix="servekit-export-"))
+    remove_workdir = remove_workdir or (lambda path: shutil.rmtree(path, ignore_errors=True))
+    destinations = {fmt: os.fspath(path) for fmt, path in destinations.items()}
+    attempts: dict[str, list[Attempt]] = {fmt: [] for fmt in destinations}
+    reasons: dict[str, list[str]] = {fmt: [] for fmt in destinations}  # machine-readable, of failed attempts
+    done: dict[str, tuple[str, dict[str, Any]]] = {}  # format -> (staged path, report)
+    with contextlib.ExitStack() as staging:
+        for strategy in strategies:
+            todo = {}
+            for fmt in destinations:
+                if fmt in done:
+                    continue
+                one = request if request.format == fmt else dataclasses.replace(request, format=fmt)
+                why = strategy.unavailable(one)
+                if why:
+                    layer = why.layer if isinstance(why, ExportError) else None
+                    attempts[fmt].append(Attempt(strategy.name, "skipped", str(why), layer=layer))
+                else:
+                    todo[fmt] = one
+            if not todo:
+                continue
+            workdir = make_workdir()
+            try:
+                staged = {fmt: staging.enter_context(atomic.staged_write(destinations[fmt])) for fmt in todo}
+                if len(todo) > 1 and hasattr(strategy, "write_formats"):
+                    reports = _guarded(lambda: strategy.write_formats(todo, staged, workdir), list(todo))
+                else:
+                    reports = {}
+                    for fmt, one in todo.items():
+                        reports.update(_guarded(lambda: {fmt: strategy.write(one, staged[fmt], workdir)}, [fmt]))
+            finally:
+                remove_workdir(workdir)
+            for fmt in todo:
+                report = reports[fmt]
                 if report.get("ok"):
-                    atomic.commit(staged, filepath)
-                    report["files"] = atomic.artifact_files(filepath)
                     report["strategy"] = strategy.name
-                    attempts.append(Attempt(strategy.name, "used"))
-                    return report, attempts
-                attempts.append(Attempt(strategy.name, "failed", report.get("message", "failed"),
-                                        report.get("error_class"), report.get("layer")))
-                reasons.append(report.get("reason", "export_failed"))
-        finally:
-            remove_workdir(workdir)
-    raise _no_strategy_error(what, filepath, attempts, reasons)
+                    attempts[fmt].append(Attempt(strategy.name, "used"))
+                    done[fmt] = (staged[fmt], report)
+                else:
+                    atomic.discard(staged[fmt])
+                    attempts[fmt].append(Attempt(strategy.name, "failed", report.get("message", "failed"),
+                                                 report.get("error_class"), report.get("layer")))
+                    reasons[fmt].append(report.get("reason", "export_failed"))
+        for fmt in destinations:
+            if fmt not in done:
+                raise _no_strategy_error(what(fmt), destinations[fmt], attempts[fmt], reasons[fmt])
+        for fmt, (staged_path, report) in done.items():
+            atomic.commit(staged_path, destinations[fmt])
+            report["files"] = atomic.artifact_files(destinations[fmt])
+    return {fmt: (done[fmt][1], attempts[fmt]) for fmt in destinations}
+
+
+def _guarded(write: Callable[[], dict[str, dict[str, Any]]], formats: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Runs a strategy's write; a failure becomes a failed report for each format."""
+    try:
+        return write()
+    except ExportError as e:
+        report = {"ok": False, "message": str(e), "reason": e.reason, "layer": e.layer, "error_class": type(e)}
+    except Exception as e:  # a converter or runtime failed: recorded, shown, next strategy
+        detail = str(e).strip().splitlines()
+        report = {"ok": False, "message": f"{type(e).__name__}: {detail[-1] if detail else ''}",
+                  "reason": "strategy_failed", "error_class": type(e)}
+    return {fmt: dict(report) for fmt in formats}
 
 
 def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],

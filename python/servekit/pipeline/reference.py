@@ -7,16 +7,40 @@ batch choice, the randomness/state checks and the case order are defined once.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from servekit import export_utils as eu
+from servekit.errors import ExportError
 from servekit.pipeline import behavior as behavior_lib
 from servekit.pipeline.cases import Case
 
 # A flat-inputs -> flat-outputs call of the source endpoint.
 SourceCall = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+@contextlib.contextmanager
+def blaming_the_source(what: str, backend: str, model: Optional[str] = None) -> Iterator[None]:
+    """Reports a failure of the user's code in this block as an `ExportError`
+    that names it (`what`: "Model 'mlp'", "Endpoint 'serve'") and keeps its message."""
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as e:  # the user's model or function failed: say which, with its own message
+        raise ExportError(f"{what} failed on generated inputs on the {backend} backend: {type(e).__name__}: {e}",
+                          model=model, reason="source_failed") from None
+
+
+def guarded(call: SourceCall, what: str, backend: str, model: Optional[str] = None) -> SourceCall:
+    """`call`, its failures reported by `blaming_the_source`."""
+    def wrapped(flat: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with blaming_the_source(what, backend, model):
+            return call(flat)
+
+    return wrapped
 
 
 def verify_batches(layout: eu.InputLayout) -> list[int]:
@@ -36,6 +60,7 @@ def make_cases(
     vocab_source: Any = None,
     batches: Optional[Sequence[int]] = None,
     inputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
+    input_ranges: Optional[dict] = None,
 ) -> tuple[behavior_lib.Behavior, list[Case]]:
     """Probes an endpoint and computes its verification cases.
 
@@ -49,6 +74,9 @@ def make_cases(
             sizes keep generated inputs meaningful.
         batches: batch sizes (default `verify_batches(layout)`).
         inputs: flat inputs per case, instead of generated ones.
+        input_ranges: declared value ranges of generated inputs, by name
+            (`export_utils.input_ranges_for`); ids that index an Embedding
+            of `vocab_source` are kept in range without it.
 
     Returns:
         `(behavior, cases)`. A stateful endpoint's cases are successive calls
@@ -57,7 +85,8 @@ def make_cases(
     """
     if inputs is None:
         batches = list(batches or verify_batches(layout))
-        inputs = [eu.generate_inputs(layout, b, model=vocab_source) for b in batches]
+        ranges = eu.input_ranges_for(vocab_source, input_ranges)
+        inputs = [eu.generate_inputs(layout, b, model=vocab_source, ranges=ranges) for b in batches]
     else:
         batches = [int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else 1 for flat in inputs]
     names = [s.name for s in layout.flat]

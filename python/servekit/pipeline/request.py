@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from servekit.export_utils import InputLayout
+from servekit.export_utils import InputLayout, all_layers
 from servekit.pipeline.behavior import Behavior
 from servekit.pipeline.cases import CaseSet
 
@@ -74,6 +74,4 @@ class ExportRequest:
 
     @property
     def layer_names(self) -> list[str]:
-        from servekit import portable
-
-        return [layer.name for layer in portable._layers(self.source)] if self.kind == "model" else []
+        return [layer.name for layer in all_layers(self.source)] if self.kind == "model" else []

@@ -1,7 +1,7 @@
 """Export strategies: the ways an artifact can be produced, tried in order.
 
 - `portable.PortableRebuild`: the model is saved as `.keras` and rebuilt under
-  TensorFlow in a fresh worker process (`servekit._export_worker`). Its
+  TensorFlow in a fresh worker process (`servekit.worker`). Its
   artifacts do not depend on anything the calling process did, so they are
   byte-reproducible across processes and directories, and every backend reaches
   both formats (torch -> SavedModel, JAX CNNs -> ONNX, lookup layers -> ONNX).
@@ -11,6 +11,9 @@
   verification applied to the result. It exports what cannot be rebuilt
   elsewhere: subclassed models without `get_config`, classes defined in
   `__main__` or a function, layers bound to their backend.
+- `cross_backend.CrossBackendRebuild` (ONNX only, last): the `.keras` archive
+  rebuilt in a fresh worker under JAX, then torch, for jax2onnx / torch.onnx
+  when tf2onnx and the source backend's own converter both failed.
 
 `DEFAULT_ORDER` tries the portable rebuild first, because its artifacts are
 reproducible whatever the calling process did before the export; the first
@@ -19,10 +22,11 @@ strategy whose artifact verifies wins (see `servekit.pipeline.core`).
 
 from __future__ import annotations
 
+from servekit.strategies.cross_backend import CrossBackendRebuild
 from servekit.strategies.in_process import InProcess
 from servekit.strategies.portable import PortableRebuild
 
-DEFAULT_ORDER = (PortableRebuild(), InProcess())
+DEFAULT_ORDER = (PortableRebuild(), InProcess(), CrossBackendRebuild())
 BY_NAME = {s.name: s for s in DEFAULT_ORDER}
 
 

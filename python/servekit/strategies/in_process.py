@@ -119,6 +119,7 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     sk_onnx.write_onnx(proto, path)
     report["endpoints"] = [serving.to_json()]
     report["opset"] = sk_onnx._opset_of(proto)
+    report["converter"] = "tf2onnx"
     if request.verify and len(request.cases):
         _verified(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name)), "onnx",
                   "ONNX model")
@@ -139,7 +140,7 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
     outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
     convert = _jax_to_onnx if request.backend == "jax" else _torch_to_onnx
     try:
-        convert(request.source, layout, outputs, scratch, request.opset)
+        converter = convert(request.source, layout, outputs, scratch, request.opset)
     except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
         detail = str(e).strip().splitlines()
         raise ExportError(f"{'jax2onnx' if request.backend == 'jax' else 'torch.onnx'} could not convert the "
@@ -150,7 +151,8 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
     sk_onnx.adopt_foreign(proto, signature, model_name=request.name, producer_version=request.version,
                           layer_names=request.layer_names)
     sk_onnx.write_onnx(proto, path)
-    report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [], "opset": sk_onnx._opset_of(proto)}
+    report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [], "opset": sk_onnx._opset_of(proto),
+              "converter": converter}
     if request.verify and len(request.cases):
         _verified(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")), "onnx",
                   "ONNX model")
@@ -161,8 +163,9 @@ def _symbolic_dims(spec) -> tuple:
     return tuple(d if isinstance(d, int) else str(d) for d in spec.dims)
 
 
-def _jax_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> None:
-    """jax2onnx on the model's inference call, with named dynamic dimensions."""
+def _jax_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> str:
+    """jax2onnx on the model's inference call, with named dynamic dimensions.
+    Returns the converter's name."""
     import jax
     import jax2onnx
     import keras
@@ -175,11 +178,13 @@ def _jax_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> Non
     kwargs = {"opset": opset} if opset else {}
     jax2onnx.to_onnx(predict, inputs=inputs, input_names=[s.name for s in layout.flat], return_mode="file",
                      output_path=path, **kwargs)
+    return "jax2onnx"
 
 
-def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> None:
+def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> str:
     """torch.onnx on the model's inference call: the TorchScript exporter
-    (dynamic dimensions named, no stack traces), else the dynamo exporter."""
+    (dynamic dimensions named, no stack traces), else the dynamo exporter.
+    Returns which one made the model."""
     import keras
     import torch
 
@@ -206,9 +211,11 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> N
         try:
             torch.onnx.export(module, sample, path, dynamo=False, dynamic_axes=dynamic or None,
                               do_constant_folding=True, verbose=False, **common)
+            return "torch.onnx (TorchScript)"
         except (RuntimeError, TypeError, ValueError, torch.onnx.errors.OnnxExporterError):
             program = torch.onnx.export(module, sample, dynamo=True, **common)
             program.save(path)
+            return "torch.onnx (dynamo)"
 
 
 def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> list[sig.Signature]:

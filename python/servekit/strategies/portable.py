@@ -1,8 +1,8 @@
 """The portable rebuild: `.keras` archive -> fresh TensorFlow worker -> artifact.
 
 The source process saves what to export to a private temporary directory and
-runs `servekit._export_worker` there under the TensorFlow backend with a fixed
-environment (`servekit.portable.worker_env`). The worker writes and verifies
+hands the worker (`servekit.worker`, a fresh TensorFlow-backend process) a
+typed `WorkerJob` there. The worker writes and verifies
 the artifact at the staging path against the cases the source backend
 computed; the pipeline commits it. What is saved:
 
@@ -25,9 +25,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from servekit import export_utils as eu
-from servekit import portable
 from servekit.errors import ExportError
 from servekit.pipeline.request import ExportRequest
+from servekit.strategies import keras_file
+from servekit.worker.job import EndpointJob, VariableRef, WorkerJob
+from servekit.worker.launch import importable_sys_path, run_worker
 
 
 @dataclasses.dataclass
@@ -50,38 +52,52 @@ class PortableRebuild:
         if request.kind == "archive":
             return request.source._portable_unavailable(request)
         try:
-            portable.preflight(request.source, request.name)
+            keras_file.preflight(request.source, request.name)
         except ExportError as e:
             if not _traceable_call(request.source):
                 return e
         return None
 
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
+        return self.write_formats({request.format: request}, {request.format: staged}, workdir)[request.format]
+
+    def write_formats(self, requests: dict[str, ExportRequest], staged: dict[str, str],
+                      workdir: str) -> dict[str, dict[str, Any]]:
+        """Writes every format in one worker job: the ONNX model is converted
+        from the SavedModel the worker has just written and verified."""
+        request = next(iter(requests.values()))
         if request.kind == "archive":
             return request.source._write_portable(staged, workdir, request)
         model = request.source
-        keras_file = os.path.join(workdir, "model.keras")
+        model_file = os.path.join(workdir, "model.keras")
         try:
-            classes = portable.preflight(model, request.name)
-            portable.save_keras(model, keras_file, request.name)
+            classes = keras_file.preflight(model, request.name)
+            keras_file.save_keras(model, model_file, request.name)
         except ExportError as e:
             if not _traceable_call(model):
                 raise
             return _write_traced_model(request, staged, workdir, why=str(e))
         endpoint = request.endpoints[0]
         cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
-        job = {
-            "kind": "model", "keras_file": keras_file, "format": request.format, "output": staged,
-            "opset": request.opset, "model_name": request.name, "version": request.version,
-            "endpoints": [{"name": endpoint.name, "layout": endpoint.layout.to_json(),
-                           "output_names": endpoint.output_names}],
-            "lambda_globals": portable.lambda_globals(model)[0],
-            "custom_classes": [c.to_json() for c in classes],
-            "sys_path": portable.importable_sys_path() if classes else [],
-            "layer_names": request.layer_names, "verify": request.verify,
-            "cases_file": cases_file, "cases": cases_index,
-        }
-        return portable.run_worker(job, workdir)
+        job = WorkerJob(
+            kind="model", keras_file=model_file, outputs=dict(staged),
+            model_name=request.name, version=request.version,
+            endpoints=(EndpointJob(endpoint.name, endpoint.layout, tuple(endpoint.output_names)),),
+            opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
+            cases_file=cases_file, cases=tuple(cases_index), lambda_globals=keras_file.lambda_globals(model)[0],
+            custom_classes=tuple(classes), sys_path=tuple(importable_sys_path()) if classes else ())
+        return _per_format(run_worker(job, workdir), staged)
+
+
+def _per_format(result: dict[str, Any], staged: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The worker's reports by format; a job that failed as a whole fails every format.
+    The worker rebuilds under TensorFlow: its ONNX models come from tf2onnx."""
+    if "reports" not in result:
+        return {fmt: dict(result) for fmt in staged}
+    reports = result["reports"]
+    if "onnx" in reports:
+        reports["onnx"]["converter"] = "tf2onnx"
+    return reports
 
 
 def _traceable_call(model) -> bool:
@@ -103,7 +119,8 @@ def _inference_call(model) -> Callable[..., Any]:
     return model.call
 
 
-def _write_traced_model(request: ExportRequest, staged: str, workdir: str, why: str) -> dict[str, Any]:
+def _write_traced_model(request: ExportRequest, staged: dict[str, str], workdir: str,
+                        why: str) -> dict[str, dict[str, Any]]:
     endpoint = request.endpoints[0]
     traced = BundleEndpoint(endpoint.name, endpoint.layout, endpoint.output_names, _inference_call(request.source))
     try:
@@ -113,11 +130,12 @@ def _write_traced_model(request: ExportRequest, staged: str, workdir: str, why: 
                           model=request.name, layer=e.layer, reason=e.reason) from None
 
 
-def write_bundle(request: ExportRequest, staged: str, workdir: str, endpoints: Sequence[BundleEndpoint],
-                 tracked_layers: Sequence[Any], collections: dict[str, list]) -> dict[str, Any]:
+def write_bundle(request: ExportRequest, staged: dict[str, str], workdir: str, endpoints: Sequence[BundleEndpoint],
+                 tracked_layers: Sequence[Any], collections: dict[str, list]) -> dict[str, dict[str, Any]]:
     """Traces `endpoints` into one Functional bundle, saves it and runs the worker.
 
     Args:
+        staged: format -> staging path.
         tracked_layers: layers whose variables the artifact lists
             (`variables`, `trainable_variables`, ...).
         collections: variable collections saved as attributes.
@@ -151,12 +169,11 @@ def write_bundle(request: ExportRequest, staged: str, workdir: str, endpoints: S
                 f"symbolic inputs: on the {backend} backend endpoints must compute their outputs with "
                 "Keras layers/models and keras.ops.", reason="untraceable_endpoint")
         template = keras.tree.pack_sequence_as(out, list(range(len(leaves))))
-        job_endpoints.append({
-            "name": ep.name, "layout": layout.to_json(), "output_names": list(ep.output_names),
-            "inputs_range": [len(bundle_inputs), len(bundle_inputs) + len(symbolic)],
-            "outputs_range": [len(bundle_outputs), len(bundle_outputs) + len(leaves)],
-            "output_structure": eu._to_json_struct(template),
-        })
+        job_endpoints.append(EndpointJob(
+            ep.name, layout, tuple(ep.output_names),
+            inputs_range=(len(bundle_inputs), len(bundle_inputs) + len(symbolic)),
+            outputs_range=(len(bundle_outputs), len(bundle_outputs) + len(leaves)),
+            output_structure=template))
         bundle_inputs += symbolic
         bundle_outputs += leaves
     try:
@@ -164,36 +181,34 @@ def write_bundle(request: ExportRequest, staged: str, workdir: str, endpoints: S
     except (TypeError, ValueError) as e:
         raise ExportError(f"The endpoints cannot be rebuilt as one Keras graph: {e}",
                           reason="untraceable_endpoint") from None
-    classes = portable.preflight(bundle, request.name)
+    classes = keras_file.preflight(bundle, request.name)
     # bundle.variables (unlike .weights) includes RNG seed states; the
     # worker's loaded bundle lists its variables in the same order.
     index = {id(w): i for i, w in enumerate(bundle.variables)}
     values: dict[str, np.ndarray] = {}
 
-    def ref(v):
+    def ref(v) -> VariableRef:
         if id(v) in index:
-            return {"kind": "bundle", "index": index[id(v)], "trainable": bool(v.trainable)}
+            return VariableRef(bool(v.trainable), index=index[id(v)])
         key = f"v{len(values)}"
         values[key] = np.asarray(keras.ops.convert_to_numpy(v.value))
-        return {"kind": "value", "key": key, "trainable": bool(v.trainable), "name": v.name}
+        return VariableRef(bool(v.trainable), key=key, name=v.name)
 
-    tracked = [{"variables": [ref(v) for v in r.variables]} for r in tracked_layers]
-    job_collections = {name: [ref(v) for v in vs] for name, vs in collections.items()}
+    tracked = tuple(tuple(ref(v) for v in r.variables) for r in tracked_layers)
+    job_collections = {name: tuple(ref(v) for v in vs) for name, vs in collections.items()}
     variables_file = None
     if values:
         variables_file = os.path.join(workdir, "variables.npz")
         np.savez(variables_file, **values)
     cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
-    keras_file = os.path.join(workdir, "bundle.keras")
-    portable.save_keras(bundle, keras_file, request.name)
-    job = {
-        "kind": "archive", "keras_file": keras_file, "format": request.format, "output": staged,
-        "opset": request.opset, "model_name": request.name, "version": request.version,
-        "endpoints": job_endpoints, "tracked": tracked, "variable_collections": job_collections,
-        "variables_file": variables_file, "lambda_globals": portable.lambda_globals(bundle)[0],
-        "custom_classes": [c.to_json() for c in classes],
-        "sys_path": portable.importable_sys_path() if classes else [],
-        "layer_names": [layer.name for layer in portable._layers(bundle)],
-        "verify": request.verify, "cases_file": cases_file, "cases": cases_index,
-    }
-    return portable.run_worker(job, workdir)
+    bundle_file = os.path.join(workdir, "bundle.keras")
+    keras_file.save_keras(bundle, bundle_file, request.name)
+    job = WorkerJob(
+        kind="archive", keras_file=bundle_file, outputs=dict(staged),
+        model_name=request.name, version=request.version, endpoints=tuple(job_endpoints),
+        opset=request.opset, layer_names=tuple(layer.name for layer in eu.all_layers(bundle)),
+        verify=request.verify, cases_file=cases_file, cases=tuple(cases_index),
+        lambda_globals=keras_file.lambda_globals(bundle)[0], custom_classes=tuple(classes),
+        sys_path=tuple(importable_sys_path()) if classes else (), tracked=tracked,
+        variable_collections=job_collections, variables_file=variables_file)
+    return _per_format(run_worker(job, workdir), staged)

@@ -1,31 +1,26 @@
-"""Cross-backend export: the source-process side of the export worker.
+"""A Keras model as a `.keras` file another process can load.
 
-A Keras model is portable between backends through its `.keras` archive. To
-export a model from any backend, servekit saves it to a private temporary
-directory, then runs `servekit._export_worker` there in a fresh process under
-the TensorFlow backend with a fixed environment. The worker writes the
-artifact at a staging path next to the destination and checks it against the
-outputs the source backend computed (also handed over in the temporary
-directory). A fresh process that runs the same steps makes the same traces, so
-the artifacts are reproducible; `servekit.determinism` removes what is left.
+The portable rebuild carries a model from any backend to the TensorFlow
+export worker through its `.keras` archive. Before anything is written,
+`preflight` checks that a fresh process can rebuild it: no layer bound to one
+backend's code, Lambda globals that can be carried over, custom classes the
+worker can import (by module name, or by file for a model file loaded by
+path). `save_keras` then writes the archive with an error that says what to
+change when Keras cannot serialize the model.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
+import importlib.machinery
 import inspect
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import types
-from typing import Any, Optional, Sequence
-
+from typing import Optional
 
 from servekit.errors import ExportError
+from servekit.export_utils import all_layers
+from servekit.worker.job import CustomClass
 
 # Layers that hold code of one backend and cannot be rebuilt under TensorFlow.
 _BACKEND_BOUND_LAYERS = {
@@ -37,35 +32,6 @@ _BACKEND_BOUND_LAYERS = {
                  "layers",
 }
 
-WORKER_TIMEOUT_S = 1800
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT")
-
-
-@dataclasses.dataclass
-class CustomClass:
-    """A non-Keras class of the model, and how the worker imports it: by module
-    name, or from `file` for a module that was loaded by path (a model file of
-    the build tool)."""
-
-    module: str
-    qualname: str
-    names: list[str]
-    layer: str
-    file: Optional[str] = None
-
-    @property
-    def importable(self) -> bool:
-        if self.module == "__main__" or "<locals>" in self.qualname:
-            return False
-        if self.file:
-            return True
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except (ImportError, ValueError):
-            return False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"module": self.module, "qualname": self.qualname, "names": self.names, "file": self.file}
 
 
 def _loaded_by_path(module_name: str) -> Optional[str]:
@@ -75,8 +41,6 @@ def _loaded_by_path(module_name: str) -> Optional[str]:
     if module_name == "__main__" or not path or not os.path.isfile(path):
         return None
     if "." not in module_name:
-        import importlib.machinery
-
         # Findable on sys.path by name (sys.modules aside): the worker imports it so.
         if importlib.machinery.PathFinder.find_spec(module_name) is not None:
             return None
@@ -85,19 +49,12 @@ def _loaded_by_path(module_name: str) -> Optional[str]:
     return os.path.abspath(path)
 
 
-def _layers(model) -> list[Any]:
-    try:
-        return list(model._flatten_layers(include_self=True, recursive=True))
-    except AttributeError:  # not a Keras layer
-        return [model]
-
-
 def custom_classes(model) -> list[CustomClass]:
     """Non-Keras classes in the model (they must be importable by the worker)."""
     import keras
 
     found: dict[type, CustomClass] = {}
-    for layer in _layers(model):
+    for layer in all_layers(model):
         cls = type(layer)
         if cls.__module__.startswith("keras.") or cls in found:
             continue
@@ -108,7 +65,7 @@ def custom_classes(model) -> list[CustomClass]:
                 names.add(registered)
         except (TypeError, AttributeError):  # not registered
             pass
-        found[cls] = CustomClass(cls.__module__, cls.__qualname__, sorted(names), layer.name,
+        found[cls] = CustomClass(cls.__module__, cls.__qualname__, tuple(sorted(names)), layer.name,
                                  _loaded_by_path(cls.__module__))
     return list(found.values())
 
@@ -132,7 +89,7 @@ def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     """
     entries: dict[str, dict] = {}
     problems: list[tuple[str, str]] = []
-    for layer in _layers(model):
+    for layer in all_layers(model):
         if type(layer).__name__ != "Lambda" or not type(layer).__module__.startswith("keras."):
             continue
         fn = getattr(layer, "function", None)
@@ -165,7 +122,7 @@ def preflight(model, model_name: str) -> list[CustomClass]:
     Raises:
         ExportError: naming the layer and what would make it portable.
     """
-    for layer in _layers(model):
+    for layer in all_layers(model):
         reason = _BACKEND_BOUND_LAYERS.get(type(layer).__name__)
         if reason:
             raise ExportError(
@@ -202,74 +159,3 @@ def save_keras(model, path: str, model_name: str) -> None:
             f"Model '{model_name}' cannot be saved as a .keras archive, which the portable rebuild needs: {detail}. "
             "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
-
-
-def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:
-    """The fixed environment of the export worker."""
-    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-    home = os.path.join(workdir, "home")
-    tmp = os.path.join(workdir, "tmp")
-    os.makedirs(home, exist_ok=True)
-    os.makedirs(tmp, exist_ok=True)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [package_root] + [p for p in extra_paths if p and p != package_root]
-    env.update(
-        KERAS_BACKEND="tensorflow",
-        PYTHONHASHSEED="0",
-        PYTHONDONTWRITEBYTECODE="1",
-        PYTHONPATH=os.pathsep.join(paths),
-        HOME=home,
-        KERAS_HOME=os.path.join(home, ".keras"),
-        TMPDIR=tmp,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        TF_CPP_MIN_VLOG_LEVEL="0",
-        CUDA_VISIBLE_DEVICES="",
-        JAX_PLATFORMS="cpu",
-        TF2ONNX_CATCH_ERRORS="FALSE",
-    )
-    env.setdefault("LANG", "C.UTF-8")
-    return env
-
-
-def importable_sys_path() -> list[str]:
-    """The source process' sys.path entries that exist (for custom modules),
-    never servekit's own package directory (its `onnx.py` would shadow onnx)."""
-    package_dir = os.path.dirname(os.path.realpath(__file__))
-    out = []
-    for p in sys.path:
-        p = os.path.abspath(p) if p else os.getcwd()
-        if os.path.isdir(p) and p not in out and os.path.realpath(p) != package_dir:
-            out.append(p)
-    return out
-
-
-def run_worker(job: dict[str, Any], workdir: str) -> dict[str, Any]:
-    """Runs the export worker on `job` in `workdir`; returns its report."""
-    job_path = os.path.join(workdir, "job.json")
-    with open(job_path, "w") as f:
-        json.dump(job, f)
-    env = worker_env(workdir, job.get("sys_path", []))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "servekit._export_worker", job_path],
-            cwd=workdir, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise ExportError(f"Model '{job.get('model_name')}': the export worker took longer than "
-                          f"{WORKER_TIMEOUT_S} s.", model=job.get("model_name"), reason="worker_error") from None
-    report_path = os.path.join(workdir, "report.json")
-    if proc.returncode != 0 or not os.path.exists(report_path):
-        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-        raise ExportError(f"Model '{job.get('model_name')}': the export worker failed (exit code "
-                          f"{proc.returncode}):\n{tail}", model=job.get("model_name"), reason="worker_error")
-    with open(report_path) as f:
-        report = json.load(f)
-    report["_stderr"] = proc.stderr
-    return report
-
-
-def make_workdir() -> str:
-    return tempfile.mkdtemp(prefix="servekit-export-")
-
-
-def remove_workdir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)

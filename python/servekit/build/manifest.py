@@ -124,6 +124,10 @@ def build_manifest(
             entry["tags"] = ["serve"]
         if artifact.opset is not None:
             entry["opset"] = artifact.opset
+        if artifact.strategy:
+            entry["strategy"] = artifact.strategy
+        if getattr(artifact, "converter", None):
+            entry["converter"] = artifact.converter
         entry["files"] = file_digests(export_dir / relative)
         artifact_entries.append(entry)
 

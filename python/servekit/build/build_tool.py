@@ -1,13 +1,21 @@
 """Builds one export directory from a model file: the action behind `model_export`.
 
-    python -m servekit.build_tool --model_file models/mlp.py --name mlp_tensorflow \\
+    python -m servekit.build.build_tool --model_file models/mlp.py --name mlp_tensorflow \\
         --backend tensorflow --formats tf_saved_model,onnx --out_dir OUT
 
 A model file defines `build_model() -> keras.Model` with seeded weights, and may
 define `sample_inputs(batch: int, rng: numpy.random.Generator)` returning the
 model's inputs (an array, a list or a dict, as the model takes them) and
-`input_signature()` returning what `servekit.export` takes as `input_signature`.
+`input_signature()` returning what `servekit.export` takes as `input_signature`,
+and `input_ranges()` returning the value range of inputs whose values have a
+meaning (`{"padding_mask": (1, 2)}`; see `servekit.export`'s `input_ranges`).
 The Keras backend is the one in KERAS_BACKEND; it must equal --backend.
+
+With `--persistent_worker` the tool is a Bazel persistent worker
+(`servekit.build.persistent_worker`): Bazel keeps one process per source
+backend and sends it every export action, so Keras, the backend and
+TensorFlow are imported once per build. Its artifacts are byte-identical to
+those of a fresh process.
 """
 
 from __future__ import annotations
@@ -21,18 +29,12 @@ import sys
 import tempfile
 import time
 import types
-from typing import Any, Mapping, Optional, Sequence
-
-if __name__ == "__main__":
-    # Run as a script (Bazel's py_binary), Python puts this file's directory, the
-    # servekit package itself, first on sys.path, where servekit/onnx.py would be
-    # found as the `onnx` package. The package is imported from its parent.
-    _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _PACKAGE_DIR]
+from typing import Any, BinaryIO, Mapping, Optional, Sequence
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
-from servekit import manifest as manifest_lib
+from servekit.build import manifest as manifest_lib
 from servekit.signature import ExportedArtifact, Signature
 
 # Every random choice of an export derives from this seed.
@@ -56,15 +58,22 @@ def load_model_file(path: pathlib.Path) -> types.ModuleType:
     return module
 
 
-def default_sample_inputs(model: Any, batch: int, rng: np.random.Generator) -> Any:
+def default_sample_inputs(model: Any, batch: int, rng: np.random.Generator,
+                          input_ranges: Optional[Mapping[str, tuple]] = None) -> Any:
     """Random inputs for the model's declared inputs: floats ~ N(0,1), ints in [0, 10).
 
-    Dynamic dimensions other than the batch get size 4.
+    Dynamic dimensions other than the batch get size 4. An input with a range
+    (declared in `input_ranges`, or inferred: ids that index an `Embedding`
+    stay below its `input_dim`) draws from `range(low, high)`.
 
     Raises:
         ValueError: for string inputs, which need the model file's `sample_inputs`.
     """
     import keras
+
+    from servekit.export_utils import input_ranges_for
+
+    ranges = input_ranges_for(model, dict(input_ranges or {}))
 
     def make(tensor: Any) -> np.ndarray:
         shape = [batch] + [4 if d is None else int(d) for d in tensor.shape[1:]]
@@ -74,6 +83,11 @@ def default_sample_inputs(model: Any, batch: int, rng: np.random.Generator) -> A
                 f"Model '{model.name}' input '{tensor.name}' is a string tensor; random data "
                 "cannot fill it. Define sample_inputs(batch, rng) in the model file."
             )
+        if tensor.name in ranges and dtype != "bool":
+            low, high = ranges[tensor.name]
+            if dtype.startswith("float") or dtype == "bfloat16":
+                return rng.uniform(low, high, shape).astype(dtype)
+            return rng.integers(int(low), int(high), shape).astype(dtype)
         if dtype.startswith("float") or dtype == "bfloat16":
             return rng.standard_normal(shape).astype(dtype)
         if dtype == "bool":
@@ -121,6 +135,7 @@ def build_export(
     opset: Optional[int] = None,
     tolerances: Optional[Mapping[str, tuple[float, float]]] = None,
     verbose: bool = False,
+    input_ranges: Optional[Mapping[str, tuple]] = None,
 ) -> pathlib.Path:
     """Exports `model` to every format and writes manifest and reference data.
 
@@ -136,6 +151,7 @@ def build_export(
         opset: ONNX opset, or None for the library's default.
         tolerances: per-dtype `(atol, rtol)` recorded in the manifest.
         verbose: print the export library's summaries.
+        input_ranges: value ranges of inputs, by name (`servekit.export`).
 
     Returns:
         The path of the written manifest.json.
@@ -147,31 +163,31 @@ def build_export(
 
     ```python
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    servekit.build_tool.build_export(model, pathlib.Path("out/mlp"), "mlp", "tensorflow")
+    servekit.build.build_tool.build_export(model, pathlib.Path("out/mlp"), "mlp", "tensorflow")
     ```
     """
-    import servekit
-
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
     try:
-        artifacts: list[ExportedArtifact] = []
-        for fmt in formats:
-            kwargs: dict[str, Any] = {}
-            if fmt == "onnx" and opset:
-                kwargs["opset_version"] = opset
-            artifact = servekit.export(
-                model,
-                str(staging / manifest_lib.ARTIFACT_PATHS[fmt]),
-                format=fmt,
-                verbose=verbose,
-                input_signature=input_signature,
-                **kwargs,
-            )
-            artifacts.append(artifact)
+        from servekit.exporter import export_formats
+
+        kwargs: dict[str, Any] = {"opset_version": opset} if opset and "onnx" in formats else {}
+        if input_ranges:
+            kwargs["input_ranges"] = dict(input_ranges)
+        if tolerances:
+            kwargs["tolerances"] = dict(tolerances)  # the export's own check uses the manifest's
+        # Both formats in one go: one probe of the model, one worker job.
+        exported = export_formats(
+            model,
+            {fmt: str(staging / manifest_lib.ARTIFACT_PATHS[fmt]) for fmt in formats},
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )
+        artifacts: list[ExportedArtifact] = [exported[fmt] for fmt in formats]
 
         default = artifacts[0].endpoint("serving_default")
-        sample = sample_inputs or (lambda b, r: default_sample_inputs(model, b, r))
+        sample = sample_inputs or (lambda b, r: default_sample_inputs(model, b, r, input_ranges))
         cases = []
         for batch in reference_batches:
             rng = np.random.default_rng([SEED, batch])
@@ -200,8 +216,38 @@ def _parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
     return dtype, (float(atol), float(rtol or 0.0))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def quiet_fontconfig(scratch: str) -> None:
+    """Gives fontconfig a writable cache directory under `scratch`.
+
+    `import keras` imports matplotlib.pyplot, whose font manager runs `fc-list`
+    to list the system fonts (its own font cache lives in the fresh
+    MPLCONFIGDIR, so this happens in every export). In a Bazel sandbox no
+    fontconfig cache directory is writable (no $HOME, a read-only
+    /var/cache/fontconfig), and on a machine where no process has filled the
+    system cache yet, `fc-list` prints "Fontconfig error: No writable cache
+    directories" once per font directory (4 lines per export on Debian 12).
+
+    The fix keeps the caller's configuration (FONTCONFIG_FILE, else the
+    system's /etc/fonts/fonts.conf) and adds one cache directory in `scratch`,
+    through a small configuration file that includes the original. Children
+    (`fc-list`) inherit it through the environment.
+    """
+    base = os.environ.get("FONTCONFIG_FILE") or "/etc/fonts/fonts.conf"
+    cache = os.path.join(scratch, "fontconfig-cache")
+    config = os.path.join(scratch, "fonts.conf")
+    with open(config, "w") as f:
+        f.write(
+            '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">\n<fontconfig>\n'
+            f'  <include ignore_missing="yes">{xml_escape(base)}</include>\n'
+            f"  <cachedir>{xml_escape(cache)}</cachedir>\n</fontconfig>\n"
+        )
+    os.environ["FONTCONFIG_FILE"] = config
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Bazel passes the arguments in a params file (`@file`, one per line), which
+    # a persistent worker gets expanded in its WorkRequest instead.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], fromfile_prefix_chars="@")
     parser.add_argument("--model_file", required=True, type=pathlib.Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--backend", required=True, choices=["tensorflow", "jax", "torch"])
@@ -212,20 +258,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--weights", type=pathlib.Path, default=None)
     parser.add_argument("--tolerance", action="append", default=[], help="DTYPE=ATOL[,RTOL]")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(argv: Sequence[str]) -> pathlib.Path:
+    """One export action: parses `argv`, exports, returns the manifest path.
+
+    Raises:
+        SystemExit: bad arguments (argparse's message is on stderr).
+        servekit.ExportError: the model cannot be exported.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend != args.backend:
         parser.error(f"--backend {args.backend} but KERAS_BACKEND={backend}")
-    # Keras and matplotlib (imported by converters) write config caches under
-    # $HOME, which an export action does not have: give them a scratch directory.
-    scratch = tempfile.mkdtemp(prefix="servekit-build-")
-    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
 
     import keras
 
     start = time.monotonic()
+    keras.backend.clear_session()  # layer names must not depend on earlier actions of a worker
     keras.utils.set_random_seed(SEED)
     module = load_model_file(args.model_file)
     model = module.build_model()
@@ -243,11 +295,66 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opset=args.opset,
         tolerances=dict(_parse_tolerance(t) for t in args.tolerance),
         verbose=args.verbose,
+        input_ranges=module.input_ranges() if hasattr(module, "input_ranges") else None,
     )
-    shutil.rmtree(scratch, ignore_errors=True)
     if args.verbose:
         print(f"servekit: exported {args.name} ({backend}) in {time.monotonic() - start:.1f} s -> {manifest_path}")
-    return 0
+    return manifest_path
+
+
+def _serve_bazel(protocol_out: BinaryIO) -> int:
+    """The build tool as a Bazel persistent worker: one warm process per source
+    backend runs every export action of a build."""
+    import contextlib
+    import io
+    import traceback
+
+    from servekit.build import persistent_worker
+    from servekit.worker import isolation
+
+    def handle(request: persistent_worker.WorkRequest) -> tuple[int, str]:
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), isolation.one_job():
+            cwd = os.getcwd()
+            try:
+                if request.sandbox_dir:
+                    os.chdir(request.sandbox_dir)
+                run(request.arguments)
+                code = 0
+            except SystemExit as e:  # argparse: its message is in the output
+                code = e.code if isinstance(e.code, int) else 2
+            except Exception:  # the action fails with the full error; the worker serves the next one
+                traceback.print_exc(file=output)
+                code = 1
+            finally:
+                os.chdir(cwd)
+        return code, output.getvalue()
+
+    return persistent_worker.serve(handle, sys.stdin.buffer, protocol_out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Keras and matplotlib (imported by converters) write config caches under
+    # $HOME, which an export action does not have: give them a scratch directory.
+    scratch = tempfile.mkdtemp(prefix="servekit-build-")
+    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
+    quiet_fontconfig(scratch)
+    from servekit.worker.launch import warm_worker
+
+    try:
+        # Both formats of an action, and as a persistent worker every action,
+        # share one TensorFlow export worker process.
+        with warm_worker():
+            if "--persistent_worker" in argv:
+                protocol_out = os.fdopen(os.dup(1), "wb")
+                os.dup2(2, 1)  # stray prints must not corrupt the protocol on stdout
+                return _serve_bazel(protocol_out)
+            run(argv)
+            return 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmarks an export's artifacts natively and in Python, side by side.
 
     bazel run //models:mlp_tensorflow_benchmark
-    python -m servekit.benchmark --manifest bazel-bin/models/mlp_tensorflow/manifest.json \\
+    python -m servekit.bench.benchmark --manifest bazel-bin/models/mlp_tensorflow/manifest.json \\
         --out_dir /tmp/bench --batches 1,8,32,128 --threads 1
 
 For every artifact of the export and every batch size, on the same inputs (the
@@ -28,53 +28,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-if __name__ == "__main__":
-    # As a script, this file's directory (the servekit package) would come first
-    # on sys.path and its modules (onnx.py) shadow the real packages.
-    _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _PACKAGE_DIR]
-
 import numpy as np
 
 from servekit import native
+from servekit.bench.machine import machine_info
 
 DEFAULT_BATCHES = (1, 8, 32, 128)
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count, memory and GPU (if any) of this machine."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = None
-    try:
-        gpu = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    memory_gib = None
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        memory_gib = round(pages / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu,
-            "platform": platform.platform()}
 
 
 def latency_stats(latencies_ns: Sequence[float], batch: int) -> dict[str, float]:

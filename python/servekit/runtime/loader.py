@@ -249,6 +249,8 @@ def load(path) -> LoadedArtifact:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No artifact at '{path}'.")
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "model.onnx")):
+        return LoadedOnnx(os.path.join(path, "model.onnx"))  # an ONNX model with external data
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"'{path}' is a directory without saved_model.pb: not a SavedModel.")

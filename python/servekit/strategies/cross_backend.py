@@ -1,0 +1,149 @@
+"""Rebuilding under another backend, for that backend's ONNX converter.
+
+The last road to ONNX, tried after the portable rebuild (tf2onnx) and the
+in-process export (the source backend's own converter) have failed: the
+model's `.keras` archive is rebuilt in a fresh worker process under each other
+backend in turn, JAX (jax2onnx) then torch (torch.onnx), and converted there
+the way the in-process strategy converts on that backend. The artifact is
+verified against the cases the *source* backend computed, with the same
+tolerances, and gets the same contract (names, dynamic `batch`, canonical
+bytes, no paths); `converter` says which converter made it.
+
+It declines what a fresh process cannot rebuild faithfully: ExportArchives,
+custom classes from modules a fresh process cannot import by name (the worker
+imports the others, e.g. keras_hub's), and stochastic or stateful endpoints
+(their checks run in the source process).
+
+    python -m servekit.strategies.cross_backend JOB.json   # the worker side
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Optional
+
+from servekit.errors import ExportError
+from servekit.pipeline.request import ExportRequest
+from servekit.worker.job import EndpointJob, WorkerJob
+
+# Tried in this order, skipping the source backend.
+TARGET_BACKENDS = ("jax", "torch")
+
+
+class CrossBackendRebuild:
+    """Rebuilds the model under JAX or torch in a fresh worker and converts it there."""
+
+    name = "cross_backend_rebuild"
+
+    def unavailable(self, request: ExportRequest) -> Optional[str | ExportError]:
+        from servekit.strategies import keras_file
+
+        if request.format != "onnx":
+            return "only ONNX has converters on other backends (SavedModels are written under TensorFlow)"
+        if request.kind != "model":
+            return "ExportArchives are rebuilt under TensorFlow only"
+        plan = request.endpoints[0]
+        if any(s.dtype == "string" for s in plan.layout.flat):
+            return "string inputs run TensorFlow ops, which neither JAX nor torch converts to ONNX"
+        if plan.behavior.stochastic or plan.behavior.stateful:
+            return "stochastic and stateful endpoints are verified in the source process only"
+        try:
+            classes = keras_file.preflight(request.source, request.name)
+        except ExportError as e:
+            return e
+        local = sorted(c.qualname for c in classes if not c.importable or c.file)
+        if local:
+            return (f"the model uses classes a fresh process cannot import by module name ({', '.join(local)}); "
+                    "this strategy's worker imports modules by name only")
+        return None
+
+    def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
+        from servekit.strategies import keras_file as keras_archive
+
+        keras_file = os.path.join(workdir, "model.keras")
+        classes = keras_archive.preflight(request.source, request.name)
+        keras_archive.save_keras(request.source, keras_file, request.name)
+        cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
+        plan = request.endpoints[0]
+        job = WorkerJob(
+            kind="model", keras_file=keras_file, outputs={"onnx": staged}, model_name=request.name,
+            version=request.version, endpoints=(EndpointJob("serving_default", plan.layout, tuple(plan.output_names)),),
+            opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
+            cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes))
+        reasons = []
+        for backend in (b for b in TARGET_BACKENDS if b != request.backend):
+            report = _run_worker(job, workdir, backend)
+            if report.get("ok"):
+                return report
+            reasons.append(f"{backend}: {report.get('message', 'failed')}")
+        return {"ok": False, "reason": "conversion_failed",
+                "message": "rebuilt under " + "; under ".join(reasons)}
+
+
+def _run_worker(job: WorkerJob, workdir: str, backend: str) -> dict[str, Any]:
+    from servekit.worker import launch
+
+    scratch = os.path.join(workdir, f"rebuild_{backend}")
+    os.makedirs(scratch, exist_ok=True)
+    job_path = os.path.join(scratch, "job.json")
+    job.write(job_path)
+    env = launch.worker_env(scratch, [])
+    env["KERAS_BACKEND"] = backend  # the point of this strategy: not TensorFlow
+    try:
+        proc = subprocess.run([sys.executable, "-m", "servekit.strategies.cross_backend", job_path], cwd=scratch,
+                              env=env, capture_output=True, text=True, timeout=launch.WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "message": f"the worker took longer than {launch.WORKER_TIMEOUT_S} s"}
+    report_path = os.path.join(scratch, "report.json")
+    if proc.returncode != 0 or not os.path.exists(report_path):
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-5:])
+        return {"ok": False, "message": f"the worker failed (exit code {proc.returncode}): {tail}"}
+    with open(report_path) as f:
+        return json.load(f)
+
+
+def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
+    """The worker side: rebuild under this process' backend, convert, verify."""
+    import importlib
+
+    import keras
+
+    from servekit.pipeline.cases import CaseSet
+    from servekit.pipeline.request import EndpointPlan
+    from servekit.strategies.in_process import InProcess
+
+    for module in sorted({c.module for c in job.custom_classes}):
+        importlib.import_module(module)  # registers the model's classes (e.g. keras_hub's) for load_model
+    keras.utils.set_random_seed(0)
+    model = keras.saving.load_model(job.keras_file, compile=False, safe_mode=False)
+    endpoint = job.endpoints[0]
+    plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
+    cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()
+    request = ExportRequest("model", "onnx", job.model_name, keras.backend.backend(), [plan], cases,
+                            verify=job.verify, opset=job.opset, source=model, version=job.version)
+    return InProcess().write(request, job.outputs["onnx"], workdir)
+
+
+def main(argv) -> int:
+    job_path = argv[1]
+    job = WorkerJob.read(job_path)
+    workdir = os.path.dirname(os.path.abspath(job_path))
+    try:
+        report = _work(job, workdir)
+    except ExportError as e:
+        report = {"ok": False, "message": str(e), "reason": e.reason}
+    except Exception as e:  # a converter's own failure: reported to the source process, which tries the next
+        detail = str(e).strip().splitlines()
+        report = {"ok": False, "message": f"{type(e).__name__}: {detail[-1] if detail else ''}",
+                  "reason": "conversion_failed"}
+    report.pop("error_class", None)
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(report, f, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,32 @@
+"""What a long-lived process forgets between two jobs.
+
+The warm export worker and the build tool as a Bazel persistent worker run
+many jobs in one process. A job imports user code (model files, custom layer
+modules) that can change before the next job; the installed libraries cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+_INSTALLED = tuple(sorted({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}))
+_SERVEKIT = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+
+@contextlib.contextmanager
+def one_job() -> Iterator[None]:
+    """Restores `sys.path` after the block and forgets the modules imported in
+    it from outside the Python installation and servekit, so the next job
+    imports user code afresh (a model file edited between two builds)."""
+    modules, path = set(sys.modules), list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            origin = getattr(sys.modules.get(name), "__file__", None)
+            if origin and not os.path.realpath(origin).startswith(_INSTALLED + (_SERVEKIT,)):
+                del sys.modules[name]

@@ -1,0 +1,199 @@
+"""Starts the export worker: a fresh TensorFlow-backend process per job.
+
+The worker runs with a fixed environment (`worker_env`): KERAS_BACKEND
+=tensorflow, PYTHONHASHSEED=0, HOME, KERAS_HOME and TMPDIR inside the job's
+private work directory, TensorFlow logging off. A fresh process that runs the
+same steps makes the same traces, so its artifacts are reproducible across
+processes and directories; `servekit.determinism` removes what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Iterator, Optional, Sequence
+
+from servekit.errors import ExportError
+from servekit.worker.job import WorkerJob
+
+WORKER_TIMEOUT_S = 1800
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT",
+             "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES")  # servekit.onnx.EXTERNAL_DATA_ENV
+# The directory holding the `servekit` package, and the package itself.
+_PYTHON_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+
+
+def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:
+    """The fixed environment of the export worker."""
+    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+    home = os.path.join(workdir, "home")
+    tmp = os.path.join(workdir, "tmp")
+    os.makedirs(home, exist_ok=True)
+    os.makedirs(tmp, exist_ok=True)
+    paths = [_PYTHON_ROOT] + [p for p in extra_paths if p and p != _PYTHON_ROOT]
+    env.update(
+        KERAS_BACKEND="tensorflow",
+        PYTHONHASHSEED="0",
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=os.pathsep.join(paths),
+        HOME=home,
+        KERAS_HOME=os.path.join(home, ".keras"),
+        TMPDIR=tmp,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        TF_CPP_MIN_VLOG_LEVEL="0",
+        TF_ENABLE_ONEDNN_OPTS="0",  # as in the export action: the same kernels, no oneDNN notice
+        CUDA_VISIBLE_DEVICES="",
+        JAX_PLATFORMS="cpu",
+        TF2ONNX_CATCH_ERRORS="FALSE",
+    )
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def importable_sys_path() -> list[str]:
+    """The source process' sys.path entries that exist (for custom modules),
+    never servekit's own package directory (its `onnx.py` would shadow onnx)."""
+    out = []
+    for p in sys.path:
+        p = os.path.abspath(p) if p else os.getcwd()
+        if os.path.isdir(p) and p not in out and os.path.realpath(p) != _PACKAGE_DIR:
+            out.append(p)
+    return out
+
+
+def run_worker(job: WorkerJob, workdir: str) -> dict[str, Any]:
+    """Runs the export worker on `job` in `workdir`: in the warm worker when
+    one is open (`warm_worker()`), else in a fresh process.
+
+    Returns:
+        The worker's result: `{"reports": {format: report}}`
+        (`servekit.worker.run.run`), or one failed report (`ok: False`) when
+        the job failed as a whole.
+
+    Raises:
+        ExportError: the worker crashed or timed out (its last stderr lines
+            are in the message). An export the worker refused is a report
+            with `ok: False`, not an exception.
+    """
+    job_path = os.path.join(workdir, "job.json")
+    job.write(job_path)
+    if _warm is not None:
+        return _warm.run(job, job_path, workdir)
+    env = worker_env(workdir, job.sys_path)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "servekit.worker", job_path],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise _timeout_error(job) from None
+    return _read_report(job, workdir, proc.returncode, proc.stderr)
+
+
+def _timeout_error(job: WorkerJob) -> ExportError:
+    return ExportError(f"Model '{job.model_name}': the export worker took longer than {WORKER_TIMEOUT_S} s.",
+                       model=job.model_name, reason="worker_error")
+
+
+def _read_report(job: WorkerJob, workdir: str, returncode: Optional[int], stderr: str) -> dict[str, Any]:
+    report_path = os.path.join(workdir, "report.json")
+    if returncode != 0 or not os.path.exists(report_path):
+        tail = "\n".join((stderr or "").strip().splitlines()[-15:])
+        raise ExportError(f"Model '{job.model_name}': the export worker failed (exit code "
+                          f"{returncode}):\n{tail}", model=job.model_name, reason="worker_error")
+    with open(report_path) as f:
+        return json.load(f)
+
+
+class _WarmWorker:
+    """One long-lived worker process (`python -m servekit.worker --serve`) that
+    runs jobs one at a time, so that TensorFlow is imported once, not once per
+    export. Each job still gets its own work directory, HOME, TMPDIR, seeds and
+    Keras session (`servekit.worker.__main__`), so a warm worker writes the
+    same bytes as a fresh process. After a job that failed, crashed or timed
+    out, the process is replaced, so one model's failure cannot leak into the
+    next export.
+    """
+
+    def __init__(self) -> None:
+        self._proc: Optional[subprocess.Popen] = None
+        self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
+
+    def run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "servekit.worker", "--serve"], cwd=self._home,
+                env=worker_env(self._home, ()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True)
+        proc = self._proc
+        proc.stdin.write(job_path + "\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], WORKER_TIMEOUT_S)
+        if not ready:
+            self.close()
+            raise _timeout_error(job)
+        answer = proc.stdout.readline().strip()
+        stderr = _read_text(os.path.join(workdir, "worker.log"))
+        if answer != "done":  # the process died mid-job
+            self.close()
+            return _read_report(job, workdir, proc.wait(), stderr)
+        report = _read_report(job, workdir, 0, stderr)
+        if not all(r.get("ok") for r in report.get("reports", {None: report}).values()):
+            self.close()  # a fresh process for the next job
+        return report
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def shutdown(self) -> None:
+        self.close()
+        shutil.rmtree(self._home, ignore_errors=True)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+_warm: Optional[_WarmWorker] = None
+
+
+@contextlib.contextmanager
+def warm_worker() -> Iterator[None]:
+    """Runs every portable export in this block in one warm worker process.
+
+    The build tool opens one for its lifetime: both formats of an action (and,
+    as a Bazel persistent worker, every action of a build) share a TensorFlow
+    process. Artifacts are byte-identical to those of fresh processes.
+
+    Example:
+
+    ```python
+    with servekit.worker.launch.warm_worker():
+        servekit.export(model, "out/model", format="tf_saved_model")
+        servekit.export(model, "out/model.onnx", format="onnx")
+    ```
+    """
+    global _warm
+    if _warm is not None:  # nested: the outer block owns the process
+        yield
+        return
+    _warm = _WarmWorker()
+    try:
+        yield
+    finally:
+        worker, _warm = _warm, None
+        worker.shutdown()

@@ -1,0 +1,187 @@
+"""The export worker's job runner: rebuilds the endpoints, writes, verifies.
+
+Runs in a fresh TensorFlow-backend process (`python -m servekit.worker
+JOB.json`, started by `servekit.worker.launch` with its fixed environment). It
+loads the `.keras` file(s) the source process saved, rebuilds the endpoints,
+writes the SavedModel (and the ONNX model converted from it) at the staging
+path, reloads what it wrote, compares it with the outputs the *source*
+backend computed, and writes `report.json`. It never writes the final path:
+the source process moves the staged artifact into place after a clean report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Iterator, Sequence
+
+from servekit.export_utils import _map_leaves
+from servekit.worker.job import VariableRef, WorkerJob
+
+
+def _fresh_state() -> None:
+    """The Keras session and every seed as a fresh process has them (a warm
+    worker runs many jobs)."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    import tensorflow as tf
+
+    tf.random.set_seed(0)
+    import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+
+
+def _import_custom(job: WorkerJob) -> dict[str, Any]:
+    custom = {}
+    for entry in job.custom_classes:
+        if entry.file and entry.module not in sys.modules:
+            # A module the source process loaded by path (a model file).
+            spec = importlib.util.spec_from_file_location(entry.module, entry.file)
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[entry.module] = loaded
+            spec.loader.exec_module(loaded)
+        obj = importlib.import_module(entry.module)
+        for part in entry.qualname.split("."):
+            obj = getattr(obj, part)
+        for name in entry.names:
+            custom[name] = obj
+    return custom
+
+
+@contextlib.contextmanager
+def _lambda_globals(job: WorkerJob) -> Iterator[None]:
+    """Gives Lambda functions deserialized in this block the globals they refer to."""
+    entries = job.lambda_globals
+    if not entries:
+        yield
+        return
+    extra = {}
+    for name, entry in entries.items():
+        if entry["kind"] == "module":
+            extra[name] = importlib.import_module(entry["module"])
+        elif entry["kind"] == "value":
+            extra[name] = entry["value"]
+        else:
+            obj = importlib.import_module(entry["module"])
+            for part in entry["qualname"].split("."):
+                obj = getattr(obj, part)
+            extra[name] = obj
+    from keras.src.utils import python_utils
+
+    original = python_utils.func_load
+
+    def func_load(code, defaults=None, closure=None, globs=None):
+        if globs is None:
+            globs = dict(vars(python_utils))
+            globs.update(extra)
+        return original(code, defaults=defaults, closure=closure, globs=globs)
+
+    python_utils.func_load = func_load
+    try:
+        yield
+    finally:
+        python_utils.func_load = original
+
+
+def _load(path: str, custom):
+    import keras
+
+    return keras.saving.load_model(path, custom_objects=custom, compile=False, safe_mode=False)
+
+
+def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from servekit.saved_model import Endpoint
+
+    endpoints, tracked, collections = [], [], {}
+    if job.kind == "model":
+        model = _load(job.keras_file, custom)
+        ep = job.endpoints[0]
+
+        def serve(*args, _model=model):
+            return _model(*args, training=False)
+
+        endpoints.append(Endpoint(ep.name, serve, ep.layout, list(ep.output_names)))
+        tracked.append(model)
+        return endpoints, tracked, collections
+    # An ExportArchive from the JAX or torch backend: one Functional "bundle"
+    # holding every endpoint's inputs and outputs.
+    bundle = _load(job.keras_file, custom)
+    flat_in = list(bundle.inputs)
+    flat_out = list(bundle.outputs) if isinstance(bundle.outputs, (list, tuple)) else [bundle.outputs]
+    for ep in job.endpoints:
+        a, b = ep.inputs_range
+        c, d = ep.outputs_range
+        sub = keras.Model(flat_in[a:b], flat_out[c:d], name=f"endpoint_{ep.name}")
+
+        def fn(*args, _sub=sub, _layout=ep.layout, _template=ep.output_structure):
+            out = _sub(_layout.flatten(list(args)))
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            return _map_leaves(lambda i: out[i], _template)
+
+        endpoints.append(Endpoint(ep.name, fn, ep.layout, list(ep.output_names)))
+    weights = list(bundle.variables)
+    values = np.load(job.variables_file, allow_pickle=False) if job.variables_file else {}
+
+    def resolve(refs: Sequence[VariableRef]) -> list[Any]:
+        return [weights[r.index] if r.index is not None
+                else tf.Variable(values[r.key], trainable=r.trainable, name=r.name) for r in refs]
+
+    for refs in job.tracked:
+        tracked.append(_TrackedVariables(resolve(refs), [r.trainable for r in refs]))
+    for name, refs in job.variable_collections.items():
+        collections[name] = resolve(refs)
+    return endpoints, tracked, collections
+
+
+class _TrackedVariables:
+    """Stands in for a tracked layer: its variables, split by trainability."""
+
+    def __init__(self, variables, trainable_mask):
+        self.variables = list(variables)
+        self.trainable_variables = [v for v, t in zip(variables, trainable_mask) if t]
+        self.non_trainable_variables = [v for v, t in zip(variables, trainable_mask) if not t]
+
+    def _flatten_layers(self, include_self=False, recursive=True):
+        return []
+
+
+def run(job: WorkerJob) -> dict[str, Any]:
+    """Writes and verifies the artifacts `job` describes at `job.outputs`.
+
+    Returns:
+        `{"reports": {format: report}}`, each report from
+        `servekit._write.write_and_verify` (`ok`, signatures, verification
+        results).
+
+    Raises:
+        ExportError: the model cannot be rebuilt, written or verified.
+    """
+    sys.path[:0] = [p for p in job.sys_path if p not in sys.path]
+    _fresh_state()
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    from servekit import _write
+    from servekit.pipeline.cases import CaseSet
+
+    custom = _import_custom(job)
+    with _lambda_globals(job):
+        endpoints, tracked, collections = _build_endpoints(job, custom)
+    cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
+    return {"reports": _write.write_and_verify(
+        endpoints, tracked, collections, outputs=dict(job.outputs), cases=cases, opset=job.opset,
+        model_name=job.model_name, layer_names=list(job.layer_names), scratch_dir=os.getcwd(),
+        version=job.version)}

@@ -1,0 +1,107 @@
+"""servekit.bench.export_speed, the servekit-vs-Keras export-time benchmark.
+
+One real run on the smallest cell (mlp, TensorFlow backend, ONNX, one repeat, cold
+and warm): the report's shape, and that every ratio is the quotient of the reported
+medians. Speed itself is measured by `bazel run //python/servekit/bench:export_speed`,
+never asserted here.
+"""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from servekit.bench import export_speed
+
+RUNFILES = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
+MODELS_DIR = RUNFILES / "models"
+
+
+@pytest.fixture(scope="module")
+def report():
+    return export_speed.run_benchmark(models=["mlp"], backends=["tensorflow"], formats=["onnx"], repeats=1,
+                                      models_dir=MODELS_DIR)
+
+
+def test_one_cell_with_every_measure(report):
+    assert [(c["model"], c["backend"], c["format"]) for c in report["cells"]] == [("mlp", "tensorflow", "onnx")]
+    cell = report["cells"][0]
+    for library in ("servekit", "keras"):
+        side = cell[library]
+        assert side["status"] == "ok", side
+        for measure in ("cold_wall_s", "cold_export_s", "cold_import_s", "warm_export_s"):
+            assert len(side[measure]) == 1 and side[measure][0] > 0
+            assert side[f"median_{measure}"] == side[measure][0]
+        # The process' wall time includes the export call and the imports it timed.
+        assert side["cold_wall_s"][0] > side["cold_export_s"][0] + side["cold_import_s"][0]
+        assert side["warm_first_s"] > 0
+    assert len(cell["servekit_no_verify"]["warm_export_s"]) == 1
+    # Keras's artifact was run and compared with the model (untimed).
+    assert cell["keras"]["artifact_check"] == "ok"
+    assert report["settings"]["repeats"] == 1 and report["machine"]["cores"] >= 1
+    assert report["versions"]["keras"] and report["versions"]["tensorflow"]
+    assert len(report["machine"]["load_average_start"]) == 3
+
+
+def test_ratios_are_quotients_of_the_reported_medians(report):
+    cell = report["cells"][0]
+    for measure, _ in export_speed.MEASURES:
+        assert cell["ratios"][measure] == pytest.approx(
+            cell["servekit"][f"median_{measure}"] / cell["keras"][f"median_{measure}"])
+        summary = report["summary"][measure]
+        assert summary["cells"] == 1 and summary["median_ratio"] == pytest.approx(cell["ratios"][measure])
+    assert cell["verification_share"] == pytest.approx(
+        1 - cell["servekit_no_verify"]["median_warm_export_s"] / cell["servekit"]["median_warm_export_s"])
+
+
+def test_report_files(report, tmp_path):
+    export_speed.write_report(report, tmp_path)
+    assert json.loads((tmp_path / "export_speed.json").read_text())["cells"][0]["model"] == "mlp"
+    table = (tmp_path / "export_speed.md").read_text()
+    assert "| mlp | tensorflow | onnx |" in table and "Median verification share" in table
+    assert (tmp_path / "export_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cell_keras_cannot_export_is_reported_not_dropped():
+    # What the driver records for torch -> SavedModel (Keras needs torch_xla there).
+    sides = {name: export_speed._new_side() for name in ("servekit", "keras", "servekit_no_verify")}
+    sides["servekit"]["cold_wall_s"] = [4.0, 6.0]
+    export_speed._record_failure(sides["keras"], {"status": "unsupported", "error_type": "ImportError",
+                                                  "error": "ImportError: torch_xla is required"})
+    cell = export_speed.summarize_cell("mlp", "torch", "tf_saved_model", sides)
+    assert cell["servekit"]["median_cold_wall_s"] == 5.0 and cell["ratios"] == {}
+    report = {"date": "2026-11-30", "settings": {"repeats": 2},
+              "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1, "load_average_start": None,
+                          "load_average_end": None},
+              "versions": {"keras": "3"}, "cells": [cell], "summary": export_speed.summarize([cell])}
+    assert report["summary"]["keras_unsupported"] == ["mlp/torch/tf_saved_model"]
+    table = export_speed.render_table(report)
+    assert "keras: unsupported (ImportError: torch_xla is required)" in table
+    assert "Keras could not export: mlp/torch/tf_saved_model." in table
+
+
+def test_a_keras_artifact_that_does_not_run_is_marked():
+    # What the driver records for JAX -> ONNX of the zoo CNN (onnxruntime refuses its MaxPool).
+    sides = {name: export_speed._new_side() for name in ("servekit", "keras", "servekit_no_verify")}
+    for side in sides.values():
+        side["warm_export_s"] = [2.0]
+    sides["keras"]["warm_export_s"] = [0.5]
+    sides["keras"]["artifact_check"] = "fails: InvalidArgument: Unsupported pooling size."
+    cell = export_speed.summarize_cell("cnn", "jax", "onnx", sides)
+    assert cell["ratios"] == {"warm_export_s": 4.0}  # still timed, and the ratio still shown...
+    summary = export_speed.summarize([cell])
+    assert summary["keras_artifact_not_ok"] == ["cnn/jax/onnx: fails: InvalidArgument: Unsupported pooling size."]
+    report = {"date": "2026-11-30", "settings": {"repeats": 1},
+              "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1, "load_average_start": None,
+                          "load_average_end": None},
+              "versions": {"keras": "3"}, "cells": [cell], "summary": summary}
+    table = export_speed.render_table(report)  # ...with the broken artifact named next to it
+    assert "keras's artifact: fails: InvalidArgument: Unsupported pooling size." in table
+
+
+def test_unknown_names_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown backend\(s\) \['tensorflw'\]"):
+        export_speed.run_benchmark(backends=["tensorflw"], models_dir=MODELS_DIR)
+    with pytest.raises(ValueError, match="No model file"):
+        export_speed.run_benchmark(models=["no_such_model"], models_dir=MODELS_DIR)

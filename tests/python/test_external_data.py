@@ -1,0 +1,74 @@
+"""ONNX models with external data: servekit's layout for models over 2 GB.
+
+The threshold (`servekit.onnx.EXTERNAL_DATA_ENV`) is lowered so that a small
+model takes the same road a > 2 GB one takes: the artifact is a directory with
+`model.onnx` and `model.onnx.data`, reloaded by onnxruntime in Python and by
+the native verifier, byte-reproducible, with both files' digests in the
+manifest. (`tools/onnx_over_2gb.py` runs it on a real > 2 GB model.)
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+import servekit
+from servekit.build import build_tool
+from servekit import onnx as sk_onnx
+
+
+@pytest.fixture(autouse=True)
+def _small_threshold(monkeypatch):
+    monkeypatch.setenv(sk_onnx.EXTERNAL_DATA_ENV, "4096")
+
+
+def _model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((32,), name="features")
+    hidden = keras.layers.Dense(128, activation="relu", name="hidden")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4, name="logits")(hidden), name="wide_mlp")
+
+
+def test_export_writes_model_and_data_files(tmp_path):
+    model = _model()
+    target = tmp_path / "wide.onnx"
+    artifact = servekit.export(model, target, format="onnx", verbose=False)
+    assert target.is_dir()
+    assert sorted(p.name for p in target.iterdir()) == sorted([sk_onnx.DATA_FILE, sk_onnx.MODEL_FILE])
+    data = (target / sk_onnx.DATA_FILE).stat().st_size
+    assert data >= 32 * 128 * 4  # the hidden kernel at least went out of the model file
+    assert (target / sk_onnx.MODEL_FILE).stat().st_size < data
+    assert str(tmp_path).encode() not in (target / sk_onnx.MODEL_FILE).read_bytes()  # a relative location
+    x = np.random.default_rng(0).standard_normal((5, 32)).astype("float32")
+    loaded = servekit.load(str(target))
+    np.testing.assert_allclose(loaded.serve(x), keras.ops.convert_to_numpy(model(x)), atol=1e-5, rtol=0)
+    assert artifact.endpoints[0].inputs[0].name == "features"
+
+
+def _build(out_dir: pathlib.Path) -> pathlib.Path:
+    return build_tool.build_export(_model(), out_dir, "wide_mlp_tensorflow", "tensorflow",
+                                   formats=("tf_saved_model", "onnx"))
+
+
+def test_build_export_is_reproducible_and_natively_valid(tmp_path):
+    first = _build(tmp_path / "a" / "wide_mlp_tensorflow")
+    second = _build(tmp_path / "b" / "wide_mlp_tensorflow")
+    manifest = json.loads(first.read_text())
+    onnx_entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
+    assert sorted(onnx_entry["files"]) == sorted([sk_onnx.DATA_FILE, sk_onnx.MODEL_FILE])
+    for name in (sk_onnx.MODEL_FILE, sk_onnx.DATA_FILE):
+        a = (first.parent / onnx_entry["path"] / name).read_bytes()
+        b = (second.parent / onnx_entry["path"] / name).read_bytes()
+        assert a == b, f"{name} differs between two builds"
+    assert onnx_entry["files"] == json.loads(second.read_text())["artifacts"][1]["files"]
+
+    from servekit import native
+
+    report = native.validate(str(first))
+    assert report, str(report)
+    model = native.load(str(first.parent / onnx_entry["path"]))
+    assert [s.name for s in model.signatures] == ["serving_default"]
