@@ -11,6 +11,13 @@ It reads those files from bazel-testlogs and rewrites the README between the
 `<!-- support-matrix:begin -->` and `<!-- support-matrix:end -->` markers with
 `servekit.support_matrix.render_markdown`. The README's matrix is therefore only
 ever what the tests measured.
+
+The zoo's real architectures get a matrix of their own, between
+`<!-- zoo-matrix:begin -->` and `<!-- zoo-matrix:end -->`, after
+`bazel test //models:all`: one cell per export and format, passed when its
+native `artifact_test` (`<model>_<backend>_test_<format>`, bazel-testlogs)
+passed, with the converter that made each ONNX model (from the export's
+manifest in bazel-bin).
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
+ZOO_BEGIN, ZOO_END = "<!-- zoo-matrix:begin -->", "<!-- zoo-matrix:end -->"
+# The zoo models the README's real-architecture matrix lists (models/BUILD).
+ZOO_MODELS = ("mobilenet_v3", "mobilenet_v2", "convnext", "vit", "bert", "llama")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def collect(testlogs: pathlib.Path) -> list[dict]:
@@ -39,23 +50,72 @@ def collect(testlogs: pathlib.Path) -> list[dict]:
     return rows
 
 
+def _test_passed(test_dir: pathlib.Path) -> bool | None:
+    """The result of one Bazel test from its test.xml (None: not run)."""
+    xml = test_dir / "test.xml"
+    if not xml.exists():
+        return None
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(xml).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    return all(int(t.get("failures", 0)) == 0 and int(t.get("errors", 0)) == 0 for t in suites) and bool(suites)
+
+
+def collect_zoo(bin_dir: pathlib.Path, testlogs: pathlib.Path) -> list[dict]:
+    """One row per zoo export and format that was built and tested."""
+    from servekit.support_matrix import make_row
+
+    rows = []
+    for model in ZOO_MODELS:
+        for backend in BACKENDS:
+            export = f"{model}_{backend}"
+            manifest_path = bin_dir / "models" / export / "manifest.json"
+            if not manifest_path.exists():
+                continue
+            manifest = json.loads(manifest_path.read_text())
+            for artifact in manifest.get("artifacts", []):
+                fmt = artifact["format"]
+                passed = _test_passed(testlogs / "models" / f"{export}_test_{fmt}")
+                if passed is None:
+                    continue
+                rows.append(make_row(backend, fmt, model, "pass" if passed else "fail",
+                                     message="" if passed else f"bazel test //models:{export}_test_{fmt} failed",
+                                     converter=artifact.get("converter")))
+    return rows
+
+
+def _replace_between(text: str, begin: str, end: str, body: str) -> str | None:
+    head, _, rest = text.partition(begin)
+    if not rest:
+        return None
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT / "python"))
     from servekit.support_matrix import render_markdown
 
-    rows = collect(ROOT / "bazel-testlogs")
-    if not rows:
-        print("No support_matrix.*.json in bazel-testlogs: run `bazel test //tests/python/...` first.")
-        return 1
     readme = ROOT / "README.md"
     text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    if not rest:
-        print(f"README.md has no {BEGIN} marker.")
+    rows = collect(ROOT / "bazel-testlogs")
+    zoo = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs")
+    if not rows and not zoo:
+        print("No results in bazel-testlogs: run `bazel test //tests/python/...` and/or "
+              "`bazel test //models:all` first.")
         return 1
-    readme.write_text(f"{head}{BEGIN}\n{render_markdown(rows)}{END}{tail}")
-    print(f"README support matrix: {len(rows)} cells")
+    for name, begin, end, found in (("support matrix", BEGIN, END, rows), ("zoo matrix", ZOO_BEGIN, ZOO_END, zoo)):
+        if not found:
+            print(f"README {name}: no results, left as it was")
+            continue
+        replaced = _replace_between(text, begin, end, render_markdown(found))
+        if replaced is None:
+            print(f"README.md has no {begin} marker.")
+            return 1
+        text = replaced
+        print(f"README {name}: {len(found)} cells")
+    readme.write_text(text)
     return 0
 
 
