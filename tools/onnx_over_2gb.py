@@ -8,8 +8,9 @@ built with seeded random weights on the TensorFlow backend. The build tool
 exports it (the same call as `model_export`); the ONNX model is then a
 directory with `model.onnx` and `model.onnx.data` (servekit.onnx), which the
 native verifier validates against the manifest (digests of both files,
-signatures, reference outputs). Prints the time of each step and the peak
-resident memory of this process and of the export worker.
+signatures, reference outputs) and `servekit.load` reloads and runs in Python.
+Prints the time of each step and the peak resident memory of this process and
+of the export worker.
 """
 
 from __future__ import annotations
@@ -63,22 +64,41 @@ def main(argv=None) -> int:
     t3 = time.monotonic()
     manifest = json.loads(manifest_path.read_text())
     onnx_entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
+    python_error = _python_reload_error(out, onnx_entry["path"], manifest["reference"])
+    t4 = time.monotonic()
     sizes = {name: (out / onnx_entry["path"] / name).stat().st_size for name in onnx_entry["files"]}
     result = {
         "weights_bytes": weight_bytes,
         "files": {name: {"bytes": sizes[name], "digest": digest} for name, digest in onnx_entry["files"].items()},
         "converter": onnx_entry.get("converter"), "strategy": onnx_entry.get("strategy"),
         "build_model_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1), "native_validate_s": round(t3 - t2, 1),
+        "python_reload_s": round(t4 - t3, 1),
         "peak_rss_gib": {"this_process": round(_peak_gib(resource.RUSAGE_SELF), 2),
                          "export_worker": round(_peak_gib(resource.RUSAGE_CHILDREN), 2)},
         "native_validation": "passed" if report else "failed",
+        "python_reload": python_error or "passed",
         "export_dir": str(out),
     }
     print(json.dumps(result, indent=2))
     if not report:
         print(report.to_text(), file=sys.stderr)
-        return 1
-    return 0
+    return 0 if report and not python_error else 1
+
+
+def _python_reload_error(out: pathlib.Path, artifact: str, reference: list) -> str:
+    """Reloads the ONNX artifact with `servekit.load` and runs the reference
+    cases; returns what went wrong, or "" when every output matches."""
+    import servekit
+
+    loaded = servekit.load(str(out / artifact))
+    for case in reference:
+        inputs = {name: np.load(out / path) for name, path in case["inputs"].items()}
+        got = loaded.call_endpoint(case["endpoint"], **inputs)
+        for name, path in case["outputs"].items():
+            want = np.load(out / path)
+            if not np.allclose(got[name], want, atol=1e-5, rtol=0):
+                return f"output '{name}' at batch {case['batch']}: max abs error {np.max(np.abs(got[name] - want))}"
+    return ""
 
 
 if __name__ == "__main__":

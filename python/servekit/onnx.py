@@ -113,7 +113,8 @@ def convert_saved_model(
 
     opset = opset or DEFAULT_OPSET
     # A frozen graph over 2 GB cannot be one GraphDef: tf2onnx's large-model
-    # mode keeps the big constants out of it and hands their bytes back apart.
+    # mode freezes it without that check, and the weights are lifted out of
+    # it before conversion (see `_lift_weights`).
     large = _variables_bytes(saved_model_dir) > external_data_threshold()
     with _quiet() as chatter:
         try:
@@ -121,6 +122,8 @@ def convert_saved_model(
                 saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
                 return_initialized_tables=True, return_tensors_to_rename=True, large_model=large)
             graph_def = _inline_xla_calls(graph_def, inputs, outputs)
+            lifted = _lift_weights(graph_def) if large else {}
+            inputs = list(inputs) + [name + ":0" for name in lifted]
             # Map graph placeholders to signature keys by name, not by position.
             wanted_inputs = {t.name for t in endpoint.inputs}
             for tensor_name in inputs:
@@ -133,6 +136,7 @@ def convert_saved_model(
                     tensors_to_rename=renames, initialized_tables=tables, large_model=large)
             if storage is not None:
                 _inline_external_tensors(model_proto, storage)
+            _restore_weights(model_proto, lifted)
         except ExportError:
             raise
         except Exception as e:  # tf2onnx raises bare exceptions
@@ -155,6 +159,65 @@ def _variables_bytes(saved_model_dir: str) -> int:
     if not os.path.isdir(variables):
         return 0
     return sum(os.path.getsize(os.path.join(variables, n)) for n in os.listdir(variables))
+
+
+# Constants at least this large are weights: `_lift_weights` takes them out of
+# the graph tf2onnx converts. Shape, axis and index constants, which converters
+# need as constants to fold, are far smaller.
+_LIFT_BYTES = 2**20
+
+
+def _lift_weights(graph_def) -> dict[str, tuple[int, list[int], bytes]]:
+    """Turns the large `Const` nodes of a frozen graph into placeholders.
+
+    tf2onnx copies a constant's bytes into its node proto on every optimizer
+    pass (about thirty copies of each weight: 12 GiB of memory and 40 s for a
+    400 MB embedding table), so weights are converted as graph inputs and put
+    back as initializers by `_restore_weights`, each copied once.
+
+    Returns:
+        node name -> (TF dtype enum, shape, bytes), in graph order.
+    """
+    lifted = {}
+    for node in graph_def.node:
+        if node.op != "Const" or len(node.attr["value"].tensor.tensor_content) < _LIFT_BYTES:
+            continue
+        tensor = node.attr["value"].tensor
+        dims = [d.size for d in tensor.tensor_shape.dim]
+        lifted[node.name] = (tensor.dtype, dims, tensor.tensor_content)
+        dtype = node.attr["dtype"].type
+        node.op = "Placeholder"
+        node.ClearField("attr")
+        node.attr["dtype"].type = dtype
+        for size in dims:
+            node.attr["shape"].shape.dim.add().size = size
+    return lifted
+
+
+def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], bytes]]) -> None:
+    """Makes the graph inputs `_lift_weights` created initializers again."""
+    if not lifted:
+        return
+    import numpy as np
+    import onnx
+    import tensorflow as tf
+
+    graph = model_proto.graph
+    names = {name + ":0": name for name in lifted}
+    kept = [vi for vi in graph.input if vi.name not in names and vi.name not in lifted]
+    found = {vi.name for vi in graph.input} - {vi.name for vi in kept}
+    if len(found) != len(lifted):
+        raise ExportError("tf2onnx dropped or renamed lifted weights "
+                          f"{sorted(set(lifted) - {names.get(n, n) for n in found})}.", reason="conversion_failed")
+    del graph.input[:]
+    graph.input.extend(kept)
+    for value_name in sorted(found, key=lambda n: list(lifted).index(names.get(n, n))):
+        tf_dtype, dims, data = lifted[names.get(value_name, value_name)]
+        tensor = graph.initializer.add()
+        tensor.name = value_name
+        tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype))
+        tensor.dims.extend(dims)
+        tensor.raw_data = data
 
 
 def _inline_external_tensors(model_proto, storage) -> None:

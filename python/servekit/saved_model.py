@@ -28,6 +28,7 @@ from servekit import signature as sig
 from servekit.errors import ExportError
 from servekit.export_utils import InputLayout, endpoint_output_names, layout_from_signature
 
+import keras
 import tensorflow as tf
 
 SERVING_DEFAULT = "serving_default"
@@ -265,16 +266,16 @@ def build_module(
     keras_layers = []
     for resource in tracked:
         if hasattr(resource, "trainable_variables") and hasattr(resource, "_flatten_layers"):
-            root.variables += list(resource.variables)
-            root.trainable_variables += list(resource.trainable_variables)
-            root.non_trainable_variables += list(resource.non_trainable_variables)
+            root.variables += _tf_variables(resource.variables)
+            root.trainable_variables += _tf_variables(resource.trainable_variables)
+            root.non_trainable_variables += _tf_variables(resource.non_trainable_variables)
             keras_layers.append(resource)
         else:
             keras_layers.append(resource)
     resources = _collect_resources(keras_layers + list(recorder.layers.values()))
     root._misc_assets = resources
     for name, variables in (variable_collections or {}).items():
-        setattr(root, name, list(variables))
+        setattr(root, name, _tf_variables(variables))
     return BuiltModule(root, signatures, endpoint_sigs, layouts, methods)
 
 
@@ -316,6 +317,21 @@ def _variable_handle_id(v):
         return id(v.handle)
     except (AttributeError, ValueError):  # no resource handle
         return id(v)
+
+
+def _tf_variables(variables) -> list:
+    """The `tf.Variable`s behind Keras variables.
+
+    A Keras variable on the TensorFlow backend is a checkpoint object of its
+    own that saves its `tf.Variable`'s value: a SavedModel tracking both (as
+    Keras's own export does, through `variables` and the endpoints' captures)
+    stores every weight twice.
+    """
+    backing = []
+    for v in variables:
+        value = v.value if isinstance(v, keras.Variable) else None
+        backing.append(value if isinstance(value, tf.Variable) else v)
+    return backing
 
 
 def _stable_variable_order(variables, tracked) -> list:

@@ -1,7 +1,8 @@
 """ONNX models with external data: servekit's layout for models over 2 GB.
 
 The threshold (`servekit.onnx.EXTERNAL_DATA_ENV`) is lowered so that a small
-model takes the same road a > 2 GB one takes: the artifact is a directory with
+model takes the same road a > 2 GB one takes (weights lifted out of the graph
+tf2onnx converts, then written as external data): the artifact is a directory with
 `model.onnx` and `model.onnx.data`, reloaded by onnxruntime in Python and by
 the native verifier, byte-reproducible, with both files' digests in the
 manifest. (`tools/onnx_over_2gb.py` runs it on a real > 2 GB model.)
@@ -27,9 +28,12 @@ def _small_threshold(monkeypatch):
 
 
 def _model() -> keras.Model:
+    # The hidden kernel (1.25 MiB) is over the size from which tf2onnx converts
+    # weights as lifted graph inputs (`servekit.onnx._LIFT_BYTES`), as a > 2 GB
+    # model's are.
     keras.utils.set_random_seed(3)
-    inputs = keras.Input((32,), name="features")
-    hidden = keras.layers.Dense(128, activation="relu", name="hidden")(inputs)
+    inputs = keras.Input((512,), name="features")
+    hidden = keras.layers.Dense(640, activation="relu", name="hidden")(inputs)
     return keras.Model(inputs, keras.layers.Dense(4, name="logits")(hidden), name="wide_mlp")
 
 
@@ -40,10 +44,10 @@ def test_export_writes_model_and_data_files(tmp_path):
     assert target.is_dir()
     assert sorted(p.name for p in target.iterdir()) == sorted([sk_onnx.DATA_FILE, sk_onnx.MODEL_FILE])
     data = (target / sk_onnx.DATA_FILE).stat().st_size
-    assert data >= 32 * 128 * 4  # the hidden kernel at least went out of the model file
+    assert data >= 512 * 640 * 4  # the hidden kernel at least went out of the model file
     assert (target / sk_onnx.MODEL_FILE).stat().st_size < data
     assert str(tmp_path).encode() not in (target / sk_onnx.MODEL_FILE).read_bytes()  # a relative location
-    x = np.random.default_rng(0).standard_normal((5, 32)).astype("float32")
+    x = np.random.default_rng(0).standard_normal((5, 512)).astype("float32")
     loaded = servekit.load(str(target))
     np.testing.assert_allclose(loaded.serve(x), keras.ops.convert_to_numpy(model(x)), atol=1e-5, rtol=0)
     assert artifact.endpoints[0].inputs[0].name == "features"
