@@ -266,16 +266,16 @@ def build_module(
     keras_layers = []
     for resource in tracked:
         if hasattr(resource, "trainable_variables") and hasattr(resource, "_flatten_layers"):
-            root.variables += _tf_variables(resource.variables)
-            root.trainable_variables += _tf_variables(resource.trainable_variables)
-            root.non_trainable_variables += _tf_variables(resource.non_trainable_variables)
+            root.variables += tf_variables(resource.variables)
+            root.trainable_variables += tf_variables(resource.trainable_variables)
+            root.non_trainable_variables += tf_variables(resource.non_trainable_variables)
             keras_layers.append(resource)
         else:
             keras_layers.append(resource)
     resources = _collect_resources(keras_layers + list(recorder.layers.values()))
     root._misc_assets = resources
     for name, variables in (variable_collections or {}).items():
-        setattr(root, name, _tf_variables(variables))
+        setattr(root, name, tf_variables(variables))
     return BuiltModule(root, signatures, endpoint_sigs, layouts, methods)
 
 
@@ -319,7 +319,7 @@ def _variable_handle_id(v):
         return id(v)
 
 
-def _tf_variables(variables) -> list:
+def tf_variables(variables) -> list:
     """The `tf.Variable`s behind Keras variables.
 
     A Keras variable on the TensorFlow backend is a checkpoint object of its

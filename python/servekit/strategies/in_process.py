@@ -239,6 +239,8 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
     # the archive tracks them, so the object graph is the same in every process.
     root = archive._tf_trackable
     root._all_variables = sk_sm._stable_variable_order(list(root._all_variables), [root])
+    for attr in ("variables", "trainable_variables", "non_trainable_variables"):
+        setattr(root, attr, sk_sm.tf_variables(getattr(root, attr)))  # each weight saved once
     signatures: dict[str, Any] = {}
     result: list[sig.Signature] = []
     for plan in plans:

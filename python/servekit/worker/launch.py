@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import shutil
 import subprocess
 import sys
@@ -105,8 +106,13 @@ def _read_report(job: WorkerJob, workdir: str, returncode: Optional[int], stderr
     report_path = os.path.join(workdir, "report.json")
     if returncode != 0 or not os.path.exists(report_path):
         tail = "\n".join((stderr or "").strip().splitlines()[-15:])
-        raise ExportError(f"Model '{job.model_name}': the export worker failed (exit code "
-                          f"{returncode}):\n{tail}", model=job.model_name, reason="worker_error")
+        how = f"exit code {returncode}"
+        if returncode is not None and returncode < 0:
+            how = f"killed by {signal.Signals(-returncode).name}"
+            if -returncode == signal.SIGKILL:
+                how += ": the machine may have run out of memory"
+        raise ExportError(f"Model '{job.model_name}': the export worker failed ({how}):\n{tail}",
+                          model=job.model_name, reason="worker_error")
     with open(report_path) as f:
         return json.load(f)
 
