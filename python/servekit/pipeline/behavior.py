@@ -82,11 +82,12 @@ def _is_seed_state(variable) -> bool:
 
 
 def _value(variable) -> np.ndarray:
+    """A copy of the variable's current value (reading a variable copies it)."""
     import keras
 
     if isinstance(variable, keras.Variable):
-        return np.array(keras.ops.convert_to_numpy(variable.value))
-    return np.array(variable.numpy())  # tf.Variable
+        return np.asarray(keras.ops.convert_to_numpy(variable.value))
+    return np.asarray(variable.numpy())  # tf.Variable
 
 
 class VariableSnapshot:
@@ -112,12 +113,18 @@ class VariableSnapshot:
 
     def changed(self) -> list[Any]:
         """The variables whose value differs from the snapshot."""
-        return [v for v, old in self._saved
-                if not np.array_equal(_value(v), old, equal_nan=old.dtype.kind == "f")]
+        return [v for v, old in self._saved if self._differs(v, old)]
 
     def restore(self) -> None:
+        # Only what changed: assigning copies, and a model's weights can be
+        # gigabytes that a call leaves alone.
         for v, old in self._saved:
-            v.assign(old)
+            if self._differs(v, old):
+                v.assign(old)
+
+    @staticmethod
+    def _differs(variable, old: np.ndarray) -> bool:
+        return not np.array_equal(_value(variable), old, equal_nan=old.dtype.kind == "f")
 
     def __enter__(self) -> "VariableSnapshot":
         return self
