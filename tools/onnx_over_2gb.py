@@ -35,9 +35,15 @@ def build_model(rows: int, width: int):
 
     keras.utils.set_random_seed(0)
     ids = keras.Input((4,), dtype="int32", name="ids")
-    table = keras.layers.Embedding(rows, width, name="table")(ids)
-    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(table)
+    # Zeros, then seeded NumPy values: Keras's random initializer holds about
+    # two more copies of a 2 GB table while it draws it.
+    embedding = keras.layers.Embedding(rows, width, embeddings_initializer="zeros", name="table")
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(embedding(ids))
     scores = keras.layers.Dense(4, name="scores")(pooled)
+    values = np.random.default_rng(0).random((rows, width), dtype=np.float32)
+    values -= 0.5
+    values *= 0.1
+    embedding.embeddings.assign(values)
     return keras.Model(ids, scores, name="over_2gb")
 
 

@@ -340,7 +340,7 @@ def test_worker_job_round_trips_through_json(tmp_path):
     from servekit.worker.job import CustomClass, EndpointJob, VariableRef, WorkerJob
 
     job = WorkerJob(
-        kind="archive", keras_file="bundle.keras", outputs={"tf_saved_model": "staged", "onnx": "staged.onnx"},
+        kind="archive", keras_file="bundle_keras", outputs={"tf_saved_model": "staged", "onnx": "staged.onnx"},
         model_name="m",
         version="1.2.3",
         endpoints=(EndpointJob("serve", _layout(), ("logits", "probs"), inputs_range=(0, 2),

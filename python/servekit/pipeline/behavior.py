@@ -23,9 +23,12 @@ left it).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
+
+from servekit.errors import ExportError
 
 # Calls of the same input that tell a random endpoint from a deterministic one.
 PROBE_CALLS = 3
@@ -93,6 +96,12 @@ def _value(variable) -> np.ndarray:
 class VariableSnapshot:
     """The values of some variables, to restore after calling the source model.
 
+    Variables a call can change (non-trainable ones, and any up to
+    `COPY_BYTES`) are copied. A large trainable variable (an embedding table,
+    a projection) is only fingerprinted: copying a model's weights would
+    double its memory for a change no inference call makes; if one does
+    change, `restore` raises instead of leaving the model altered.
+
     Example:
 
     ```python
@@ -102,35 +111,59 @@ class VariableSnapshot:
     ```
     """
 
+    COPY_BYTES = 64 * 2**20
+
     def __init__(self, variables: Iterable[Any]):
         seen: set[int] = set()
-        self._saved = []
+        self._saved: list[tuple[Any, np.ndarray | bytes]] = []
         for v in variables:
             if id(v) in seen:
                 continue
             seen.add(id(v))
-            self._saved.append((v, _value(v)))
+            value = _value(v)
+            keep = value if value.nbytes <= self.COPY_BYTES or not getattr(v, "trainable", False) else _digest(value)
+            self._saved.append((v, keep))
 
     def changed(self) -> list[Any]:
         """The variables whose value differs from the snapshot."""
         return [v for v, old in self._saved if self._differs(v, old)]
 
     def restore(self) -> None:
-        # Only what changed: assigning copies, and a model's weights can be
-        # gigabytes that a call leaves alone.
+        """Assigns the saved values to the variables that changed (only those:
+        assigning copies).
+
+        Raises:
+            ExportError: a fingerprinted (large, trainable) variable changed.
+        """
         for v, old in self._saved:
-            if self._differs(v, old):
-                v.assign(old)
+            if not self._differs(v, old):
+                continue
+            if isinstance(old, bytes):
+                name = getattr(v, "path", None) or getattr(v, "name", "")
+                raise ExportError(
+                    f"Calling the model changed its trainable variable '{name}', which is too large "
+                    f"(over {self.COPY_BYTES >> 20} MiB) for servekit to keep a copy of and restore; the model "
+                    "now holds the changed values. Make the layer keep state in a non-trainable variable.",
+                    reason="stateful_trainable")
+            v.assign(old)
 
     @staticmethod
-    def _differs(variable, old: np.ndarray) -> bool:
-        return not np.array_equal(_value(variable), old, equal_nan=old.dtype.kind == "f")
+    def _differs(variable, old: np.ndarray | bytes) -> bool:
+        value = _value(variable)
+        if isinstance(old, bytes):
+            return _digest(value) != old
+        return not np.array_equal(value, old, equal_nan=old.dtype.kind == "f")
 
     def __enter__(self) -> "VariableSnapshot":
         return self
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+def _digest(value: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(value).data, digest_size=16).digest() + str(
+        (value.dtype, value.shape)).encode()
 
 
 def model_variables(*objects: Any) -> list[Any]:

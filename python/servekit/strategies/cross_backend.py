@@ -63,7 +63,7 @@ class CrossBackendRebuild:
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
         from servekit.strategies import keras_file as keras_archive
 
-        keras_file = os.path.join(workdir, "model.keras")
+        keras_file = os.path.join(workdir, "model_keras")
         classes = keras_archive.preflight(request.source, request.name)
         keras_archive.save_keras(request.source, keras_file, request.name)
         cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))

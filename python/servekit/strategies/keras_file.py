@@ -151,11 +151,22 @@ def preflight(model, model_name: str) -> list[CustomClass]:
 
 
 def save_keras(model, path: str, model_name: str) -> None:
+    """Saves `model` in the Keras format for the worker to rebuild.
+
+    Unzipped (a directory with `config.json` and `model.weights.h5`): a
+    `.keras` zip is assembled in memory on both sides, which for a model of a
+    few gigabytes costs several copies of its weights; the directory's weights
+    file is written and read in place.
+
+    Raises:
+        ExportError: the model cannot be serialized (e.g. a custom layer
+            without `get_config()`).
+    """
     try:
-        model.save(path)
+        model.save(path, zipped=False)
     except Exception as e:  # Keras raises anything from a get_config(); the message is kept
         detail = str(e).strip() or f"{type(e).__name__} from its get_config()"
         raise ExportError(
-            f"Model '{model_name}' cannot be saved as a .keras archive, which the portable rebuild needs: {detail}. "
+            f"Model '{model_name}' cannot be saved in the Keras format (.keras), which the portable rebuild needs: {detail}. "
             "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None

@@ -69,7 +69,7 @@ class PortableRebuild:
         if request.kind == "archive":
             return request.source._write_portable(staged, workdir, request)
         model = request.source
-        model_file = os.path.join(workdir, "model.keras")
+        model_file = os.path.join(workdir, "model_keras")
         try:
             classes = keras_file.preflight(model, request.name)
             keras_file.save_keras(model, model_file, request.name)
@@ -201,7 +201,7 @@ def write_bundle(request: ExportRequest, staged: dict[str, str], workdir: str, e
         variables_file = os.path.join(workdir, "variables.npz")
         np.savez(variables_file, **values)
     cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
-    bundle_file = os.path.join(workdir, "bundle.keras")
+    bundle_file = os.path.join(workdir, "bundle_keras")
     keras_file.save_keras(bundle, bundle_file, request.name)
     job = WorkerJob(
         kind="archive", keras_file=bundle_file, outputs=dict(staged),

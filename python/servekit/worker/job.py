@@ -10,7 +10,7 @@ sides agreeing on its fields.
 Example:
 
 ```python
-job = WorkerJob(kind="model", keras_file="model.keras", outputs={"onnx": "staged.onnx"},
+job = WorkerJob(kind="model", keras_file="model_keras", outputs={"onnx": "staged.onnx"},
                 model_name="mlp", version="0.4.0", endpoints=[EndpointJob("serve", layout, ["output_0"])])
 job.write("job.json")
 assert WorkerJob.read("job.json") == job
@@ -121,7 +121,8 @@ class WorkerJob:
     Attributes:
         kind: "model" (`keras_file` is the model; one endpoint calls it) or
             "archive" (`keras_file` is a Functional bundle of every endpoint).
-        keras_file: the `.keras` archive the worker loads.
+        keras_file: the model saved in the Keras format (an unzipped directory,
+            `servekit.strategies.keras_file.save_keras`) that the worker loads.
         outputs: format ("tf_saved_model", "onnx") -> the staging path the
             worker writes (never the final path). Both formats in one job
             cost one trace: the ONNX model is converted from the SavedModel.
