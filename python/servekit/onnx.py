@@ -134,6 +134,7 @@ def convert_saved_model(
                 model_proto, storage = _convert_common(
                     graph_def, name="model", opset=opset, input_names=inputs, output_names=outputs,
                     tensors_to_rename=renames, initialized_tables=tables, large_model=large)
+            del graph_def  # its memory, before the weights are copied back
             if storage is not None:
                 _inline_external_tensors(model_proto, storage)
             _restore_weights(model_proto, lifted)
@@ -211,8 +212,9 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], bytes]
                           f"{sorted(set(lifted) - {names.get(n, n) for n in found})}.", reason="conversion_failed")
     del graph.input[:]
     graph.input.extend(kept)
-    for value_name in sorted(found, key=lambda n: list(lifted).index(names.get(n, n))):
-        tf_dtype, dims, data = lifted[names.get(value_name, value_name)]
+    order = list(lifted)
+    for value_name in sorted(found, key=lambda n: order.index(names.get(n, n))):
+        tf_dtype, dims, data = lifted.pop(names.get(value_name, value_name))  # one copy alive at a time
         tensor = graph.initializer.add()
         tensor.name = value_name
         tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype))
