@@ -61,7 +61,9 @@ def _write_and_verify(
 
     The SavedModel is written first (at `outputs["tf_saved_model"]`, or in
     `scratch_dir` when only ONNX is asked for) and verified; the ONNX model is
-    converted from that same SavedModel, so both formats cost one trace.
+    converted from that same SavedModel, so both formats cost one trace. A
+    SavedModel written only to be converted is verified only when the ONNX
+    model fails (to tell a wrong twin from a wrong conversion).
 
     Args:
         outputs: format -> staging path ("tf_saved_model", "onnx").
@@ -77,7 +79,10 @@ def _write_and_verify(
     sm_dir = outputs.get("tf_saved_model") or os.path.join(scratch_dir, "twin_saved_model")
     sk_sm.save(built, sm_dir)
     sm_report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
-    if cases:
+    # Asked for ONNX only, the SavedModel twin is checked only if the ONNX
+    # model fails, to say which step broke: reloading it costs as much as
+    # converting it.
+    if cases and "tf_saved_model" in outputs:
         comps = verification.check_saved_model(sm_dir, cases)
         sm_report["comparisons"] = [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
         if not all(c.ok for c in comps):
@@ -108,6 +113,10 @@ def _write_and_verify(
             report["comparisons"] += [dict(c.__dict__, artifact="onnx") for c in comps]
             if not all(c.ok for c in comps):
                 report.update(_failed(comps, "ONNX model"))
+                if "tf_saved_model" not in outputs:
+                    twin = verification.check_saved_model(sm_dir, serving_cases)
+                    if not all(c.ok for c in twin):
+                        report.update(_failed(twin, "SavedModel (from which the ONNX model is converted)"))
         if report["ok"]:
             report["files"] = artifact_files(output)
             report["seconds"] = time.monotonic() - t1

@@ -11,6 +11,7 @@ the worker itself crashed.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -81,6 +82,7 @@ def _serve() -> int:
             os.close(log)
         protocol.write("done\n")
         protocol.flush()
+        gc.collect()  # the job's objects, while the source process is not waiting on this one
     return 0
 
 
