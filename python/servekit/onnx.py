@@ -20,6 +20,7 @@ This module imports TensorFlow and tf2onnx; it runs in the export worker.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -122,6 +123,8 @@ def convert_saved_model(
                 saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
                 return_initialized_tables=True, return_tensors_to_rename=True, large_model=large)
             graph_def = _inline_xla_calls(graph_def, inputs, outputs)
+            if large:  # the SavedModel tf2onnx loaded sits in reference cycles: a copy of every weight
+                gc.collect()
             lifted = _lift_weights(graph_def) if large else {}
             inputs = list(inputs) + [name + ":0" for name in lifted]
             # Map graph placeholders to signature keys by name, not by position.
@@ -371,13 +374,11 @@ def external_data_threshold() -> int:
 
 
 def _tensor_bytes(model_proto) -> int:
-    """Bytes of tensor data in the main graph's initializers and Constant nodes."""
+    """Bytes of tensor data in the main graph's initializers and Constant nodes
+    (serialized sizes: reading `raw_data` would copy it)."""
     import onnx
 
-    total = 0
-    for tensor in onnx.external_data_helper._get_all_tensors(model_proto):
-        total += len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
-    return total
+    return sum(tensor.ByteSize() for tensor in onnx.external_data_helper._get_all_tensors(model_proto))
 
 
 def onnx_model_file(path: str) -> str:
