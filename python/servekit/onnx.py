@@ -374,11 +374,23 @@ def external_data_threshold() -> int:
 
 
 def _tensor_bytes(model_proto) -> int:
-    """Bytes of tensor data in the main graph's initializers and Constant nodes
-    (serialized sizes: reading `raw_data` would copy it)."""
+    """Bytes of tensor data in the main graph's initializers and Constant nodes.
+
+    Computed from shapes and dtypes: reading `raw_data` would copy it, and
+    protobuf cannot size a message over 2 GiB.
+    """
+    import math
+
     import onnx
 
-    return sum(tensor.ByteSize() for tensor in onnx.external_data_helper._get_all_tensors(model_proto))
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model_proto):
+        if tensor.data_type == onnx.TensorProto.STRING:
+            total += tensor.ByteSize()
+        else:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            total += itemsize * math.prod(tensor.dims)
+    return total
 
 
 def onnx_model_file(path: str) -> str:
