@@ -332,6 +332,22 @@ class _Unportable:
 _UNPORTABLE = _Unportable()
 
 
+@pytest.mark.parametrize("strategy", ["portable_rebuild", "in_process"])
+def test_saved_model_stores_each_weight_once(tmp_path, strategy):
+    # Keras's own export saves each weight twice (the Keras variable and the
+    # tf.Variable behind it are two checkpoint objects).
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    if strategy == "in_process" and BACKEND == "torch":
+        with pytest.raises(servekit.ExportError, match="in_process"):
+            servekit.export(model, str(tmp_path / "m"), format="tf_saved_model", strategy=strategy)
+        return
+    servekit.export(model, str(tmp_path / "m"), format="tf_saved_model", strategy=strategy, verbose=False)
+    keys = tf.train.load_checkpoint(str(tmp_path / "m" / "variables" / "variables")).get_variable_to_shape_map()
+    assert sorted(shape for key, shape in keys.items() if key.endswith("VARIABLE_VALUE")) == [[2], [3, 2]]
+
+
 def test_lambda_layers_get_their_globals(tmp_path):
     """Keras saves a Lambda's bytecode, not its globals: servekit carries modules,
     importable functions and constants over, and refuses anything else."""

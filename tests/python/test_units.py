@@ -289,17 +289,21 @@ def test_statistics_accept_the_same_distribution_and_reject_others():
     assert "shape" in behavior.compare_statistics(draw(), [r[:, :5] for r in draw()])
 
 
+class _Var:
+    """Stands in for a variable: `path`, `trainable`, `numpy()`, `assign()`."""
+
+    def __init__(self, path, value, trainable=False):
+        self.path, self.value, self.trainable = path, np.array(value), trainable
+
+    def numpy(self):
+        return self.value
+
+    def assign(self, v):
+        self.value = np.array(v)
+
+
 def test_probe_tells_random_from_stateful_and_restores_variables():
-    class Var:
-        def __init__(self, path, value):
-            self.path, self.value = path, np.array(value)
-
-        def numpy(self):
-            return self.value
-
-        def assign(self, v):
-            self.value = np.array(v)
-
+    Var = _Var
     counter, seed = Var("counter/count", 0.0), Var("jitter/seed_generator_state", [1, 0])
     x = [np.ones(3, "float32")]
 
@@ -318,6 +322,21 @@ def test_probe_tells_random_from_stateful_and_restores_variables():
     assert (found.stateful, found.stochastic, found.stochastic_outputs) == (False, True, (0,))
     assert seed.value.tolist() == [1, 0]
     assert behavior.probe(lambda flat: [flat[0] * 2], x, [counter, seed]).exact
+
+
+def test_snapshot_copies_state_and_fingerprints_large_trainable_variables(monkeypatch):
+    monkeypatch.setattr(behavior.VariableSnapshot, "COPY_BYTES", 16)
+    table = _Var("table/embeddings", np.zeros(64, "float32"), trainable=True)
+    count = _Var("counter/count", np.zeros(64, "float32"))
+    snapshot = behavior.VariableSnapshot([table, count])
+    count.assign(count.value + 1)
+    assert snapshot.changed() == [count]
+    snapshot.restore()
+    assert not count.value.any()
+    table.assign(table.value + 1)
+    assert snapshot.changed() == [table]
+    with pytest.raises(ExportError, match="table/embeddings.*too large"):
+        snapshot.restore()
 
 
 def test_named_dims_and_output_names():
@@ -375,6 +394,16 @@ def test_variable_ref_names_exactly_one_source():
         VariableRef(True)
     with pytest.raises(ValueError):
         VariableRef(True, index=1, key="v1")
+
+
+def test_a_worker_killed_by_a_signal_says_so(tmp_path):
+    from servekit.worker import launch
+    from servekit.worker.job import WorkerJob
+
+    job = WorkerJob(kind="model", keras_file="model_keras", outputs={"onnx": "staged.onnx"}, model_name="big",
+                    version="0", endpoints=())
+    with pytest.raises(ExportError, match="'big'.*killed by SIGKILL.*out of memory"):
+        launch._read_report(job, str(tmp_path), -9, "")
 
 
 def test_worker_refuses_a_bad_command_line(capsys):
