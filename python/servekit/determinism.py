@@ -347,6 +347,9 @@ def canonicalize_onnx(model, producer_version: str) -> None:
             init.doc_string = ""
         for node in g.node:
             node.doc_string = ""
+            # torch.onnx's dynamo exporter records each node's Python stack
+            # trace (source paths) and module hierarchy here.
+            del node.metadata_props[:]
             node.name = mapping.get(node.name, node.name)
             _replace_repeated(node.input, [mapping.get(n, n) for n in node.input])
             _replace_repeated(node.output, [mapping.get(n, n) for n in node.output])

@@ -93,6 +93,8 @@ def test_canonicalize_onnx_strips_docs_and_sorts_tables():
                             cats_strings=["b", "a"], cats_int64s=[2, 1], default_int64=0)
     node.doc_string = "/home/someone/model.py:12"
     out = helper.make_node("Identity", ["y__17"], ["y"], name="id__3")
+    # What torch.onnx's dynamo exporter records on each node.
+    out.metadata_props.add(key="pkg.torch.onnx.stack_trace", value='File "/home/someone/train.py", line 3')
     graph = helper.make_graph([node, out], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [1])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [1])])
     graph.doc_string = "converted from /tmp/secret"

@@ -182,9 +182,15 @@ def _jax_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> str
 
 
 def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> str:
-    """torch.onnx on the model's inference call: the TorchScript exporter
-    (dynamic dimensions named, no stack traces), else the dynamo exporter.
-    Returns which one made the model."""
+    """torch.onnx on the model's inference call: the TorchScript exporter,
+    else the dynamo exporter (for what TorchScript cannot trace). Returns which
+    one made the model.
+
+    TorchScript first, because it writes the requested opset: the dynamo
+    exporter (torch 2.13) writes opset 18 and its conversion down to 17 fails
+    on common ops (`ReduceMean` with an axes input), and it records every
+    node's stack trace (`servekit.determinism` removes them).
+    """
     import keras
     import torch
 
