@@ -674,15 +674,37 @@ def embedding_input_ranges(model) -> dict[str, tuple[int, int]]:
     return ranges
 
 
+# Integer or boolean inputs named like this are masks of valid positions
+# (keras_hub's `padding_mask`, Hugging Face's `attention_mask`): verified with
+# every position valid, as a zero can mask a whole row, whose outputs are then
+# whatever each backend computes for nothing to attend to.
+_MASK_NAME = re.compile(r"(^|_)mask$")
+
+
+def mask_input_ranges(model) -> dict[str, tuple[int, int]]:
+    """All-ones ranges, `(1, 2)`, for a Functional model's integer or
+    boolean inputs named `mask` or `*_mask`."""
+    import keras
+
+    if not _is_functional(model):
+        return {}
+    return {t.name: (1, 2) for t in keras.tree.flatten(model.inputs)
+            if _MASK_NAME.search(t.name or "") and str(t.dtype).startswith(("int", "uint", "bool"))}
+
+
 def input_ranges_for(model, declared: Optional[dict] = None) -> dict[str, tuple[float, float]]:
     """The value range of each input that has one: `declared` (by input
-    name, `(low, high)`, high exclusive) over those inferred from embeddings.
+    name, `(low, high)`, high exclusive) over those inferred from embeddings
+    and mask names (`mask_input_ranges`).
 
     Raises:
         ExportError: a declared name is not an input of the model, or a range
             is not `(low, high)` with low < high.
     """
-    ranges: dict[str, tuple[float, float]] = dict(embedding_input_ranges(model)) if model is not None else {}
+    ranges: dict[str, tuple[float, float]] = {}
+    if model is not None:
+        ranges.update(mask_input_ranges(model))
+        ranges.update(embedding_input_ranges(model))
     for name, value in (declared or {}).items():
         try:
             low, high = value

@@ -444,6 +444,19 @@ def test_embedding_ranges_follow_inputs_into_nested_models():
         assert (flat["padding_mask"] == 1).all()
 
 
+def test_masks_are_all_valid_unless_declared_otherwise():
+    import keras
+
+    assert eu.mask_input_ranges(_token_model()) == {"padding_mask": (1, 2)}
+    assert eu.input_ranges_for(_token_model())["padding_mask"] == (1, 2)
+    assert eu.input_ranges_for(_token_model(), {"padding_mask": (0, 2)})["padding_mask"] == (0, 2)
+    flags = keras.Input((3,), dtype="bool", name="mask")
+    weights = keras.Input((3,), dtype="float32", name="loss_mask")  # a float: not a mask of positions
+    unmasked = keras.Input((3,), dtype="int32", name="masked_ids")
+    model = keras.Model([flags, weights, unmasked], keras.ops.cast(flags, "float32") * weights)
+    assert eu.mask_input_ranges(model) == {"mask": (1, 2)}
+
+
 def test_bad_input_ranges_are_refused_with_the_fix():
     from servekit.errors import ExportError
 

@@ -83,7 +83,7 @@ def default_sample_inputs(model: Any, batch: int, rng: np.random.Generator,
                 f"Model '{model.name}' input '{tensor.name}' is a string tensor; random data "
                 "cannot fill it. Define sample_inputs(batch, rng) in the model file."
             )
-        if tensor.name in ranges and dtype != "bool":
+        if tensor.name in ranges:
             low, high = ranges[tensor.name]
             if dtype.startswith("float") or dtype == "bfloat16":
                 return rng.uniform(low, high, shape).astype(dtype)
