@@ -38,6 +38,11 @@ DEFAULT_OPSET = 17
 # variable lowers it (tests exercise the layout with small models).
 EXTERNAL_DATA_ENV = "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES"
 EXTERNAL_DATA_BYTES = 2**31 - 2**27
+# Models with at least this many bytes of variables are converted with their
+# weights lifted (see `_roads`); the environment variable moves the bar (tests
+# take small models down those roads).
+LIFT_ENV = "SERVEKIT_ONNX_LIFT_BYTES"
+LIFT_MODEL_BYTES = 64 * 2**20
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -104,56 +109,88 @@ def convert_saved_model(
     Raises:
         ExportError: an op has no ONNX equivalent, or conversion failed.
     """
-    import onnx
-    import tensorflow as tf
-    from tf2onnx import tf_loader
-    from tf2onnx.convert import _convert_common
-
     _patch_tf2onnx()
     from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
 
     opset = opset or DEFAULT_OPSET
-    # A frozen graph over 2 GB cannot be one GraphDef: tf2onnx's large-model
-    # mode freezes it without that check, and the weights are lifted out of
-    # it before conversion (see `_lift_weights`).
-    large = _variables_bytes(saved_model_dir) > external_data_threshold()
     with _quiet() as chatter:
-        try:
-            graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-                saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
-                return_initialized_tables=True, return_tensors_to_rename=True, large_model=large)
-            graph_def = _inline_xla_calls(graph_def, inputs, outputs)
-            if large:  # the SavedModel tf2onnx loaded sits in reference cycles: a copy of every weight
-                gc.collect()
-            lifted = _lift_weights(graph_def) if large else {}
-            inputs = list(inputs) + [name + ":0" for name in lifted]
-            # Map graph placeholders to signature keys by name, not by position.
-            wanted_inputs = {t.name for t in endpoint.inputs}
-            for tensor_name in inputs:
-                base = tensor_name.split(":")[0]
-                if base in wanted_inputs:
-                    renames[tensor_name] = base
-            with tf.device("/cpu:0"):
-                model_proto, storage = _convert_common(
-                    graph_def, name="model", opset=opset, input_names=inputs, output_names=outputs,
-                    tensors_to_rename=renames, initialized_tables=tables, large_model=large)
-            del graph_def  # its memory, before the weights are copied back
-            if storage is not None:
-                _inline_external_tensors(model_proto, storage)
-            _restore_weights(model_proto, lifted)
-        except ExportError:
-            raise
-        except Exception as e:  # tf2onnx raises bare exceptions
-            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise ExportError(
-                f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({detail}). "
-                "Export format='tf_saved_model' instead, or replace the layer that uses this op.",
-                model=model_name, reason="conversion_failed") from None
+        roads = _roads(_variables_bytes(saved_model_dir))
+        for attempt, road in enumerate(roads, 1):
+            try:
+                model_proto = _tf2onnx(saved_model_dir, endpoint, opset, road)
+                break
+            except ExportError:
+                raise
+            except Exception as e:  # tf2onnx raises bare exceptions
+                if attempt < len(roads):
+                    continue  # the lean road misses lookup tables in functions; the next one does not
+                detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise ExportError(
+                    f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({detail}). "
+                    "Export format='tf_saved_model' instead, or replace the layer that uses this op.",
+                    model=model_name, reason="conversion_failed") from None
     _check_standard_ops(model_proto, layer_names, model_name, chatter.getvalue())
     _impose_signature(model_proto, endpoint)
     determinism.canonicalize_onnx(model_proto, producer_version)
     model_proto.graph.name = model_name
     _check_in_memory(model_proto)
+    return model_proto
+
+
+def _roads(weight_bytes: int) -> tuple[str, ...]:
+    """How to convert a SavedModel with this many bytes of variables, in order:
+
+    - "plain": tf2onnx as it is (small models: its copies of each constant
+      cost little, and its constant folding through weights keeps the graph
+      smallest);
+    - "lean": tf2onnx's large-model freezing (no 2 GB limit, no grappler pass
+      over the weights), the weights lifted out, then grappler on what is left;
+    - "lifted": tf2onnx's regular freezing, then the weights lifted out (for
+      what the lean road cannot freeze, such as lookup tables; below 2 GB only).
+    """
+    if weight_bytes > external_data_threshold():
+        return ("lean",)
+    if weight_bytes >= lift_threshold():
+        return ("lean", "lifted")
+    return ("plain",)
+
+
+def _tf2onnx(saved_model_dir: str, endpoint: sig.Signature, opset: int, road: str):
+    """Converts the SavedModel's `endpoint` by one of `_roads`: the ONNX
+    `ModelProto`, with tf2onnx's names (`_impose_signature` renames them)."""
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import _convert_common
+
+    graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+        saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
+        return_initialized_tables=True, return_tensors_to_rename=True, large_model=road == "lean")
+    lifted: dict[str, tuple[int, list[int], bytes]] = {}
+    if road == "plain":
+        graph_def = _inline_xla_calls(graph_def, inputs, outputs)
+    else:
+        gc.collect()  # the SavedModel tf2onnx loaded sits in reference cycles: a copy of every weight
+        if road == "lean":  # what tf2onnx's regular freezing repairs
+            graph_def = tf_loader.fix_freezing_errors(tf_loader.fix_freezing_errors_part2(graph_def))
+        lifted = _lift_weights(graph_def)
+        inputs = list(inputs) + [name + ":0" for name in lifted]
+        if road == "lean":
+            graph_def = _optimized(_without_xla_marks(graph_def), inputs, outputs)
+        else:
+            graph_def = _inline_xla_calls(graph_def, inputs, outputs)
+    # Map graph placeholders to signature keys by name, not by position.
+    wanted_inputs = {t.name for t in endpoint.inputs}
+    for tensor_name in inputs:
+        base = tensor_name.split(":")[0]
+        if base in wanted_inputs:
+            renames[tensor_name] = base
+    with tf.device("/cpu:0"):
+        # Never tf2onnx's large-model mode: it still copies constants on every optimizer pass.
+        model_proto, _ = _convert_common(
+            graph_def, name="model", opset=opset, input_names=inputs, output_names=outputs,
+            tensors_to_rename=renames, initialized_tables=tables)
+    del graph_def  # its memory, before the weights are copied back
+    _restore_weights(model_proto, lifted)
     return model_proto
 
 
@@ -225,24 +262,6 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], bytes]
         tensor.raw_data = data
 
 
-def _inline_external_tensors(model_proto, storage) -> None:
-    """Puts the tensors tf2onnx's large-model mode kept apart back into the
-    in-memory model (`write_onnx` then writes them as servekit's external data)."""
-    from onnx import TensorProto
-    from onnx import external_data_helper
-
-    for tensor in external_data_helper._get_all_tensors(model_proto):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-        if location not in storage.name_to_tensor_data:
-            raise ExportError(f"tf2onnx's large-model conversion lost the data of tensor '{tensor.name}'.",
-                              reason="conversion_failed")
-        tensor.raw_data = storage.name_to_tensor_data.pop(location)
-        del tensor.external_data[:]
-        tensor.data_location = TensorProto.DEFAULT
-
-
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 _XLA_MARKS = ("_XlaMustCompile", "_noinline")
 
@@ -258,20 +277,34 @@ def _inline_xla_calls(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
     ops (a grouped `Conv2D` is an ONNX `Conv` with `group`): the marks are
     removed and grappler runs again, which inlines it.
     """
-    import tensorflow as tf
-    from tf2onnx import tf_loader
-
-    marked = [n for n in graph_def.node if n.op in _CALL_OPS and any(m in n.attr for m in _XLA_MARKS)]
-    if not marked:
+    if not _has_xla_marks(graph_def):
         return graph_def
-    for node in marked:
-        for mark in _XLA_MARKS:
-            if mark in node.attr:
-                del node.attr[mark]
+    return _optimized(_without_xla_marks(graph_def), inputs, outputs)
+
+
+def _has_xla_marks(graph_def) -> bool:
+    return any(n.op in _CALL_OPS and any(m in n.attr for m in _XLA_MARKS) for n in graph_def.node)
+
+
+def _without_xla_marks(graph_def):
+    """Removes the marks that keep grappler from inlining a function (in place)."""
+    for node in graph_def.node:
+        if node.op in _CALL_OPS:
+            for mark in _XLA_MARKS:
+                if mark in node.attr:
+                    del node.attr[mark]
     for function in graph_def.library.function:
         for mark in _XLA_MARKS:
             if mark in function.attr:
                 del function.attr[mark]
+    return graph_def
+
+
+def _optimized(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
+    """tf2onnx's grappler pass (function inlining, constant folding, pruning)."""
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+
     with tf.Graph().as_default():  # grappler exports a meta graph: graph mode
         return tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
 
@@ -364,13 +397,22 @@ def _check_in_memory(model_proto) -> None:
 
 def external_data_threshold() -> int:
     """Bytes of tensor data above which `write_onnx` writes external data."""
-    value = os.environ.get(EXTERNAL_DATA_ENV)
+    return _bytes_setting(EXTERNAL_DATA_ENV, EXTERNAL_DATA_BYTES)
+
+
+def lift_threshold() -> int:
+    """Bytes of variables from which weights are converted lifted (`_roads`)."""
+    return _bytes_setting(LIFT_ENV, LIFT_MODEL_BYTES)
+
+
+def _bytes_setting(variable: str, default: int) -> int:
+    value = os.environ.get(variable)
     if not value:
-        return EXTERNAL_DATA_BYTES
+        return default
     try:
         return max(0, int(value))
     except ValueError:
-        raise ExportError(f"{EXTERNAL_DATA_ENV}={value!r} is not a number of bytes.", reason="bad_argument") from None
+        raise ExportError(f"{variable}={value!r} is not a number of bytes.", reason="bad_argument") from None
 
 
 def _tensor_bytes(model_proto) -> int:

@@ -76,3 +76,42 @@ def test_build_export_is_reproducible_and_natively_valid(tmp_path):
     assert report, str(report)
     model = native.load(str(first.parent / onnx_entry["path"]))
     assert [s.name for s in model.signatures] == ["serving_default"]
+
+
+class _Jitter(keras.layers.Layer):
+    """Adds seeded Gaussian noise on every call (seed-state updates in the graph)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(1)
+
+    def call(self, x):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=0.1, seed=self.seed_generator)
+
+
+def _lookup_model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    words = keras.Input((3,), dtype="string", name="words")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b", "c"], name="lookup")(words)
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(4, 512, name="embed")(ids))
+    hidden = keras.layers.Dense(640, activation="relu", name="hidden")(pooled)
+    return keras.Model(words, keras.layers.Dense(4, name="logits")(hidden), name="lookup_mlp")
+
+
+def _noisy_model() -> keras.Model:
+    model = _model()
+    return keras.Model(model.inputs, _Jitter(name="jitter")(model.outputs[0]), name="noisy_wide_mlp")
+
+
+@pytest.mark.parametrize("build", [_lookup_model, _noisy_model], ids=["lookup_table", "random_layer"])
+def test_weights_are_lifted_in_models_with_tables_and_random_layers(tmp_path, monkeypatch, build):
+    # Every model takes the lifting roads (`servekit.onnx._roads`), one file: the lean
+    # road freezes neither lookup tables nor seed-state updates as tf2onnx's regular
+    # freezing does, so it repairs them or falls back to the regular one.
+    monkeypatch.setenv(sk_onnx.LIFT_ENV, "0")
+    monkeypatch.setenv(sk_onnx.EXTERNAL_DATA_ENV, str(2**40))
+    model = build()
+    target = tmp_path / "model.onnx"
+    artifact = servekit.export(model, target, format="onnx", verbose=False)
+    assert target.is_file() and artifact.strategy == "portable_rebuild"
+

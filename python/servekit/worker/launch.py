@@ -25,7 +25,7 @@ from servekit.worker.job import WorkerJob
 
 WORKER_TIMEOUT_S = 1800
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT",
-             "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES")  # servekit.onnx.EXTERNAL_DATA_ENV
+             "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES", "SERVEKIT_ONNX_LIFT_BYTES")  # servekit.onnx's settings
 # The directory holding the `servekit` package, and the package itself.
 _PYTHON_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
@@ -129,13 +129,18 @@ class _WarmWorker:
 
     def __init__(self) -> None:
         self._proc: Optional[subprocess.Popen] = None
+        self._env: dict[str, str] = {}
         self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
 
     def run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
+        env = worker_env(self._home, ())
+        if env != self._env:  # the settings a fresh worker would read have changed
+            self.close()
         if self._proc is None or self._proc.poll() is not None:
+            self._env = env
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "servekit.worker", "--serve"], cwd=self._home,
-                env=worker_env(self._home, ()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL, text=True)
         proc = self._proc
         proc.stdin.write(job_path + "\n")
