@@ -10,6 +10,9 @@ a graph (importing this module registers them):
   stays random (fresh numbers on every run), as Keras's semantics require, and
   servekit verifies it by statistics rather than values.
 - `Erfc`: exact GELU (`approximate=False`) lowers to it; `erfc(x) = 1 - erf(x)`.
+- `Complex`, `FFT2D`, `Real`, `Imag`: `keras.ops.fft2` (FNet's token mixing)
+  lowers to them; complex values are float tensors with a leading dimension of
+  2, as in tf2onnx's own FFT handlers, and the transform is ONNX `DFT`.
 
 And one fix to tf2onnx's optimizer (`_patch_transpose_optimizer`): its
 transpose optimizer folds `Add(const)` after a bias-less `Conv` into the Conv's
@@ -51,6 +54,56 @@ class Erfc:
         one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
         node.type = "Sub"
         ctx.replace_inputs(node, [one, erf])
+
+
+# Complex tensors the way tf2onnx's own FFT handlers hold them: a leading
+# dimension of 2, real part then imaginary part, in a float tensor.
+@tf_op("Complex")
+class Complex:
+    @classmethod
+    def version_13(cls, ctx, node, **kwargs):
+        parts = [ctx.make_node("Unsqueeze", [name, ctx.make_const(utils.make_name("axis"), np.array([0], np.int64))
+                                             .output[0]]).output[0] for name in node.input]
+        dtype = ctx.get_dtype(node.input[0])
+        shape = ctx.get_shape(node.input[0])
+        ctx.remove_node(node.name)
+        ctx.make_node("Concat", parts, attr={"axis": 0}, outputs=node.output, name=node.name,
+                      shapes=[None if shape is None else [2] + list(shape)], dtypes=[dtype])
+
+
+@tf_op(["Real", "Imag"])
+class RealImag:
+    @classmethod
+    def version_13(cls, ctx, node, **kwargs):
+        part = ctx.make_const(utils.make_name("part"), np.array(0 if node.type == "Real" else 1, np.int64))
+        shape = ctx.get_shape(node.input[0])
+        dtype = ctx.get_dtype(node.input[0])
+        if dtype in (onnx_pb.TensorProto.COMPLEX64, onnx_pb.TensorProto.COMPLEX128):
+            dtype = onnx_pb.TensorProto.FLOAT if dtype == onnx_pb.TensorProto.COMPLEX64 else onnx_pb.TensorProto.DOUBLE
+        ctx.remove_node(node.name)
+        ctx.make_node("Gather", [node.input[0], part.output[0]], attr={"axis": 0}, outputs=node.output, name=node.name,
+                      shapes=[None if shape is None else list(shape)[1:]], dtypes=[dtype])
+
+
+@tf_op("FFT2D")
+class FFT2D:
+    """A 2D DFT over the last two axes: ONNX `DFT` (opset 17) on each, with
+    the complex parts moved to the last axis, where `DFT` wants them."""
+
+    @classmethod
+    def version_17(cls, ctx, node, **kwargs):
+        shape = ctx.get_shape(node.input[0])
+        utils.make_sure(shape is not None and len(shape) >= 3 and shape[0] == 2,
+                        "FFT2D of a tensor of unknown rank or not from Complex (%r)", shape)
+        rank = len(shape)
+        to_last = list(range(1, rank)) + [0]
+        x = ctx.make_node("Transpose", [node.input[0]], attr={"perm": to_last}).output[0]
+        for axis in (rank - 3, rank - 2):  # the two signal axes, counted in the moved tensor
+            x = ctx.make_node("DFT", [x], attr={"axis": axis, "onesided": 0, "inverse": 0}).output[0]
+        dtype = ctx.get_dtype(node.input[0])
+        ctx.remove_node(node.name)
+        ctx.make_node("Transpose", [x], attr={"perm": [rank - 1] + list(range(rank - 1))}, outputs=node.output,
+                      name=node.name, shapes=[list(shape)], dtypes=[dtype])
 
 
 def _patch_transpose_optimizer() -> None:

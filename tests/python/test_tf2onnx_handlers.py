@@ -88,3 +88,17 @@ def test_xla_compiled_grouped_conv_is_inlined(tmp_path):
 
     ops = _convert_and_compare(tmp_path, lambda x: grouped(x) * 2.0, _images())
     assert "Conv" in ops and not any("Call" in op for op in ops)
+
+
+def test_fft2d_of_a_complex_tensor_is_two_dfts(tmp_path):
+    # What keras.ops.fft2 (FNet's token mixing) lowers to on TensorFlow:
+    # Complex -> FFT2D over the last two axes -> Real and Imag.
+    def mix(x):
+        spectrum = tf.signal.fft2d(tf.complex(x, tf.zeros_like(x)))
+        return tf.math.real(spectrum) + 0.5 * tf.math.imag(spectrum)
+
+    tokens = np.random.default_rng(0).standard_normal((3, 6, 5)).astype("float32")
+    # TensorFlow's FFT and onnxruntime's DFT round differently: sums of 30
+    # products, outputs up to about 10.
+    ops = _convert_and_compare(tmp_path, mix, tokens, atol=5e-5)
+    assert ops.count("DFT") == 2 and "Complex" not in ops and "FFT2D" not in ops
