@@ -11,6 +11,7 @@ from servekit import export_utils as eu
 from servekit import signature as sig
 from servekit import strategies
 from servekit import summary
+from servekit import verification
 from servekit.errors import ExportError
 from servekit.pipeline import behavior as behavior_lib
 from servekit.pipeline import core as pipeline
@@ -93,7 +94,9 @@ def export(
               "cross_backend_rebuild" (ONNX)): try only this strategy
               (default "auto": all, in order).
             - `tolerances` (dict, servekit only): `(atol, rtol)` by dtype
-              name over the defaults (float32: `(1e-5, 0)`), for a deep
+              name over the defaults (float32: `(1e-5, 0)`; float32
+              outputs of a mixed-precision model: its compute dtype's,
+              `(1e-2, 1e-2)`), for a deep
               network whose outputs differ across backends by more than
               1e-5 absolute; an element passes when `|artifact - source| <=
               atol + rtol * |source|`. The build tool passes a model's
@@ -200,7 +203,7 @@ def export_formats(
     jax2tf_kwargs = kwargs.pop("jax2tf_kwargs", None)
     strategy = kwargs.pop("strategy", None)
     input_ranges = kwargs.pop("input_ranges", None)
-    tolerances = kwargs.pop("tolerances", None)
+    tolerances = verification.tolerances_for(model, kwargs.pop("tolerances", None))
     if (is_static is not None or jax2tf_kwargs is not None) and backend != "jax":
         raise ExportError(f"'jax2tf_kwargs' and 'is_static' apply to the jax backend only; this is the {backend} "
                           "backend.", model=model_name, reason="bad_argument")
@@ -235,7 +238,7 @@ def export_formats(
                                                    input_ranges=input_ranges)
         if tolerances:
             for case in made:
-                case.tolerances = {str(d): (float(t[0]), float(t[1])) for d, t in tolerances.items()}
+                case.tolerances = dict(tolerances)
         cases = CaseSet(made)
     if "onnx" in destinations and plan.behavior.stateful:
         layer = plan.behavior.state_layer

@@ -21,6 +21,26 @@ TOLERANCES = {
 }
 
 
+def tolerances_for(model, declared: Optional[Mapping[str, tuple]] = None) -> dict[str, tuple[float, float]]:
+    """The tolerances an export of `model` is checked with, over `TOLERANCES`:
+    `declared` (by dtype name) over those the model's precision implies.
+
+    A model with a mixed-precision dtype policy (some layer computes in
+    float16 or bfloat16) has float32 outputs that carry the rounding of its
+    compute dtype, which another runtime does not reproduce to float32
+    precision: they get that dtype's tolerance.
+    """
+    from servekit.export_utils import all_layers
+
+    compute = {str(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None))
+               for layer in all_layers(model)}
+    implied = {}
+    for reduced in ("float16", "bfloat16"):  # bfloat16 last: the coarser one wins
+        if reduced in compute:
+            implied = {"float32": TOLERANCES[reduced]}
+    return {**implied, **{str(d): (float(t[0]), float(t[1])) for d, t in (declared or {}).items()}}
+
+
 @dataclasses.dataclass
 class Comparison:
     """Result of comparing one case (one batch) of one endpoint."""

@@ -457,6 +457,18 @@ def test_masks_are_all_valid_unless_declared_otherwise():
     assert eu.mask_input_ranges(model) == {"mask": (1, 2)}
 
 
+def test_mixed_precision_models_are_checked_at_their_compute_precision():
+    import keras
+
+    inputs = keras.Input((3,))
+    plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert verification.tolerances_for(plain) == {}
+    hidden = keras.layers.Dense(4, dtype="mixed_float16")(inputs)
+    mixed = keras.Model(inputs, keras.layers.Dense(2, dtype="float32")(hidden))
+    assert verification.tolerances_for(mixed) == {"float32": verification.TOLERANCES["float16"]}
+    assert verification.tolerances_for(mixed, {"float32": (1e-3, 0)}) == {"float32": (1e-3, 0.0)}
+
+
 def test_bad_input_ranges_are_refused_with_the_fix():
     from servekit.errors import ExportError
 

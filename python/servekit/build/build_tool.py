@@ -34,6 +34,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
+from servekit import verification
 from servekit.build import manifest as manifest_lib
 from servekit.signature import ExportedArtifact, Signature
 
@@ -174,8 +175,10 @@ def build_export(
         kwargs: dict[str, Any] = {"opset_version": opset} if opset and "onnx" in formats else {}
         if input_ranges:
             kwargs["input_ranges"] = dict(input_ranges)
+        # The export's own check and the manifest's (the native verifier's) agree.
+        tolerances = verification.tolerances_for(model, tolerances)
         if tolerances:
-            kwargs["tolerances"] = dict(tolerances)  # the export's own check uses the manifest's
+            kwargs["tolerances"] = dict(tolerances)
         # Both formats in one go: one probe of the model, one worker job.
         exported = export_formats(
             model,
