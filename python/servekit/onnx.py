@@ -252,8 +252,8 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], bytes]
                           f"{sorted(set(lifted) - {names.get(n, n) for n in found})}.", reason="conversion_failed")
     del graph.input[:]
     graph.input.extend(kept)
-    order = list(lifted)
-    for value_name in sorted(found, key=lambda n: order.index(names.get(n, n))):
+    rank = {name: i for i, name in enumerate(lifted)}  # graph order
+    for value_name in sorted(found, key=lambda n: rank[names.get(n, n)]):
         tf_dtype, dims, data = lifted.pop(names.get(value_name, value_name))  # one copy alive at a time
         tensor = graph.initializer.add()
         tensor.name = value_name
