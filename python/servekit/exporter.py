@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from servekit.pipeline import core as pipeline
 from servekit.pipeline import reference
 from servekit.pipeline.cases import CaseSet
 from servekit.pipeline.request import EndpointPlan, ExportRequest
+from servekit.strategies.portable import PortableRebuild
+from servekit.worker import launch
 
 FORMATS = ("tf_saved_model", "onnx")
 DEFAULT_ENDPOINT_NAME = "serve"
@@ -147,6 +150,15 @@ def export(
     return export_formats(model, {fmt: filepath}, verbose=verbose, input_signature=input_signature, **kwargs)[fmt]
 
 
+def _worker_starting_now(chosen) -> contextlib.AbstractContextManager:
+    """A warm export worker for this call when the portable rebuild may run
+    and none is open: it imports TensorFlow while this process probes the
+    model and computes the reference outputs (seconds in a fresh process)."""
+    if any(s.name == PortableRebuild.name for s in chosen):
+        return launch.warm_worker()
+    return contextlib.nullcontext()
+
+
 def export_formats(
     model,
     destinations: Mapping[str, Any],
@@ -229,29 +241,30 @@ def export_formats(
                           model=model_name, reason="bad_argument")
     backend_kwargs = {k: v for k, v in (("jax2tf_kwargs", jax2tf_kwargs), ("is_static", is_static)) if v is not None}
     plan = EndpointPlan(DEFAULT_ENDPOINT_NAME, layout, output_names, fn=model, kwargs=backend_kwargs)
-    cases = CaseSet()
-    if verify:
-        call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
-                                 backend, model=model_name)
-        plan.behavior, made = reference.make_cases(SERVING_DEFAULT, layout, output_names, call,
-                                                   behavior_lib.model_variables(model), vocab_source=model,
-                                                   input_ranges=input_ranges)
-        if tolerances:
-            for case in made:
-                case.tolerances = dict(tolerances)
-        cases = CaseSet(made)
-    if "onnx" in destinations and plan.behavior.stateful:
-        layer = plan.behavior.state_layer
-        raise ExportError(
-            f"Model '{model_name}': layer '{layer}' updates its variables when called "
-            f"({', '.join(plan.behavior.state_variables)}), and ONNX models have no variables: the artifact could "
-            "not advance its state. Export format='tf_saved_model', or keep the state outside the model.",
-            model=model_name, layer=layer, reason="stateful_onnx")
+    with _worker_starting_now(chosen):
+        cases = CaseSet()
+        if verify:
+            call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
+                                     backend, model=model_name)
+            plan.behavior, made = reference.make_cases(SERVING_DEFAULT, layout, output_names, call,
+                                                       behavior_lib.model_variables(model), vocab_source=model,
+                                                       input_ranges=input_ranges)
+            if tolerances:
+                for case in made:
+                    case.tolerances = dict(tolerances)
+            cases = CaseSet(made)
+        if "onnx" in destinations and plan.behavior.stateful:
+            layer = plan.behavior.state_layer
+            raise ExportError(
+                f"Model '{model_name}': layer '{layer}' updates its variables when called "
+                f"({', '.join(plan.behavior.state_variables)}), and ONNX models have no variables: the artifact could "
+                "not advance its state. Export format='tf_saved_model', or keep the state outside the model.",
+                model=model_name, layer=layer, reason="stateful_onnx")
 
-    request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], cases, verify=verify,
-                            opset=opset, source=model, version=_version())
-    results = pipeline.run_formats(request, destinations, chosen,
-                                   what=lambda fmt: f"Model '{model_name}' ({backend} backend) -> {fmt}")
+        request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], cases, verify=verify,
+                                opset=opset, source=model, version=_version())
+        results = pipeline.run_formats(request, destinations, chosen,
+                                       what=lambda fmt: f"Model '{model_name}' ({backend} backend) -> {fmt}")
     artifacts = {}
     for fmt, (report, attempts) in results.items():
         endpoints = tuple(sig.Signature.from_json(e).with_behavior(plan.behavior) for e in report["endpoints"])

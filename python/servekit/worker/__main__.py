@@ -48,6 +48,28 @@ def _run_job_file(job_path: str) -> None:
         json.dump(report, f, default=float)
 
 
+def _import_and_freeze() -> None:
+    """Imports what every job uses, then moves those objects out of the
+    garbage collector's reach.
+
+    A full collection after each job would scan every object TensorFlow,
+    Keras, tf2onnx and onnxruntime created at import: about 0.2 s, which a
+    build exporting models back to back waits for. Frozen, they are never
+    scanned again, and the collection after a job only walks what jobs
+    created. (No collection before freezing: it would cost a fresh export
+    those 0.2 s; the little import-time garbage lives as long as the process.)
+    """
+    import onnxruntime  # noqa: F401
+    import tensorflow  # noqa: F401
+    import tf2onnx  # noqa: F401
+
+    from servekit import _write  # noqa: F401
+    from servekit import tf2onnx_handlers  # noqa: F401
+    from servekit.worker import run  # noqa: F401
+
+    gc.freeze()
+
+
 def _serve() -> int:
     """Runs jobs whose paths arrive on stdin, each as a fresh process would.
 
@@ -62,6 +84,7 @@ def _serve() -> int:
 
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints of libraries must not corrupt the protocol
+    _import_and_freeze()
     for line in sys.stdin:
         job_path = line.strip()
         workdir = os.path.dirname(os.path.abspath(job_path))

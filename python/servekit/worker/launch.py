@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Any, Iterator, Optional, Sequence
 
 from servekit.errors import ExportError
@@ -85,8 +86,9 @@ def run_worker(job: WorkerJob, workdir: str) -> dict[str, Any]:
     """
     job_path = os.path.join(workdir, "job.json")
     job.write(job_path)
-    if _warm is not None:
-        return _warm.run(job, job_path, workdir)
+    warm = getattr(_local, "warm", None)
+    if warm is not None:
+        return warm.run(job, job_path, workdir)
     env = worker_env(workdir, job.sys_path)
     try:
         proc = subprocess.run(
@@ -125,23 +127,31 @@ class _WarmWorker:
     same bytes as a fresh process. After a job that failed, crashed or timed
     out, the process is replaced, so one model's failure cannot leak into the
     next export.
+
+    The process starts when the worker is created, not at its first job: it
+    imports TensorFlow, tf2onnx and onnxruntime (about 3 s) on another core
+    while the caller imports its own backend, builds the model and computes
+    the reference outputs.
     """
 
     def __init__(self) -> None:
         self._proc: Optional[subprocess.Popen] = None
         self._env: dict[str, str] = {}
         self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
+        self._start()
+
+    def _start(self) -> None:
+        self._env = worker_env(self._home, ())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "servekit.worker", "--serve"], cwd=self._home,
+            env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True)
 
     def run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
-        env = worker_env(self._home, ())
-        if env != self._env:  # the settings a fresh worker would read have changed
+        if worker_env(self._home, ()) != self._env:  # the settings a fresh worker would read have changed
             self.close()
         if self._proc is None or self._proc.poll() is not None:
-            self._env = env
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "servekit.worker", "--serve"], cwd=self._home,
-                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True)
+            self._start()
         proc = self._proc
         proc.stdin.write(job_path + "\n")
         proc.stdin.flush()
@@ -179,16 +189,21 @@ def _read_text(path: str) -> str:
         return ""
 
 
-_warm: Optional[_WarmWorker] = None
+# The open warm worker of each thread: a worker serves one job at a time.
+_local = threading.local()
 
 
 @contextlib.contextmanager
 def warm_worker() -> Iterator[None]:
-    """Runs every portable export in this block in one warm worker process.
+    """Runs every portable export of this thread in this block in one warm
+    worker process, started now.
 
     The build tool opens one for its lifetime: both formats of an action (and,
     as a Bazel persistent worker, every action of a build) share a TensorFlow
-    process. Artifacts are byte-identical to those of fresh processes.
+    process. `servekit.export` opens one for its own call when none is open,
+    so that the worker imports TensorFlow while the caller computes the
+    reference outputs. Artifacts are byte-identical to those of fresh
+    processes.
 
     Example:
 
@@ -198,13 +213,12 @@ def warm_worker() -> Iterator[None]:
         servekit.export(model, "out/model.onnx", format="onnx")
     ```
     """
-    global _warm
-    if _warm is not None:  # nested: the outer block owns the process
+    if getattr(_local, "warm", None) is not None:  # nested: the outer block owns the process
         yield
         return
-    _warm = _WarmWorker()
+    _local.warm = _WarmWorker()
     try:
         yield
     finally:
-        worker, _warm = _warm, None
+        worker, _local.warm = _local.warm, None
         worker.shutdown()
