@@ -6,10 +6,13 @@ medians. Speed itself is measured by `bazel run //python/servekit/bench:export_s
 never asserted here.
 """
 
+import argparse
 import json
 import os
 import pathlib
+import types
 
+import numpy as np
 import pytest
 
 from servekit.bench import export_speed
@@ -105,3 +108,35 @@ def test_unknown_names_are_refused_with_the_choices():
         export_speed.run_benchmark(backends=["tensorflw"], models_dir=MODELS_DIR)
     with pytest.raises(ValueError, match="No model file"):
         export_speed.run_benchmark(models=["no_such_model"], models_dir=MODELS_DIR)
+
+
+def test_tolerances_are_given_per_model_as_the_build_tool_takes_them():
+    parsed = [export_speed._parse_tolerance(t) for t in ("mobilenet_v2:float32=1e-5,1e-4", "vit:float16=1e-2")]
+    assert export_speed._tolerances_by_model(parsed) == {"mobilenet_v2": {"float32": (1e-5, 1e-4)},
+                                                         "vit": {"float16": (1e-2, 0.0)}}
+    with pytest.raises(argparse.ArgumentTypeError, match="MODEL:DTYPE=ATOL"):
+        export_speed._parse_tolerance("float32=1e-5")
+
+
+def test_integer_inputs_are_valid_ids_and_honour_input_ranges():
+    import keras
+
+    ids = keras.Input((6,), dtype="int32", name="token_ids")
+    mask = keras.Input((6,), dtype="int32", name="padding_mask")
+    model = keras.Model({"token_ids": ids, "padding_mask": mask},
+                        keras.layers.Embedding(2, 3)(ids) * keras.ops.expand_dims(mask, -1))
+    module = types.SimpleNamespace(input_ranges=lambda: {"padding_mask": (1, 2)})
+    inputs = export_speed._sample_inputs(module, model, batch=8)
+    assert set(np.unique(inputs["token_ids"])) <= {0, 1}  # any embedding has 2 rows
+    assert set(np.unique(inputs["padding_mask"])) == {1}
+    model(inputs)
+
+
+def test_a_model_that_fails_to_build_fails_its_own_cells_only(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def build_model():\n    raise RuntimeError('no weights file')\n")
+    cells = export_speed._warm_cells([broken], ["onnx", "tf_saved_model"], repeats=1, tolerances={})
+    assert [(c["model"], c["format"]) for c in cells] == [("broken", "onnx"), ("broken", "tf_saved_model")]
+    for cell in cells:
+        for entry in cell["variants"].values():
+            assert entry["status"] == "failed" and "RuntimeError: no weights file" in entry["error"]

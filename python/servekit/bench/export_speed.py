@@ -95,13 +95,16 @@ def _load_model_file(path: pathlib.Path) -> types.ModuleType:
 
 
 def _sample_inputs(module: types.ModuleType, model: Any, batch: int = 2) -> Any:
-    """The model file's `sample_inputs`, else N(0, 1) floats / small ints per input."""
+    """The model file's `sample_inputs`, else N(0, 1) floats and integers in
+    the model file's `input_ranges()` for that input, or in [0, 2): valid ids
+    for any embedding and any mask."""
     import keras
     import numpy as np
 
     rng = np.random.default_rng(0)
     if hasattr(module, "sample_inputs"):
         return module.sample_inputs(batch, rng)
+    ranges = module.input_ranges() if hasattr(module, "input_ranges") else {}
 
     def make(tensor: Any) -> Any:
         shape = [batch] + [4 if d is None else int(d) for d in tensor.shape[1:]]
@@ -111,7 +114,8 @@ def _sample_inputs(module: types.ModuleType, model: Any, batch: int = 2) -> Any:
                              "sample_inputs(batch, rng) in its model file.")
         if dtype.startswith("float"):
             return rng.standard_normal(shape).astype(dtype)
-        return rng.integers(0, 10, shape).astype(dtype)
+        low, high = ranges.get(tensor.name, (0, 2))
+        return rng.integers(low, high, shape).astype(dtype)
 
     return keras.tree.map_structure(make, model.input)
 
@@ -168,8 +172,11 @@ def check_keras_artifact(model: Any, fmt: str, signature: Any, inputs: Any) -> s
     return "ok" if worst <= 1e-4 else f"wrong outputs: max abs diff {worst:.3g}"
 
 
-def _export_once(library: str, model: Any, fmt: str, signature: Any) -> dict[str, Any]:
+def _export_once(library: str, model: Any, fmt: str, signature: Any,
+                 tolerances: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, Any]:
     """One export into a scratch directory; its duration, or why it failed.
+    `tolerances` (dtype -> (atol, rtol)) are servekit's verification
+    tolerances for the model, as its BUILD target declares them.
 
     Returns:
         {"status": "ok", "seconds": s}, or {"status": "unsupported" (Keras) |
@@ -185,7 +192,8 @@ def _export_once(library: str, model: Any, fmt: str, signature: Any) -> dict[str
                 import servekit
 
                 servekit.export(model, path, format=fmt, verbose=False, input_signature=signature,
-                                verify=library != SERVEKIT_NO_VERIFY)
+                                verify=library != SERVEKIT_NO_VERIFY,
+                                tolerances={k: tuple(v) for k, v in (tolerances or {}).items()} or None)
         # Any error is a result of the benchmark (Keras raises many types: NotImplementedError,
         # ImportError, ValueError, ...); it is recorded in the report, never swallowed.
         except Exception as e:  # noqa: BLE001
@@ -195,7 +203,8 @@ def _export_once(library: str, model: Any, fmt: str, signature: Any) -> dict[str
         return {"status": "ok", "seconds": time.perf_counter() - start}
 
 
-def child_cold(library: str, model_file: pathlib.Path, fmt: str) -> dict[str, Any]:
+def child_cold(library: str, model_file: pathlib.Path, fmt: str,
+               tolerances: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, Any]:
     """A cold process' whole life: imports, model, one export. Times each stage."""
     start = time.perf_counter()
     import keras  # noqa: F401  (timed: part of a cold export)
@@ -206,11 +215,12 @@ def child_cold(library: str, model_file: pathlib.Path, fmt: str) -> dict[str, An
     imported = time.perf_counter()
     model, signature, _ = _prepare(model_file)
     prepared = time.perf_counter()
-    result = _export_once(library, model, fmt, signature)
+    result = _export_once(library, model, fmt, signature, tolerances)
     return {"import_s": imported - start, "setup_s": prepared - imported, **result}
 
 
-def child_warm(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int) -> list[dict[str, Any]]:
+def child_warm(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int,
+               tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None) -> list[dict[str, Any]]:
     """Every (model, format, library) once untimed, then `repeats` timed rounds.
 
     The libraries take turns, each round starting with a different one. A
@@ -224,18 +234,29 @@ def child_warm(model_files: Sequence[pathlib.Path], formats: Sequence[str], repe
     from servekit.worker.launch import warm_worker
 
     with warm_worker():
-        return _warm_cells(model_files, formats, repeats)
+        return _warm_cells(model_files, formats, repeats, tolerances or {})
 
 
-def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int) -> list[dict[str, Any]]:
+def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int,
+                tolerances: Mapping[str, Mapping[str, Sequence[float]]]) -> list[dict[str, Any]]:
     variants = ("servekit", "keras", SERVEKIT_NO_VERIFY)
     cells = []
     for model_file in model_files:
-        model, signature, inputs = _prepare(model_file)
+        try:
+            model, signature, inputs = _prepare(model_file)
+        # The model file's own error: that model's cells fail, the others are still timed.
+        except Exception as e:  # noqa: BLE001
+            error = f"building or calling the model failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            _progress(f"{PROGRESS}  warm {model_file.stem}: {error}")
+            cells += [{"model": model_file.stem, "format": fmt, "variants": {
+                v: {"status": "failed", "first_s": None, "seconds": [], "error": error[:300],
+                    "error_type": type(e).__name__} for v in variants}} for fmt in formats]
+            continue
+        model_tolerances = tolerances.get(model_file.stem)
         for fmt in formats:
             cell: dict[str, Any] = {"model": model_file.stem, "format": fmt, "variants": {}}
             for variant in variants:
-                first = _export_once(variant, model, fmt, signature)
+                first = _export_once(variant, model, fmt, signature, model_tolerances)
                 entry = {"status": first["status"], "first_s": first.get("seconds"), "seconds": []}
                 if first["status"] != "ok":
                     entry.update(error=first["error"], error_type=first["error_type"])
@@ -247,7 +268,7 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
                     entry = cell["variants"][variant]
                     if entry["status"] != "ok":
                         continue
-                    result = _export_once(variant, model, fmt, signature)
+                    result = _export_once(variant, model, fmt, signature, model_tolerances)
                     if result["status"] != "ok":  # worked once, then failed: a finding, recorded
                         entry.update(status=result["status"], error=result["error"],
                                      error_type=result["error_type"])
@@ -341,6 +362,7 @@ def run_benchmark(
     repeats: int = 3,
     modes: Sequence[str] = MODES,
     models_dir: pathlib.Path = DEFAULT_MODELS_DIR,
+    tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
 ) -> dict[str, Any]:
     """Times servekit and Keras exports of `models` on every backend and format.
 
@@ -352,6 +374,9 @@ def run_benchmark(
             per (cell, library) after the untimed first one.
         modes: some of "cold" and "warm".
         models_dir: where the model files are.
+        tolerances: model name -> dtype -> (atol, rtol): servekit's
+            verification tolerances for models whose BUILD target declares
+            some (e.g. the MobileNets'); other models use the defaults.
 
     Returns:
         A JSON-serialisable report: machine, versions, settings, one entry
@@ -381,6 +406,7 @@ def run_benchmark(
 
     from servekit.bench.machine import load_average, machine_info, package_versions
 
+    tolerance_args = ["--tolerances_json", json.dumps(dict(tolerances))] if tolerances else []
     load_start = load_average()
     started = time.monotonic()
     sides: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
@@ -391,7 +417,7 @@ def run_benchmark(
         for backend in backends:
             _progress(f"warm: {backend} ({len(models)} model(s) x {len(formats)} format(s))")
             args = ["--child", "warm", "--models", ",".join(str(p) for p in model_files),
-                    "--formats", ",".join(formats), "--repeats", str(repeats)]
+                    "--formats", ",".join(formats), "--repeats", str(repeats), *tolerance_args]
             cells, _, tail = _run_child(backend, args, f"warm {backend}")
             if cells is None:
                 for model in models:
@@ -423,7 +449,7 @@ def run_benchmark(
                             what = f"cold {repeat + 1}/{repeats} {model_file.stem} {backend} {fmt} {library}"
                             result, wall, tail = _run_child(
                                 backend, ["--child", "cold", "--library", library, "--models", str(model_file),
-                                          "--formats", fmt], what)
+                                          "--formats", fmt, *tolerance_args], what)
                             if result is None:
                                 _record_failure(side, {"status": "failed", "error": f"cold process crashed: {tail}"})
                                 continue
@@ -442,7 +468,8 @@ def run_benchmark(
         "versions": package_versions(["keras", "tensorflow|tensorflow-cpu", "jax", "jaxlib", "torch", "onnx",
                                       "onnxruntime", "tf2onnx", "jax2onnx", "numpy"]) | {"python": sys.version.split()[0]},
         "settings": {"models": list(models), "backends": list(backends), "formats": list(formats),
-                     "repeats": repeats, "modes": list(modes), "duration_s": round(time.monotonic() - started, 1)},
+                     "repeats": repeats, "modes": list(modes), "tolerances": dict(tolerances or {}),
+                     "duration_s": round(time.monotonic() - started, 1)},
         "cells": cells,
         "summary": summarize(cells),
     }
@@ -611,6 +638,23 @@ def _split(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
+def _parse_tolerance(text: str) -> tuple[str, str, tuple[float, float]]:
+    """`MODEL:DTYPE=ATOL[,RTOL]` (the build tool's `--tolerance`, per model)."""
+    model, sep, rest = text.partition(":")
+    dtype, eq, values = rest.partition("=")
+    if not (sep and eq and model and dtype):
+        raise argparse.ArgumentTypeError(f"expected MODEL:DTYPE=ATOL[,RTOL], got {text!r}")
+    atol, _, rtol = values.partition(",")
+    return model, dtype, (float(atol), float(rtol or 0.0))
+
+
+def _tolerances_by_model(parsed: Sequence[tuple[str, str, tuple[float, float]]]) -> dict[str, dict[str, Any]]:
+    by_model: dict[str, dict[str, Any]] = {}
+    for model, dtype, values in parsed:
+        by_model.setdefault(model, {})[dtype] = values
+    return by_model
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Export time of servekit.export vs Keras's model.export.")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="zoo model names, comma-separated")
@@ -621,25 +665,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--models_dir", type=pathlib.Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--out_dir", type=pathlib.Path, default=None,
                         help="default: $BUILD_WORKSPACE_DIRECTORY/benchmarks/export_speed")
+    parser.add_argument("--tolerance", action="append", default=[], type=_parse_tolerance,
+                        help="MODEL:DTYPE=ATOL[,RTOL], servekit's verification tolerance for a model whose "
+                             "BUILD target declares one (e.g. mobilenet_v2:float32=1e-5,1e-4); repeatable")
     # Internal: how the driver runs its children (--models then holds model file paths).
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--child_result", help=argparse.SUPPRESS)
     parser.add_argument("--library", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--tolerances_json", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
         paths = [pathlib.Path(p) for p in _split(args.models)]
+        tolerances = json.loads(args.tolerances_json)
         if args.child == "cold":
-            result: Any = child_cold(args.library, paths[0], args.formats)
+            result: Any = child_cold(args.library, paths[0], args.formats, tolerances.get(paths[0].stem))
         else:
-            result = child_warm(paths, _split(args.formats), args.repeats)
+            result = child_warm(paths, _split(args.formats), args.repeats, tolerances)
         with open(args.child_result, "w") as f:
             json.dump(result, f)
         return 0
 
     report = run_benchmark(models=_split(args.models), backends=_split(args.backends),
                            formats=_split(args.formats), repeats=args.repeats, modes=_split(args.modes),
-                           models_dir=args.models_dir)
+                           models_dir=args.models_dir, tolerances=_tolerances_by_model(args.tolerance))
     out_dir = args.out_dir or _default_out_dir()
     write_report(report, out_dir)
     sys.stdout.write(render_table(report))
