@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -150,11 +151,12 @@ def export(
     return export_formats(model, {fmt: filepath}, verbose=verbose, input_signature=input_signature, **kwargs)[fmt]
 
 
-def _worker_starting_now(chosen) -> contextlib.AbstractContextManager:
-    """A warm export worker for this call when the portable rebuild may run
+def _worker_starting_now(chosen, request: ExportRequest) -> contextlib.AbstractContextManager:
+    """A warm export worker for this call when the portable rebuild will run
     and none is open: it imports TensorFlow while this process probes the
     model and computes the reference outputs (seconds in a fresh process)."""
-    if any(s.name == PortableRebuild.name for s in chosen):
+    portable = next((s for s in chosen if s.name == PortableRebuild.name), None)
+    if portable is not None and not portable.unavailable(request):
         return launch.warm_worker()
     return contextlib.nullcontext()
 
@@ -241,8 +243,9 @@ def export_formats(
                           model=model_name, reason="bad_argument")
     backend_kwargs = {k: v for k, v in (("jax2tf_kwargs", jax2tf_kwargs), ("is_static", is_static)) if v is not None}
     plan = EndpointPlan(DEFAULT_ENDPOINT_NAME, layout, output_names, fn=model, kwargs=backend_kwargs)
-    with _worker_starting_now(chosen):
-        cases = CaseSet()
+    request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], CaseSet(), verify=verify,
+                            opset=opset, source=model, version=_version())
+    with _worker_starting_now(chosen, request):
         if verify:
             call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
                                      backend, model=model_name)
@@ -252,7 +255,7 @@ def export_formats(
             if tolerances:
                 for case in made:
                     case.tolerances = dict(tolerances)
-            cases = CaseSet(made)
+            request = dataclasses.replace(request, cases=CaseSet(made))
         if "onnx" in destinations and plan.behavior.stateful:
             layer = plan.behavior.state_layer
             raise ExportError(
@@ -260,9 +263,6 @@ def export_formats(
                 f"({', '.join(plan.behavior.state_variables)}), and ONNX models have no variables: the artifact could "
                 "not advance its state. Export format='tf_saved_model', or keep the state outside the model.",
                 model=model_name, layer=layer, reason="stateful_onnx")
-
-        request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], cases, verify=verify,
-                                opset=opset, source=model, version=_version())
         results = pipeline.run_formats(request, destinations, chosen,
                                        what=lambda fmt: f"Model '{model_name}' ({backend} backend) -> {fmt}")
     artifacts = {}
