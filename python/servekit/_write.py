@@ -38,11 +38,6 @@ def write_and_verify(*args, **kwargs) -> dict[str, dict[str, Any]]:
         return _write_and_verify(*args, **kwargs)
 
 
-def _failed(comparisons, what: str) -> dict[str, Any]:
-    return {"ok": False, "reason": "verification_failed",
-            "message": f"The {what} does not reproduce the source model:\n" + verification.describe_failures(comparisons)}
-
-
 def _write_and_verify(
     endpoints: Sequence[sk_sm.Endpoint],
     tracked: Sequence[Any],
@@ -88,9 +83,9 @@ def _write_and_verify(
         if not all(c.ok for c in comps):
             reports = {}
             if "tf_saved_model" in outputs:
-                reports["tf_saved_model"] = dict(sm_report, **_failed(comps, "SavedModel"))
+                reports["tf_saved_model"] = dict(sm_report, **verification.failure(comps, "SavedModel"))
             if "onnx" in outputs:
-                reports["onnx"] = dict(sm_report, **_failed(
+                reports["onnx"] = dict(sm_report, **verification.failure(
                     comps, "SavedModel (from which the ONNX model is converted)"))
             return reports
     reports: dict[str, dict[str, Any]] = {}
@@ -112,11 +107,11 @@ def _write_and_verify(
             comps = verification.check_onnx(output, serving_cases)
             report["comparisons"] += [dict(c.__dict__, artifact="onnx") for c in comps]
             if not all(c.ok for c in comps):
-                report.update(_failed(comps, "ONNX model"))
+                report.update(verification.failure(comps, "ONNX model"))
                 if "tf_saved_model" not in outputs:
                     twin = verification.check_saved_model(sm_dir, serving_cases)
                     if not all(c.ok for c in twin):
-                        report.update(_failed(twin, "SavedModel (from which the ONNX model is converted)"))
+                        report.update(verification.failure(twin, "SavedModel (from which the ONNX model is converted)"))
         if report["ok"]:
             report["files"] = artifact_files(output)
             report["seconds"] = time.monotonic() - t1

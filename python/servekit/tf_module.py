@@ -152,7 +152,5 @@ class _SaveModule:
         comps = verification.check_saved_model(staged, request.cases) if len(request.cases) else []
         report["comparisons"] = [c.__dict__ for c in comps]
         if not all(c.ok for c in comps):
-            report.update(ok=False, reason="verification_failed",
-                          message="the SavedModel does not reproduce the module:\n"
-                                  + verification.describe_failures(comps))
+            report.update(verification.failure(comps, "SavedModel", source="the module"))
         return report

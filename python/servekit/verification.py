@@ -138,6 +138,13 @@ def describe_failures(comparisons: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def failure(comparisons: Sequence[Comparison], artifact: str, source: str = "the source model") -> dict:
+    """The report fields of an artifact that failed its comparisons:
+    `ok: False`, the reason and a message naming each failing case."""
+    return {"ok": False, "reason": "verification_failed",
+            "message": f"The {artifact} does not reproduce {source}:\n" + describe_failures(comparisons)}
+
+
 def _check_runs(case, run_again, results: list) -> None:
     """Compares the stochastic outputs of `case` by statistics over repeated calls."""
     from servekit.pipeline.behavior import compare_statistics

@@ -84,9 +84,7 @@ def _verified(report: dict, comparisons, artifact: str, what: str) -> dict:
 
     report["comparisons"] += [dict(c.__dict__, artifact=artifact) for c in comparisons]
     if not all(c.ok for c in comparisons):
-        report.update(ok=False, reason="verification_failed",
-                      message=f"The {what} does not reproduce the source model:\n"
-                              + verification.describe_failures(comparisons))
+        report.update(verification.failure(comparisons, what))
     return report
 
 
