@@ -17,6 +17,9 @@ import re
 from typing import Callable, Iterable
 
 _TRAILING_NUMBERS = re.compile(r"((?:_\d+)+)$")
+# While-loop conditions take unused loop variables as arguments named after the
+# condition function, with its counter number: `..._while_cond_163___redundant_placeholder0`.
+_REDUNDANT_PLACEHOLDER = re.compile(r"_(\d+)(___redundant_placeholder\d+)")
 _ONNX_COUNTER = re.compile(r"^(.*?)(__\d+)((?::\d+)?)$")
 
 
@@ -160,6 +163,23 @@ def canonicalize_user_specified_names(saved_model) -> None:
         a.s = str(rank[int(a.s)]).encode()
 
 
+def canonicalize_redundant_placeholders(message) -> None:
+    """Replaces the counter number in `___redundant_placeholder` argument
+    names (and every reference to them) by its rank among those numbers."""
+    numbers: set[int] = set()
+
+    def collect(text: str) -> str:
+        numbers.update(int(m.group(1)) for m in _REDUNDANT_PLACEHOLDER.finditer(text))
+        return text
+
+    _rewrite_strings(message, collect, bytes_fields=("s",))
+    if not numbers:
+        return
+    rank = {n: i for i, n in enumerate(sorted(numbers))}
+    _rewrite_strings(message, lambda text: _REDUNDANT_PLACEHOLDER.sub(
+        lambda m: f"_{rank[int(m.group(1))]}{m.group(2)}", text), bytes_fields=("s",))
+
+
 def canonicalize_saved_model_proto(saved_model) -> None:
     """Renames counter-numbered functions and sorts the function library."""
     names = []
@@ -171,6 +191,7 @@ def canonicalize_saved_model_proto(saved_model) -> None:
     mapping = canonical_function_names(n for n in names if n)
     if mapping:
         _rewrite_strings(saved_model, lambda s: mapping.get(s, s), bytes_fields=("s",))
+    canonicalize_redundant_placeholders(saved_model)
     for mg in saved_model.meta_graphs:
         lib = mg.graph_def.library
         funcs = sorted(lib.function, key=lambda f: f.signature.name)
@@ -183,6 +204,23 @@ def canonicalize_saved_model_proto(saved_model) -> None:
         del lib.gradient[:]
         for fname, gname in grads:
             lib.gradient.add(function_name=fname, gradient_func=gname)
+
+
+def canonicalize_function_library(graph_def) -> None:
+    """Renames a GraphDef's counter-numbered functions by rank, in place.
+
+    Freezing names each function it rewrites `<name>_frozen_<uid>`, with TF's
+    process-wide counter. Grappler and tf2onnx then walk nodes and choose
+    among equal constants in an order that follows those names (and their
+    hashes), so the numbers changed the converted graph's structure, not only
+    its names: an RNN converted in a warm worker after other models gave
+    other bytes than in a fresh one. Called on every graph before grappler
+    (`servekit.onnx`).
+    """
+    names = [f.signature.name for f in graph_def.library.function]
+    mapping = {old: new for old, new in canonical_function_names(names).items() if old != new}
+    if mapping:
+        _rewrite_strings(graph_def, lambda s: mapping.get(s, s), bytes_fields=("s",))
 
 
 def canonicalize_saved_model(export_dir: str) -> None:

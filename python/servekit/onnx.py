@@ -64,6 +64,49 @@ def _quiet():
             lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _deterministic_tf2onnx():
+    """Makes a conversion independent of what the process did before it.
+
+    Three things tf2onnx's optimizers depend on varied with the process'
+    history, so an RNN's ONNX file changed with every conversion in one
+    process (a warm worker), and between processes:
+
+    - `Graph.extract_sub_graph_nodes` returns a set of nodes as a list: in
+      the order of their memory addresses. Node order decides which of two
+      equal nodes or constants survives. Here it keeps the graph's order.
+    - tf2onnx suffixes the nodes it inserts with a process-wide counter
+      (`Less__1247`), and optimizers order by name: each conversion starts it
+      afresh (names only need to be unique within one graph).
+    - TF names frozen functions `<name>_frozen_<uid>`: every graph grappler
+      sees gets canonical function names first
+      (`determinism.canonicalize_function_library`).
+    """
+    from tf2onnx import graph as tf2onnx_graph
+    from tf2onnx import tf_loader
+    from tf2onnx import utils
+
+    original_optimize = tf_loader.tf_optimize
+    original_extract = tf2onnx_graph.Graph.extract_sub_graph_nodes
+
+    def tf_optimize(input_names, output_names, graph_def):
+        determinism.canonicalize_function_library(graph_def)
+        return original_optimize(input_names, output_names, graph_def)
+
+    def extract_sub_graph_nodes(self, *args, **kwargs):
+        found = set(original_extract(self, *args, **kwargs))
+        return [node for node in self.get_nodes() if node in found]
+
+    utils.INTERNAL_NAME = 1
+    tf_loader.tf_optimize = tf_optimize
+    tf2onnx_graph.Graph.extract_sub_graph_nodes = extract_sub_graph_nodes
+    try:
+        yield
+    finally:
+        tf_loader.tf_optimize = original_optimize
+        tf2onnx_graph.Graph.extract_sub_graph_nodes = original_extract
+
+
 def _patch_tf2onnx() -> None:
     try:  # Keras' numpy>=2 compatibility patch for tf2onnx
         from keras.src.export.tf2onnx_lib import patch_tf2onnx
@@ -113,7 +156,7 @@ def convert_saved_model(
     from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
 
     opset = opset or DEFAULT_OPSET
-    with _quiet() as chatter:
+    with _quiet() as chatter, _deterministic_tf2onnx():
         roads = _roads(_variables_bytes(saved_model_dir))
         for attempt, road in enumerate(roads, 1):
             try:

@@ -85,6 +85,37 @@ def test_canonical_function_names_ignore_counter_offsets():
     assert sorted(a.values()) == sorted(b.values())
 
 
+def _graph_with_a_while_condition(uid: int):
+    """A loop the way a process that has used `uid` counter values writes it:
+    freezing names the condition `<name>_frozen_<uid>`, and the condition's
+    unused arguments carry the number of its traced function."""
+    from tensorflow.core.framework import graph_pb2
+
+    graph = graph_pb2.GraphDef()
+    cond = graph.library.function.add()
+    cond.signature.name = f"__inference_rnn_while_cond_0_frozen_{uid}"
+    for i in range(2):
+        cond.signature.input_arg.add(name=f"rnn_while_cond_{uid + 5}___redundant_placeholder{i}")
+    node = cond.node_def.add(name="less", op="Less")
+    node.input.extend([f"rnn_while_cond_{uid + 5}___redundant_placeholder1", "limit"])
+    loop = graph.node.add(name="while", op="StatelessWhile")
+    loop.attr["cond"].func.name = cond.signature.name
+    return graph
+
+
+def test_while_loop_names_lose_their_process_counters():
+    after, fresh = _graph_with_a_while_condition(2178), _graph_with_a_while_condition(163)
+    for graph in (after, fresh):
+        determinism.canonicalize_function_library(graph)
+        determinism.canonicalize_redundant_placeholders(graph)
+    assert after.SerializeToString(deterministic=True) == fresh.SerializeToString(deterministic=True)
+    cond = fresh.library.function[0]
+    assert fresh.node[0].attr["cond"].func.name == cond.signature.name == "__inference_rnn_while_cond_0_frozen_0"
+    assert [a.name for a in cond.signature.input_arg] == ["rnn_while_cond_0___redundant_placeholder0",
+                                                         "rnn_while_cond_0___redundant_placeholder1"]
+    assert cond.node_def[0].input[0] == "rnn_while_cond_0___redundant_placeholder1"
+
+
 def test_canonicalize_onnx_strips_docs_and_sorts_tables():
     import onnx
     from onnx import helper
