@@ -380,11 +380,13 @@ class ExportArchive:
             raise ExportError("SaveOptions apply on the tensorflow and jax backends only.", reason="bad_argument")
         t0 = time.monotonic()
         filepath = os.fspath(filepath)
-        plans, cases = self._plans(verify)
-        request = ExportRequest("archive", "tf_saved_model", "ExportArchive", self._backend, plans, cases,
+        request = ExportRequest("archive", "tf_saved_model", "ExportArchive", self._backend, [], CaseSet(),
                                 verify=verify, source=self, options=options, version=_version())
-        report, attempts = pipeline.run(request, filepath, strategies.DEFAULT_ORDER,
-                                        what=f"ExportArchive ({self._backend} backend)")
+        with strategies.worker_starting_now(strategies.DEFAULT_ORDER, request):
+            plans, cases = self._plans(verify)
+            request = dataclasses.replace(request, endpoints=plans, cases=cases)
+            report, attempts = pipeline.run(request, filepath, strategies.DEFAULT_ORDER,
+                                            what=f"ExportArchive ({self._backend} backend)")
         behaviors = {p.name: p.behavior for p in plans}
         behaviors.setdefault("serving_default", plans[0].behavior)
         endpoints = tuple(sig.Signature.from_json(e).with_behavior(behaviors.get(e["name"], behavior_lib.Behavior()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -20,8 +19,6 @@ from servekit.pipeline import core as pipeline
 from servekit.pipeline import reference
 from servekit.pipeline.cases import CaseSet
 from servekit.pipeline.request import EndpointPlan, ExportRequest
-from servekit.strategies.portable import PortableRebuild
-from servekit.worker import launch
 
 FORMATS = ("tf_saved_model", "onnx")
 DEFAULT_ENDPOINT_NAME = "serve"
@@ -151,16 +148,6 @@ def export(
     return export_formats(model, {fmt: filepath}, verbose=verbose, input_signature=input_signature, **kwargs)[fmt]
 
 
-def _worker_starting_now(chosen, request: ExportRequest) -> contextlib.AbstractContextManager:
-    """A warm export worker for this call when the portable rebuild will run
-    and none is open: it imports TensorFlow while this process probes the
-    model and computes the reference outputs (seconds in a fresh process)."""
-    portable = next((s for s in chosen if s.name == PortableRebuild.name), None)
-    if portable is not None and not portable.unavailable(request):
-        return launch.warm_worker()
-    return contextlib.nullcontext()
-
-
 def export_formats(
     model,
     destinations: Mapping[str, Any],
@@ -245,7 +232,7 @@ def export_formats(
     plan = EndpointPlan(DEFAULT_ENDPOINT_NAME, layout, output_names, fn=model, kwargs=backend_kwargs)
     request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], CaseSet(), verify=verify,
                             opset=opset, source=model, version=_version())
-    with _worker_starting_now(chosen, request):
+    with strategies.worker_starting_now(chosen, request):
         if verify:
             call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
                                      backend, model=model_name)

@@ -22,6 +22,8 @@ strategy whose artifact verifies wins (see `servekit.pipeline.core`).
 
 from __future__ import annotations
 
+import contextlib
+
 from servekit.strategies.cross_backend import CrossBackendRebuild
 from servekit.strategies.in_process import InProcess
 from servekit.strategies.portable import PortableRebuild
@@ -40,3 +42,16 @@ def resolve(strategy: str | None):
         raise ExportError(f"Unknown strategy {strategy!r}; expected 'auto' or one of {sorted(BY_NAME)}.",
                           reason="bad_argument")
     return (BY_NAME[strategy],)
+
+
+def worker_starting_now(chosen, request) -> contextlib.AbstractContextManager:
+    """A warm export worker for one export when the portable rebuild will run
+    (`request` needs no cases to tell) and none is open: it imports
+    TensorFlow while the caller probes the model and computes the reference
+    outputs, seconds in a fresh process."""
+    from servekit.worker import launch
+
+    portable = next((s for s in chosen if s.name == PortableRebuild.name), None)
+    if portable is not None and not portable.unavailable(request):
+        return launch.warm_worker()
+    return contextlib.nullcontext()
