@@ -59,14 +59,16 @@ def _import_and_freeze() -> None:
     created. (No collection before freezing: it would cost a fresh export
     those 0.2 s; the little import-time garbage lives as long as the process.)
     """
-    import onnxruntime  # noqa: F401
-    import tensorflow  # noqa: F401
-    import tf2onnx  # noqa: F401
+    try:
+        import onnxruntime  # noqa: F401
+        import tensorflow  # noqa: F401
+        import tf2onnx  # noqa: F401
 
-    from servekit import _write  # noqa: F401
-    from servekit import tf2onnx_handlers  # noqa: F401
-    from servekit.worker import run  # noqa: F401
-
+        from servekit import _write  # noqa: F401
+        from servekit import tf2onnx_handlers  # noqa: F401
+        from servekit.worker import run  # noqa: F401
+    except ImportError:
+        return  # a broken install: the first job imports it again and reports the error in full
     gc.freeze()
 
 
