@@ -17,9 +17,13 @@ import re
 from typing import Callable, Iterable
 
 _TRAILING_NUMBERS = re.compile(r"((?:_\d+)+)$")
-# While-loop conditions take unused loop variables as arguments named after the
-# condition function, with its counter number: `..._while_cond_163___redundant_placeholder0`.
-_REDUNDANT_PLACEHOLDER = re.compile(r"_(\d+)(___redundant_placeholder\d+)")
+# Names TF numbers with its process-wide counter, the number as group "n":
+# while-loop conditions' unused arguments (`..._while_cond_163___redundant_placeholder0`)
+# and lookup-table initializers (`key_value_init9/LookupTableImportV2`).
+_COUNTED_NAMES = (
+    re.compile(r"_(?P<n>\d+)___redundant_placeholder\d+"),
+    re.compile(r"(?:key_value_init|text_file_init)(?P<n>\d+)"),
+)
 _ONNX_COUNTER = re.compile(r"^(.*?)(__\d+)((?::\d+)?)$")
 
 
@@ -163,21 +167,43 @@ def canonicalize_user_specified_names(saved_model) -> None:
         a.s = str(rank[int(a.s)]).encode()
 
 
-def canonicalize_redundant_placeholders(message) -> None:
-    """Replaces the counter number in `___redundant_placeholder` argument
-    names (and every reference to them) by its rank among those numbers."""
-    numbers: set[int] = set()
+def canonicalize_counted_names(message) -> None:
+    """Replaces TF's counter numbers in argument and node names of lookup
+    tables and while loops (`_COUNTED_NAMES`), and numeric `shared_name`s of
+    lookup tables, by their rank: a table's name and shared name came from
+    how many tables and ops the process had made before (an export after
+    another model in a warm worker differed from a fresh one)."""
+    for pattern in _COUNTED_NAMES:
+        numbers: set[int] = set()
 
-    def collect(text: str) -> str:
-        numbers.update(int(m.group(1)) for m in _REDUNDANT_PLACEHOLDER.finditer(text))
-        return text
+        def collect(text: str, _pattern=pattern) -> str:
+            numbers.update(int(m.group("n")) for m in _pattern.finditer(text))
+            return text
 
-    _rewrite_strings(message, collect, bytes_fields=("s",))
-    if not numbers:
-        return
-    rank = {n: i for i, n in enumerate(sorted(numbers))}
-    _rewrite_strings(message, lambda text: _REDUNDANT_PLACEHOLDER.sub(
-        lambda m: f"_{rank[int(m.group(1))]}{m.group(2)}", text), bytes_fields=("s",))
+        _rewrite_strings(message, collect, bytes_fields=("s",))
+        if numbers:
+            rank = {n: str(i) for i, n in enumerate(sorted(numbers))}
+
+            def renumber(m, _rank=rank) -> str:
+                whole, offset = m.group(0), m.start()
+                return whole[:m.start("n") - offset] + _rank[int(m.group("n"))] + whole[m.end("n") - offset:]
+
+            _rewrite_strings(message, lambda text, _pattern=pattern, _renumber=renumber: _pattern.sub(_renumber, text),
+                             bytes_fields=("s",))
+    shared = [node.attr["shared_name"] for node in _all_node_defs(message)
+              if "shared_name" in node.attr and node.attr["shared_name"].s.isdigit()]
+    rank = {n: i for i, n in enumerate(sorted({int(a.s) for a in shared}))}
+    for attr in shared:
+        attr.s = str(rank[int(attr.s)]).encode()
+
+
+def _all_node_defs(message):
+    """The NodeDefs of a SavedModel's or GraphDef's graphs and functions."""
+    graphs = [mg.graph_def for mg in message.meta_graphs] if hasattr(message, "meta_graphs") else [message]
+    for graph in graphs:
+        yield from graph.node
+        for function in graph.library.function:
+            yield from function.node_def
 
 
 def canonicalize_saved_model_proto(saved_model) -> None:
@@ -191,7 +217,7 @@ def canonicalize_saved_model_proto(saved_model) -> None:
     mapping = canonical_function_names(n for n in names if n)
     if mapping:
         _rewrite_strings(saved_model, lambda s: mapping.get(s, s), bytes_fields=("s",))
-    canonicalize_redundant_placeholders(saved_model)
+    canonicalize_counted_names(saved_model)
     for mg in saved_model.meta_graphs:
         lib = mg.graph_def.library
         funcs = sorted(lib.function, key=lambda f: f.signature.name)

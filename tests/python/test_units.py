@@ -107,13 +107,41 @@ def test_while_loop_names_lose_their_process_counters():
     after, fresh = _graph_with_a_while_condition(2178), _graph_with_a_while_condition(163)
     for graph in (after, fresh):
         determinism.canonicalize_function_library(graph)
-        determinism.canonicalize_redundant_placeholders(graph)
+        determinism.canonicalize_counted_names(graph)
     assert after.SerializeToString(deterministic=True) == fresh.SerializeToString(deterministic=True)
     cond = fresh.library.function[0]
     assert fresh.node[0].attr["cond"].func.name == cond.signature.name == "__inference_rnn_while_cond_0_frozen_0"
     assert [a.name for a in cond.signature.input_arg] == ["rnn_while_cond_0___redundant_placeholder0",
                                                          "rnn_while_cond_0___redundant_placeholder1"]
     assert cond.node_def[0].input[0] == "rnn_while_cond_0___redundant_placeholder1"
+
+
+def _graph_with_a_lookup_table(uid: int):
+    """A StringLookup's table the way a process that has made `uid` ops writes it."""
+    from tensorflow.core.framework import graph_pb2
+
+    graph = graph_pb2.GraphDef()
+    table = graph.node.add(name="hash_table", op="HashTableV2")
+    table.attr["shared_name"].s = str(uid + 2).encode()
+    init = graph.library.function.add()
+    init.signature.name = "__inference__initializer_0"
+    init.signature.input_arg.add(name=f"key_value_init{uid}_lookuptableimportv2_keys")
+    node = init.node_def.add(name=f"key_value_init{uid}/LookupTableImportV2", op="LookupTableImportV2")
+    node.input.append(f"key_value_init{uid}_lookuptableimportv2_keys")
+    init.control_ret[node.name] = node.name
+    return graph
+
+
+def test_lookup_table_names_lose_their_process_counters():
+    after, fresh = _graph_with_a_lookup_table(2063), _graph_with_a_lookup_table(9)
+    for graph in (after, fresh):
+        determinism.canonicalize_counted_names(graph)
+    assert after.SerializeToString(deterministic=True) == fresh.SerializeToString(deterministic=True)
+    assert fresh.node[0].attr["shared_name"].s == b"0"
+    node = fresh.library.function[0].node_def[0]
+    assert node.name == "key_value_init0/LookupTableImportV2"
+    assert node.input[0] == fresh.library.function[0].signature.input_arg[0].name == "key_value_init0_lookuptableimportv2_keys"
+    assert dict(fresh.library.function[0].control_ret) == {node.name: node.name}
 
 
 def test_canonicalize_onnx_strips_docs_and_sorts_tables():
