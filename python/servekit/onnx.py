@@ -68,7 +68,7 @@ def _quiet():
 def _deterministic_tf2onnx():
     """Makes a conversion independent of what the process did before it.
 
-    Three things tf2onnx's optimizers depend on varied with the process'
+    Four things tf2onnx's optimizers depend on varied with the process'
     history, so an RNN's ONNX file changed with every conversion in one
     process (a warm worker), and between processes:
 
@@ -81,13 +81,29 @@ def _deterministic_tf2onnx():
     - TF names frozen functions `<name>_frozen_<uid>`: every graph grappler
       sees gets canonical function names first
       (`determinism.canonicalize_function_library`).
+    - The einsum optimizer names its constants after object ids
+      (`einsum140005827768144_ba_sum_axes`) and caches decompositions, with
+      those names, for the whole process: its names are numbered in order of
+      use, and its cache starts empty.
     """
+    import itertools
+    import weakref
+
     from tf2onnx import graph as tf2onnx_graph
     from tf2onnx import tf_loader
     from tf2onnx import utils
+    from tf2onnx.optimizer import einsum_optimizer
 
     original_optimize = tf_loader.tf_optimize
     original_extract = tf2onnx_graph.Graph.extract_sub_graph_nodes
+    original_einsum_name = einsum_optimizer.EinsumSubOp._onnx_name
+    einsum_numbers: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
+    next_number = itertools.count()
+
+    def einsum_name(op) -> str:  # tf2onnx: 'einsum%d_%s' % (id(self), ...), a memory address
+        if op not in einsum_numbers:
+            einsum_numbers[op] = next(next_number)
+        return "einsum%d_%s" % (einsum_numbers[op], op.name[:2])
 
     def tf_optimize(input_names, output_names, graph_def):
         determinism.canonicalize_function_library(graph_def)
@@ -98,13 +114,16 @@ def _deterministic_tf2onnx():
         return [node for node in self.get_nodes() if node in found]
 
     utils.INTERNAL_NAME = 1
+    einsum_optimizer.CachedEinsum.einsum_cache.clear()  # its entries hold names made in earlier conversions
     tf_loader.tf_optimize = tf_optimize
     tf2onnx_graph.Graph.extract_sub_graph_nodes = extract_sub_graph_nodes
+    einsum_optimizer.EinsumSubOp._onnx_name = einsum_name
     try:
         yield
     finally:
         tf_loader.tf_optimize = original_optimize
         tf2onnx_graph.Graph.extract_sub_graph_nodes = original_extract
+        einsum_optimizer.EinsumSubOp._onnx_name = original_einsum_name
 
 
 def _patch_tf2onnx() -> None:

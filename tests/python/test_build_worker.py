@@ -3,9 +3,10 @@
 A warm worker must write byte-identical export directories to a cold build
 tool process, answer a failing action with its full error and exit code 1,
 and then export the next model as if nothing had happened. The RNN (a while
-loop) and the text classifier (a lookup table) are there because their
-artifacts used to carry TF's process-wide counters, or nodes in memory-address
-order: they depended on what the worker had exported before.
+loop), the text classifier (a lookup table) and the transformer (einsum) are
+there because their artifacts used to carry TF's process-wide counters, object
+ids, or nodes in memory-address order: they depended on what the worker had
+exported before.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def _read_response(stream) -> tuple[int, str, int]:
 def test_warm_worker_matches_a_cold_process_and_survives_a_failure(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     cold, cold_rnn, cold_text = tmp_path / "cold", tmp_path / "cold_rnn", tmp_path / "cold_text"
-    for model, out_dir in (("mlp", cold), ("rnn", cold_rnn), ("text_classifier", cold_text)):
+    cold_transformer = tmp_path / "cold_transformer"
+    for model, out_dir in (("mlp", cold), ("rnn", cold_rnn), ("text_classifier", cold_text),
+                           ("transformer", cold_transformer)):
         subprocess.run([sys.executable, "-m", "servekit.build.build_tool", *_args(model, out_dir)], env=env,
                        check=True, capture_output=True)
 
@@ -109,6 +112,7 @@ def test_warm_worker_matches_a_cold_process_and_survives_a_failure(tmp_path):
             (_args("cnn", tmp_path / "cnn"), 0),
             (_args("rnn", tmp_path / "warm_rnn"), 0),
             (_args("text_classifier", tmp_path / "warm_text"), 0),
+            (_args("transformer", tmp_path / "warm_transformer"), 0),
             (_args("mlp", tmp_path / "warm_again"), 0),
             (["--model_file", str(MODELS / "mlp.py")], 0),  # bad arguments: argparse's message
         ]
@@ -122,8 +126,8 @@ def test_warm_worker_matches_a_cold_process_and_survives_a_failure(tmp_path):
         assert worker.wait(timeout=120) == 0  # a closed stdin ends the worker cleanly
 
     (ok_mlp, _, _), (broken_code, broken_output, _), (ok_cnn, _, _), (ok_rnn, _, _), (ok_text, _, _), \
-        (ok_again, _, _), (bad_code, bad_output, _) = answers
-    assert (ok_mlp, ok_cnn, ok_rnn, ok_text, ok_again) == (0, 0, 0, 0, 0), answers
+        (ok_transformer, _, _), (ok_again, _, _), (bad_code, bad_output, _) = answers
+    assert (ok_mlp, ok_cnn, ok_rnn, ok_text, ok_transformer, ok_again) == (0, 0, 0, 0, 0, 0), answers
     assert broken_code == 1
     assert "this model file is broken on purpose" in broken_output and "Traceback" in broken_output
     assert not (tmp_path / "broken").exists() or not any((tmp_path / "broken").iterdir())
@@ -132,6 +136,7 @@ def test_warm_worker_matches_a_cold_process_and_survives_a_failure(tmp_path):
     assert _same_tree(cold, tmp_path / "warm_again") == []
     assert _same_tree(cold_rnn, tmp_path / "warm_rnn") == []
     assert _same_tree(cold_text, tmp_path / "warm_text") == []
+    assert _same_tree(cold_transformer, tmp_path / "warm_transformer") == []
 
 
 @pytest.mark.parametrize("exit_code,output,request_id", [(0, "", 0), (1, "boom ✗", 7), (-1, "x" * 300, 2**31 - 1)])
