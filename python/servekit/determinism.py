@@ -143,12 +143,17 @@ def canonical_function_names(names: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def _user_specified_name_attrs(saved_model):
-    """Every `_user_specified_name` AttrValue (of nodes and function args)."""
-    key = "_user_specified_name"
-    for mg in saved_model.meta_graphs:
-        nodes = list(mg.graph_def.node)
-        for f in mg.graph_def.library.function:
+def _graphs(message):
+    """The GraphDefs of a SavedModel, or the GraphDef itself."""
+    return [mg.graph_def for mg in message.meta_graphs] if hasattr(message, "meta_graphs") else [message]
+
+
+def _attrs_named(message, key: str):
+    """Every AttrValue called `key` of the nodes, function nodes and function
+    arguments of a SavedModel's or GraphDef's graphs."""
+    for graph in _graphs(message):
+        nodes = list(graph.node)
+        for f in graph.library.function:
             nodes += list(f.node_def)
             for arg in f.arg_attr.values():
                 if key in arg.attr:
@@ -158,13 +163,18 @@ def _user_specified_name_attrs(saved_model):
                 yield node.attr[key]
 
 
-def canonicalize_user_specified_names(saved_model) -> None:
-    """Numeric `_user_specified_name`s are TF tensor ids (a process-wide
-    counter) of captured resources; replace each by its rank."""
-    attrs = [a for a in _user_specified_name_attrs(saved_model) if a.s.isdigit()]
+def _rank_numeric(attrs) -> None:
+    """Replaces each all-digit string value among `attrs` by its rank."""
+    attrs = [a for a in attrs if a.s.isdigit()]
     rank = {n: i for i, n in enumerate(sorted({int(a.s) for a in attrs}))}
     for a in attrs:
         a.s = str(rank[int(a.s)]).encode()
+
+
+def canonicalize_user_specified_names(saved_model) -> None:
+    """Numeric `_user_specified_name`s are TF tensor ids (a process-wide
+    counter) of captured resources; replace each by its rank."""
+    _rank_numeric(_attrs_named(saved_model, "_user_specified_name"))
 
 
 def canonicalize_counted_names(message) -> None:
@@ -173,37 +183,39 @@ def canonicalize_counted_names(message) -> None:
     lookup tables, by their rank: a table's name and shared name came from
     how many tables and ops the process had made before (an export after
     another model in a warm worker differed from a fresh one)."""
-    for pattern in _COUNTED_NAMES:
-        numbers: set[int] = set()
+    numbers: list[set[int]] = [set() for _ in _COUNTED_NAMES]
 
-        def collect(text: str, _pattern=pattern) -> str:
-            numbers.update(int(m.group("n")) for m in _pattern.finditer(text))
-            return text
+    def collect(text: str) -> str:
+        for found, pattern in zip(numbers, _COUNTED_NAMES):
+            found.update(int(m.group("n")) for m in pattern.finditer(text))
+        return text
 
-        _rewrite_strings(message, collect, bytes_fields=("s",))
-        if numbers:
-            rank = {n: str(i) for i, n in enumerate(sorted(numbers))}
+    _rewrite_strings(message, collect, bytes_fields=("s",))
+    ranks = [{n: str(i) for i, n in enumerate(sorted(found))} for found in numbers]
 
-            def renumber(m, _rank=rank) -> str:
-                whole, offset = m.group(0), m.start()
-                return whole[:m.start("n") - offset] + _rank[int(m.group("n"))] + whole[m.end("n") - offset:]
+    def renumber(text: str) -> str:
+        for rank, pattern in zip(ranks, _COUNTED_NAMES):
+            if rank:
+                text = pattern.sub(lambda m, _rank=rank: _with_number(m, _rank[int(m.group("n"))]), text)
+        return text
 
-            _rewrite_strings(message, lambda text, _pattern=pattern, _renumber=renumber: _pattern.sub(_renumber, text),
-                             bytes_fields=("s",))
-    shared = [node.attr["shared_name"] for node in _all_node_defs(message)
-              if "shared_name" in node.attr and node.attr["shared_name"].s.isdigit()]
-    rank = {n: i for i, n in enumerate(sorted({int(a.s) for a in shared}))}
-    for attr in shared:
-        attr.s = str(rank[int(attr.s)]).encode()
+    if any(ranks):
+        _rewrite_strings(message, renumber, bytes_fields=("s",))
+    _rank_numeric(_attrs_named(message, "shared_name"))
 
 
-def _all_node_defs(message):
-    """The NodeDefs of a SavedModel's or GraphDef's graphs and functions."""
-    graphs = [mg.graph_def for mg in message.meta_graphs] if hasattr(message, "meta_graphs") else [message]
-    for graph in graphs:
-        yield from graph.node
-        for function in graph.library.function:
-            yield from function.node_def
+def _with_number(match: re.Match, number: str) -> str:
+    """The text of `match` with its group "n" replaced by `number`."""
+    whole, offset = match.group(0), match.start()
+    return whole[:match.start("n") - offset] + number + whole[match.end("n") - offset:]
+
+
+def _rename_counted_functions(message, names) -> None:
+    """Renames the functions `names` of `message` by `canonical_function_names`,
+    and every reference to them."""
+    mapping = {old: new for old, new in canonical_function_names(n for n in names if n).items() if old != new}
+    if mapping:
+        _rewrite_strings(message, lambda s: mapping.get(s, s), bytes_fields=("s",))
 
 
 def canonicalize_saved_model_proto(saved_model) -> None:
@@ -214,9 +226,7 @@ def canonicalize_saved_model_proto(saved_model) -> None:
         names += [f.signature.name for f in lib.function]
         names += [g.function_name for g in lib.gradient] + [g.gradient_func for g in lib.gradient]
     canonicalize_user_specified_names(saved_model)
-    mapping = canonical_function_names(n for n in names if n)
-    if mapping:
-        _rewrite_strings(saved_model, lambda s: mapping.get(s, s), bytes_fields=("s",))
+    _rename_counted_functions(saved_model, names)
     canonicalize_counted_names(saved_model)
     for mg in saved_model.meta_graphs:
         lib = mg.graph_def.library
@@ -243,10 +253,7 @@ def canonicalize_function_library(graph_def) -> None:
     other bytes than in a fresh one. Called on every graph before grappler
     (`servekit.onnx`).
     """
-    names = [f.signature.name for f in graph_def.library.function]
-    mapping = {old: new for old, new in canonical_function_names(names).items() if old != new}
-    if mapping:
-        _rewrite_strings(graph_def, lambda s: mapping.get(s, s), bytes_fields=("s",))
+    _rename_counted_functions(graph_def, [f.signature.name for f in graph_def.library.function])
 
 
 def canonicalize_saved_model(export_dir: str) -> None:

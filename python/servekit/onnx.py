@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import itertools
 import logging
 import os
+import weakref
 from typing import Optional, Sequence
 
 from servekit import determinism
@@ -86,9 +88,6 @@ def _deterministic_tf2onnx():
       those names, for the whole process: its names are numbered in order of
       use, and its cache starts empty.
     """
-    import itertools
-    import weakref
-
     from tf2onnx import graph as tf2onnx_graph
     from tf2onnx import tf_loader
     from tf2onnx import utils
