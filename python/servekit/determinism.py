@@ -19,10 +19,12 @@ from typing import Callable, Iterable
 _TRAILING_NUMBERS = re.compile(r"((?:_\d+)+)$")
 # Names TF numbers with its process-wide counter, the number as group "n":
 # while-loop conditions' unused arguments (`..._while_cond_163___redundant_placeholder0`)
-# and lookup-table initializers (`key_value_init9/LookupTableImportV2`).
+# lookup-table initializers (`key_value_init9/LookupTableImportV2`) and the
+# gradient registrations of `tf.custom_gradient` (`CustomGradient-10164`).
 _COUNTED_NAMES = (
     re.compile(r"_(?P<n>\d+)___redundant_placeholder\d+"),
     re.compile(r"(?:key_value_init|text_file_init)(?P<n>\d+)"),
+    re.compile(r"^CustomGradient-(?P<n>\d+)$"),
 )
 _ONNX_COUNTER = re.compile(r"^(.*?)(__\d+)((?::\d+)?)$")
 
@@ -163,23 +165,59 @@ def _attrs_named(message, key: str):
                 yield node.attr[key]
 
 
-def _rank_numeric(attrs) -> None:
-    """Replaces each all-digit string value among `attrs` by its rank."""
+def _rank_numeric(attrs) -> dict[int, int]:
+    """Replaces each all-digit string value among `attrs` by its rank.
+
+    Returns:
+        The ranks, by the number they replaced.
+    """
     attrs = [a for a in attrs if a.s.isdigit()]
     rank = {n: i for i, n in enumerate(sorted({int(a.s) for a in attrs}))}
     for a in attrs:
         a.s = str(rank[int(a.s)]).encode()
+    return rank
 
 
 def canonicalize_user_specified_names(saved_model) -> None:
     """Numeric `_user_specified_name`s are TF tensor ids (a process-wide
-    counter) of captured resources; replace each by its rank."""
-    _rank_numeric(_attrs_named(saved_model, "_user_specified_name"))
+    counter) of captured resources; replace each by its rank.
+
+    A function argument for such a capture can carry the id in its name too
+    (`convnext_1_..._depthwise_conv_1_610`, a variable captured by an
+    XLA-compiled layer call): that suffix gets the same rank, and the
+    function's references to the argument follow.
+    """
+    numbered_args = []  # (function, argument, id) whose name ends in "_<id>"
+    for graph in _graphs(saved_model):
+        for f in graph.library.function:
+            for index, arg in enumerate(f.signature.input_arg):
+                attr = f.arg_attr[index].attr.get("_user_specified_name") if index in f.arg_attr else None
+                if attr is not None and attr.s.isdigit() and arg.name.endswith(f"_{int(attr.s)}"):
+                    numbered_args.append((f, arg, int(attr.s)))
+    rank = _rank_numeric(_attrs_named(saved_model, "_user_specified_name"))
+    renames: dict[int, dict[str, str]] = {}
+    for f, arg, number in numbered_args:
+        new_name = f"{arg.name[:-len(str(number))]}{rank[number]}"
+        renames.setdefault(id(f), {})[arg.name] = new_name
+    for f in {id(f): f for f, _, _ in numbered_args}.values():
+        mapping = renames[id(f)]
+        kept = {a.name for a in f.signature.input_arg} - set(mapping)
+        if len(set(mapping.values()) | kept) != len(f.signature.input_arg):
+            continue  # a new name would clash with another argument: keep this function's names
+        _rewrite_strings(f, lambda s, _m=mapping: _rename_reference(s, _m))
+
+
+def _rename_reference(text: str, mapping: dict[str, str]) -> str:
+    """`text` with a function-local name (`x`, `x:0`, `^x`) renamed by `mapping`."""
+    prefix = "^" if text.startswith("^") else ""
+    name, colon, rest = text[len(prefix):].partition(":")
+    return prefix + mapping[name] + colon + rest if name in mapping else text
 
 
 def canonicalize_counted_names(message) -> None:
     """Replaces TF's counter numbers in argument and node names of lookup
-    tables and while loops (`_COUNTED_NAMES`), and numeric `shared_name`s of
+    tables and while loops, in custom gradients' registered names
+    (`_COUNTED_NAMES`), and numeric `shared_name`s of
     lookup tables, by their rank: a table's name and shared name came from
     how many tables and ops the process had made before (an export after
     another model in a warm worker differed from a fresh one)."""

@@ -144,6 +144,72 @@ def test_lookup_table_names_lose_their_process_counters():
     assert dict(fresh.library.function[0].control_ret) == {node.name: node.name}
 
 
+def _save_module_with_counted_names(export_dir: str, traces_before: int) -> bytes:
+    """Saves, after `traces_before` unrelated traces, a module whose functions
+    capture a variable in an XLA-compiled call and register a custom gradient:
+    TF names the captured argument after its tensor id and the gradient
+    `CustomGradient-<uid>`, both process-wide counters. Returns the canonical
+    `saved_model.pb`."""
+    import tensorflow as tf
+
+    for i in range(traces_before):
+        tf.function(lambda x: x * 2.0 + i).get_concrete_function(tf.TensorSpec([None], tf.float32))
+
+    @tf.custom_gradient
+    def clipped_identity(x):
+        return tf.identity(x), lambda dy: tf.clip_by_value(dy, -1.0, 1.0)
+
+    @tf.function(jit_compile=True)
+    def compiled_matmul(x, kernel):  # a variable argument, as Keras passes a layer's to a compiled call
+        return tf.matmul(x, kernel)
+
+    class Module(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.kernel = tf.Variable(tf.ones([3, 3]), name="kernel")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def serve(self, x):
+            with tf.name_scope("block"):
+                return clipped_identity(compiled_matmul(x, self.kernel))
+
+    module = Module()
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+    determinism.canonicalize_saved_model(export_dir)
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        return f.read()
+
+
+def test_captured_arguments_and_custom_gradients_lose_their_process_counters(tmp_path):
+    import tensorflow as tf
+
+    first = _save_module_with_counted_names(str(tmp_path / "first"), traces_before=0)
+    after = _save_module_with_counted_names(str(tmp_path / "after"), traces_before=25)
+    assert first == after
+    assert b"CustomGradient-0" in first
+    loaded = tf.saved_model.load(str(tmp_path / "after"))
+    x = tf.constant([[1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(loaded.signatures["serving_default"](x=x)["output_0"], [[6.0, 6.0, 6.0]])
+
+
+def test_argument_names_keep_digits_that_are_not_their_tensor_id():
+    from tensorflow.core.framework import graph_pb2
+
+    graph = graph_pb2.GraphDef()
+    fn = graph.library.function.add()
+    fn.signature.name = "__inference_serve_0"
+    for index, (name, user_name) in enumerate((("dense_1", "dense_1"), ("conv_7", "12"), ("cap_610", "610"))):
+        fn.signature.input_arg.add(name=name)
+        fn.arg_attr[index].attr["_user_specified_name"].s = user_name.encode()
+    fn.node_def.add(name="add", op="AddV2", input=["dense_1", "cap_610:0"])
+    fn.ret["out"] = "cap_610"
+    determinism.canonicalize_user_specified_names(graph)
+    assert [a.name for a in fn.signature.input_arg] == ["dense_1", "conv_7", "cap_1"]
+    assert list(fn.node_def[0].input) == ["dense_1", "cap_1:0"]
+    assert fn.ret["out"] == "cap_1"
+    assert [fn.arg_attr[i].attr["_user_specified_name"].s for i in range(3)] == [b"dense_1", b"0", b"1"]
+
+
 def test_canonicalize_onnx_strips_docs_and_sorts_tables():
     import onnx
     from onnx import helper
