@@ -24,6 +24,8 @@ digests() {  # clone_dir -> "sha256  path" of every file of every export built
    find . -name manifest.json -not -path '*.runfiles/*' -printf '%h\n' | sort |
      while read -r export_dir; do find "$export_dir" -type f; done |
      sort | xargs -r sha256sum)
+  # Its persistent workers hold GBs: the second clone must not build beside them.
+  (cd "$clone" && bazel shutdown >/dev/null 2>&1 || true)
 }
 
 for dir in "$WORK/a/clone" "$WORK/b/deeper/clone"; do
