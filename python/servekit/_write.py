@@ -54,11 +54,13 @@ def _write_and_verify(
     """Builds the endpoints once, writes every format at its staging path,
     reloads each artifact and compares it with the cases.
 
-    The SavedModel is written first (at `outputs["tf_saved_model"]`, or in
-    `scratch_dir` when only ONNX is asked for) and verified; the ONNX model is
-    converted from that same SavedModel, so both formats cost one trace. A
-    SavedModel written only to be converted is verified only when the ONNX
-    model fails (to tell a wrong twin from a wrong conversion).
+    The endpoints are traced once. The SavedModel, when asked for, is
+    written and verified first; the ONNX model is converted from the same
+    traced module, in memory (`servekit.onnx.convert_module`: the graph
+    tf2onnx would load back from that SavedModel). Asked for ONNX only, no
+    SavedModel is written unless the ONNX model fails: then its twin is
+    written in `scratch_dir` and checked, to tell a wrong trace from a wrong
+    conversion.
 
     Args:
         outputs: format -> staging path ("tf_saved_model", "onnx").
@@ -71,34 +73,29 @@ def _write_and_verify(
     """
     t0 = time.monotonic()
     built = sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
-    sm_dir = outputs.get("tf_saved_model") or os.path.join(scratch_dir, "twin_saved_model")
-    sk_sm.save(built, sm_dir)
     sm_report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
-    # Asked for ONNX only, the SavedModel twin is checked only if the ONNX
-    # model fails, to say which step broke: reloading it costs as much as
-    # converting it.
+    if "tf_saved_model" in outputs:
+        sk_sm.save(built, outputs["tf_saved_model"])
     if cases and "tf_saved_model" in outputs:
-        comps = verification.check_saved_model(sm_dir, cases)
+        comps = verification.check_saved_model(outputs["tf_saved_model"], cases)
         sm_report["comparisons"] = [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
         if not all(c.ok for c in comps):
-            reports = {}
-            if "tf_saved_model" in outputs:
-                reports["tf_saved_model"] = dict(sm_report, **verification.failure(comps, "SavedModel"))
+            reports = {"tf_saved_model": dict(sm_report, **verification.failure(comps, "SavedModel"))}
             if "onnx" in outputs:
                 reports["onnx"] = dict(sm_report, **verification.failure(
                     comps, "SavedModel (from which the ONNX model is converted)"))
             return reports
     reports: dict[str, dict[str, Any]] = {}
     if "tf_saved_model" in outputs:
-        sm_report["files"] = artifact_files(sm_dir)
+        sm_report["files"] = artifact_files(outputs["tf_saved_model"])
         sm_report["seconds"] = time.monotonic() - t0
         reports["tf_saved_model"] = sm_report
     if "onnx" in outputs:
         t1 = time.monotonic()
         output = outputs["onnx"]
         serving = built.endpoints[0]
-        proto = sk_onnx.convert_saved_model(sm_dir, serving, opset=opset, layer_names=layer_names,
-                                            model_name=model_name, producer_version=version)
+        proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names,
+                                       model_name=model_name, producer_version=version)
         sk_onnx.write_onnx(proto, output)
         report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "opset": sk_onnx._opset_of(proto),
                                   "comparisons": list(sm_report["comparisons"])}
@@ -109,7 +106,9 @@ def _write_and_verify(
             if not all(c.ok for c in comps):
                 report.update(verification.failure(comps, "ONNX model"))
                 if "tf_saved_model" not in outputs:
-                    twin = verification.check_saved_model(sm_dir, serving_cases)
+                    twin_dir = os.path.join(scratch_dir, "twin_saved_model")
+                    sk_sm.save(built, twin_dir)
+                    twin = verification.check_saved_model(twin_dir, serving_cases)
                     if not all(c.ok for c in twin):
                         report.update(verification.failure(twin, "SavedModel (from which the ONNX model is converted)"))
         if report["ok"]:

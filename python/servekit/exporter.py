@@ -159,8 +159,8 @@ def export_formats(
 
     The model is probed and its verification cases computed once, and the
     portable rebuild writes every format in one worker job, converting the
-    ONNX model from the SavedModel it has just written: two formats cost
-    little more than one. Nothing is moved into place unless every format
+    ONNX model in memory from the module it traced for the SavedModel: two
+    formats cost little more than one. Nothing is moved into place unless every format
     verifies.
 
     Args:

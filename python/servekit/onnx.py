@@ -1,9 +1,12 @@
-"""ONNX export: converting the SavedModel twin with tf2onnx, then tidying.
+"""ONNX export: converting the SavedModel's serving signature with tf2onnx, then tidying.
 
 The ONNX model is converted from the `serving_default` signature of the
-SavedModel servekit writes first, through tf2onnx's saved-model path (which
-also converts lookup tables: `LookupTableFindV2` becomes an ai.onnx.ml
-`LabelEncoder` on the table's keys and values). Afterwards:
+SavedModel servekit builds: in memory from the traced module
+(`convert_module`, the export worker: no SavedModel written and loaded back
+just to be converted), or from a SavedModel on disk (`convert_saved_model`).
+Both freeze the graph tf2onnx's saved-model path would (which also converts
+lookup tables: `LookupTableFindV2` becomes an ai.onnx.ml `LabelEncoder` on
+the table's keys and values), and give the same ONNX model. Afterwards:
 
 - graph inputs and outputs are named exactly like the signature keys and
   ordered like the model's inputs and outputs;
@@ -170,15 +173,86 @@ def convert_saved_model(
     Raises:
         ExportError: an op has no ONNX equivalent, or conversion failed.
     """
+    from tf2onnx import tf_loader
+
+    def freeze(road: str):
+        return tf_loader.from_saved_model(
+            saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
+            return_initialized_tables=True, return_tensors_to_rename=True, large_model=road == "lean")
+
+    return _convert(freeze, _variables_bytes(saved_model_dir), endpoint, opset, layer_names, model_name,
+                    producer_version)
+
+
+def convert_module(
+    built,
+    endpoint: sig.Signature,
+    opset: Optional[int] = None,
+    layer_names: Sequence[str] = (),
+    model_name: str = "model",
+    producer_version: str = "0",
+):
+    """Converts one endpoint of a module servekit traced to an ONNX `ModelProto`,
+    without writing it as a SavedModel.
+
+    The signature function is called from a new function, as a loaded
+    SavedModel's signature calls the saved one, and frozen with the module's
+    variables and tables: the graph tf2onnx gets is the one it would load back
+    from the module's SavedModel, node names included, so the ONNX model is
+    the one `convert_saved_model` gives for that SavedModel. (Only the
+    functions of loops and conditionals keep their traced names, which a
+    loaded SavedModel prefixes with `__inference_`: an RNN's ONNX node names
+    differ.) Writing the SavedModel and loading it back cost an ONNX-only
+    export of a small model half its time.
+
+    Args:
+        built: the module (`servekit.saved_model.build_module`).
+        endpoint: the signature to convert (one of `built.endpoints`).
+        opset, layer_names, model_name, producer_version: as for
+            `convert_saved_model`.
+
+    Returns:
+        The ONNX `ModelProto`.
+
+    Raises:
+        ExportError: an op has no ONNX equivalent, or conversion failed.
+    """
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+
+    signature_fn = built.signatures[endpoint.name]
+    specs, _ = signature_fn.structured_input_signature  # flat, named like the signature's inputs
+
+    def freeze(road: str):
+        # A new caller per road: tf2onnx's freezing takes the tables out of
+        # the function's captures and, on TF 2.13+, never puts them back.
+        caller = tf.function(lambda *flat: signature_fn(*flat), autograph=False)
+        function = caller.get_concrete_function(*specs)
+        inputs = [t.name for t in function.inputs][:len(specs)]  # then come the captures
+        outputs = [t.name for t in function.outputs]
+        renames = dict(zip(inputs, (s.name for s in specs)))
+        renames.update(zip(outputs, sorted(function.structured_outputs)))
+        graph_def, tables = tf_loader.from_trackable(built.root, function, inputs, outputs, road == "lean")
+        return graph_def, inputs, outputs, tables, renames
+
+    weight_bytes = sum(v.shape.num_elements() * v.dtype.size for v in signature_fn.variables)
+    return _convert(freeze, weight_bytes, endpoint, opset, layer_names, model_name, producer_version)
+
+
+def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional[int], layer_names: Sequence[str],
+             model_name: str, producer_version: str):
+    """`freeze(road)` -> (frozen GraphDef, input and output tensor names,
+    initialized tables, tensor renames), as tf2onnx's loaders return them;
+    converted by the first of `_roads(weight_bytes)` that works, then tidied."""
     _patch_tf2onnx()
     from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
 
     opset = opset or DEFAULT_OPSET
     with _quiet() as chatter, _deterministic_tf2onnx():
-        roads = _roads(_variables_bytes(saved_model_dir))
+        roads = _roads(weight_bytes)
         for attempt, road in enumerate(roads, 1):
             try:
-                model_proto = _tf2onnx(saved_model_dir, endpoint, opset, road)
+                model_proto = _tf2onnx(freeze, endpoint, opset, road)
                 break
             except ExportError:
                 raise
@@ -199,7 +273,7 @@ def convert_saved_model(
 
 
 def _roads(weight_bytes: int) -> tuple[str, ...]:
-    """How to convert a SavedModel with this many bytes of variables, in order:
+    """How to convert a model with this many bytes of variables, in order:
 
     - "plain": tf2onnx as it is (small models: its copies of each constant
       cost little, and its constant folding through weights keeps the graph
@@ -216,16 +290,14 @@ def _roads(weight_bytes: int) -> tuple[str, ...]:
     return ("plain",)
 
 
-def _tf2onnx(saved_model_dir: str, endpoint: sig.Signature, opset: int, road: str):
-    """Converts the SavedModel's `endpoint` by one of `_roads`: the ONNX
+def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
+    """Converts the graph `freeze(road)` gives by one of `_roads`: the ONNX
     `ModelProto`, with tf2onnx's names (`_impose_signature` renames them)."""
     import tensorflow as tf
     from tf2onnx import tf_loader
     from tf2onnx.convert import _convert_common
 
-    graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-        saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
-        return_initialized_tables=True, return_tensors_to_rename=True, large_model=road == "lean")
+    graph_def, inputs, outputs, tables, renames = freeze(road)
     lifted: dict[str, tuple[int, list[int], bytes]] = {}
     if road == "plain":
         graph_def = _inline_xla_calls(graph_def, inputs, outputs)

@@ -101,8 +101,8 @@ def run_formats(
 
     Each format gets the first strategy that verifies it. A strategy with a
     `write_formats` method gets every format it can try in one call (the
-    portable rebuild converts the ONNX model from the SavedModel it has just
-    written). Artifacts are committed only once every format has one, so a
+    portable rebuild converts the ONNX model from the module it has just
+    traced and saved). Artifacts are committed only once every format has one, so a
     format that no strategy produces leaves nothing on disk.
 
     Args:
