@@ -302,7 +302,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
     if road == "plain":
         graph_def = _inline_xla_calls(graph_def, inputs, outputs)
     else:
-        gc.collect()  # the SavedModel tf2onnx loaded sits in reference cycles: a copy of every weight
+        gc.collect()  # what tf2onnx loaded or froze sits in reference cycles: a copy of every weight
         if road == "lean":  # what tf2onnx's regular freezing repairs
             graph_def = tf_loader.fix_freezing_errors(tf_loader.fix_freezing_errors_part2(graph_def))
         lifted = _lift_weights(graph_def)
