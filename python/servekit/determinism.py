@@ -294,6 +294,22 @@ def canonicalize_function_library(graph_def) -> None:
     _rename_counted_functions(graph_def, [f.signature.name for f in graph_def.library.function])
 
 
+def canonicalize_capture_names(graph_def) -> None:
+    """Renames a frozen GraphDef's nodes named by a number to their rank, in place.
+
+    A function traced in memory names the placeholders of the variables it
+    captures after TF ids that depend on what the process made before; a
+    frozen graph turns them into constants of those names, and the weights
+    servekit lifts out of large models keep them as ONNX initializer names
+    (`81:0` in a fresh worker, `427:0` after a CNN). A SavedModel loaded back
+    names them `unknown`, `unknown_0`, ... instead.
+    """
+    numbers = sorted({int(node.name) for node in graph_def.node if node.name.isdigit()})
+    mapping = {str(n): str(rank) for rank, n in enumerate(numbers) if str(n) != str(rank)}
+    if mapping:
+        _rewrite_strings(graph_def, lambda s: _rename_reference(s, mapping))
+
+
 def canonicalize_saved_model(export_dir: str) -> None:
     """Rewrites `saved_model.pb` canonically and regenerates `fingerprint.pb`.
 

@@ -233,6 +233,7 @@ def convert_module(
         renames = dict(zip(inputs, (s.name for s in specs)))
         renames.update(zip(outputs, sorted(function.structured_outputs)))
         graph_def, tables = tf_loader.from_trackable(built.root, function, inputs, outputs, road == "lean")
+        determinism.canonicalize_capture_names(graph_def)
         return graph_def, inputs, outputs, tables, renames
 
     weight_bytes = sum(v.shape.num_elements() * v.dtype.size for v in signature_fn.variables)

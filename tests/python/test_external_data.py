@@ -115,3 +115,18 @@ def test_weights_are_lifted_in_models_with_tables_and_random_layers(tmp_path, mo
     artifact = servekit.export(model, target, format="onnx", verbose=False)
     assert target.is_file() and artifact.strategy == "portable_rebuild"
 
+
+
+def test_lifted_weights_do_not_depend_on_earlier_exports(tmp_path):
+    # One warm worker exports the model, another model, then the model again: the
+    # lifted weights' names once carried TF ids that moved in between.
+    from servekit.worker.launch import warm_worker
+
+    first, second = tmp_path / "first.onnx", tmp_path / "second.onnx"
+    small = keras.Sequential([keras.Input((8,), name="x"), keras.layers.Dense(3, name="out")], name="small")
+    with warm_worker():
+        servekit.export(_model(), first, format="onnx", verbose=False)
+        servekit.export(small, tmp_path / "small.onnx", format="onnx", verbose=False)
+        servekit.export(_model(), second, format="onnx", verbose=False)
+    for name in (sk_onnx.MODEL_FILE, sk_onnx.DATA_FILE):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), f"{name} differs"
