@@ -333,7 +333,7 @@ def _serve_bazel(protocol_out: BinaryIO) -> int:
                 os.chdir(cwd)
         return code, output.getvalue()
 
-    return persistent_worker.serve(handle, sys.stdin.buffer, protocol_out)
+    return persistent_worker.serve(handle, sys.stdin.buffer, protocol_out, after_response=isolation.release_memory)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

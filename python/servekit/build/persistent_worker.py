@@ -136,13 +136,16 @@ def encode_work_response(exit_code: int, output: str, request_id: int = 0) -> by
     return _varint(len(body)) + body
 
 
-def serve(handle: Callable[[WorkRequest], tuple[int, str]], requests: BinaryIO, responses: BinaryIO) -> int:
+def serve(handle: Callable[[WorkRequest], tuple[int, str]], requests: BinaryIO, responses: BinaryIO,
+          after_response: Callable[[], None] = lambda: None) -> int:
     """Answers requests until Bazel closes stdin.
 
     Args:
         handle: runs one action; returns its exit code and the output Bazel
             shows for it (all of it on failure).
         requests, responses: the worker's binary stdin and (saved) stdout.
+        after_response: called after each response, while Bazel waits on
+            other workers, not this one.
 
     Returns:
         The process exit code: 0 when Bazel closed the stream.
@@ -154,3 +157,4 @@ def serve(handle: Callable[[WorkRequest], tuple[int, str]], requests: BinaryIO, 
         exit_code, output = handle(request)
         responses.write(encode_work_response(exit_code, output, request.request_id))
         responses.flush()
+        after_response()

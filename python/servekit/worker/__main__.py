@@ -107,7 +107,7 @@ def _serve() -> int:
             os.close(log)
         protocol.write("done\n")
         protocol.flush()
-        gc.collect()  # the job's objects, while the source process is not waiting on this one
+        isolation.release_memory()  # while the source process is not waiting on this one
     return 0
 
 
