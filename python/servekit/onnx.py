@@ -6,7 +6,8 @@ SavedModel servekit builds: in memory from the traced module
 just to be converted), or from a SavedModel on disk (`convert_saved_model`).
 Both freeze the graph tf2onnx's saved-model path would (which also converts
 lookup tables: `LookupTableFindV2` becomes an ai.onnx.ml `LabelEncoder` on
-the table's keys and values), and give the same ONNX model. Afterwards:
+the table's keys and values), and give the same ONNX model but for a few
+names (`convert_module`). Afterwards:
 
 - graph inputs and outputs are named exactly like the signature keys and
   ordered like the model's inputs and outputs;
@@ -199,11 +200,14 @@ def convert_module(
     SavedModel's signature calls the saved one, and frozen with the module's
     variables and tables: the graph tf2onnx gets is the one it would load back
     from the module's SavedModel, node names included, so the ONNX model is
-    the one `convert_saved_model` gives for that SavedModel. (Only the
-    functions of loops and conditionals keep their traced names, which a
-    loaded SavedModel prefixes with `__inference_`: an RNN's ONNX node names
-    differ.) Writing the SavedModel and loading it back cost an ONNX-only
-    export of a small model half its time.
+    the one `convert_saved_model` gives for that SavedModel, but for two
+    kinds of names: the functions of loops and conditionals keep their traced
+    names, which a loaded SavedModel prefixes with `__inference_` (an RNN's
+    node names), and captured variables are named by rank
+    (`determinism.canonicalize_capture_names`), where a loaded SavedModel
+    says `unknown_<n>` (the lifted weights of models over 64 MiB). Writing
+    the SavedModel and loading it back cost an ONNX-only export of a small
+    model half its time.
 
     Args:
         built: the module (`servekit.saved_model.build_module`).
