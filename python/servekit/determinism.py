@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 _TRAILING_NUMBERS = re.compile(r"((?:_\d+)+)$")
 # Names TF numbers with its process-wide counter, the number as group "n":
@@ -195,12 +195,10 @@ def canonicalize_user_specified_names(saved_model) -> None:
                 if attr is not None and attr.s.isdigit() and arg.name.endswith(f"_{int(attr.s)}"):
                     numbered_args.append((f, arg, int(attr.s)))
     rank = _rank_numeric(_attrs_named(saved_model, "_user_specified_name"))
-    renames: dict[int, dict[str, str]] = {}
+    renames: dict[int, tuple[Any, dict[str, str]]] = {}  # id(function) -> (function, old -> new name)
     for f, arg, number in numbered_args:
-        new_name = f"{arg.name[:-len(str(number))]}{rank[number]}"
-        renames.setdefault(id(f), {})[arg.name] = new_name
-    for f in {id(f): f for f, _, _ in numbered_args}.values():
-        mapping = renames[id(f)]
+        renames.setdefault(id(f), (f, {}))[1][arg.name] = f"{arg.name[:-len(str(number))]}{rank[number]}"
+    for f, mapping in renames.values():
         kept = {a.name for a in f.signature.input_arg} - set(mapping)
         if len(set(mapping.values()) | kept) != len(f.signature.input_arg):
             continue  # a new name would clash with another argument: keep this function's names
