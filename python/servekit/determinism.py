@@ -165,6 +165,12 @@ def _attrs_named(message, key: str):
                 yield node.attr[key]
 
 
+def _ranks(numbers: Iterable[int]) -> dict[int, int]:
+    """Each distinct number's rank among them: counter values that depend on
+    what the process did before become the same small numbers in any process."""
+    return {n: rank for rank, n in enumerate(sorted(set(numbers)))}
+
+
 def _rank_numeric(attrs) -> dict[int, int]:
     """Replaces each all-digit string value among `attrs` by its rank.
 
@@ -172,7 +178,7 @@ def _rank_numeric(attrs) -> dict[int, int]:
         The ranks, by the number they replaced.
     """
     attrs = [a for a in attrs if a.s.isdigit()]
-    rank = {n: i for i, n in enumerate(sorted({int(a.s) for a in attrs}))}
+    rank = _ranks(int(a.s) for a in attrs)
     for a in attrs:
         a.s = str(rank[int(a.s)]).encode()
     return rank
@@ -227,12 +233,12 @@ def canonicalize_counted_names(message) -> None:
         return text
 
     _rewrite_strings(message, collect, bytes_fields=("s",))
-    ranks = [{n: str(i) for i, n in enumerate(sorted(found))} for found in numbers]
+    ranks = [_ranks(found) for found in numbers]
 
     def renumber(text: str) -> str:
         for rank, pattern in zip(ranks, _COUNTED_NAMES):
             if rank:
-                text = pattern.sub(lambda m, _rank=rank: _with_number(m, _rank[int(m.group("n"))]), text)
+                text = pattern.sub(lambda m, _rank=rank: _with_number(m, str(_rank[int(m.group("n"))])), text)
         return text
 
     if any(ranks):
@@ -302,8 +308,8 @@ def canonicalize_capture_names(graph_def) -> None:
     (`81:0` in a fresh worker, `427:0` after a CNN). A SavedModel loaded back
     names them `unknown`, `unknown_0`, ... instead.
     """
-    numbers = sorted({int(node.name) for node in graph_def.node if node.name.isdigit()})
-    mapping = {str(n): str(rank) for rank, n in enumerate(numbers) if str(n) != str(rank)}
+    ranks = _ranks(int(node.name) for node in graph_def.node if node.name.isdigit())
+    mapping = {str(n): str(rank) for n, rank in ranks.items() if n != rank}
     if mapping:
         _rewrite_strings(graph_def, lambda s: _rename_reference(s, mapping))
 
@@ -448,7 +454,7 @@ def canonicalize_onnx(model, producer_version: str) -> None:
             note(node.name)
             for n in list(node.input) + list(node.output):
                 note(n)
-    rank = {stem: {n: i for i, n in enumerate(sorted(set(nums)))} for stem, nums in counters.items()}
+    rank = {stem: _ranks(nums) for stem, nums in counters.items()}
 
     def rename(name: str) -> str:
         m = _ONNX_COUNTER.match(name)
