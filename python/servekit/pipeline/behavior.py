@@ -180,6 +180,9 @@ def probe(call: Callable[[Sequence[np.ndarray]], list[np.ndarray]], flat_inputs:
           variables: Sequence[Any]) -> Behavior:
     """Calls an endpoint `PROBE_CALLS` times on the same inputs and says how it behaved.
 
+    The first call runs from the variables' current state (callers reuse its
+    outputs for an exact endpoint).
+
     Args:
         call: runs the source endpoint on flat inputs, returns flat outputs.
         flat_inputs: one generated case.
