@@ -5,7 +5,8 @@ Inverted residuals, depthwise convolutions, ReLU6, BatchNormalization.
 """
 
 import keras
-import numpy as np
+
+from calibration import calibrate_batch_norm  # models/calibration.py, in the target's data
 
 
 def build_model() -> keras.Model:
@@ -15,21 +16,3 @@ def build_model() -> keras.Model:
     calibrate_batch_norm(model)
     return model
 
-
-def calibrate_batch_norm(model: keras.Model, image_shape=(32, 32, 3)) -> None:
-    """Gives every BatchNormalization the statistics of the activations it sees.
-
-    With random weights, the moving statistics stay at mean 0 and variance 1,
-    activations shrink layer after layer, and the network answers the same
-    for every input (a verification of a constant proves nothing). One
-    training-mode pass on seeded random images with momentum 0 sets each
-    layer's statistics to those of its actual inputs, as training would.
-    """
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momentums = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    images = np.random.default_rng(0).standard_normal((16,) + tuple(image_shape)).astype("float32")
-    model(images, training=True)
-    for layer, momentum in zip(layers, momentums):
-        layer.momentum = momentum

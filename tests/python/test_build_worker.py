@@ -139,6 +139,71 @@ def test_warm_worker_matches_a_cold_process_and_survives_a_failure(tmp_path):
     assert _same_tree(cold_transformer, tmp_path / "warm_transformer") == []
 
 
+HELPER_LAYERS = '''
+import keras
+
+OFFSET = {offset}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class Shift(keras.layers.Layer):
+    def call(self, x):
+        return x + OFFSET
+'''
+
+MODEL_WITH_HELPERS = '''
+import keras
+
+import sizes  # a sibling module
+from zoo.layers import Shift  # from the repository root, as Bazel's Python rules import
+
+
+def build_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(3,), name="features")
+    outputs = keras.layers.Dense(sizes.UNITS, name="logits")(Shift(name="shift")(inputs))
+    return keras.Model(inputs, outputs, name="with_helpers")
+'''
+
+
+def test_model_files_import_their_helpers_afresh_in_a_warm_worker(tmp_path):
+    """A model file imports modules beside it and from its repository root
+    (the `data` of its target), the export worker rebuilds their custom layers,
+    and an edited helper is imported again by the next action of a warm worker."""
+    repo = tmp_path / "repo"
+    (repo / "zoo").mkdir(parents=True)
+    (repo / "zoo" / "model.py").write_text(MODEL_WITH_HELPERS)
+    (repo / "zoo" / "sizes.py").write_text("UNITS = 2\n")
+    layers = repo / "zoo" / "layers.py"
+    layers.write_text(HELPER_LAYERS.format(offset="1.0"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), PYTHONDONTWRITEBYTECODE="1")
+
+    def args(out: str) -> list[str]:
+        return ["--model_file", "zoo/model.py", "--name", "with_helpers", "--backend", BACKEND,
+                "--out_dir", str(tmp_path / out)]
+
+    worker = subprocess.Popen([sys.executable, "-m", "servekit.build.build_tool", "--persistent_worker"],
+                              cwd=repo, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    try:
+        answers = []
+        for out, offset in (("before", None), ("after", "25.0")):
+            if offset:
+                layers.write_text(HELPER_LAYERS.format(offset=offset))
+            worker.stdin.write(_request(args(out)))
+            worker.stdin.flush()
+            answers.append(_read_response(worker.stdout))
+    finally:
+        worker.stdin.close()
+        assert worker.wait(timeout=120) == 0
+    assert [code for code, _, _ in answers] == [0, 0], answers
+    subprocess.run([sys.executable, "-m", "servekit.build.build_tool", *args("cold_after")], cwd=repo, env=env,
+                   check=True, capture_output=True)
+    assert _same_tree(tmp_path / "cold_after", tmp_path / "after") == []
+    reference = "reference/serving_default.b1.out.logits.npy"
+    assert not filecmp.cmp(tmp_path / "before" / reference, tmp_path / "after" / reference, shallow=False)
+
+
 @pytest.mark.parametrize("exit_code,output,request_id", [(0, "", 0), (1, "boom ✗", 7), (-1, "x" * 300, 2**31 - 1)])
 def test_work_response_decodes_with_protobuf(exit_code, output, request_id):
     cls = _message_class("WorkResponse", _WORK_RESPONSE)

@@ -88,6 +88,8 @@ def _load_model_file(path: pathlib.Path) -> types.ModuleType:
         raise ValueError(f"Cannot import model file {path}: not a Python file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # the portable rebuild re-imports its classes by module name
+    if str(path.parent) not in sys.path:  # its helper modules (models/calibration.py), as the build tool finds them
+        sys.path.insert(0, str(path.parent))
     spec.loader.exec_module(module)
     if not hasattr(module, "build_model"):
         raise ValueError(f"Model file {path} defines no build_model(). Add `def build_model() -> keras.Model`.")

@@ -21,6 +21,7 @@ those of a fresh process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import pathlib
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Any, BinaryIO, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Mapping, Optional, Sequence
 from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
@@ -40,6 +41,41 @@ from servekit.signature import ExportedArtifact, Signature
 
 # Every random choice of an export derives from this seed.
 SEED = 1337
+
+
+def source_roots(model_file: pathlib.Path) -> list[str]:
+    """Where the model file's own imports are found: its directory (sibling
+    modules, `import layers`, as for a script) and the root of its Bazel
+    repository (`from models.layers import Scale`, as `py_library` code
+    imports). Both must be among the action's inputs (`data`).
+
+    Relative paths are resolved from the working directory, the execution
+    root of the action: `external/<repo>/...` and `../<repo>/...` are files of
+    another repository, whose root is that directory.
+    """
+    base = pathlib.Path(os.getcwd())
+    parts = model_file.parts
+    if model_file.is_absolute():
+        root = base
+    elif len(parts) > 2 and parts[0] in ("external", ".."):
+        root = base / parts[0] / parts[1]
+    else:
+        root = base
+    here = (base / model_file).parent
+    return list(dict.fromkeys(os.path.normpath(p) for p in (here, root)))
+
+
+@contextlib.contextmanager
+def model_imports(model_file: pathlib.Path) -> Iterator[None]:
+    """`source_roots(model_file)` first on `sys.path` in the block: the model
+    file's imports resolve there, and the export worker, which gets this
+    `sys.path`, imports the custom classes of those modules the same way."""
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in source_roots(model_file) if p not in sys.path]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def load_model_file(path: pathlib.Path) -> types.ModuleType:
@@ -282,11 +318,19 @@ def run(argv: Sequence[str]) -> pathlib.Path:
     start = time.monotonic()
     keras.backend.clear_session()  # layer names must not depend on earlier actions of a worker
     keras.utils.set_random_seed(SEED)
+    with model_imports(args.model_file):
+        manifest_path = _export_model_file(args, backend)
+    if args.verbose:
+        print(f"servekit: exported {args.name} ({backend}) in {time.monotonic() - start:.1f} s -> {manifest_path}")
+    return manifest_path
+
+
+def _export_model_file(args: argparse.Namespace, backend: str) -> pathlib.Path:
     module = load_model_file(args.model_file)
     model = module.build_model()
     if args.weights:
         model.load_weights(args.weights)
-    manifest_path = build_export(
+    return build_export(
         model,
         out_dir=args.out_dir,
         name=args.name,
@@ -300,9 +344,6 @@ def run(argv: Sequence[str]) -> pathlib.Path:
         verbose=args.verbose,
         input_ranges=module.input_ranges() if hasattr(module, "input_ranges") else None,
     )
-    if args.verbose:
-        print(f"servekit: exported {args.name} ({backend}) in {time.monotonic() - start:.1f} s -> {manifest_path}")
-    return manifest_path
 
 
 def _serve_bazel(protocol_out: BinaryIO) -> int:
