@@ -21,6 +21,22 @@ TOLERANCES = {
 }
 
 
+def parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
+    """`DTYPE=ATOL[,RTOL]` (a command line's tolerance) as `(dtype, (atol, rtol))`.
+
+    Raises:
+        ValueError: the text is not of that form; the message shows it.
+    """
+    dtype, eq, values = text.partition("=")
+    atol, _, rtol = values.partition(",")
+    try:
+        if not (dtype and eq and atol):
+            raise ValueError
+        return dtype, (float(atol), float(rtol or 0.0))
+    except ValueError:
+        raise ValueError(f"expected DTYPE=ATOL[,RTOL] (e.g. float32=1e-5,1e-4), got {text!r}") from None
+
+
 def tolerances_for(model, declared: Optional[Mapping[str, tuple]] = None) -> dict[str, tuple[float, float]]:
     """The tolerances an export of `model` is checked with, over `TOLERANCES`:
     `declared` (by dtype name) over those the model's precision implies.

@@ -116,6 +116,8 @@ def test_tolerances_are_given_per_model_as_the_build_tool_takes_them():
                                                          "vit": {"float16": (1e-2, 0.0)}}
     with pytest.raises(argparse.ArgumentTypeError, match="MODEL:DTYPE=ATOL"):
         export_speed._parse_tolerance("float32=1e-5")
+    with pytest.raises(argparse.ArgumentTypeError, match="MODEL:DTYPE=ATOL"):
+        export_speed._parse_tolerance("vit:float16")
 
 
 def test_integer_inputs_are_valid_ids_and_honour_input_ranges():

@@ -599,3 +599,11 @@ def test_bad_input_ranges_are_refused_with_the_fix():
 
     with pytest.raises(ExportError, match=r"input_ranges\['padding_mask'\] = \(2, 1\).*high exclusive"):
         eu.input_ranges_for(_token_model(), {"padding_mask": (2, 1)})
+
+
+def test_tolerances_parse_from_the_command_line_form_or_say_what_is_expected():
+    assert verification.parse_tolerance("float32=1e-5,1e-4") == ("float32", (1e-5, 1e-4))
+    assert verification.parse_tolerance("float16=1e-2") == ("float16", (1e-2, 0.0))
+    for bad in ("float32", "float32=", "=1e-5", "float32=tight", "float32=1e-5,x"):
+        with pytest.raises(ValueError, match=r"DTYPE=ATOL\[,RTOL\].*" + repr(bad).replace("[", r"\[")):
+            verification.parse_tolerance(bad)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from servekit import native
+from servekit.bench import report_files
 from servekit.bench.machine import machine_info
 
 DEFAULT_BATCHES = (1, 8, 32, 128)
@@ -328,10 +329,7 @@ def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
 
 def write_report(report: Mapping[str, Any], out_dir: pathlib.Path) -> None:
     """Writes benchmark.json, benchmark.md and benchmark.png into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "benchmark.md").write_text(render_table(report))
-    plot(report, out_dir / "benchmark.png")
+    report_files.write(report, out_dir, "benchmark", render_table, plot)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

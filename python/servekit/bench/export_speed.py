@@ -625,10 +625,9 @@ def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
 
 def write_report(report: Mapping[str, Any], out_dir: pathlib.Path) -> None:
     """Writes export_speed.json, export_speed.md and export_speed.png into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "export_speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "export_speed.md").write_text(render_table(report))
-    plot(report, out_dir / "export_speed.png")
+    from servekit.bench import report_files
+
+    report_files.write(report, out_dir, "export_speed", render_table, plot)
 
 
 def _default_out_dir() -> pathlib.Path:
@@ -642,12 +641,16 @@ def _split(text: str) -> list[str]:
 
 def _parse_tolerance(text: str) -> tuple[str, str, tuple[float, float]]:
     """`MODEL:DTYPE=ATOL[,RTOL]` (the build tool's `--tolerance`, per model)."""
+    from servekit.verification import parse_tolerance
+
     model, sep, rest = text.partition(":")
-    dtype, eq, values = rest.partition("=")
-    if not (sep and eq and model and dtype):
-        raise argparse.ArgumentTypeError(f"expected MODEL:DTYPE=ATOL[,RTOL], got {text!r}")
-    atol, _, rtol = values.partition(",")
-    return model, dtype, (float(atol), float(rtol or 0.0))
+    try:
+        if not (sep and model):
+            raise ValueError
+        dtype, values = parse_tolerance(rest)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL:DTYPE=ATOL[,RTOL], got {text!r}") from None
+    return model, dtype, values
 
 
 def _tolerances_by_model(parsed: Sequence[tuple[str, str, tuple[float, float]]]) -> dict[str, dict[str, Any]]:

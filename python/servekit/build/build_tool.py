@@ -249,12 +249,6 @@ def build_export(
     return out_dir / manifest_lib.MANIFEST_NAME
 
 
-def _parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
-    dtype, _, values = text.partition("=")
-    atol, _, rtol = values.partition(",")
-    return dtype, (float(atol), float(rtol or 0.0))
-
-
 def quiet_fontconfig(scratch: str) -> None:
     """Gives fontconfig a writable cache directory under `scratch`.
 
@@ -283,6 +277,13 @@ def quiet_fontconfig(scratch: str) -> None:
     os.environ["FONTCONFIG_FILE"] = config
 
 
+def _tolerance(text: str) -> tuple[str, tuple[float, float]]:
+    try:
+        return verification.parse_tolerance(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     # Bazel passes the arguments in a params file (`@file`, one per line), which
     # a persistent worker gets expanded in its WorkRequest instead.
@@ -295,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference_batches", default="1,7")
     parser.add_argument("--opset", type=int, default=None)
     parser.add_argument("--weights", type=pathlib.Path, default=None)
-    parser.add_argument("--tolerance", action="append", default=[], help="DTYPE=ATOL[,RTOL]")
+    parser.add_argument("--tolerance", action="append", default=[], type=_tolerance, help="DTYPE=ATOL[,RTOL]")
     parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -340,7 +341,7 @@ def _export_model_file(args: argparse.Namespace, backend: str) -> pathlib.Path:
         sample_inputs=getattr(module, "sample_inputs", None),
         input_signature=module.input_signature() if hasattr(module, "input_signature") else None,
         opset=args.opset,
-        tolerances=dict(_parse_tolerance(t) for t in args.tolerance),
+        tolerances=dict(args.tolerance),
         verbose=args.verbose,
         input_ranges=module.input_ranges() if hasattr(module, "input_ranges") else None,
     )
