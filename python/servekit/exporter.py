@@ -90,7 +90,11 @@ def export(
         **kwargs:
             - `verify` (bool, default True): reload and compare before moving
               the artifact into place.
-            - `opset_version` (int, ONNX only): the ONNX opset (default 17).
+            - `opset_version` (int, ONNX only): the ONNX opset. Default: 17
+              from tf2onnx and torch.onnx; jax2onnx (a fallback, when
+              tf2onnx's model fails) writes the opset it defaults to (23
+              with jax2onnx 0.17.1, whose opset-17 models can be invalid).
+              `ExportedArtifact.opset` and the manifest record it.
             - `strategy` ("auto", "portable_rebuild", "in_process" or
               "cross_backend_rebuild" (ONNX)): try only this strategy
               (default "auto": all, in order).

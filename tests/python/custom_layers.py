@@ -46,3 +46,25 @@ class TinySubclassed(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class ForgetfulDense(keras.layers.Layer):
+    """A Dense whose get_config() leaves out `units`: Keras rebuilds it with
+    the default and its saved kernel no longer fits (a real bug of
+    keras_hub's EfficientNetBackbone and `num_features`)."""
+
+    def __init__(self, units=32, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+
+    def call(self, x):
+        return x @ self.kernel
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("units", None)  # the bug
+        return config

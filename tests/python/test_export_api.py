@@ -171,6 +171,26 @@ def test_layer_class_not_importable(tmp_path):
     assert checks.max_abs_err({"local_scale": _outputs(model, x)}, got) <= 1e-5
 
 
+def test_a_model_keras_cannot_reload_is_named_with_the_cause(tmp_path):
+    """A get_config() that leaves out an argument breaks Keras's own save and
+    load: the portable rebuild says so, with Keras's message and the fix; the
+    in-process export still writes a SavedModel where the backend allows."""
+    inp = keras.Input((3,), name="features")
+    model = keras.Model(inp, custom_layers.ForgetfulDense(4, name="forgetful")(inp), name="forgetful_model")
+    path = str(tmp_path / "forgetful")
+    if BACKEND != "torch":
+        artifact = servekit.export(model, path, verbose=False)
+        assert artifact.strategy == "in_process"
+        return
+    with pytest.raises(servekit.ExportError) as info:
+        servekit.export(model, path, verbose=False)
+    message = str(info.value)
+    assert "portable_rebuild (failed): Model 'forgetful_model' does not survive Keras's own save and load" in message
+    assert "forgetful" in message and "get_config() that leaves out a constructor argument" in message
+    assert "value=[" not in message  # Keras's dump of the weights is left out
+    assert not os.path.exists(path) and _siblings(path) == []
+
+
 def test_backend_bound_layer(tmp_path):
     """A layer wrapping backend code cannot be rebuilt under TensorFlow; the
     in-process strategy exports it where its backend has a converter."""

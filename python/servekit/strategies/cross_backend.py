@@ -113,12 +113,13 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
 
     from servekit.pipeline.cases import CaseSet
     from servekit.pipeline.request import EndpointPlan
+    from servekit.strategies import keras_file
     from servekit.strategies.in_process import InProcess
 
     for module in sorted({c.module for c in job.custom_classes}):
         importlib.import_module(module)  # registers the model's classes (e.g. keras_hub's) for load_model
     keras.utils.set_random_seed(0)
-    model = keras.saving.load_model(job.keras_file, compile=False, safe_mode=False)
+    model = keras_file.load_keras(job.keras_file, job.model_name)
     endpoint = job.endpoints[0]
     plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
     cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.machinery
 import inspect
 import os
+import re
 import sys
 import types
 from typing import Optional
@@ -170,3 +171,28 @@ def save_keras(model, path: str, model_name: str) -> None:
             f"Model '{model_name}' cannot be saved in the Keras format (.keras), which the portable rebuild needs: {detail}. "
             "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
+
+
+def load_keras(path: str, model_name: str, custom_objects: Optional[dict] = None):
+    """Loads what `save_keras` wrote, in a worker.
+
+    Raises:
+        ExportError: Keras cannot rebuild the model from its own archive. The
+            message keeps Keras's (without the weight values it prints) and
+            names the usual cause: a `get_config()` that leaves out a
+            constructor argument, so the layer is rebuilt with its default
+            and the saved weights no longer fit.
+    """
+    import keras
+
+    try:
+        return keras.saving.load_model(path, custom_objects=custom_objects, compile=False, safe_mode=False)
+    except (TypeError, ValueError) as e:
+        detail = re.sub(r", value=\[.*?\]>", ">", str(e).strip(), flags=re.S)
+        raise ExportError(
+            f"Model '{model_name}' does not survive Keras's own save and load round trip, which a rebuild in another "
+            f"process needs (keras.saving.load_model fails on what model.save wrote): {detail}\n"
+            "The usual cause is a get_config() that leaves out a constructor argument (the layer is rebuilt with its "
+            "default and the saved weights no longer fit), or a custom class that is not registered with "
+            "@keras.saving.register_keras_serializable(). Keras's model.save / keras.saving.load_model shows the "
+            "same error without servekit.", model=model_name, reason="not_serializable") from None

@@ -19,6 +19,7 @@ import sys
 from typing import Any, Iterator, Sequence
 
 from servekit.export_utils import _map_leaves
+from servekit.strategies import keras_file
 from servekit.worker.job import VariableRef, WorkerJob
 
 
@@ -94,10 +95,6 @@ def _lambda_globals(job: WorkerJob) -> Iterator[None]:
         python_utils.func_load = original
 
 
-def _load(path: str, custom):
-    import keras
-
-    return keras.saving.load_model(path, custom_objects=custom, compile=False, safe_mode=False)
 
 
 def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
@@ -109,7 +106,7 @@ def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
 
     endpoints, tracked, collections = [], [], {}
     if job.kind == "model":
-        model = _load(job.keras_file, custom)
+        model = keras_file.load_keras(job.keras_file, job.model_name, custom)
         ep = job.endpoints[0]
 
         def serve(*args, _model=model):
@@ -120,7 +117,7 @@ def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
         return endpoints, tracked, collections
     # An ExportArchive from the JAX or torch backend: one Functional "bundle"
     # holding every endpoint's inputs and outputs.
-    bundle = _load(job.keras_file, custom)
+    bundle = keras_file.load_keras(job.keras_file, job.model_name, custom)
     flat_in = list(bundle.inputs)
     flat_out = list(bundle.outputs) if isinstance(bundle.outputs, (list, tuple)) else [bundle.outputs]
     for ep in job.endpoints:
