@@ -27,14 +27,15 @@ def parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
     Raises:
         ValueError: the text is not of that form; the message shows it.
     """
+    malformed = ValueError(f"expected DTYPE=ATOL[,RTOL] (e.g. float32=1e-5,1e-4), got {text!r}")
     dtype, eq, values = text.partition("=")
     atol, _, rtol = values.partition(",")
+    if not (dtype and eq and atol):
+        raise malformed
     try:
-        if not (dtype and eq and atol):
-            raise ValueError
         return dtype, (float(atol), float(rtol or 0.0))
     except ValueError:
-        raise ValueError(f"expected DTYPE=ATOL[,RTOL] (e.g. float32=1e-5,1e-4), got {text!r}") from None
+        raise malformed from None
 
 
 def tolerances_for(model, declared: Optional[Mapping[str, tuple]] = None) -> dict[str, tuple[float, float]]:

@@ -643,13 +643,14 @@ def _parse_tolerance(text: str) -> tuple[str, str, tuple[float, float]]:
     """`MODEL:DTYPE=ATOL[,RTOL]` (the build tool's `--tolerance`, per model)."""
     from servekit.verification import parse_tolerance
 
+    malformed = argparse.ArgumentTypeError(f"expected MODEL:DTYPE=ATOL[,RTOL], got {text!r}")
     model, sep, rest = text.partition(":")
+    if not (sep and model):
+        raise malformed
     try:
-        if not (sep and model):
-            raise ValueError
         dtype, values = parse_tolerance(rest)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MODEL:DTYPE=ATOL[,RTOL], got {text!r}") from None
+        raise malformed from None
     return model, dtype, values
 
 

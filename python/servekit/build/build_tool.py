@@ -55,12 +55,8 @@ def source_roots(model_file: pathlib.Path) -> list[str]:
     """
     base = pathlib.Path(os.getcwd())
     parts = model_file.parts
-    if model_file.is_absolute():
-        root = base
-    elif len(parts) > 2 and parts[0] in ("external", ".."):
-        root = base / parts[0] / parts[1]
-    else:
-        root = base
+    other_repository = not model_file.is_absolute() and len(parts) > 2 and parts[0] in ("external", "..")
+    root = base / parts[0] / parts[1] if other_repository else base
     here = (base / model_file).parent
     return list(dict.fromkeys(os.path.normpath(p) for p in (here, root)))
 

@@ -91,11 +91,12 @@ def make_cases(
         batches = [int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else 1 for flat in inputs]
     names = [s.name for s in layout.flat]
     largest = max(range(len(inputs)), key=lambda i: batches[i])  # most elements to tell randomness by
-    probed: list[list[np.ndarray]] = []
+    probed: list[list[np.ndarray]] = []  # the probe's first call
 
     def recorded(flat: Sequence[np.ndarray]) -> list[np.ndarray]:
         outputs = call(flat)
-        probed.append(outputs)
+        if not probed:
+            probed.append(outputs)
         return outputs
 
     behavior = behavior_lib.probe(recorded, inputs[largest], variables)
