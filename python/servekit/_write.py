@@ -9,6 +9,7 @@ import time
 import warnings
 from typing import Any, Optional, Sequence
 
+from servekit import formats
 from servekit import onnx as sk_onnx
 from servekit.atomic import artifact_files
 from servekit import saved_model as sk_sm
@@ -50,6 +51,7 @@ def _write_and_verify(
     layer_names: Sequence[str],
     scratch_dir: str,
     version: str,
+    format_options: Optional[dict[str, dict[str, Any]]] = None,
 ) -> dict[str, dict[str, Any]]:
     """Builds the endpoints once, writes every format at its staging path,
     reloads each artifact and compares it with the cases.
@@ -62,10 +64,16 @@ def _write_and_verify(
     written in `scratch_dir` and checked, to tell a wrong trace from a wrong
     conversion.
 
+    The OpenVINO IR and the LiteRT flatbuffer are converted from the same
+    traced serving function (`servekit.formats.openvino`, `.litert`).
+
     Args:
-        outputs: format -> staging path ("tf_saved_model", "onnx").
+        outputs: format -> staging path (any of
+            `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
             the source model on its source backend.
+        format_options: format -> its options (`openvino`: `precision`;
+            `litert`: converter attributes, `split_options`'s portable half).
 
     Returns:
         format -> report: `ok`, `endpoints` (Signature JSON), `comparisons`,
@@ -106,13 +114,82 @@ def _write_and_verify(
             if not all(c.ok for c in comps):
                 report.update(verification.failure(comps, "ONNX model"))
                 if "tf_saved_model" not in outputs:
-                    twin_dir = os.path.join(scratch_dir, "twin_saved_model")
-                    sk_sm.save(built, twin_dir)
-                    twin = verification.check_saved_model(twin_dir, serving_cases)
-                    if not all(c.ok for c in twin):
-                        report.update(verification.failure(twin, "SavedModel (from which the ONNX model is converted)"))
+                    _blame_the_trace(built, scratch_dir, serving_cases, report, "ONNX model")
         if report["ok"]:
             report["files"] = artifact_files(output)
             report["seconds"] = time.monotonic() - t1
         reports["onnx"] = report
+    for fmt, write in (("openvino", _openvino), ("litert", _litert)):
+        if fmt in outputs:
+            t1 = time.monotonic()
+            serving = built.endpoints[0]
+            serving_cases = [c for c in cases if c.endpoint == serving.name]
+            report = {"ok": True, "endpoints": [serving.to_json()], "comparisons": list(sm_report["comparisons"])}
+            report.update(write(built, serving, outputs[fmt], serving_cases, model_name,
+                                (format_options or {}).get(fmt, {})))
+            if not report["ok"] and serving_cases and "tf_saved_model" not in outputs:
+                _blame_the_trace(built, scratch_dir, serving_cases, report, formats.FORMATS[fmt].description)
+            if report["ok"]:
+                report["seconds"] = time.monotonic() - t1
+            reports[fmt] = report
     return reports
+
+
+def _blame_the_trace(built, scratch_dir: str, cases, report: dict[str, Any], artifact: str) -> None:
+    """After a converted artifact failed: writes the SavedModel twin of the
+    same trace and, if it fails too, blames the trace, not the converter."""
+    twin_dir = os.path.join(scratch_dir, "twin_saved_model")
+    if not os.path.exists(twin_dir):
+        sk_sm.save(built, twin_dir)
+    twin = verification.check_saved_model(twin_dir, cases)
+    if not all(c.ok for c in twin):
+        report.update(verification.failure(twin, f"SavedModel (from whose trace the {artifact} is converted)"))
+
+
+def _openvino(built, serving, staged: str, cases, model_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    from servekit.formats import openvino
+
+    precision = options.get("precision", openvino.DEFAULT_PRECISION)
+    model = openvino.convert(built.signatures[serving.name], serving, model_name, precision)
+    xml = openvino.write(model, staged)
+    report: dict[str, Any] = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
+    if cases:
+        tol = openvino.tolerances(precision)
+        comps = openvino.check(xml, [_with_tolerances(c, tol) for c in cases], precision)
+        report["comparisons"] = [dict(c.__dict__, artifact="openvino") for c in comps]
+        if not all(c.ok for c in comps):
+            report.update(verification.failure(comps, "OpenVINO IR"))
+            return report
+    report["files"] = artifact_files(staged)
+    return report
+
+
+def _litert(built, serving, staged: str, cases, model_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    from servekit.formats import litert
+
+    flatbuffer, converter = litert.convert(litert.from_concrete(built.signatures[serving.name], built.root),
+                                           options, model_name)
+    litert.write(flatbuffer, staged)
+    litert.read_signature(staged, serving, model_name)
+    quantized = litert.quantizes(options)
+    report: dict[str, Any] = {"converter": converter, "precision": "quantized" if quantized else "float32"}
+    if cases:
+        tol = {"float32": litert.QUANTIZED_TOLERANCE} if quantized else {}
+        comps = litert.check(staged, [_with_tolerances(c, tol) for c in cases])
+        report["comparisons"] = [dict(c.__dict__, artifact="litert") for c in comps]
+        if not all(c.ok for c in comps):
+            report.update(verification.failure(comps, "LiteRT model"))
+            return report
+    report["files"] = artifact_files(staged)
+    return report
+
+
+def _with_tolerances(case, tolerances: dict[str, tuple[float, float]]):
+    """`case` checked with `tolerances` over its own (a declared precision loosens them)."""
+    if not tolerances:
+        return case
+    import copy
+
+    looser = copy.copy(case)
+    looser.tolerances = {**(getattr(case, "tolerances", None) or {}), **tolerances}
+    return looser

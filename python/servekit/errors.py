@@ -37,3 +37,12 @@ class ExportTypeError(ExportError, TypeError):
     Also a `TypeError`, where Keras raises one (`except TypeError` written
     against Keras keeps working).
     """
+
+
+def root_cause(error: BaseException) -> str:
+    """A converter's error in one line that keeps its cause: the class, the
+    first line (what failed) and the last (often the op or the fix)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return f"{type(error).__name__}: {' '.join(lines)}"
+    return f"{type(error).__name__}: {lines[0]} ... {lines[-1]}"

@@ -9,6 +9,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from servekit import export_utils as eu
+from servekit import formats
 from servekit import signature as sig
 from servekit import strategies
 from servekit import summary
@@ -20,10 +21,11 @@ from servekit.pipeline import reference
 from servekit.pipeline.cases import CaseSet
 from servekit.pipeline.request import EndpointPlan, ExportRequest
 
-FORMATS = ("tf_saved_model", "onnx")
+FORMATS = tuple(formats.FORMATS)
 DEFAULT_ENDPOINT_NAME = "serve"
 SERVING_DEFAULT = "serving_default"
-_FORMAT_ALIASES = {"tf_saved_model": "tf_saved_model", "saved_model": "tf_saved_model", "onnx": "onnx"}
+# Formats whose artifacts hold no variables a call could update.
+_STATELESS_FORMATS = ("onnx", "openvino", "litert", "torch", "torch_aoti")
 
 
 def _version() -> str:
@@ -136,10 +138,7 @@ def export(
     loaded.serve(x)
     ```
     """
-    if format not in _FORMAT_ALIASES:
-        raise ExportError(f"Unknown format {format!r}; servekit exports 'tf_saved_model' and 'onnx'.",
-                          reason="bad_argument")
-    fmt = _FORMAT_ALIASES[format]
+    fmt = formats.resolve(format).name
     if _is_tf_module(model):
         from servekit import tf_module
 
@@ -189,11 +188,7 @@ def export_formats(
     """
     t0 = time.monotonic()
     verbose = True if verbose is None else bool(verbose)
-    for fmt in destinations:
-        if fmt not in FORMATS:
-            raise ExportError(f"Unknown format {fmt!r}; servekit exports 'tf_saved_model' and 'onnx'.",
-                              reason="bad_argument")
-    destinations = {fmt: os.fspath(path) for fmt, path in destinations.items()}
+    destinations = {formats.resolve(fmt).name: os.fspath(path) for fmt, path in destinations.items()}
     verify = bool(kwargs.pop("verify", True))
     opset = kwargs.pop("opset_version", None)
     import keras
@@ -209,6 +204,9 @@ def export_formats(
     strategy = kwargs.pop("strategy", None)
     input_ranges = kwargs.pop("input_ranges", None)
     tolerances = verification.tolerances_for(model, kwargs.pop("tolerances", None))
+    for fmt, path in destinations.items():
+        formats.check_filepath(fmt, path, model_name)
+    format_options, local_options = _format_options(destinations, kwargs, model_name)
     if (is_static is not None or jax2tf_kwargs is not None) and backend != "jax":
         raise ExportError(f"'jax2tf_kwargs' and 'is_static' apply to the jax backend only; this is the {backend} "
                           "backend.", model=model_name, reason="bad_argument")
@@ -235,7 +233,8 @@ def export_formats(
     backend_kwargs = {k: v for k, v in (("jax2tf_kwargs", jax2tf_kwargs), ("is_static", is_static)) if v is not None}
     plan = EndpointPlan(DEFAULT_ENDPOINT_NAME, layout, output_names, fn=model, kwargs=backend_kwargs)
     request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], CaseSet(), verify=verify,
-                            opset=opset, source=model, version=_version())
+                            opset=opset, source=model, version=_version(), format_options=format_options,
+                            local_options=local_options)
     with strategies.worker_starting_now(chosen, request):
         if verify:
             call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
@@ -247,13 +246,14 @@ def export_formats(
                 for case in made:
                     case.tolerances = dict(tolerances)
             request = dataclasses.replace(request, cases=CaseSet(made))
-        if "onnx" in destinations and plan.behavior.stateful:
+        stateless = [f for f in destinations if f in _STATELESS_FORMATS]
+        if stateless and plan.behavior.stateful:
             layer = plan.behavior.state_layer
             raise ExportError(
                 f"Model '{model_name}': layer '{layer}' updates its variables when called "
-                f"({', '.join(plan.behavior.state_variables)}), and ONNX models have no variables: the artifact could "
-                "not advance its state. Export format='tf_saved_model', or keep the state outside the model.",
-                model=model_name, layer=layer, reason="stateful_onnx")
+                f"({', '.join(plan.behavior.state_variables)}), and {formats.FORMATS[stateless[0]].description}s have "
+                "no variables: the artifact could not advance its state. Export format='tf_saved_model', or keep the "
+                "state outside the model.", model=model_name, layer=layer, reason="stateful_onnx")
         results = pipeline.run_formats(request, destinations, chosen,
                                        what=lambda fmt: f"Model '{model_name}' ({backend} backend) -> {fmt}")
     artifacts = {}
@@ -261,9 +261,53 @@ def export_formats(
         endpoints = tuple(sig.Signature.from_json(e).with_behavior(plan.behavior) for e in report["endpoints"])
         artifacts[fmt] = sig.ExportedArtifact(format=fmt, path=destinations[fmt], endpoints=endpoints,
                                               opset=report.get("opset"), converter=report.get("converter"),
-                                              strategy=report["strategy"])
+                                              strategy=report["strategy"], precision=report.get("precision"))
         if verbose:
             report["strategy_line"] = pipeline.describe(attempts) + (
                 f", converter {report['converter']}" if report.get("converter") else "")
             summary.print_summary(artifacts[fmt], model_name, backend, report, time.monotonic() - t0)
     return artifacts
+
+
+def _format_options(destinations: Mapping[str, str], kwargs: dict[str, Any],
+                    model_name: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Takes the format-specific arguments out of `kwargs`, as `(format_options,
+    local_options)` (see `ExportRequest`).
+
+    - `openvino_precision` ("f32" default, or "bf16"): the precision the IR
+      declares and is verified at.
+    - LiteRT: every `tf.lite.TFLiteConverter` attribute (Keras passes them).
+    - torch: `torch.export.export` arguments (`dynamic_shapes`, `strict`, ...),
+      applied where the model is exported in this process.
+    """
+    portable: dict[str, dict[str, Any]] = {}
+    local: dict[str, dict[str, Any]] = {}
+    precision = kwargs.pop("openvino_precision", None)
+    if precision is not None:
+        if "openvino" not in destinations:
+            raise ExportError("openvino_precision applies to format='openvino' only.", model=model_name,
+                              reason="bad_argument")
+        from servekit.formats import openvino
+
+        portable["openvino"] = {"precision": openvino.check_precision(precision, model_name)}
+    if "torch" in destinations or "torch_aoti" in destinations:
+        from servekit.formats import torch_program
+
+        torch_args = torch_program.take_export_arguments(kwargs, model_name)
+        if torch_args:
+            for fmt in ("torch", "torch_aoti"):
+                if fmt in destinations:
+                    local[fmt] = dict(torch_args)
+    if "litert" in destinations and kwargs:
+        from servekit.formats import litert
+
+        converter_args = {k: kwargs.pop(k) for k in list(kwargs)}
+        if converter_args:
+            json_half, local_half = litert.split_options(converter_args, model_name)
+            if local_half:
+                # A callable stays here: every option goes with it, to the in-process converter.
+                local["litert"] = {**json_half, **local_half}
+            elif json_half:
+                portable["litert"] = json_half
+    return portable, local
+

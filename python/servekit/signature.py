@@ -111,8 +111,11 @@ class ExportedArtifact:
     `endpoints[0]` is `serving_default`. An ONNX artifact has exactly one
     endpoint. `strategy` names the export strategy that produced the artifact
     ("portable_rebuild" or "in_process", see `servekit.strategies`);
-    `converter` the tool that made an ONNX model ("tf2onnx", "jax2onnx",
-    "torch.onnx (TorchScript)" or "torch.onnx (dynamo)").
+    `converter` the tool that made it, where several could ("tf2onnx",
+    "jax2onnx", "torch.onnx (TorchScript)", "openvino.convert_model",
+    "tflite_converter", "torch.export", ...); `precision` the precision the
+    artifact was verified at, where the format lets it differ from the
+    model's (OpenVINO "float32"/"bfloat16", LiteRT "float32"/"quantized").
     """
 
     format: str
@@ -121,6 +124,7 @@ class ExportedArtifact:
     opset: Optional[int] = None
     strategy: Optional[str] = None
     converter: Optional[str] = None
+    precision: Optional[str] = None
 
     def endpoint(self, name: str) -> Signature:
         for signature in self.endpoints:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from servekit import atomic
 from servekit import errors
+from servekit import formats
 from servekit.errors import ExportError
 
 
@@ -164,8 +165,8 @@ def run_formats(
             if fmt not in done:
                 raise _no_strategy_error(what(fmt), destinations[fmt], attempts[fmt], reasons[fmt])
         for fmt, (staged_path, report) in done.items():
-            atomic.commit(staged_path, destinations[fmt])
-            report["files"] = atomic.artifact_files(destinations[fmt])
+            formats.commit(fmt, staged_path, destinations[fmt])
+            report["files"] = formats.artifact_files(fmt, destinations[fmt])
     return {fmt: (done[fmt][1], attempts[fmt]) for fmt in destinations}
 
 
@@ -176,9 +177,7 @@ def _guarded(write: Callable[[], dict[str, dict[str, Any]]], formats: Sequence[s
     except ExportError as e:
         report = {"ok": False, "message": str(e), "reason": e.reason, "layer": e.layer, "error_class": type(e)}
     except Exception as e:  # a converter or runtime failed: recorded, shown, next strategy
-        detail = str(e).strip().splitlines()
-        report = {"ok": False, "message": f"{type(e).__name__}: {detail[-1] if detail else ''}",
-                  "reason": "strategy_failed", "error_class": type(e)}
+        report = {"ok": False, "message": errors.root_cause(e), "reason": "strategy_failed", "error_class": type(e)}
     return {fmt: dict(report) for fmt in formats}
 
 

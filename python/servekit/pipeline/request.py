@@ -54,6 +54,10 @@ class ExportRequest:
         source: the Keras model, or the `ExportArchive`.
         options: `tf.saved_model.SaveOptions` (archives on TensorFlow/JAX).
         version: servekit's version, written into ONNX `producer_version`.
+        format_options: format -> options that travel to a worker as JSON
+            (`openvino`: `precision`; `litert`: converter attributes).
+        local_options: format -> options only this process holds (a LiteRT
+            `representative_dataset`): only the in-process strategy takes them.
     """
 
     kind: str
@@ -67,6 +71,8 @@ class ExportRequest:
     source: Any = None
     options: Any = None
     version: str = "0"
+    format_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    local_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def stateful(self) -> bool:

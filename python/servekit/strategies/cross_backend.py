@@ -25,7 +25,7 @@ import subprocess
 import sys
 from typing import Any, Optional
 
-from servekit.errors import ExportError
+from servekit.errors import ExportError, root_cause
 from servekit.pipeline.request import ExportRequest
 from servekit.worker.job import EndpointJob, WorkerJob
 
@@ -41,8 +41,10 @@ class CrossBackendRebuild:
     def unavailable(self, request: ExportRequest) -> Optional[str | ExportError]:
         from servekit.strategies import keras_file
 
-        if request.format != "onnx":
-            return "only ONNX has converters on other backends (SavedModels are written under TensorFlow)"
+        if request.format not in ("onnx", "torch", "torch_aoti"):
+            return "its converters take the TensorFlow trace (the portable rebuild and in-process strategies)"
+        if request.format != "onnx" and request.backend == "torch":
+            return "the model is already on torch (the in-process strategy exports it)"
         if request.kind != "model":
             return "ExportArchives are rebuilt under TensorFlow only"
         plan = request.endpoints[0]
@@ -69,12 +71,13 @@ class CrossBackendRebuild:
         cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
         plan = request.endpoints[0]
         job = WorkerJob(
-            kind="model", keras_file=keras_file, outputs={"onnx": staged}, model_name=request.name,
+            kind="model", keras_file=keras_file, outputs={request.format: staged}, model_name=request.name,
             version=request.version, endpoints=(EndpointJob("serving_default", plan.layout, tuple(plan.output_names)),),
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
             cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes))
         reasons = []
-        for backend in (b for b in TARGET_BACKENDS if b != request.backend):
+        targets = TARGET_BACKENDS if request.format == "onnx" else ("torch",)
+        for backend in (b for b in targets if b != request.backend):
             report = _run_worker(job, workdir, backend)
             if report.get("ok"):
                 return report
@@ -123,9 +126,10 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     endpoint = job.endpoints[0]
     plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
     cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()
-    request = ExportRequest("model", "onnx", job.model_name, keras.backend.backend(), [plan], cases,
+    fmt, staged = next(iter(job.outputs.items()))
+    request = ExportRequest("model", fmt, job.model_name, keras.backend.backend(), [plan], cases,
                             verify=job.verify, opset=job.opset, source=model, version=job.version)
-    return InProcess().write(request, job.outputs["onnx"], workdir)
+    return InProcess().write(request, staged, workdir)
 
 
 def main(argv) -> int:
@@ -137,9 +141,7 @@ def main(argv) -> int:
     except ExportError as e:
         report = {"ok": False, "message": str(e), "reason": e.reason}
     except Exception as e:  # a converter's own failure: reported to the source process, which tries the next
-        detail = str(e).strip().splitlines()
-        report = {"ok": False, "message": f"{type(e).__name__}: {detail[-1] if detail else ''}",
-                  "reason": "conversion_failed"}
+        report = {"ok": False, "message": root_cause(e), "reason": "conversion_failed"}
     report.pop("error_class", None)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, default=str)

@@ -36,6 +36,15 @@ class InProcess:
     name = "in_process"
 
     def unavailable(self, request: ExportRequest) -> Optional[str]:
+        from servekit import formats
+
+        if request.format in formats.TORCH_FORMATS and request.backend != "torch":
+            return f"a {formats.FORMATS[request.format].description} is exported under torch; this is {request.backend}"
+        if request.format in ("openvino", "litert") and request.backend != "tensorflow":
+            return (f"in this process the {formats.FORMATS[request.format].description} is converted from a "
+                    f"TensorFlow SavedModel, which {request.backend} cannot trace without XLA calls")
+        if request.format in formats.TORCH_FORMATS and request.kind != "model":
+            return "ExportArchives are exported under TensorFlow only"
         if request.backend == "torch" and request.format == "tf_saved_model":
             return ("a SavedModel from the torch backend needs torch_xla, which does not import with this torch; "
                     "only the portable rebuild writes one")
@@ -51,6 +60,12 @@ class InProcess:
         with _write.quiet(), _no_source_paths():
             if request.format == "tf_saved_model":
                 return _saved_model(request, staged)
+            if request.format in ("torch", "torch_aoti"):
+                from servekit.formats import torch_program
+
+                return torch_program.write_and_check(request, staged, workdir)
+            if request.format in ("openvino", "litert"):
+                return _converted_from_saved_model(request, staged, workdir)
             if request.backend == "tensorflow":
                 return _onnx_from_saved_model(request, staged, workdir)
             return _onnx_native(request, staged, workdir)
@@ -122,6 +137,44 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     if request.verify and len(request.cases):
         _verified(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name)), "onnx",
                   "ONNX model")
+    return report
+
+
+def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
+    """OpenVINO IR or LiteRT from the in-process SavedModel (TensorFlow backend), as Keras converts them."""
+    from servekit import verification
+    from servekit.formats import litert, openvino
+
+    twin = os.path.join(workdir, "twin_saved_model")
+    report = _saved_model(request, twin)
+    what = "OpenVINO IR" if request.format == "openvino" else "LiteRT model"
+    if not report["ok"]:
+        report["message"] = report["message"].replace("SavedModel", f"SavedModel (from which the {what} is "
+                                                                    "converted)", 1)
+        return report
+    serving = sig.Signature.from_json(report["endpoints"][0])
+    report["endpoints"] = [serving.to_json()]
+    cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
+    if request.format == "openvino":
+        precision = request.format_options.get("openvino", {}).get("precision", openvino.DEFAULT_PRECISION)
+        model = openvino.convert_saved_model(twin, serving, request.name, precision)
+        openvino.write(model, path)
+        report.update(converter="openvino.convert_model", precision=openvino.PRECISIONS[precision])
+        tolerances = openvino.tolerances(precision)
+        check = lambda cs: openvino.check(path, cs, precision)  # noqa: E731
+    else:
+        options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
+        flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
+        litert.write(flatbuffer, path)
+        litert.read_signature(path, serving, request.name)
+        quantized = litert.quantizes(options)
+        report.update(converter=converter, precision="quantized" if quantized else "float32")
+        tolerances = {"float32": litert.QUANTIZED_TOLERANCE} if quantized else {}
+        check = lambda cs: litert.check(path, cs)  # noqa: E731
+    if cases:
+        from servekit._write import _with_tolerances
+
+        _verified(report, check([_with_tolerances(c, tolerances) for c in cases]), request.format, what)
     return report
 
 

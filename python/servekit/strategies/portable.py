@@ -49,6 +49,14 @@ class PortableRebuild:
     name = "portable_rebuild"
 
     def unavailable(self, request: ExportRequest) -> Optional[str | ExportError]:
+        from servekit import formats
+
+        if request.format not in formats.TENSORFLOW_FORMATS:
+            return (f"the TensorFlow worker writes {', '.join(formats.TENSORFLOW_FORMATS)}; a "
+                    f"{formats.FORMATS[request.format].description} is exported under torch")
+        if request.local_options.get(request.format):
+            return (f"the options {sorted(request.local_options[request.format])} are Python objects of this process "
+                    "(they cannot travel to a worker)")
         if request.kind == "archive":
             return request.source._portable_unavailable(request)
         try:
@@ -85,8 +93,14 @@ class PortableRebuild:
             endpoints=(EndpointJob(endpoint.name, endpoint.layout, tuple(endpoint.output_names)),),
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
             cases_file=cases_file, cases=tuple(cases_index), lambda_globals=keras_file.lambda_globals(model)[0],
-            custom_classes=tuple(classes), sys_path=tuple(importable_sys_path()) if classes else ())
+            custom_classes=tuple(classes), sys_path=tuple(importable_sys_path()) if classes else (),
+            format_options=_options(request, requests))
         return _per_format(run_worker(job, workdir), staged)
+
+
+def _options(request: ExportRequest, formats) -> dict[str, dict[str, Any]]:
+    """The JSON options of the `formats` a job writes."""
+    return {fmt: dict(request.format_options[fmt]) for fmt in formats if request.format_options.get(fmt)}
 
 
 def _per_format(result: dict[str, Any], staged: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -210,5 +224,6 @@ def write_bundle(request: ExportRequest, staged: dict[str, str], workdir: str, e
         verify=request.verify, cases_file=cases_file, cases=tuple(cases_index),
         lambda_globals=keras_file.lambda_globals(bundle)[0], custom_classes=tuple(classes),
         sys_path=tuple(importable_sys_path()) if classes else (), tracked=tracked,
-        variable_collections=job_collections, variables_file=variables_file)
+        variable_collections=job_collections, variables_file=variables_file,
+        format_options=_options(request, staged))
     return _per_format(run_worker(job, workdir), staged)

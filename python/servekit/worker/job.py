@@ -138,6 +138,8 @@ class WorkerJob:
         sys_path: entries the worker prepends to sys.path (custom modules).
         tracked, variable_collections, variables_file: for archives, the
             variables of each tracked layer and collection.
+        format_options: format -> its JSON options (`openvino`:
+            `precision`; `litert`: converter attributes).
     """
 
     kind: Literal["model", "archive"]
@@ -157,6 +159,7 @@ class WorkerJob:
     tracked: tuple[tuple[VariableRef, ...], ...] = ()
     variable_collections: dict[str, tuple[VariableRef, ...]] = dataclasses.field(default_factory=dict)
     variables_file: Optional[str] = None
+    format_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,7 +172,7 @@ class WorkerJob:
             "tracked": [[r.to_json() for r in refs] for refs in self.tracked],
             "variable_collections": {k: [r.to_json() for r in refs]
                                      for k, refs in self.variable_collections.items()},
-            "variables_file": self.variables_file,
+            "variables_file": self.variables_file, "format_options": self.format_options,
         }
 
     @classmethod
@@ -186,7 +189,7 @@ class WorkerJob:
             tracked=tuple(tuple(VariableRef.from_json(r) for r in refs) for refs in data.get("tracked", ())),
             variable_collections={k: tuple(VariableRef.from_json(r) for r in refs)
                                   for k, refs in data.get("variable_collections", {}).items()},
-            variables_file=data.get("variables_file"))
+            variables_file=data.get("variables_file"), format_options=dict(data.get("format_options", {})))
 
     def write(self, path: str) -> None:
         with open(path, "w") as f:

@@ -183,4 +183,4 @@ def run(job: WorkerJob) -> dict[str, Any]:
     return {"reports": _write.write_and_verify(
         endpoints, tracked, collections, outputs=dict(job.outputs), cases=cases, opset=job.opset,
         model_name=job.model_name, layer_names=list(job.layer_names), scratch_dir=os.getcwd(),
-        version=job.version)}
+        version=job.version, format_options=job.format_options)}

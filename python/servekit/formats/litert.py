@@ -1,0 +1,209 @@
+"""LiteRT (TFLite): converted from the traced serving function, proved in LiteRT.
+
+The TensorFlow worker hands `convert` the serving signature's concrete
+function; the TFLite converter keeps it as the flatbuffer's `serving_default`
+signature, whose input and output keys are the signature keys, and keeps
+dynamic dimensions as `-1` in each tensor's `shape_signature`.
+
+Ops. Built-in LiteRT ops are tried first: an artifact that needs the Flex
+(Select TensorFlow ops) delegate does not run in LiteRT's own runtime, the
+C API servekit's native verifier and most mobile deployments use. Only when
+the built-ins cannot express the graph is the conversion repeated with
+`SELECT_TF_OPS` (Keras's setting), and the artifact must then still load and
+verify in `ai_edge_litert`'s interpreter, or the export fails.
+
+Converter options. Keras passes export keyword arguments that name
+`tf.lite.TFLiteConverter` attributes to the converter (`optimizations`,
+`representative_dataset`, `target_spec={...}`, ...); so does servekit. Those
+that can travel to the worker as JSON (`optimizations` as names, plain values,
+`target_spec` dicts) are applied there; a model exported with a callable such
+as `representative_dataset` is converted in the exporting process (the
+in-process strategy, TensorFlow backend). A quantizing option makes the
+artifact's outputs differ from the float model's by the quantization error:
+it is checked at `QUANTIZED_TOLERANCE`, and the manifest says so.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from servekit import signature as sig
+from servekit.errors import ExportError, root_cause
+
+# A quantized model's float outputs against the float model's: |a - s| <= atol + rtol |s|.
+QUANTIZED_TOLERANCE = (0.1, 0.1)
+_OPS_BUILTIN = ("TFLITE_BUILTINS",)
+_OPS_SELECT = ("TFLITE_BUILTINS", "SELECT_TF_OPS")
+
+
+def split_options(options: Mapping[str, Any], model_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits converter options into `(portable, local)`: JSON values the
+    worker can apply, and those only this process holds (callables).
+
+    Raises:
+        ExportError: an option that is no `tf.lite.TFLiteConverter` attribute.
+    """
+    import tensorflow as tf
+
+    portable, local = {}, {}
+    probe = tf.lite.TFLiteConverter([], None)
+    for name, value in options.items():
+        if name == "target_spec" and isinstance(value, dict):
+            unknown = sorted(k for k in value if not hasattr(probe.target_spec, k))
+            if unknown:
+                raise ExportError(f"Model '{model_name}': unknown target_spec attribute(s) {unknown} for the LiteRT "
+                                  "converter.", model=model_name, reason="bad_argument")
+            if all(_is_json(v) or _enum_names(v) is not None for v in value.values()):
+                portable[name] = {k: _enum_names(v) if _enum_names(v) is not None else v for k, v in value.items()}
+            else:
+                local[name] = value
+        elif not hasattr(probe, name):
+            raise ExportError(f"Model '{model_name}': {name!r} is neither an export argument nor an attribute of "
+                              "tf.lite.TFLiteConverter (the LiteRT converter).", model=model_name,
+                              reason="bad_argument")
+        elif _enum_names(value) is not None:
+            portable[name] = _enum_names(value)
+        elif _is_json(value):
+            portable[name] = value
+        else:
+            local[name] = value
+    return portable, local
+
+
+def quantizes(options: Mapping[str, Any]) -> bool:
+    """Whether these converter options make a quantized model."""
+    return bool(options.get("optimizations")) or options.get("representative_dataset") is not None
+
+
+def _is_json(value) -> bool:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(v) for v in value)
+    return False
+
+
+def _enum_names(value):
+    """tf.lite enums (and lists of them) as their names, else None."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return {"__enum__": f"{type(value).__name__}.{value.name}"}
+    if isinstance(value, (list, tuple, set)) and value and all(isinstance(v, enum.Enum) for v in value):
+        return [{"__enum__": f"{type(v).__name__}.{v.name}"} for v in value]
+    return None
+
+
+def _decoded(value):
+    import tensorflow as tf
+
+    if isinstance(value, dict) and "__enum__" in value:
+        cls, _, member = value["__enum__"].partition(".")
+        return getattr(getattr(tf.lite, cls), member)
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    return value
+
+
+def _configure(converter, options: Mapping[str, Any], ops: tuple[str, ...]) -> None:
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, o) for o in ops]
+    converter.experimental_enable_resource_variables = True
+    for name, value in options.items():
+        value = _decoded(value)
+        if name == "target_spec" and isinstance(value, dict):
+            for key, item in value.items():
+                setattr(converter.target_spec, key, item)
+        else:
+            setattr(converter, name, value)
+
+
+def convert(make_converter, options: Mapping[str, Any], model_name: str) -> tuple[bytes, str]:
+    """Converts with built-in ops, else with Select TF ops.
+
+    Args:
+        make_converter: returns a fresh `tf.lite.TFLiteConverter` (from the
+            concrete function or a SavedModel).
+        options: converter attributes (`split_options`'s, in either half).
+
+    Returns:
+        `(flatbuffer, converter)`: the bytes and a converter description for
+        the manifest.
+
+    Raises:
+        ExportError: neither op set converts the graph (both reasons kept).
+    """
+    failures = []
+    for ops in (_OPS_BUILTIN, _OPS_SELECT):
+        converter = make_converter()
+        _configure(converter, options, ops)
+        try:
+            return converter.convert(), "tflite_converter" + ("+select_tf_ops" if "SELECT_TF_OPS" in ops else "")
+        except Exception as e:  # the converter's own error (MLIR diagnostics): kept for the message
+            failures.append(f"{'+'.join(ops)}: {root_cause(e)}")
+    raise ExportError(f"Model '{model_name}': the TFLite converter could not convert the serving function:\n  "
+                      + "\n  ".join(failures), model=model_name, reason="conversion_failed")
+
+
+def from_concrete(concrete, root):
+    """A converter factory for `convert`, on a traced serving function."""
+    import tensorflow as tf
+
+    return lambda: tf.lite.TFLiteConverter.from_concrete_functions([concrete], root)
+
+
+def from_saved_model(path: str):
+    """A converter factory for `convert`, on a SavedModel's serving signature."""
+    import tensorflow as tf
+
+    return lambda: tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
+
+
+def write(flatbuffer: bytes, path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+
+
+def _interpreter(path: str):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=path, num_threads=1)
+
+
+def read_signature(path: str, endpoint: sig.Signature, model_name: str) -> None:
+    """Checks that the flatbuffer's `serving_default` has the signature's keys.
+
+    Raises:
+        ExportError: keys differ (named).
+    """
+    listed = _interpreter(path).get_signature_list().get("serving_default")
+    want_in, want_out = sorted(t.name for t in endpoint.inputs), sorted(t.name for t in endpoint.outputs)
+    if listed is None or sorted(listed["inputs"]) != want_in or sorted(listed["outputs"]) != want_out:
+        raise ExportError(f"Model '{model_name}': the LiteRT model's serving_default signature is {listed}; the "
+                          f"signature has inputs {want_in} and outputs {want_out}.", model=model_name,
+                          reason="conversion_failed")
+
+
+def check(path: str, cases) -> list[Any]:
+    """Runs each case through `ai_edge_litert`'s signature runner.
+
+    Args:
+        path: the `.tflite` file.
+        cases: `servekit.pipeline.cases.Case`s of the serving endpoint.
+    """
+    import numpy as np
+
+    from servekit import verification
+
+    runner = _interpreter(path).get_signature_runner("serving_default")
+
+    def run(endpoint, inputs):
+        out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
+        return {k: np.array(v) for k, v in out.items()}
+
+    return verification._check(list(cases), run)
+

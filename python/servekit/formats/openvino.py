@@ -1,0 +1,180 @@
+"""OpenVINO IR: converted from the traced serving function, proved in OpenVINO.
+
+The TensorFlow worker hands `convert` the serving signature's concrete
+function (inputs named by the signature keys, outputs a dict keyed by them);
+`ov.convert_model` reads it without a SavedModel on disk. The IR's inputs and
+outputs carry exactly the signature keys as tensor names (the converter adds
+TensorFlow op names to outputs: they are dropped), in signature order, with
+dynamic dimensions left dynamic (`?`).
+
+Precision. OpenVINO's CPU plugin infers in bfloat16 by default on CPUs with
+AMX or AVX512-BF16, which a float32 model does not reproduce to 1e-5. The IR
+therefore declares the precision it was verified at in its own runtime
+options (`rt_info/runtime_options/INFERENCE_PRECISION_HINT`), which
+`ov.Core.compile_model` applies unless the caller overrides it: `f32` by
+default, `bf16` when asked (`openvino_precision="bf16"`, checked at the
+bfloat16 tolerance). The manifest records it.
+
+An IR is two files written side by side, `<name>.xml` and `<name>.bin`. The
+writer stages them in a directory (`model.xml`, `model.bin`); `commit` moves
+the `.bin` into place before the `.xml` and puts the old pair back if the
+second move fails.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from servekit import atomic
+from servekit import signature as sig
+from servekit.errors import ExportError, root_cause
+
+PRECISIONS = {"f32": "float32", "bf16": "bfloat16"}
+DEFAULT_PRECISION = "f32"
+STAGED_XML = "model.xml"
+
+
+def check_precision(precision: str, model_name: str) -> str:
+    """`precision` if OpenVINO servekit verifies at it, else a clear error."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"Model '{model_name}': openvino_precision must be one of {sorted(PRECISIONS)}; got "
+                          f"{precision!r}.", model=model_name, reason="bad_argument")
+    return precision
+
+
+def tolerances(precision: str) -> dict[str, tuple[float, float]]:
+    """The tolerances an IR declared at `precision` is checked with, over the defaults."""
+    from servekit.verification import TOLERANCES
+
+    return {} if precision == "f32" else {"float32": TOLERANCES["bfloat16"]}
+
+
+def convert(concrete, endpoint: sig.Signature, model_name: str, precision: str = DEFAULT_PRECISION):
+    """An `ov.Model` of the serving concrete function, named like `endpoint`.
+
+    Raises:
+        ExportError: the converter refused the graph, or its model's inputs
+            or outputs do not match the signature.
+    """
+    import openvino as ov
+
+    try:
+        converted = ov.convert_model(concrete)
+    except Exception as e:  # OpenVINO's frontend: any op it has no rule for
+        raise ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert the serving "
+                          f"function: {root_cause(e)}", model=model_name,
+                          reason="conversion_failed") from None
+    return _impose_signature(converted, endpoint, model_name, precision)
+
+
+def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, precision: str = DEFAULT_PRECISION):
+    """As `convert`, from a SavedModel directory's serving signature."""
+    import openvino as ov
+
+    try:
+        converted = ov.convert_model(path)
+    except Exception as e:  # as in convert
+        raise ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert the SavedModel: "
+                          f"{root_cause(e)}", model=model_name, reason="conversion_failed") from None
+    return _impose_signature(converted, endpoint, model_name, precision)
+
+
+def _impose_signature(converted, endpoint: sig.Signature, model_name: str, precision: str):
+    import openvino as ov
+
+    def by_name(ports, kind: str, names: Sequence[str]):
+        found = {}
+        for port in ports:
+            for name in names:
+                if name in port.get_names():
+                    found.setdefault(name, port)
+        missing = [n for n in names if n not in found]
+        if missing or len(ports) != len(names):
+            have = [sorted(p.get_names()) for p in ports]
+            raise ExportError(
+                f"Model '{model_name}': OpenVINO's converter produced {kind}s {have}; the signature has {list(names)} "
+                f"(missing {missing}).", model=model_name, reason="conversion_failed")
+        return [found[n] for n in names]
+
+    in_names = [t.name for t in endpoint.inputs]
+    out_names = [t.name for t in endpoint.outputs]
+    inputs = by_name(list(converted.inputs), "input", in_names)
+    outputs = by_name(list(converted.outputs), "output", out_names)
+    parameters = [p.get_node() for p in inputs]
+    results = [o.get_node() for o in outputs]
+    for name, param in zip(in_names, parameters):
+        param.set_friendly_name(name)
+        param.output(0).get_tensor().set_names({name})
+    for name, result in zip(out_names, results):
+        result.set_friendly_name(name)
+        result.input_value(0).get_tensor().set_names({name})
+    model = ov.Model(results, parameters, model_name)
+    model.set_rt_info(precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    return model
+
+
+def write(model, staged: str) -> str:
+    """Writes the IR into the staging directory `staged`; returns its .xml."""
+    import openvino as ov
+
+    os.makedirs(staged, exist_ok=True)
+    xml = os.path.join(staged, STAGED_XML)
+    ov.save_model(model, xml, compress_to_fp16=False)
+    return xml
+
+
+def staged_xml(staged: str) -> str:
+    return os.path.join(staged, STAGED_XML) if os.path.isdir(staged) else staged
+
+
+def commit(staged: str, xml_path: str) -> None:
+    """Moves a staged IR (`staged/model.{xml,bin}`) to `xml_path` and its .bin."""
+    bin_path = os.path.splitext(xml_path)[0] + ".bin"
+    previous_bin = None
+    if os.path.lexists(bin_path):
+        previous_bin = atomic.staging_path(bin_path)
+        os.rename(bin_path, previous_bin)
+    os.rename(os.path.join(staged, "model.bin"), bin_path)
+    try:
+        atomic.commit(os.path.join(staged, STAGED_XML), xml_path)
+    except BaseException:
+        os.replace(previous_bin, bin_path) if previous_bin else os.remove(bin_path)
+        raise
+    if previous_bin:
+        os.remove(previous_bin)
+    atomic.discard(staged)
+
+
+def compile_for_check(xml_path: str, precision: str = DEFAULT_PRECISION):
+    """The IR compiled on CPU at `precision`, one stream (as the check runs it)."""
+    import openvino as ov
+
+    return ov.Core().compile_model(xml_path, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+
+
+def check(xml_path: str, cases, precision: str = DEFAULT_PRECISION) -> list[Any]:
+    """Runs each case through OpenVINO's CPU plugin at `precision`.
+
+    Args:
+        xml_path: the IR's .xml (its .bin beside it).
+        cases: `servekit.pipeline.cases.Case`s of the serving endpoint.
+
+    Returns:
+        `servekit.verification.Comparison`s, one per case (and per repeated run).
+    """
+    import numpy as np
+
+    from servekit import verification
+
+    compiled = compile_for_check(staged_xml(xml_path), precision)
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(endpoint, inputs):
+        request = compiled.create_infer_request()
+        result = request.infer({k: np.asarray(v) for k, v in inputs.items()})
+        return {name: np.array(result[i]) for i, name in enumerate(names)}
+
+    return verification._check(list(cases), run)
+

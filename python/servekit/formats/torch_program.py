@@ -1,0 +1,281 @@
+"""PyTorch: a `torch.export` ExportedProgram (`.pt2`) and its AOTInductor package.
+
+Both are made from a Keras model on the torch backend: the source model
+itself (the in-process strategy, as Keras exports), or the model's `.keras`
+archive rebuilt in a fresh torch worker (the cross-backend strategy, for
+TensorFlow and JAX models).
+
+`export_program` wraps the model in a `torch.nn.Module` whose `forward` takes
+one positional argument per flat input, named by the signature keys, and
+returns a dict keyed by the output names in signature order: the program's
+user inputs and outputs are then exactly the signature, and a C++ caller of
+the AOTInductor package passes and receives tensors in signature order. Every
+dynamic dimension is a `torch.export.Dim` named like the signature's
+dimension (one `Dim` per name: dimensions with one name must be equal), and
+the sample traced has batch 2 (torch specializes sizes of 1).
+
+Canonical bytes. servekit removes what depends on the exporting machine or
+run: source stack traces (absolute paths) in every node's metadata, the
+archive's folder name (always `model`; torch names it after the file), entry
+dates, the random `serialization_id`, and the compiler command lines Inductor
+appends to its generated sources. An AOTInductor package stays specific to
+the exporting host: Inductor compiles it with `-march=native`, and the
+shared library's debug information names its build directories, so it is
+not in the byte-reproducibility contract (docs/determinism.md).
+
+`torch_aoti` compiles that program with `torch._inductor.
+aoti_compile_and_package` into a package `AOTIModelPackageLoader` runs from
+C++. Compilation costs 20-40 s per model on two cores (g++ on the generated
+kernels): the Bazel rule caches it like any action.
+"""
+
+from __future__ import annotations
+
+import io
+import keyword
+import os
+import zipfile
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from servekit.errors import ExportError, root_cause
+
+# `torch.export.export` arguments an export call may pass (Keras forwards them).
+EXPORT_ARGUMENTS = ("dynamic_shapes", "strict", "preserve_module_call_signature",
+                    "prefer_deferred_runtime_asserts_over_guards")
+SAMPLE_BATCH = 2
+_ARCHIVE_NAME = "model"
+
+
+def take_export_arguments(kwargs: dict[str, Any], model_name: str) -> dict[str, Any]:
+    """Pops the `torch.export.export` arguments out of `kwargs`."""
+    return {k: kwargs.pop(k) for k in EXPORT_ARGUMENTS if k in kwargs}
+
+
+def _argument_names(names: Sequence[str]) -> list[str]:
+    """Python parameter names for the flat inputs: the key where it is one."""
+    out = []
+    for i, name in enumerate(names):
+        ok = name.isidentifier() and not keyword.iskeyword(name) and name not in ("self", "model") and name not in out
+        out.append(name if ok else f"input_{i}")
+    return out
+
+
+def endpoint_module(model, layout, output_names: Sequence[str]):
+    """A `torch.nn.Module` calling `model` in inference mode on flat named
+    inputs, returning a dict of the flat outputs keyed by `output_names`."""
+    import keras
+    import torch
+
+    params = _argument_names([s.name for s in layout.flat])
+    source = (f"def forward(self, {', '.join(params)}):\n"
+              f"    outputs = self.model(*self.layout.pack([{', '.join(params)}]), training=False)\n"
+              "    return dict(zip(self.output_names, self.flatten(outputs)))\n")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<servekit endpoint>", "exec"), namespace)  # forward's parameters are the signature keys
+    module_class = type("ServekitEndpoint", (torch.nn.Module,), {"forward": namespace["forward"],
+                                                                 "__module__": __name__})
+    module = module_class()
+    module.model = model
+    module.layout = layout
+    module.output_names = list(output_names)
+    module.flatten = keras.tree.flatten
+    module.eval()
+    return module
+
+
+def _dynamic_shapes(layout) -> dict[str, dict[int, Any]]:
+    import torch
+
+    params = _argument_names([s.name for s in layout.flat])
+    dims: dict[str, Any] = {}
+    shapes = {}
+    for param, spec in zip(params, layout.flat):
+        entry = {}
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, str):
+                if dim not in dims:
+                    dims[dim] = torch.export.Dim(_dim_identifier(dim), min=1, max=1 << 30)
+                entry[axis] = dims[dim]
+        shapes[param] = entry
+    return shapes
+
+
+def _dim_identifier(name: str) -> str:
+    clean = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return clean if clean.isidentifier() else f"d_{clean}"
+
+
+def sample_inputs(layout, cases, model) -> list[np.ndarray]:
+    """Flat inputs to trace with: a case of batch >= 2, else generated at batch 2."""
+    from servekit import export_utils as eu
+
+    for case in cases:
+        if case.batch >= SAMPLE_BATCH and not case.runs:
+            return [np.asarray(case.inputs[s.name]) for s in layout.flat]
+    return eu.generate_inputs(layout, SAMPLE_BATCH, model=model)
+
+
+def export_program(model, layout, output_names: Sequence[str], flat_sample: Sequence[np.ndarray], model_name: str,
+                   export_args: Optional[Mapping[str, Any]] = None):
+    """`torch.export.export` of the endpoint module, every named dim dynamic.
+
+    Raises:
+        ExportError: torch.export refused the model (its cause kept).
+    """
+    import torch
+
+    if any(s.dtype == "string" for s in layout.flat):
+        raise ExportError(f"Model '{model_name}' takes string inputs, and PyTorch programs hold no strings: export "
+                          "the preprocessing (lookup) outside the model, or use format='tf_saved_model'.",
+                          model=model_name, reason="unsupported_input")
+    module = endpoint_module(model, layout, output_names)
+    args = dict(export_args or {})
+    args.setdefault("strict", False)
+    if "dynamic_shapes" not in args:
+        args["dynamic_shapes"] = _dynamic_shapes(layout)
+    sample = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in flat_sample)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, sample, **args)
+    except Exception as e:  # torch.export's own diagnostics (guards, unsupported ops): kept for the message
+        raise ExportError(f"Model '{model_name}': torch.export could not capture the model: {root_cause(e)}. Common "
+                          "causes: Python control flow on tensor values (use keras.ops.cond), or a dimension the "
+                          "model fixes (declare it static in input_signature).", model=model_name,
+                          reason="conversion_failed") from None
+    for node in program.graph_module.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    return program
+
+
+def write_program(program, path: str) -> None:
+    """Saves the ExportedProgram at `path`, its archive folder named `model`."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    _write_renamed_archive(buffer.getvalue(), path)
+
+
+def compile_aoti(program, path: str, workdir: str) -> None:
+    """Compiles the program with AOTInductor into the package `path`."""
+    import torch
+
+    scratch = os.path.join(workdir, f"{_ARCHIVE_NAME}.pt2")
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+    except Exception as e:  # Inductor's lowering or the C++ compiler: kept for the message
+        raise ExportError(f"AOTInductor could not compile the program: {root_cause(e)}",
+                          reason="conversion_failed") from None
+    with open(scratch, "rb") as f:
+        _write_renamed_archive(f.read(), path)
+
+
+def _write_renamed_archive(data: bytes, path: str) -> None:
+    """Rewrites a torch archive canonically: its top folder named `model`
+    (torch names it after the file it writes), fixed entry dates, the
+    compiler command lines Inductor appends to generated sources (they name
+    the machine's paths) removed, and the random `serialization_id` replaced
+    by a digest of the other entries."""
+    import hashlib
+
+    entries = []
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        for info in source.infolist():
+            _, _, rest = info.filename.partition("/")
+            content = source.read(info.filename)
+            if rest.endswith(".cpp"):
+                content = content.split(b"\n\n// Compile cmd\n", 1)[0] + b"\n"
+            entries.append((rest, content))
+    digest = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for n, c in entries
+                                     if not n.endswith("serialization_id"))).hexdigest()
+    with open(path, "wb") as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
+        for rest, content in entries:
+            if rest.endswith("serialization_id"):
+                content = str(int(digest[:32], 16)).encode()
+            entry = zipfile.ZipInfo(f"{_ARCHIVE_NAME}/{rest}", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_STORED
+            entry.external_attr = 0o644 << 16
+            target.writestr(entry, content)
+
+
+def _torch_inputs(layout, inputs: Mapping[str, Any]):
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in layout.flat]
+
+
+def check_program(path: str, layout, cases) -> list[Any]:
+    """Loads the `.pt2` with `torch.export.load` and runs each case."""
+    import torch
+
+    from servekit import verification
+
+    with open(path, "rb") as f:  # a buffer: torch.export.load refuses paths without the .pt2 suffix (staged ones)
+        module = torch.export.load(io.BytesIO(f.read())).module()
+
+    def run(endpoint, inputs):
+        with torch.no_grad():
+            out = module(*_torch_inputs(layout, inputs))
+        return {k: v.detach().cpu().numpy() for k, v in out.items()}
+
+    return verification._check(list(cases), run)
+
+
+def check_aoti(path: str, layout, output_names: Sequence[str], cases, workdir: str) -> list[Any]:
+    """Loads the AOTInductor package and runs each case."""
+    import torch
+
+    from servekit import verification
+
+    named = os.path.join(workdir, "check_aoti.pt2")  # the loader wants the .pt2 suffix a staged path lacks
+    if os.path.lexists(named):
+        os.remove(named)
+    os.symlink(os.path.abspath(path), named)
+    runner = torch._inductor.aoti_load_package(named)
+
+    def run(endpoint, inputs):
+        with torch.no_grad():
+            out = runner(*_torch_inputs(layout, inputs))
+        if isinstance(out, dict):
+            return {k: v.detach().cpu().numpy() for k, v in out.items()}
+        return {n: v.detach().cpu().numpy() for n, v in zip(output_names, out)}
+
+    return verification._check(list(cases), run)
+
+
+def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
+    """Exports `request.source` (a torch-backend model) as `request.format`
+    ("torch" or "torch_aoti") at `staged` and checks it against the cases.
+
+    Returns:
+        A strategy report (`ok`, `endpoints`, `comparisons`, `converter`).
+    """
+    from servekit import export_utils as eu
+    from servekit import signature as sig
+    from servekit import verification
+
+    plan = request.endpoints[0]
+    layout = plan.layout
+    outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
+    serving = sig.Signature("serving_default", layout.tensor_signatures(), outputs)
+    sample = sample_inputs(layout, request.cases, request.source)
+    program = export_program(request.source, layout, plan.output_names, sample, request.name,
+                             request.local_options.get(request.format))
+    report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "comparisons": []}
+    cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
+    if request.format == "torch":
+        write_program(program, staged)
+        report["converter"] = "torch.export"
+        comps = check_program(staged, layout, cases) if cases else []
+    else:
+        compile_aoti(program, staged, workdir)
+        report["converter"] = "torch.export+aoti_compile_and_package"
+        comps = check_aoti(staged, layout, plan.output_names, cases, workdir) if cases else []
+    report["comparisons"] = [dict(c.__dict__, artifact=request.format) for c in comps]
+    if not all(c.ok for c in comps):
+        from servekit import formats
+
+        report.update(verification.failure(comps, formats.FORMATS[request.format].description))
+    return report
