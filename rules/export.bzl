@@ -8,13 +8,30 @@ seeds and thread counts, the source backend chosen here. It writes, under
   manifest.json   the signature contract (docs/manifest.md)
   saved_model/    when "tf_saved_model" is in formats
   model.onnx      when "onnx" is in formats
+  model.xml, model.bin   when "openvino" is in formats (OpenVINO IR)
+  model.tflite    when "litert" is in formats
+  model.pt2       when "torch" is in formats (torch.export ExportedProgram)
+  model_aoti.pt2  when "torch_aoti" is in formats (AOTInductor package)
   reference/      reference inputs and outputs computed on the source backend
 
 The action fails the build when the export library refuses the model or its
 self-check (reload and compare) fails.
 """
 
-FORMATS = ["tf_saved_model", "onnx"]
+# Every format the export library writes, and the files each adds to an export.
+FORMATS = ["tf_saved_model", "onnx", "openvino", "litert", "torch", "torch_aoti"]
+_FORMAT_FILES = {
+    "onnx": ["model.onnx"],
+    "openvino": ["model.xml", "model.bin"],
+    "litert": ["model.tflite"],
+    "torch": ["model.pt2"],
+    "torch_aoti": ["model_aoti.pt2"],
+}
+
+# What servekit_model exports by default: the five formats Keras exports. The
+# AOTInductor package is opt-in: it compiles C++ for 20-40 s per model and is
+# specific to the exporting CPU (-march=native).
+DEFAULT_FORMATS = ["tf_saved_model", "onnx", "openvino", "litert", "torch"]
 BACKENDS = ["tensorflow", "jax", "torch"]
 
 ServekitExportInfo = provider(
@@ -24,6 +41,7 @@ ServekitExportInfo = provider(
         "manifest": "File: manifest.json.",
         "saved_model": "Tree artifact: the SavedModel directory, or None.",
         "onnx": "File: model.onnx, or None.",
+        "artifacts": "dict: format -> the artifact's entry File (model.xml for OpenVINO).",
         "reference": "Tree artifact: the reference .npy files.",
         "files": "depset of every output above.",
         "formats": "The formats exported, in order.",
@@ -71,15 +89,15 @@ def _model_export_impl(ctx):
     prefix = ctx.label.name + "/"
     manifest = ctx.actions.declare_file(prefix + "manifest.json")
     reference = ctx.actions.declare_directory(prefix + "reference")
-    saved_model = None
-    onnx = None
     outputs = [manifest, reference]
-    if "tf_saved_model" in ctx.attr.formats:
-        saved_model = ctx.actions.declare_directory(prefix + "saved_model")
-        outputs.append(saved_model)
-    if "onnx" in ctx.attr.formats:
-        onnx = ctx.actions.declare_file(prefix + "model.onnx")
-        outputs.append(onnx)
+    artifacts = {}
+    for fmt in ctx.attr.formats:
+        if fmt == "tf_saved_model":
+            files = [ctx.actions.declare_directory(prefix + "saved_model")]
+        else:
+            files = [ctx.actions.declare_file(prefix + f) for f in _FORMAT_FILES[fmt]]
+        artifacts[fmt] = files[0]
+        outputs += files
 
     args = ctx.actions.args()
 
@@ -129,8 +147,9 @@ def _model_export_impl(ctx):
         ServekitExportInfo(
             name = ctx.label.name,
             manifest = manifest,
-            saved_model = saved_model,
-            onnx = onnx,
+            saved_model = artifacts.get("tf_saved_model"),
+            onnx = artifacts.get("onnx"),
+            artifacts = artifacts,
             reference = reference,
             files = files,
             formats = ctx.attr.formats,
@@ -154,8 +173,8 @@ model_export = rule(
             doc = "Keras backend the model is built and its reference outputs computed on.",
         ),
         "formats": attr.string_list(
-            default = FORMATS,
-            doc = "Artifact formats: some of tf_saved_model, onnx.",
+            default = DEFAULT_FORMATS,
+            doc = "Artifact formats: some of " + ", ".join(FORMATS) + ".",
         ),
         "reference_batches": attr.int_list(
             default = [1, 7],

@@ -10,12 +10,21 @@ same reference inputs and compares them with each other.
 
 load("//rules:export.bzl", "ServekitExportInfo", "export_launcher")
 
-CHECKS = ["tf_saved_model", "onnx", "cross_format"]
+load("//rules:export.bzl", "FORMATS")
+
+# The formats the native verifier loads; the others are checked in their
+# runtime's Python API (//python/servekit/build:check_artifact) until it does.
+NATIVE_FORMATS = ["tf_saved_model", "onnx"]
+CHECKS = FORMATS + ["cross_format"]
 
 def _artifact_test_impl(ctx):
     export = ctx.attr.export[ServekitExportInfo]
     if ctx.attr.check != "cross_format" and ctx.attr.check not in export.formats:
         fail("check '%s': %s exported only %s" % (ctx.attr.check, ctx.attr.export.label, export.formats))
+    if ctx.attr.check not in NATIVE_FORMATS + ["cross_format"]:
+        checker = ctx.executable._python_checker
+        command = "exec '%s' --manifest '%s' --format %s" % (checker.short_path, export.manifest.short_path, ctx.attr.check)
+        return [export_launcher(ctx, ctx.attr._python_checker, export, command)]
     verifier = ctx.executable._verifier
     if ctx.attr.check == "cross_format":
         # Every artifact, then SavedModel vs ONNX on the same reference inputs.
@@ -37,11 +46,16 @@ artifact_test = rule(
         "check": attr.string(
             mandatory = True,
             values = CHECKS,
-            doc = "tf_saved_model or onnx: that artifact against the manifest and reference " +
+            doc = "A format: that artifact against the manifest and reference " +
                   "data; cross_format: SavedModel vs ONNX on the reference inputs.",
         ),
         "_verifier": attr.label(
             default = Label("//cc/cli:servekit_verify"),
+            executable = True,
+            cfg = "target",
+        ),
+        "_python_checker": attr.label(
+            default = Label("//python/servekit/build:check_artifact"),
             executable = True,
             cfg = "target",
         ),

@@ -16,13 +16,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from servekit import formats
 from servekit.pipeline.cases import storable
 from servekit.signature import ExportedArtifact, Signature
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REFERENCE_DIR = "reference"
-ARTIFACT_PATHS = {"tf_saved_model": "saved_model", "onnx": "model.onnx"}
+ARTIFACT_PATHS = {name: fmt.build_path for name, fmt in formats.FORMATS.items()}
 
 DEFAULT_TOLERANCES = {
     "float16": (1e-2, 1e-2),
@@ -31,7 +32,8 @@ DEFAULT_TOLERANCES = {
     "float64": (1e-7, 0.0),
 }
 
-_TOOL_PACKAGES = ("keras", "tensorflow-cpu", "jax", "torch", "onnx", "onnxruntime", "tf2onnx", "numpy")
+_TOOL_PACKAGES = ("keras", "tensorflow-cpu", "jax", "torch", "onnx", "onnxruntime", "tf2onnx", "openvino",
+                  "ai-edge-litert", "numpy")
 
 
 def tool_versions() -> dict[str, str]:
@@ -128,7 +130,12 @@ def build_manifest(
             entry["strategy"] = artifact.strategy
         if getattr(artifact, "converter", None):
             entry["converter"] = artifact.converter
-        entry["files"] = file_digests(export_dir / relative)
+        if getattr(artifact, "precision", None):
+            entry["precision"] = artifact.precision
+        files: dict[str, str] = {}
+        for member in formats.member_paths(artifact.format, str(export_dir / relative)):
+            files.update(file_digests(pathlib.Path(member)))
+        entry["files"] = dict(sorted(files.items()))
         artifact_entries.append(entry)
 
     merged = dict(DEFAULT_TOLERANCES)

@@ -200,14 +200,15 @@ def _write_renamed_archive(data: bytes, path: str) -> None:
             target.writestr(entry, content)
 
 
-def _torch_inputs(layout, inputs: Mapping[str, Any]):
+def _torch_inputs(input_names: Sequence[str], inputs: Mapping[str, Any]):
     import torch
 
-    return [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in layout.flat]
+    return [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in input_names]
 
 
-def check_program(path: str, layout, cases) -> list[Any]:
-    """Loads the `.pt2` with `torch.export.load` and runs each case."""
+def check_program(path: str, input_names: Sequence[str], cases) -> list[Any]:
+    """Loads the `.pt2` with `torch.export.load` and runs each case (inputs
+    passed in `input_names` order, the signature's)."""
     import torch
 
     from servekit import verification
@@ -217,14 +218,16 @@ def check_program(path: str, layout, cases) -> list[Any]:
 
     def run(endpoint, inputs):
         with torch.no_grad():
-            out = module(*_torch_inputs(layout, inputs))
+            out = module(*_torch_inputs(input_names, inputs))
         return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
     return verification._check(list(cases), run)
 
 
-def check_aoti(path: str, layout, output_names: Sequence[str], cases, workdir: str) -> list[Any]:
-    """Loads the AOTInductor package and runs each case."""
+def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str], cases,
+               workdir: str) -> list[Any]:
+    """Loads the AOTInductor package and runs each case (flat inputs and
+    outputs in signature order)."""
     import torch
 
     from servekit import verification
@@ -237,7 +240,7 @@ def check_aoti(path: str, layout, output_names: Sequence[str], cases, workdir: s
 
     def run(endpoint, inputs):
         with torch.no_grad():
-            out = runner(*_torch_inputs(layout, inputs))
+            out = runner(*_torch_inputs(input_names, inputs))
         if isinstance(out, dict):
             return {k: v.detach().cpu().numpy() for k, v in out.items()}
         return {n: v.detach().cpu().numpy() for n, v in zip(output_names, out)}
@@ -265,14 +268,15 @@ def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
                              request.local_options.get(request.format))
     report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "comparisons": []}
     cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
+    names = [s.name for s in layout.flat]
     if request.format == "torch":
         write_program(program, staged)
         report["converter"] = "torch.export"
-        comps = check_program(staged, layout, cases) if cases else []
+        comps = check_program(staged, names, cases) if cases else []
     else:
         compile_aoti(program, staged, workdir)
         report["converter"] = "torch.export+aoti_compile_and_package"
-        comps = check_aoti(staged, layout, plan.output_names, cases, workdir) if cases else []
+        comps = check_aoti(staged, names, plan.output_names, cases, workdir) if cases else []
     report["comparisons"] = [dict(c.__dict__, artifact=request.format) for c in comps]
     if not all(c.ok for c in comps):
         from servekit import formats
