@@ -85,7 +85,7 @@ def check(manifest_path: str, fmt: str) -> list[str]:
     elif fmt == "torch":
         from servekit.formats import torch_program
 
-        comparisons = torch_program.check_program(path, input_names, cases)
+        comparisons = torch_program.check_program(path, input_names, output_names, cases)
     elif fmt == "torch_aoti":
         from servekit.formats import torch_program
 

@@ -5,14 +5,16 @@ itself (the in-process strategy, as Keras exports), or the model's `.keras`
 archive rebuilt in a fresh torch worker (the cross-backend strategy, for
 TensorFlow and JAX models).
 
-`export_program` wraps the model in a `torch.nn.Module` whose `forward` takes
-one positional argument per flat input, named by the signature keys, and
-returns a dict keyed by the output names in signature order: the program's
-user inputs and outputs are then exactly the signature, and a C++ caller of
-the AOTInductor package passes and receives tensors in signature order. Every
-dynamic dimension is a `torch.export.Dim` named like the signature's
-dimension (one `Dim` per name: dimensions with one name must be equal), and
-the sample traced has batch 2 (torch specializes sizes of 1).
+The ExportedProgram is Keras's: the module is the model, taking the model's
+call structure (a tensor, a list or a dict) and returning its output
+structure, so `torch.export.load(p).module()(x)` behaves like `model(x)`.
+The AOTInductor package is compiled from a flat endpoint module instead,
+whose `forward` takes one tensor per input, named by the signature keys,
+and returns a list in signature order: a C++ caller passes and receives
+tensors in the manifest's order. In both, every dynamic dimension is a
+`torch.export.Dim` named like the signature's dimension (one `Dim` per name:
+dimensions with one name must be equal), and the sample traced has batch 2
+(torch specializes sizes of 1).
 
 Canonical bytes. servekit removes what depends on the exporting machine or
 run: source stack traces (absolute paths) in every node's metadata, the
@@ -62,16 +64,18 @@ def _argument_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def endpoint_module(model, layout, output_names: Sequence[str]):
-    """A `torch.nn.Module` calling `model` in inference mode on flat named
-    inputs, returning a dict of the flat outputs keyed by `output_names`."""
+def flat_endpoint_module(model, layout):
+    """A `torch.nn.Module` calling `model` in inference mode on flat inputs
+    named by the signature keys, returning its flat outputs as a list (in
+    signature order): what a C++ caller of an AOTInductor package passes and
+    receives."""
     import keras
     import torch
 
     params = _argument_names([s.name for s in layout.flat])
     source = (f"def forward(self, {', '.join(params)}):\n"
               f"    outputs = self.model(*self.layout.pack([{', '.join(params)}]), training=False)\n"
-              "    return dict(zip(self.output_names, self.flatten(outputs)))\n")
+              "    return list(self.flatten(outputs))\n")
     namespace: dict[str, Any] = {}
     exec(compile(source, "<servekit endpoint>", "exec"), namespace)  # forward's parameters are the signature keys
     module_class = type("ServekitEndpoint", (torch.nn.Module,), {"forward": namespace["forward"],
@@ -79,26 +83,25 @@ def endpoint_module(model, layout, output_names: Sequence[str]):
     module = module_class()
     module.model = model
     module.layout = layout
-    module.output_names = list(output_names)
     module.flatten = keras.tree.flatten
     module.eval()
     return module
 
 
-def _dynamic_shapes(layout) -> dict[str, dict[int, Any]]:
+def _dims(layout) -> list[dict[int, Any]]:
+    """Per flat input, its dynamic axes as `torch.export.Dim`s, one per name."""
     import torch
 
-    params = _argument_names([s.name for s in layout.flat])
-    dims: dict[str, Any] = {}
-    shapes = {}
-    for param, spec in zip(params, layout.flat):
+    by_name: dict[str, Any] = {}
+    shapes = []
+    for spec in layout.flat:
         entry = {}
         for axis, dim in enumerate(spec.dims):
             if isinstance(dim, str):
-                if dim not in dims:
-                    dims[dim] = torch.export.Dim(_dim_identifier(dim), min=1, max=1 << 30)
-                entry[axis] = dims[dim]
-        shapes[param] = entry
+                if dim not in by_name:
+                    by_name[dim] = torch.export.Dim(_dim_identifier(dim), min=1, max=1 << 30)
+                entry[axis] = by_name[dim]
+        shapes.append(entry)
     return shapes
 
 
@@ -117,9 +120,18 @@ def sample_inputs(layout, cases, model) -> list[np.ndarray]:
     return eu.generate_inputs(layout, SAMPLE_BATCH, model=model)
 
 
-def export_program(model, layout, output_names: Sequence[str], flat_sample: Sequence[np.ndarray], model_name: str,
+def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name: str, flat: bool,
                    export_args: Optional[Mapping[str, Any]] = None):
-    """`torch.export.export` of the endpoint module, every named dim dynamic.
+    """`torch.export.export` of the model, every named dim dynamic.
+
+    Args:
+        flat: False for Keras's program (the module is the model: it takes the
+            model's call structure and returns its output structure, as
+            `model.export(format="torch")` writes it); True for the flat
+            endpoint module (`flat_endpoint_module`) an AOTInductor package
+            is compiled from.
+        export_args: `torch.export.export` arguments; a `dynamic_shapes` of
+            Keras's form (for the model's `*args`) replaces servekit's.
 
     Raises:
         ExportError: torch.export refused the model (its cause kept).
@@ -130,12 +142,20 @@ def export_program(model, layout, output_names: Sequence[str], flat_sample: Sequ
         raise ExportError(f"Model '{model_name}' takes string inputs, and PyTorch programs hold no strings: export "
                           "the preprocessing (lookup) outside the model, or use format='tf_saved_model'.",
                           model=model_name, reason="unsupported_input")
-    module = endpoint_module(model, layout, output_names)
     args = dict(export_args or {})
     args.setdefault("strict", False)
-    if "dynamic_shapes" not in args:
-        args["dynamic_shapes"] = _dynamic_shapes(layout)
-    sample = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in flat_sample)
+    tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in flat_sample]
+    if flat:
+        module, sample = flat_endpoint_module(model, layout), tuple(tensors)
+        args["dynamic_shapes"] = tuple(_dims(layout))
+    else:
+        module, sample = model, tuple(layout.pack(tensors))
+        if "dynamic_shapes" in args:
+            from keras.src.export.torch import _normalize_dynamic_shapes
+
+            args["dynamic_shapes"] = _normalize_dynamic_shapes(args["dynamic_shapes"], sample)
+        else:
+            args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
         with torch.no_grad():
             program = torch.export.export(module, sample, **args)
@@ -206,20 +226,26 @@ def _torch_inputs(input_names: Sequence[str], inputs: Mapping[str, Any]):
     return [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in input_names]
 
 
-def check_program(path: str, input_names: Sequence[str], cases) -> list[Any]:
-    """Loads the `.pt2` with `torch.export.load` and runs each case (inputs
-    passed in `input_names` order, the signature's)."""
+def check_program(path: str, input_names: Sequence[str], output_names: Sequence[str], cases) -> list[Any]:
+    """Loads the `.pt2` with `torch.export.load` and runs each case: the flat
+    inputs (signature order) are packed into the program's call structure,
+    and its outputs flattened back into signature order."""
     import torch
+    from torch.utils import _pytree
 
     from servekit import verification
 
     with open(path, "rb") as f:  # a buffer: torch.export.load refuses paths without the .pt2 suffix (staged ones)
-        module = torch.export.load(io.BytesIO(f.read())).module()
+        program = torch.export.load(io.BytesIO(f.read()))
+    module = program.module()
+    in_spec = program.call_spec.in_spec
 
     def run(endpoint, inputs):
+        args, kwargs = _pytree.tree_unflatten(_torch_inputs(input_names, inputs), in_spec)
         with torch.no_grad():
-            out = module(*_torch_inputs(input_names, inputs))
-        return {k: v.detach().cpu().numpy() for k, v in out.items()}
+            out = module(*args, **kwargs)
+        leaves = _pytree.tree_leaves(out)
+        return {n: v.detach().cpu().numpy() for n, v in zip(output_names, leaves)}
 
     return verification._check(list(cases), run)
 
@@ -241,8 +267,6 @@ def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str
     def run(endpoint, inputs):
         with torch.no_grad():
             out = runner(*_torch_inputs(input_names, inputs))
-        if isinstance(out, dict):
-            return {k: v.detach().cpu().numpy() for k, v in out.items()}
         return {n: v.detach().cpu().numpy() for n, v in zip(output_names, out)}
 
     return verification._check(list(cases), run)
@@ -264,15 +288,15 @@ def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
     outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
     serving = sig.Signature("serving_default", layout.tensor_signatures(), outputs)
     sample = sample_inputs(layout, request.cases, request.source)
-    program = export_program(request.source, layout, plan.output_names, sample, request.name,
-                             request.local_options.get(request.format))
+    program = export_program(request.source, layout, sample, request.name, flat=request.format == "torch_aoti",
+                             export_args=request.local_options.get(request.format))
     report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "comparisons": []}
     cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
     names = [s.name for s in layout.flat]
     if request.format == "torch":
         write_program(program, staged)
         report["converter"] = "torch.export"
-        comps = check_program(staged, names, cases) if cases else []
+        comps = check_program(staged, names, plan.output_names, cases) if cases else []
     else:
         compile_aoti(program, staged, workdir)
         report["converter"] = "torch.export+aoti_compile_and_package"
