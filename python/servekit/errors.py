@@ -39,6 +39,12 @@ class ExportTypeError(ExportError, TypeError):
     """
 
 
+class ExportRuntimeError(ExportError, RuntimeError):
+    """An `ExportError` where a tracer could not capture the model (e.g.
+    `torch.export` on data-dependent control flow); also a `RuntimeError`,
+    as Keras raises one there."""
+
+
 def root_cause(error: BaseException) -> str:
     """A converter's error in one line that keeps its cause: the class, the
     first line (what failed) and the last (often the op or the fix)."""

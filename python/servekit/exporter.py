@@ -294,6 +294,11 @@ def _format_options(destinations: Mapping[str, str], kwargs: dict[str, Any],
         from servekit.formats import torch_program
 
         torch_args = torch_program.take_export_arguments(kwargs, model_name)
+        if kwargs and "litert" not in destinations:
+            raise ExportError(f"Model '{model_name}': Unsupported arguments for `format=\"torch\"`: "
+                              f"{', '.join(sorted(kwargs))}. Supported arguments are: "
+                              f"{', '.join(sorted(torch_program.EXPORT_ARGUMENTS))}.", model=model_name,
+                              reason="bad_argument")
         if torch_args:
             for fmt in ("torch", "torch_aoti"):
                 if fmt in destinations:

@@ -45,6 +45,7 @@ __all__ = [
     "BenchmarkReport",
     "Device",
     "Format",
+    "InferencePrecision",
     "LatencyStats",
     "LoadOptions",
     "Model",
@@ -62,6 +63,7 @@ __all__ = [
 Format = _native.Format
 Device = _native.Device
 OnnxOptimization = _native.OnnxOptimization
+InferencePrecision = _native.InferencePrecision
 LoadOptions = _native.LoadOptions
 VerifyReport = _native.VerifyReport
 BenchmarkReport = _native.BenchmarkReport
@@ -137,10 +139,12 @@ class Model:
 
 
 def _load_options(intra_op_threads: int, inter_op_threads: int, device: Union[str, Any],
-                  tags: Optional[Sequence[str]] = None, optimization: Union[str, Any] = "all") -> LoadOptions:
+                  tags: Optional[Sequence[str]] = None, optimization: Union[str, Any] = "all",
+                  openvino_precision: Union[str, Any] = "f32") -> LoadOptions:
     return LoadOptions(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
                        device=_member(Device, device, "device"), tags=list(tags or []),
-                       optimization=_member(OnnxOptimization, optimization, "optimization"))
+                       optimization=_member(OnnxOptimization, optimization, "optimization"),
+                       openvino_precision=_member(InferencePrecision, openvino_precision, "openvino_precision"))
 
 
 def load(
@@ -152,8 +156,10 @@ def load(
     tags: Optional[Sequence[str]] = None,
     format: Optional[Union[str, Any]] = None,
     optimization: Union[str, Any] = "all",
+    openvino_precision: Union[str, Any] = "f32",
 ) -> Model:
-    """Loads a SavedModel directory or an .onnx file.
+    """Loads an artifact: a SavedModel directory, an .onnx, .xml (OpenVINO IR),
+    .tflite (LiteRT) file or a .pt2 AOTInductor package.
 
     Args:
         path: the artifact.
@@ -164,12 +170,14 @@ def load(
         device: "cpu" or "gpu" (or a `Device`); "gpu" fails clearly where the
             runtime has no GPU.
         tags: SavedModel MetaGraph tags (default ["serve"]).
-        format: "tf_saved_model" or "onnx" (or a `Format`); detected from the path
-            by default.
+        format: "tf_saved_model", "onnx", "openvino", "litert", "torch_aoti" (or a
+            `Format`); detected from the path by default.
         optimization: ONNX Runtime graph optimization: "disabled", "basic",
             "extended", "all" (or an `OnnxOptimization`).
+        openvino_precision: OpenVINO's CPU inference precision, "f32" (default)
+            or "bf16" (or an `InferencePrecision`).
     """
-    options = _load_options(intra_op_threads, inter_op_threads, device, tags, optimization)
+    options = _load_options(intra_op_threads, inter_op_threads, device, tags, optimization, openvino_precision)
     fmt = None if format is None else _member(Format, format, "format")
     return Model(_native.load(str(path), options, fmt))
 

@@ -1,16 +1,17 @@
 """Keras's own export test suite, run against servekit (one backend per process).
 
 The installed keras ships the tests of its export API
-(`keras/src/export/saved_model_test.py` and `onnx_test.py`). This test copies
-them unchanged into a scratch directory, except for one skip: Keras skips its
-SavedModel tests on torch with NumPy 2 (its torch SavedModel road needs
-torch_xla); servekit exports torch SavedModels, so here they run. A pytest
-plugin then routes every export entry point the tests call
-(`export_saved_model`, `ExportArchive`, `export_onnx`, `Model.export`) to
-servekit, and pytest runs them in one warm export worker
-(`servekit.worker.launch.warm_worker`, byte-identical to fresh processes). Any
-failure fails the Bazel test; each case is reported in the JUnit XML Bazel
-collects.
+(`keras/src/export/*_test.py`). This test copies the files named by
+`KERAS_SUITE_FILES` (default: `saved_model_test.py onnx_test.py`) into a
+scratch directory unchanged, except for the skips that say Keras cannot
+export on this backend (`_BACKEND_SKIPS`): servekit exports torch
+SavedModels and LiteRT from every backend, so those tests run. A pytest plugin
+then routes every export entry point the tests call (`export_saved_model`,
+`ExportArchive`, `export_onnx`, `export_openvino`, `export_litert`,
+`export_torch`, `Model.export`) to servekit, and pytest runs them in one warm
+export worker (`servekit.worker.launch.warm_worker`, byte-identical to fresh
+processes). Any failure fails the Bazel test; each case is reported in the
+JUnit XML Bazel collects.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ import tempfile
 
 import pytest
 
-SUITE_FILES = ("saved_model_test.py", "onnx_test.py")
-# Keras's class-level skip of its torch SavedModel tests (NumPy 2 + torch_xla).
-_TORCH_SKIP = re.compile(r'backend\.backend\(\) == "torch" and np\.version\.version\.startswith\("2\."\)')
+DEFAULT_FILES = ("saved_model_test.py", "onnx_test.py")
+# Keras's skips that say "Keras cannot export this on this backend", which servekit
+# can: each is replaced by False, and must be found as often as listed (a change in
+# Keras's tests then fails here instead of silently running fewer tests).
+_BACKEND_SKIPS = {
+    # The torch SavedModel road (NumPy 2 + torch_xla).
+    "saved_model_test.py": [(r'backend\.backend\(\) == "torch" and np\.version\.version\.startswith\("2\."\)', 1)],
+    # "LiteRT export requires the TensorFlow backend": the interpreter import and the class skips.
+    "litert_test.py": [(r'backend\.backend\(\) != "tensorflow"', 3)],
+}
 
 
 class RouteToServekit:
@@ -57,21 +65,39 @@ class RouteToServekit:
         keras_onnx.export_onnx = export_onnx
         keras_model.Model.export = model_export
 
+        import importlib
 
-def copy_suite(dest: str) -> list[str]:
-    """Copies Keras's export tests to `dest`; returns their paths."""
+        for module, function, fmt in (("openvino", "export_openvino", "openvino"),
+                                      ("litert", "export_litert", "litert"), ("torch", "export_torch", "torch")):
+            setattr(importlib.import_module("keras.src.export." + module), function, _routed(fmt))
+
+
+def _routed(fmt: str):
+    """Keras's `export_<format>(model, filepath, ...)`, as servekit.export."""
+
+    def export(model, filepath, verbose=None, input_signature=None, **kwargs):
+        import servekit
+
+        return servekit.export(model, filepath, format=fmt, verbose=verbose, input_signature=input_signature,
+                               **kwargs)
+
+    return export
+
+
+def copy_suite(dest: str, files: list[str]) -> list[str]:
+    """Copies Keras's export tests `files` to `dest`; returns their paths."""
     import keras
 
     source = os.path.join(os.path.dirname(keras.__file__), "src", "export")
     paths = []
-    for name in SUITE_FILES:
+    for name in files:
         with open(os.path.join(source, name)) as f:
             text = f.read()
-        if name == "saved_model_test.py":
-            text, count = _TORCH_SKIP.subn("False", text)
-            if count != 1:
-                raise RuntimeError(f"keras {keras.__version__}: the torch SavedModel skip in {name} changed; "
-                                   "update tests/keras_suite/keras_export_suite.py")
+        for pattern, expected in _BACKEND_SKIPS.get(name, []):
+            text, count = re.subn(pattern, "False", text)
+            if count != expected:
+                raise RuntimeError(f"keras {keras.__version__}: the backend skip {pattern!r} in {name} was found "
+                                   f"{count} times, not {expected}; update tests/keras_suite/keras_export_suite.py")
         path = os.path.join(dest, name)
         with open(path, "w") as f:
             f.write(text)
@@ -82,7 +108,8 @@ def copy_suite(dest: str) -> list[str]:
 def main(argv: list[str]) -> int:
     scratch = tempfile.mkdtemp(prefix="keras-suite-", dir=os.environ.get("TEST_TMPDIR"))
     try:
-        paths = copy_suite(scratch)
+        files = os.environ.get("KERAS_SUITE_FILES", " ".join(DEFAULT_FILES)).split()
+        paths = copy_suite(scratch, files)
         args = paths + ["-p", "no:cacheprovider", "-q", "-W", "ignore", "-rfE", "--rootdir", scratch] + argv
         xml = os.environ.get("XML_OUTPUT_FILE")
         if xml:

@@ -41,7 +41,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from servekit.errors import ExportError, root_cause
+from servekit.errors import ExportError, ExportRuntimeError, root_cause
 
 # `torch.export.export` arguments an export call may pass (Keras forwards them).
 EXPORT_ARGUMENTS = ("dynamic_shapes", "strict", "preserve_module_call_signature",
@@ -160,10 +160,10 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
         with torch.no_grad():
             program = torch.export.export(module, sample, **args)
     except Exception as e:  # torch.export's own diagnostics (guards, unsupported ops): kept for the message
-        raise ExportError(f"Model '{model_name}': torch.export could not capture the model: {root_cause(e)}. Common "
+        raise ExportRuntimeError(f"Model '{model_name}': torch.export could not capture the model: {root_cause(e)}. Common "
                           "causes: Python control flow on tensor values (use keras.ops.cond), or a dimension the "
-                          "model fixes (declare it static in input_signature).", model=model_name,
-                          reason="conversion_failed") from None
+                                 "model fixes (declare it static in input_signature).", model=model_name,
+                                 reason="conversion_failed") from None
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
@@ -182,12 +182,31 @@ def compile_aoti(program, path: str, workdir: str) -> None:
     """Compiles the program with AOTInductor into the package `path`."""
     import torch
 
+    import shutil
+
+    from torch._inductor import config
+
     scratch = os.path.join(workdir, f"{_ARCHIVE_NAME}.pt2")
+    # A build action runs without PATH, and g++ then finds neither its cc1plus
+    # nor ld: the compiler runs with the system's directories.
+    search_path = os.environ.get("PATH") or "/usr/bin:/bin"
+    compiler = shutil.which("g++", path=search_path)
+    if compiler is None:
+        raise ExportError("AOTInductor compiles C++, and no g++ was found on PATH or in /usr/bin "
+                          "(apt-get install g++).", reason="conversion_failed")
+    saved_path = os.environ.get("PATH")
+    os.environ["PATH"] = search_path
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+        with config.patch({"cpp.cxx": (None, compiler)}):
+            torch._inductor.aoti_compile_and_package(program, package_path=scratch)
     except Exception as e:  # Inductor's lowering or the C++ compiler: kept for the message
         raise ExportError(f"AOTInductor could not compile the program: {root_cause(e)}",
                           reason="conversion_failed") from None
+    finally:
+        if saved_path is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = saved_path
     with open(scratch, "rb") as f:
         _write_renamed_archive(f.read(), path)
 

@@ -194,6 +194,8 @@ def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],
     cls = errors.ExportError
     if any(a.error_class is not None and issubclass(a.error_class, TypeError) for a in tried):
         cls = errors.ExportTypeError
+    elif any(a.error_class is not None and issubclass(a.error_class, RuntimeError) for a in tried):
+        cls = errors.ExportRuntimeError
     layer = next((a.layer for a in attempts if a.layer), None)
     reason = reasons[-1] if reasons else "no_strategy"
     return cls(message, layer=layer, reason=reason)

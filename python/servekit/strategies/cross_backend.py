@@ -1,6 +1,10 @@
-"""Rebuilding under another backend, for that backend's ONNX converter.
+"""Rebuilding under another backend, for that backend's converters.
 
-The last road to ONNX, tried after the portable rebuild (tf2onnx) and the
+The road from TensorFlow and JAX to the torch formats (an ExportedProgram, an
+AOTInductor package): the model's `.keras` archive is rebuilt in a fresh torch
+worker and exported there as the in-process strategy exports on torch.
+
+And the last road to ONNX, tried after the portable rebuild (tf2onnx) and the
 in-process export (the source backend's own converter) have failed: the
 model's `.keras` archive is rebuilt in a fresh worker process under each other
 backend in turn, JAX (jax2onnx) then torch (torch.onnx), and converted there
@@ -65,6 +69,9 @@ class CrossBackendRebuild:
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
         from servekit.strategies import keras_file as keras_archive
 
+        # One directory per format: the pipeline hands this strategy each format of an export in turn.
+        workdir = os.path.join(workdir, request.format)
+        os.makedirs(workdir)
         keras_file = os.path.join(workdir, "model_keras")
         classes = keras_archive.preflight(request.source, request.name)
         keras_archive.save_keras(request.source, keras_file, request.name)
