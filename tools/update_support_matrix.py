@@ -17,7 +17,9 @@ The zoo's real architectures get a matrix of their own, between
 `bazel test //models:all`: one cell per export and format, passed when its
 native `artifact_test` (`<model>_<backend>_test_<format>`, bazel-testlogs)
 passed, with the converter that made each ONNX model (from the export's
-manifest in bazel-bin).
+manifest in bazel-bin). The zoo models exported to every format get the
+3 backends x 6 formats matrix, between `<!-- formats-matrix:begin -->` and
+`<!-- formats-matrix:end -->`, made the same way.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import zipfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
 ZOO_BEGIN, ZOO_END = "<!-- zoo-matrix:begin -->", "<!-- zoo-matrix:end -->"
+FORMATS_BEGIN, FORMATS_END = "<!-- formats-matrix:begin -->", "<!-- formats-matrix:end -->"
 # The zoo models the README's real-architecture matrix lists (models/BUILD).
 ZOO_MODELS = ("mobilenet_v3", "mobilenet_v2", "convnext", "vit", "bert", "llama")
+# The zoo models exported to every format (models/BUILD: KERAS_FORMATS).
+FORMAT_MODELS = ("mlp", "cnn", "transformer", "mobilenet_v2", "bert")
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -62,12 +67,12 @@ def _test_passed(test_dir: pathlib.Path) -> bool | None:
     return all(int(t.get("failures", 0)) == 0 and int(t.get("errors", 0)) == 0 for t in suites) and bool(suites)
 
 
-def collect_zoo(bin_dir: pathlib.Path, testlogs: pathlib.Path) -> list[dict]:
-    """One row per zoo export and format that was built and tested."""
+def collect_zoo(bin_dir: pathlib.Path, testlogs: pathlib.Path, models=ZOO_MODELS) -> list[dict]:
+    """One row per zoo export (of `models`) and format that was built and tested."""
     from servekit.support_matrix import make_row
 
     rows = []
-    for model in ZOO_MODELS:
+    for model in models:
         for backend in BACKENDS:
             export = f"{model}_{backend}"
             manifest_path = bin_dir / "models" / export / "manifest.json"
@@ -101,11 +106,13 @@ def main() -> int:
     text = readme.read_text()
     rows = collect(ROOT / "bazel-testlogs")
     zoo = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs")
+    every_format = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs", FORMAT_MODELS)
     if not rows and not zoo:
         print("No results in bazel-testlogs: run `bazel test //tests/python/...` and/or "
               "`bazel test //models:all` first.")
         return 1
-    for name, begin, end, found in (("support matrix", BEGIN, END, rows), ("zoo matrix", ZOO_BEGIN, ZOO_END, zoo)):
+    for name, begin, end, found in (("support matrix", BEGIN, END, rows), ("zoo matrix", ZOO_BEGIN, ZOO_END, zoo),
+                                    ("formats matrix", FORMATS_BEGIN, FORMATS_END, every_format)):
         if not found:
             print(f"README {name}: no results, left as it was")
             continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional
 
 BACKENDS = ("tensorflow", "jax", "torch")
-FORMATS = ("tf_saved_model", "onnx")
+FORMATS = ("tf_saved_model", "onnx", "openvino", "litert", "torch", "torch_aoti")
 STATUSES = ("pass", "fail", "unsupported")
 _MARK = {"pass": "✅", "fail": "❌", "unsupported": "➖"}
 
