@@ -235,7 +235,7 @@ def export_formats(
     request = ExportRequest("model", next(iter(destinations)), model_name, backend, [plan], CaseSet(), verify=verify,
                             opset=opset, source=model, version=_version(), format_options=format_options,
                             local_options=local_options)
-    with strategies.worker_starting_now(chosen, request):
+    with strategies.worker_starting_now(chosen, request, list(destinations)):
         if verify:
             call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
                                      backend, model=model_name)

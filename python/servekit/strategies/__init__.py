@@ -23,6 +23,7 @@ strategy whose artifact verifies wins (see `servekit.pipeline.core`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from servekit.strategies.cross_backend import CrossBackendRebuild
 from servekit.strategies.in_process import InProcess
@@ -44,14 +45,17 @@ def resolve(strategy: str | None):
     return (BY_NAME[strategy],)
 
 
-def worker_starting_now(chosen, request) -> contextlib.AbstractContextManager:
-    """A warm export worker for one export when the portable rebuild will run
-    (`request` needs no cases to tell) and none is open: it imports
-    TensorFlow while the caller probes the model and computes the reference
-    outputs, seconds in a fresh process."""
+def worker_starting_now(chosen, request, formats=None) -> contextlib.AbstractContextManager:
+    """A warm export worker when the portable rebuild will run (`request`
+    needs no cases to tell) and none is open: it imports TensorFlow while the
+    caller probes the model and computes the reference outputs, seconds in a
+    fresh process, and stays warm for the thread's next export
+    (`launch.lingering_worker`). `formats`: every format of the export
+    (default: `request.format`)."""
     from servekit.worker import launch
 
     portable = next((s for s in chosen if s.name == PortableRebuild.name), None)
-    if portable is not None and not portable.unavailable(request):
-        return launch.warm_worker()
+    if portable is not None and any(not portable.unavailable(dataclasses.replace(request, format=fmt))
+                                    for fmt in (formats or [request.format])):
+        return launch.lingering_worker()
     return contextlib.nullcontext()

@@ -9,6 +9,7 @@ processes and directories; `servekit.determinism` removes what is left.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -138,6 +139,10 @@ class _WarmWorker:
         self._proc: Optional[subprocess.Popen] = None
         self._env: dict[str, str] = {}
         self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
+        # Held while a job runs: an idle timer's shutdown waits for it.
+        self._busy = threading.Lock()
+        self._idle_timer: Optional[threading.Timer] = None
+        self.closed = False
         self._start()
 
     def _start(self) -> None:
@@ -148,6 +153,10 @@ class _WarmWorker:
             stderr=subprocess.DEVNULL, text=True)
 
     def run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
+        with self._busy:
+            return self._run(job, job_path, workdir)
+
+    def _run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
         if worker_env(self._home, ()) != self._env:  # the settings a fresh worker would read have changed
             self.close()
         if self._proc is None or self._proc.poll() is not None:
@@ -177,8 +186,23 @@ class _WarmWorker:
             self._proc = None
 
     def shutdown(self) -> None:
-        self.close()
-        shutil.rmtree(self._home, ignore_errors=True)
+        self.cancel_idle_timer()
+        with self._busy:
+            self.closed = True
+            self.close()
+            shutil.rmtree(self._home, ignore_errors=True)
+
+    def start_idle_timer(self, seconds: float) -> None:
+        """Shuts the worker down after `seconds` without a job."""
+        self.cancel_idle_timer()
+        self._idle_timer = threading.Timer(seconds, self.shutdown)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
 
 def _read_text(path: str) -> str:
@@ -222,3 +246,68 @@ def warm_worker() -> Iterator[None]:
     finally:
         worker, _local.warm = _local.warm, None
         worker.shutdown()
+
+
+# How long `servekit.export`'s own warm worker waits for the next export of its
+# thread before it exits (SERVEKIT_WARM_WORKER_IDLE_S; 0: exit after each call).
+DEFAULT_IDLE_S = 300.0
+_lingering_lock = threading.Lock()
+_lingering: list[_WarmWorker] = []
+
+
+def idle_seconds() -> float:
+    """The idle timeout of a lingering worker, from SERVEKIT_WARM_WORKER_IDLE_S.
+
+    Raises:
+        ExportError: the variable is not a number of seconds.
+    """
+    text = os.environ.get("SERVEKIT_WARM_WORKER_IDLE_S", "")
+    try:
+        return float(text) if text else DEFAULT_IDLE_S
+    except ValueError:
+        raise ExportError(f"SERVEKIT_WARM_WORKER_IDLE_S must be a number of seconds; got {text!r}.",
+                          reason="bad_argument") from None
+
+
+@contextlib.contextmanager
+def lingering_worker() -> Iterator[None]:
+    """`warm_worker()` for one `servekit.export` call that stays warm afterwards.
+
+    A script or notebook exporting several models pays the worker's start
+    (TensorFlow's import) once: the worker of the first export of a thread
+    serves the next ones, and exits after `idle_seconds()` without a job, at
+    interpreter exit, or is replaced when the settings a fresh worker reads
+    change (`_WarmWorker.run`). Inside an open `warm_worker()` block that
+    block's worker is used instead.
+    """
+    if getattr(_local, "warm", None) is not None:
+        yield
+        return
+    idle = idle_seconds()
+    if idle <= 0:
+        with warm_worker():
+            yield
+        return
+    worker = getattr(_local, "lingering", None)
+    if worker is not None:
+        worker.cancel_idle_timer()
+    if worker is None or worker.closed:
+        worker = _local.lingering = _WarmWorker()
+        with _lingering_lock:
+            _lingering[:] = [w for w in _lingering if not w.closed] + [worker]
+    _local.warm = worker
+    try:
+        yield
+    finally:
+        _local.warm = None
+        worker.start_idle_timer(idle)
+
+
+def _shutdown_lingering() -> None:
+    with _lingering_lock:
+        workers, _lingering[:] = list(_lingering), []
+    for worker in workers:
+        worker.shutdown()
+
+
+atexit.register(_shutdown_lingering)

@@ -1,0 +1,170 @@
+"""The OpenVINO, LiteRT and torch formats, on this process' backend.
+
+Each artifact is loaded here with its runtime's own Python API (not servekit's
+loaders) and run at batch sizes the export did not verify, against the source
+model. Run once per backend (KERAS_BACKEND=tensorflow|jax|torch).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import keras
+import matrix_models as mm
+import servekit
+from servekit.errors import ExportError
+
+BACKEND = keras.backend.backend()
+
+
+def _inputs(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x1": rng.normal(size=(batch, 3)).astype("float32"), "x2": rng.normal(size=(batch, 4)).astype("float32")}
+
+
+def _expected(model, named):
+    out = model({"x1": named["x1"], "x2": named["x2"]}, training=False)
+    leaves = keras.tree.flatten(out)
+    return [np.asarray(keras.ops.convert_to_numpy(x)) for x in leaves]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mm.two_inputs_dict()
+
+
+def test_openvino_names_dynamic_batch_and_declared_precision(model, tmp_path):
+    import openvino as ov
+
+    path = str(tmp_path / "m.xml")
+    artifact = servekit.export(model, path, format="openvino", verbose=False)
+    assert artifact.precision == "float32"
+    assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.xml"]
+    read = ov.Core().read_model(path)
+    assert [i.get_any_name() for i in read.inputs] == ["x1", "x2"]
+    assert [set(o.get_names()) for o in read.outputs] == [{n} for n in [t.name for t in artifact.endpoints[0].outputs]]
+    assert read.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "f32"
+    compiled = ov.Core().compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for batch in (1, 3, 16):
+        named = _inputs(batch, seed=batch)
+        got = compiled(named)
+        for i, want in enumerate(_expected(model, named)):
+            np.testing.assert_allclose(np.asarray(got[i]), want, atol=1e-5)
+
+
+def test_openvino_bf16_is_declared_and_checked_at_its_tolerance(model, tmp_path):
+    import openvino as ov
+
+    artifact = servekit.export(model, str(tmp_path / "m.xml"), format="openvino", openvino_precision="bf16",
+                               verbose=False)
+    assert artifact.precision == "bfloat16"
+    read = ov.Core().read_model(str(tmp_path / "m.xml"))
+    assert read.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "bf16"
+
+
+def test_openvino_refuses_a_bad_precision_and_suffix(model, tmp_path):
+    with pytest.raises(ExportError, match="openvino_precision must be one of"):
+        servekit.export(model, str(tmp_path / "m.xml"), format="openvino", openvino_precision="f16", verbose=False)
+    with pytest.raises(ValueError, match="end with '.xml'"):
+        servekit.export(model, str(tmp_path / "m.bin"), format="openvino", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_openvino_replaces_a_previous_ir_pair(model, tmp_path):
+    path = str(tmp_path / "m.xml")
+    (tmp_path / "m.xml").write_text("old")
+    (tmp_path / "m.bin").write_text("old")
+    servekit.export(model, path, format="openvino", verbose=False)
+    assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.xml"]
+    assert (tmp_path / "m.xml").read_text() != "old" and (tmp_path / "m.bin").read_bytes() != b"old"
+
+
+def test_litert_signature_keys_and_dynamic_batch(model, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = str(tmp_path / "m.tflite")
+    artifact = servekit.export(model, path, format="litert", verbose=False)
+    assert artifact.converter == "tflite_converter"
+    interpreter = Interpreter(model_path=path)
+    listed = interpreter.get_signature_list()["serving_default"]
+    assert sorted(listed["inputs"]) == ["x1", "x2"]
+    assert sorted(listed["outputs"]) == sorted(t.name for t in artifact.endpoints[0].outputs)
+    assert all(d["shape_signature"][0] == -1 for d in interpreter.get_input_details())
+    runner = interpreter.get_signature_runner("serving_default")
+    for batch in (1, 5, 16):
+        named = _inputs(batch, seed=batch)
+        got = runner(**named)
+        names = [t.name for t in artifact.endpoints[0].outputs]
+        for name, want in zip(names, _expected(model, named)):
+            np.testing.assert_allclose(got[name], want, atol=1e-5)
+
+
+def test_litert_quantization_is_declared(tmp_path):
+    import tensorflow as tf
+
+    model = mm.mlp()
+    artifact = servekit.export(model, str(tmp_path / "q.tflite"), format="litert",
+                               optimizations=[tf.lite.Optimize.DEFAULT], verbose=False)
+    assert artifact.precision == "quantized"
+
+
+def test_litert_refuses_an_unknown_converter_option(model, tmp_path):
+    with pytest.raises(ExportError, match="not_an_option"):
+        servekit.export(model, str(tmp_path / "m.tflite"), format="litert", not_an_option=1, verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_torch_program_keeps_the_model_call_structure(model, tmp_path):
+    import torch
+
+    path = str(tmp_path / "m.pt2")
+    artifact = servekit.export(model, path, format="torch", verbose=False)
+    assert artifact.converter == "torch.export"
+    module = torch.export.load(path).module()
+    for batch in (1, 6):
+        named = _inputs(batch, seed=batch)
+        out = module({k: torch.from_numpy(v) for k, v in named.items()})
+        leaves = torch.utils._pytree.tree_leaves(out)
+        for got, want in zip(leaves, _expected(model, named)):
+            np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
+    with zipfile.ZipFile(path) as archive:
+        assert {n.split("/")[0] for n in archive.namelist()} == {"model"}
+        program = [n for n in archive.namelist() if n.endswith("models/model.json")]
+        assert program and b"/site-packages/" not in archive.read(program[0])  # no stack traces, no paths
+
+
+def test_torch_refuses_string_inputs(tmp_path):
+    with pytest.raises(ExportError, match="string inputs"):
+        servekit.export(mm.text_classifier(), str(tmp_path / "t.pt2"), format="torch", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_torch_refuses_unsupported_arguments(model, tmp_path):
+    with pytest.raises(ValueError, match='Unsupported arguments for `format="torch"`'):
+        servekit.export(model, str(tmp_path / "m.pt2"), format="torch", not_a_kwarg=True, verbose=False)
+
+
+def test_stateful_model_is_refused_by_formats_without_variables(tmp_path):
+    for fmt, name in (("openvino", "s.xml"), ("litert", "s.tflite"), ("torch", "s.pt2")):
+        with pytest.raises(ExportError, match="updates its variables"):
+            servekit.export(mm.stateful_layer(), str(tmp_path / name), format=fmt, verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_script_reuses_one_warm_worker(model, tmp_path, monkeypatch):
+    from servekit.worker import launch
+
+    monkeypatch.setenv("SERVEKIT_WARM_WORKER_IDLE_S", "60")
+    monkeypatch.setattr(launch._local, "warm", None)  # outside the session's warm_worker() block, as a script runs
+    servekit.export(model, str(tmp_path / "a.onnx"), format="onnx", verbose=False)
+    first = launch._local.lingering
+    pid = first._proc.pid
+    servekit.export(model, str(tmp_path / "b.tflite"), format="litert", verbose=False)
+    assert launch._local.lingering is first and first._proc.pid == pid
+    first.start_idle_timer(0.01)
+    first._idle_timer.join()
+    assert first.closed and first._proc is None
