@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 from servekit import determinism
 from servekit import signature as sig
-from servekit.errors import ExportError
+from servekit.errors import ExportError, root_cause
 
 DEFAULT_OPSET = 17
 # An ONNX file is one protobuf message, and protobuf cannot serialize one over
@@ -264,9 +264,8 @@ def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional
             except Exception as e:  # tf2onnx raises bare exceptions
                 if attempt < len(roads):
                     continue  # the lean road misses lookup tables in functions; the next one does not
-                detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise ExportError(
-                    f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({detail}). "
+                    f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({root_cause(e)}). "
                     "Export format='tf_saved_model' instead, or replace the layer that uses this op.",
                     model=model_name, reason="conversion_failed") from None
     _check_standard_ops(model_proto, layer_names, model_name, chatter.getvalue())

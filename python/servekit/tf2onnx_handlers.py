@@ -10,6 +10,8 @@ a graph (importing this module registers them):
   stays random (fresh numbers on every run), as Keras's semantics require, and
   servekit verifies it by statistics rather than values.
 - `Erfc`: exact GELU (`approximate=False`) lowers to it; `erfc(x) = 1 - erf(x)`.
+- `Expm1`: `elu`, `selu` and `celu` activations lower to it; `expm1(x) = exp(x) - 1`
+  (without it, tf2onnx's model fails and only the slow cross-backend road was left).
 - `Complex`, `FFT2D`, `Real`, `Imag`: `keras.ops.fft2` (FNet's token mixing)
   lowers to them; complex values are float tensors with a leading dimension of
   2, as in tf2onnx's own FFT handlers, and the transform is ONNX `DFT`.
@@ -54,6 +56,17 @@ class Erfc:
         one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
         node.type = "Sub"
         ctx.replace_inputs(node, [one, erf])
+
+
+@tf_op("Expm1")
+class Expm1:
+    @classmethod
+    def version_9(cls, ctx, node, **kwargs):
+        np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+        exp = ctx.make_node("Exp", [node.input[0]]).output[0]
+        one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
+        node.type = "Sub"
+        ctx.replace_inputs(node, [exp, one])
 
 
 # Complex tensors the way tf2onnx's own FFT handlers hold them: a leading

@@ -52,6 +52,19 @@ def test_erfc_is_one_minus_erf(tmp_path):
     assert "Erf" in ops and "Sub" in ops
 
 
+def test_expm1_is_exp_minus_one(tmp_path):
+    ops = _convert_and_compare(tmp_path, lambda x: tf.math.expm1(x) * x, _images())
+    assert "Exp" in ops and "Sub" in ops
+
+
+@pytest.mark.parametrize("activation", ["elu", "selu", "celu"])
+def test_elu_family_activations(tmp_path, activation):
+    import keras
+
+    fn = getattr(keras.activations, activation)
+    _convert_and_compare(tmp_path, lambda x: fn(x), _images())
+
+
 def test_exact_gelu(tmp_path):
     # What keras.activations.gelu(approximate=False) lowers to on TensorFlow.
     ops = _convert_and_compare(tmp_path, lambda x: tf.nn.gelu(x, approximate=False), _images())

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from servekit import export_utils as eu
 from servekit import signature as sig
-from servekit.errors import ExportError
+from servekit.errors import ExportError, root_cause
 from servekit.pipeline.request import EndpointPlan, ExportRequest
 
 
@@ -194,10 +194,8 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
     try:
         converter = convert(request.source, layout, outputs, scratch, request.opset)
     except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
-        detail = str(e).strip().splitlines()
         raise ExportError(f"{'jax2onnx' if request.backend == 'jax' else 'torch.onnx'} could not convert the "
-                          f"model: {type(e).__name__}: {detail[-1] if detail else ''}",
-                          reason="conversion_failed") from None
+                          f"model: {root_cause(e)}", reason="conversion_failed") from None
     signature = sig.Signature("serving_default", layout.tensor_signatures(), outputs).with_behavior(plan.behavior)
     proto = onnx.load(scratch)
     sk_onnx.adopt_foreign(proto, signature, model_name=request.name, producer_version=request.version,
