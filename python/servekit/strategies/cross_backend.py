@@ -67,10 +67,23 @@ class CrossBackendRebuild:
         return None
 
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
+        return self.write_formats({request.format: request}, {request.format: staged}, workdir)[request.format]
+
+    def write_formats(self, requests: dict[str, ExportRequest], staged: dict[str, str],
+                      workdir: str) -> dict[str, dict[str, Any]]:
+        """The torch formats in one torch worker; ONNX on its own (it tries JAX first)."""
+        torch_formats = [fmt for fmt in requests if fmt != "onnx"]
+        reports = {}
+        for group in ([torch_formats] if torch_formats else []) + ([["onnx"]] if "onnx" in requests else []):
+            reports.update(self._write_group({f: requests[f] for f in group}, staged, workdir))
+        return reports
+
+    def _write_group(self, requests: dict[str, ExportRequest], staged: dict[str, str],
+                     workdir: str) -> dict[str, dict[str, Any]]:
         from servekit.strategies import keras_file as keras_archive
 
-        # One directory per format: the pipeline hands this strategy each format of an export in turn.
-        workdir = os.path.join(workdir, request.format)
+        request = next(iter(requests.values()))
+        workdir = os.path.join(workdir, "_".join(requests))  # one directory per group of formats
         os.makedirs(workdir)
         keras_file = os.path.join(workdir, "model_keras")
         classes = keras_archive.preflight(request.source, request.name)
@@ -78,19 +91,28 @@ class CrossBackendRebuild:
         cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
         plan = request.endpoints[0]
         job = WorkerJob(
-            kind="model", keras_file=keras_file, outputs={request.format: staged}, model_name=request.name,
-            version=request.version, endpoints=(EndpointJob("serving_default", plan.layout, tuple(plan.output_names)),),
+            kind="model", keras_file=keras_file, outputs={fmt: staged[fmt] for fmt in requests},
+            model_name=request.name, version=request.version,
+            endpoints=(EndpointJob("serving_default", plan.layout, tuple(plan.output_names)),),
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
             cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes))
-        reasons = []
-        targets = TARGET_BACKENDS if request.format == "onnx" else ("torch",)
+        reasons: dict[str, list[str]] = {fmt: [] for fmt in requests}
+        reports: dict[str, dict[str, Any]] = {}
+        targets = TARGET_BACKENDS if "onnx" in requests else ("torch",)
         for backend in (b for b in targets if b != request.backend):
-            report = _run_worker(job, workdir, backend)
-            if report.get("ok"):
-                return report
-            reasons.append(f"{backend}: {report.get('message', 'failed')}")
-        return {"ok": False, "reason": "conversion_failed",
-                "message": "rebuilt under " + "; under ".join(reasons)}
+            result = _run_worker(job, workdir, backend)
+            for fmt in requests:
+                report = result["reports"][fmt] if "reports" in result else result
+                if report.get("ok"):
+                    reports.setdefault(fmt, report)
+                else:
+                    reasons[fmt].append(f"{backend}: {report.get('message', 'failed')}")
+            if len(reports) == len(requests):
+                break
+        for fmt in requests:
+            reports.setdefault(fmt, {"ok": False, "reason": "conversion_failed",
+                                     "message": "rebuilt under " + "; under ".join(reasons[fmt])})
+        return reports
 
 
 def _run_worker(job: WorkerJob, workdir: str, backend: str) -> dict[str, Any]:
@@ -116,7 +138,8 @@ def _run_worker(job: WorkerJob, workdir: str, backend: str) -> dict[str, Any]:
 
 
 def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
-    """The worker side: rebuild under this process' backend, convert, verify."""
+    """The worker side: rebuild under this process' backend, then convert and
+    verify each format of the job (`{"reports": {format: report}}`)."""
     import importlib
 
     import keras
@@ -133,10 +156,15 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     endpoint = job.endpoints[0]
     plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
     cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()
-    fmt, staged = next(iter(job.outputs.items()))
-    request = ExportRequest("model", fmt, job.model_name, keras.backend.backend(), [plan], cases,
-                            verify=job.verify, opset=job.opset, source=model, version=job.version)
-    return InProcess().write(request, staged, workdir)
+    reports = {}
+    for fmt, staged in job.outputs.items():
+        request = ExportRequest("model", fmt, job.model_name, keras.backend.backend(), [plan], cases,
+                                verify=job.verify, opset=job.opset, source=model, version=job.version)
+        try:
+            reports[fmt] = InProcess().write(request, staged, workdir)
+        except ExportError as e:
+            reports[fmt] = {"ok": False, "message": str(e), "reason": e.reason}
+    return {"reports": reports}
 
 
 def main(argv) -> int:
