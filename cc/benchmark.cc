@@ -10,10 +10,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <thread>
 
 #include "cc/onnx_model.h"
+#include "cc/openvino_model.h"
 #include "onnxruntime_cxx_api.h"
 #include "tensorflow/c/c_api.h"
 
@@ -223,18 +225,27 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
 
 StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, const std::vector<NamedTensor>& inputs,
                                                          int warmup, int64_t min_iterations, double min_seconds) {
-  const auto* onnx = dynamic_cast<const OnnxModel*>(&model);
-  if (onnx == nullptr) {
-    return InvalidArgument("the bare ONNX Runtime loop needs an ONNX model, not a " +
+  // The runtime's own loop: Ort::Session::Run, or ov::InferRequest::infer.
+  std::function<Status()> bare;
+  std::unique_ptr<OnnxModel::BareLoop> ort_loop;
+  std::unique_ptr<OpenVinoModel::BareLoop> ov_loop;
+  std::string endpoint;
+  if (const auto* onnx = dynamic_cast<const OnnxModel*>(&model)) {
+    SERVEKIT_ASSIGN_OR_RETURN(ort_loop, onnx->MakeBareLoop(inputs));
+    bare = [&] { return ort_loop->RunOnce(); };
+    endpoint = kOnnxEndpoint;
+  } else if (const auto* openvino = dynamic_cast<const OpenVinoModel*>(&model)) {
+    SERVEKIT_ASSIGN_OR_RETURN(ov_loop, openvino->MakeBareLoop(inputs));
+    bare = [&] { return ov_loop->RunOnce(); };
+    endpoint = kOpenVinoEndpoint;
+  } else {
+    return InvalidArgument("the bare runtime loop needs an ONNX or OpenVINO model, not a " +
                            std::string(FormatName(model.format())));
   }
-  SERVEKIT_ASSIGN_OR_RETURN(auto bare, onnx->MakeBareLoop(inputs));
-  const std::string endpoint = kOnnxEndpoint;
   SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
                             TimeAlternating(
                                 warmup, min_iterations, min_seconds,
-                                [&] { return model.Run(endpoint, inputs).status(); },
-                                [&] { return bare->RunOnce(); }));
+                                [&] { return model.Run(endpoint, inputs).status(); }, bare));
   return RunnerAndBareOrtLatencies{std::move(latencies[0]), std::move(latencies[1])};
 }
 

@@ -7,7 +7,8 @@
 // the machine. For ONNX models, `bare_ort` also times a bare Ort::Session::Run loop
 // over pre-built Ort::Values on the same session (what onnxruntime_perf_test
 // measures), alternating call by call with servekit's runner, so the report can
-// state the runner's overhead ratio.
+// state the runner's overhead ratio; for OpenVINO IRs, the same with a bare
+// ov::InferRequest::infer() loop (what benchmark_app measures).
 #ifndef SERVEKIT_CC_BENCHMARK_H_
 #define SERVEKIT_CC_BENCHMARK_H_
 
@@ -29,7 +30,7 @@ struct BenchmarkOptions {
   double seconds = 0.0;   // ... or a time budget per batch size; 100 calls when both are 0
   // Inputs to tile to each batch size (e.g. a reference case); random data when empty.
   std::vector<NamedTensor> sample_inputs;
-  bool bare_ort = false;  // ONNX only: also time a bare Ort::Session::Run loop
+  bool bare_ort = false;  // ONNX / OpenVINO: also time the runtime's bare loop
   uint64_t seed = 1;      // for random inputs
   LoadOptions load_options;  // how the model was loaded; recorded in the report
 };
@@ -86,15 +87,15 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
                                               const std::vector<NamedTensor>& inputs, int warmup,
                                               int64_t min_iterations, double min_seconds);
 
-// Per-call latencies (ns) of servekit's runner on an ONNX `model` and of a bare
-// Ort::Session::Run loop over Ort::Values built once from `inputs`, on the same
-// session, alternating call by call (so both see the same machine state; what
-// the runner adds is then the ratio of the two).
+// Per-call latencies (ns) of servekit's runner on an ONNX (OpenVINO) `model` and of
+// a bare Ort::Session::Run (ov::InferRequest::infer) loop over inputs built once
+// from `inputs`, on the same session (compiled model), alternating call by call (so
+// both see the same machine state; what the runner adds is then the ratio).
 struct RunnerAndBareOrtLatencies {
   std::vector<int64_t> runner;
   std::vector<int64_t> bare_ort;
 };
-// InvalidArgument for a model that is not ONNX.
+// InvalidArgument for a model that is neither ONNX nor OpenVINO.
 StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, const std::vector<NamedTensor>& inputs,
                                                          int warmup, int64_t min_iterations, double min_seconds);
 

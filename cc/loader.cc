@@ -2,9 +2,23 @@
 
 #include "cc/file_util.h"
 #include "cc/onnx_model.h"
+#include "cc/openvino_model.h"
 #include "cc/tf_saved_model.h"
 
 namespace servekit {
+namespace {
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+template <typename T>
+StatusOr<std::unique_ptr<Model>> AsModel(StatusOr<std::unique_ptr<T>> loaded) {
+  if (!loaded.ok()) return loaded.status();
+  return std::unique_ptr<Model>(std::move(loaded).value());
+}
+
+}  // namespace
 
 StatusOr<ModelFormat> DetectFormat(const std::string& path) {
   if (IsDirectory(path) && IsRegularFile(JoinPath(path, kOnnxExternalModelFile)) &&
@@ -12,12 +26,19 @@ StatusOr<ModelFormat> DetectFormat(const std::string& path) {
     return ModelFormat::kOnnx;  // an ONNX model with external data
   }
   if (IsDirectory(path)) return ModelFormat::kTfSavedModel;
-  const bool onnx_name = path.size() > 5 && path.compare(path.size() - 5, 5, ".onnx") == 0;
   if (IsRegularFile(path)) {
-    if (onnx_name) return ModelFormat::kOnnx;
-    return InvalidArgument(path + " is neither a SavedModel directory nor an .onnx file");
+    if (EndsWith(path, ".onnx")) return ModelFormat::kOnnx;
+    if (EndsWith(path, ".xml")) return ModelFormat::kOpenVino;
+    return InvalidArgument(path + " is neither a SavedModel directory nor an .onnx or .xml (OpenVINO IR) file");
   }
   return NotFound("no model at " + path + ": no such file or directory");
+}
+
+std::string NoNativeRuntimeReason(ModelFormat format) {
+  if (format == ModelFormat::kTorchProgram) {
+    return "no native runtime for torch ExportedProgram: verified in Python at export";
+  }
+  return "";
 }
 
 StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOptions& options,
@@ -25,12 +46,17 @@ StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOp
   if (!format) {
     SERVEKIT_ASSIGN_OR_RETURN(format, DetectFormat(path));
   }
-  if (*format == ModelFormat::kOnnx) {
-    SERVEKIT_ASSIGN_OR_RETURN(auto model, OnnxModel::Load(path, options));
-    return std::unique_ptr<Model>(std::move(model));
+  switch (*format) {
+    case ModelFormat::kTfSavedModel: return AsModel(TfSavedModel::Load(path, options));
+    case ModelFormat::kOnnx: return AsModel(OnnxModel::Load(path, options));
+    case ModelFormat::kOpenVino: return AsModel(OpenVinoModel::Load(path, options));
+    case ModelFormat::kLiteRt:
+    case ModelFormat::kTorchAoti:
+    case ModelFormat::kTorchProgram: break;
   }
-  SERVEKIT_ASSIGN_OR_RETURN(auto model, TfSavedModel::Load(path, options));
-  return std::unique_ptr<Model>(std::move(model));
+  const std::string reason = NoNativeRuntimeReason(*format);
+  return Unimplemented(path + ": " + (reason.empty() ? std::string("no native loader for ") + FormatName(*format)
+                                                     : reason));
 }
 
 }  // namespace servekit

@@ -180,6 +180,8 @@ StatusOr<Manifest> ParseJson(const json& root, const std::string& base_dir) {
       if (!opset->is_number_integer()) return Reader::Error(Reader::Join(where, "opset"), "must be an integer");
       artifact.opset = opset->get<int64_t>();
     }
+    SERVEKIT_ASSIGN_OR_RETURN(artifact.precision, Reader::String(a, where, "precision", false));
+    SERVEKIT_ASSIGN_OR_RETURN(artifact.converter, Reader::String(a, where, "converter", false));
     SERVEKIT_ASSIGN_OR_RETURN(artifact.files, ParseStringMap(a, where, "files", false));
     m.artifacts.push_back(std::move(artifact));
   }

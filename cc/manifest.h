@@ -29,6 +29,11 @@ struct ManifestArtifact {
   std::string path;               // relative to the manifest's directory
   std::vector<std::string> tags;  // SavedModel only
   std::optional<int64_t> opset;   // ONNX only
+  // The precision the artifact was verified at ("float32", "bfloat16", "quantized"),
+  // as the exporter wrote it; empty when the manifest (older ones) says nothing.
+  // An OpenVINO IR marked "bfloat16" is compiled at bf16, any other at f32.
+  std::string precision;
+  std::string converter;  // what converted it ("openvino.convert_model", ...); may be empty
   // Each file of the artifact (relative to `path` for a directory, the file's own name
   // for a file) and its digest, "sha256:<hex>".
   std::vector<std::pair<std::string, std::string>> files;

@@ -6,12 +6,21 @@
 namespace servekit {
 
 const char* FormatName(ModelFormat format) {
-  return format == ModelFormat::kOnnx ? "onnx" : "tf_saved_model";
+  switch (format) {
+    case ModelFormat::kTfSavedModel: return "tf_saved_model";
+    case ModelFormat::kOnnx: return "onnx";
+    case ModelFormat::kOpenVino: return "openvino";
+    case ModelFormat::kLiteRt: return "litert";
+    case ModelFormat::kTorchProgram: return "torch";
+    case ModelFormat::kTorchAoti: return "torch_aoti";
+  }
+  return "unknown";
 }
 
 std::optional<ModelFormat> FormatFromName(std::string_view name) {
-  if (name == "tf_saved_model") return ModelFormat::kTfSavedModel;
-  if (name == "onnx") return ModelFormat::kOnnx;
+  for (ModelFormat format : kAllFormats) {
+    if (name == FormatName(format)) return format;
+  }
   return std::nullopt;
 }
 

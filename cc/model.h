@@ -8,8 +8,10 @@
 // instead of a runtime's internal message. Run() is const and thread-safe: a loaded
 // model may serve many threads at once.
 //
-// Implementations: TfSavedModel (tf_saved_model.h), OnnxModel (onnx_model.h). To
-// load either by path, use LoadModel (loader.h).
+// Implementations: TfSavedModel (tf_saved_model.h), OnnxModel (onnx_model.h),
+// OpenVinoModel (openvino_model.h), LiteRtModel (litert_model.h),
+// TorchAotiModel (torch_aoti_model.h). To load any of them by path, use LoadModel
+// (loader.h).
 #ifndef SERVEKIT_CC_MODEL_H_
 #define SERVEKIT_CC_MODEL_H_
 
@@ -24,8 +26,14 @@
 
 namespace servekit {
 
-enum class ModelFormat { kTfSavedModel, kOnnx };
-// "tf_saved_model" / "onnx", as in manifest.json.
+// The artifact formats of manifest.json (docs/manifest.md). kTorchProgram (a torch
+// ExportedProgram) has no native runtime: servekit verifies it in Python at export.
+enum class ModelFormat { kTfSavedModel, kOnnx, kOpenVino, kLiteRt, kTorchProgram, kTorchAoti };
+inline constexpr ModelFormat kAllFormats[] = {ModelFormat::kTfSavedModel, ModelFormat::kOnnx,
+                                              ModelFormat::kOpenVino,     ModelFormat::kLiteRt,
+                                              ModelFormat::kTorchProgram, ModelFormat::kTorchAoti};
+// "tf_saved_model", "onnx", "openvino", "litert", "torch", "torch_aoti", as in
+// manifest.json.
 const char* FormatName(ModelFormat format);
 std::optional<ModelFormat> FormatFromName(std::string_view name);
 
@@ -34,6 +42,11 @@ const char* DeviceName(Device device);
 std::optional<Device> DeviceFromName(std::string_view name);  // "cpu"/"gpu" (any case)
 
 enum class OnnxOptimization { kDisabled, kBasic, kExtended, kAll };
+
+// The precision OpenVINO's CPU plugin infers in (INFERENCE_PRECISION_HINT). Its
+// default on CPUs with bfloat16 units is bf16; servekit asks for f32 unless the
+// manifest's artifact says the IR was verified at bfloat16.
+enum class InferencePrecision { kFloat32, kBFloat16 };
 
 struct LoadOptions {
   // inter_op_threads value: every op runs in the thread that called Run, with no
@@ -48,6 +61,7 @@ struct LoadOptions {
   Device device = Device::kCpu;
   std::vector<std::string> tags = {"serve"};  // SavedModel MetaGraph tags
   OnnxOptimization onnx_optimization = OnnxOptimization::kAll;
+  InferencePrecision openvino_precision = InferencePrecision::kFloat32;
 };
 
 // InvalidArgument for thread counts the runtimes would misread (intra-op < 0,

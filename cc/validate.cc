@@ -83,9 +83,11 @@ std::vector<std::string> CompareSignatures(const Manifest& manifest, ModelFormat
                                     [](const ManifestEndpoint* e) { return e->signature.name == "serving_default"; });
     if (!listed) errors.push_back("the manifest lists no 'serving_default' endpoint for tf_saved_model");
   }
-  if (format == ModelFormat::kOnnx && expected.size() != 1) {
-    errors.push_back("the manifest lists " + std::to_string(expected.size()) +
-                     " endpoints for onnx; an ONNX model has exactly one (serving_default)");
+  // Every format but the SavedModel holds one graph: one endpoint, serving_default.
+  if (format != ModelFormat::kTfSavedModel && expected.size() != 1) {
+    errors.push_back("the manifest lists " + std::to_string(expected.size()) + " endpoints for " +
+                     FormatName(format) + "; " + (format == ModelFormat::kOnnx ? "an ONNX model" : "this format") +
+                     " has exactly one (serving_default)");
   }
   for (const ManifestEndpoint* e : expected) {
     const Signature& want = e->signature;

@@ -17,7 +17,7 @@ namespace servekit {
 
 // Compares the signatures a `format` artifact exposes (`found`) with the manifest's
 // endpoints for that format: every endpoint present (serving_default among them for
-// a SavedModel; exactly one for ONNX), no extra ones, tensor names, dtypes, ranks,
+// a SavedModel; exactly one for every other format), no extra ones, tensor names, dtypes, ranks,
 // static dims equal, dynamic dims dynamic, and, for ONNX, symbolic dim names equal
 // where the manifest names them. For a SavedModel, also the method names.
 std::vector<std::string> CompareSignatures(const Manifest& manifest, ModelFormat format,

@@ -74,6 +74,7 @@ nlohmann::json VerifyReport::ToJson() const {
                               {"path", a.path},
                               {"passed", a.passed()},
                               {"load_error", a.load_error},
+                              {"skipped", a.skipped},
                               {"digest_errors", a.digest_errors},
                               {"signature_errors", a.signature_errors},
                               {"parity", parity},
@@ -135,6 +136,10 @@ std::string VerifyReport::ToText() const {
       out << "  load: FAILED\n";
       continue;
     }
+    if (!a.skipped.empty()) {
+      out << "  load: SKIPPED (" << a.skipped << ")\n";
+      continue;
+    }
     out << "  signatures: "
         << (a.signature_errors.empty() ? "OK" : std::to_string(a.signature_errors.size()) + " mismatch(es)") << "\n";
     for (const auto& c : a.parity) {
@@ -182,8 +187,17 @@ StatusOr<VerifyReport> VerifyExport(const Manifest& manifest, const std::string&
     a.format = artifact.format;
     a.path = manifest.Resolve(artifact.path);
     a.digest_errors = VerifyDigests(manifest, artifact);
+    a.skipped = NoNativeRuntimeReason(artifact.format);
+    if (!a.skipped.empty()) {
+      report.artifacts.push_back(std::move(a));
+      continue;
+    }
     LoadOptions load = options.load;
     if (artifact.format == ModelFormat::kTfSavedModel) load.tags = artifact.tags;
+    if (artifact.format == ModelFormat::kOpenVino) {
+      load.openvino_precision =
+          artifact.precision == "bfloat16" ? InferencePrecision::kBFloat16 : InferencePrecision::kFloat32;
+    }
     auto model = LoadModel(a.path, load, artifact.format);
     if (!model.ok()) {
       a.load_error = model.status().message();
@@ -197,8 +211,9 @@ StatusOr<VerifyReport> VerifyExport(const Manifest& manifest, const std::string&
     }
     report.artifacts.push_back(std::move(a));
   }
-  if (options.cross_format && loaded.size() == 2) {
-    report.cross_parity = CheckCrossParity(*loaded[0], *loaded[1], manifest);
+  // Each format against the first one loaded (the SavedModel when there is one).
+  for (size_t i = 1; options.cross_format && i < loaded.size(); ++i) {
+    for (auto& c : CheckCrossParity(*loaded[0], *loaded[i], manifest)) report.cross_parity.push_back(std::move(c));
   }
   return report;
 }

@@ -2,8 +2,12 @@
 //
 // For each artifact in the manifest (or only the requested format): file digests,
 // loading, signatures against the manifest's endpoints, and reference parity; then,
-// when both formats loaded, SavedModel-vs-ONNX parity on the reference inputs. The
-// report lists every failure precisely; nothing stops at the first one.
+// when more than one format loaded, each against the first one (SavedModel vs ONNX,
+// vs OpenVINO, ...) on the reference inputs. The report lists every failure
+// precisely; nothing stops at the first one. An artifact with no native runtime (a
+// torch ExportedProgram) gets its digests checked and an explicit `skipped` note,
+// never silence. An OpenVINO IR the manifest marks "precision": "bfloat16" is
+// compiled at bf16, any other at f32.
 //
 // Stochastic and stateful endpoints (docs/manifest.md): each artifact runs its
 // stateful endpoints' reference cases first, right after loading; each stochastic
@@ -33,6 +37,9 @@ struct ArtifactReport {
   ModelFormat format = ModelFormat::kTfSavedModel;
   std::string path;
   std::string load_error;  // empty when the artifact loaded
+  // Why the artifact was not loaded although nothing is wrong with it (no native
+  // runtime for its format); empty otherwise. A skipped artifact passes on its digests.
+  std::string skipped;
   std::vector<std::string> digest_errors;
   std::vector<std::string> signature_errors;
   std::vector<CaseParity> parity;

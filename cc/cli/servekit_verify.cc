@@ -116,12 +116,20 @@ CLI::Validator AtLeast(double min, bool strict, const std::string& name) {
 const CLI::Validator kPositive = AtLeast(0, /*strict=*/true, "> 0");
 const CLI::Validator kNonNegative = AtLeast(0, /*strict=*/false, ">= 0");
 
+// Every manifest format name, for --format.
+std::vector<std::string> FormatNames() {
+  std::vector<std::string> names;
+  for (ModelFormat f : kAllFormats) names.push_back(FormatName(f));
+  return names;
+}
+
 // The options of the subcommands that load a model.
 struct LoadFlags {
   int threads = 0;
   int inter_threads = 0;
   std::string device = "cpu";
   std::vector<std::string> tags;
+  std::string openvino_precision = "f32";
 
   void Declare(CLI::App* app, bool with_tags) {
     app->add_option("--threads", threads, "intra-op threads of the runtimes (0: the runtime's choice)")
@@ -132,7 +140,14 @@ struct LoadFlags {
         ->check(AtLeast(LoadOptions::kCallerThread, /*strict=*/false, ">= -1"));
     app->add_option("--device", device, "cpu or gpu (a clear error where there is no GPU)")
         ->check(CLI::IsMember({"cpu", "gpu"}, CLI::ignore_case));
-    if (with_tags) app->add_option("--tag", tags, "SavedModel MetaGraph tag (repeatable; default: serve)");
+    if (with_tags) {
+      app->add_option("--tag", tags, "SavedModel MetaGraph tag (repeatable; default: serve)");
+      // validate takes the precision from the manifest's artifact entry instead.
+      app->add_option("--openvino-precision", openvino_precision,
+                      "OpenVINO only: the CPU plugin's inference precision, f32 or bf16")
+          ->capture_default_str()
+          ->check(CLI::IsMember({"f32", "bf16"}));
+    }
   }
 
   LoadOptions Get() const {
@@ -141,6 +156,7 @@ struct LoadFlags {
     options.inter_op_threads = inter_threads;
     options.device = DeviceFromName(device).value_or(Device::kCpu);  // validated by the parser
     if (!tags.empty()) options.tags = tags;
+    if (openvino_precision == "bf16") options.openvino_precision = InferencePrecision::kBFloat16;
     return options;
   }
 };
@@ -166,9 +182,14 @@ const CLI::Validator kNameEqualsFile(
     },
     "NAME=FILE.npy");
 
+constexpr char kArtifactHelp[] =
+    "SavedModel directory, or an .onnx, .xml (OpenVINO IR) or .tflite (LiteRT) file, or a .pt2 AOTInductor package";
+
 int Main(int argc, char** argv) {
-  CLI::App app("servekit_verify: check exported models natively (TensorFlow C API, ONNX Runtime).\n"
-               "<artifact> is a SavedModel directory or an .onnx file. Exit status: 0 success, 1 validation "
+  CLI::App app("servekit_verify: check exported models natively (TensorFlow C API, ONNX Runtime, OpenVINO, "
+               "LiteRT, AOTInductor).\n"
+               "<artifact> is a SavedModel directory, or an .onnx, .xml, .tflite or .pt2 file. Exit status: 0 "
+               "success, 1 validation "
                "failure, 2 usage or load error.",
                "servekit_verify");
   app.require_subcommand(1);
@@ -184,7 +205,7 @@ int Main(int argc, char** argv) {
   std::vector<std::string> inspect_tags;
   std::optional<std::string> inspect_manifest;
   bool inspect_json = false;
-  inspect->add_option("artifact", inspect_path, "SavedModel directory or .onnx file")->required();
+  inspect->add_option("artifact", inspect_path, kArtifactHelp)->required();
   inspect->add_flag("--json", inspect_json, "print JSON (the manifest's endpoint form)");
   inspect->add_option("--tag", inspect_tags, "SavedModel MetaGraph tag (repeatable; default: serve)");
   inspect->add_option("--manifest", inspect_manifest,
@@ -205,7 +226,7 @@ int Main(int argc, char** argv) {
   LoadFlags validate_load;
   validate->add_option("--manifest", manifest_path, "the export's manifest.json")->required();
   validate->add_option("--format", validate_format, "only this artifact")
-      ->check(CLI::IsMember({"tf_saved_model", "onnx"}));
+      ->check(CLI::IsMember(FormatNames()));
   validate->add_option("--json", validate_json, "also write the full report as JSON ('-': standard output)");
   validate->add_flag("--no-cross", no_cross, "skip the cross-format comparison");
   validate_load.Declare(validate, /*with_tags=*/false);
@@ -216,7 +237,7 @@ int Main(int argc, char** argv) {
   std::string run_path, run_endpoint = "serving_default", output_dir;
   std::vector<std::string> run_inputs;
   LoadFlags run_load;
-  run->add_option("artifact", run_path, "SavedModel directory or .onnx file")->required();
+  run->add_option("artifact", run_path, kArtifactHelp)->required();
   run->add_option("--endpoint", run_endpoint, "the endpoint")->capture_default_str();
   run->add_option("--input", run_inputs, "an input from a .npy file (repeat for each input)")
       ->check(kNameEqualsFile);
@@ -234,7 +255,7 @@ int Main(int argc, char** argv) {
   std::vector<std::string> bench_inputs;
   std::optional<std::string> bench_json;
   LoadFlags bench_load;
-  bench->add_option("artifact", bench_path, "SavedModel directory or .onnx file")->required();
+  bench->add_option("artifact", bench_path, kArtifactHelp)->required();
   bench->add_option("--endpoint", bench_options.endpoint, "the endpoint")->capture_default_str();
   bench->add_option("--batches", bench_options.batches, "batch sizes, e.g. 1,8,32,128")->capture_default_str()
       ->delimiter(',')
@@ -251,7 +272,8 @@ int Main(int argc, char** argv) {
   bench->add_option("--input", bench_inputs, "sample input from a .npy file (repeat for each input)")
       ->check(kNameEqualsFile);
   bench->add_flag("--bare-ort", bench_options.bare_ort,
-                  "ONNX only: also time a bare Ort::Session::Run loop and report servekit's overhead ratio");
+                  "ONNX and OpenVINO: also time the runtime's bare loop (Ort::Session::Run, "
+                  "ov::InferRequest::infer) and report servekit's overhead ratio");
   bench->add_option("--json", bench_json, "write the report as JSON ('-': standard output)");
   bench_load.Declare(bench, /*with_tags=*/true);
 

@@ -205,13 +205,21 @@ std::string Json(const nlohmann::json& j) { return j.dump(2); }
 PYBIND11_MODULE(_native, m) {
   using namespace servekit;           // NOLINT: the module's bindings
   using namespace servekit::python;   // NOLINT
-  m.doc() = "servekit's native verifier: TensorFlow C API and ONNX Runtime runners, manifest validation, benchmarks.";
+  m.doc() = "servekit's native verifier: TensorFlow C API, ONNX Runtime, OpenVINO, ... runners, manifest validation, "
+          "benchmarks.";
   py::register_exception_translator(&TranslateStatusError);
 
   // ---- Enums: member names are the manifest's and the CLI's spellings.
   py::enum_<ModelFormat>(m, "Format", "An artifact format.")
       .value("tf_saved_model", ModelFormat::kTfSavedModel)
-      .value("onnx", ModelFormat::kOnnx);
+      .value("onnx", ModelFormat::kOnnx)
+      .value("openvino", ModelFormat::kOpenVino)
+      .value("litert", ModelFormat::kLiteRt)
+      .value("torch", ModelFormat::kTorchProgram)
+      .value("torch_aoti", ModelFormat::kTorchAoti);
+  py::enum_<InferencePrecision>(m, "InferencePrecision", "OpenVINO's CPU inference precision.")
+      .value("f32", InferencePrecision::kFloat32)
+      .value("bf16", InferencePrecision::kBFloat16);
   py::enum_<Device>(m, "Device").value("cpu", Device::kCpu).value("gpu", Device::kGpu);
   py::enum_<OnnxOptimization>(m, "OnnxOptimization", "ONNX Runtime's graph optimization level.")
       .value("disabled", OnnxOptimization::kDisabled)
@@ -255,27 +263,30 @@ PYBIND11_MODULE(_native, m) {
   // ---- Loading
   py::class_<LoadOptions>(m, "LoadOptions", "Threads, device, SavedModel tags and ONNX optimization.")
       .def(py::init([](int intra_op_threads, int inter_op_threads, Device device, std::vector<std::string> tags,
-                       OnnxOptimization optimization) {
+                       OnnxOptimization optimization, InferencePrecision openvino_precision) {
              LoadOptions options;
              options.intra_op_threads = intra_op_threads;
              options.inter_op_threads = inter_op_threads;
              options.device = device;
              if (!tags.empty()) options.tags = std::move(tags);
              options.onnx_optimization = optimization;
+             options.openvino_precision = openvino_precision;
              ThrowIfError(CheckLoadOptions(options));
              return options;
            }),
            py::arg("intra_op_threads") = 0, py::arg("inter_op_threads") = 0, py::arg("device") = Device::kCpu,
-           py::arg("tags") = std::vector<std::string>{}, py::arg("optimization") = OnnxOptimization::kAll)
+           py::arg("tags") = std::vector<std::string>{}, py::arg("optimization") = OnnxOptimization::kAll,
+           py::arg("openvino_precision") = InferencePrecision::kFloat32)
       .def_readonly("intra_op_threads", &LoadOptions::intra_op_threads)
       .def_readonly("inter_op_threads", &LoadOptions::inter_op_threads)
       .def_readonly("device", &LoadOptions::device)
       .def_readonly("tags", &LoadOptions::tags)
       .def_readonly("optimization", &LoadOptions::onnx_optimization)
+      .def_readonly("openvino_precision", &LoadOptions::openvino_precision)
       .def_property_readonly_static("CALLER_THREAD", [](py::object) { return LoadOptions::kCallerThread; });
   m.attr("CALLER_THREAD") = LoadOptions::kCallerThread;
 
-  py::class_<PyModel>(m, "Model", "A loaded SavedModel or ONNX model. Thread-safe; run() releases the GIL.")
+  py::class_<PyModel>(m, "Model", "A loaded artifact (SavedModel, ONNX, OpenVINO IR, ...). Thread-safe; run() releases the GIL.")
       .def_property_readonly("path", [](const PyModel& self) { return self.model->path(); })
       .def_property_readonly("format", [](const PyModel& self) { return self.model->format(); })
       .def_property_readonly("options", [](const PyModel& self) { return self.options; })
@@ -337,6 +348,7 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("path", &ArtifactReport::path)
       .def_property_readonly("passed", &ArtifactReport::passed)
       .def_readonly("load_error", &ArtifactReport::load_error)
+      .def_readonly("skipped", &ArtifactReport::skipped)
       .def_property_readonly("digest_errors", [](const ArtifactReport& a) { return Tuple(a.digest_errors); })
       .def_property_readonly("signature_errors", [](const ArtifactReport& a) { return Tuple(a.signature_errors); })
       .def_property_readonly("parity", [](const ArtifactReport& a) { return Tuple(a.parity); })

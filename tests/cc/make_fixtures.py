@@ -25,6 +25,13 @@ DIR receives the layout of docs/manifest.md:
                     its references come from running the source tf.Module: three
                     successive `counter` calls from the saved (export-time) state
 
+    formats/        serving_default of the main export (the same weights) in the formats
+                    converted from the traced serving function, with its own manifest:
+                      model.xml + model.bin   OpenVINO IR (openvino.convert_model; tensor
+                                              names set to the signature keys)
+                      model.tflite            LiteRT (TFLiteConverter.from_concrete_functions),
+                                              signature serving_default, batch -1
+
 Weights and inputs are fixed constants, so the references are reproducible, except
 the random export's noise, which is random by design.
 """
@@ -254,6 +261,93 @@ def write_random_export(out: str) -> None:
         f.write("\n")
 
 
+def _serving_function():
+    """The main export's serving_default as a concrete function, and the module holding it."""
+    import tensorflow as tf
+
+    class Serve(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(WEIGHTS, name="w")
+            self.b = tf.Variable(BIAS, name="b")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+        def serve(self, features):
+            return {"logits": tf.matmul(features, self.w) + self.b}
+
+    module = Serve()
+    return module.serve.get_concrete_function(), module
+
+
+def write_openvino(xml_path: str, concrete) -> None:
+    """The IR as python/servekit/formats/openvino.py writes it: ports named by the
+    signature keys, f32 declared in rt_info."""
+    import openvino as ov
+
+    model = ov.convert_model(concrete)
+    (param,) = model.get_parameters()
+    (result,) = model.get_results()
+    param.set_friendly_name("features")
+    param.output(0).get_tensor().set_names({"features"})
+    result.set_friendly_name("logits")
+    result.input_value(0).get_tensor().set_names({"logits"})
+    model = ov.Model([result], [param], "tiny_fixture")
+    model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    ov.save_model(model, xml_path, compress_to_fp16=False)
+
+
+def write_litert(path: str, concrete, module) -> None:
+    import tensorflow as tf
+
+    flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module).convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+
+
+def write_formats_export(out: str) -> None:
+    """formats/: serving_default as OpenVINO IR and LiteRT, with the main export's
+    reference cases (copied) and a manifest of its own."""
+    import shutil
+
+    os.makedirs(os.path.join(out, "reference"), exist_ok=True)
+    concrete, module = _serving_function()
+    write_openvino(os.path.join(out, "model.xml"), concrete)
+    write_litert(os.path.join(out, "model.tflite"), concrete, module)
+    reference = []
+    for batch in (1, 4):
+        entry = {"endpoint": "serving_default", "batch": batch, "inputs": {}, "outputs": {}}
+        for kind, name in (("in", "features"), ("out", "logits")):
+            rel = f"reference/serving_default.b{batch}.{kind}.{name}.npy"
+            shutil.copyfile(os.path.join(out, "..", rel), os.path.join(out, rel))
+            entry["inputs" if kind == "in" else "outputs"][name] = rel
+        reference.append(entry)
+    manifest = {
+        "servekit_manifest": 1,
+        "model": "tiny_fixture_formats",
+        "source_backend": "tensorflow",
+        "tools": {"numpy": np.__version__},
+        "artifacts": [
+            {"format": "openvino", "path": "model.xml", "converter": "openvino.convert_model",
+             "precision": "float32",
+             "files": {f: sha256(os.path.join(out, f)) for f in ("model.xml", "model.bin")}},
+            {"format": "litert", "path": "model.tflite", "converter": "tflite_converter",
+             "precision": "float32",
+             "files": {"model.tflite": sha256(os.path.join(out, "model.tflite"))}},
+        ],
+        "endpoints": [
+            {"name": "serving_default", "method_name": "tensorflow/serving/predict",
+             "formats": ["openvino", "litert"],
+             "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", 3]}],
+             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]},
+        ],
+        "tolerances": {"float32": {"atol": 1e-5, "rtol": 0.0}},
+        "reference": reference,
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+
+
 def sha256(path: str) -> str:
     with open(path, "rb") as f:
         return "sha256:" + hashlib.sha256(f.read()).hexdigest()
@@ -340,6 +434,7 @@ def main() -> int:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     write_random_export(os.path.join(out, "random"))
+    write_formats_export(os.path.join(out, "formats"))
     return 0
 
 

@@ -151,7 +151,86 @@ def test_validate_usage_errors():
     code, _, err = verify("validate", "--manifest", "/nonexistent/manifest.json")
     assert code == 2 and "no such file: /nonexistent/manifest.json" in err
     code, _, err = verify("validate", "--manifest", FIXTURE / "manifest.json", "--format", "tflite")
-    assert code == 2 and "--format: tflite not in {tf_saved_model,onnx}" in err
+    assert code == 2 and "--format: tflite not in {tf_saved_model,onnx,openvino,litert,torch,torch_aoti}" in err
+
+
+def test_inspect_openvino_json():
+    code, out, err = verify("inspect", FIXTURE / "formats/model.xml", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "openvino"
+    (endpoint,) = report["endpoints"]
+    assert endpoint["inputs"] == [{"name": "features", "dtype": "float32", "shape": [None, 3]}]
+    assert endpoint["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [None, 2]}]
+
+
+def test_validate_openvino():
+    code, out, err = verify("validate", "--manifest", FIXTURE / "formats/manifest.json", "--format", "openvino")
+    assert code == 0, out + err
+    assert "openvino: " in out and "digests: OK" in out and "signatures: OK" in out
+    assert "PASS openvino reference serving_default b4 logits" in out
+    assert "RESULT: PASS" in out
+
+
+def test_validate_openvino_missing_bin_is_exit_2(export_copy):
+    (export_copy / "formats/model.bin").unlink()
+    code, out, err = verify("validate", "--manifest", export_copy / "formats/manifest.json", "--format", "openvino")
+    assert code == 2, out + err
+    assert "artifact 'openvino' file 'model.bin': missing" in out
+    assert "openvino: load failed: OpenVINO IR " in out and "has no weights file" in out
+
+
+def test_validate_openvino_truncated_bin_is_exit_2(export_copy):
+    (export_copy / "formats/model.bin").write_bytes((FIXTURE / "formats/model.bin").read_bytes()[:8])
+    code, out, err = verify("validate", "--manifest", export_copy / "formats/manifest.json", "--format", "openvino")
+    assert code == 2, out + err
+    assert "artifact 'openvino' file 'model.bin': sha256 expected" in out
+    assert "openvino: load failed: OpenVINO could not read the IR" in out
+
+
+def test_validate_torch_program_is_skipped_with_a_note(export_copy):
+    # A torch ExportedProgram has no native runtime: its digests are checked and the
+    # report says why it was not loaded.
+    import hashlib
+
+    pt2 = export_copy / "formats/model.pt2"
+    pt2.write_bytes(b"PK\x03\x04 a torch ExportedProgram archive")
+    manifest = json.loads((export_copy / "formats/manifest.json").read_text())
+    manifest["artifacts"].append({"format": "torch", "path": "model.pt2",
+                                  "files": {"model.pt2": "sha256:" + hashlib.sha256(pt2.read_bytes()).hexdigest()}})
+    manifest["endpoints"][0]["formats"].append("torch")
+    (export_copy / "formats/manifest.json").write_text(json.dumps(manifest))
+    code, out, err = verify("validate", "--manifest", export_copy / "formats/manifest.json", "--format", "torch",
+                            "--json", "-")
+    assert code == 0, out + err
+    assert ("  load: SKIPPED (no native runtime for torch ExportedProgram: verified in Python at export)"
+            in err.splitlines())
+    report = json.loads(out)
+    (artifact,) = report["artifacts"]
+    assert artifact["skipped"].startswith("no native runtime for torch ExportedProgram")
+    assert artifact["passed"] is True and artifact["digest_errors"] == []
+    pt2.write_bytes(b"changed")
+    code, out, err = verify("validate", "--manifest", export_copy / "formats/manifest.json", "--format", "torch")
+    assert code == 1 and "artifact 'torch' file 'model.pt2': sha256 expected" in out, out + err
+
+
+def test_bench_openvino_with_bare_loop(tmp_path):
+    code, out, err = verify("bench", FIXTURE / "formats/model.xml", "--batches", "1,4", "--iterations", "20",
+                            "--warmup", "2", "--threads", "1", "--bare-ort", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["format"] == "openvino"
+    for b in report["batches"]:
+        assert b["runner"]["iterations"] == 20 and b["bare_ort"]["iterations"] == 20
+        assert b["overhead_ratio_p50"] > 0
+    code, out, err = verify("run", FIXTURE / "formats/model.xml", "--input",
+                            f"features={FIXTURE / 'reference/serving_default.b4.in.features.npy'}",
+                            "--output-dir", tmp_path / "out")
+    assert code == 0, err
+    expected = np.load(FIXTURE / "reference/serving_default.b4.out.logits.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "out/logits.npy"), expected, atol=1e-5)
+    code, out, err = verify("bench", FIXTURE / "formats/model.xml", "--openvino-precision", "fp8")
+    assert code == 2 and "--openvino-precision: fp8 not in {f32,bf16}" in err, err
 
 
 def test_validate_stochastic_and_stateful_export():
@@ -252,7 +331,7 @@ def test_bench_usage_errors():
         assert code == 2, args
         assert message in err, (args, err)
     code, _, err = verify("bench", FIXTURE / "saved_model", "--bare-ort", "--iterations", "2")
-    assert code == 2 and "the bare ONNX Runtime loop needs an ONNX model" in err
+    assert code == 2 and "the bare runtime loop needs an ONNX or OpenVINO model" in err
 
 
 def test_gpu_validates_where_the_runtime_has_one_else_a_clear_error():

@@ -249,10 +249,36 @@ def test_benchmark_helpers(onnx_model, saved_model):
     assert len(latencies) == 50 and all(isinstance(t, int) and t > 0 for t in latencies)
     runner, bare = native.runner_and_bare_onnxruntime_loops(onnx_model, feeds, 2, 40, 0.0)
     assert len(runner) == len(bare) == 40 and all(t > 0 for t in runner + bare)
-    with pytest.raises(ValueError, match="needs an ONNX model"):
+    with pytest.raises(ValueError, match="needs an ONNX or OpenVINO model"):
         native.runner_and_bare_onnxruntime_loops(saved_model, {"x": np.zeros(1)}, 0, 1)
-    with pytest.raises(ValueError, match="needs an ONNX model"):
+    with pytest.raises(ValueError, match="needs an ONNX or OpenVINO model"):
         native.benchmark(saved_model, bare_ort=True, iterations=2)
+
+
+def test_openvino_ir_runs_like_the_others(onnx_model, tmp_path):
+    model = native.load(str(FIXTURE / "formats/model.xml"), intra_op_threads=1)
+    assert model.format == "openvino"
+    assert model.signatures == (Signature(
+        name="serving_default", method_name="",
+        inputs=(TensorSignature("features", "float32", (None, 3)),),
+        outputs=(TensorSignature("logits", "float32", (None, 2)),)),)
+    x = ref("serving_default.b4.in.features.npy")
+    out = model.run("serving_default", {"features": x})
+    np.testing.assert_allclose(out["logits"], ref("serving_default.b4.out.logits.npy"), atol=1e-5)
+    np.testing.assert_allclose(out["logits"], onnx_model.run("serving_default", {"features": x})["logits"],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=r"input 'features': expected float32\[\?,3\], got int64\[4,3\]"):
+        model.run("serving_default", {"features": x.astype(np.int64)})
+    bf16 = native.load(str(FIXTURE / "formats/model.xml"), openvino_precision="bf16")
+    np.testing.assert_allclose(bf16.run("serving_default", {"features": x})["logits"],
+                               ref("serving_default.b4.out.logits.npy"), atol=1e-2, rtol=1e-2)
+    report = native.validate(str(FIXTURE / "formats/manifest.json"), "openvino")
+    assert report.passed, report.failures
+    lonely = tmp_path / "model.xml"
+    shutil.copyfile(FIXTURE / "formats/model.xml", lonely)
+    with pytest.raises(LookupError, match="has no weights file") as e:
+        native.load(str(lonely))
+    assert e.value.status_code == "NOT_FOUND"
 
 
 def test_coexists_with_tensorflow_onnxruntime_and_hashlib():
