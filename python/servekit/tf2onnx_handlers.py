@@ -10,6 +10,10 @@ a graph (importing this module registers them):
   stays random (fresh numbers on every run), as Keras's semantics require, and
   servekit verifies it by statistics rather than values.
 - `Erfc`: exact GELU (`approximate=False`) lowers to it; `erfc(x) = 1 - erf(x)`.
+- `LookupTableFindV2` on integer keys and values (`IntegerLookup`): tf2onnx
+  converts string<->int64 tables only; an int64->int64 table is an ai.onnx.ml
+  `LabelEncoder` (opset 2: `keys_int64s`, `values_int64s`). Other tables go to
+  tf2onnx's own handler.
 - `Expm1`: `elu`, `selu` and `celu` activations lower to it; `expm1(x) = exp(x) - 1`
   (without it, tf2onnx's model fails and only the slow cross-backend road was left).
 - `Complex`, `FFT2D`, `Real`, `Imag`: `keras.ops.fft2` (FNet's token mixing)
@@ -27,7 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import onnx_pb
-from tf2onnx import utils
+from tf2onnx import constants, utils
+from tf2onnx.custom_opsets.onnx_ml import LookupTableFind as _TfLookupTableFind
 from tf2onnx.handler import tf_op
 
 
@@ -56,6 +61,44 @@ class Erfc:
         one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
         node.type = "Sub"
         ctx.replace_inputs(node, [one, erf])
+
+
+@tf_op("LookupTableFindV2")
+class IntegerLookupTableFind:
+    @classmethod
+    def version_8(cls, ctx, node, initialized_tables, **kwargs):
+        integers = (onnx_pb.TensorProto.INT64, onnx_pb.TensorProto.INT32)
+        in_dtype, out_dtype = ctx.get_dtype(node.input[1]), ctx.get_dtype(node.output[0])
+        if in_dtype not in integers or out_dtype not in integers:
+            return _TfLookupTableFind.version_8(ctx, node, initialized_tables=initialized_tables, **kwargs)
+        table = node.inputs[0]
+        while table.type == "Identity":
+            table = table.inputs[0]
+        shared_name = table.get_attr_value("shared_name")
+        utils.make_sure(shared_name in initialized_tables, "Initialized table %s for node %s not found.",
+                        shared_name, node.name)
+        keys, values = initialized_tables[shared_name]
+        default = node.inputs[2]
+        utils.make_sure(default.is_const(), "Default value of table lookup must be const.")
+        keys_input = node.input[1]
+        if in_dtype != onnx_pb.TensorProto.INT64:
+            keys_input = ctx.make_node("Cast", [keys_input], attr={"to": onnx_pb.TensorProto.INT64}).output[0]
+        name, outputs, shape = node.name, node.output, ctx.get_shape(node.input[1])
+        ctx.remove_node(name)
+        attr = {"keys_int64s": [int(k) for k in np.asarray(keys).ravel()],
+                "values_int64s": [int(v) for v in np.asarray(values).ravel()],
+                "default_int64": int(default.get_tensor_value())}
+        if out_dtype == onnx_pb.TensorProto.INT64:
+            ctx.make_node("LabelEncoder", [keys_input], outputs=outputs, name=name, attr=attr,
+                          domain=constants.AI_ONNX_ML_DOMAIN, shapes=[shape], dtypes=[out_dtype])
+        else:
+            encoded = ctx.make_node("LabelEncoder", [keys_input], name=name, attr=attr,
+                                    domain=constants.AI_ONNX_ML_DOMAIN, shapes=[shape],
+                                    dtypes=[onnx_pb.TensorProto.INT64]).output[0]
+            ctx.make_node("Cast", [encoded], outputs=outputs, attr={"to": out_dtype}, shapes=[shape],
+                          dtypes=[out_dtype])
+        if not ctx.find_output_consumers(table.output[0]):
+            ctx.remove_node(table.name)
 
 
 @tf_op("Expm1")

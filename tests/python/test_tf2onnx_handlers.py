@@ -115,3 +115,26 @@ def test_fft2d_of_a_complex_tensor_is_two_dfts(tmp_path):
     # products, outputs up to about 10.
     ops = _convert_and_compare(tmp_path, mix, tokens, atol=5e-5)
     assert ops.count("DFT") == 2 and "Complex" not in ops and "FFT2D" not in ops
+
+
+@pytest.mark.parametrize("key_dtype", [tf.int64, tf.int32])
+def test_integer_lookup_table_is_a_label_encoder(tmp_path, key_dtype):
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant([3, 7, 11, 42], tf.int64), tf.constant([1, 2, 3, 4], tf.int64)),
+        default_value=0)
+    module = tf.Module()
+    module.table = table
+    spec = tf.TensorSpec((None, 5), key_dtype, name="ids")
+    module.serve = tf.function(lambda ids: {"y": table.lookup(tf.cast(ids, tf.int64))}, input_signature=[spec])
+    path = str(tmp_path / "saved_model")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    ids = np.array([[3, 7, 5, 42, 0], [11, 11, 1, 3, 99]], key_dtype.as_numpy_dtype)
+    expected = module.serve(tf.constant(ids))["y"].numpy()
+    endpoint = sig.Signature(
+        "serving_default", (sig.TensorSignature("ids", key_dtype.name, (sig.BATCH_DIM, 5)),),
+        (sig.TensorSignature("y", "int64", (sig.BATCH_DIM, 5)),))
+    proto = sk_onnx.convert_saved_model(path, endpoint, model_name="int_table")
+    assert "LabelEncoder" in [n.op_type for n in proto.graph.node]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"ids": ids})
+    np.testing.assert_array_equal(got, expected)
