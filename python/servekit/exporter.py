@@ -58,8 +58,10 @@ def export(
     """Exports a Keras model (any backend) as a verified inference artifact.
 
     The model's forward pass in inference mode is written as a TensorFlow
-    SavedModel (endpoint `serve`, also the `serving_default` signature) or an
-    ONNX model (one graph, the `serving_default` endpoint). Export strategies
+    SavedModel (endpoint `serve`, also the `serving_default` signature), an
+    ONNX model, an OpenVINO IR, a LiteRT flatbuffer, a torch.export
+    ExportedProgram or an AOTInductor package (one `serving_default` endpoint
+    each; see `servekit.formats`). Export strategies
     are tried in order (`servekit.strategies`): first the portable rebuild
     (the model is saved as `.keras` and rebuilt under TensorFlow in a fresh
     process: byte-reproducible, and every backend reaches both formats), then
@@ -80,9 +82,11 @@ def export(
         model: a `keras.Model` (Functional, Sequential or subclassed, built),
             or a plain `tf.Module` whose `tf.function`s are exported with
             `tf.saved_model.save` rules (pass `signatures=`).
-        filepath: `str` or `pathlib.Path`: the SavedModel directory or the
-            `.onnx` file. Replaced atomically if it exists.
-        format: `"tf_saved_model"` or `"onnx"`.
+        filepath: `str` or `pathlib.Path`: the SavedModel directory, or the
+            file (`.onnx`, `.xml` (its `.bin` is written beside it),
+            `.tflite`, `.pt2`). Replaced atomically if it exists.
+        format: `"tf_saved_model"`, `"onnx"`, `"openvino"`, `"litert"`,
+            `"torch"` (Keras's five) or `"torch_aoti"`.
         verbose: print a short summary (endpoints, signatures, file sizes,
             time). Defaults to True, like Keras; False prints nothing.
         input_signature: optional; one structure per positional argument of
@@ -119,6 +123,14 @@ def export(
               `polymorphic_shapes` (e.g. `["(b, 3)"]`) also name the dynamic
               dimensions of the signature (the first one `batch`).
             - `signatures` (tf.Module only): as `tf.saved_model.save`.
+            - `openvino_precision` ("f32" default, or "bf16"): the inference
+              precision the IR declares and is verified at.
+            - LiteRT: any `tf.lite.TFLiteConverter` attribute
+              (`optimizations`, `representative_dataset`, `target_spec`),
+              as Keras passes them; a quantized model is checked at a
+              quantization tolerance and marked so.
+            - torch: `torch.export.export` arguments (`dynamic_shapes`,
+              `strict`, ...), as Keras passes them.
 
     Returns:
         A `servekit.signature.ExportedArtifact` (format, path, endpoints
