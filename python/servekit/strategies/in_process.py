@@ -20,6 +20,7 @@ with this torch: the portable rebuild is the only road there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import os
 from typing import Any, Optional
@@ -179,7 +180,11 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
 
 
 def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
-    """JAX (jax2onnx) and torch (torch.onnx), on the source backend."""
+    """JAX (jax2onnx) and torch (torch.onnx: TorchScript, then dynamo), on the
+    source backend. Each converter gets its chance at verification: a model
+    TorchScript traces with one branch of a data-dependent `cond` baked in
+    fails its check, and the dynamo exporter (which captures `torch.cond`)
+    is tried next."""
     import onnx
 
     from servekit import export_utils as eu
@@ -188,25 +193,34 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
 
     plan = request.endpoints[0]
     layout = plan.layout
-    scratch = os.path.join(workdir, "native.onnx")
     outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
-    convert = _jax_to_onnx if request.backend == "jax" else _torch_to_onnx
-    try:
-        converter = convert(request.source, layout, outputs, scratch, request.opset)
-    except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
-        raise ExportError(f"{'jax2onnx' if request.backend == 'jax' else 'torch.onnx'} could not convert the "
-                          f"model: {root_cause(e)}", reason="conversion_failed") from None
     signature = sig.Signature("serving_default", layout.tensor_signatures(), outputs).with_behavior(plan.behavior)
-    proto = onnx.load(scratch)
-    sk_onnx.adopt_foreign(proto, signature, model_name=request.name, producer_version=request.version,
-                          layer_names=request.layer_names)
-    sk_onnx.write_onnx(proto, path)
-    report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [], "opset": sk_onnx._opset_of(proto),
-              "converter": converter}
-    if request.verify and len(request.cases):
-        _verified(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")), "onnx",
-                  "ONNX model")
-    return report
+    if request.backend == "jax":
+        converters = [("jax2onnx", _jax_to_onnx)]
+    else:
+        converters = [(f"torch.onnx ({name})", functools.partial(_torch_to_onnx, exporter=name))
+                      for name in ("TorchScript", "dynamo")]
+    failures = []
+    for name, convert in converters:
+        scratch = os.path.join(workdir, f"native_{len(failures)}.onnx")
+        try:
+            convert(request.source, layout, outputs, scratch, request.opset)
+        except Exception as e:  # converters raise anything; the reason goes into the pipeline's report
+            failures.append(f"{name} could not convert the model: {root_cause(e)}")
+            continue
+        proto = onnx.load(scratch)
+        sk_onnx.adopt_foreign(proto, signature, model_name=request.name, producer_version=request.version,
+                              layer_names=request.layer_names)
+        sk_onnx.write_onnx(proto, path)
+        report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [],
+                  "opset": sk_onnx._opset_of(proto), "converter": name}
+        if request.verify and len(request.cases):
+            _verified(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")), "onnx",
+                      f"ONNX model ({name})")
+        if report["ok"]:
+            return report
+        failures.append(report["message"])
+    raise ExportError("\n".join(failures), reason="conversion_failed")
 
 
 def _symbolic_dims(spec) -> tuple:
@@ -231,15 +245,15 @@ def _jax_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> str
     return "jax2onnx"
 
 
-def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> str:
-    """torch.onnx on the model's inference call: the TorchScript exporter,
-    else the dynamo exporter (for what TorchScript cannot trace). Returns which
-    one made the model.
+def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int], exporter: str) -> None:
+    """torch.onnx on the model's inference call, with the TorchScript or the
+    dynamo `exporter`.
 
-    TorchScript first, because it writes the requested opset: the dynamo
-    exporter (torch 2.13) writes opset 18 and its conversion down to 17 fails
-    on common ops (`ReduceMean` with an axes input), and it records every
-    node's stack trace (`servekit.determinism` removes them).
+    TorchScript is tried first, because it writes the requested opset: the
+    dynamo exporter (torch 2.13) writes opset 18 and its conversion down to 17
+    fails on common ops (`ReduceMean` with an axes input), and it records every
+    node's stack trace (`servekit.determinism` removes them); but it captures
+    data-dependent control flow (`torch.cond`), which TorchScript bakes in.
     """
     import keras
     import torch
@@ -264,14 +278,11 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int]) -> s
                   opset_version=opset or sk_onnx.DEFAULT_OPSET)
     module = FlatCall().eval()
     with torch.no_grad():
-        try:
+        if exporter == "TorchScript":
             torch.onnx.export(module, sample, path, dynamo=False, dynamic_axes=dynamic or None,
                               do_constant_folding=True, verbose=False, **common)
-            return "torch.onnx (TorchScript)"
-        except (RuntimeError, TypeError, ValueError, torch.onnx.errors.OnnxExporterError):
-            program = torch.onnx.export(module, sample, dynamo=True, **common)
-            program.save(path)
-            return "torch.onnx (dynamo)"
+        else:
+            torch.onnx.export(module, sample, dynamo=True, **common).save(path)
 
 
 def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> list[sig.Signature]:
