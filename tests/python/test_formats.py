@@ -112,6 +112,23 @@ def test_litert_quantization_is_declared(tmp_path):
     assert artifact.precision == "quantized"
 
 
+def test_litert_representative_dataset_is_replayed_in_the_worker(tmp_path):
+    import tensorflow as tf
+
+    drawn = []
+
+    def representative_dataset():
+        for i in range(4):
+            drawn.append(i)
+            yield [np.random.default_rng(i).normal(size=(1, 3)).astype("float32")]
+
+    artifact = servekit.export(mm.mlp(), str(tmp_path / "q.tflite"), format="litert",
+                               optimizations=[tf.lite.Optimize.DEFAULT],
+                               representative_dataset=representative_dataset, verbose=False)
+    assert artifact.precision == "quantized" and artifact.strategy == "portable_rebuild"
+    assert drawn == [0, 1, 2, 3]  # drawn once, here
+
+
 def test_litert_refuses_an_unknown_converter_option(model, tmp_path):
     with pytest.raises(ExportError, match="not_an_option"):
         servekit.export(model, str(tmp_path / "m.tflite"), format="litert", not_an_option=1, verbose=False)

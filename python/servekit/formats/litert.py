@@ -14,11 +14,12 @@ verify in `ai_edge_litert`'s interpreter, or the export fails.
 
 Converter options. Keras passes export keyword arguments that name
 `tf.lite.TFLiteConverter` attributes to the converter (`optimizations`,
-`representative_dataset`, `target_spec={...}`, ...); so does servekit. Those
-that can travel to the worker as JSON (`optimizations` as names, plain values,
-`target_spec` dicts) are applied there; a model exported with a callable such
-as `representative_dataset` is converted in the exporting process (the
-in-process strategy, TensorFlow backend). A quantizing option makes the
+`representative_dataset`, `target_spec={...}`, ...); so does servekit. They
+travel to the worker as JSON (`optimizations` as names, plain values,
+`target_spec` dicts); a `representative_dataset` is drawn once in the
+exporting process and travels as its samples (up to `MAX_SAMPLE_BYTES`),
+which the worker replays. Any other callable keeps the export in the
+exporting process (the in-process strategy, TensorFlow backend). A quantizing option makes the
 artifact's outputs differ from the float model's by the quantization error:
 it is checked at `QUANTIZED_TOLERANCE`, and the manifest says so.
 """
@@ -31,6 +32,8 @@ from typing import Any, Mapping
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 
+# A representative dataset larger than this stays in the exporting process.
+MAX_SAMPLE_BYTES = 64 << 20
 # A quantized model's float outputs against the float model's: |a - s| <= atol + rtol |s|.
 QUANTIZED_TOLERANCE = (0.1, 0.1)
 _OPS_BUILTIN = ("TFLITE_BUILTINS",)
@@ -58,6 +61,9 @@ def split_options(options: Mapping[str, Any], model_name: str) -> tuple[dict[str
                 portable[name] = {k: _enum_names(v) if _enum_names(v) is not None else v for k, v in value.items()}
             else:
                 local[name] = value
+        elif name == "representative_dataset" and callable(value):
+            samples = _drawn(value, model_name)
+            (portable if samples is not None else local)[name] = samples if samples is not None else value
         elif not hasattr(probe, name):
             raise ExportError(f"Model '{model_name}': {name!r} is neither an export argument nor an attribute of "
                               "tf.lite.TFLiteConverter (the LiteRT converter).", model=model_name,
@@ -69,6 +75,53 @@ def split_options(options: Mapping[str, Any], model_name: str) -> tuple[dict[str
         else:
             local[name] = value
     return portable, local
+
+
+def _drawn(dataset, model_name: str):
+    """The samples a representative dataset yields, as JSON (`.npy` bytes in
+    base64 per array), or None when they exceed `MAX_SAMPLE_BYTES`."""
+    import base64
+    import io
+
+    import numpy as np
+
+    samples, total = [], 0
+    try:
+        for sample in dataset():
+            items = sample.items() if isinstance(sample, dict) else enumerate(sample)
+            encoded = {}
+            for key, array in items:
+                array = np.asarray(array)
+                total += array.nbytes
+                buffer = io.BytesIO()
+                np.save(buffer, array, allow_pickle=False)
+                encoded[str(key)] = base64.b64encode(buffer.getvalue()).decode()
+            samples.append({"dict": isinstance(sample, dict), "arrays": encoded})
+            if total > MAX_SAMPLE_BYTES:
+                return None
+    except TypeError as e:
+        raise ExportError(f"Model '{model_name}': representative_dataset must be a function returning an iterable "
+                          f"of input lists or dicts of arrays ({e}).", model=model_name,
+                          reason="bad_argument") from None
+    return {"__samples__": samples}
+
+
+def _replayed(samples: list[dict[str, Any]]):
+    """A representative dataset function yielding the drawn samples again."""
+    import base64
+    import io
+
+    import numpy as np
+
+    def load(text):
+        return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+
+    def dataset():
+        for sample in samples:
+            arrays = {k: load(v) for k, v in sample["arrays"].items()}
+            yield arrays if sample["dict"] else [arrays[str(i)] for i in range(len(arrays))]
+
+    return dataset
 
 
 def quantizes(options: Mapping[str, Any]) -> bool:
@@ -98,6 +151,8 @@ def _enum_names(value):
 def _decoded(value):
     import tensorflow as tf
 
+    if isinstance(value, dict) and "__samples__" in value:
+        return _replayed(value["__samples__"])
     if isinstance(value, dict) and "__enum__" in value:
         cls, _, member = value["__enum__"].partition(".")
         return getattr(getattr(tf.lite, cls), member)
