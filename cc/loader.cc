@@ -1,6 +1,7 @@
 #include "cc/loader.h"
 
 #include "cc/file_util.h"
+#include "cc/litert_model.h"
 #include "cc/onnx_model.h"
 #include "cc/openvino_model.h"
 #include "cc/tf_saved_model.h"
@@ -29,7 +30,9 @@ StatusOr<ModelFormat> DetectFormat(const std::string& path) {
   if (IsRegularFile(path)) {
     if (EndsWith(path, ".onnx")) return ModelFormat::kOnnx;
     if (EndsWith(path, ".xml")) return ModelFormat::kOpenVino;
-    return InvalidArgument(path + " is neither a SavedModel directory nor an .onnx or .xml (OpenVINO IR) file");
+    if (EndsWith(path, ".tflite")) return ModelFormat::kLiteRt;
+    return InvalidArgument(path + " is neither a SavedModel directory nor an .onnx, .xml (OpenVINO IR) or "
+                           ".tflite (LiteRT) file");
   }
   return NotFound("no model at " + path + ": no such file or directory");
 }
@@ -50,7 +53,7 @@ StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOp
     case ModelFormat::kTfSavedModel: return AsModel(TfSavedModel::Load(path, options));
     case ModelFormat::kOnnx: return AsModel(OnnxModel::Load(path, options));
     case ModelFormat::kOpenVino: return AsModel(OpenVinoModel::Load(path, options));
-    case ModelFormat::kLiteRt:
+    case ModelFormat::kLiteRt: return AsModel(LiteRtModel::Load(path, options));
     case ModelFormat::kTorchAoti:
     case ModelFormat::kTorchProgram: break;
   }

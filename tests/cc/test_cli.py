@@ -172,6 +172,42 @@ def test_validate_openvino():
     assert "RESULT: PASS" in out
 
 
+def test_litert_inspect_validate_run_bench(tmp_path):
+    code, out, err = verify("inspect", FIXTURE / "formats/model.tflite", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "litert"
+    (endpoint,) = report["endpoints"]
+    assert endpoint["inputs"] == [{"name": "features", "dtype": "float32", "shape": [None, 3]}]
+    assert endpoint["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [None, 2]}]
+    # Both formats of formats/, and each against the first (OpenVINO vs LiteRT).
+    code, out, err = verify("validate", "--manifest", FIXTURE / "formats/manifest.json")
+    assert code == 0, out + err
+    assert "PASS litert reference serving_default b4 logits" in out
+    assert "PASS openvino vs litert serving_default b4 logits" in out
+    assert "RESULT: PASS" in out
+    code, out, err = verify("run", FIXTURE / "formats/model.tflite", "--input",
+                            f"features={FIXTURE / 'reference/serving_default.b4.in.features.npy'}",
+                            "--output-dir", tmp_path / "out")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "out/logits.npy"),
+                               np.load(FIXTURE / "reference/serving_default.b4.out.logits.npy"), atol=1e-5)
+    code, out, err = verify("bench", FIXTURE / "formats/model.tflite", "--batches", "1,3", "--iterations", "10",
+                            "--json", tmp_path / "b.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["format"] == "litert" and [b["batch"] for b in report["batches"]] == [1, 3]
+
+
+def test_validate_litert_truncated_is_exit_2(export_copy):
+    tflite = export_copy / "formats/model.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:500])
+    code, out, err = verify("validate", "--manifest", export_copy / "formats/manifest.json", "--format", "litert")
+    assert code == 2, out + err
+    assert "artifact 'litert' file 'model.tflite': sha256 expected" in out
+    assert "litert: load failed: LiteRT could not read " in out
+
+
 def test_validate_openvino_missing_bin_is_exit_2(export_copy):
     (export_copy / "formats/model.bin").unlink()
     code, out, err = verify("validate", "--manifest", export_copy / "formats/manifest.json", "--format", "openvino")

@@ -281,6 +281,21 @@ def test_openvino_ir_runs_like_the_others(onnx_model, tmp_path):
     assert e.value.status_code == "NOT_FOUND"
 
 
+def test_litert_model_runs_like_the_others():
+    model = native.load(str(FIXTURE / "formats/model.tflite"))
+    assert model.format == "litert"
+    assert model.signatures[0].inputs == (TensorSignature("features", "float32", (None, 3)),)
+    for batch in (4, 1):
+        x = ref(f"serving_default.b{batch}.in.features.npy")
+        np.testing.assert_allclose(model.run("serving_default", {"features": x})["logits"],
+                                   ref(f"serving_default.b{batch}.out.logits.npy"), atol=1e-5)
+    report = native.validate(str(FIXTURE / "formats/manifest.json"))
+    assert report.passed, report.failures
+    assert [a.format.name for a in report.artifacts] == ["openvino", "litert"]
+    with pytest.raises(ValueError, match="is not a LiteRT model: no TFL3 FlatBuffer identifier"):
+        native.load(str(FIXTURE / "model.onnx"), format="litert")
+
+
 def test_coexists_with_tensorflow_onnxruntime_and_hashlib():
     # The extension keeps its symbols to itself: the Python runtimes and OpenSSL-backed
     # hashlib keep working in the same process.

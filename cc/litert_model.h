@@ -1,0 +1,53 @@
+// LiteRtModel: a LiteRT (.tflite) model run through LiteRT's C API (libLiteRt.so).
+//
+// Load() checks the file first (exists, is a FlatBuffer with the "TFL3" identifier),
+// then creates the model on one process-wide LiteRtEnvironment and compiles it for
+// the CPU. The one endpoint is the model's `serving_default` signature (servekit's
+// exporter writes exactly that one): its input and output keys are the signature's,
+// dims that the signature declares -1 are dynamic. Every LiteRt* handle has an
+// RAII owner; every failed call becomes a Status naming the file (and the tensor).
+//
+// Run() feeds buffers over the caller's bytes when they are 64-byte aligned (LiteRT's
+// host-memory alignment; others are copied), resizes a dynamic input when its shape
+// changed, and has LiteRT write each output into a buffer servekit allocates, sized
+// from the signature: static dims, and a dynamic leading dim equal to the first
+// input's (the batch). LiteRT's reported output layout can still say batch 1 after
+// a resize, so it is not consulted; a model with any other dynamic output dim is
+// refused at load. A compiled model runs one call at a time: Run() holds a mutex.
+#ifndef SERVEKIT_CC_LITERT_MODEL_H_
+#define SERVEKIT_CC_LITERT_MODEL_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cc/model.h"
+
+namespace servekit {
+
+// The signature servekit runs (and the endpoint's name).
+inline constexpr char kLiteRtEndpoint[] = "serving_default";
+
+// Whether `bytes` start like a TFLite FlatBuffer (a root offset, then "TFL3").
+Status CheckLiteRtBytes(std::string_view bytes, const std::string& what);
+
+class LiteRtModel final : public Model {
+ public:
+  static StatusOr<std::unique_ptr<LiteRtModel>> Load(const std::string& path, const LoadOptions& options);
+  ~LiteRtModel() override;
+
+  ModelFormat format() const override { return ModelFormat::kLiteRt; }
+
+ private:
+  struct Runtime;  // LiteRT handles; litert_model.cc
+  LiteRtModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime);
+  Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
+                    std::vector<NamedTensor>* outputs) const override;
+
+  std::unique_ptr<Runtime> runtime_;
+};
+
+}  // namespace servekit
+
+#endif  // SERVEKIT_CC_LITERT_MODEL_H_

@@ -1,0 +1,177 @@
+// LiteRtModel on the fixture's formats/model.tflite: signature, runs at several batch
+// sizes (resizes), misaligned feeds, concurrency, error paths (missing, empty,
+// truncated or foreign files, bad feeds).
+#include "cc/litert_model.h"
+
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "cc/file_util.h"
+#include "cc/loader.h"
+#include "gtest/gtest.h"
+#include "tests/cc/test_util.h"
+
+namespace servekit {
+namespace {
+
+using testing::Floats;
+using testing::Int64s;
+
+std::string Tflite() { return testing::FixturePath("formats/model.tflite"); }
+
+// features [[1,0,0],[0,1,2]] through the fixture's weights and bias.
+const std::vector<float> kFeatures = {1, 0, 0, 0, 1, 2};
+const std::vector<float> kLogits = {0.6f, -1.2f, -1.15f, 2.05f};
+
+// A scratch copy of the model holding its first `keep` bytes (all when npos).
+std::string Damaged(const std::string& name, size_t keep) {
+  const std::string path = testing::ScratchDir(name) + "/model.tflite";
+  auto bytes = ReadFile(Tflite());
+  EXPECT_TRUE(bytes.ok());
+  EXPECT_TRUE(WriteFile(path, bytes->substr(0, std::min(keep, bytes->size()))).ok());
+  return path;
+}
+
+class LiteRtModelTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto loaded = LiteRtModel::Load(Tflite(), LoadOptions{});
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    model_ = std::move(loaded).value().release();
+  }
+  static void TearDownTestSuite() { delete model_; }
+  static LiteRtModel* model_;
+};
+LiteRtModel* LiteRtModelTest::model_ = nullptr;
+
+TEST_F(LiteRtModelTest, SignatureFromServingDefault) {
+  EXPECT_EQ(model_->format(), ModelFormat::kLiteRt);
+  ASSERT_EQ(model_->signatures().size(), 1u);
+  const Signature& s = model_->signatures()[0];
+  EXPECT_EQ(s.name, "serving_default");
+  ASSERT_EQ(s.inputs.size(), 1u);
+  ASSERT_EQ(s.outputs.size(), 1u);
+  EXPECT_EQ(s.inputs[0].name, "features");
+  EXPECT_EQ(s.outputs[0].name, "logits");
+  // -1 in the signature's shape: dynamic.
+  EXPECT_EQ(SpecToString(s.inputs[0]), "float32[?,3]");
+  EXPECT_EQ(SpecToString(s.outputs[0]), "float32[?,2]");
+}
+
+TEST_F(LiteRtModelTest, RunsAndResizesBothWays) {
+  // Batch 2, then 1, then 5, then 2 again: each output sized from the signature.
+  for (int64_t batch : {2, 1, 5, 2}) {
+    std::vector<float> x;
+    for (int64_t r = 0; r < batch; ++r) x.insert(x.end(), kFeatures.begin() + 3 * (r % 2), kFeatures.begin() + 3 * (r % 2) + 3);
+    auto out = model_->Run("serving_default", {{"features", Floats({batch, 3}, x)}});
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    const Tensor& logits = (*out)[0].tensor;
+    EXPECT_EQ(logits.Describe(), "float32[" + std::to_string(batch) + ",2]");
+    for (int64_t r = 0; r < batch; ++r) {
+      for (int k = 0; k < 2; ++k) {
+        EXPECT_NEAR(logits.data_as<float>()[2 * r + k], kLogits[2 * (r % 2) + k], 1e-6) << batch << " " << r;
+      }
+    }
+  }
+}
+
+TEST_F(LiteRtModelTest, MisalignedFeedIsCopiedAndOutputsAreIndependent) {
+  // A view 4 bytes into an aligned buffer: not 64-byte aligned.
+  alignas(64) float storage[7] = {0, 1, 0, 0, 0, 1, 2};
+  auto view = Tensor::View(DType::kFloat32, {2, 3}, storage + 1, 6 * sizeof(float), nullptr);
+  ASSERT_TRUE(view.ok());
+  auto out = model_->Run("serving_default", {{"features", *view}});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  for (size_t i = 0; i < kLogits.size(); ++i) EXPECT_NEAR((*out)[0].tensor.data_as<float>()[i], kLogits[i], 1e-6);
+  auto later = model_->Run("serving_default", {{"features", Floats({2, 3}, {0, 0, 0, 0, 0, 0})}});
+  ASSERT_TRUE(later.ok());
+  // The first result is untouched by the second run, and aliases no input.
+  EXPECT_NEAR((*out)[0].tensor.data_as<float>()[0], 0.6f, 1e-6);
+  EXPECT_FALSE(AliasesInput((*out)[0].tensor.data(), {&*view}));
+}
+
+TEST_F(LiteRtModelTest, FeedErrorsBeforeLiteRtSeesThem) {
+  auto wrong_dtype = model_->Run("serving_default", {{"features", Int64s({2, 3}, {1, 2, 3, 4, 5, 6})}});
+  ASSERT_FALSE(wrong_dtype.ok());
+  EXPECT_EQ(wrong_dtype.status().message(),
+            "endpoint 'serving_default' input 'features': expected float32[?,3], got int64[2,3]");
+  auto wrong_shape = model_->Run("serving_default", {{"features", Floats({2, 4}, std::vector<float>(8, 1.0f))}});
+  ASSERT_FALSE(wrong_shape.ok());
+  EXPECT_EQ(wrong_shape.status().message(),
+            "endpoint 'serving_default' input 'features': expected float32[?,3], got float32[2,4]");
+  auto missing = model_->Run("serving_default", {});
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidArgument);
+  // The model still runs after refused feeds.
+  EXPECT_TRUE(model_->Run("serving_default", {{"features", Floats({1, 3}, {1, 0, 0})}}).ok());
+}
+
+TEST_F(LiteRtModelTest, ConcurrentRunsEachGetTheirOwnResult) {
+  std::vector<std::thread> threads;
+  std::vector<int> wrong(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([t, &wrong] {
+      const float x = static_cast<float>(t);
+      for (int i = 0; i < 50; ++i) {
+        // Alternating batch sizes: every call resizes.
+        const int64_t batch = 1 + (i + t) % 3;
+        std::vector<float> rows;
+        for (int64_t r = 0; r < batch; ++r) rows.insert(rows.end(), {x, 0, 0});
+        auto out = model_->Run("serving_default", {{"features", Floats({batch, 3}, rows)}});
+        if (!out.ok() || (*out)[0].tensor.shape()[0] != batch ||
+            std::fabs((*out)[0].tensor.data_as<float>()[2 * (batch - 1)] - (0.5f * x + 0.1f)) > 1e-6) {
+          ++wrong[t];
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong, std::vector<int>(4, 0));
+}
+
+TEST(LiteRtModelLoadTest, LoadModelDetectsTheTflite) {
+  EXPECT_EQ(DetectFormat(Tflite()).value(), ModelFormat::kLiteRt);
+  auto model = LoadModel(Tflite());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_EQ((*model)->format(), ModelFormat::kLiteRt);
+}
+
+TEST(LiteRtModelLoadTest, MissingFileAndDirectory) {
+  auto missing = LiteRtModel::Load("/nonexistent/model.tflite", LoadOptions{});
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(missing.status().message(), "no LiteRT model at /nonexistent/model.tflite: no such file");
+  EXPECT_EQ(LiteRtModel::Load(testing::FixturePath("formats"), LoadOptions{}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(LiteRtModelLoadTest, EmptyAndForeignFiles) {
+  const std::string empty = Damaged("empty_tflite", 0);
+  EXPECT_EQ(LiteRtModel::Load(empty, LoadOptions{}).status().message(), empty + " is empty, not a LiteRT model");
+  const std::string onnx = testing::ScratchDir("onnx_tflite") + "/model.tflite";
+  std::filesystem::copy_file(testing::FixturePath("model.onnx"), onnx);
+  auto foreign = LiteRtModel::Load(onnx, LoadOptions{});
+  EXPECT_EQ(foreign.status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(foreign.status().message(), onnx + " is not a LiteRT model: no TFL3 FlatBuffer identifier");
+}
+
+TEST(LiteRtModelLoadTest, TruncatedFiles) {
+  // Cut at several places: always an error naming the file, never a crash.
+  for (size_t keep : {8, 100, 500, 900, 1000}) {
+    const std::string path = Damaged("truncated_" + std::to_string(keep), keep);
+    auto model = LiteRtModel::Load(path, LoadOptions{});
+    ASSERT_FALSE(model.ok()) << keep;
+    EXPECT_NE(model.status().message().find(path), std::string::npos) << model.status().message();
+  }
+}
+
+TEST(LiteRtModelLoadTest, BadOptionsAndGpu) {
+  LoadOptions bad;
+  bad.inter_op_threads = -5;
+  EXPECT_EQ(LiteRtModel::Load(Tflite(), bad).status().code(), StatusCode::kInvalidArgument);
+  LoadOptions gpu;
+  gpu.device = Device::kGpu;
+  EXPECT_EQ(LiteRtModel::Load(Tflite(), gpu).status().code(), StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace servekit
