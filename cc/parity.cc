@@ -93,6 +93,19 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
     }
   } else {
     const bool exact = !IsFloating(expected.dtype());
+    double atol = tolerance.atol;
+    if (!exact) {
+      double scale = 0.0;
+      for (int64_t i = 0; i < r.elements; ++i) {
+        const double e = ElementAsDouble(expected.dtype(), expected.data(), i);
+        if (std::isfinite(e)) scale = std::max(scale, std::fabs(e));
+      }
+      if (scale < kScaleFloor * tolerance.atol) {
+        atol = kScaledAtol * std::max(scale, tolerance.atol);
+        r.scaled = true;
+        r.tolerance.atol = atol;
+      }
+    }
     for (int64_t i = 0; i < r.elements; ++i) {
       const double e = ElementAsDouble(expected.dtype(), expected.data(), i);
       const double a = ElementAsDouble(actual.dtype(), actual.data(), i);
@@ -111,7 +124,7 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
         ok = exact ? std::memcmp(static_cast<const char*>(expected.data()) + i * DTypeSize(expected.dtype()),
                                  static_cast<const char*>(actual.data()) + i * DTypeSize(actual.dtype()),
                                  DTypeSize(expected.dtype())) == 0
-                   : diff <= tolerance.atol + tolerance.rtol * std::fabs(e);
+                   : diff <= atol + tolerance.rtol * std::fabs(e);
       }
       if (!ok && r.mismatches++ == 0) {
         r.message = "element " + IndexToString(shape, i) + ": expected " + Number(e) + ", found " + Number(a);
@@ -354,6 +367,7 @@ nlohmann::json ToJson(const CaseParity& c) {
                         {"mismatches", o.mismatches},
                         {"atol", o.tolerance.atol},
                         {"rtol", o.tolerance.rtol}};
+    if (o.scaled) j["scaled"] = true;
     // JSON has no infinity: report it as a string.
     j["max_abs_error"] = std::isfinite(o.max_abs_error) ? nlohmann::json(o.max_abs_error) : nlohmann::json("inf");
     j["max_rel_error"] = std::isfinite(o.max_rel_error) ? nlohmann::json(o.max_rel_error) : nlohmann::json("inf");

@@ -4,8 +4,12 @@
 // each output with the recorded .npy; CheckCrossParity runs the same reference
 // inputs through two models (a SavedModel and an ONNX model of one export) and
 // compares them with each other. Floats pass elementwise when
-// |actual - expected| <= atol + rtol * |expected| (NaN matches only NaN); integers,
+// |actual - expected| <= atol' + rtol * |expected| (NaN matches only NaN); integers,
 // bool and strings must be equal. Each output reports its max abs and max rel error.
+// atol' is the manifest's atol, unless the expected output is too small for it to
+// mean anything: when its scale S (largest finite |value|) is below kScaleFloor * atol,
+// atol' = kScaledAtol * max(S, atol), a check relative to the output's own size
+// ("scaled"; the same rule as servekit.verification, docs/manifest.md).
 //
 // Endpoints the manifest marks stochastic or stateful (docs/manifest.md) change the
 // checks, and every change is reported, never silent:
@@ -37,9 +41,15 @@ enum class OutputCheck {
 };
 const char* OutputCheckName(OutputCheck check);  // "values", "stochastic", "not_comparable"
 
+inline constexpr double kScaleFloor = 100.0;
+inline constexpr double kScaledAtol = 1e-3;
+
 struct OutputParity {
   std::string name;
   OutputCheck check = OutputCheck::kValues;
+  // kValues on floats: the output was too small for the manifest's atol, which was
+  // replaced by kScaledAtol times its scale (tolerance.atol holds the one used).
+  bool scaled = false;
   bool passed = false;
   double max_abs_error = 0.0;
   double max_rel_error = 0.0;  // over elements whose expected value is non-zero

@@ -3,6 +3,15 @@
 An output element passes when `|actual - expected| <= atol + rtol * |expected|`
 (docs/manifest.md); integer, bool and string outputs must be equal. Shapes and
 names must match exactly.
+
+Scale. An absolute tolerance proves nothing about an output whose values are
+themselves of its size (keras_hub's MobileNet with random weights outputs
+about 3e-5; float32's atol is 1e-5). When a floating output's scale (its
+largest finite |value| in the reference) is below `SCALE_FLOOR * atol`, the
+absolute term becomes `SCALED_ATOL * scale`: the check is then relative to
+the output's own size, and `check_kind` calls it "scaled" (the manifest
+records it per output). The native verifier applies the same rule
+(cc/parity.cc).
 """
 
 from __future__ import annotations
@@ -19,6 +28,31 @@ TOLERANCES = {
     "float16": (1e-2, 1e-2),
     "bfloat16": (1e-2, 1e-2),
 }
+
+
+# An output at least this many atols large is checked with atol as it is.
+SCALE_FLOOR = 100.0
+# Below that, the absolute term is this fraction of the output's scale.
+SCALED_ATOL = 1e-3
+
+
+def output_scale(expected: np.ndarray) -> float:
+    """The largest finite |value| of a floating reference output (0 if none)."""
+    values = np.abs(np.asarray(expected, dtype=np.float64))
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else 0.0
+
+
+def effective_atol(atol: float, scale: float) -> float:
+    """The absolute term used for an output of `scale` (see the module doc):
+    never below `SCALED_ATOL * atol`, so an all-zero output is not held to
+    exact zeros."""
+    return atol if scale >= SCALE_FLOOR * atol else SCALED_ATOL * max(scale, atol)
+
+
+def check_kind(expected: np.ndarray, atol: float) -> str:
+    """"absolute" when `atol` is small against the output's scale, else "scaled"."""
+    return "absolute" if output_scale(expected) >= SCALE_FLOOR * atol else "scaled"
 
 
 def parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
@@ -141,9 +175,13 @@ def compare_outputs(
             diff = np.abs(e64 - a64)[mask]
             err = float(diff.max()) if diff.size else 0.0
             worst = max(worst, err)
-            limit = atol + rtol * np.abs(e64[mask])
+            scale = output_scale(e64)
+            used_atol = effective_atol(atol, scale)
+            limit = used_atol + rtol * np.abs(e64[mask])
             if np.any(diff > limit):
-                problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={atol:g} rtol={rtol:g}")
+                scaled = "" if used_atol == atol else f" (scaled to {SCALED_ATOL:g} x the output's scale {scale:.3g})"
+                problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={used_atol:g}{scaled} "
+                                f"rtol={rtol:g}")
     return Comparison(endpoint, batch, worst, problems)
 
 

@@ -30,6 +30,26 @@ TEST(CompareTensorsTest, FloatTolerance) {
       << r.message;
 }
 
+TEST(CompareTensorsTest, TinyOutputsAreCheckedRelativeToTheirScale) {
+  // Outputs of about 3e-5 against float32's atol 1e-5: the absolute term alone
+  // would accept a 30% error. It becomes kScaledAtol of the scale (3e-8), and an
+  // all-zero output is held to kScaledAtol * atol.
+  const Tensor e = Floats({2}, {3e-5f, -1e-5f});
+  auto r = CompareTensors("y", e, Floats({2}, {3.9e-5f, -1e-5f}), {1e-5, 0});
+  EXPECT_FALSE(r.passed);
+  EXPECT_TRUE(r.scaled);
+  EXPECT_NEAR(r.tolerance.atol, 3e-8, 1e-12);
+  r = CompareTensors("y", e, Floats({2}, {3.00001e-5f, -1e-5f}), {1e-5, 0});
+  EXPECT_TRUE(r.passed) << r.message;
+  // An output of ordinary size keeps the manifest's atol.
+  r = CompareTensors("y", Floats({1}, {0.5f}), Floats({1}, {0.500009f}), {1e-5, 0});
+  EXPECT_TRUE(r.passed) << r.message;
+  EXPECT_FALSE(r.scaled);
+  const Tensor zeros = Floats({2}, {0.0f, 0.0f});
+  EXPECT_TRUE(CompareTensors("y", zeros, Floats({2}, {5e-9f, 0.0f}), {1e-5, 0}).passed);
+  EXPECT_FALSE(CompareTensors("y", zeros, Floats({2}, {5e-6f, 0.0f}), {1e-5, 0}).passed);
+}
+
 TEST(CompareTensorsTest, NanAndInf) {
   const Tensor e = Floats({2}, {NAN, INFINITY});
   EXPECT_TRUE(CompareTensors("y", e, Floats({2}, {NAN, INFINITY}), {0, 0}).passed);

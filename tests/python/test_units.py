@@ -240,7 +240,7 @@ def test_canonicalize_onnx_strips_docs_and_sorts_tables():
 
 
 def test_compare_outputs_tolerances():
-    e = {"f": np.zeros((2, 2), "float32"), "i": np.array([1, 2]), "s": np.array([b"a", b"b"], dtype=object)}
+    e = {"f": np.full((2, 2), 0.5, "float32"), "i": np.array([1, 2]), "s": np.array([b"a", b"b"], dtype=object)}
     ok = verification.compare_outputs(e, {"f": e["f"] + 9e-6, "i": np.array([1, 2]), "s": np.array(["a", "b"])})
     assert ok.ok and ok.max_abs_err == pytest.approx(9e-6, rel=1e-3)
     bad = verification.compare_outputs(e, {"f": e["f"] + 2e-5, "i": np.array([1, 3]), "s": np.array(["a", "c"])})
@@ -251,6 +251,20 @@ def test_compare_outputs_tolerances():
     assert "output names differ" in names.problems[0]
     random_ok = verification.compare_outputs(e, {"f": e["f"] + 1.0, "i": e["i"], "s": e["s"]}, values=False)
     assert random_ok.ok
+
+
+def test_tiny_outputs_are_checked_relative_to_their_scale():
+    # keras_hub's MobileNet with random weights outputs about 3e-5: float32's atol
+    # (1e-5) alone would accept a 30% error there.
+    tiny = {"y": np.array([3e-5, -1e-5], "float32")}
+    wrong = verification.compare_outputs(tiny, {"y": np.array([3.9e-5, -1e-5], "float32")})
+    assert not wrong.ok and "scaled" in wrong.problems[0]
+    assert verification.compare_outputs(tiny, {"y": tiny["y"] * (1 + 1e-6)}).ok
+    assert verification.check_kind(tiny["y"], 1e-5) == "scaled"
+    assert verification.check_kind(np.array([0.5]), 1e-5) == "absolute"
+    zeros = {"y": np.zeros(3, "float32")}
+    assert verification.compare_outputs(zeros, {"y": np.full(3, 5e-9, "float32")}).ok
+    assert not verification.compare_outputs(zeros, {"y": np.full(3, 5e-6, "float32")}).ok
 
 
 # -- names ---------------------------------------------------------------------------------

@@ -148,8 +148,24 @@ def build_manifest(
         "artifacts": artifact_entries,
         "endpoints": list(endpoints.values()),
         "tolerances": {dtype: {"atol": a, "rtol": r} for dtype, (a, r) in sorted(merged.items())},
-        "reference": list(reference_cases),
+        "reference": [_with_checks(export_dir, case, merged) for case in reference_cases],
     }
+
+
+def _with_checks(export_dir: pathlib.Path, case: dict[str, Any],
+                 tolerances: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """A reference case with `checks`: per floating output, how strong its
+    comparison is ("absolute", or "scaled" when the output is too small for
+    the absolute tolerance to mean anything; `servekit.verification`)."""
+    from servekit import verification
+
+    checks = {}
+    for name, relative in case["outputs"].items():
+        expected = np.load(export_dir / relative, allow_pickle=False)
+        if expected.dtype.kind == "f":
+            atol = tolerances.get(str(expected.dtype), tolerances["float32"])[0]
+            checks[name] = verification.check_kind(expected, atol)
+    return {**case, "checks": checks} if checks else dict(case)
 
 
 def write_manifest(export_dir: pathlib.Path, manifest: Mapping[str, Any]) -> pathlib.Path:
