@@ -36,7 +36,7 @@ FORMATS_BEGIN, FORMATS_END = "<!-- formats-matrix:begin -->", "<!-- formats-matr
 # The zoo models the README's real-architecture matrix lists (models/BUILD).
 ZOO_MODELS = ("mobilenet_v3", "mobilenet_v2", "convnext", "vit", "bert", "llama")
 # The zoo models exported to every format (models/BUILD: KERAS_FORMATS).
-FORMAT_MODELS = ("mlp", "cnn", "transformer", "mobilenet_v2", "bert")
+FORMAT_MODELS = ("mlp", "cnn", "transformer", "mobilenet_v2", "bert", "trained_mlp")
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
