@@ -19,6 +19,8 @@ AGAINST_WORKSPACE=0
 if [ "${1:-}" = "--against-workspace" ]; then AGAINST_WORKSPACE=1; shift; fi
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(//models:export)
+# Only the targets' packages are compared: a workspace may have built other exports.
+mapfile -t PACKAGES < <(printf '%s\n' "${TARGETS[@]}" | sed -E 's#^//([^:]*).*#./\1#' | sort -u)
 WORK=$(mktemp -d /tmp/servekit-repro.XXXXXX)
 trap 'for d in "$WORK"/a/clone "$WORK"/b/deeper/clone; do [ -d "$d" ] && (cd "$d" && bazel shutdown >/dev/null 2>&1 || true); done; rm -rf "$WORK"' EXIT
 
@@ -28,7 +30,7 @@ digests() {  # clone_dir -> "sha256  path" of every file of every export built
    { [ "$clone" = "$ROOT" ] || ./tools/setup.sh >&2; } &&
    bazel build --noshow_progress "${TARGETS[@]}" >&2 &&
    cd "$(bazel info bazel-bin 2>/dev/null)" &&
-   find . -name manifest.json -not -path '*.runfiles/*' -printf '%h\n' | sort |
+   find "${PACKAGES[@]}" -name manifest.json -not -path '*.runfiles/*' -printf '%h\n' | sort |
      while read -r export_dir; do find "$export_dir" -type f; done |
      sort | xargs -r sha256sum)
   # Its persistent workers hold GBs: the second clone must not build beside them.
