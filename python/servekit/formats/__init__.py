@@ -33,8 +33,9 @@ class Format:
 
     Args:
         name: the `format=` value and the manifest's name.
-        suffix: the suffix `filepath` must end with (Keras's rule), or None
-            for a directory.
+        suffix: the suffix `filepath` must end with (Keras's rule for that
+            format), or None (a directory; ONNX, which Keras writes at any
+            path).
         build_path: the artifact's path in a build's export directory.
         engine: "tensorflow" when the TensorFlow worker converts it from the
             traced module, "torch" when a torch process exports it.
@@ -50,7 +51,7 @@ class Format:
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("tf_saved_model", None, "saved_model", "tensorflow", "TensorFlow SavedModel"),
-    Format("onnx", ".onnx", "model.onnx", "tensorflow", "ONNX model"),
+    Format("onnx", None, "model.onnx", "tensorflow", "ONNX model"),
     Format("openvino", ".xml", "model.xml", "tensorflow", "OpenVINO IR (.xml + .bin)"),
     Format("litert", ".tflite", "model.tflite", "tensorflow", "LiteRT (TFLite) flatbuffer"),
     Format("torch", ".pt2", "model.pt2", "torch", "PyTorch ExportedProgram"),
