@@ -23,7 +23,9 @@ def _artifact_test_impl(ctx):
         fail("check '%s': %s exported only %s" % (ctx.attr.check, ctx.attr.export.label, export.formats))
     if ctx.attr.check not in NATIVE_FORMATS + ["cross_format"]:
         checker = ctx.executable._python_checker
-        command = "exec '%s' --manifest '%s' --format %s" % (checker.short_path, export.manifest.short_path, ctx.attr.check)
+        # HOME is the test's own directory: OpenVINO's telemetry looks for its consent
+        # file there, and a remote worker need not know the user (no passwd entry).
+        command = "HOME=\"$TEST_TMPDIR\" exec '%s' --manifest '%s' --format %s" % (checker.short_path, export.manifest.short_path, ctx.attr.check)
         return [export_launcher(ctx, ctx.attr._python_checker, export, command)]
     verifier = ctx.executable._verifier
     if ctx.attr.check == "cross_format":

@@ -5,17 +5,22 @@ The repository `@servekit_python` provides:
   :python_headers  Python.h and friends, for extension modules;
   :pybind11        pybind11's headers (from the pinned pip package);
   :stack_lock      `pip freeze` of the venv, a declared input of every export
-                   action, so a change of the Python stack re-runs them.
+                   action, so a change of the Python stack re-runs them;
+  :remote_exec_platform  the host platform plus the exec property that asks a remote
+                   worker for this venv and its base Python at their paths here (the
+                   worker image contract of docs/remote_execution.md).
 """
 
 load("//third_party:venv.bzl", "VENV_ATTRS", "venv_python")
 
 _PROBE = """
-import json, sysconfig
+import json, platform, sys, sysconfig
 import pybind11
 print(json.dumps({
     "include": sysconfig.get_path("include"),
     "pybind11": pybind11.get_include(),
+    "base_prefix": sys.base_prefix,
+    "version": platform.python_version(),
 }))
 """
 
@@ -64,6 +69,18 @@ toolchain(
     toolchain_type = "@bazel_tools//tools/python:toolchain_type",
 )
 
+# Remote execution (--config=remote, docs/remote_execution.md): every action asks for
+# a worker that provides {venv} and {base_prefix} (the venv's base Python) read-only at
+# these paths, on top of the Debian 12 /usr of tools/setup.sh. The property names the
+# venv (its digest: the pinned stack) and the base Python's version, and is part of
+# every action's key. buildbox-run binds both for actions with this `inject` property;
+# other engines route on it (or on a container-image a child platform adds).
+platform(
+    name = "remote_exec_platform",
+    parents = ["@local_config_platform//:host"],
+    exec_properties = {{"inject": "servekit-{contract}"}},
+)
+
 cc_library(
     name = "python_headers",
     hdrs = glob(["python_include/**/*.h"]),
@@ -76,7 +93,12 @@ cc_library(
     includes = ["pybind11_include"],
     deps = [":python_headers"],
 )
-""".format(python = python))
+""".format(
+        python = python,
+        venv = python[:-len("/bin/python3")],
+        base_prefix = info["base_prefix"],
+        contract = "%s-cpython%s" % (python[:-len("/bin/python3")].split("/")[-1], info["version"]),
+    ))
 
 python_configure = repository_rule(
     implementation = _python_configure_impl,
