@@ -40,6 +40,6 @@ def test_rebuilt_under_jax_and_converted_by_jax2onnx(tmp_path):
 
 
 def test_declines_savedmodel_and_string_inputs(tmp_path):
-    with pytest.raises(servekit.ExportError, match="only ONNX has converters on other backends"):
+    with pytest.raises(servekit.ExportError, match="its converters take the TensorFlow trace"):
         servekit.export(_model(), tmp_path / "sm", format="tf_saved_model", verbose=False,
                         strategy="cross_backend_rebuild")

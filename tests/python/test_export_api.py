@@ -273,7 +273,7 @@ def test_argument_errors(tmp_path):
     model = mm.mlp()
     path = str(tmp_path / "x")
     with pytest.raises(servekit.ExportError, match="Unknown format"):
-        servekit.export(model, path, format="tflite")
+        servekit.export(model, path, format="pickle")
     with pytest.raises(servekit.ExportError, match="Unknown argument"):
         servekit.export(model, path, bogus=1)
     with pytest.raises(servekit.ExportError, match="opset_version applies to format='onnx'"):

@@ -8,14 +8,17 @@ For every artifact of the export and every batch size, on the same inputs (the
 reference inputs, tiled to the batch) and with the same thread settings, it
 measures:
 
-  native           the C++ runner's own loop (TF C API / ORT C++ API), no Python
+  native           the C++ runner's own loop (TF C API, ORT C++ API, OpenVINO, LiteRT,
+                   AOTInductor), no Python
   native_python    the same runner called once per iteration from Python
                    through the pybind11 module (what a Python server would see)
   ort_bare_cpp     (ONNX) a bare `Ort::Session::Run` loop over prebuilt values on
                    the native runner's own session, alternating call by call
                    with `native`: what onnxruntime_perf_test measures
-  python_runtime   `onnxruntime.InferenceSession.run`, or
-                   `tf.saved_model.load(path).signatures["serving_default"]`
+  python_runtime   `onnxruntime.InferenceSession.run`,
+                   `tf.saved_model.load(path).signatures["serving_default"]`,
+                   OpenVINO's `InferRequest.infer`, `ai_edge_litert`'s signature
+                   runner, or `torch._inductor.aoti_load_package`
 
 The runners take turns in rounds (`measure_interleaved`), so that load on the
 machine is shared by all of them rather than skewing one. It then writes
@@ -119,10 +122,40 @@ def reference_inputs(manifest: Mapping[str, Any], root: pathlib.Path, endpoint: 
     return {name: np.load(root / path) for name, path in case["inputs"].items()}
 
 
-def _python_runner(fmt: str, path: pathlib.Path, endpoint: str, threads: int):
+# Formats without a native runtime: a torch ExportedProgram runs only under Python.
+NO_NATIVE_RUNTIME = ("torch",)
+
+
+def _python_runner(fmt: str, path: pathlib.Path, endpoint: str, threads: int, artifact: Mapping[str, Any],
+                   input_names: Sequence[str]):
     """A callable running `inputs` through the Python runtime of `fmt`, with
     `threads` intra-op threads and ops run in the calling thread, like the
-    native runners."""
+    native runners: onnxruntime, TensorFlow, OpenVINO's `CompiledModel`,
+    `ai_edge_litert`'s signature runner, `torch._inductor.aoti_load_package`."""
+    if fmt == "openvino":
+        import openvino as ov
+
+        precision = "bf16" if artifact.get("precision") == "bfloat16" else "f32"
+        compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
+        request = compiled.create_infer_request()
+        return lambda inputs: request.infer(dict(inputs))
+    if fmt == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(endpoint)
+        return lambda inputs: runner(**inputs)
+    if fmt == "torch_aoti":
+        import torch
+
+        torch.set_num_threads(threads)
+        package = torch._inductor.aoti_load_package(str(path))
+
+        def run_package(inputs: Mapping[str, np.ndarray]) -> Any:
+            with torch.no_grad():
+                return package(*[torch.from_numpy(inputs[n]) for n in input_names])
+
+        return run_package
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -187,14 +220,19 @@ def benchmark_export(
     root = manifest_path.parent
     endpoint = "serving_default"
     base_inputs = reference_inputs(manifest, root, endpoint)
-    rows = []
+    rows, skipped = [], []
+    serving = next(e for e in manifest["endpoints"] if e["name"] == endpoint)
+    input_names = [t["name"] for t in serving["inputs"]]
     for artifact in manifest["artifacts"]:
         fmt = artifact["format"]
         if formats and fmt not in formats:
             continue
+        if fmt in NO_NATIVE_RUNTIME:
+            skipped.append({"format": fmt, "reason": "no native runtime (a torch ExportedProgram runs under Python)"})
+            continue
         path = root / artifact["path"]
         model = native.load(str(path), intra_op_threads=threads, inter_op_threads=native.CALLER_THREAD)
-        python_run = _python_runner(fmt, path, endpoint, threads)
+        python_run = _python_runner(fmt, path, endpoint, threads, artifact, input_names)
         for batch in batches:
             inputs = {k: tile_to_batch(v, batch) for k, v in base_inputs.items()}
             if fmt == "onnx":  # the native loop and a bare ORT loop, alternating call by call
@@ -223,6 +261,7 @@ def benchmark_export(
                      "batches": list(batches)},
         "results": rows,
         "ratios": runner_ratios(rows),
+        "skipped": skipped,
     }
 
 
