@@ -107,7 +107,8 @@ COMMON=(--noshow_progress --color=no)
 # number that did not satisfy the mode: "executed" (ran remotely, no cache hit) or
 # "cached" (remote cache hit), or did not carry the contract's exec property.
 spawn_report() {  # execution log, mode
-  python3 - "$@" "$CONTRACT" <<'PY'
+  # (Always two lines: an unreadable log fails the check, not the lane.)
+  python3 - "$@" "$CONTRACT" <<'PY' || printf 'unreadable execution log %s\n1 0\n' "$1"
 import collections, json, sys
 path, mode, contract = sys.argv[1:]
 text, decoder, i, spawns = open(path).read(), json.JSONDecoder(), 0, []
@@ -151,8 +152,8 @@ remote_bin=$(bz remote info "${COMMON[@]}" "${REMOTE[@]}" bazel-bin 2>/dev/null 
 if [ -s "$WORK/remote.exec.json" ]; then
   { read -r report; read -r not_remote exports; } < <(spawn_report "$WORK/remote.exec.json" executed)
   log "remote build spawns: $report"
-  [ "$not_remote" = 0 ] && [ "$exports" -gt 0 ]
-  check "every action of the remote build executed remotely, on the contract $CONTRACT ($exports export actions)" $?
+  ok=0; { [ "$not_remote" = 0 ] && [ "$exports" -gt 0 ]; } || ok=1
+  check "every action of the remote build executed remotely, on the contract $CONTRACT ($exports export actions)" $ok
 else
   check "every action of the remote build executed remotely (no execution log)" 1
 fi
@@ -210,8 +211,8 @@ log "fresh output base: $(processes "$WORK/again.log") in $((SECONDS - t0)) s"
 if [ -s "$WORK/again.exec.json" ]; then
   { read -r report; read -r not_cached _; } < <(spawn_report "$WORK/again.exec.json" cached)
   log "fresh output base spawns: $report"
-  [ "$not_cached" = 0 ] && grep -qE '^INFO: [0-9]+ processes:.* remote cache hit' "$WORK/again.log"
-  check "a fresh output base is all remote cache hits" $?
+  ok=0; { [ "$not_cached" = 0 ] && grep -qE '^INFO: [0-9]+ processes:.* remote cache hit' "$WORK/again.log"; } || ok=1
+  check "a fresh output base is all remote cache hits" $ok
 else
   check "a fresh output base is all remote cache hits (no execution log)" 1
 fi
