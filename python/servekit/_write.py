@@ -174,7 +174,7 @@ def _litert(built, serving, staged: str, cases, model_name: str, options: dict[s
     quantized = litert.quantizes(options)
     report: dict[str, Any] = {"converter": converter, "precision": "quantized" if quantized else "float32"}
     if cases:
-        tol = {"float32": litert.QUANTIZED_TOLERANCE} if quantized else {}
+        tol = litert.quantized_tolerances() if quantized else {}
         comps = litert.check(staged, [_with_tolerances(c, tol) for c in cases])
         report["comparisons"] = [dict(c.__dict__, artifact="litert") for c in comps]
         if not all(c.ok for c in comps):

@@ -50,6 +50,15 @@ def effective_atol(atol: float, scale: float) -> float:
     return atol if scale >= SCALE_FLOOR * atol else SCALED_ATOL * max(scale, atol)
 
 
+def coarse_tolerance(fraction: float) -> tuple[float, float, float]:
+    """A tolerance relative to each output's scale: every element within
+    `fraction * scale` of the source (for declared lossy precisions such as
+    a quantized LiteRT model, whose error follows the output's range, not each
+    element). A third entry in a tolerance tuple; the scale rule does not
+    apply to it."""
+    return (0.0, 0.0, float(fraction))
+
+
 def check_kind(expected: np.ndarray, atol: float) -> str:
     """"absolute" when `atol` is small against the output's scale, else "scaled"."""
     return "absolute" if output_scale(expected) >= SCALE_FLOOR * atol else "scaled"
@@ -165,7 +174,7 @@ def compare_outputs(
             continue
         if not values:
             continue
-        atol, rtol = tolerances.get(str(e.dtype), tolerances["float32"])
+        atol, rtol, *coarse = tolerances.get(str(e.dtype), tolerances["float32"])
         e64, a64 = e.astype(np.float64), a.astype(np.float64)
         if e.size:
             if not np.array_equal(np.isnan(e64), np.isnan(a64)):
@@ -176,10 +185,14 @@ def compare_outputs(
             err = float(diff.max()) if diff.size else 0.0
             worst = max(worst, err)
             scale = output_scale(e64)
-            used_atol = effective_atol(atol, scale)
+            if coarse and coarse[0]:
+                used_atol = coarse[0] * max(scale, np.finfo(np.float32).tiny)
+            else:
+                used_atol = effective_atol(atol, scale)
             limit = used_atol + rtol * np.abs(e64[mask])
             if np.any(diff > limit):
-                scaled = "" if used_atol == atol else f" (scaled to {SCALED_ATOL:g} x the output's scale {scale:.3g})"
+                fraction = coarse[0] if coarse and coarse[0] else SCALED_ATOL
+                scaled = "" if used_atol == atol else f" ({fraction:g} x the output's scale {scale:.3g})"
                 problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={used_atol:g}{scaled} "
                                 f"rtol={rtol:g}")
     return Comparison(endpoint, batch, worst, problems)

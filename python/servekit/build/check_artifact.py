@@ -35,9 +35,9 @@ def _cases(export_dir: str, manifest: dict[str, Any], fmt: str) -> list[Case]:
     if fmt == "openvino" and entry.get("precision") == "bfloat16":
         tolerances["float32"] = tolerances.get("bfloat16", (1e-2, 1e-2))
     if fmt == "litert" and entry.get("precision") == "quantized":
-        from servekit.formats.litert import QUANTIZED_TOLERANCE
+        from servekit.formats.litert import quantized_tolerances
 
-        tolerances["float32"] = QUANTIZED_TOLERANCE
+        tolerances.update(quantized_tolerances())
     cases = []
     for ref in manifest["reference"]:
         endpoint = endpoints[ref["endpoint"]]

@@ -170,7 +170,7 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         litert.read_signature(path, serving, request.name)
         quantized = litert.quantizes(options)
         report.update(converter=converter, precision="quantized" if quantized else "float32")
-        tolerances = {"float32": litert.QUANTIZED_TOLERANCE} if quantized else {}
+        tolerances = litert.quantized_tolerances() if quantized else {}
         check = lambda cs: litert.check(path, cs)  # noqa: E731
     if cases:
         from servekit._write import _with_tolerances
