@@ -2,9 +2,11 @@
 
 #include "cc/file_util.h"
 #include "cc/litert_model.h"
+#include "cc/manifest.h"
 #include "cc/onnx_model.h"
 #include "cc/openvino_model.h"
 #include "cc/tf_saved_model.h"
+#include "cc/torch_aoti_model.h"
 
 namespace servekit {
 namespace {
@@ -21,6 +23,20 @@ StatusOr<std::unique_ptr<Model>> AsModel(StatusOr<std::unique_ptr<T>> loaded) {
 
 }  // namespace
 
+StatusOr<Signature> AotiSignatureFromManifest(const std::string& package) {
+  if (!IsRegularFile(package)) return NotFound("no AOTInductor package at " + package + ": no such file");
+  const std::string manifest_path = JoinPath(DirName(package), "manifest.json");
+  if (!IsRegularFile(manifest_path)) {
+    return FailedPrecondition("an AOTInductor package carries no signature: servekit reads it from the export's "
+                              "manifest.json beside " + package + ", and there is none (" + manifest_path + ")");
+  }
+  SERVEKIT_ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(manifest_path));
+  for (const auto& endpoint : manifest.endpoints) {
+    if (endpoint.HasFormat(ModelFormat::kTorchAoti)) return endpoint.signature;
+  }
+  return FailedPrecondition(manifest_path + " lists no endpoint for torch_aoti, the signature of " + package);
+}
+
 StatusOr<ModelFormat> DetectFormat(const std::string& path) {
   if (IsDirectory(path) && IsRegularFile(JoinPath(path, kOnnxExternalModelFile)) &&
       !IsRegularFile(JoinPath(path, "saved_model.pb"))) {
@@ -31,8 +47,9 @@ StatusOr<ModelFormat> DetectFormat(const std::string& path) {
     if (EndsWith(path, ".onnx")) return ModelFormat::kOnnx;
     if (EndsWith(path, ".xml")) return ModelFormat::kOpenVino;
     if (EndsWith(path, ".tflite")) return ModelFormat::kLiteRt;
-    return InvalidArgument(path + " is neither a SavedModel directory nor an .onnx, .xml (OpenVINO IR) or "
-                           ".tflite (LiteRT) file");
+    if (EndsWith(path, ".pt2")) return ModelFormat::kTorchAoti;
+    return InvalidArgument(path + " is neither a SavedModel directory nor an .onnx, .xml (OpenVINO IR), "
+                           ".tflite (LiteRT) or .pt2 (AOTInductor) file");
   }
   return NotFound("no model at " + path + ": no such file or directory");
 }
@@ -54,7 +71,10 @@ StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOp
     case ModelFormat::kOnnx: return AsModel(OnnxModel::Load(path, options));
     case ModelFormat::kOpenVino: return AsModel(OpenVinoModel::Load(path, options));
     case ModelFormat::kLiteRt: return AsModel(LiteRtModel::Load(path, options));
-    case ModelFormat::kTorchAoti:
+    case ModelFormat::kTorchAoti: {
+      SERVEKIT_ASSIGN_OR_RETURN(Signature signature, AotiSignatureFromManifest(path));
+      return AsModel(TorchAotiModel::Load(path, options, std::move(signature)));
+    }
     case ModelFormat::kTorchProgram: break;
   }
   const std::string reason = NoNativeRuntimeReason(*format);

@@ -21,6 +21,10 @@ StatusOr<ModelFormat> DetectFormat(const std::string& path);
 StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOptions& options = {},
                                            std::optional<ModelFormat> format = std::nullopt);
 
+// The signature of the AOTInductor package at `package` (which carries none): the
+// torch_aoti endpoint of the export's manifest.json beside it.
+StatusOr<Signature> AotiSignatureFromManifest(const std::string& package);
+
 // Why `format` cannot be loaded natively, or empty when it can (the verifier's
 // explicit note for a torch ExportedProgram).
 std::string NoNativeRuntimeReason(ModelFormat format);

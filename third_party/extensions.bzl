@@ -15,6 +15,7 @@ The repositories are made by the same repository rules WORKSPACE calls:
   @onnxruntime       onnxruntime: ORT headers and the venv's onnxruntime library;
   @openvino          openvino: OpenVINO's C++ headers and runtime from the venv's wheel;
   @litert            litert: libLiteRt.so from the venv's ai-edge-litert wheel;
+  @libtorch          libtorch: the venv's torch C++ headers and libraries (AOTInductor);
   @googletest, @cli11, @nlohmann_json   Debian's libgtest-dev, libcli11-dev and
                      nlohmann-json3-dev in /usr (needed only to build servekit's own C++
                      tests and verifier).
@@ -24,6 +25,7 @@ Tags of the root module win; servekit's own defaults apply otherwise.
 
 load("@bazel_tools//tools/build_defs/repo:local.bzl", "new_local_repository")
 load("//third_party:onnxruntime.bzl", "onnxruntime")
+load("//third_party:libtorch.bzl", "libtorch")
 load("//third_party:litert.bzl", "litert")
 load("//third_party:openvino.bzl", "openvino")
 load("//third_party:python_configure.bzl", "python_configure")
@@ -68,6 +70,7 @@ def _servekit_impl(module_ctx):
     onnxruntime(name = "onnxruntime", venv = venv, headers = chosen.get("onnxruntime_headers", ""))
     openvino(name = "openvino", venv = venv)
     litert(name = "litert", venv = venv)
+    libtorch(name = "libtorch", venv = venv)
 
     prefix = chosen.get("system", "/usr")
     new_local_repository(
@@ -93,5 +96,5 @@ servekit = module_extension(
         "onnxruntime_headers": _onnxruntime_headers,
         "system": _system,
     },
-    doc = "servekit's external repositories: the venv, TF C API, ONNX Runtime, OpenVINO, LiteRT, system libraries.",
+    doc = "servekit's external repositories: the venv, TF C API, ONNX Runtime, OpenVINO, LiteRT, libtorch, system libraries.",
 )

@@ -12,6 +12,7 @@ import pytest
 RUNFILES = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
 VERIFY = RUNFILES / "cc/cli/servekit_verify"
 FIXTURE = RUNFILES / "tests/cc/fixture"
+AOTI = RUNFILES / "tests/cc/aoti_fixture"
 
 
 def verify(*args, cwd=None):
@@ -197,6 +198,28 @@ def test_litert_inspect_validate_run_bench(tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["format"] == "litert" and [b["batch"] for b in report["batches"]] == [1, 3]
+
+
+def test_torch_aoti_inspect_validate_run(tmp_path):
+    # The package carries no signature: inspect and run read it from manifest.json beside it.
+    code, out, err = verify("inspect", AOTI / "model_aoti.pt2", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "torch_aoti"
+    assert report["endpoints"][0]["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]
+    code, out, err = verify("validate", "--manifest", AOTI / "manifest.json")
+    assert code == 0, out + err
+    assert "PASS torch_aoti reference serving_default b4 logits" in out and "RESULT: PASS" in out
+    code, out, err = verify("run", AOTI / "model_aoti.pt2", "--input",
+                            f"features={AOTI / 'reference/serving_default.b4.in.features.npy'}",
+                            "--output-dir", tmp_path / "out")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "out/logits.npy"),
+                               np.load(AOTI / "reference/serving_default.b4.out.logits.npy"), atol=1e-5)
+    lonely = tmp_path / "model_aoti.pt2"
+    shutil.copyfile(AOTI / "model_aoti.pt2", lonely)
+    code, out, err = verify("inspect", lonely)
+    assert code == 2 and "an AOTInductor package carries no signature" in err, err
 
 
 def test_validate_litert_truncated_is_exit_2(export_copy):

@@ -14,6 +14,7 @@ from servekit.signature import Signature, TensorSignature
 
 RUNFILES = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
 FIXTURE = RUNFILES / "tests/cc/fixture"
+AOTI = RUNFILES / "tests/cc/aoti_fixture"
 
 
 def ref(name):
@@ -294,6 +295,16 @@ def test_litert_model_runs_like_the_others():
     assert [a.format.name for a in report.artifacts] == ["openvino", "litert"]
     with pytest.raises(ValueError, match="is not a LiteRT model: no TFL3 FlatBuffer identifier"):
         native.load(str(FIXTURE / "model.onnx"), format="litert")
+
+
+def test_torch_aoti_package_runs_like_the_others():
+    model = native.load(str(AOTI / "model_aoti.pt2"))
+    assert model.format == "torch_aoti"
+    x = np.load(AOTI / "reference/serving_default.b4.in.features.npy")
+    np.testing.assert_allclose(model.run("serving_default", {"features": x})["logits"],
+                               np.load(AOTI / "reference/serving_default.b4.out.logits.npy"), atol=1e-5)
+    report = native.validate(str(AOTI / "manifest.json"))
+    assert report.passed, report.failures
 
 
 def test_coexists_with_tensorflow_onnxruntime_and_hashlib():
