@@ -12,9 +12,10 @@ load("//rules:export.bzl", "ServekitExportInfo", "export_launcher")
 
 load("//rules:export.bzl", "FORMATS")
 
-# The formats the native verifier loads; the others are checked in their
-# runtime's Python API (//python/servekit/build:check_artifact) until it does.
-NATIVE_FORMATS = ["tf_saved_model", "onnx"]
+# The formats the native verifier loads (TF C API, ORT C++, OpenVINO C++, LiteRT C,
+# libtorch's AOTInductor loader). A torch ExportedProgram has no native runtime: it is
+# checked in Python (//python/servekit/build:check_artifact, torch.export.load).
+NATIVE_FORMATS = ["tf_saved_model", "onnx", "openvino", "litert", "torch_aoti"]
 CHECKS = FORMATS + ["cross_format"]
 
 def _artifact_test_impl(ctx):
