@@ -48,11 +48,14 @@ def report():
 
 def test_every_runner_measured_on_every_artifact_and_batch(report):
     measured = {(r["format"], r["runner"], r["batch"]) for r in report["results"]}
+    every = ["native", "native_python", "python_runtime"]
     expected = {(fmt, runner, batch)
-                for fmt, runners in {"tf_saved_model": ["native", "native_python", "python_runtime"],
-                                     "onnx": ["native", "native_python", "python_runtime", "ort_bare_cpp"]}.items()
+                for fmt, runners in {"tf_saved_model": every, "onnx": every + ["ort_bare_cpp"],
+                                     "openvino": every, "litert": every}.items()
                 for runner in runners for batch in (1, 3)}
     assert measured == expected
+    # The ExportedProgram has no native runtime: listed, not measured.
+    assert [s["format"] for s in report["skipped"]] == ["torch"]
     for row in report["results"]:
         assert row["iterations"] >= 6
         assert 0 < row["p50_us"] <= row["p90_us"] <= row["p99_us"] <= row["max_us"]
