@@ -56,6 +56,15 @@ def test_openvino_names_dynamic_batch_and_declared_precision(model, tmp_path):
             np.testing.assert_allclose(np.asarray(got[i]), want, atol=1e-5)
 
 
+def test_openvino_bytes_do_not_depend_on_what_the_worker_converted_before(tmp_path):
+    # OpenVINO numbers generated node names with a process-wide counter.
+    servekit.export(mm.cnn(), str(tmp_path / "a.xml"), format="openvino", verbose=False)
+    servekit.export(mm.mlp(), str(tmp_path / "other.xml"), format="openvino", verbose=False)
+    servekit.export(mm.cnn(), str(tmp_path / "b.xml"), format="openvino", verbose=False)
+    assert (tmp_path / "a.xml").read_bytes() == (tmp_path / "b.xml").read_bytes()
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+
+
 def test_openvino_bf16_is_declared_and_checked_at_its_tolerance(model, tmp_path):
     import openvino as ov
 

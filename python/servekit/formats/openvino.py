@@ -111,7 +111,27 @@ def _impose_signature(converted, endpoint: sig.Signature, model_name: str, preci
         result.input_value(0).get_tensor().set_names({name})
     model = ov.Model(results, parameters, model_name)
     model.set_rt_info(precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    _rank_counted_names(model)
     return model
+
+
+def _rank_counted_names(model) -> None:
+    """Replaces the process-wide counter in OpenVINO's generated node names
+    (`Transpose_3760` in a fresh process, `Transpose_11983` after another
+    conversion) by its rank among the names of the same stem, as
+    `servekit.determinism` does for TensorFlow's counters."""
+    import re
+
+    counted: dict[str, list[tuple[int, Any]]] = {}
+    for node in model.get_ordered_ops():
+        if node.get_type_name() in ("Parameter", "Result"):
+            continue  # named by the signature
+        match = re.fullmatch(r"(.*)_(\d+)", node.get_friendly_name())
+        if match:
+            counted.setdefault(match.group(1), []).append((int(match.group(2)), node))
+    for stem, nodes in counted.items():
+        for rank, (_, node) in enumerate(sorted(nodes, key=lambda item: item[0])):
+            node.set_friendly_name(f"{stem}_{rank}")
 
 
 def write(model, staged: str) -> str:
