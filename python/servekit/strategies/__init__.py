@@ -11,9 +11,11 @@
   verification applied to the result. It exports what cannot be rebuilt
   elsewhere: subclassed models without `get_config`, classes defined in
   `__main__` or a function, layers bound to their backend.
-- `cross_backend.CrossBackendRebuild` (ONNX only, last): the `.keras` archive
-  rebuilt in a fresh worker under JAX, then torch, for jax2onnx / torch.onnx
-  when tf2onnx and the source backend's own converter both failed.
+- `cross_backend.CrossBackendRebuild` (last): the `.keras` archive rebuilt in
+  a fresh torch worker for the torch formats (ExportedProgram, AOTInductor) of
+  TensorFlow and JAX models; and for ONNX, under JAX, then torch, for
+  jax2onnx / torch.onnx when tf2onnx and the source backend's own converter
+  both failed.
 
 `DEFAULT_ORDER` tries the portable rebuild first, because its artifacts are
 reproducible whatever the calling process did before the export; the first
