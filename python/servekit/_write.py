@@ -153,15 +153,8 @@ def _openvino(built, serving, staged: str, cases, model_name: str, options: dict
     model = openvino.convert(built.signatures[serving.name], serving, model_name, precision)
     xml = openvino.write(model, staged)
     report: dict[str, Any] = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
-    if cases:
-        tol = openvino.tolerances(precision)
-        comps = openvino.check(xml, [_with_tolerances(c, tol) for c in cases], precision)
-        report["comparisons"] = [dict(c.__dict__, artifact="openvino") for c in comps]
-        if not all(c.ok for c in comps):
-            report.update(verification.failure(comps, "OpenVINO IR"))
-            return report
-    report["files"] = artifact_files(staged)
-    return report
+    return _checked(report, "openvino", "OpenVINO IR", lambda cs: openvino.check(xml, cs, precision), cases,
+                    openvino.tolerances(precision))
 
 
 def _litert(built, serving, staged: str, cases, model_name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -173,14 +166,19 @@ def _litert(built, serving, staged: str, cases, model_name: str, options: dict[s
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)
     report: dict[str, Any] = {"converter": converter, "precision": "quantized" if quantized else "float32"}
+    return _checked(report, "litert", "LiteRT model", lambda cs: litert.check(staged, cs), cases,
+                    litert.quantized_tolerances() if quantized else {})
+
+
+def _checked(report: dict[str, Any], fmt: str, what: str, check, cases, tolerances) -> dict[str, Any]:
+    """`report` with `check`'s comparisons of the cases, each at `tolerances`
+    over its own (a declared precision), and the failure if one differs.
+    (The pipeline lists the committed files.)"""
     if cases:
-        tol = litert.quantized_tolerances() if quantized else {}
-        comps = litert.check(staged, [_with_tolerances(c, tol) for c in cases])
-        report["comparisons"] = [dict(c.__dict__, artifact="litert") for c in comps]
+        comps = check([_with_tolerances(c, tolerances) for c in cases])
+        report["comparisons"] = [dict(c.__dict__, artifact=fmt) for c in comps]
         if not all(c.ok for c in comps):
-            report.update(verification.failure(comps, "LiteRT model"))
-            return report
-    report["files"] = artifact_files(staged)
+            report.update(verification.failure(comps, what))
     return report
 
 
