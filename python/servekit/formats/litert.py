@@ -27,7 +27,6 @@ the output's scale (`verification.coarse_tolerance`), and the manifest says so.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 from servekit import signature as sig
