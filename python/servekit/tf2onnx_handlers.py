@@ -52,15 +52,20 @@ class StatelessRandom:
         node.set_attr("dtype", dtype)
 
 
+def _difference_with_one(ctx, node, unary: str, one_first: bool) -> None:
+    """Rewrites `node` as `1 - unary(x)` (one_first) or `unary(x) - 1`."""
+    np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    value = ctx.make_node(unary, [node.input[0]]).output[0]
+    one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one, value] if one_first else [value, one])
+
+
 @tf_op("Erfc")
 class Erfc:
     @classmethod
     def version_9(cls, ctx, node, **kwargs):
-        np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
-        erf = ctx.make_node("Erf", [node.input[0]]).output[0]
-        one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
-        node.type = "Sub"
-        ctx.replace_inputs(node, [one, erf])
+        _difference_with_one(ctx, node, "Erf", one_first=True)
 
 
 @tf_op("LookupTableFindV2")
@@ -105,11 +110,7 @@ class IntegerLookupTableFind:
 class Expm1:
     @classmethod
     def version_9(cls, ctx, node, **kwargs):
-        np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
-        exp = ctx.make_node("Exp", [node.input[0]]).output[0]
-        one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=np_dtype)).output[0]
-        node.type = "Sub"
-        ctx.replace_inputs(node, [exp, one])
+        _difference_with_one(ctx, node, "Exp", one_first=False)
 
 
 # Complex tensors the way tf2onnx's own FFT handlers hold them: a leading
