@@ -172,22 +172,7 @@ def _litert(built, serving, staged: str, cases, model_name: str, options: dict[s
 
 def _checked(report: dict[str, Any], fmt: str, what: str, check, cases, tolerances) -> dict[str, Any]:
     """`report` with `check`'s comparisons of the cases, each at `tolerances`
-    over its own (a declared precision), and the failure if one differs.
-    (The pipeline lists the committed files.)"""
+    over its own (a declared precision). (The pipeline lists the committed files.)"""
     if cases:
-        comps = check([_with_tolerances(c, tolerances) for c in cases])
-        report["comparisons"] = [dict(c.__dict__, artifact=fmt) for c in comps]
-        if not all(c.ok for c in comps):
-            report.update(verification.failure(comps, what))
+        verification.record(report, check([verification.with_tolerances(c, tolerances) for c in cases]), fmt, what)
     return report
-
-
-def _with_tolerances(case, tolerances: dict[str, tuple[float, float]]):
-    """`case` checked with `tolerances` over its own (a declared precision loosens them)."""
-    if not tolerances:
-        return case
-    import copy
-
-    looser = copy.copy(case)
-    looser.tolerances = {**(getattr(case, "tolerances", None) or {}), **tolerances}
-    return looser

@@ -213,6 +213,26 @@ def failure(comparisons: Sequence[Comparison], artifact: str, source: str = "the
             "message": f"The {artifact} does not reproduce {source}:\n" + describe_failures(comparisons)}
 
 
+def record(report: dict, comparisons: Sequence[Comparison], artifact: str, what: str) -> dict:
+    """Adds an artifact's comparisons to a strategy's `report` (tagged with
+    `artifact`), and its failure (naming `what`) if one differs."""
+    report.setdefault("comparisons", []).extend(dict(c.__dict__, artifact=artifact) for c in comparisons)
+    if not all(c.ok for c in comparisons):
+        report.update(failure(comparisons, what))
+    return report
+
+
+def with_tolerances(case, tolerances: Mapping[str, tuple]):
+    """`case` checked with `tolerances` over its own (a declared precision loosens them)."""
+    if not tolerances:
+        return case
+    import copy
+
+    looser = copy.copy(case)
+    looser.tolerances = {**(getattr(case, "tolerances", None) or {}), **tolerances}
+    return looser
+
+
 def _check_runs(case, run_again, results: list) -> None:
     """Compares the stochastic outputs of `case` by statistics over repeated calls."""
     from servekit.pipeline.behavior import compare_statistics

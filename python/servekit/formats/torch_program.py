@@ -160,10 +160,10 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
         with torch.no_grad():
             program = torch.export.export(module, sample, **args)
     except Exception as e:  # torch.export's own diagnostics (guards, unsupported ops): kept for the message
-        raise ExportRuntimeError(f"Model '{model_name}': torch.export could not capture the model: {root_cause(e)}. Common "
-                          "causes: Python control flow on tensor values (use keras.ops.cond), or a dimension the "
-                                 "model fixes (declare it static in input_signature).", model=model_name,
-                                 reason="conversion_failed") from None
+        raise ExportRuntimeError(
+            f"Model '{model_name}': torch.export could not capture the model: {root_cause(e)}. Common causes: "
+            "Python control flow on tensor values (use keras.ops.cond), or a dimension the model fixes (declare it "
+            "static in input_signature).", model=model_name, reason="conversion_failed") from None
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
@@ -320,9 +320,6 @@ def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
         compile_aoti(program, staged, workdir)
         report["converter"] = "torch.export+aoti_compile_and_package"
         comps = check_aoti(staged, names, plan.output_names, cases, workdir) if cases else []
-    report["comparisons"] = [dict(c.__dict__, artifact=request.format) for c in comps]
-    if not all(c.ok for c in comps):
-        from servekit import formats
+    from servekit import formats
 
-        report.update(verification.failure(comps, formats.FORMATS[request.format].description))
-    return report
+    return verification.record(report, comps, request.format, formats.FORMATS[request.format].description)

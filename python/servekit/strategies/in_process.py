@@ -95,15 +95,6 @@ def _error(cls, message: str, reason: str) -> ExportError:
     return (ExportTypeError if cls is TypeError else ExportError)(message, reason=reason)
 
 
-def _verified(report: dict, comparisons, artifact: str, what: str) -> dict:
-    from servekit import verification
-
-    report["comparisons"] += [dict(c.__dict__, artifact=artifact) for c in comparisons]
-    if not all(c.ok for c in comparisons):
-        report.update(verification.failure(comparisons, what))
-    return report
-
-
 def _saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
     from servekit import verification
 
@@ -114,7 +105,8 @@ def _saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
         raise _error(TypeError, f"tracing failed: {e}", "untraceable_endpoint") from None
     report = {"ok": True, "endpoints": [s.to_json() for s in signatures], "comparisons": []}
     if request.verify and len(request.cases):
-        _verified(report, verification.check_saved_model(path, request.cases), "tf_saved_model", "SavedModel")
+        verification.record(report, verification.check_saved_model(path, request.cases), "tf_saved_model",
+                            "SavedModel")
     return report
 
 
@@ -136,8 +128,8 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     report["opset"] = sk_onnx._opset_of(proto)
     report["converter"] = "tf2onnx"
     if request.verify and len(request.cases):
-        _verified(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name)), "onnx",
-                  "ONNX model")
+        verification.record(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name)),
+                            "onnx", "ONNX model")
     return report
 
 
@@ -173,9 +165,8 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         tolerances = litert.quantized_tolerances() if quantized else {}
         check = lambda cs: litert.check(path, cs)  # noqa: E731
     if cases:
-        from servekit._write import _with_tolerances
-
-        _verified(report, check([_with_tolerances(c, tolerances) for c in cases]), request.format, what)
+        verification.record(report, check([verification.with_tolerances(c, tolerances) for c in cases]),
+                            request.format, what)
     return report
 
 
@@ -215,8 +206,8 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
         report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [],
                   "opset": sk_onnx._opset_of(proto), "converter": name}
         if request.verify and len(request.cases):
-            _verified(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")), "onnx",
-                      f"ONNX model ({name})")
+            verification.record(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")),
+                                "onnx", f"ONNX model ({name})")
         if report["ok"]:
             return report
         failures.append(report["message"])
