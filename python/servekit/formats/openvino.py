@@ -9,11 +9,12 @@ dynamic dimensions left dynamic (`?`).
 
 Precision. OpenVINO's CPU plugin infers in bfloat16 by default on CPUs with
 AMX or AVX512-BF16, which a float32 model does not reproduce to 1e-5. The IR
-therefore declares the precision it was verified at in its own runtime
-options (`rt_info/runtime_options/INFERENCE_PRECISION_HINT`), which
-`ov.Core.compile_model` applies unless the caller overrides it: `f32` by
-default, `bf16` when asked (`openvino_precision="bf16"`, checked at the
-bfloat16 tolerance). The manifest records it.
+records the precision it was verified at in its runtime options
+(`rt_info/runtime_options/INFERENCE_PRECISION_HINT`), and the manifest too:
+`f32` by default, `bf16` when asked (`openvino_precision="bf16"`, checked at
+the bfloat16 tolerance). OpenVINO 2026.4 does not apply that entry when it
+compiles the IR (measured), so the checks here and the native verifier pass
+the hint explicitly, and so must a server that wants the verified numbers.
 
 An IR is two files written side by side, `<name>.xml` and `<name>.bin`. The
 writer stages them in a directory (`model.xml`, `model.bin`); `commit` moves
