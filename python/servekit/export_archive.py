@@ -30,7 +30,13 @@ import time
 from typing import Any, Callable, Optional
 
 
-from servekit import export_utils as eu
+from servekit.source_model.calls import call_functional_raw, to_numpy
+from servekit.source_model.input_layout import (InputLayout, apply_polymorphic_shapes, is_leaf_spec,
+                                               layout_from_signature, model_input_names)
+from servekit.source_model.kinds import all_layers, backend_name, is_functional
+from servekit.source_model.names import endpoint_output_names, positional_names
+from servekit.source_model.outputs import model_output_names
+from servekit.source_model.sample_inputs import generate_inputs
 from servekit import signature as sig
 from servekit import strategies
 from servekit import summary
@@ -55,7 +61,7 @@ _RESERVED = ("variables", "trainable_variables", "non_trainable_variables", "sig
 class _EndpointSpec:
     name: str
     fn: Callable
-    layout: Optional[eu.InputLayout]
+    layout: Optional[InputLayout]
     output_names: Optional[list[str]]
     model: Any = None
     kwargs: dict = dataclasses.field(default_factory=dict)
@@ -129,7 +135,7 @@ class ExportArchive:
     """
 
     def __init__(self) -> None:
-        self._backend = eu.backend_name()
+        self._backend = backend_name()
         if self._backend not in ("tensorflow", "jax", "torch"):
             raise ExportError(f"ExportArchive supports the tensorflow, jax and torch backends; this is "
                               f"{self._backend}.", reason="unsupported_backend")
@@ -290,22 +296,22 @@ class ExportArchive:
             return result
 
         model = _model_of(fn)
-        hints = eu.model_input_names(model) if model is not None else None
+        hints = model_input_names(model) if model is not None else None
         signature = input_signature
-        if not isinstance(signature, (list, tuple)) or eu._is_leaf_spec(signature):
+        if not isinstance(signature, (list, tuple)) or is_leaf_spec(signature):
             signature = [signature]
         signature = list(signature)
-        if (model is not None and eu._is_functional(model) and hints and len(hints) > 1
-                and len(signature) == len(hints) and all(eu._is_leaf_spec(s) for s in signature)):
+        if (model is not None and is_functional(model) and hints and len(hints) > 1
+                and len(signature) == len(hints) and all(is_leaf_spec(s) for s in signature)):
             signature = [signature]  # the Functional model's inputs, given flat
-        layout = eu.layout_from_signature(signature, name_hints=hints, arg_names=eu.positional_names(fn),
-                                          where=f"input_signature of endpoint '{name}'")
+        layout = layout_from_signature(signature, name_hints=hints, arg_names=positional_names(fn),
+                                       where=f"input_signature of endpoint '{name}'")
         if jax2tf_kwargs and jax2tf_kwargs.get("polymorphic_shapes") is not None:
-            layout = eu.apply_polymorphic_shapes(layout, jax2tf_kwargs["polymorphic_shapes"])
+            layout = apply_polymorphic_shapes(layout, jax2tf_kwargs["polymorphic_shapes"])
         output_names = None
         if model is not None:
             try:
-                output_names = eu.model_output_names(model, layout)
+                output_names = model_output_names(model, layout)
             except (TypeError, ValueError, NotImplementedError):
                 output_names = None  # named from what the endpoint returns
         result = fn
@@ -416,7 +422,7 @@ class ExportArchive:
     def _vocab_source(self, spec: _EndpointSpec):
         layers = []
         for r in list(self._keras_tracked()) + ([spec.model] if spec.model is not None else []):
-            layers += eu.all_layers(r)
+            layers += all_layers(r)
         return _LayerPool(layers)
 
     def _source_call(self, spec: _EndpointSpec) -> Callable[[list], list]:
@@ -430,19 +436,19 @@ class ExportArchive:
                 sub = self._symbolic_submodel(spec)  # lookup layers run TF ops on every backend
 
                 def call_raw(flat):
-                    return [eu.to_numpy(x) for x in eu._call_functional_raw(sub, [tf.constant(v) for v in flat])]
+                    return [to_numpy(x) for x in call_functional_raw(sub, [tf.constant(v) for v in flat])]
 
                 return call_raw
 
             def call_tf(flat):
                 out = spec.fn(*spec.layout.pack([tf.constant(v) for v in flat]))
-                return [eu.to_numpy(x) for x in tf.nest.flatten(out)]
+                return [to_numpy(x) for x in tf.nest.flatten(out)]
 
             return call_tf
 
         def call(flat):
             out = spec.fn(*spec.layout.pack([keras.ops.convert_to_tensor(v) for v in flat]))
-            return [eu.to_numpy(x) for x in keras.tree.flatten(out)]
+            return [to_numpy(x) for x in keras.tree.flatten(out)]
 
         return call
 
@@ -462,7 +468,7 @@ class ExportArchive:
         if any(s.dtype == "string" for s in spec.layout.flat) and not spec.traced and self._backend != "tensorflow":
             symbolic = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=s.name) for s in spec.layout.flat]
             return (spec.model if spec.model is not None else spec.fn)(*spec.layout.pack(symbolic))
-        flat = eu.generate_inputs(spec.layout, reference.verify_batches(spec.layout)[0],
+        flat = generate_inputs(spec.layout, reference.verify_batches(spec.layout)[0],
                                   model=self._vocab_source(spec))
         with behavior_lib.VariableSnapshot(self._source_variables(spec)), \
                 reference.blaming_the_source(f"Endpoint '{spec.name}'", self._backend):
@@ -477,7 +483,7 @@ class ExportArchive:
         plans, cases = [], CaseSet()
         for spec in self._endpoints:
             call = reference.guarded(self._source_call(spec), f"Endpoint '{spec.name}'", self._backend)
-            names = eu.endpoint_output_names(self._output_structure(spec), spec.output_names)
+            names = endpoint_output_names(self._output_structure(spec), spec.output_names)
             plan = EndpointPlan(spec.name, spec.layout, names, fn=spec.fn, kwargs=spec.kwargs)
             if verify:
                 plan.behavior, made = reference.make_cases(spec.name, spec.layout, names, call,

@@ -8,7 +8,10 @@ import sys
 import time
 from typing import Any, Mapping, Optional
 
-from servekit import export_utils as eu
+from servekit.source_model.calls import call_model_flat
+from servekit.source_model.input_layout import resolve_input_layout
+from servekit.source_model.kinds import backend_name
+from servekit.source_model.outputs import model_output_names
 from servekit import formats
 from servekit import signature as sig
 from servekit import strategies
@@ -210,7 +213,7 @@ def export_formats(
             f"export() takes a keras.Model or a tf.Module; got {type(model).__name__}. Wrap a layer in a model, or "
             "use servekit.ExportArchive to export a layer's call.", reason="bad_argument")
     model_name = model.name
-    backend = eu.backend_name()
+    backend = backend_name()
     is_static = kwargs.pop("is_static", None)
     jax2tf_kwargs = kwargs.pop("jax2tf_kwargs", None)
     strategy = kwargs.pop("strategy", None)
@@ -235,8 +238,8 @@ def export_formats(
     chosen = strategies.resolve(strategy)
     polymorphic = (jax2tf_kwargs or {}).get("polymorphic_shapes")
 
-    layout = eu.resolve_input_layout(model, input_signature, polymorphic_shapes=polymorphic)
-    output_names = eu.model_output_names(model, layout)
+    layout = resolve_input_layout(model, input_signature, polymorphic_shapes=polymorphic)
+    output_names = model_output_names(model, layout)
     unknown = sorted(set(input_ranges or {}) - {s.name for s in layout.flat})
     if unknown:
         raise ExportError(f"Model '{model_name}': input_ranges names {unknown}, which are not inputs of the model "
@@ -249,7 +252,7 @@ def export_formats(
                             local_options=local_options)
     with strategies.worker_starting_now(chosen, request, list(destinations)):
         if verify:
-            call = reference.guarded(lambda flat: eu.call_model_flat(model, layout, flat), f"Model '{model_name}'",
+            call = reference.guarded(lambda flat: call_model_flat(model, layout, flat), f"Model '{model_name}'",
                                      backend, model=model_name)
             plan.behavior, made = reference.make_cases(SERVING_DEFAULT, layout, output_names, call,
                                                        behavior_lib.model_variables(model), vocab_source=model,

@@ -26,7 +26,8 @@ import numpy as np
 from servekit import determinism
 from servekit import signature as sig
 from servekit.errors import ExportError
-from servekit.export_utils import InputLayout, endpoint_output_names, layout_from_signature
+from servekit.source_model.input_layout import InputLayout, layout_from_signature
+from servekit.source_model.names import endpoint_output_names
 
 import keras
 import tensorflow as tf

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from servekit import export_utils as eu
+from servekit.source_model.input_layout import FlatSpec, InputLayout
 from servekit import signature as sig
 from servekit import summary
 from servekit import version
@@ -41,15 +41,15 @@ def _canonical_signatures(module, signatures):
     return signatures, concrete
 
 
-def _layout_of(concrete) -> eu.InputLayout:
+def _layout_of(concrete) -> InputLayout:
     specs = concrete.structured_input_signature[1]
     flat = []
     for name in concrete._arg_keywords:  # signature order
         spec = specs[name]
         shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
         dtype = "string" if spec.dtype.name == "string" else spec.dtype.name
-        flat.append(eu.FlatSpec(name, dtype, shape, sig.dims_from_shape(shape)))
-    return eu.InputLayout(flat, [{s.name: i for i, s in enumerate(flat)}])
+        flat.append(FlatSpec(name, dtype, shape, sig.dims_from_shape(shape)))
+    return InputLayout(flat, [{s.name: i for i, s in enumerate(flat)}])
 
 
 def _endpoint_signatures(concrete) -> tuple[sig.Signature, ...]:

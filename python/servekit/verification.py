@@ -90,7 +90,7 @@ def tolerances_for(model, declared: Optional[Mapping[str, tuple]] = None) -> dic
     compute dtype, which another runtime does not reproduce to float32
     precision: they get that dtype's tolerance.
     """
-    from servekit.export_utils import all_layers
+    from servekit.source_model.kinds import all_layers
 
     compute = {str(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None))
                for layer in all_layers(model)}

@@ -15,7 +15,8 @@ import custom_layers
 import keras
 import matrix_models as mm
 import servekit
-from servekit import export_utils as eu
+from servekit.source_model.calls import reference_outputs
+from servekit.source_model.input_layout import parse_polymorphic_shape, resolve_input_layout
 
 BACKEND = keras.backend.backend()
 SPEC3 = keras.InputSpec(shape=(None, 3), dtype="float32")
@@ -34,14 +35,14 @@ def _outputs(model, x):
 
 
 def test_signature_inferred_from_functional_inputs():
-    layout = eu.resolve_input_layout(mm.two_inputs_list())
+    layout = resolve_input_layout(mm.two_inputs_list())
     assert [s.name for s in layout.flat] == ["x1", "x2"]
     assert layout.args == [[0, 1]]
     assert [s.dims for s in layout.flat] == [("batch", 3), ("batch", 4)]
 
 
 def test_signature_inferred_from_dict_inputs_uses_keys():
-    layout = eu.resolve_input_layout(mm.two_inputs_dict())
+    layout = resolve_input_layout(mm.two_inputs_dict())
     assert [s.name for s in layout.flat] == ["x1", "x2"]
     assert layout.args == [{"x1": 0, "x2": 1}]
 
@@ -59,7 +60,7 @@ def test_signature_forms_are_equivalent():
         [[keras.ops.ones((2, 3)), keras.ops.ones((2, 4))]],  # backend tensors: batch made dynamic
         [[np.ones((5, 3), "float32"), np.ones((5, 4), "float32")]],
     ]
-    layouts = [eu.resolve_input_layout(model, f) for f in forms]
+    layouts = [resolve_input_layout(model, f) for f in forms]
     for layout in layouts:
         assert [(s.name, s.dtype, s.shape) for s in layout.flat] == [("x1", "float32", (None, 3)),
                                                                     ("x2", "float32", (None, 4))]
@@ -67,28 +68,28 @@ def test_signature_forms_are_equivalent():
 
 
 def test_spec_names_override_and_are_sanitized():
-    layout = eu.resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(None, 3), dtype="float32", name="my input:0")])
+    layout = resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(None, 3), dtype="float32", name="my input:0")])
     assert [s.name for s in layout.flat] == ["my_input_0"]
 
 
 def test_static_batch_in_signature_is_kept():
-    layout = eu.resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(4, 3), dtype="float32")])
+    layout = resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(4, 3), dtype="float32")])
     assert layout.flat[0].shape == (4, 3) and layout.flat[0].dims == (4, 3)
 
 
 def test_bad_signature_element():
     with pytest.raises(servekit.ExportError, match="unsupported input signature element"):
-        eu.resolve_input_layout(mm.mlp(), ["not a spec"])
+        resolve_input_layout(mm.mlp(), ["not a spec"])
     with pytest.raises(servekit.ExportError, match="needs both `shape` and `dtype`"):
-        eu.resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(None, 3))])
+        resolve_input_layout(mm.mlp(), [keras.InputSpec(shape=(None, 3))])
 
 
 def test_polymorphic_shapes_parsing():
-    assert eu.parse_polymorphic_shape("(b, 3)", (None, 3)) == ((None, 3), ("batch", 3))
-    assert eu.parse_polymorphic_shape("(batch, t, _)", (None, 6, 4)) == ((None, None, 4), ("batch", "t", 4))
-    assert eu.parse_polymorphic_shape("(2, ...)", (None, 6, 4)) == ((2, 6, 4), (2, 6, 4))
+    assert parse_polymorphic_shape("(b, 3)", (None, 3)) == ((None, 3), ("batch", 3))
+    assert parse_polymorphic_shape("(batch, t, _)", (None, 6, 4)) == ((None, None, 4), ("batch", "t", 4))
+    assert parse_polymorphic_shape("(2, ...)", (None, 6, 4)) == ((2, 6, 4), (2, 6, 4))
     with pytest.raises(servekit.ExportError):
-        eu.parse_polymorphic_shape("(b, 3, 4)", (None, 3))
+        parse_polymorphic_shape("(b, 3, 4)", (None, 3))
 
 
 # -- exports ------------------------------------------------------------------------
@@ -337,8 +338,8 @@ def test_reference_outputs_on_source_backend():
         model = mm.build(name, seed=2)
         named = mm.sample_inputs(name, 3, rng)
         expected = mm.source_outputs(name, model, named)
-        by_name = eu.reference_outputs(model, named)
-        structured = eu.reference_outputs(model, mm.structured(name, named))
+        by_name = reference_outputs(model, named)
+        structured = reference_outputs(model, mm.structured(name, named))
         assert list(by_name) == mm.OUTPUT_NAMES[name] == list(structured)
         for key in expected:
             np.testing.assert_array_equal(by_name[key], expected[key])

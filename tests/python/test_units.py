@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from servekit import atomic, determinism, support_matrix, verification
-from servekit import export_utils as eu
+from servekit.source_model.input_layout import FlatSpec, InputLayout, resolve_input_layout
+from servekit.source_model.names import endpoint_output_names, named_dims, sanitize_name, unique_names
+from servekit.source_model.sample_inputs import (embedding_input_ranges, generate_inputs, input_ranges_for,
+                                                 mask_input_ranges)
 
 
 # -- support matrix -----------------------------------------------------------------
@@ -271,8 +274,8 @@ def test_tiny_outputs_are_checked_relative_to_their_scale():
 
 
 def test_names_are_sanitized_and_unique():
-    assert eu.unique_names(["a b", "a_b", "a b", "0x", ""]) == ["a_b", "a_b_1", "a_b_2", "0x", "t"]
-    assert eu.sanitize_name("in/put:0") == "in_put_0"
+    assert unique_names(["a b", "a_b", "a b", "0x", ""]) == ["a_b", "a_b_1", "a_b_2", "0x", "t"]
+    assert sanitize_name("in/put:0") == "in_put_0"
 
 
 # -- the export pipeline ----------------------------------------------------------------
@@ -483,19 +486,19 @@ def test_snapshot_copies_state_and_fingerprints_large_trainable_variables(monkey
 
 
 def test_named_dims_and_output_names():
-    assert eu.named_dims("image", (None, None, None, 3)) == ("batch", "image_1", "image_2", 3)
-    assert eu.endpoint_output_names({"b": 1, "a": 2}) == ["a", "b"]
-    assert eu.endpoint_output_names([1, 2], ["logits", "ids"]) == ["logits", "ids"]
-    assert eu.endpoint_output_names((1, 2, 3), ["too", "few"]) == ["output_0", "output_1", "output_2"]
+    assert named_dims("image", (None, None, None, 3)) == ("batch", "image_1", "image_2", 3)
+    assert endpoint_output_names({"b": 1, "a": 2}) == ["a", "b"]
+    assert endpoint_output_names([1, 2], ["logits", "ids"]) == ["logits", "ids"]
+    assert endpoint_output_names((1, 2, 3), ["too", "few"]) == ["output_0", "output_1", "output_2"]
 
 
 # -- the worker job -------------------------------------------------------------------
 
 
-def _layout() -> eu.InputLayout:
-    flat = [eu.FlatSpec("image", "float32", (None, 8, 8, 3), ("batch", None, None, None)),
-            eu.FlatSpec("tokens", "int64", (None, None), ("batch", "tokens_1"))]
-    return eu.InputLayout(flat, [{"image": 0, "tokens": 1}], ["inputs"])
+def _layout() -> InputLayout:
+    flat = [FlatSpec("image", "float32", (None, 8, 8, 3), ("batch", None, None, None)),
+            FlatSpec("tokens", "int64", (None, None), ("batch", "tokens_1"))]
+    return InputLayout(flat, [{"image": 0, "tokens": 1}], ["inputs"])
 
 
 def test_worker_job_round_trips_through_json(tmp_path):
@@ -574,12 +577,12 @@ def _token_model():
 
 def test_embedding_ranges_follow_inputs_into_nested_models():
     model = _token_model()
-    assert eu.embedding_input_ranges(model) == {"token_ids": (0, 50), "segment_ids": (0, 2)}
-    ranges = eu.input_ranges_for(model, {"padding_mask": (1, 2)})
+    assert embedding_input_ranges(model) == {"token_ids": (0, 50), "segment_ids": (0, 2)}
+    ranges = input_ranges_for(model, {"padding_mask": (1, 2)})
     assert ranges == {"token_ids": (0, 50), "segment_ids": (0, 2), "padding_mask": (1, 2)}
-    layout = eu.resolve_input_layout(model, None)
+    layout = resolve_input_layout(model, None)
     for batch in (1, 7):
-        flat = dict(zip([s.name for s in layout.flat], eu.generate_inputs(layout, batch, model=model, ranges=ranges)))
+        flat = dict(zip([s.name for s in layout.flat], generate_inputs(layout, batch, model=model, ranges=ranges)))
         assert flat["segment_ids"].min() >= 0 and flat["segment_ids"].max() < 2
         assert flat["token_ids"].min() >= 0 and flat["token_ids"].max() < 50
         assert (flat["padding_mask"] == 1).all()
@@ -588,14 +591,14 @@ def test_embedding_ranges_follow_inputs_into_nested_models():
 def test_masks_are_all_valid_unless_declared_otherwise():
     import keras
 
-    assert eu.mask_input_ranges(_token_model()) == {"padding_mask": (1, 2)}
-    assert eu.input_ranges_for(_token_model())["padding_mask"] == (1, 2)
-    assert eu.input_ranges_for(_token_model(), {"padding_mask": (0, 2)})["padding_mask"] == (0, 2)
+    assert mask_input_ranges(_token_model()) == {"padding_mask": (1, 2)}
+    assert input_ranges_for(_token_model())["padding_mask"] == (1, 2)
+    assert input_ranges_for(_token_model(), {"padding_mask": (0, 2)})["padding_mask"] == (0, 2)
     flags = keras.Input((3,), dtype="bool", name="mask")
     weights = keras.Input((3,), dtype="float32", name="loss_mask")  # a float: not a mask of positions
     unmasked = keras.Input((3,), dtype="int32", name="masked_ids")
     model = keras.Model([flags, weights, unmasked], keras.ops.cast(flags, "float32") * weights)
-    assert eu.mask_input_ranges(model) == {"mask": (1, 2)}
+    assert mask_input_ranges(model) == {"mask": (1, 2)}
 
 
 def test_mixed_precision_models_are_checked_at_their_compute_precision():
@@ -614,7 +617,7 @@ def test_bad_input_ranges_are_refused_with_the_fix():
     from servekit.errors import ExportError
 
     with pytest.raises(ExportError, match=r"input_ranges\['padding_mask'\] = \(2, 1\).*high exclusive"):
-        eu.input_ranges_for(_token_model(), {"padding_mask": (2, 1)})
+        input_ranges_for(_token_model(), {"padding_mask": (2, 1)})
 
 
 def test_tolerances_parse_from_the_command_line_form_or_say_what_is_expected():

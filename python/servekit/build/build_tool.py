@@ -104,7 +104,7 @@ def default_sample_inputs(model: Any, batch: int, rng: np.random.Generator,
     """
     import keras
 
-    from servekit.export_utils import input_ranges_for
+    from servekit.source_model.sample_inputs import input_ranges_for
 
     ranges = input_ranges_for(model, dict(input_ranges or {}))
 
@@ -150,7 +150,7 @@ def reference_case(
     model: Any, signature: Signature, inputs: Any, input_signature: Optional[Any] = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Runs the model on its source backend; returns named inputs and outputs."""
-    from servekit.export_utils import reference_outputs
+    from servekit.source_model.calls import reference_outputs
 
     named_inputs = _named(inputs, signature.inputs, "inputs", model.name)
     return named_inputs, reference_outputs(model, inputs, input_signature)

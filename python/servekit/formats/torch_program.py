@@ -112,12 +112,12 @@ def _dim_identifier(name: str) -> str:
 
 def sample_inputs(layout, cases, model) -> list[np.ndarray]:
     """Flat inputs to trace with: a case of batch >= 2, else generated at batch 2."""
-    from servekit import export_utils as eu
+    from servekit.source_model.sample_inputs import generate_inputs
 
     for case in cases:
         if case.batch >= SAMPLE_BATCH and not case.runs:
             return [np.asarray(case.inputs[s.name]) for s in layout.flat]
-    return eu.generate_inputs(layout, SAMPLE_BATCH, model=model)
+    return generate_inputs(layout, SAMPLE_BATCH, model=model)
 
 
 def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name: str, flat: bool,
@@ -298,13 +298,13 @@ def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
     Returns:
         A strategy report (`ok`, `endpoints`, `comparisons`, `converter`).
     """
-    from servekit import export_utils as eu
     from servekit import signature as sig
     from servekit import verification
+    from servekit.source_model.outputs import output_specs
 
     plan = request.endpoints[0]
     layout = plan.layout
-    outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
+    outputs = tuple(output_specs(request.source, layout, plan.output_names))
     serving = sig.Signature("serving_default", layout.tensor_signatures(), outputs)
     sample = sample_inputs(layout, request.cases, request.source)
     program = export_program(request.source, layout, sample, request.name, flat=request.format == "torch_aoti",

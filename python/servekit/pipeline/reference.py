@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from servekit import export_utils as eu
+from servekit.source_model.input_layout import InputLayout
+from servekit.source_model.sample_inputs import VERIFY_BATCH_SIZES, generate_inputs, input_ranges_for
 from servekit.errors import ExportError
 from servekit.pipeline import behavior as behavior_lib
 from servekit.pipeline.cases import Case
@@ -43,17 +44,17 @@ def guarded(call: SourceCall, what: str, backend: str, model: Optional[str] = No
     return wrapped
 
 
-def verify_batches(layout: eu.InputLayout) -> list[int]:
+def verify_batches(layout: InputLayout) -> list[int]:
     """Batch sizes to verify: 1 and 7 when every input has a dynamic batch,
     else the static batch size."""
     if layout.flat and all(s.shape and s.shape[0] is None for s in layout.flat):
-        return list(eu.VERIFY_BATCH_SIZES)
+        return list(VERIFY_BATCH_SIZES)
     return [next((s.shape[0] for s in layout.flat if s.shape and s.shape[0] is not None), 1)]
 
 
 def make_cases(
     endpoint: str,
-    layout: eu.InputLayout,
+    layout: InputLayout,
     output_names: Sequence[str],
     call: SourceCall,
     variables: Sequence[Any],
@@ -75,7 +76,7 @@ def make_cases(
         batches: batch sizes (default `verify_batches(layout)`).
         inputs: flat inputs per case, instead of generated ones.
         input_ranges: declared value ranges of generated inputs, by name
-            (`export_utils.input_ranges_for`); ids that index an Embedding
+            (`source_model.sample_inputs.input_ranges_for`); ids that index an Embedding
             of `vocab_source` are kept in range without it.
 
     Returns:
@@ -85,8 +86,8 @@ def make_cases(
     """
     if inputs is None:
         batches = list(batches or verify_batches(layout))
-        ranges = eu.input_ranges_for(vocab_source, input_ranges)
-        inputs = [eu.generate_inputs(layout, b, model=vocab_source, ranges=ranges) for b in batches]
+        ranges = input_ranges_for(vocab_source, input_ranges)
+        inputs = [generate_inputs(layout, b, model=vocab_source, ranges=ranges) for b in batches]
     else:
         batches = [int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else 1 for flat in inputs]
     names = [s.name for s in layout.flat]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from servekit.export_utils import InputLayout, all_layers
+from servekit.source_model.input_layout import InputLayout
+from servekit.source_model.kinds import all_layers
 from servekit.pipeline.behavior import Behavior
 from servekit.pipeline.cases import CaseSet
 

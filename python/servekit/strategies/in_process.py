@@ -25,10 +25,12 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from servekit import export_utils as eu
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 from servekit.pipeline.request import EndpointPlan, ExportRequest
+from servekit.source_model.kinds import backend_name
+from servekit.source_model.outputs import output_specs
+from servekit.source_model.sample_inputs import generate_inputs
 
 
 class InProcess:
@@ -178,13 +180,12 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
     is tried next."""
     import onnx
 
-    from servekit import export_utils as eu
     from servekit import onnx as sk_onnx
     from servekit import verification
 
     plan = request.endpoints[0]
     layout = plan.layout
-    outputs = tuple(eu.output_specs(request.source, layout, plan.output_names))
+    outputs = tuple(output_specs(request.source, layout, plan.output_names))
     signature = sig.Signature("serving_default", layout.tensor_signatures(), outputs).with_behavior(plan.behavior)
     if request.backend == "jax":
         converters = [("jax2onnx", _jax_to_onnx)]
@@ -249,7 +250,6 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int], expo
     import keras
     import torch
 
-    from servekit import export_utils as eu
     from servekit import onnx as sk_onnx
 
     class FlatCall(torch.nn.Module):
@@ -260,7 +260,7 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int], expo
         def forward(self, *flat):
             return tuple(keras.tree.flatten(self.model(*layout.pack(list(flat)), training=False)))
 
-    sample = tuple(torch.from_numpy(x) for x in eu.generate_inputs(layout, 2))
+    sample = tuple(torch.from_numpy(x) for x in generate_inputs(layout, 2))
     names = [s.name for s in layout.flat]
     dynamic = {t.name: {i: str(d) for i, d in enumerate(dims) if not isinstance(d, int)}
                for t, dims in [(s, s.dims) for s in layout.flat] + [(o, o.shape) for o in outputs]}
@@ -317,7 +317,7 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
         result.insert(0, dataclasses.replace(result[0], name=sk_sm.SERVING_DEFAULT))
     else:
         result.sort(key=lambda s: s.name != sk_sm.SERVING_DEFAULT)
-    if options is None and eu.backend_name() == "jax":
+    if options is None and backend_name() == "jax":
         # jax2tf gives every traced call a custom gradient; saving them re-traces
         # each one and costs most of the save (11 of 15 s for MobileNetV2).
         # A serving artifact is never differentiated. Options a caller passes
@@ -364,7 +364,7 @@ def traced_layout(method, name: str):
     """The layout of a `tf.function` endpoint registered without a signature:
     its first trace, with the batch dimension made dynamic when possible."""
     from servekit import saved_model as sk_sm
-    from servekit.export_utils import layout_from_signature
+    from servekit.source_model.input_layout import layout_from_signature
 
     _, arg_sig = sk_sm._traced_concrete(method, name)
     return layout_from_signature(list(arg_sig), arg_names=sk_sm._arg_names(method), where=f"endpoint '{name}'")

@@ -20,7 +20,7 @@ import types
 from typing import Optional
 
 from servekit.errors import ExportError
-from servekit.export_utils import all_layers
+from servekit.source_model.kinds import all_layers
 from servekit.worker.job import CustomClass
 
 # Layers that hold code of one backend and cannot be rebuilt under TensorFlow.

@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from servekit import export_utils as eu
+from servekit.source_model.input_layout import InputLayout
+from servekit.source_model.kinds import all_layers, is_functional
 from servekit.errors import ExportError
 from servekit.pipeline.request import ExportRequest
 from servekit.strategies import keras_file
@@ -38,7 +39,7 @@ class BundleEndpoint:
     (structured like `layout`) and must return Keras tensors."""
 
     name: str
-    layout: eu.InputLayout
+    layout: InputLayout
     output_names: Sequence[str]
     trace: Callable[..., Any]
 
@@ -118,7 +119,7 @@ def _traceable_call(model) -> bool:
     """A subclassed model, whose `call` can be traced into a Functional bundle."""
     import keras
 
-    return isinstance(model, keras.Model) and not eu._is_functional(model) and not isinstance(
+    return isinstance(model, keras.Model) and not is_functional(model) and not isinstance(
         model, keras.Sequential)
 
 
@@ -220,7 +221,7 @@ def write_bundle(request: ExportRequest, staged: dict[str, str], workdir: str, e
     job = WorkerJob(
         kind="archive", keras_file=bundle_file, outputs=dict(staged),
         model_name=request.name, version=request.version, endpoints=tuple(job_endpoints),
-        opset=request.opset, layer_names=tuple(layer.name for layer in eu.all_layers(bundle)),
+        opset=request.opset, layer_names=tuple(layer.name for layer in all_layers(bundle)),
         verify=request.verify, cases_file=cases_file, cases=tuple(cases_index),
         lambda_globals=keras_file.lambda_globals(bundle)[0], custom_classes=tuple(classes),
         sys_path=tuple(importable_sys_path()) if classes else (), tracked=tracked,

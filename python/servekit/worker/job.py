@@ -24,7 +24,7 @@ import importlib.util
 import json
 from typing import Any, Literal, Optional
 
-from servekit import export_utils as eu
+from servekit.source_model.input_layout import InputLayout, from_json_struct, to_json_struct
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ class EndpointJob:
     flat output indices)."""
 
     name: str
-    layout: eu.InputLayout
+    layout: InputLayout
     output_names: tuple[str, ...]
     inputs_range: Optional[tuple[int, int]] = None
     outputs_range: Optional[tuple[int, int]] = None
@@ -101,17 +101,17 @@ class EndpointJob:
         out = {"name": self.name, "layout": self.layout.to_json(), "output_names": list(self.output_names)}
         if self.inputs_range is not None:
             out.update(inputs_range=list(self.inputs_range), outputs_range=list(self.outputs_range),
-                       output_structure=eu.to_json_struct(self.output_structure))
+                       output_structure=to_json_struct(self.output_structure))
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EndpointJob":
         bundle = "inputs_range" in data
         return cls(
-            data["name"], eu.InputLayout.from_json(data["layout"]), tuple(data["output_names"]),
+            data["name"], InputLayout.from_json(data["layout"]), tuple(data["output_names"]),
             tuple(data["inputs_range"]) if bundle else None,
             tuple(data["outputs_range"]) if bundle else None,
-            eu.from_json_struct(data["output_structure"]) if bundle else None)
+            from_json_struct(data["output_structure"]) if bundle else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Iterator, Sequence
 
-from servekit.export_utils import _map_leaves
+from servekit.source_model.input_layout import map_leaves
 from servekit.strategies import keras_file
 from servekit.worker.job import VariableRef, WorkerJob
 
@@ -128,7 +128,7 @@ def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
         def fn(*args, _sub=sub, _layout=ep.layout, _template=ep.output_structure):
             out = _sub(_layout.flatten(list(args)))
             out = list(out) if isinstance(out, (list, tuple)) else [out]
-            return _map_leaves(lambda i: out[i], _template)
+            return map_leaves(lambda i: out[i], _template)
 
         endpoints.append(Endpoint(ep.name, fn, ep.layout, list(ep.output_names)))
     weights = list(bundle.variables)

@@ -1,0 +1,21 @@
+"""What servekit knows about a source Keras model, by concern.
+
+- `kinds`: which backend runs, whether a model is Functional, its layers.
+- `names`: signature keys and dim names (sanitized, unique, Keras-like).
+- `input_layout`: an endpoint's inputs as flat named specs plus the
+  structure of its positional arguments (`InputLayout`), from a model, an
+  `input_signature` or jax2tf `polymorphic_shapes`.
+- `outputs`: the names and signatures of a model's outputs.
+- `sample_inputs`: deterministic inputs the model accepts, for verification.
+- `calls`: running the model on flat inputs, and `reference_outputs`.
+
+Everything here runs in the *source* process, on whatever Keras backend it
+uses, and never imports TensorFlow unless the backend is TensorFlow (or the
+model's lookup layers need it): an `InputLayout` is all the TensorFlow-side
+exporter needs to rebuild the call.
+"""
+
+from servekit.source_model.calls import reference_outputs
+from servekit.source_model.input_layout import FlatSpec, InputLayout, resolve_input_layout
+
+__all__ = ["FlatSpec", "InputLayout", "reference_outputs", "resolve_input_layout"]

@@ -1,0 +1,96 @@
+"""Running the source model on flat inputs, on its own backend."""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+
+from servekit.errors import ExportError
+from servekit.source_model.input_layout import InputLayout, resolve_input_layout
+from servekit.source_model.kinds import is_functional
+from servekit.source_model.outputs import model_output_names
+
+
+def to_numpy(x) -> np.ndarray:
+    """Converts a backend tensor (or TF tensor) to a NumPy array."""
+    import keras
+
+    if type(x).__module__.startswith("tensorflow"):
+        return np.asarray(x.numpy())
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(x))
+    except (TypeError, ValueError, AttributeError):  # already host data
+        return np.asarray(x)
+
+
+def call_functional_raw(model, flat_inputs):
+    """Runs a Functional model layer by layer without converting its inputs to
+    backend tensors (needed for string inputs on JAX and torch, where the
+    preprocessing layers run TensorFlow ops on any backend). Nested Functional
+    models are run the same way."""
+    import keras
+
+    def operation_fn(op):
+        if is_functional(op):
+            def call_nested(*args, **kwargs):
+                outs = op._run_through_graph(keras.tree.flatten(args[0]), operation_fn=operation_fn)
+                return outs[0] if isinstance(outs, (list, tuple)) and len(outs) == 1 else outs
+
+            return call_nested
+        if isinstance(op, keras.layers.Layer):
+            return functools.partial(op, training=False)
+        return op
+
+    outputs = model._run_through_graph(list(flat_inputs), operation_fn=operation_fn)
+    return keras.tree.flatten(outputs)
+
+
+def call_model_flat(model, layout: InputLayout, flat_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Calls `model` in inference mode on flat inputs; returns flat NumPy outputs."""
+    import keras
+
+    backend = keras.backend.backend()
+    has_strings = any(s.dtype == "string" for s in layout.flat)
+    if has_strings and backend != "tensorflow" and is_functional(model):
+        import tensorflow as tf  # the lookup layers run TF ops on every backend
+
+        flat = call_functional_raw(model, [tf.constant(v) for v in flat_inputs])
+        return [to_numpy(x) for x in flat]
+    if has_strings and backend != "tensorflow":
+        raise ExportError(
+            f"Model '{model.name}' takes string inputs, which the {backend} backend cannot hold as tensors, "
+            "and it is not a Functional model, so servekit cannot run it to compute reference outputs. "
+            "Build it as a Functional model (keras.Input(dtype='string') -> StringLookup -> ...).",
+            model=model.name, reason="unsupported_input")
+    args = layout.pack(list(flat_inputs))
+    outputs = model(*args, training=False)
+    return [to_numpy(x) for x in keras.tree.flatten(outputs)]
+
+
+def reference_outputs(model, inputs, input_signature=None) -> dict[str, np.ndarray]:
+    """Runs `model` on its own (source) backend and names its outputs.
+
+    Args:
+        model: a Keras model.
+        inputs: a dict keyed by input name, a flat list of arrays, or the
+            structure `model` is called with.
+        input_signature: optional, as for `servekit.export`.
+
+    Returns:
+        A dict from output name (the SavedModel signature key / ONNX output
+        name `servekit.export` gives it) to a NumPy array.
+
+    Example:
+
+    ```python
+    outs = servekit.source_model.reference_outputs(model, {"features": x})
+    outs["logits"].shape  # (batch, 2)
+    ```
+    """
+    layout = resolve_input_layout(model, input_signature)
+    flat = layout.coerce(inputs)
+    names = model_output_names(model, layout)
+    values = call_model_flat(model, layout, flat)
+    return dict(zip(names, values))
