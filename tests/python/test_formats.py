@@ -179,18 +179,3 @@ def test_stateful_model_is_refused_by_formats_without_variables(tmp_path):
         with pytest.raises(ExportError, match="updates its variables"):
             servekit.export(mm.stateful_layer(), str(tmp_path / name), format=fmt, verbose=False)
     assert os.listdir(tmp_path) == []
-
-
-def test_a_script_reuses_one_warm_worker(model, tmp_path, monkeypatch):
-    from servekit.worker import launch
-
-    monkeypatch.setenv("SERVEKIT_WARM_WORKER_IDLE_S", "60")
-    monkeypatch.setattr(launch._local, "warm", None)  # outside the session's warm_worker() block, as a script runs
-    servekit.export(model, str(tmp_path / "a.onnx"), format="onnx", verbose=False)
-    first = launch._local.lingering
-    pid = first._proc.pid
-    servekit.export(model, str(tmp_path / "b.tflite"), format="litert", verbose=False)
-    assert launch._local.lingering is first and first._proc.pid == pid
-    first.start_idle_timer(0.01)
-    first._idle_timer.join()
-    assert first.closed and first._proc is None

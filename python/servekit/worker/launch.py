@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from typing import Any, Iterator, Optional, Sequence
 
 from servekit.errors import ExportError
@@ -61,6 +62,41 @@ def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:
     )
     env.setdefault("LANG", "C.UTF-8")
     return env
+
+
+def installation_fingerprint() -> tuple:
+    """What a fresh worker would read besides its environment: servekit's own
+    sources (the worker imports them from this checkout) and the installed
+    packages (a directory of site-packages changes when `pip install` adds,
+    upgrades or removes one). A warm worker started before either changed is
+    replaced, as Bazel replaces a persistent worker whose tool changed. About
+    1 ms."""
+    sources = []
+    stack = [_PACKAGE_DIR]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        stack.append(entry.path)
+                elif entry.name.endswith(".py"):
+                    st = entry.stat()
+                    sources.append((entry.path, st.st_mtime_ns, st.st_size))
+    installed = []
+    for path in _site_packages():
+        try:
+            installed.append((path, os.stat(path).st_mtime_ns))
+        except OSError:
+            installed.append((path, None))
+    return sys.executable, tuple(sorted(sources)), tuple(installed)
+
+
+def _site_packages() -> list[str]:
+    import site
+
+    paths = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    return [p for p in paths + ([user] if isinstance(user, str) else []) if os.path.isdir(p)]
 
 
 def importable_sys_path() -> list[str]:
@@ -128,9 +164,11 @@ class _WarmWorker:
     runs jobs one at a time, so that TensorFlow is imported once, not once per
     export. Each job still gets its own work directory, HOME, TMPDIR, seeds and
     Keras session (`servekit.worker.__main__`), so a warm worker writes the
-    same bytes as a fresh process. After a job that failed, crashed or timed
-    out, the process is replaced, so one model's failure cannot leak into the
-    next export.
+    same bytes as a fresh process. After a job that failed, crashed, timed
+    out or was interrupted (KeyboardInterrupt), the process is replaced, so
+    one model's failure cannot leak into the next export. Before each job, a
+    process started under other settings than a fresh one would read now
+    (`worker_env`, `installation_fingerprint`) is replaced too.
 
     The process starts when the worker is created, not at its first job: it
     imports TensorFlow, tf2onnx and onnxruntime (about 3 s) on another core
@@ -140,30 +178,60 @@ class _WarmWorker:
 
     def __init__(self) -> None:
         self._proc: Optional[subprocess.Popen] = None
-        self._env: dict[str, str] = {}
-        self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
-        # Held while a job runs: an idle timer's shutdown waits for it.
+        self._settings: tuple = ()
+        self._home: Optional[str] = None
+        self._pid = os.getpid()  # the process that owns the worker (a forked child does not)
+        # Held while a job runs, and while the process is stopped or replaced.
         self._busy = threading.Lock()
         self._idle_timer: Optional[threading.Timer] = None
+        self._idle_generation = 0
         self.closed = False
         self._start()
 
+    def _current_settings(self) -> tuple:
+        return worker_env(self._home, ()), installation_fingerprint()
+
     def _start(self) -> None:
-        self._env = worker_env(self._home, ())
+        if self._home is None or not os.path.isdir(self._home):
+            self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
+        self._settings = self._current_settings()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "servekit.worker", "--serve"], cwd=self._home,
-            env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=self._settings[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The worker process' id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def refresh(self) -> None:
+        """Starts the process now if it is not running or was started under
+        other settings, so that its imports overlap the caller's work."""
+        with self._busy:
+            self._ensure_current()
+
+    def _ensure_current(self) -> None:
+        if self._proc is not None and self._current_settings() != self._settings:
+            self.close()  # the settings a fresh worker would read have changed
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
 
     def run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
         with self._busy:
-            return self._run(job, job_path, workdir)
+            if self.closed:
+                raise RuntimeError("This warm export worker was shut down.")
+            try:
+                return self._run(job, job_path, workdir)
+            except BaseException:
+                # Interrupted (KeyboardInterrupt in a notebook) or failed mid-job: the process
+                # may still be working on this job and would answer the next one with its "done".
+                self.close()
+                raise
 
     def _run(self, job: WorkerJob, job_path: str, workdir: str) -> dict[str, Any]:
-        if worker_env(self._home, ()) != self._env:  # the settings a fresh worker would read have changed
-            self.close()
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
+        self._ensure_current()
         proc = self._proc
         proc.stdin.write(job_path + "\n")
         proc.stdin.flush()
@@ -182,30 +250,72 @@ class _WarmWorker:
         return report
 
     def close(self) -> None:
+        """Stops the process (the next job starts another)."""
         if self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
+            for stream in (self._proc.stdin, self._proc.stdout):
+                try:
+                    stream.close()
+                except OSError:  # a broken pipe to a killed process: nothing left to flush
+                    pass
             self._proc = None
 
+    def _stop(self) -> None:
+        """Stops the process and removes its home; the object stays usable."""
+        self.close()
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home = None
+
     def shutdown(self) -> None:
+        """Stops the process for good."""
         self.cancel_idle_timer()
         with self._busy:
             self.closed = True
-            self.close()
-            shutil.rmtree(self._home, ignore_errors=True)
+            self._stop()
 
     def start_idle_timer(self, seconds: float) -> None:
-        """Shuts the worker down after `seconds` without a job."""
+        """Stops the process after `seconds` without a job (the next job starts it again)."""
         self.cancel_idle_timer()
-        self._idle_timer = threading.Timer(seconds, self.shutdown)
+        generation = self._idle_generation
+        self._idle_timer = threading.Timer(seconds, self._stop_if_idle, (generation,))
         self._idle_timer.daemon = True
         self._idle_timer.start()
 
     def cancel_idle_timer(self) -> None:
+        # A timer that has fired already but waits for the lock finds a newer generation and does nothing.
+        self._idle_generation += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+    def _stop_if_idle(self, generation: int) -> None:
+        with self._busy:
+            if generation == self._idle_generation:
+                self._stop()
+
+    def stop(self) -> None:
+        """Stops the process now (the next job starts another)."""
+        self.cancel_idle_timer()
+        with self._busy:
+            self._stop()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: lets go of the parent's process without touching
+        it (its pipes are the parent's conversation); a job of the child starts
+        the child's own process."""
+        for stream in (self._proc.stdin, self._proc.stdout) if self._proc is not None else ():
+            try:
+                stream.close()  # the child's copies of the descriptors only
+            except OSError:
+                pass
+        self._proc = None
+        self._home = None
+        self._pid = os.getpid()
+        self._busy = threading.Lock()
+        self._idle_timer = None
 
 
 def _read_text(path: str) -> str:
@@ -218,6 +328,8 @@ def _read_text(path: str) -> str:
 
 # The open warm worker of each thread: a worker serves one job at a time.
 _local = threading.local()
+# Every warm worker of this process, for a forked child to let go of them.
+_every_worker: "weakref.WeakSet[_WarmWorker]" = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -227,10 +339,9 @@ def warm_worker() -> Iterator[None]:
 
     The build tool opens one for its lifetime: both formats of an action (and,
     as a Bazel persistent worker, every action of a build) share a TensorFlow
-    process. `servekit.export` opens one for its own call when none is open,
-    so that the worker imports TensorFlow while the caller computes the
-    reference outputs. Artifacts are byte-identical to those of fresh
-    processes.
+    process. `servekit.export` keeps one warm per thread for a script's next
+    exports (`lingering_worker`). Artifacts are byte-identical to those of
+    fresh processes.
 
     Example:
 
@@ -243,16 +354,22 @@ def warm_worker() -> Iterator[None]:
     if getattr(_local, "warm", None) is not None:  # nested: the outer block owns the process
         yield
         return
-    _local.warm = _WarmWorker()
+    worker = _local.warm = _new_worker()
     try:
         yield
     finally:
-        worker, _local.warm = _local.warm, None
+        _local.warm = None
         worker.shutdown()
 
 
+def _new_worker() -> _WarmWorker:
+    worker = _WarmWorker()
+    _every_worker.add(worker)
+    return worker
+
+
 # How long `servekit.export`'s own warm worker waits for the next export of its
-# thread before it exits (SERVEKIT_WARM_WORKER_IDLE_S; 0: exit after each call).
+# thread before its process exits (SERVEKIT_WARM_WORKER_IDLE_S; 0: after each call).
 DEFAULT_IDLE_S = 300.0
 _lingering_lock = threading.Lock()
 _lingering: list[_WarmWorker] = []
@@ -278,39 +395,52 @@ def lingering_worker() -> Iterator[None]:
 
     A script or notebook exporting several models pays the worker's start
     (TensorFlow's import) once: the worker of the first export of a thread
-    serves the next ones, and exits after `idle_seconds()` without a job, at
-    interpreter exit, or is replaced when the settings a fresh worker reads
-    change (`_WarmWorker.run`). Inside an open `warm_worker()` block that
-    block's worker is used instead.
+    serves the next ones. Its process exits after `idle_seconds()` without a
+    job (the next export starts another), at interpreter exit, and is
+    replaced when the settings a fresh worker reads change (environment,
+    servekit's sources, installed packages: `_WarmWorker._ensure_current`),
+    after a failed or interrupted job, and in a forked child. Inside an open
+    `warm_worker()` block that block's worker is used instead.
     """
     if getattr(_local, "warm", None) is not None:
         yield
         return
     idle = idle_seconds()
-    if idle <= 0:
-        with warm_worker():
-            yield
-        return
     worker = getattr(_local, "lingering", None)
-    if worker is not None:
-        worker.cancel_idle_timer()
     if worker is None or worker.closed:
-        worker = _local.lingering = _WarmWorker()
+        worker = _local.lingering = _new_worker()
         with _lingering_lock:
-            _lingering[:] = [w for w in _lingering if not w.closed] + [worker]
+            _lingering.append(worker)
+    else:
+        worker.cancel_idle_timer()
+        worker.refresh()  # imports start now if its process had stopped
     _local.warm = worker
     try:
         yield
     finally:
         _local.warm = None
-        worker.start_idle_timer(idle)
+        if idle > 0:
+            worker.start_idle_timer(idle)
+        else:
+            worker.stop()
 
 
 def _shutdown_lingering() -> None:
+    """At interpreter exit: every lingering worker's process is stopped and its
+    home removed (the threads that used them have ended)."""
     with _lingering_lock:
         workers, _lingering[:] = list(_lingering), []
     for worker in workers:
         worker.shutdown()
 
 
+def _after_fork_in_child() -> None:
+    global _lingering_lock
+    _lingering_lock = threading.Lock()
+    for worker in list(_every_worker):
+        worker.forget_after_fork()
+
+
 atexit.register(_shutdown_lingering)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
