@@ -162,7 +162,7 @@ def _litert(built, serving, staged: str, cases, model_name: str, options: dict[s
 
     flatbuffer, converter = litert.convert(litert.from_concrete(built.signatures[serving.name], built.root),
                                            options, model_name)
-    litert.write(flatbuffer, staged)
+    litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)
     report: dict[str, Any] = {"converter": converter, "precision": "quantized" if quantized else "float32"}

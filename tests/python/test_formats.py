@@ -179,3 +179,54 @@ def test_stateful_model_is_refused_by_formats_without_variables(tmp_path):
         with pytest.raises(ExportError, match="updates its variables"):
             servekit.export(mm.stateful_layer(), str(tmp_path / name), format=fmt, verbose=False)
     assert os.listdir(tmp_path) == []
+
+
+def _zeta_alpha():
+    """Inputs and outputs whose signature order is not their sorted order, of different
+    widths: a swap fails loudly."""
+    zeta = keras.Input(shape=(3,), name="zeta")
+    alpha = keras.Input(shape=(5,), name="alpha")
+    merged = keras.layers.Concatenate()([zeta, alpha])
+    z_out = keras.layers.Dense(2, name="z_out")(merged)
+    a_out = keras.layers.Dense(4, name="a_out")(merged)
+    return mm.randomize_weights(keras.Model([zeta, alpha], [z_out, a_out]), 3)
+
+
+def test_litert_tensors_are_in_signature_order(tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _zeta_alpha()
+    path = str(tmp_path / "m.tflite")
+    artifact = servekit.export(model, path, format="litert", verbose=False)
+    serving = artifact.endpoints[0]
+    assert [t.name for t in serving.inputs] == ["zeta", "alpha"]
+    assert [t.name for t in serving.outputs] == ["z_out", "a_out"]
+    interpreter = Interpreter(model_path=path)
+    keys = interpreter._get_full_signature_list()["serving_default"]
+    names = {kind: {index: name for name, index in keys[kind].items()} for kind in ("inputs", "outputs")}
+    assert [names["inputs"][d["index"]] for d in interpreter.get_input_details()] == ["zeta", "alpha"]
+    assert [names["outputs"][d["index"]] for d in interpreter.get_output_details()] == ["z_out", "a_out"]
+    # The SignatureDef's maps too (the LiteRT C API's signature indices).
+    flat = schema.Model.GetRootAs(open(path, "rb").read(), 0).SignatureDefs(0)
+    assert [flat.Inputs(i).Name().decode() for i in range(flat.InputsLength())] == ["zeta", "alpha"]
+    assert [flat.Outputs(i).Name().decode() for i in range(flat.OutputsLength())] == ["z_out", "a_out"]
+    # A positional caller (Keras's own LiteRT tests feed inputs so) gets the model's outputs.
+    rng = np.random.default_rng(0)
+    for batch in (1, 4):
+        zeta, alpha = rng.normal(size=(batch, 3)).astype("float32"), rng.normal(size=(batch, 5)).astype("float32")
+        for detail, array in zip(interpreter.get_input_details(), (zeta, alpha)):
+            interpreter.resize_tensor_input(detail["index"], array.shape)
+        interpreter.allocate_tensors()
+        for detail, array in zip(interpreter.get_input_details(), (zeta, alpha)):
+            interpreter.set_tensor(detail["index"], array)
+        interpreter.invoke()
+        got = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+        want = [keras.ops.convert_to_numpy(x) for x in model([zeta, alpha], training=False)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+    # Reordering keeps the bytes reproducible.
+    again = str(tmp_path / "again.tflite")
+    servekit.export(model, again, format="litert", verbose=False)
+    assert open(path, "rb").read() == open(again, "rb").read()
+

@@ -5,6 +5,14 @@ function; the TFLite converter keeps it as the flatbuffer's `serving_default`
 signature, whose input and output keys are the signature keys, and keeps
 dynamic dimensions as `-1` in each tensor's `shape_signature`.
 
+Tensor order. The converter lists the subgraph's inputs and outputs in an
+order of its own (for two inputs `a, b`, often `b, a`), and the SignatureDef's
+maps sorted by key. A caller that feeds tensors by position (the
+interpreter's `get_input_details()`, `set_tensor` by index, the LiteRT C
+API's signature input index) would swap them. `in_signature_order` rewrites
+both lists in place, in the signature's order (the model's input order; its
+output order), changing no other byte; `read_signature` checks the order.
+
 Ops. Built-in LiteRT ops are tried first: an artifact that needs the Flex
 (Select TensorFlow ops) delegate does not run in LiteRT's own runtime, the
 C API servekit's native verifier and most mobile deployments use. Only when
@@ -27,6 +35,7 @@ the output's scale (`verification.coarse_tolerance`), and the manifest says so.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Mapping
 
 from servekit import signature as sig
@@ -221,6 +230,90 @@ def from_saved_model(path: str):
     return lambda: tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
 
 
+# Field offsets in the vtables of LiteRT's schema (`ai_edge_litert.schema_py_generated`; a
+# flatbuffers field keeps its id forever).
+_SUBGRAPH_INPUTS, _SUBGRAPH_OUTPUTS = 6, 8
+_SIGNATURE_INPUTS, _SIGNATURE_OUTPUTS = 4, 6
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+
+
+def _vector(table, field: int) -> tuple[int, int]:
+    """(absolute position of the first element, length) of a table's vector field."""
+    o = table._tab.Offset(field)
+    return (table._tab.Vector(o), table._tab.VectorLen(o)) if o else (0, 0)
+
+
+def _serving(model, endpoint_name: str = "serving_default"):
+    for i in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(i)
+        if (signature.SignatureKey() or b"").decode() == endpoint_name:
+            return signature
+    return None
+
+
+def _tensor_maps(signature, schema, field: int, buf) -> list[tuple[int, str, int]]:
+    """A SignatureDef's input or output maps: (element position, name, tensor index)."""
+    start, n = _vector(signature, field)
+    out = []
+    for j in range(n):
+        position = start + 4 * j
+        tensor_map = schema.TensorMap()
+        tensor_map.Init(buf, position + _U32.unpack_from(buf, position)[0])
+        out.append((position, tensor_map.Name().decode(), tensor_map.TensorIndex()))
+    return out
+
+
+def in_signature_order(flatbuffer: bytes, endpoint: sig.Signature, model_name: str) -> bytes:
+    """The flatbuffer with its `serving_default` inputs and outputs in the
+    signature's order: the serving subgraph's `inputs` and `outputs` (what
+    `get_input_details()` lists and positional callers index), and the
+    SignatureDef's input and output maps (the LiteRT C API's signature
+    indices).
+
+    Each list is permuted in place (its elements are rewritten, its length
+    and place kept): no other byte changes, so equal conversions still give
+    equal bytes. Subgraph entries that are no signature tensor keep their
+    places; a list whose signature tensors do not match the signature one to
+    one (an output tensor listed under two keys) is left as the converter
+    wrote it.
+
+    Raises:
+        ExportError: the `serving_default` keys differ from the signature's.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = bytearray(flatbuffer)
+    model = schema.Model.GetRootAs(buf, 0)
+    serving = _serving(model)
+    want = {"inputs": [t.name for t in endpoint.inputs], "outputs": [t.name for t in endpoint.outputs]}
+    maps = {} if serving is None else {
+        "inputs": _tensor_maps(serving, schema, _SIGNATURE_INPUTS, buf),
+        "outputs": _tensor_maps(serving, schema, _SIGNATURE_OUTPUTS, buf)}
+    if serving is None or any(sorted(n for _, n, _ in maps[k]) != sorted(want[k]) for k in want):
+        found = {k: [n for _, n, _ in v] for k, v in maps.items()} if serving is not None else None
+        raise ExportError(f"Model '{model_name}': the LiteRT model's serving_default signature is {found}; the "
+                          f"signature has inputs {sorted(want['inputs'])} and outputs {sorted(want['outputs'])}.",
+                          model=model_name, reason="conversion_failed")
+    subgraph = model.Subgraphs(serving.SubgraphIndex())
+    for kind, field in (("inputs", _SUBGRAPH_INPUTS), ("outputs", _SUBGRAPH_OUTPUTS)):
+        by_name = {name: (position, index) for position, name, index in maps[kind]}
+        # The SignatureDef's maps: element j points at the map of the j-th key (tables
+        # follow the vector that points at them, so the forward offsets stay positive).
+        tables = {name: position + _U32.unpack_from(buf, position)[0] for name, (position, _) in by_name.items()}
+        for (position, _, _), name in zip(maps[kind], want[kind]):
+            _U32.pack_into(buf, position, tables[name] - position)
+        # The subgraph's list: its signature tensors, in the signature's order.
+        start, n = _vector(subgraph, field)
+        wanted = [by_name[name][1] for name in want[kind]]
+        current = [_I32.unpack_from(buf, start + 4 * i)[0] for i in range(n)]
+        slots = [i for i, t in enumerate(current) if t in set(wanted)]
+        if sorted(current[i] for i in slots) == sorted(wanted):
+            for slot, tensor in zip(slots, wanted):
+                _I32.pack_into(buf, start + 4 * slot, tensor)
+    return bytes(buf)
+
+
 def write(flatbuffer: bytes, path: str) -> None:
     with open(path, "wb") as f:
         f.write(flatbuffer)
@@ -233,17 +326,28 @@ def _interpreter(path: str):
 
 
 def read_signature(path: str, endpoint: sig.Signature, model_name: str) -> None:
-    """Checks that the flatbuffer's `serving_default` has the signature's keys.
+    """Checks that the flatbuffer's `serving_default` has the signature's keys,
+    and that the interpreter lists its inputs and outputs in the signature's
+    order (`get_input_details()`, `get_output_details()`).
 
     Raises:
-        ExportError: keys differ (named).
+        ExportError: keys or order differ (named).
     """
-    listed = _interpreter(path).get_signature_list().get("serving_default")
+    interpreter = _interpreter(path)
+    listed = interpreter.get_signature_list().get("serving_default")
     want_in, want_out = sorted(t.name for t in endpoint.inputs), sorted(t.name for t in endpoint.outputs)
     if listed is None or sorted(listed["inputs"]) != want_in or sorted(listed["outputs"]) != want_out:
         raise ExportError(f"Model '{model_name}': the LiteRT model's serving_default signature is {listed}; the "
                           f"signature has inputs {want_in} and outputs {want_out}.", model=model_name,
                           reason="conversion_failed")
+    full = interpreter._get_full_signature_list()["serving_default"]
+    for kind, details, want in (("inputs", interpreter.get_input_details(), endpoint.inputs),
+                                ("outputs", interpreter.get_output_details(), endpoint.outputs)):
+        names = {index: name for name, index in full[kind].items()}
+        found = [names.get(d["index"], d["name"]) for d in details]
+        if len(names) == len(full[kind]) == len(found) and found != [t.name for t in want]:
+            raise ExportError(f"Model '{model_name}': the LiteRT model lists its {kind} as {found}; the signature's "
+                              f"order is {[t.name for t in want]}.", model=model_name, reason="conversion_failed")
 
 
 def check(path: str, cases) -> list[Any]:

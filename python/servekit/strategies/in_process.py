@@ -160,7 +160,7 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
     else:
         options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
         flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
-        litert.write(flatbuffer, path)
+        litert.write(litert.in_signature_order(flatbuffer, serving, request.name), path)
         litert.read_signature(path, serving, request.name)
         quantized = litert.quantizes(options)
         report.update(converter=converter, precision="quantized" if quantized else "float32")
