@@ -130,8 +130,11 @@ def export(
               precision the IR declares and is verified at.
             - LiteRT: any `tf.lite.TFLiteConverter` attribute
               (`optimizations`, `representative_dataset`, `target_spec`),
-              as Keras passes them; a quantized model is checked at a
-              quantization tolerance and marked so.
+              as Keras passes them, but `allow_custom_ops=True` (the model
+              could not be verified); a quantized model is checked at a
+              quantization tolerance and marked so. On torch also Keras's
+              `litert_torch.convert` arguments, as
+              `servekit.formats.litert` says (`quant_config` refused).
             - torch: `torch.export.export` arguments (`dynamic_shapes`,
               `strict`, ...), as Keras passes them.
 
@@ -291,7 +294,8 @@ def _format_options(destinations: Mapping[str, str], kwargs: dict[str, Any],
 
     - `openvino_precision` ("f32" default, or "bf16"): the precision the IR
       declares and is verified at.
-    - LiteRT: every `tf.lite.TFLiteConverter` attribute (Keras passes them).
+    - LiteRT: every `tf.lite.TFLiteConverter` attribute (Keras passes them); on
+      torch, Keras's `litert_torch.convert` arguments (`litert.split_options`).
     - torch: `torch.export.export` arguments (`dynamic_shapes`, `strict`, ...),
       applied where the model is exported in this process.
     """

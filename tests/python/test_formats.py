@@ -230,3 +230,37 @@ def test_litert_tensors_are_in_signature_order(tmp_path):
     servekit.export(model, again, format="litert", verbose=False)
     assert open(path, "rb").read() == open(again, "rb").read()
 
+
+def test_litert_refuses_custom_ops(model, tmp_path):
+    with pytest.raises(ValueError, match="Unsupported arguments for LiteRT export.*allow_custom_ops"):
+        servekit.export(model, str(tmp_path / "m.tflite"), format="litert", allow_custom_ops=True, verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="litert-torch's arguments are Keras's on the torch backend only")
+def test_litert_takes_keras_torch_arguments(tmp_path):
+    # Keras (via litert-torch) takes these on torch; servekit checks them and converts as always.
+    path = str(tmp_path / "m.tflite")
+    artifact = servekit.export(mm.mlp(), path, format="litert", strict_export="auto", lightweight_conversion=True,
+                               runtime_constant_folding=None, enable_x64=False, verbose=False)
+    assert artifact.precision == "float32"
+    with pytest.raises(ValueError, match="Unsupported arguments for LiteRT export with the PyTorch backend: "
+                                         "quant_config.*optimizations="):
+        servekit.export(mm.mlp(), path, format="litert", quant_config=object(), verbose=False)
+    with pytest.raises(ValueError, match="Unsupported arguments for LiteRT export with the PyTorch backend: "
+                                         "use_v2. Supported arguments are: enable_x64, lightweight_conversion"):
+        servekit.export(mm.mlp(), path, format="litert", use_v2=True, verbose=False)
+    with pytest.raises(ValueError, match="strict_export takes True, False or 'auto'"):
+        servekit.export(mm.mlp(), path, format="litert", strict_export="yes", verbose=False)
+    # enable_x64=False: servekit does not downcast, so a 64-bit model is refused, naming the tensor.
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    wide = keras.Model(ids, keras.layers.Lambda(lambda x: x * 2, name="twice")(ids))
+    with pytest.raises(ValueError, match=r"enable_x64=False.*ids.*\(int64\)"):
+        servekit.export(wide, str(tmp_path / "w.tflite"), format="litert", enable_x64=False, verbose=False)
+    assert sorted(os.listdir(tmp_path)) == ["m.tflite"]
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="on torch, Keras takes litert-torch's arguments")
+def test_litert_torch_arguments_are_unknown_off_torch(tmp_path):
+    with pytest.raises(ExportError, match="'strict_export' is neither an export argument nor an attribute"):
+        servekit.export(mm.mlp(), str(tmp_path / "m.tflite"), format="litert", strict_export=False, verbose=False)

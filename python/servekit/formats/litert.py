@@ -31,6 +31,29 @@ exporting process (the in-process strategy, TensorFlow backend). A quantizing op
 artifact's outputs differ from the float model's by the quantization error:
 it is checked coarsely, every element within `QUANTIZED_SCALE_FRACTION` of
 the output's scale (`verification.coarse_tolerance`), and the manifest says so.
+
+`allow_custom_ops=True` is refused on every backend: a custom op does not run
+in LiteRT's runtime without its registration, so the artifact could not be
+verified, and the flag would stop a graph that needs TensorFlow ops from
+reaching the Select TF ops conversion, which does run.
+
+PyTorch backend. Keras converts torch models with `litert-torch` and takes
+`litert_torch.convert`'s arguments (plus `optimizations`), refusing the
+others with "Unsupported arguments for LiteRT export with the PyTorch
+backend". servekit reaches LiteRT from torch through the portable TensorFlow
+rebuild (no torch tracing), so it takes the TFLite converter attributes there
+too, and of `litert_torch.convert`'s arguments (`TORCH_ARGUMENTS`):
+- `strict_export`, `lightweight_conversion`, `runtime_constant_folding`:
+  how litert-torch traces the module and holds its constants while
+  converting. They do not change what the model computes, and servekit
+  neither traces with `torch.export` nor converts with litert-torch: checked
+  for type, then without effect.
+- `enable_x64`: True (the default) keeps 64-bit tensors, as servekit does;
+  False asks for none, and the export fails (naming them) when the converted
+  model has any: servekit does not downcast.
+- `quant_config` (a litert-torch `QuantConfig`) and `dynamic_shapes`
+  (torch.export's) are refused with what to pass instead, as are
+  litert-torch's converter internals (`use_v2`, `export_dir`, ...).
 """
 
 from __future__ import annotations
@@ -50,20 +73,82 @@ MAX_SAMPLE_BYTES = 64 << 20
 QUANTIZED_SCALE_FRACTION = 0.5
 _OPS_BUILTIN = ("TFLITE_BUILTINS",)
 _OPS_SELECT = ("TFLITE_BUILTINS", "SELECT_TF_OPS")
+# `litert_torch.convert`'s arguments servekit takes on the torch backend (see the module
+# docstring): name -> the values it takes.
+TORCH_ARGUMENTS = {
+    "strict_export": "True, False or 'auto'",
+    "lightweight_conversion": "True or False",
+    "runtime_constant_folding": "True, False or None",
+    "enable_x64": "True or False",
+}
+# Those it refuses, with what to do instead.
+_TORCH_REFUSED = {
+    "quant_config": "it is litert-torch's quantization recipe, and servekit converts with the TFLite converter: "
+                    "pass optimizations=[tf.lite.Optimize.DEFAULT] (dynamic-range int8), with a "
+                    "representative_dataset for full-integer quantization",
+    "dynamic_shapes": "servekit's LiteRT model keeps every None dimension of the input signature dynamic (a "
+                      "resizable -1 in its shape signature): give the shapes through input_signature",
+}
+# A servekit option among the converter attributes (not set on the converter).
+_ENABLE_X64 = "enable_x64"
+_WIDE_TYPES = ("INT64", "UINT64", "FLOAT64", "COMPLEX128")
+
+
+def _torch_backend() -> bool:
+    import keras
+
+    return keras.backend.backend() == "torch"
+
+
+def _unsupported(names, model_name: str, why: str = "") -> ExportError:
+    """Keras's wording for arguments the LiteRT export does not take (on torch:
+    "Unsupported arguments for LiteRT export with the PyTorch backend")."""
+    torch = _torch_backend()
+    supported = (f" Supported arguments are: {', '.join(sorted(TORCH_ARGUMENTS))}, and the attributes of "
+                 "tf.lite.TFLiteConverter (optimizations, representative_dataset, target_spec, ...), which "
+                 "servekit's converter takes on every backend." if torch else "")
+    return ExportError(f"Model '{model_name}': Unsupported arguments for LiteRT export"
+                       f"{' with the PyTorch backend' if torch else ''}: {', '.join(sorted(names))}"
+                       f"{' (' + why + ')' if why else ''}.{supported}", model=model_name, reason="bad_argument")
 
 
 def split_options(options: Mapping[str, Any], model_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Splits converter options into `(portable, local)`: JSON values the
     worker can apply, and those only this process holds (callables).
 
+    On the torch backend, `litert_torch.convert`'s arguments are taken as the
+    module docstring says: those without effect are dropped here, and
+    `enable_x64=False` travels on for `convert` to check.
+
     Raises:
-        ExportError: an option that is no `tf.lite.TFLiteConverter` attribute.
+        ExportError: an option that is no `tf.lite.TFLiteConverter` attribute
+            (on torch: nor a `TORCH_ARGUMENTS` one), or one servekit refuses.
     """
     import tensorflow as tf
 
     portable, local = {}, {}
     probe = tf.lite.TFLiteConverter([], None)
+    torch = _torch_backend()
+    refused = sorted(name for name in options if torch and name in _TORCH_REFUSED)
+    if refused:
+        raise _unsupported(refused, model_name, "; ".join(f"{n}: {_TORCH_REFUSED[n]}" for n in refused))
+    unknown = sorted(name for name in options if not hasattr(probe, name) and not (torch and name in TORCH_ARGUMENTS))
+    if unknown and torch:
+        raise _unsupported(unknown, model_name)
+    if options.get("allow_custom_ops"):
+        raise _unsupported(["allow_custom_ops"], model_name,
+                           "a custom op does not run in LiteRT's runtime without its registration, so servekit could "
+                           "not verify the model; a graph that needs TensorFlow ops is converted with Select TF ops "
+                           "instead, without this flag")
     for name, value in options.items():
+        if torch and name in TORCH_ARGUMENTS:
+            allowed = {"strict_export": (True, False, "auto"), "runtime_constant_folding": (True, False, None)}
+            if not any(value is v or (isinstance(v, str) and value == v) for v in allowed.get(name, (True, False))):
+                raise ExportError(f"Model '{model_name}': {name} takes {TORCH_ARGUMENTS[name]}; got {value!r}.",
+                                  model=model_name, reason="bad_argument")
+            if name == _ENABLE_X64 and value is False:
+                portable[name] = False
+            continue
         if name == "target_spec" and isinstance(value, dict):
             unknown = sorted(k for k in value if not hasattr(probe.target_spec, k))
             if unknown:
@@ -181,6 +266,8 @@ def _configure(converter, options: Mapping[str, Any], ops: tuple[str, ...]) -> N
     converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, o) for o in ops]
     converter.experimental_enable_resource_variables = True
     for name, value in options.items():
+        if name == _ENABLE_X64:
+            continue
         value = _decoded(value)
         if name == "target_spec" and isinstance(value, dict):
             for key, item in value.items():
@@ -202,18 +289,44 @@ def convert(make_converter, options: Mapping[str, Any], model_name: str) -> tupl
         the manifest.
 
     Raises:
-        ExportError: neither op set converts the graph (both reasons kept).
+        ExportError: neither op set converts the graph (both reasons kept);
+            or `enable_x64=False` and the model has 64-bit tensors.
     """
     failures = []
     for ops in (_OPS_BUILTIN, _OPS_SELECT):
         converter = make_converter()
         _configure(converter, options, ops)
         try:
-            return converter.convert(), "tflite_converter" + ("+select_tf_ops" if "SELECT_TF_OPS" in ops else "")
+            flatbuffer = converter.convert()
         except Exception as e:  # the converter's own error (MLIR diagnostics): kept for the message
             failures.append(f"{'+'.join(ops)}: {root_cause(e)}")
+            continue
+        if options.get(_ENABLE_X64) is False:
+            _check_no_wide_tensors(flatbuffer, model_name)
+        return flatbuffer, "tflite_converter" + ("+select_tf_ops" if "SELECT_TF_OPS" in ops else "")
     raise ExportError(f"Model '{model_name}': the TFLite converter could not convert the serving function:\n  "
                       + "\n  ".join(failures), model=model_name, reason="conversion_failed")
+
+
+def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
+    """`enable_x64=False`: the model must have no 64-bit tensor (servekit does not downcast)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    wide = []
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            if names.get(tensor.Type()) in _WIDE_TYPES:
+                wide.append(f"{(tensor.Name() or b'').decode()} ({names[tensor.Type()].lower()})")
+    if wide:
+        raise ExportError(f"Model '{model_name}': enable_x64=False asks for a LiteRT model without 64-bit tensors, "
+                          f"and the converted model has {len(wide)}: {', '.join(wide[:5])}"
+                          f"{', ...' if len(wide) > 5 else ''}. servekit does not downcast them: cast to 32 bits in "
+                          "the model (and its input_signature), or leave enable_x64 at True.", model=model_name,
+                          reason="bad_argument")
 
 
 def from_concrete(concrete, root):
