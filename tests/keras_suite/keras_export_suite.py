@@ -5,7 +5,9 @@ The installed keras ships the tests of its export API
 `KERAS_SUITE_FILES` (default: `saved_model_test.py onnx_test.py`) into a
 scratch directory unchanged, except for the skips that say Keras cannot
 export on this backend (`_BACKEND_SKIPS`): servekit exports torch
-SavedModels and LiteRT from every backend, so those tests run. A pytest plugin
+SavedModels and LiteRT from every backend (from torch without litert-torch),
+so those tests run. A test that cannot apply to servekit skips itself, and is
+listed, with why, in `_EXPECTED_SKIPS`. A pytest plugin
 then routes every export entry point the tests call (`export_saved_model`,
 `ExportArchive`, `export_onnx`, `export_openvino`, `export_litert`,
 `export_torch`, `Model.export`) to servekit, and pytest runs them in one warm
@@ -33,6 +35,23 @@ _BACKEND_SKIPS = {
     "saved_model_test.py": [(r'backend\.backend\(\) == "torch" and np\.version\.version\.startswith\("2\."\)', 1)],
     # "LiteRT export requires the TensorFlow backend": the interpreter import and the class skips.
     "litert_test.py": [(r'backend\.backend\(\) != "tensorflow"', 3)],
+    # "Requires litert-torch and torch": Keras's torch road to LiteRT; servekit's is the
+    # portable TensorFlow rebuild, which takes Keras's arguments there (formats/litert.py).
+    "litert_torch_test.py": [(r'not _has_litert_torch\(\)', 1)],
+}
+# Tests that cannot apply to servekit, skipped by the test itself: file -> {test: why}. Each
+# must skip (nothing else in the file may), and its skip is pinned by a pattern count.
+_EXPECTED_SKIPS = {
+    "litert_torch_test.py": {
+        # It builds a litert-torch `QuantConfig` (a PT2E quantizer) and passes it as
+        # `quant_config`: without litert-torch the object cannot exist, and the test skips
+        # itself on the ImportError. servekit quantizes with the TFLite converter
+        # (`optimizations`, `representative_dataset`: test_export_with_optimizations_default,
+        # test_export_with_multiple_kwargs) and refuses `quant_config` with that advice
+        # (tests/python/test_formats.py::test_litert_takes_keras_torch_arguments).
+        "test_export_with_direct_quant_config": (
+            r'except ImportError:\n\s+self\.skipTest\("litert_torch quantization modules unavailable"\)', 1),
+    },
 }
 # Test helpers that assume TensorFlow tensors, made backend-neutral where the skips above
 # let their tests run on JAX and torch: (pattern, replacement, count).
@@ -117,7 +136,8 @@ def copy_suite(dest: str, files: list[str]) -> list[str]:
     for name in files:
         with open(os.path.join(source, name)) as f:
             text = f.read()
-        rewrites = [(p, "False", n) for p, n in _BACKEND_SKIPS.get(name, [])] + _NEUTRAL_HELPERS.get(name, [])
+        rewrites = ([(p, "False", n) for p, n in _BACKEND_SKIPS.get(name, [])] + _NEUTRAL_HELPERS.get(name, [])
+                    + [(p, r"\g<0>", n) for p, n in _EXPECTED_SKIPS.get(name, {}).values()])
         for pattern, replacement, expected in rewrites:
             text, count = re.subn(pattern, replacement, text)
             if count != expected:
@@ -128,6 +148,33 @@ def copy_suite(dest: str, files: list[str]) -> list[str]:
             f.write(text)
         paths.append(path)
     return paths
+
+
+class ExpectedSkips:
+    """A pytest plugin: fails the run when a file of `_EXPECTED_SKIPS` skips a test it
+    does not list, or runs one it lists (the reason to skip it is then gone)."""
+
+    def __init__(self, files: list[str]):
+        self.expected = {(f, t) for f in files for t in _EXPECTED_SKIPS.get(f, {})}
+        self.files = {f for f in files if f in _EXPECTED_SKIPS}
+        self.skipped: set[tuple[str, str]] = set()
+        self.ran: set[tuple[str, str]] = set()
+
+    def pytest_runtest_logreport(self, report):
+        name = os.path.basename(report.location[0])
+        if name not in self.files:
+            return
+        test = report.location[2].split(".")[-1].split("[")[0]
+        if report.skipped:
+            self.skipped.add((name, test))
+        elif report.when == "call":
+            self.ran.add((name, test))
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        wrong = sorted(self.skipped - self.expected) + sorted(self.expected & self.ran)
+        if wrong:
+            print(f"\nkeras_export_suite: unexpected skip or run (see _EXPECTED_SKIPS): {wrong}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def main(argv: list[str]) -> int:
@@ -142,7 +189,7 @@ def main(argv: list[str]) -> int:
         from servekit.worker.launch import warm_worker
 
         with warm_worker():
-            return pytest.main(args, plugins=[RouteToServekit()])
+            return pytest.main(args, plugins=[RouteToServekit(), ExpectedSkips(files)])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
