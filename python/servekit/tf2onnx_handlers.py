@@ -16,6 +16,11 @@ a graph (importing this module registers them):
   tf2onnx's own handler.
 - `Expm1`: `elu`, `selu` and `celu` activations lower to it; `expm1(x) = exp(x) - 1`
   (without it, tf2onnx's model fails and only the slow cross-backend road was left).
+- `Bitcast` float32 -> int32 whose every use masks the sign bit
+  (`BitwiseAnd(bits, INT32_MIN)`): Keras's `signbit`, which `keras.ops.argmax`
+  and `argmin` use to order -0.0 before 0.0 on TensorFlow. ONNX has no bitcast
+  (and opset 17 no bitwise ops), but the sign bit alone is
+  `x < 0 or (x == 0 and 1 / x < 0)`; any other use of the bits is refused.
 - `Complex`, `FFT2D`, `Real`, `Imag`: `keras.ops.fft2` (FNet's token mixing)
   lowers to them; complex values are float tensors with a leading dimension of
   2, as in tf2onnx's own FFT handlers, and the transform is ONNX `DFT`.
@@ -111,6 +116,46 @@ class Expm1:
     @classmethod
     def version_9(cls, ctx, node, **kwargs):
         _difference_with_one(ctx, node, "Exp", one_first=False)
+
+
+_INT32_SIGN_BIT = np.int32(np.iinfo(np.int32).min)
+
+
+def _is_sign_bit_mask(ctx, consumer, bits: str) -> bool:
+    """`consumer` is `BitwiseAnd(bits, INT32_MIN)` (either operand order)."""
+    if consumer.type != "BitwiseAnd" or len(consumer.input) != 2 or bits not in consumer.input:
+        return False
+    other = ctx.get_node_by_output(consumer.input[1 - list(consumer.input).index(bits)])
+    return other is not None and other.is_const() and np.all(other.get_tensor_value(as_list=False) == _INT32_SIGN_BIT)
+
+
+@tf_op("Bitcast")
+class SignBitOfFloat:
+    @classmethod
+    def version_9(cls, ctx, node, **kwargs):
+        source, target = ctx.get_dtype(node.input[0]), node.get_attr_value("type")
+        consumers = ctx.find_output_consumers(node.output[0])
+        if (source != onnx_pb.TensorProto.FLOAT or target != onnx_pb.TensorProto.INT32 or not consumers
+                or not all(_is_sign_bit_mask(ctx, c, node.output[0]) for c in consumers)):
+            raise ValueError(f"Bitcast {node.name}: only a float32 -> int32 bitcast whose bits are masked to the "
+                             "sign bit (Keras's signbit) has an ONNX equivalent")
+        x = node.input[0]
+        zero = ctx.make_const(utils.make_name("zero"), np.array(0, np.float32)).output[0]
+        one = ctx.make_const(utils.make_name("one"), np.array(1, np.float32)).output[0]
+        negative = ctx.make_node("Less", [x, zero]).output[0]
+        is_zero = ctx.make_node("Equal", [x, zero]).output[0]
+        reciprocal_negative = ctx.make_node("Less", [ctx.make_node("Div", [one, x]).output[0], zero]).output[0]
+        negative_zero = ctx.make_node("And", [is_zero, reciprocal_negative]).output[0]
+        sign = ctx.make_node("Or", [negative, negative_zero]).output[0]
+        set_bit = ctx.make_const(utils.make_name("sign_bit"), np.array(_INT32_SIGN_BIT)).output[0]
+        unset = ctx.make_const(utils.make_name("no_bit"), np.array(0, np.int32)).output[0]
+        # The bits with everything but the sign cleared: what each mask computes.
+        ctx.remove_node(node.name)
+        ctx.make_node("Where", [sign, set_bit, unset], outputs=node.output, name=node.name,
+                      shapes=[ctx.get_shape(x)], dtypes=[onnx_pb.TensorProto.INT32])
+        for mask in consumers:
+            mask.type = "Identity"  # converted later by tf2onnx's Identity handler
+            ctx.replace_inputs(mask, [node.output[0]])
 
 
 # Complex tensors the way tf2onnx's own FFT handlers hold them: a leading

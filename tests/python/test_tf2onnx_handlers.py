@@ -57,6 +57,31 @@ def test_expm1_is_exp_minus_one(tmp_path):
     assert "Exp" in ops and "Sub" in ops
 
 
+def test_sign_bit_of_a_float_orders_negative_zero(tmp_path):
+    # Keras's signbit (argmax/argmin on TensorFlow): Bitcast to int32, then mask the sign bit.
+    def signbit(x):
+        bits = tf.bitwise.bitwise_and(tf.bitcast(x, tf.int32), tf.constant(np.iinfo(np.int32).min, tf.int32))
+        return tf.cast(tf.less(bits, 0), tf.float32)
+
+    x = np.array([[-0.0, 0.0, -1.5, 2.0, -np.inf, np.inf]], np.float32)
+    ops = _convert_and_compare(tmp_path, signbit, np.concatenate([x, -x]))
+    assert "Where" in ops and "BitwiseAnd" not in ops
+
+
+def test_argmax_of_keras_on_tensorflow(tmp_path):
+    import keras
+
+    x = np.random.default_rng(1).standard_normal((5, 7)).astype("float32")
+    x[0, :] = 0.0
+    x[0, 3] = -0.0
+    _convert_and_compare(tmp_path, lambda t: tf.cast(keras.ops.argmax(t, axis=-1), tf.float32), x)
+
+
+def test_other_bitcasts_are_refused(tmp_path):
+    with pytest.raises(Exception, match="Bitcast"):
+        _convert_and_compare(tmp_path, lambda x: tf.cast(tf.bitcast(x, tf.int32), tf.float32), _images())
+
+
 @pytest.mark.parametrize("activation", ["elu", "selu", "celu"])
 def test_elu_family_activations(tmp_path, activation):
     import keras
