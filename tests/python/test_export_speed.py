@@ -1,8 +1,8 @@
 """servekit.bench.export_speed, the servekit-vs-Keras export-time benchmark.
 
-One real run on the smallest cell (mlp, TensorFlow backend, ONNX, one repeat, cold
-and warm): the report's shape, and that every ratio is the quotient of the reported
-medians. Speed itself is measured by `bazel run //python/servekit/bench:export_speed`,
+One real run on the smallest cell (mlp, TensorFlow backend, ONNX, one repeat, cold,
+warm and script): the report's shape, that every ratio is the quotient of the reported
+medians, and that the script's servekit exports shared one worker process. Speed itself is measured by `bazel run //python/servekit/bench:export_speed`,
 never asserted here.
 """
 
@@ -40,6 +40,11 @@ def test_one_cell_with_every_measure(report):
         assert side["cold_wall_s"][0] > side["cold_export_s"][0] + side["cold_import_s"][0]
         assert side["warm_first_s"] > 0
     assert len(cell["servekit_no_verify"]["warm_export_s"]) == 1
+    # The script: a first export, then one more (repeats=1), for each library.
+    for library in ("servekit", "keras"):
+        assert cell[library]["script_first_s"] > 0 and len(cell[library]["script_export_s"]) == 1
+    assert report["scripts"]["tensorflow"]["status"] == "ok"
+    assert report["scripts"]["tensorflow"]["worker_processes"] == 1  # paid the worker's start once
     # Keras's artifact was run and compared with the model (untimed).
     assert cell["keras"]["artifact_check"] == "ok"
     assert report["settings"]["repeats"] == 1 and report["machine"]["cores"] >= 1
@@ -54,6 +59,8 @@ def test_ratios_are_quotients_of_the_reported_medians(report):
             cell["servekit"][f"median_{measure}"] / cell["keras"][f"median_{measure}"])
         summary = report["summary"][measure]
         assert summary["cells"] == 1 and summary["median_ratio"] == pytest.approx(cell["ratios"][measure])
+        for key, value in (("backend", "tensorflow"), ("model", "mlp"), ("format", "onnx")):
+            assert summary[f"by_{key}"][value]["median_ratio"] == pytest.approx(cell["ratios"][measure])
     assert cell["verification_share"] == pytest.approx(
         1 - cell["servekit_no_verify"]["median_warm_export_s"] / cell["servekit"]["median_warm_export_s"])
 
@@ -64,6 +71,29 @@ def test_report_files(report, tmp_path):
     table = (tmp_path / "export_speed.md").read_text()
     assert "| mlp | tensorflow | onnx |" in table and "Median verification share" in table
     assert (tmp_path / "export_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_script_section_is_written_into_the_readme_between_its_markers(report, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{export_speed.README_BEGIN}\nold table\n{export_speed.README_END}\nafter\n")
+    export_speed.update_readme(report, readme)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\nbefore\n") and text.endswith("after\n")
+    section = text.split(export_speed.README_BEGIN)[1].split(export_speed.README_END)[0]
+    ratio = report["cells"][0]["ratios"]["script_export_s"]
+    assert f"| mlp | tensorflow | ONNX |" in section and f"{ratio:.2f}×" in section
+    assert f"{report['machine']['cores']} cores" in section and "Worker processes" in section
+    export_speed.update_readme(report, readme)  # rewriting it again changes nothing
+    assert readme.read_text() == text
+    (tmp_path / "OTHER.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="has no <!-- export-speed-script:begin -->"):
+        export_speed.update_readme(report, tmp_path / "OTHER.md")
+
+
+def test_the_command_line_leaves_out_this_machines_paths():
+    assert export_speed._command(["--modes", "script", "--out_dir", "/tmp/x", "--models_dir=/home/me/models",
+                                  "--readme", "README.md"]) == (
+        "bazel run //python/servekit/bench:export_speed -- --modes script --readme README.md")
 
 
 def test_a_cell_keras_cannot_export_is_reported_not_dropped():

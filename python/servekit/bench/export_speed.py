@@ -17,6 +17,17 @@ both libraries in the same process states:
          warm export worker (`servekit.worker.launch.warm_worker`), as the
          build tool does.
 
+  script one process per backend that calls `servekit.export` and `model.export`
+         as a user's script or notebook does, with no `warm_worker()` block:
+         servekit's own lingering worker (`launch.lingering_worker`) serves
+         its calls. Every (model, format) is exported `repeats + 1` times
+         by each library, the libraries alternating call by call; the first
+         export of each (model, format) is reported apart (the very first
+         one pays the worker's start, Keras's first JAX -> ONNX its
+         converter's import), the ratio is over the 2nd and later ones,
+         verification included. The report says how many worker processes
+         the script started (the goal: one).
+
 servekit is also timed warm with `verify=False` (an `export` keyword): the
 verification share is `1 - t(verify=False) / t(verify=True)`, the part of a
 servekit export spent generating cases, reloading the artifact and comparing.
@@ -32,8 +43,10 @@ the first line of its error, never dropped. Keras checks nothing it writes: afte
 the warm timings, each of its artifacts is exported once more (untimed), run in
 onnxruntime or TensorFlow and compared with the model; one that fails or differs
 is marked in the report (e.g. JAX -> ONNX with MaxPooling2D). Writes export_speed.json,
-export_speed.md (a table) and export_speed.png. Speed is only ever measured here,
-never asserted in tests.
+export_speed.md (a table) and export_speed.png, and with `--readme README.md` the
+script mode's table into the README between `<!-- export-speed-script:begin -->` and
+`<!-- export-speed-script:end -->`. Speed is only ever measured here, never asserted
+in tests.
 
 This file runs as a script in its children (not as `servekit.bench.export_speed`)
 so that a Keras child never imports servekit: its cold time is Keras's alone.
@@ -59,7 +72,7 @@ from typing import Any, Mapping, Optional, Sequence
 BACKENDS = ("tensorflow", "jax", "torch")
 FORMATS = ("tf_saved_model", "onnx")
 LIBRARIES = ("servekit", "keras")
-MODES = ("cold", "warm")
+MODES = ("cold", "warm", "script")
 DEFAULT_MODELS = ("mlp", "cnn", "rnn", "transformer")
 # servekit with verification off: timed warm only, for the verification share.
 SERVEKIT_NO_VERIFY = "servekit_no_verify"
@@ -74,7 +87,11 @@ MEASURES = (
     ("cold_wall_s", "cold process, wall"),
     ("cold_export_s", "cold process, export call"),
     ("warm_export_s", "warm process, export call"),
+    ("script_export_s", "one script, 2nd+ export call"),
 )
+# The README's lines the script mode rewrites (`--readme`).
+README_BEGIN = "<!-- export-speed-script:begin -->"
+README_END = "<!-- export-speed-script:end -->"
 
 
 # ---------------------------------------------------------------- child side
@@ -286,6 +303,76 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
     return cells
 
 
+def child_script(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int,
+                 tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None) -> dict[str, Any]:
+    """A user's script: builds the models, then exports each (model, format)
+    `repeats + 1` times with each library, in rounds over every model and
+    format, the libraries alternating which goes first call by call. No
+    `warm_worker()` block: `servekit.export` keeps its own worker warm
+    (`servekit.worker.launch.lingering_worker`).
+
+    Returns:
+        {"cells": [{"model", "format", "variants": {library: {"status",
+        "seconds": [every export, the first one first], "error"?}}}],
+        "worker_pids": the distinct worker processes servekit's calls used,
+        "seconds": the whole script after its imports}.
+    """
+    import keras  # noqa: F401
+    import servekit  # noqa: F401
+    from servekit.worker import launch
+
+    tolerances = tolerances or {}
+    start = time.perf_counter()
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    prepared = []
+    for model_file in model_files:
+        try:
+            prepared.append((model_file.stem, *_prepare(model_file)))
+        # The model file's own error: that model's cells fail, the others are still timed.
+        except Exception as e:  # noqa: BLE001
+            error = f"building or calling the model failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            _progress(f"{PROGRESS}  script {model_file.stem}: {error}")
+            for fmt in formats:
+                cells[(model_file.stem, fmt)] = {"model": model_file.stem, "format": fmt, "variants": {
+                    library: {"status": "failed", "seconds": [], "error": error[:300],
+                              "error_type": type(e).__name__} for library in LIBRARIES}}
+    for name, _, _, _ in prepared:
+        for fmt in formats:
+            cells[(name, fmt)] = {"model": name, "format": fmt, "variants": {
+                library: {"status": "ok", "seconds": []} for library in LIBRARIES}}
+    worker_pids: list[int] = []
+    calls = 0
+    for round_index in range(repeats + 1):
+        for name, model, signature, _ in prepared:
+            for fmt in formats:
+                variants = cells[(name, fmt)]["variants"]
+                order = LIBRARIES if calls % 2 == 0 else LIBRARIES[::-1]
+                calls += 1
+                for library in order:
+                    entry = variants[library]
+                    if entry["status"] != "ok":  # failed once: not timed again
+                        continue
+                    result = _export_once(library, model, fmt, signature, tolerances.get(name))
+                    if library == "servekit":
+                        worker = getattr(launch._local, "lingering", None)
+                        pid = worker.pid if worker is not None else None
+                        if pid is not None and pid not in worker_pids:
+                            worker_pids.append(pid)
+                    if result["status"] != "ok":
+                        entry.update(status=result["status"], error=result["error"], error_type=result["error_type"])
+                    else:
+                        entry["seconds"].append(result["seconds"])
+                    _progress(f"{PROGRESS}  script {round_index + 1}/{repeats + 1} {name} {fmt} {library}: "
+                              f"{_describe(result)}")
+    seconds = time.perf_counter() - start
+    for name, model, signature, inputs in prepared:
+        for fmt in formats:
+            entry = cells[(name, fmt)]["variants"]["keras"]
+            if entry["status"] == "ok":
+                entry["artifact_check"] = check_keras_artifact(model, fmt, signature, inputs)
+    return {"cells": list(cells.values()), "worker_pids": worker_pids, "seconds": seconds}
+
+
 # --------------------------------------------------------------- parent side
 
 
@@ -348,7 +435,7 @@ def _median(values: Sequence[float]) -> Optional[float]:
 
 def _new_side() -> dict[str, Any]:
     return {"status": "ok", "cold_wall_s": [], "cold_export_s": [], "cold_import_s": [], "warm_export_s": [],
-            "warm_first_s": None}
+            "warm_first_s": None, "script_export_s": [], "script_first_s": None}
 
 
 def _record_failure(side: dict[str, Any], result: Mapping[str, Any]) -> None:
@@ -372,9 +459,10 @@ def run_benchmark(
         models: zoo model names (files `<models_dir>/<name>.py`).
         backends: Keras backends; each runs in its own processes.
         formats: some of "tf_saved_model" and "onnx".
-        repeats: cold processes per (cell, library), and timed warm exports
-            per (cell, library) after the untimed first one.
-        modes: some of "cold" and "warm".
+        repeats: cold processes per (cell, library), timed warm exports
+            per (cell, library) after the untimed first one, and a script's
+            exports per (cell, library) after its first one.
+        modes: some of "cold", "warm" and "script".
         models_dir: where the model files are.
         tolerances: model name -> dtype -> (atol, rtol): servekit's
             verification tolerances for models whose BUILD target declares
@@ -383,7 +471,10 @@ def run_benchmark(
     Returns:
         A JSON-serialisable report: machine, versions, settings, one entry
         per (model, backend, format) with every raw time, medians, the
-        servekit / Keras ratios and the verification share, and a summary.
+        servekit / Keras ratios and the verification share, a summary
+        (per measure: overall, by backend, model and format), and per
+        backend what its script process did (`scripts`: worker processes
+        its servekit exports used, seconds).
 
     Raises:
         ValueError: an unknown backend, format or mode, a missing model
@@ -437,6 +528,34 @@ def run_benchmark(
                     if entry["status"] != "ok":
                         _record_failure(side, entry)
 
+    scripts: dict[str, dict[str, Any]] = {}
+    if "script" in modes:
+        for backend in backends:
+            _progress(f"script: {backend} ({len(models)} model(s) x {len(formats)} format(s) x {repeats + 1} exports)")
+            args = ["--child", "script", "--models", ",".join(str(p) for p in model_files),
+                    "--formats", ",".join(formats), "--repeats", str(repeats), *tolerance_args]
+            result, wall, tail = _run_child(backend, args, f"script {backend}")
+            if result is None:
+                scripts[backend] = {"status": "failed", "error": f"script process crashed: {tail}"}
+                for model in models:
+                    for fmt in formats:
+                        for library in LIBRARIES:
+                            _record_failure(sides[(model, backend, fmt)][library],
+                                            {"status": "failed", "error": f"script process crashed: {tail}"})
+                continue
+            scripts[backend] = {"status": "ok", "worker_processes": len(result["worker_pids"]),
+                                "exports_s": round(result["seconds"], 2), "process_wall_s": round(wall, 2)}
+            for cell in result["cells"]:
+                for library, entry in cell["variants"].items():
+                    side = sides[(cell["model"], backend, cell["format"])][library]
+                    times = entry["seconds"]
+                    side["script_first_s"] = times[0] if times else None
+                    side["script_export_s"] = times[1:]
+                    if "artifact_check" in entry:
+                        side["artifact_check"] = entry["artifact_check"]
+                    if entry["status"] != "ok":
+                        _record_failure(side, entry)
+
     if "cold" in modes:
         cell_index = 0
         for repeat in range(repeats):
@@ -474,6 +593,7 @@ def run_benchmark(
                      "duration_s": round(time.monotonic() - started, 1)},
         "cells": cells,
         "summary": summarize(cells),
+        "scripts": scripts,
     }
 
 
@@ -483,7 +603,7 @@ def summarize_cell(model: str, backend: str, fmt: str, sides: Mapping[str, Mappi
     cell: dict[str, Any] = {"model": model, "backend": backend, "format": fmt}
     for library, side in sides.items():
         entry = dict(side)
-        for measure in ("cold_wall_s", "cold_export_s", "cold_import_s", "warm_export_s"):
+        for measure in ("cold_wall_s", "cold_export_s", "cold_import_s", "warm_export_s", "script_export_s"):
             entry[f"median_{measure}"] = _median(side[measure])
         cell[library] = entry
     servekit, keras = cell["servekit"], cell["keras"]
@@ -504,9 +624,16 @@ def summarize(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     of those are within the 2x goal, and which cells Keras could not export."""
     out: dict[str, Any] = {}
     for measure, _ in MEASURES:
-        ratios = [c["ratios"][measure] for c in cells if measure in c["ratios"]]
+        rated = [c for c in cells if measure in c["ratios"]]
+        ratios = [c["ratios"][measure] for c in rated]
         out[measure] = {"cells": len(ratios), "median_ratio": _median(ratios),
                         "within_2x": sum(r <= 2.0 for r in ratios), "max_ratio": max(ratios) if ratios else None}
+        for key in ("backend", "model", "format"):
+            groups: dict[str, list[float]] = {}
+            for c in rated:
+                groups.setdefault(c[key], []).append(c["ratios"][measure])
+            out[measure][f"by_{key}"] = {k: {"cells": len(v), "median_ratio": _median(v),
+                                             "within_2x": sum(r <= 2.0 for r in v)} for k, v in groups.items()}
     shares = [c["verification_share"] for c in cells if c["verification_share"] is not None]
     out["median_verification_share"] = _median(shares)
     out["keras_unsupported"] = [f"{c['model']}/{c['backend']}/{c['format']}" for c in cells
@@ -530,19 +657,22 @@ def render_table(report: Mapping[str, Any]) -> str:
     """Markdown: machine and settings, then one row per cell, then the summary."""
     machine, settings, summary = report["machine"], report["settings"], report["summary"]
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
+    # The measures of the modes that ran (a measure no cell has is not a column).
+    measures = [(m, t) for m, t in MEASURES
+                if any(c[lib].get(f"median_{m}") is not None for c in report["cells"] for lib in LIBRARIES)]
     lines = [
         f"servekit vs Keras `model.export`, {report['date']}; {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB; load average {machine['load_average_start']} at start, "
         f"{machine['load_average_end']} at end; {settings['repeats']} repeat(s), medians in seconds. {versions}.",
         "",
         "| model | backend | format | " + " | ".join(
-            f"{title}: servekit / keras / ratio" for _, title in MEASURES) + " | verification share | note |",
-        "|---|---|---|" + "---:|" * len(MEASURES) + "---:|---|",
+            f"{title}: servekit / keras / ratio" for _, title in measures) + " | verification share | note |",
+        "|---|---|---|" + "---:|" * len(measures) + "---:|---|",
     ]
     for cell in report["cells"]:
         servekit, keras = cell["servekit"], cell["keras"]
         cells = []
-        for measure, _ in MEASURES:
+        for measure, _ in measures:
             ratio = cell["ratios"].get(measure)
             cells.append(f"{_seconds(servekit[f'median_{measure}'])} / {_seconds(keras[f'median_{measure}'])} / "
                          + ("–" if ratio is None else f"**{ratio:.2f}×**"))
@@ -557,7 +687,7 @@ def render_table(report: Mapping[str, Any]) -> str:
         lines.append(f"| {cell['model']} | {cell['backend']} | {cell['format']} | " + " | ".join(cells)
                      + f" | {'–' if share is None else f'{share:.0%}'} | {'; '.join(notes)} |")
     lines += ["", "| measure | cells | median servekit / keras | max | within 2× |", "|---|---:|---:|---:|---:|"]
-    for measure, title in MEASURES:
+    for measure, title in measures:
         entry = summary[measure]
         median = entry["median_ratio"]
         lines.append(f"| {title} | {entry['cells']} | {_ratio(median)} | "
@@ -565,6 +695,13 @@ def render_table(report: Mapping[str, Any]) -> str:
     share = summary["median_verification_share"]
     lines.append("")
     lines.append(f"Median verification share of a warm servekit export: {'–' if share is None else f'{share:.0%}'}.")
+    for backend, script in report.get("scripts", {}).items():
+        if script["status"] != "ok":
+            lines.append(f"Script on {backend}: {script['error']}.")
+        else:
+            lines.append(f"Script on {backend}: its servekit exports used {script['worker_processes']} worker "
+                         f"process(es); its exports took {script['exports_s']:.1f} s, the process "
+                         f"{script['process_wall_s']:.1f} s.")
     if summary["keras_unsupported"]:
         lines.append(f"Keras could not export: {', '.join(summary['keras_unsupported'])}.")
     if summary.get("keras_artifact_not_ok"):
@@ -573,9 +710,78 @@ def render_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_script_section(report: Mapping[str, Any]) -> str:
+    """Markdown for the README: the script mode's cells, its summary per
+    backend, model and format, and the machine it ran on."""
+    machine, settings = report["machine"], report["settings"]
+    summary = report["summary"]["script_export_s"]
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
+    exports = settings["repeats"] + 1
+    lines = [
+        f"Measured {report['date'].replace('T', ' ')[:16]} UTC by `{settings.get('command') or 'export_speed'}`, on "
+        f"{machine['cpu']} ({machine['cores']} cores, {machine['memory_gib']} GiB"
+        f"{', ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}); load average "
+        f"{_load(machine['load_average_start'])} at the start, {_load(machine['load_average_end'])} at the end. "
+        f"{versions}. One process per backend exports each model to each format {exports} times with each "
+        "library, the libraries alternating call by call; seconds, median of the 2nd and later exports of each "
+        "(model, format), verification included:",
+        "",
+        "| model | backend | format | servekit 1st | Keras 1st | servekit 2nd+ | Keras 2nd+ | ratio | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for cell in report["cells"]:
+        servekit, keras = cell["servekit"], cell["keras"]
+        if servekit.get("median_script_export_s") is None and keras.get("median_script_export_s") is None:
+            if servekit["status"] == "ok" and keras["status"] == "ok":
+                continue
+        ratio = cell["ratios"].get("script_export_s")
+        notes = []
+        if keras["status"] != "ok":
+            notes.append(f"Keras: {keras['status']} (`{keras['error'][:90]}`)")
+        elif keras.get("artifact_check", "ok") != "ok":
+            notes.append(f"Keras's artifact {keras['artifact_check'][:90]}")
+        if servekit["status"] != "ok":
+            notes.append(f"servekit: {servekit['status']} (`{servekit['error'][:90]}`)")
+        fmt = {"tf_saved_model": "SavedModel", "onnx": "ONNX"}.get(cell["format"], cell["format"])
+        lines.append(f"| {cell['model']} | {cell['backend']} | {fmt} | {_seconds(servekit.get('script_first_s'))} | "
+                     f"{_seconds(keras.get('script_first_s'))} | {_seconds(servekit.get('median_script_export_s'))} | "
+                     f"{_seconds(keras.get('median_script_export_s'))} | {_ratio(ratio)} | {'; '.join(notes)} |")
+    lines += ["", "| median servekit ÷ Keras, 2nd+ exports | cells | median | within 2× |", "|---|---:|---:|---:|"]
+    for key in ("backend", "model", "format"):
+        for name, entry in summary[f"by_{key}"].items():
+            label = {"tf_saved_model": "SavedModel", "onnx": "ONNX"}.get(name, name)
+            lines.append(f"| {key} {label} | {entry['cells']} | {_ratio(entry['median_ratio'])} | "
+                         f"{entry['within_2x']} |")
+    lines.append(f"| **all** | {summary['cells']} | **{_ratio(summary['median_ratio'])}** | {summary['within_2x']} |")
+    lines.append("")
+    workers = [f"{b} {s['worker_processes']}" if s["status"] == "ok" else f"{b}: failed"
+               for b, s in report.get("scripts", {}).items()]
+    lines.append(f"Worker processes each script's servekit exports used: {', '.join(workers)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _load(values: Optional[Sequence[float]]) -> str:
+    return "–" if not values else " / ".join(f"{v:.1f}" for v in values)
+
+
+def update_readme(report: Mapping[str, Any], readme: pathlib.Path) -> None:
+    """Rewrites the script mode's section of `readme` between `README_BEGIN` and `README_END`.
+
+    Raises:
+        ValueError: the README has no such markers.
+    """
+    text = readme.read_text()
+    head, begin, rest = text.partition(README_BEGIN)
+    _, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} lines.")
+    readme.write_text(f"{head}{README_BEGIN}\n{render_script_section(report)}{README_END}{tail}")
+
+
 def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
-    """Writes a PNG: per cell, servekit and Keras times (cold wall, warm export),
-    and below, the servekit / Keras ratio of each measure against the 2× goal."""
+    """Writes a PNG: per cell, servekit and Keras times (cold wall, warm
+    export, script's 2nd+ export: those of the modes that ran), and below,
+    the servekit / Keras ratio of each measure against the 2× goal."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -588,13 +794,17 @@ def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
     x = np.arange(len(cells))
     figure, (times, ratios) = plt.subplots(2, 1, figsize=(max(8.0, 0.7 * len(cells) + 2), 8), dpi=110,
                                            sharex=True)
-    bars = (("servekit", "cold_wall_s", "tab:blue", 0.5), ("keras", "cold_wall_s", "tab:orange", 0.5),
-            ("servekit", "warm_export_s", "tab:blue", 1.0), ("keras", "warm_export_s", "tab:orange", 1.0))
-    width = 0.2
-    for index, (library, measure, color, alpha) in enumerate(bars):
+    shown = {"cold_wall_s": ("cold process wall", 0.35), "warm_export_s": ("warm export", 0.7),
+             "script_export_s": ("script, 2nd+ export", 1.0)}
+    # The measures of the modes that ran.
+    shown = {m: v for m, v in shown.items() if any(c[lib].get(f"median_{m}") for c in cells for lib in LIBRARIES)}
+    bars = [(library, measure, color, alpha, title) for measure, (title, alpha) in shown.items()
+            for library, color in (("servekit", "tab:blue"), ("keras", "tab:orange"))]
+    width = 0.8 / max(1, len(bars))
+    for index, (library, measure, color, alpha, title) in enumerate(bars):
         values = [c[library][f"median_{measure}"] or 0.0 for c in cells]
-        times.bar(x + (index - 1.5) * width, values, width, color=color, alpha=alpha,
-                  label=f"{library}, {'cold process wall' if measure == 'cold_wall_s' else 'warm export'}")
+        times.bar(x + (index - (len(bars) - 1) / 2) * width, values, width, color=color, alpha=alpha,
+                  label=f"{library}, {title}")
     for i, cell in enumerate(cells):
         if cell["keras"]["status"] != "ok":
             # x in data units, y in axes units: visible whatever the log scale's range.
@@ -604,9 +814,11 @@ def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
     times.set_ylabel("median seconds")
     times.legend(fontsize=7, ncol=2)
     times.grid(True, axis="y", which="both", alpha=0.3)
-    for index, (measure, title) in enumerate(MEASURES):
+    rated = [(index, measure, title) for index, (measure, title) in enumerate(MEASURES)
+             if any(measure in c["ratios"] for c in cells)]
+    for position, (index, measure, title) in enumerate(rated):
         values = [c["ratios"].get(measure, np.nan) for c in cells]
-        ratios.scatter(x + (index - 1) * 0.2, values, label=title, marker="os^"[index])
+        ratios.scatter(x + (position - (len(rated) - 1) / 2) * 0.2, values, label=title, marker="os^D"[index])
     ratios.axhline(2.0, color="tab:red", linestyle="--", linewidth=1, label="goal: ≤ 2×")
     ratios.axhline(1.0, color="grey", linewidth=0.8)
     ratios.set_yscale("log")  # ratios span 1x to hundreds of x; the 2x line must stay visible
@@ -666,7 +878,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="zoo model names, comma-separated")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--formats", default=",".join(FORMATS))
-    parser.add_argument("--modes", default=",".join(MODES), help="cold, warm or both")
+    parser.add_argument("--modes", default=",".join(MODES), help="some of cold, warm, script")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models_dir", type=pathlib.Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--out_dir", type=pathlib.Path, default=None,
@@ -674,6 +886,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tolerance", action="append", default=[], type=_parse_tolerance,
                         help="MODEL:DTYPE=ATOL[,RTOL], servekit's verification tolerance for a model whose "
                              "BUILD target declares one (e.g. mobilenet_v2:float32=1e-5,1e-4); repeatable")
+    parser.add_argument("--readme", type=pathlib.Path, default=None,
+                        help="also write the script mode's table into this README, between its "
+                             f"{README_BEGIN} and {README_END} lines (relative to the workspace under bazel run)")
     # Internal: how the driver runs its children (--models then holds model file paths).
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--child_result", help=argparse.SUPPRESS)
@@ -686,20 +901,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tolerances = json.loads(args.tolerances_json)
         if args.child == "cold":
             result: Any = child_cold(args.library, paths[0], args.formats, tolerances.get(paths[0].stem))
+        elif args.child == "script":
+            result = child_script(paths, _split(args.formats), args.repeats, tolerances)
         else:
             result = child_warm(paths, _split(args.formats), args.repeats, tolerances)
         with open(args.child_result, "w") as f:
             json.dump(result, f)
         return 0
 
+    modes = _split(args.modes)
+    readme = args.readme
+    if readme is not None:
+        if "script" not in modes:
+            parser.error("--readme writes the script mode's table: add script to --modes")
+        if not readme.is_absolute() and "BUILD_WORKSPACE_DIRECTORY" in os.environ:
+            readme = pathlib.Path(os.environ["BUILD_WORKSPACE_DIRECTORY"]) / readme
+        if README_BEGIN not in readme.read_text():  # before the run, not after an hour of it
+            parser.error(f"{readme} has no {README_BEGIN} line")
     report = run_benchmark(models=_split(args.models), backends=_split(args.backends),
-                           formats=_split(args.formats), repeats=args.repeats, modes=_split(args.modes),
+                           formats=_split(args.formats), repeats=args.repeats, modes=modes,
                            models_dir=args.models_dir, tolerances=_tolerances_by_model(args.tolerance))
+    report["settings"]["command"] = _command(argv)
     out_dir = args.out_dir or _default_out_dir()
     write_report(report, out_dir)
     sys.stdout.write(render_table(report))
     print(f"\nreport: {out_dir}/export_speed.json, export_speed.md, export_speed.png")
+    if readme is not None:
+        update_readme(report, readme)
+        print(f"README: {readme}, the script mode's section")
     return 0
+
+
+def _command(argv: Optional[Sequence[str]]) -> str:
+    """How this run was started, as a `bazel run` line (paths of this machine left out)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    shown, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--out_dir", "--models_dir"):
+            skip = True
+            continue
+        if arg.startswith(("--out_dir=", "--models_dir=")):
+            continue
+        shown.append(arg)
+    return "bazel run //python/servekit/bench:export_speed" + (" -- " + " ".join(shown) if shown else "")
 
 
 if __name__ == "__main__":
