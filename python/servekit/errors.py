@@ -15,6 +15,11 @@ class ExportError(ValueError):
         layer: name of the offending layer, if one is to blame.
         reason: a short machine-readable reason, e.g. `"unsupported_layer"`,
             `"verification_failed"`, `"conversion_failed"`, `"bad_signature"`.
+        details: machine-readable findings (a dict). After a failed
+            verification: `first_diverging_layer` (its `name`, `class`,
+            `path` of enclosing models, `max_abs_err`, `endpoint`, `batch`,
+            `artifact_tensors`, `strategy`, `format`) and `localization`
+            (one entry per failed strategy, `localized` or `why` not).
     """
 
     def __init__(
@@ -24,11 +29,13 @@ class ExportError(ValueError):
         model: str | None = None,
         layer: str | None = None,
         reason: str = "export_failed",
+        details: dict | None = None,
     ) -> None:
         super().__init__(message)
         self.model = model
         self.layer = layer
         self.reason = reason
+        self.details = dict(details or {})
 
 
 class ExportTypeError(ExportError, TypeError):

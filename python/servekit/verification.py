@@ -16,8 +16,10 @@ records it per output). The native verifier applies the same rule
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -252,12 +254,32 @@ def _check_runs(case, run_again, results: list) -> None:
     results.append(Comparison(case.endpoint, case.batch, 0.0, problems))
 
 
+# Set by `recording_outputs`: where `_check` puts each case's artifact outputs.
+_recorded: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("servekit_recorded_outputs", default=None)
+
+
+@contextlib.contextmanager
+def recording_outputs() -> Iterator[list]:
+    """Collects `(case, outputs)` for every case a check runs in this block,
+    whatever the format (`servekit.pipeline.localize` reads a probe
+    artifact's outputs through its format's own check)."""
+    recorded: list = []
+    token = _recorded.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _recorded.reset(token)
+
+
 def _check(cases, run) -> list[Comparison]:
     """Runs each case once, in order (stateful endpoints advance as the source
     did), then the repeated calls of stochastic outputs."""
     results = []
+    sink = _recorded.get()
     for case in cases:
         actual = run(case.endpoint, case.inputs)
+        if sink is not None:
+            sink.append((case, actual))
         expected = case.expected
         stochastic = set(case.runs)
         comp = compare_outputs({n: v for n, v in expected.items() if n not in stochastic},

@@ -68,3 +68,42 @@ class ForgetfulDense(keras.layers.Layer):
         config = super().get_config()
         config.pop("units", None)  # the bug
         return config
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class GraphModeBug(keras.layers.Layer):
+    """2 * x, but 2 * x + 1 once TensorFlow traces it into a graph.
+
+    On TensorFlow the source model runs eagerly and every SavedModel (and the
+    ONNX model converted from it) is a traced graph: the artifact differs
+    from the source at this layer only, as when a converter maps one op
+    wrongly."""
+
+    def call(self, x):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.executing_eagerly():
+                return x * 2.0 + 1.0
+        return x * 2.0
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class Sinh(keras.layers.Layer):
+    """keras.ops.sinh (TensorFlow's `Sinh` op, which tf2onnx maps to ONNX `Sinh`)."""
+
+    def call(self, x):
+        return keras.ops.sinh(x)
+
+
+@keras.saving.register_keras_serializable(package="servekit_tests")
+class SkewedSubclassed(keras.Model):
+    """A subclassed model (never Functional) around a `SkewedLayer`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4, name="dense")
+        self.skewed = SkewedLayer(name="skewed")
+
+    def call(self, x):
+        return self.skewed(self.dense(x))

@@ -53,6 +53,8 @@ class Attempt:
     reason: str = ""
     error_class: Optional[type] = None
     layer: Optional[str] = None
+    # A failed verification's first diverging layer (`servekit.pipeline.localize`).
+    localization: Optional[dict] = None
 
     def to_json(self) -> dict[str, str]:
         return {"strategy": self.strategy, "outcome": self.outcome, "reason": self.reason}
@@ -150,6 +152,13 @@ def run_formats(
                         reports.update(_guarded(lambda: {fmt: strategy.write(one, staged[fmt], workdir)}, [fmt]))
             finally:
                 remove_workdir(workdir)
+            diverged = {fmt: r for fmt, r in reports.items()
+                        if not r.get("ok") and r.get("reason") == "verification_failed"}
+            if diverged:  # only now, on failure: which layer diverges costs an export of the probe
+                from servekit.pipeline import localize
+
+                localize.explain(strategy, {fmt: todo[fmt] for fmt in diverged}, diverged, staged, make_workdir,
+                                 remove_workdir)
             for fmt in todo:
                 report = reports[fmt]
                 if report.get("ok"):
@@ -159,7 +168,8 @@ def run_formats(
                 else:
                     atomic.discard(staged[fmt])
                     attempts[fmt].append(Attempt(strategy.name, "failed", report.get("message", "failed"),
-                                                 report.get("error_class"), report.get("layer")))
+                                                 report.get("error_class"), report.get("layer"),
+                                                 report.get("localization")))
                     reasons[fmt].append(report.get("reason", "export_failed"))
         for fmt in destinations:
             if fmt not in done:
@@ -198,7 +208,14 @@ def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],
         cls = errors.ExportRuntimeError
     layer = next((a.layer for a in attempts if a.layer), None)
     reason = reasons[-1] if reasons else "no_strategy"
-    return cls(message, layer=layer, reason=reason)
+    error = cls(message, layer=layer, reason=reason)
+    localized = [a.localization for a in attempts if a.localization]
+    if localized:
+        error.details["localization"] = localized
+        first = next((d for d in localized if d.get("localized")), None)
+        if first:
+            error.details["first_diverging_layer"] = first
+    return error
 
 
 def _indent(text: str) -> str:
