@@ -530,9 +530,14 @@ class ExportArchive:
 
 def _keras_call(method, *args, **kwargs):
     """Calls Keras's archive; its errors become `ExportError`s that keep
-    Keras's message (and stay `TypeError`s where Keras raises one)."""
+    Keras's message (and stay `TypeError`s where Keras raises one). On JAX,
+    the endpoints it converts with jax2tf serialize for this TensorFlow's
+    StableHLO whenever they are traced (`servekit.strategies.stablehlo`)."""
+    from servekit.strategies import stablehlo
+
     try:
-        return method(*args, **kwargs)
+        with stablehlo.for_tensorflow():
+            return method(*args, **kwargs)
     except TypeError as e:
         raise ExportTypeError(f"ExportArchive: {e}", reason="bad_argument") from None
     except ValueError as e:

@@ -59,8 +59,9 @@ class InProcess:
 
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
         from servekit import _write
+        from servekit.strategies import stablehlo
 
-        with _write.quiet(), _no_source_paths():
+        with _write.quiet(), _no_source_paths(), stablehlo.for_tensorflow():
             if request.format == "tf_saved_model":
                 return _saved_model(request, staged)
             if request.format in ("torch", "torch_aoti"):
