@@ -23,11 +23,12 @@ from servekit.source_model.input_layout import FlatSpec, InputLayout
 from servekit import signature as sig
 from servekit import summary
 from servekit import version
-from servekit.errors import ExportError
+from servekit.errors import ExportError, xla_call_module_cause
 from servekit.pipeline import core as pipeline
 from servekit.pipeline import reference
 from servekit.pipeline.cases import CaseSet
 from servekit.pipeline.request import EndpointPlan, ExportRequest
+from servekit.strategies import stablehlo
 
 
 def _canonical_signatures(module, signatures):
@@ -94,7 +95,8 @@ def export_module(module, filepath, verbose: bool = True, verify: bool = True, s
     filepath = os.fspath(filepath)
     name = getattr(module, "name", None) or type(module).__name__
     try:
-        signatures, concrete = _canonical_signatures(module, signatures)
+        with stablehlo.for_tensorflow():  # jax2tf functions traced here: for this TensorFlow's StableHLO
+            signatures, concrete = _canonical_signatures(module, signatures)
     except (ValueError, TypeError) as e:
         raise ExportError(f"tf.Module '{name}': invalid signatures: {e}", model=name, reason="bad_signature") from None
     plans, cases = [], CaseSet()
@@ -108,7 +110,14 @@ def export_module(module, filepath, verbose: bool = True, verify: bool = True, s
 
         plan = EndpointPlan(key, layout, names, fn=fn)
         if verify:
-            plan.behavior, made = reference.make_cases(key, layout, names, call, list(module.variables))
+            try:
+                plan.behavior, made = reference.make_cases(key, layout, names, call, list(module.variables))
+            except Exception as e:  # the module's own function fails here
+                cause = xla_call_module_cause(str(e))
+                if cause is None:
+                    raise
+                raise ExportError(f"tf.Module '{name}': signature '{key}' does not run in this process. {cause}",
+                                  model=name, reason="xla_call_module_failed") from None
             for case in made:
                 cases.add(case)
         plans.append(plan)
@@ -144,7 +153,8 @@ class _SaveModule:
         from servekit import verification
 
         try:
-            sk_sm.save_module(request.source, staged, signatures=self._signatures, options=request.options)
+            with stablehlo.for_tensorflow():  # saving traces the functions again
+                sk_sm.save_module(request.source, staged, signatures=self._signatures, options=request.options)
         except (ValueError, TypeError, AssertionError, tf.errors.OpError) as e:
             raise ExportError(f"tf.Module '{request.name}' could not be saved: {e}", model=request.name,
                               reason="export_failed") from None
