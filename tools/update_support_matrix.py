@@ -19,7 +19,9 @@ native `artifact_test` (`<model>_<backend>_test_<format>`, bazel-testlogs)
 passed, with the converter that made each ONNX model (from the export's
 manifest in bazel-bin). The zoo models exported to every format get the
 3 backends x 6 formats matrix, between `<!-- formats-matrix:begin -->` and
-`<!-- formats-matrix:end -->`, made the same way.
+`<!-- formats-matrix:end -->`, made the same way. The op and layer long tail
+(tests/python/test_layer_families.py, `layer_families.<backend>.json`) goes between
+`<!-- layer-families:begin -->` and `<!-- layer-families:end -->`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
 ZOO_BEGIN, ZOO_END = "<!-- zoo-matrix:begin -->", "<!-- zoo-matrix:end -->"
 FORMATS_BEGIN, FORMATS_END = "<!-- formats-matrix:begin -->", "<!-- formats-matrix:end -->"
+FAMILIES_BEGIN, FAMILIES_END = "<!-- layer-families:begin -->", "<!-- layer-families:end -->"
+FAMILIES_LEGEND = ("✅ = exported and verified by servekit, then reloaded and reproduced within 1e-4 + 1e-3·|y| "
+                   "(5% of the output's scale for int8) on inputs of the test's own; ➖ = an expected refusal, "
+                   "named below, with nothing written.")
 # The zoo models the README's real-architecture matrix lists (models/BUILD).
 ZOO_MODELS = ("mobilenet_v3", "mobilenet_v2", "convnext", "vit", "bert", "llama")
 # The zoo models exported to every format (models/BUILD: KERAS_FORMATS).
@@ -40,17 +46,18 @@ FORMAT_MODELS = ("mlp", "cnn", "transformer", "mobilenet_v2", "bert", "trained_m
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def collect(testlogs: pathlib.Path) -> list[dict]:
-    """Every result row of every support_matrix.*.json under `testlogs`."""
+def collect(testlogs: pathlib.Path, prefix: str = "support_matrix.") -> list[dict]:
+    """Every result row of every `<prefix>*.json` under `testlogs` (the matrix tests'
+    `support_matrix.<backend>.json`, the layer families' `layer_families.<backend>.json`)."""
     rows: list[dict] = []
     for outputs in sorted(testlogs.rglob("test.outputs")):
-        for path in sorted(outputs.glob("support_matrix.*.json")):
+        for path in sorted(outputs.glob(f"{prefix}*.json")):
             rows += json.loads(path.read_text())
         archive = outputs / "outputs.zip"
         if archive.exists():
             with zipfile.ZipFile(archive) as zipped:
                 for name in sorted(zipped.namelist()):
-                    if pathlib.PurePath(name).name.startswith("support_matrix."):
+                    if pathlib.PurePath(name).name.startswith(prefix):
                         rows += json.loads(zipped.read(name))
     return rows
 
@@ -105,6 +112,7 @@ def main() -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     rows = collect(ROOT / "bazel-testlogs")
+    families = collect(ROOT / "bazel-testlogs", "layer_families.")
     zoo = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs")
     every_format = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs", FORMAT_MODELS)
     if not rows and not zoo:
@@ -112,11 +120,13 @@ def main() -> int:
               "`bazel test //models:all` first.")
         return 1
     for name, begin, end, found in (("support matrix", BEGIN, END, rows), ("zoo matrix", ZOO_BEGIN, ZOO_END, zoo),
-                                    ("formats matrix", FORMATS_BEGIN, FORMATS_END, every_format)):
+                                    ("formats matrix", FORMATS_BEGIN, FORMATS_END, every_format),
+                                    ("layer families", FAMILIES_BEGIN, FAMILIES_END, families)):
         if not found:
             print(f"README {name}: no results, left as it was")
             continue
-        replaced = _replace_between(text, begin, end, render_markdown(found))
+        legend = {} if begin != FAMILIES_BEGIN else {"legend": FAMILIES_LEGEND}
+        replaced = _replace_between(text, begin, end, render_markdown(found, **legend))
         if replaced is None:
             print(f"README.md has no {begin} marker.")
             return 1

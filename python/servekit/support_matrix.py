@@ -50,7 +50,11 @@ def _cell(row: Optional[Mapping[str, Any]]) -> str:
     return mark
 
 
-def render_markdown(results: Iterable[Mapping[str, Any]]) -> str:
+_LEGEND = ("✅ = artifact reloads and reproduces the source backend's outputs at batch 1 and 7 (max abs error "
+           "shown); ➖ = export refuses before writing anything.")
+
+
+def render_markdown(results: Iterable[Mapping[str, Any]], legend: str = _LEGEND) -> str:
     """Renders result rows as a Markdown table plus notes.
 
     One table row per model; one column per backend and format. A cell is
@@ -61,6 +65,7 @@ def render_markdown(results: Iterable[Mapping[str, Any]]) -> str:
 
     Args:
         results: rows as made by `make_row` (e.g. loaded from the JSON files).
+        legend: what the marks mean, after the counts.
 
     Returns:
         Markdown text ending with a newline.
@@ -91,9 +96,7 @@ def render_markdown(results: Iterable[Mapping[str, Any]]) -> str:
             notes.append(f"- {model}, {b} → {f} ({row.get('status')}): {message}")
     counts = {s: sum(1 for r in cells.values() if r.get("status") == s) for s in STATUSES}
     lines.append("")
-    lines.append(f"{counts['pass']} pass, {counts['fail']} fail, {counts['unsupported']} unsupported. "
-                 "✅ = artifact reloads and reproduces the source backend's outputs at batch 1 and 7 "
-                 "(max abs error shown); ➖ = export refuses before writing anything.")
+    lines.append(f"{counts['pass']} pass, {counts['fail']} fail, {counts['unsupported']} unsupported. {legend}")
     if notes:
         lines.append("")
         lines.extend(notes)

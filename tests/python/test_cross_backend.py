@@ -43,3 +43,19 @@ def test_declines_savedmodel_and_string_inputs(tmp_path):
     with pytest.raises(servekit.ExportError, match="its converters take the TensorFlow trace"):
         servekit.export(_model(), tmp_path / "sm", format="tf_saved_model", verbose=False,
                         strategy="cross_backend_rebuild")
+
+
+def test_unregistered_custom_layer_of_an_importable_module(tmp_path):
+    # layer_families.FixedLoop is importable by module name but not registered with Keras:
+    # the worker imports the module from the source process' sys.path and passes the class
+    # to load_model (as the portable rebuild's worker does).
+    import layer_families
+
+    model = layer_families.FAMILIES["control_flow"]()
+    path = tmp_path / "loop.onnx"
+    artifact = servekit.export(model, path, format="onnx", verbose=False, strategy="cross_backend_rebuild")
+    assert artifact.strategy == "cross_backend_rebuild"
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype("float32")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"features": x})[0], keras.ops.convert_to_numpy(model(x)),
+                               atol=1e-5, rtol=1e-5)

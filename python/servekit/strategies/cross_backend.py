@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 from servekit.errors import ExportError, root_cause
 from servekit.pipeline.request import ExportRequest
+from servekit.worker import launch
 from servekit.worker.job import EndpointJob, WorkerJob
 
 # Tried in this order, skipping the source backend.
@@ -95,7 +96,8 @@ class CrossBackendRebuild:
             model_name=request.name, version=request.version,
             endpoints=(EndpointJob("serving_default", plan.layout, tuple(plan.output_names)),),
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
-            cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes))
+            cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes),
+            sys_path=tuple(launch.importable_sys_path()) if classes else ())
         reasons: dict[str, list[str]] = {fmt: [] for fmt in requests}
         reports: dict[str, dict[str, Any]] = {}
         targets = TARGET_BACKENDS if "onnx" in requests else ("torch",)
@@ -116,13 +118,11 @@ class CrossBackendRebuild:
 
 
 def _run_worker(job: WorkerJob, workdir: str, backend: str) -> dict[str, Any]:
-    from servekit.worker import launch
-
     scratch = os.path.join(workdir, f"rebuild_{backend}")
     os.makedirs(scratch, exist_ok=True)
     job_path = os.path.join(scratch, "job.json")
     job.write(job_path)
-    env = launch.worker_env(scratch, [])
+    env = launch.worker_env(scratch, job.sys_path)  # where the model's own modules are
     env["KERAS_BACKEND"] = backend  # the point of this strategy: not TensorFlow
     try:
         proc = subprocess.run([sys.executable, "-m", "servekit.strategies.cross_backend", job_path], cwd=scratch,
@@ -140,8 +140,6 @@ def _run_worker(job: WorkerJob, workdir: str, backend: str) -> dict[str, Any]:
 def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     """The worker side: rebuild under this process' backend, then convert and
     verify each format of the job (`{"reports": {format: report}}`)."""
-    import importlib
-
     import keras
 
     from servekit.pipeline.cases import CaseSet
@@ -149,10 +147,9 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     from servekit.strategies import keras_file
     from servekit.strategies.in_process import InProcess
 
-    for module in sorted({c.module for c in job.custom_classes}):
-        importlib.import_module(module)  # registers the model's classes (e.g. keras_hub's) for load_model
+    custom = keras_file.import_custom_classes(job.custom_classes)  # also registers e.g. keras_hub's classes
     keras.utils.set_random_seed(0)
-    model = keras_file.load_keras(job.keras_file, job.model_name)
+    model = keras_file.load_keras(job.keras_file, job.model_name, custom)
     endpoint = job.endpoints[0]
     plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
     cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()

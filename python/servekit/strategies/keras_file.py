@@ -11,13 +11,15 @@ change when Keras cannot serialize the model.
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
+import importlib.util
 import inspect
 import os
 import re
 import sys
 import types
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from servekit.errors import ExportError
 from servekit.source_model.kinds import all_layers
@@ -171,6 +173,26 @@ def save_keras(model, path: str, model_name: str) -> None:
             f"Model '{model_name}' cannot be saved in the Keras format (.keras), which the portable rebuild needs: {detail}. "
             "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
+
+
+def import_custom_classes(classes: Sequence[CustomClass]) -> dict[str, Any]:
+    """In a worker: imports the model's custom classes (`custom_classes`) and returns
+    them as `custom_objects` for `load_model`, by every name Keras may look them up
+    by. A module the source process loaded from a file (a model file) is loaded from
+    that file."""
+    custom: dict[str, Any] = {}
+    for entry in classes:
+        if entry.file and entry.module not in sys.modules:
+            spec = importlib.util.spec_from_file_location(entry.module, entry.file)
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[entry.module] = loaded
+            spec.loader.exec_module(loaded)
+        obj = importlib.import_module(entry.module)
+        for part in entry.qualname.split("."):
+            obj = getattr(obj, part)
+        for name in entry.names:
+            custom[name] = obj
+    return custom
 
 
 def load_keras(path: str, model_name: str, custom_objects: Optional[dict] = None):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import os
 import sys
 from typing import Any, Iterator, Sequence
@@ -41,23 +40,6 @@ def _fresh_state() -> None:
     # warm worker collects after answering (`servekit.worker.__main__`).
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
-
-
-def _import_custom(job: WorkerJob) -> dict[str, Any]:
-    custom = {}
-    for entry in job.custom_classes:
-        if entry.file and entry.module not in sys.modules:
-            # A module the source process loaded by path (a model file).
-            spec = importlib.util.spec_from_file_location(entry.module, entry.file)
-            loaded = importlib.util.module_from_spec(spec)
-            sys.modules[entry.module] = loaded
-            spec.loader.exec_module(loaded)
-        obj = importlib.import_module(entry.module)
-        for part in entry.qualname.split("."):
-            obj = getattr(obj, part)
-        for name in entry.names:
-            custom[name] = obj
-    return custom
 
 
 @contextlib.contextmanager
@@ -176,7 +158,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
     from servekit import _write
     from servekit.pipeline.cases import CaseSet
 
-    custom = _import_custom(job)
+    custom = keras_file.import_custom_classes(job.custom_classes)
     with _lambda_globals(job):
         endpoints, tracked, collections = _build_endpoints(job, custom)
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
