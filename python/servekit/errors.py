@@ -76,8 +76,9 @@ def xla_call_module_cause(text: str) -> str | None:
     lines name only the node (`Graph execution error` ...
     `[[.../XlaCallModule]]`); the cause is in its middle: a version skew
     (`produced by: StableHLO_v1.15.0`, `failed to deserialize portable
-    artifact using StableHLO_v1.13.7`), or a function whose dynamic shapes it
-    could not refine (`Module has dynamic shapes`).
+    artifact using StableHLO_v1.13.7`), a function whose dynamic shapes it
+    could not refine (`Module has dynamic shapes`), or a custom call TensorFlow's
+    XLA has no kernel for (`No FFI handler registered for lapack_spotrf_ffi`).
     """
     if "XlaCallModule" not in text:
         return None
@@ -85,6 +86,13 @@ def xla_call_module_cause(text: str) -> str | None:
                      "traced before (e.g. a tf.Module's function called before the export) keeps jax's "
                      "serialization. Export it before calling or tracing it, or convert it inside "
                      "servekit.strategies.stablehlo.for_tensorflow()")
+    handler = re.search(r"No FFI handler registered for (\S+)", text)
+    if handler:
+        return (f"TensorFlow's XLA has no kernel for the custom call '{handler.group(1)}' that jax lowered the "
+                "model to (jaxlib's own kernels, e.g. LAPACK for cholesky, qr, svd, eigh, inv and solve on CPU), "
+                "so the module jax2tf embedded cannot run in TensorFlow. Rebuild the model under TensorFlow "
+                "(importable, registered custom layers; strategy 'portable_rebuild'), which uses TensorFlow's "
+                "kernels.")
     if "Module has dynamic shapes" in text:
         where = re.search(r'sym_name = "([^"]+)"', text)
         first = re.search(r"error: (.*)", text)

@@ -267,6 +267,12 @@ Module has dynamic shapes: UNKNOWN: -:58:11: error: 'stablehlo.dynamic_iota' op 
 sym_name = "chlo.top_k.impl", sym_visibility = "private"}> ({
 	 [[StatefulPartitionedCall/StatefulPartitionedCall/XlaCallModule]] [Op:__inference_signature_wrapper_198]"""
 
+_LAPACK = """Graph execution error:
+
+Detected at node XlaCallModule defined at (most recent call last):
+No FFI handler registered for lapack_spotrf_ffi on a platform Host (canonical host)
+	 [[{{node XlaCallModule}}]] [Op:__inference_converted_fun_tf_12]"""
+
 
 def test_root_cause_names_the_stablehlo_versions():
     from servekit.errors import root_cause
@@ -279,6 +285,11 @@ def test_root_cause_names_the_stablehlo_versions():
     assert "StableHLO 1.15.0 (op 'vhlo.composite_v2')" in skew and "reads StableHLO up to 1.13.7" in skew
     dynamic = root_cause(InvalidArgumentError(_DYNAMIC))
     assert "'chlo.top_k.impl' is the decomposition of a stablehlo.composite" in dynamic
+    class NotFoundError(Exception):
+        pass
+
+    lapack = root_cause(NotFoundError(_LAPACK))  # keras.ops.cholesky, qr, svd, eigh, inv, solve on JAX
+    assert "no kernel for the custom call 'lapack_spotrf_ffi'" in lapack and "portable_rebuild" in lapack
     other = root_cause(InvalidArgumentError("Graph execution error:\n\nsomething\n[[node Add]]"))
     assert re.fullmatch(r"InvalidArgumentError: Graph execution error: \.\.\. \[\[node Add\]\]", other)
 
