@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import itertools
 import logging
 import os
 import weakref
@@ -90,8 +89,9 @@ def _deterministic_tf2onnx():
     - The einsum optimizer names its constants after object ids
       (`einsum140005827768144_ba_sum_axes`) and caches decompositions, with
       those names, for the whole process: its names are numbered in order of
-      use, and its cache starts empty.
+      use, and its cache is replaced by `_einsum_plan`'s.
     """
+    import numpy as np
     from tf2onnx import graph as tf2onnx_graph
     from tf2onnx import tf_loader
     from tf2onnx import utils
@@ -100,13 +100,23 @@ def _deterministic_tf2onnx():
     original_optimize = tf_loader.tf_optimize
     original_extract = tf2onnx_graph.Graph.extract_sub_graph_nodes
     original_einsum_name = einsum_optimizer.EinsumSubOp._onnx_name
+    original_optimize_einsum = einsum_optimizer.optimize_einsum
     einsum_numbers: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
-    next_number = itertools.count()
+    numbers_used = [0]
+    planned: dict = {}  # this conversion's plans, as tf2onnx's cache had them
 
     def einsum_name(op) -> str:  # tf2onnx: 'einsum%d_%s' % (id(self), ...), a memory address
         if op not in einsum_numbers:
-            einsum_numbers[op] = next(next_number)
+            einsum_numbers[op] = numbers_used[0]
+            numbers_used[0] += 1
         return "einsum%d_%s" % (einsum_numbers[op], op.name[:2])
+
+    def optimize_einsum(equation, dtype, optimize=True, cache=True, opset=None, decompose=True, strategy="ml"):
+        key = (equation, opset, optimize, np.dtype(dtype).str, decompose, strategy)
+        if key not in planned:
+            planned[key] = _einsum_plan(key, lambda: einsum_optimizer.CachedEinsum.build_einsum(
+                equation, opset, optimize, dtype, decompose=decompose, strategy=strategy), numbers_used)
+        return planned[key]
 
     def tf_optimize(input_names, output_names, graph_def):
         determinism.canonicalize_function_library(graph_def)
@@ -117,16 +127,49 @@ def _deterministic_tf2onnx():
         return [node for node in self.get_nodes() if node in found]
 
     utils.INTERNAL_NAME = 1
-    einsum_optimizer.CachedEinsum.einsum_cache.clear()  # its entries hold names made in earlier conversions
     tf_loader.tf_optimize = tf_optimize
     tf2onnx_graph.Graph.extract_sub_graph_nodes = extract_sub_graph_nodes
     einsum_optimizer.EinsumSubOp._onnx_name = einsum_name
+    einsum_optimizer.optimize_einsum = optimize_einsum
     try:
         yield
     finally:
         tf_loader.tf_optimize = original_optimize
         tf2onnx_graph.Graph.extract_sub_graph_nodes = original_extract
         einsum_optimizer.EinsumSubOp._onnx_name = original_einsum_name
+        einsum_optimizer.optimize_einsum = original_optimize_einsum
+
+
+# The einsum optimizer's choice per (equation, opset, optimize, dtype, decompose,
+# strategy), for the process: (the equation it chose, how many einsum names choosing it used).
+_EINSUM_PLANS: dict = {}
+
+
+def _einsum_plan(key, build, numbers_used: list):
+    """What tf2onnx's einsum optimizer keeps of an equation it optimized: the
+    equivalent equation it chose (`equation_`), which it then decomposes
+    afresh. Choosing evaluates every permutation of the equation's letters
+    (most of a transformer's conversion time), and depends on nothing but
+    `key`: it is done once per process. tf2onnx's own cache did that too, but
+    held names of an earlier conversion, so each conversion used to start
+    with an empty cache and choose again.
+
+    The names a fresh conversion gives its nodes are kept: choosing numbered
+    einsum names, so a plan made in an earlier conversion advances this
+    conversion's numbering (`numbers_used`) by as many names as choosing it
+    used, as choosing it here would have. The first conversion's bytes and
+    every later one's are those of a cold process.
+    """
+    import types
+
+    plan = _EINSUM_PLANS.get(key)
+    if plan is None:
+        before = numbers_used[0]
+        equation = build().equation_
+        plan = _EINSUM_PLANS[key] = (equation, numbers_used[0] - before)
+    else:
+        numbers_used[0] += plan[1]
+    return types.SimpleNamespace(equation_=plan[0])
 
 
 def _patch_tf2onnx() -> None:
