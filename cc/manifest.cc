@@ -1,5 +1,7 @@
 #include "cc/manifest.h"
 
+#include <algorithm>
+
 #include "cc/file_util.h"
 
 namespace servekit {
@@ -134,6 +136,50 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> ParseStringMap(const 
   return out;
 }
 
+StatusOr<std::optional<int64_t>> OptionalSize(const json& object, const std::string& where, const char* key) {
+  SERVEKIT_ASSIGN_OR_RETURN(const json* v, Reader::Field(object, where, key, false));
+  if (v == nullptr) return std::optional<int64_t>();
+  if (!v->is_number_integer() || v->get<int64_t>() < 0) {
+    return Reader::Error(Reader::Join(where, key), "must be an integer >= 0");
+  }
+  return std::optional<int64_t>(v->get<int64_t>());
+}
+
+// The endpoint's optional "dims": {symbol: {"verified": [sizes], "window", "max", "note"}};
+// each symbol must name a dynamic dim of the endpoint's tensors.
+StatusOr<std::vector<DimRecord>> ParseDims(const json& endpoint, const std::string& where,
+                                           const Signature& signature) {
+  SERVEKIT_ASSIGN_OR_RETURN(const json* dims, Reader::Object(endpoint, where, "dims", false));
+  std::vector<DimRecord> records;
+  if (dims == nullptr) return records;
+  for (auto it = dims->begin(); it != dims->end(); ++it) {
+    const std::string w = Reader::Join(Reader::Join(where, "dims"), it.key());
+    bool known = false;
+    for (const auto* specs : {&signature.inputs, &signature.outputs}) {
+      for (const auto& spec : *specs) {
+        for (const auto& d : spec.dims) known = known || (!d.is_static() && d.symbol == it.key());
+      }
+    }
+    if (!known) return Reader::Error(w, "names no dynamic dim of the endpoint's inputs or outputs");
+    if (!it.value().is_object()) return Reader::Error(w, "must be an object {verified, window, max, note}");
+    DimRecord r;
+    r.symbol = it.key();
+    SERVEKIT_ASSIGN_OR_RETURN(const json* verified, Reader::Array(it.value(), w, "verified"));
+    for (const auto& v : *verified) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) {
+        return Reader::Error(Reader::Join(w, "verified"), "must be a list of integers >= 0");
+      }
+      r.verified.push_back(v.get<int64_t>());
+    }
+    std::sort(r.verified.begin(), r.verified.end());
+    SERVEKIT_ASSIGN_OR_RETURN(r.window, OptionalSize(it.value(), w, "window"));
+    SERVEKIT_ASSIGN_OR_RETURN(r.max, OptionalSize(it.value(), w, "max"));
+    SERVEKIT_ASSIGN_OR_RETURN(r.note, Reader::String(it.value(), w, "note", false));
+    records.push_back(std::move(r));
+  }
+  return records;
+}
+
 StatusOr<Manifest> ParseJson(const json& root, const std::string& base_dir) {
   if (!root.is_object()) return InvalidArgument("manifest must be a JSON object");
   Manifest m;
@@ -183,6 +229,7 @@ StatusOr<Manifest> ParseJson(const json& root, const std::string& base_dir) {
     SERVEKIT_ASSIGN_OR_RETURN(artifact.precision, Reader::String(a, where, "precision", false));
     SERVEKIT_ASSIGN_OR_RETURN(artifact.converter, Reader::String(a, where, "converter", false));
     SERVEKIT_ASSIGN_OR_RETURN(artifact.files, ParseStringMap(a, where, "files", false));
+    SERVEKIT_ASSIGN_OR_RETURN(artifact.dim_names, Reader::Bool(a, where, "dim_names"));
     m.artifacts.push_back(std::move(artifact));
   }
 
@@ -218,6 +265,7 @@ StatusOr<Manifest> ParseJson(const json& root, const std::string& base_dir) {
                                 Reader::Bool(out, Reader::Index(Reader::Join(where, "outputs"), k), "stochastic"));
       if (stochastic) endpoint.stochastic_outputs.push_back(endpoint.signature.outputs[k].name);
     }
+    SERVEKIT_ASSIGN_OR_RETURN(endpoint.dims, ParseDims(e, where, endpoint.signature));
     if (!endpoint.stochastic_outputs.empty()) endpoint.stochastic = true;
     // A stochastic endpoint that names no stochastic output: any output may vary.
     if (endpoint.stochastic && endpoint.stochastic_outputs.empty()) {
@@ -284,6 +332,13 @@ bool ManifestEndpoint::IsStochasticOutput(const std::string& output) const {
     if (name == output) return true;
   }
   return false;
+}
+
+const DimRecord* ManifestEndpoint::FindDim(const std::string& symbol) const {
+  for (const auto& d : dims) {
+    if (d.symbol == symbol) return &d;
+  }
+  return nullptr;
 }
 
 const ManifestArtifact* Manifest::FindArtifact(ModelFormat format) const {

@@ -34,13 +34,30 @@ struct ManifestArtifact {
   // An OpenVINO IR marked "bfloat16" is compiled at bf16, any other at f32.
   std::string precision;
   std::string converter;  // what converted it ("openvino.convert_model", ...); may be empty
+  // A SavedModel whose signature_def names its dynamic dims (TensorShapeProto.Dim.name),
+  // as servekit writes them: its names are checked like ONNX dim_params. Older manifests
+  // (no "dim_names") are read with false, and their SavedModels' names are not checked.
+  bool dim_names = false;
   // Each file of the artifact (relative to `path` for a directory, the file's own name
   // for a file) and its digest, "sha256:<hex>".
   std::vector<std::pair<std::string, std::string>> files;
 };
 
+// How one named dynamic dimension of an endpoint was verified (the endpoint's
+// optional "dims" object, keyed by the dim's name).
+struct DimRecord {
+  std::string symbol;
+  std::vector<int64_t> verified;  // the sizes the reference cases give it, ascending
+  std::optional<int64_t> window;  // the largest window or block the model declares
+  std::optional<int64_t> max;     // the largest size the model declares
+  std::string note;               // why the sizes are not the ones wanted; may be empty
+};
+
 struct ManifestEndpoint {
   Signature signature;
+  // The endpoint's named dynamic dims and the sizes each was verified at; empty for
+  // manifests that do not record them.
+  std::vector<DimRecord> dims;
   std::vector<ModelFormat> formats;
   // The endpoint draws random numbers: two calls on the same input differ. True
   // when the manifest says so, or when it marks any output stochastic.
@@ -55,6 +72,7 @@ struct ManifestEndpoint {
 
   bool HasFormat(ModelFormat format) const;
   bool IsStochasticOutput(const std::string& output) const;
+  const DimRecord* FindDim(const std::string& symbol) const;
 };
 
 // An element passes when |actual - expected| <= atol + rtol * |expected|.

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "cc/npy.h"
 
@@ -204,7 +205,10 @@ std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest&
       results.push_back(std::move(r));
       continue;
     }
-    r.passed = true;
+    // The artifact's outputs honour the endpoint's named dims: a dim shared by inputs
+    // and outputs has one size in this call.
+    r.dim_errors = CheckDimBindings(endpoint->signature, *inputs, &*outputs);
+    r.passed = r.dim_errors.empty();
     for (const auto& [name, path] : c.outputs) {
       auto expected = ReadNpy(manifest.Resolve(path));
       const Tensor* actual = Find(*outputs, name);
@@ -357,6 +361,80 @@ std::vector<CaseParity> CheckCrossParity(const Model& a, const Model& b, const M
   return results;
 }
 
+std::vector<std::string> CheckDimBindings(const Signature& signature, const std::vector<NamedTensor>& inputs,
+                                          const std::vector<NamedTensor>* outputs,
+                                          std::map<std::string, int64_t>* sizes) {
+  std::vector<std::string> errors;
+  std::map<std::string, std::pair<int64_t, std::string>> bound;  // symbol -> size, where it was bound
+  auto bind = [&](const char* role, const std::vector<TensorSpec>& specs, const std::vector<NamedTensor>& tensors) {
+    for (const auto& spec : specs) {
+      const Tensor* t = FindTensor(tensors, spec.name);
+      if (t == nullptr || spec.unknown_rank || t->shape().size() != spec.dims.size()) continue;
+      for (size_t i = 0; i < spec.dims.size(); ++i) {
+        const Dim& d = spec.dims[i];
+        if (d.is_static() || d.symbol.empty()) continue;
+        const int64_t size = t->shape()[i];
+        const std::string where = std::string(role) + " '" + spec.name + "' dim " + std::to_string(i);
+        auto it = bound.find(d.symbol);
+        if (it == bound.end()) {
+          bound.emplace(d.symbol, std::make_pair(size, where));
+        } else if (it->second.first != size) {
+          errors.push_back("dim '" + d.symbol + "': " + where + " is " + std::to_string(size) + ", but " +
+                           it->second.second + " is " + std::to_string(it->second.first));
+        }
+      }
+    }
+  };
+  bind("input", signature.inputs, inputs);
+  if (outputs != nullptr) bind("output", signature.outputs, *outputs);
+  if (sizes != nullptr) {
+    for (const auto& [symbol, b] : bound) (*sizes)[symbol] = b.first;
+  }
+  return errors;
+}
+
+std::vector<std::string> CheckVerifiedDims(const Manifest& manifest) {
+  std::vector<std::string> errors;
+  std::map<std::string, std::map<std::string, std::set<int64_t>>> seen;  // endpoint -> symbol -> sizes
+  for (const auto& c : manifest.reference) {
+    const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
+    if (endpoint == nullptr) continue;
+    std::vector<NamedTensor> tensors[2];
+    bool readable = true;
+    for (int k = 0; k < 2; ++k) {
+      for (const auto& [name, path] : k == 0 ? c.inputs : c.outputs) {
+        auto t = ReadNpy(manifest.Resolve(path));
+        if (!t.ok()) {
+          readable = false;  // the parity checks report the file
+          break;
+        }
+        tensors[k].push_back(NamedTensor{name, std::move(t).value()});
+      }
+    }
+    if (!readable) continue;
+    std::map<std::string, int64_t> sizes;
+    for (const auto& e : CheckDimBindings(endpoint->signature, tensors[0], &tensors[1], &sizes)) {
+      errors.push_back("reference " + c.endpoint + " b" + std::to_string(c.batch) + ": " + e);
+    }
+    for (const auto& [symbol, size] : sizes) seen[c.endpoint][symbol].insert(size);
+  }
+  for (const auto& endpoint : manifest.endpoints) {
+    for (const auto& d : endpoint.dims) {
+      const auto& cases = seen[endpoint.signature.name][d.symbol];
+      const std::set<int64_t> recorded(d.verified.begin(), d.verified.end());
+      if (recorded == cases) continue;
+      auto list = [](const std::set<int64_t>& sizes) {
+        std::string s;
+        for (int64_t v : sizes) s += (s.empty() ? "" : ", ") + std::to_string(v);
+        return "[" + s + "]";
+      };
+      errors.push_back("endpoint '" + endpoint.signature.name + "' dim '" + d.symbol + "': the manifest says it was " +
+                       "verified at " + list(recorded) + ", its reference cases give it " + list(cases));
+    }
+  }
+  return errors;
+}
+
 nlohmann::json ToJson(const CaseParity& c) {
   nlohmann::json outputs = nlohmann::json::array();
   for (const auto& o : c.outputs) {
@@ -381,6 +459,7 @@ nlohmann::json ToJson(const CaseParity& c) {
                       {"outputs", outputs}};
   if (!c.error.empty()) j["error"] = c.error;
   if (!c.not_comparable.empty()) j["not_comparable"] = c.not_comparable;
+  if (!c.dim_errors.empty()) j["dim_errors"] = c.dim_errors;
   return j;
 }
 
@@ -402,6 +481,7 @@ std::vector<std::string> DescribeParity(const CaseParity& c) {
     lines.push_back("N/A  " + c.label + ": not comparable (" + c.not_comparable + ")");
     return lines;
   }
+  for (const auto& e : c.dim_errors) lines.push_back("FAIL " + c.label + " " + e);
   for (const auto& o : c.outputs) {
     std::string line;
     if (o.check == OutputCheck::kNotComparable) {

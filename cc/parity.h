@@ -23,6 +23,7 @@
 #define SERVEKIT_CC_PARITY_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,9 @@ struct CaseParity {
   // Why the case was not run (across formats, a stateful endpoint); it then passes.
   std::string not_comparable;
   std::vector<OutputParity> outputs;
+  // Named dims the call did not honour (CheckDimBindings): an output dim whose size
+  // differs from the input dim of the same name, or inputs that disagree.
+  std::vector<std::string> dim_errors;
 };
 
 // Whether a stochastic endpoint stays random in an artifact: two runs on its first
@@ -100,6 +104,20 @@ std::vector<RandomnessCheck> CheckStaysRandom(const Model& model, const Manifest
 // Runs the reference inputs of every case both formats serve through `a` and `b`
 // and compares b's outputs with a's.
 std::vector<CaseParity> CheckCrossParity(const Model& a, const Model& b, const Manifest& manifest);
+
+// Binds each named dynamic dim of `signature` to its size in one call: from the
+// inputs, then the outputs (when given). Returns every contradiction, e.g.
+//   dim 'sequence': output 'logits' dim 1 is 6, but input 'token_ids' dim 1 is 5
+// (dims with one name must have one size in a call); tensors of the wrong rank or
+// missing are left to the other checks. `sizes`, when given, receives the bindings.
+std::vector<std::string> CheckDimBindings(const Signature& signature, const std::vector<NamedTensor>& inputs,
+                                          const std::vector<NamedTensor>* outputs,
+                                          std::map<std::string, int64_t>* sizes = nullptr);
+
+// The manifest's "dims" records against its reference data: in each reference case
+// every named dim has one size (CheckDimBindings on the case's .npy files), and each
+// endpoint's recorded `verified` sizes are exactly the sizes its cases exercise.
+std::vector<std::string> CheckVerifiedDims(const Manifest& manifest);
 
 nlohmann::json ToJson(const CaseParity& c);
 nlohmann::json ToJson(const RandomnessCheck& c);

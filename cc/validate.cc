@@ -15,7 +15,7 @@ std::string DimDescription(const Dim& d) {
 }
 
 void CompareTensor(const std::string& where, const TensorSpec& expected, const TensorSpec& found,
-                   ModelFormat format, std::vector<std::string>* errors) {
+                   bool check_symbols, std::vector<std::string>* errors) {
   if (expected.dtype != found.dtype) {
     errors->push_back(where + ": dtype expected " + DTypeName(expected.dtype) + ", found " + DTypeName(found.dtype));
   }
@@ -36,7 +36,7 @@ void CompareTensor(const std::string& where, const TensorSpec& expected, const T
     const std::string dim = where + ": dim " + std::to_string(i);
     if (e.is_static() != f.is_static() || (e.is_static() && e.size != f.size)) {
       errors->push_back(dim + " expected " + DimDescription(e) + ", found " + DimDescription(f));
-    } else if (!e.is_static() && format == ModelFormat::kOnnx && !e.symbol.empty() && e.symbol != f.symbol) {
+    } else if (!e.is_static() && check_symbols && !e.symbol.empty() && e.symbol != f.symbol) {
       errors->push_back(dim + " expected symbolic name '" + e.symbol + "', found " +
                         (f.symbol.empty() ? std::string("no name") : "'" + f.symbol + "'"));
     }
@@ -44,7 +44,7 @@ void CompareTensor(const std::string& where, const TensorSpec& expected, const T
 }
 
 void CompareTensorLists(const std::string& endpoint, const char* role, const std::vector<TensorSpec>& expected,
-                        const std::vector<TensorSpec>& found, ModelFormat format,
+                        const std::vector<TensorSpec>& found, ModelFormat format, bool check_symbols,
                         std::vector<std::string>* errors) {
   for (const auto& e : expected) {
     const std::string where = "endpoint '" + endpoint + "' " + role + " '" + e.name + "'";
@@ -54,7 +54,7 @@ void CompareTensorLists(const std::string& endpoint, const char* role, const std
                         SpecToString(e) + ")");
       continue;
     }
-    CompareTensor(where, e, *f, format, errors);
+    CompareTensor(where, e, *f, check_symbols, errors);
   }
   for (const auto& f : found) {
     if (FindSpec(expected, f.name) == nullptr) {
@@ -78,6 +78,11 @@ std::vector<std::string> CompareSignatures(const Manifest& manifest, ModelFormat
   for (const auto& e : manifest.endpoints) {
     if (e.HasFormat(format)) expected.push_back(&e);
   }
+  // Formats whose signature carries dim names: ONNX always (dim_param), a SavedModel
+  // when servekit wrote them into its signature_def.
+  const ManifestArtifact* artifact = manifest.FindArtifact(format);
+  const bool check_symbols = format == ModelFormat::kOnnx ||
+                             (format == ModelFormat::kTfSavedModel && artifact != nullptr && artifact->dim_names);
   if (format == ModelFormat::kTfSavedModel) {
     const bool listed = std::any_of(expected.begin(), expected.end(),
                                     [](const ManifestEndpoint* e) { return e->signature.name == "serving_default"; });
@@ -103,8 +108,8 @@ std::vector<std::string> CompareSignatures(const Manifest& manifest, ModelFormat
       errors.push_back("endpoint '" + want.name + "': method_name expected '" + want.method_name + "', found '" +
                        have->method_name + "'");
     }
-    CompareTensorLists(want.name, "input", want.inputs, have->inputs, format, &errors);
-    CompareTensorLists(want.name, "output", want.outputs, have->outputs, format, &errors);
+    CompareTensorLists(want.name, "input", want.inputs, have->inputs, format, check_symbols, &errors);
+    CompareTensorLists(want.name, "output", want.outputs, have->outputs, format, check_symbols, &errors);
   }
   for (const auto& s : found) {
     const bool known = std::any_of(expected.begin(), expected.end(),

@@ -18,8 +18,11 @@ namespace servekit {
 // Compares the signatures a `format` artifact exposes (`found`) with the manifest's
 // endpoints for that format: every endpoint present (serving_default among them for
 // a SavedModel; exactly one for every other format), no extra ones, tensor names, dtypes, ranks,
-// static dims equal, dynamic dims dynamic, and, for ONNX, symbolic dim names equal
-// where the manifest names them. For a SavedModel, also the method names.
+// static dims equal, dynamic dims dynamic, and symbolic dim names equal where the
+// manifest names them, for ONNX (dim_param) and for a SavedModel whose manifest entry
+// says `"dim_names": true` (TensorShapeProto.Dim.name in its signature_def): dims that
+// share a name in the manifest share it in the artifact. For a SavedModel, also the
+// method names.
 std::vector<std::string> CompareSignatures(const Manifest& manifest, ModelFormat format,
                                            const std::vector<Signature>& found);
 

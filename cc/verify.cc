@@ -1,6 +1,7 @@
 #include "cc/verify.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 #include <sstream>
 
@@ -27,7 +28,7 @@ bool VerifyReport::passed() const {
   for (const auto& c : cross_parity) {
     if (!c.passed) return false;
   }
-  return !artifacts.empty();
+  return !artifacts.empty() && dim_errors.empty();
 }
 
 bool VerifyReport::load_failed() const {
@@ -39,6 +40,7 @@ bool VerifyReport::load_failed() const {
 
 std::vector<std::string> VerifyReport::Failures() const {
   std::vector<std::string> lines;
+  for (const auto& e : dim_errors) lines.push_back("dims: " + e);
   for (const auto& a : artifacts) {
     const std::string prefix = std::string(FormatName(a.format)) + ": ";
     for (const auto& e : a.digest_errors) lines.push_back(prefix + e);
@@ -84,23 +86,48 @@ nlohmann::json VerifyReport::ToJson() const {
   for (const auto& e : endpoints) {
     std::vector<std::string> formats;
     for (auto f : e.formats) formats.push_back(FormatName(f));
+    nlohmann::json dims = nlohmann::json::object();
+    for (const auto& d : e.dims) {
+      nlohmann::json record = {{"verified", d.verified}};
+      if (d.window) record["window"] = *d.window;
+      if (d.max) record["max"] = *d.max;
+      if (!d.note.empty()) record["note"] = d.note;
+      dims[d.symbol] = std::move(record);
+    }
     endpoints_json.push_back({{"name", e.name},
                               {"formats", formats},
                               {"stochastic", e.stochastic},
                               {"stateful", e.stateful},
-                              {"stochastic_outputs", e.stochastic_outputs}});
+                              {"stochastic_outputs", e.stochastic_outputs},
+                              {"dims", dims}});
   }
   nlohmann::json cross = nlohmann::json::array();
   for (const auto& c : cross_parity) cross.push_back(servekit::ToJson(c));
   return {{"manifest", manifest_path}, {"model", model},         {"passed", passed()},
           {"endpoints", endpoints_json}, {"artifacts", artifacts_json},
-          {"cross_parity", cross},       {"failures", Failures()}};
+          {"cross_parity", cross},       {"dim_errors", dim_errors},
+          {"failures", Failures()}};
 }
 
 namespace {
 
 std::string Pad(const std::string& s, size_t width) {
   return s.size() >= width ? s : s + std::string(width - s.size(), ' ');
+}
+
+// "batch 1, 2, 7; sequence 1, 5, 11 (past window 8)".
+std::string DescribeDims(const std::vector<DimRecord>& dims) {
+  std::string text;
+  for (const auto& d : dims) {
+    if (!text.empty()) text += "; ";
+    text += d.symbol + " ";
+    for (size_t i = 0; i < d.verified.size(); ++i) text += (i ? ", " : "") + std::to_string(d.verified[i]);
+    if (d.window && !d.verified.empty() && d.verified.back() > *d.window) {
+      text += " (past window " + std::to_string(*d.window) + ")";
+    }
+    if (!d.note.empty()) text += " (" + d.note + ")";
+  }
+  return text;
 }
 
 }  // namespace
@@ -127,7 +154,9 @@ std::string VerifyReport::ToText() const {
     if (e.stateful) flags += "  stateful";
     std::string line = "  " + Pad(e.name, width) + "  " + (flags.empty() ? formats[i] : Pad(formats[i], formats_width)) + flags;
     out << line << "\n";
+    if (!e.dims.empty()) out << "  " << Pad("", width) << "  dims: " << DescribeDims(e.dims) << "\n";
   }
+  if (!dim_errors.empty()) out << "  dims: " << dim_errors.size() << " problem(s)\n";
   for (const auto& a : artifacts) {
     out << "\n" << FormatName(a.format) << ": " << a.path << "\n";
     out << "  digests: " << (a.digest_errors.empty() ? "OK" : std::to_string(a.digest_errors.size()) + " problem(s)")
@@ -159,8 +188,24 @@ std::string VerifyReport::ToText() const {
   } else {
     out << "\nRESULT: FAIL (" << failures.size() << " problem" << (failures.size() == 1 ? "" : "s") << ")\n";
     for (const auto& f : failures) out << "  - " << f << "\n";
+    const std::string first = FirstDivergence();
+    if (!first.empty()) out << "first diverging output: " << first << "\n";
   }
   return out.str();
+}
+
+std::string VerifyReport::FirstDivergence() const {
+  for (const auto& a : artifacts) {
+    for (const auto& c : a.parity) {
+      for (const auto& o : c.outputs) {
+        if (o.passed || o.check != OutputCheck::kValues) continue;
+        char error[32];
+        std::snprintf(error, sizeof(error), "%.6g", o.max_abs_error);
+        return c.label + " output '" + o.name + "' max_abs=" + error;  // the label names the format
+      }
+    }
+  }
+  return "";
 }
 
 StatusOr<VerifyReport> VerifyExport(const std::string& manifest_path, const VerifyOptions& options) {
@@ -178,8 +223,9 @@ StatusOr<VerifyReport> VerifyExport(const Manifest& manifest, const std::string&
   report.model = manifest.model;
   for (const auto& e : manifest.endpoints) {
     report.endpoints.push_back(
-        EndpointSummary{e.signature.name, e.formats, e.stochastic, e.stateful, e.stochastic_outputs});
+        EndpointSummary{e.signature.name, e.formats, e.stochastic, e.stateful, e.stochastic_outputs, e.dims});
   }
+  report.dim_errors = CheckVerifiedDims(manifest);
   std::vector<std::unique_ptr<Model>> loaded;
   for (const auto& artifact : manifest.artifacts) {
     if (options.format && artifact.format != *options.format) continue;

@@ -54,6 +54,7 @@ struct EndpointSummary {
   bool stochastic = false;
   bool stateful = false;
   std::vector<std::string> stochastic_outputs;
+  std::vector<DimRecord> dims;  // its named dynamic dims and the sizes each was verified at
 };
 
 struct VerifyReport {
@@ -62,11 +63,19 @@ struct VerifyReport {
   std::vector<EndpointSummary> endpoints;
   std::vector<ArtifactReport> artifacts;
   std::vector<CaseParity> cross_parity;
+  // The manifest's "dims" records against its reference data (CheckVerifiedDims).
+  std::vector<std::string> dim_errors;
 
   bool passed() const;
   bool load_failed() const;  // some artifact could not be loaded
   // Every failure, one line each, prefixed by its artifact.
   std::vector<std::string> Failures() const;
+  // Where the reference parity first fails: "<case label> output '<name>' max_abs=<error>"
+  // (e.g. "onnx reference serving_default b1 output 'logits' max_abs=0.5"), the first failing output of the first artifact whose reference
+  // cases fail (cases in run order, outputs in signature order); empty when none does.
+  // (servekit's export names the Keras layer behind it; `servekit_verify compare`
+  // compares two artifacts of the export on the same inputs.)
+  std::string FirstDivergence() const;
   nlohmann::json ToJson() const;
   // What `servekit_verify validate` prints: per artifact, then cross-format, then the result.
   std::string ToText() const;
