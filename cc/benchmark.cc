@@ -10,12 +10,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <random>
 #include <thread>
 
-#include "cc/onnx_model.h"
-#include "cc/openvino_model.h"
 #include "onnxruntime_cxx_api.h"
 #include "tensorflow/c/c_api.h"
 
@@ -216,36 +213,27 @@ StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::str
                                               const std::vector<NamedTensor>& inputs, int warmup,
                                               int64_t min_iterations, double min_seconds) {
   if (model.FindEndpoint(endpoint) == nullptr) return NotFound("no endpoint '" + endpoint + "' in " + model.path());
-  // Each timing includes releasing the outputs.
+  // A serving loop's calls: each one's outputs are handed back to the next for reuse.
+  std::vector<NamedTensor> outputs;
   SERVEKIT_ASSIGN_OR_RETURN(auto latencies, TimeAlternating(warmup, min_iterations, min_seconds, [&] {
-                              return model.Run(endpoint, inputs).status();
+                              return model.RunInto(endpoint, inputs, &outputs);
                             }));
   return std::move(latencies[0]);
 }
 
 StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, const std::vector<NamedTensor>& inputs,
                                                          int warmup, int64_t min_iterations, double min_seconds) {
-  // The runtime's own loop: Ort::Session::Run, or ov::InferRequest::infer.
-  std::function<Status()> bare;
-  std::unique_ptr<OnnxModel::BareLoop> ort_loop;
-  std::unique_ptr<OpenVinoModel::BareLoop> ov_loop;
-  std::string endpoint;
-  if (const auto* onnx = dynamic_cast<const OnnxModel*>(&model)) {
-    SERVEKIT_ASSIGN_OR_RETURN(ort_loop, onnx->MakeBareLoop(inputs));
-    bare = [&] { return ort_loop->RunOnce(); };
-    endpoint = kOnnxEndpoint;
-  } else if (const auto* openvino = dynamic_cast<const OpenVinoModel*>(&model)) {
-    SERVEKIT_ASSIGN_OR_RETURN(ov_loop, openvino->MakeBareLoop(inputs));
-    bare = [&] { return ov_loop->RunOnce(); };
-    endpoint = kOpenVinoEndpoint;
-  } else {
-    return InvalidArgument("the bare runtime loop needs an ONNX or OpenVINO model, not a " +
-                           std::string(FormatName(model.format())));
-  }
+  // The runtime's own loop: Ort::Session::Run, ov::InferRequest::infer,
+  // LiteRtRunCompiledModel or AOTIModelPackageLoader::run.
+  // InvalidArgument for a runtime without one (TensorFlow); the others run one endpoint.
+  SERVEKIT_ASSIGN_OR_RETURN(std::unique_ptr<BareLoop> bare, model.MakeBareLoop(inputs));
+  const std::string& endpoint = model.signatures()[0].name;
+  std::vector<NamedTensor> outputs;  // handed back to each next call, as in TimeRunnerLoop
   SERVEKIT_ASSIGN_OR_RETURN(auto latencies,
                             TimeAlternating(
                                 warmup, min_iterations, min_seconds,
-                                [&] { return model.Run(endpoint, inputs).status(); }, bare));
+                                [&] { return model.RunInto(endpoint, inputs, &outputs); },
+                                [&] { return bare->RunOnce(); }));
   return RunnerAndBareOrtLatencies{std::move(latencies[0]), std::move(latencies[1])};
 }
 

@@ -4,11 +4,14 @@
 // dim 0 to the batch, or random data matching the signature), then warm-up runs,
 // then timed runs (a fixed count or a time budget). Latencies are per call,
 // wall-clock; the report has p50/p90/p99/max, throughput, the thread settings and
-// the machine. For ONNX models, `bare_ort` also times a bare Ort::Session::Run loop
-// over pre-built Ort::Values on the same session (what onnxruntime_perf_test
-// measures), alternating call by call with servekit's runner, so the report can
-// state the runner's overhead ratio; for OpenVINO IRs, the same with a bare
-// ov::InferRequest::infer() loop (what benchmark_app measures).
+// the machine. The runner is timed as a serving loop calls it: the same input
+// buffers every call, and each call's outputs handed back to the next for reuse
+// (Model::RunInto). `bare_ort` also times the runtime's bare C/C++ loop
+// (Model::MakeBareLoop: a bare Ort::Session::Run over pre-built Ort::Values, what
+// onnxruntime_perf_test measures; ov::InferRequest::infer(), what benchmark_app
+// measures; LiteRtRunCompiledModel over buffers made once;
+// AOTIModelPackageLoader::run on prebuilt at::Tensors), alternating call by call
+// with servekit's runner, so the report can state the runner's overhead ratio.
 #ifndef SERVEKIT_CC_BENCHMARK_H_
 #define SERVEKIT_CC_BENCHMARK_H_
 
@@ -30,7 +33,7 @@ struct BenchmarkOptions {
   double seconds = 0.0;   // ... or a time budget per batch size; 100 calls when both are 0
   // Inputs to tile to each batch size (e.g. a reference case); random data when empty.
   std::vector<NamedTensor> sample_inputs;
-  bool bare_ort = false;  // ONNX / OpenVINO: also time the runtime's bare loop
+  bool bare_ort = false;  // also time the runtime's bare loop (not TensorFlow)
   uint64_t seed = 1;      // for random inputs
   LoadOptions load_options;  // how the model was loaded; recorded in the report
 };
@@ -80,22 +83,22 @@ StatusOr<std::vector<NamedTensor>> MakeBatchInputs(const Signature& signature, c
 
 StatusOr<BenchmarkReport> RunBenchmark(const Model& model, const BenchmarkOptions& options);
 
-// Per-call latencies in nanoseconds of `model.Run(endpoint, inputs)`: `warmup`
-// untimed calls, then timed calls until at least `min_iterations` were made and
+// Per-call latencies in nanoseconds of `model.RunInto(endpoint, inputs, &outputs)`,
+// each call's outputs handed back to the next: `warmup` untimed calls, then timed calls until at least `min_iterations` were made and
 // `min_seconds` passed (for drivers that compute their own statistics).
 StatusOr<std::vector<int64_t>> TimeRunnerLoop(const Model& model, const std::string& endpoint,
                                               const std::vector<NamedTensor>& inputs, int warmup,
                                               int64_t min_iterations, double min_seconds);
 
-// Per-call latencies (ns) of servekit's runner on an ONNX (OpenVINO) `model` and of
-// a bare Ort::Session::Run (ov::InferRequest::infer) loop over inputs built once
-// from `inputs`, on the same session (compiled model), alternating call by call (so
-// both see the same machine state; what the runner adds is then the ratio).
+// Per-call latencies (ns) of servekit's runner on `model` and of the runtime's bare
+// loop over inputs built once from `inputs` (Model::MakeBareLoop), alternating call
+// by call (so both see the same machine state; what the runner adds is then the
+// ratio). The name stays from when ONNX Runtime was the only such runtime.
 struct RunnerAndBareOrtLatencies {
   std::vector<int64_t> runner;
   std::vector<int64_t> bare_ort;
 };
-// InvalidArgument for a model that is neither ONNX nor OpenVINO.
+// InvalidArgument for a model whose runtime has no bare loop (a SavedModel).
 StatusOr<RunnerAndBareOrtLatencies> TimeRunnerAndBareOrt(const Model& model, const std::vector<NamedTensor>& inputs,
                                                          int warmup, int64_t min_iterations, double min_seconds);
 

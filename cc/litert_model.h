@@ -11,9 +11,13 @@
 // host-memory alignment; others are copied), resizes a dynamic input when its shape
 // changed, and has LiteRT write each output into a buffer servekit allocates, sized
 // from the signature: static dims, and a dynamic leading dim equal to the first
-// input's (the batch). LiteRT's reported output layout can still say batch 1 after
-// a resize, so it is not consulted; a model with any other dynamic output dim is
-// refused at load. A compiled model runs one call at a time: Run() holds a mutex.
+// input's (the batch), then copies each output into a tensor of its own. LiteRT's
+// reported output layout can still say batch 1 after a resize, so it is not
+// consulted; a model with any other dynamic output dim is refused at load. LiteRT
+// tensor buffers stay bound between calls: a caller feeding the same buffers with
+// the same shapes again makes no LiteRT buffer (their creation costs as much as a
+// tenth of a tiny model's inference). A compiled model runs one call at a time:
+// Run() holds a mutex.
 #ifndef SERVEKIT_CC_LITERT_MODEL_H_
 #define SERVEKIT_CC_LITERT_MODEL_H_
 
@@ -39,11 +43,17 @@ class LiteRtModel final : public Model {
 
   ModelFormat format() const override { return ModelFormat::kLiteRt; }
 
+  // A bare LiteRtRunCompiledModel loop on a compiled model of its own (the same model
+  // and options), over tensor buffers made once from copies of `inputs` (what a C
+  // program on LiteRT's API runs).
+  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const override;
+
  private:
   struct Runtime;  // LiteRT handles; litert_model.cc
   LiteRtModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime);
   Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                    std::vector<NamedTensor>* outputs) const override;
+                    OutputSlots* outputs) const override;
+  Status Prepare(const Signature& signature, const std::vector<const Tensor*>& inputs) const;
 
   std::unique_ptr<Runtime> runtime_;
 };

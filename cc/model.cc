@@ -103,10 +103,40 @@ Status Model::CheckFeeds(const Signature& signature, const std::vector<NamedTens
   return Status::Ok();
 }
 
+namespace {
+
+bool SameShape(const Shape& a, const Shape& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+StatusOr<Tensor*> OutputSlots::Writable(size_t index, DType dtype, const Shape& shape) {
+  Tensor& slot = (*outputs_)[index].tensor;
+  if (!(slot.dtype() == dtype && !slot.is_string() && !slot.is_view() && slot.owner() != nullptr &&
+        slot.owner().use_count() == 1 && SameShape(slot.shape(), shape))) {
+    SERVEKIT_ASSIGN_OR_RETURN(slot, Tensor::AllocateUninitialized(dtype, shape));
+  }
+  ++filled_;
+  return &slot;
+}
+
 StatusOr<std::vector<NamedTensor>> Model::Run(const std::string& endpoint,
                                               const std::vector<NamedTensor>& inputs) const {
+  std::vector<NamedTensor> outputs;
+  SERVEKIT_RETURN_IF_ERROR(RunInto(endpoint, inputs, &outputs));
+  return outputs;
+}
+
+Status Model::RunInto(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
+                      std::vector<NamedTensor>* outputs) const {
   const Signature* found = FindEndpoint(endpoint);
   if (found == nullptr) {
+    outputs->clear();
     std::string known;
     for (const auto& s : signatures_) known += (known.empty() ? "'" : ", '") + s.name + "'";
     return NotFound("no endpoint '" + endpoint + "' in " + path_ + "; it has: " + known);
@@ -115,15 +145,29 @@ StatusOr<std::vector<NamedTensor>> Model::Run(const std::string& endpoint,
   const Signature& signature = *found;
   // Reused per thread: Run() calls no user code, so it never re-enters on one thread.
   thread_local std::vector<const Tensor*> ordered;
-  SERVEKIT_RETURN_IF_ERROR(CheckFeeds(signature, inputs, &ordered));
-  std::vector<NamedTensor> outputs;
-  outputs.reserve(signature.outputs.size());
-  SERVEKIT_RETURN_IF_ERROR(RunChecked(index, ordered, &outputs));
-  if (outputs.size() != signature.outputs.size()) {
-    return Internal(Where(signature) + " returned " + std::to_string(outputs.size()) + " outputs, its signature has " +
-                    std::to_string(signature.outputs.size()));
+  Status status = CheckFeeds(signature, inputs, &ordered);
+  if (!status.ok()) {
+    outputs->clear();
+    return status;
   }
-  return outputs;
+  const size_t n = signature.outputs.size();
+  outputs->resize(n);  // the previous call's outputs stay, for OutputSlots to reuse
+  for (size_t k = 0; k < n; ++k) {
+    if ((*outputs)[k].name != signature.outputs[k].name) (*outputs)[k].name = signature.outputs[k].name;
+  }
+  OutputSlots slots(outputs);
+  status = RunChecked(index, ordered, &slots);
+  if (status.ok() && slots.filled() != n) {
+    status = Internal(Where(signature) + " filled " + std::to_string(slots.filled()) + " outputs, its signature has " +
+                      std::to_string(n));
+  }
+  if (!status.ok()) outputs->clear();
+  return status;
+}
+
+StatusOr<std::unique_ptr<BareLoop>> Model::MakeBareLoop(const std::vector<NamedTensor>& /*inputs*/) const {
+  return InvalidArgument(std::string("the bare runtime loop needs an ONNX, OpenVINO, LiteRT or AOTInductor model, not a ") +
+                         FormatName(format()) + " model (" + path_ + ")");
 }
 
 bool AliasesInput(const void* inner, const std::vector<const Tensor*>& inputs) {

@@ -15,6 +15,7 @@
 #ifndef SERVEKIT_CC_MODEL_H_
 #define SERVEKIT_CC_MODEL_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -68,6 +69,45 @@ struct LoadOptions {
 // inter-op < kCallerThread).
 Status CheckLoadOptions(const LoadOptions& options);
 
+// A runtime's own call loop on a loaded model, over inputs prepared once (what the
+// runtime's benchmark tools time: onnxruntime_perf_test, benchmark_app, ...): the
+// baseline against which the benchmark states what servekit's Run adds. Made by
+// Model::MakeBareLoop; it holds the model by reference and is not thread-safe.
+class BareLoop {
+ public:
+  virtual ~BareLoop() = default;
+  // One call of the runtime's run function; its outputs stay the runtime's.
+  virtual Status RunOnce() = 0;
+};
+
+// The outputs of one Run, one slot per signature output, in signature order, held in
+// the caller's vector (Model::RunInto). A runner either places a tensor it has
+// (Set: a view of the runtime's result, say) or writes into the one Writable gives
+// it, which is the caller's previous output when that can be overwritten. Every slot
+// is filled exactly once per call.
+class OutputSlots {
+ public:
+  explicit OutputSlots(std::vector<NamedTensor>* outputs) : outputs_(outputs) {}
+  size_t size() const { return outputs_->size(); }
+  size_t filled() const { return filled_; }
+
+  // Places `tensor` as output `index`.
+  void Set(size_t index, Tensor tensor) {
+    (*outputs_)[index].tensor = std::move(tensor);
+    ++filled_;
+  }
+  // A writable numeric tensor of `dtype` and `shape` as output `index`, its bytes
+  // unspecified: the tensor already in the slot when it can be overwritten (it owns
+  // its bytes, nothing else holds them, same dtype and shape), else a new one.
+  StatusOr<Tensor*> Writable(size_t index, DType dtype, const Shape& shape);
+  // For a runner that runs again after a failed attempt: every slot is to be filled anew.
+  void Refill() { filled_ = 0; }
+
+ private:
+  std::vector<NamedTensor>* outputs_;
+  size_t filled_ = 0;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -84,6 +124,19 @@ class Model {
   StatusOr<std::vector<NamedTensor>> Run(const std::string& endpoint,
                                          const std::vector<NamedTensor>& inputs) const;
 
+  // Run into `*outputs`, for a caller that runs again and again (a serving loop, the
+  // benchmark): it passes the previous call's outputs back, and the runners that
+  // copy their results (OpenVINO, LiteRT) or have ONNX Runtime write them (ONNX)
+  // write into those tensors in place when nothing else holds them, instead of
+  // allocating new ones (OutputSlots). On failure `*outputs` is cleared.
+  Status RunInto(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
+                 std::vector<NamedTensor>* outputs) const;
+
+  // A bare loop of the runtime's own API on this model over `inputs` (checked like
+  // Run's feeds, then prepared once). InvalidArgument for a runtime without one
+  // (TensorFlow: a session's run has no cheaper form to compare with).
+  virtual StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const;
+
   // The checks Run() makes, on their own: on success `ordered[i]` is the feed for the
   // signature's input i.
   Status CheckFeeds(const Signature& signature, const std::vector<NamedTensor>& inputs,
@@ -94,10 +147,10 @@ class Model {
       : path_(std::move(path)), signatures_(std::move(signatures)) {}
 
   // Runs the endpoint at `endpoint_index` in signatures(); `inputs` are checked and in
-  // signature order. Appends one output per signature output, in signature order,
-  // to the empty `outputs`.
+  // signature order. Fills each of `outputs`' slots (one per signature output, named
+  // already) once.
   virtual Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                            std::vector<NamedTensor>* outputs) const = 0;
+                            OutputSlots* outputs) const = 0;
 
  private:
   std::string path_;

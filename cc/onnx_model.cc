@@ -378,18 +378,17 @@ constexpr uint64_t kMaxPredictedOutputBytes = uint64_t{64} << 20;
 // allocation by ONNX Runtime and no shape query afterwards. ONNX Runtime checks the
 // buffer's shape and fails the run when the prediction is wrong (*shape_mismatch).
 Status OnnxModel::RunOnce(const Ort::Value* feeds, const std::vector<const Tensor*>& inputs, bool preallocate,
-                          std::vector<NamedTensor>* outputs, bool* shape_mismatch) const {
+                          OutputSlots* outputs, bool* shape_mismatch) const {
   const Runtime& rt = *runtime_;
   const size_t n_out = rt.output_names.size();
   // Scratch space reused per thread (Run never re-enters on one thread): the per-call
   // path allocates nothing but the outputs themselves.
   thread_local std::vector<Ort::Value> fetched;
-  thread_local std::vector<Tensor> buffers;  // our output buffers ...
-  thread_local std::vector<int> buffer_of;   // ... and which output each one is
+  thread_local std::vector<char> ours;  // per output: whether ONNX Runtime writes into our slot
   fetched.clear();
   for (size_t k = 0; k < n_out; ++k) fetched.emplace_back(nullptr);
-  buffers.clear();
-  buffer_of.assign(n_out, -1);
+  ours.assign(n_out, 0);
+  bool any_ours = false;
   try {
     if (preallocate) {
       for (size_t k = 0; k < n_out; ++k) {
@@ -408,35 +407,35 @@ Status OnnxModel::RunOnce(const Ort::Value* feeds, const std::vector<const Tenso
             static_cast<uint64_t>(*elements) > kMaxPredictedOutputBytes / DTypeSize(plan.dtype)) {
           continue;
         }
-        auto buffer = Tensor::AllocateUninitialized(plan.dtype, std::move(shape));
-        if (!buffer.ok() || buffer->byte_size() == 0) continue;  // ONNX Runtime allocates this one
-        fetched[k] = Ort::Value::CreateTensor(rt.memory_info, buffer->mutable_data(), buffer->byte_size(),
-                                              buffer->shape().data(), buffer->shape().size(),
+        auto buffer = outputs->Writable(k, plan.dtype, shape);
+        if (!buffer.ok()) continue;  // ONNX Runtime allocates this one
+        Tensor& slot = **buffer;
+        fetched[k] = Ort::Value::CreateTensor(rt.memory_info, slot.mutable_data(), slot.byte_size(),
+                                              slot.shape().data(), slot.shape().size(),
                                               static_cast<ONNXTensorElementDataType>(ToOnnx(plan.dtype)));
-        buffer_of[k] = static_cast<int>(buffers.size());
-        buffers.push_back(std::move(buffer).value());
+        ours[k] = 1;
+        any_ours = true;
       }
     }
     rt.session->Run(rt.run_options, rt.input_names.data(), feeds, inputs.size(), rt.output_names.data(),
                     fetched.data(), n_out);
   } catch (const Ort::Exception& e) {
-    *shape_mismatch = !buffers.empty() && IsOutputShapeMismatch(e);
+    *shape_mismatch = any_ours && IsOutputShapeMismatch(e);
     return FromOrtException(e, "ONNX Runtime failed to run '" + path() + "'");
   }
   for (size_t k = 0; k < n_out; ++k) {
-    if (buffer_of[k] >= 0) {
-      fetched[k] = Ort::Value{nullptr};  // the view of our buffer; the buffer lives on
-      outputs->push_back(NamedTensor{rt.output_name_storage[k], std::move(buffers[buffer_of[k]])});
+    if (ours[k]) {
+      fetched[k] = Ort::Value{nullptr};  // the view of our slot's buffer; the buffer lives on
       continue;
     }
     SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromOrtValue(std::move(fetched[k]), rt.output_name_storage[k], inputs));
-    outputs->push_back(NamedTensor{rt.output_name_storage[k], std::move(t)});
+    outputs->Set(k, std::move(t));
   }
   return Status::Ok();
 }
 
 Status OnnxModel::RunChecked(size_t /*endpoint_index*/, const std::vector<const Tensor*>& inputs,
-                             std::vector<NamedTensor>* outputs) const {
+                             OutputSlots* outputs) const {
   const Runtime& rt = *runtime_;
   thread_local FeedCache feed_cache;
   const Ort::Value* feeds = nullptr;
@@ -454,48 +453,58 @@ Status OnnxModel::RunChecked(size_t /*endpoint_index*/, const std::vector<const 
   // The model's outputs defy their declared shapes: from now on ONNX Runtime
   // allocates them.
   rt.preallocate.store(false, std::memory_order_relaxed);
-  outputs->clear();
+  outputs->Refill();
   return RunOnce(feeds, inputs, /*preallocate=*/false, outputs, &shape_mismatch);
 }
 
 // ---- BareLoop -------------------------------------------------------------------
 
-struct OnnxModel::BareLoop::State {
-  const Runtime* runtime = nullptr;
-  std::vector<Ort::Value> values;
-  std::vector<Tensor> keep;  // owns the bytes the values view
+namespace {
+
+class OnnxBareLoop final : public BareLoop {
+ public:
+  OnnxBareLoop(Ort::Session* session, const std::vector<const char*>* input_names,
+               const std::vector<const char*>* output_names)
+      : session_(session), input_names_(input_names), output_names_(output_names) {}
+
+  Status RunOnce() override {
+    try {
+      session_->Run(Ort::RunOptions{nullptr}, input_names_->data(), values_.data(), values_.size(),
+                    output_names_->data(), output_names_->size());
+    } catch (const Ort::Exception& e) {
+      return FromOrtException(e, "bare ONNX Runtime run failed");
+    }
+    return Status::Ok();
+  }
+
+  std::vector<Ort::Value> values_;
+  std::vector<Tensor> keep_;  // owns the bytes the values view
+
+ private:
+  Ort::Session* session_;
+  const std::vector<const char*>* input_names_;
+  const std::vector<const char*>* output_names_;
 };
 
-OnnxModel::BareLoop::BareLoop(std::unique_ptr<State> state) : state_(std::move(state)) {}
-OnnxModel::BareLoop::~BareLoop() = default;
+}  // namespace
 
-Status OnnxModel::BareLoop::RunOnce() {
-  const Runtime& rt = *state_->runtime;
+StatusOr<std::unique_ptr<BareLoop>> OnnxModel::MakeBareLoop(const std::vector<NamedTensor>& inputs) const {
+  std::vector<const Tensor*> ordered;
+  SERVEKIT_RETURN_IF_ERROR(CheckFeeds(signatures()[0], inputs, &ordered));
+  const Runtime& rt = *runtime_;
+  auto loop = std::make_unique<OnnxBareLoop>(rt.session.get(), &rt.input_names, &rt.output_names);
   try {
-    rt.session->Run(Ort::RunOptions{nullptr}, rt.input_names.data(), state_->values.data(), state_->values.size(),
-                    rt.output_names.data(), rt.output_names.size());
-  } catch (const Ort::Exception& e) {
-    return FromOrtException(e, "bare ONNX Runtime run failed");
-  }
-  return Status::Ok();
-}
-
-StatusOr<std::unique_ptr<OnnxModel::BareLoop>> OnnxModel::MakeBareLoop(const std::vector<NamedTensor>& inputs) const {
-  auto state = std::make_unique<BareLoop::State>();
-  state->runtime = runtime_.get();
-  try {
-    for (const char* name : runtime_->input_names) {
-      const Tensor* t = FindTensor(inputs, name);
-      if (t == nullptr) return InvalidArgument(std::string("no input for '") + name + "'");
-      state->keep.push_back(*t);
-      const Tensor& kept = state->keep.back();
-      state->values.push_back(kept.is_string() || kept.byte_size() == 0 ? CopyToOrtValue(kept)
-                                                                       : ViewAsOrtValue(runtime_->memory_info, kept));
+    loop->keep_.reserve(ordered.size());
+    for (const Tensor* t : ordered) {
+      loop->keep_.push_back(*t);
+      const Tensor& kept = loop->keep_.back();
+      loop->values_.push_back(kept.is_string() || kept.byte_size() == 0 ? CopyToOrtValue(kept)
+                                                                       : ViewAsOrtValue(rt.memory_info, kept));
     }
   } catch (const Ort::Exception& e) {
     return FromOrtException(e, "building ONNX Runtime inputs failed");
   }
-  return std::unique_ptr<BareLoop>(new BareLoop(std::move(state)));
+  return std::unique_ptr<BareLoop>(std::move(loop));
 }
 
 }  // namespace servekit

@@ -50,21 +50,8 @@ class OnnxModel final : public Model {
   ModelFormat format() const override { return ModelFormat::kOnnx; }
 
   // A bare Ort::Session::Run loop on this model's session, over Ort::Values built
-  // once from `inputs` (what onnxruntime_perf_test measures): the baseline against
-  // which the benchmark states what servekit's Run adds. Holds the model by reference.
-  class BareLoop {
-   public:
-    ~BareLoop();
-    // One Ort::Session::Run; its outputs are released before it returns.
-    Status RunOnce();
-
-   private:
-    friend class OnnxModel;
-    struct State;
-    explicit BareLoop(std::unique_ptr<State> state);
-    std::unique_ptr<State> state_;
-  };
-  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const;
+  // once from `inputs` (what onnxruntime_perf_test measures).
+  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const override;
 
  private:
   struct Runtime;  // ONNX Runtime objects; onnx_model.cc
@@ -72,9 +59,9 @@ class OnnxModel final : public Model {
   static StatusOr<std::unique_ptr<OnnxModel>> Create(const std::string& path, std::string_view bytes,
                                                      const LoadOptions& options, const std::string& label);
   Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                    std::vector<NamedTensor>* outputs) const override;
+                    OutputSlots* outputs) const override;
   Status RunOnce(const Ort::Value* feeds, const std::vector<const Tensor*>& inputs, bool preallocate,
-                 std::vector<NamedTensor>* outputs, bool* shape_mismatch) const;
+                 OutputSlots* outputs, bool* shape_mismatch) const;
 
   std::unique_ptr<Runtime> runtime_;
 };

@@ -15,7 +15,12 @@
 // Run() takes an ov::InferRequest from a pool (one per concurrent caller, created
 // on demand), feeds ov::Tensors that wrap the caller's bytes (no copy), infers, and
 // copies each output out of the request (the request reuses its buffers on its next
-// call, so its outputs cannot be handed out as views).
+// call, so its outputs cannot be handed out as views). Each pooled request keeps its
+// inputs bound: a caller feeding the same buffers with the same shapes again skips
+// set_input_tensor (as costly as a tiny model's inference), and its output tensors
+// are fetched again only after a rebinding. What Run adds to a bare
+// ov::InferRequest::infer() loop is then the feed checks, a pool lookup and the
+// output copies (BareLoop, `servekit_verify bench --bare-ort`).
 #ifndef SERVEKIT_CC_OPENVINO_MODEL_H_
 #define SERVEKIT_CC_OPENVINO_MODEL_H_
 
@@ -44,28 +49,16 @@ class OpenVinoModel final : public Model {
   const std::string& declared_precision() const { return declared_precision_; }
   InferencePrecision precision() const { return precision_; }
 
-  // A bare ov::InferRequest::infer() loop on this model, over input tensors set once
-  // from `inputs` (what OpenVINO's benchmark_app measures): the baseline against
-  // which the benchmark states what servekit's Run adds. Holds the model by reference.
-  class BareLoop {
-   public:
-    ~BareLoop();
-    Status RunOnce();
-
-   private:
-    friend class OpenVinoModel;
-    struct State;
-    explicit BareLoop(std::unique_ptr<State> state);
-    std::unique_ptr<State> state_;
-  };
-  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const;
+  // A bare ov::InferRequest::infer() loop on a request of its own, over input
+  // tensors set once from `inputs` (what OpenVINO's benchmark_app measures).
+  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const override;
 
  private:
   struct Runtime;  // OpenVINO objects; openvino_model.cc
   OpenVinoModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime,
                 std::string declared_precision, InferencePrecision precision);
   Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                    std::vector<NamedTensor>* outputs) const override;
+                    OutputSlots* outputs) const override;
 
   std::unique_ptr<Runtime> runtime_;
   std::string declared_precision_;

@@ -289,7 +289,7 @@ StatusOr<std::unique_ptr<TfSavedModel>> TfSavedModel::Load(const std::string& di
 }
 
 Status TfSavedModel::RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                                std::vector<NamedTensor>* outputs) const {
+                                OutputSlots* outputs) const {
   const Runtime::Endpoint& endpoint = runtime_->endpoints[endpoint_index];
   std::vector<TfTensorPtr> owned;
   std::vector<TF_Tensor*> feeds;
@@ -316,7 +316,7 @@ Status TfSavedModel::RunChecked(size_t endpoint_index, const std::vector<const T
   for (size_t i = 0; i < results.size(); ++i) {
     if (results[i] == nullptr) return Internal("TensorFlow returned no tensor for an output");
     SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromTfTensor(std::move(results[i]), inputs));
-    outputs->push_back(NamedTensor{signature.outputs[i].name, std::move(t)});
+    outputs->Set(i, std::move(t));
   }
   return Status::Ok();
 }

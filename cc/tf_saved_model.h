@@ -41,7 +41,7 @@ class TfSavedModel final : public Model {
   TfSavedModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime,
                std::vector<std::string> devices);
   Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                    std::vector<NamedTensor>* outputs) const override;
+                    OutputSlots* outputs) const override;
 
   std::unique_ptr<Runtime> runtime_;
   std::vector<std::string> devices_;

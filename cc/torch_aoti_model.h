@@ -11,8 +11,10 @@
 // Load() checks that the file exists and is a zip archive (a .pt2), then builds the
 // loader on the CPU; every c10::Error becomes a Status naming the package (and the
 // tensor). Inputs are at::Tensors over the caller's bytes (torch::from_blob, no
-// copy); outputs are views of the returned at::Tensors, kept alive by them, copied
-// only when they share storage with an input or the model (a constant). Run() is
+// copy; kept per thread while the caller feeds the same buffers again). Outputs up
+// to 64 KiB are copied into the caller's output tensors (reused by Model::RunInto);
+// larger ones are views of the returned at::Tensors, kept alive by them, copied only
+// when they share storage with an input or the model (a constant). Run() is
 // thread-safe (the package's model container serializes its runners).
 // libtorch's thread pools are process-wide: LoadOptions' thread counts are not
 // applied.
@@ -40,11 +42,15 @@ class TorchAotiModel final : public Model {
 
   ModelFormat format() const override { return ModelFormat::kTorchAoti; }
 
+  // A bare AOTIModelPackageLoader::run loop on this package over at::Tensors made once
+  // from `inputs` (what a C++ program on libtorch runs).
+  StatusOr<std::unique_ptr<BareLoop>> MakeBareLoop(const std::vector<NamedTensor>& inputs) const override;
+
  private:
   struct Runtime;  // the AOTIModelPackageLoader; torch_aoti_model.cc
   TorchAotiModel(std::string path, std::vector<Signature> signatures, std::unique_ptr<Runtime> runtime);
   Status RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
-                    std::vector<NamedTensor>* outputs) const override;
+                    OutputSlots* outputs) const override;
 
   std::unique_ptr<Runtime> runtime_;
 };

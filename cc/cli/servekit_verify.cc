@@ -271,9 +271,10 @@ int Main(int argc, char** argv) {
       ->check(kNonNegative);
   bench->add_option("--input", bench_inputs, "sample input from a .npy file (repeat for each input)")
       ->check(kNameEqualsFile);
-  bench->add_flag("--bare-ort", bench_options.bare_ort,
-                  "ONNX and OpenVINO: also time the runtime's bare loop (Ort::Session::Run, "
-                  "ov::InferRequest::infer) and report servekit's overhead ratio");
+  bench->add_flag("--bare,--bare-ort", bench_options.bare_ort,
+                  "ONNX, OpenVINO, LiteRT and AOTInductor: also time the runtime's bare C/C++ loop "
+                  "(Ort::Session::Run, ov::InferRequest::infer, LiteRtRunCompiledModel, "
+                  "AOTIModelPackageLoader::run), alternating call by call, and report servekit's overhead ratio");
   bench->add_option("--json", bench_json, "write the report as JSON ('-': standard output)");
   bench_load.Declare(bench, /*with_tags=*/true);
 

@@ -41,6 +41,25 @@ TEST(BenchmarkTest, TilesSamplesAndMakesRandomInputs) {
   EXPECT_FALSE(MakeBatchInputs(sig, {sample[0]}, 2, 1).ok());  // 'w' missing
 }
 
+TEST(BenchmarkTest, OpenVinoAndLiteRtWithBareLoops) {
+  for (const char* artifact : {"formats/model.xml", "formats/model.tflite"}) {
+    auto model = LoadModel(testing::FixturePath(artifact));
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    BenchmarkOptions options;
+    options.batches = {1, 4};
+    options.iterations = 20;
+    options.warmup = 2;
+    options.bare_ort = true;
+    auto report = RunBenchmark(**model, options);
+    ASSERT_TRUE(report.ok()) << artifact << ": " << report.status().ToString();
+    for (const auto& b : report->batches) {
+      ASSERT_TRUE(b.bare_ort.has_value()) << artifact;
+      EXPECT_EQ(b.bare_ort->iterations, 20) << artifact;
+      EXPECT_GT(*b.overhead_ratio, 0.0) << artifact;
+    }
+  }
+}
+
 TEST(BenchmarkTest, OnnxWithBareLoop) {
   auto model = LoadModel(testing::FixturePath("model.onnx"));
   ASSERT_TRUE(model.ok());

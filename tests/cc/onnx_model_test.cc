@@ -1,6 +1,7 @@
 // OnnxModel on the fixture: symbolic signature, runs, every error path, concurrency.
 #include "cc/onnx_model.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "cc/file_util.h"
@@ -13,6 +14,10 @@ namespace {
 
 using testing::Floats;
 using testing::Int64s;
+
+// features [[1,0,0],[0,1,2]] through the fixture's weights and bias.
+const std::vector<float> kFeatures = {1, 0, 0, 0, 1, 2};
+const std::vector<float> kLogits = {0.6f, -1.2f, -1.15f, 2.05f};
 
 class OnnxModelTest : public ::testing::Test {
  protected:
@@ -72,6 +77,65 @@ TEST_F(OnnxModelTest, ReusedInputBufferSeesNewContentsAndShapes) {
   const Tensor two = run({2, 3});
   EXPECT_EQ(two.Describe(), "float32[2,2]");
   EXPECT_FLOAT_EQ(two.data_as<float>()[2], 0.6f);
+}
+
+TEST_F(OnnxModelTest, ServingLoopSeesNewValuesAndReusesOutputs) {
+  // A serving loop: one input buffer, new values written into it between calls, and
+  // each call's outputs handed back to the next (Model::RunInto).
+  Tensor features = Floats({2, 3}, kFeatures);
+  const std::vector<NamedTensor> inputs = {{"features", features}};
+  std::vector<NamedTensor> outputs;
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  ASSERT_EQ(outputs.size(), 1u);
+  EXPECT_EQ(outputs[0].name, "logits");
+  for (size_t i = 0; i < kLogits.size(); ++i) EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], kLogits[i], 1e-6);
+  const void* first = outputs[0].tensor.data();
+  // The rows swapped in place: same address and shape, new values, which the
+  // runtime must read (nothing bound to the buffer may hold a stale copy).
+  float* x = static_cast<float*>(features.mutable_data());
+  const std::vector<float> swapped = {0, 1, 2, 1, 0, 0};
+  std::copy(swapped.begin(), swapped.end(), x);
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  const std::vector<float> expected = {kLogits[2], kLogits[3], kLogits[0], kLogits[1]};
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], expected[i], 1e-6);
+  EXPECT_EQ(outputs[0].tensor.data(), first);  // written in place
+  // An output the caller keeps is left alone: the next call makes a new one.
+  const Tensor kept = outputs[0].tensor;
+  std::copy(kFeatures.begin(), kFeatures.end(), x);
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  EXPECT_NE(outputs[0].tensor.data(), kept.data());
+  EXPECT_NEAR(kept.data_as<float>()[0], expected[0], 1e-6);
+  EXPECT_NEAR(outputs[0].tensor.data_as<float>()[0], kLogits[0], 1e-6);
+  // The same buffer seen as one row: a new shape on the same address.
+  auto row = Tensor::View(DType::kFloat32, {1, 3}, features.data(), 3 * sizeof(float), features.owner());
+  ASSERT_TRUE(row.ok());
+  ASSERT_TRUE(model_->RunInto("serving_default", {{"features", *row}}, &outputs).ok());
+  EXPECT_EQ(outputs[0].tensor.Describe(), "float32[1,2]");
+  EXPECT_NEAR(outputs[0].tensor.data_as<float>()[1], kLogits[1], 1e-6);
+  // A failed call leaves no outputs behind.
+  EXPECT_FALSE(model_->RunInto("serving_default", {}, &outputs).ok());
+  EXPECT_TRUE(outputs.empty());
+}
+
+TEST(OnnxModelOutputsTest, ServingLoopThroughAMispredictionAndStrings) {
+  // RunInto with outputs handed back, on the model whose 'doubled' defies its declared
+  // shape (the first run is retried with ONNX Runtime's own outputs) and has strings.
+  auto loaded = OnnxModel::Load(testing::FixturePath("extra.onnx"), LoadOptions{});
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  std::vector<NamedTensor> outputs;
+  Tensor x = Floats({2, 3}, {1, 2, 3, 4, 5, 6});
+  const std::vector<NamedTensor> inputs = {{"x", x}, {"words", testing::Strings({2}, {"a", "b"})}};
+  for (int round = 0; round < 3; ++round) {
+    static_cast<float*>(x.mutable_data())[0] = static_cast<float>(round);
+    ASSERT_TRUE((*loaded)->RunInto("serving_default", inputs, &outputs).ok()) << round;
+    ASSERT_EQ(outputs.size(), 3u);
+    const Tensor* doubled = FindTensor(outputs, "doubled");
+    const Tensor* same = FindTensor(outputs, "same");
+    ASSERT_TRUE(doubled && same);
+    EXPECT_EQ(doubled->Describe(), "float32[4,3]");
+    EXPECT_EQ(same->data_as<float>()[0], static_cast<float>(round));
+    EXPECT_EQ(FindTensor(outputs, "words_out")->strings(), (std::vector<std::string>{"a", "b"}));
+  }
 }
 
 TEST_F(OnnxModelTest, FeedErrors) {

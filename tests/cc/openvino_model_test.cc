@@ -3,6 +3,7 @@
 // concurrency, the bare benchmark loop.
 #include "cc/openvino_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <thread>
@@ -135,6 +136,44 @@ TEST_F(OpenVinoModelTest, ConcurrentRunsEachGetTheirOwnResult) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(wrong, std::vector<int>(4, 0));
+}
+
+TEST_F(OpenVinoModelTest, ServingLoopSeesNewValuesAndReusesOutputs) {
+  // A serving loop: one input buffer, new values written into it between calls, and
+  // each call's outputs handed back to the next (Model::RunInto).
+  Tensor features = Floats({2, 3}, kFeatures);
+  const std::vector<NamedTensor> inputs = {{"features", features}};
+  std::vector<NamedTensor> outputs;
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  ASSERT_EQ(outputs.size(), 1u);
+  EXPECT_EQ(outputs[0].name, "logits");
+  for (size_t i = 0; i < kLogits.size(); ++i) EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], kLogits[i], 1e-6);
+  const void* first = outputs[0].tensor.data();
+  // The rows swapped in place: same address and shape, new values, which the
+  // runtime must read (nothing bound to the buffer may hold a stale copy).
+  float* x = static_cast<float*>(features.mutable_data());
+  const std::vector<float> swapped = {0, 1, 2, 1, 0, 0};
+  std::copy(swapped.begin(), swapped.end(), x);
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  const std::vector<float> expected = {kLogits[2], kLogits[3], kLogits[0], kLogits[1]};
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], expected[i], 1e-6);
+  EXPECT_EQ(outputs[0].tensor.data(), first);  // written in place
+  // An output the caller keeps is left alone: the next call makes a new one.
+  const Tensor kept = outputs[0].tensor;
+  std::copy(kFeatures.begin(), kFeatures.end(), x);
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  EXPECT_NE(outputs[0].tensor.data(), kept.data());
+  EXPECT_NEAR(kept.data_as<float>()[0], expected[0], 1e-6);
+  EXPECT_NEAR(outputs[0].tensor.data_as<float>()[0], kLogits[0], 1e-6);
+  // The same buffer seen as one row: a new shape on the same address.
+  auto row = Tensor::View(DType::kFloat32, {1, 3}, features.data(), 3 * sizeof(float), features.owner());
+  ASSERT_TRUE(row.ok());
+  ASSERT_TRUE(model_->RunInto("serving_default", {{"features", *row}}, &outputs).ok());
+  EXPECT_EQ(outputs[0].tensor.Describe(), "float32[1,2]");
+  EXPECT_NEAR(outputs[0].tensor.data_as<float>()[1], kLogits[1], 1e-6);
+  // A failed call leaves no outputs behind.
+  EXPECT_FALSE(model_->RunInto("serving_default", {}, &outputs).ok());
+  EXPECT_TRUE(outputs.empty());
 }
 
 TEST_F(OpenVinoModelTest, BareLoopRuns) {

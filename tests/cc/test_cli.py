@@ -390,7 +390,7 @@ def test_bench_usage_errors():
         assert code == 2, args
         assert message in err, (args, err)
     code, _, err = verify("bench", FIXTURE / "saved_model", "--bare-ort", "--iterations", "2")
-    assert code == 2 and "the bare runtime loop needs an ONNX or OpenVINO model" in err
+    assert code == 2 and "the bare runtime loop needs an ONNX, OpenVINO, LiteRT or AOTInductor model" in err
 
 
 def test_gpu_validates_where_the_runtime_has_one_else_a_clear_error():
