@@ -5,8 +5,9 @@
 // renders the reports (InspectReport, VerifyReport, BenchmarkReport: ToText and
 // ToJson). This file only parses and prints.
 //
-// Exit status: 0 success (validate: everything passed), 1 validation failure,
-// 2 usage or load error.
+// Exit status: 0 success (validate: everything passed; compare: the same within
+// tolerance), 1 validation failure (compare: the artifacts differ), 2 usage or load
+// error (compare: also signatures that do not match).
 #include <alloca.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 
 #include "CLI/CLI.hpp"
 #include "cc/benchmark.h"
+#include "cc/compare.h"
 #include "cc/file_util.h"
 #include "cc/inspect.h"
 #include "cc/loader.h"
@@ -231,6 +233,29 @@ int Main(int argc, char** argv) {
   validate->add_flag("--no-cross", no_cross, "skip the cross-format comparison");
   validate_load.Declare(validate, /*with_tags=*/false);
 
+  // ---- compare
+  CLI::App* compare = app.add_subcommand(
+      "compare",
+      "Runs two artifacts of one model (formats, source backends or servekit versions) on the reference inputs of "
+      "A's manifest and compares B's outputs with A's by name, at the looser of the two manifests' tolerances. A "
+      "and B are each an artifact (with its export's manifest.json beside it), an export directory or a "
+      "manifest.json. Exit status: 0 the same within tolerance, 1 different, 2 usage or load error or signatures "
+      "that do not match.");
+  std::string compare_a, compare_b;
+  std::optional<std::string> compare_format_a, compare_format_b, compare_endpoint, compare_json;
+  LoadFlags compare_load;
+  compare->add_option("a", compare_a, "A: the reference side (its manifest's reference inputs are run)")->required();
+  compare->add_option("b", compare_b, "B: compared with A")->required();
+  compare->add_option("--format-a", compare_format_a,
+                      "A's artifact when A is an export (default: its first one servekit runs natively)")
+      ->check(CLI::IsMember(FormatNames()));
+  compare->add_option("--format-b", compare_format_b,
+                      "B's artifact when B is an export (default: A's format, if B has it)")
+      ->check(CLI::IsMember(FormatNames()));
+  compare->add_option("--endpoint", compare_endpoint, "only this endpoint's reference cases");
+  compare->add_option("--json", compare_json, "also write the report as JSON ('-': standard output)");
+  compare_load.Declare(compare, /*with_tags=*/false);
+
   // ---- run
   CLI::App* run = app.add_subcommand("run", "Runs one endpoint on .npy inputs and writes each output to "
                                             "<output-dir>/<output name>.npy.");
@@ -288,7 +313,7 @@ int Main(int argc, char** argv) {
     for (const CLI::App* sub : app.get_subcommands()) command = " " + sub->get_name();
     std::string message = e.what();
     if (command.empty() && argc > 1 && argv[1][0] != '-') {
-      message = std::string("unknown command '") + argv[1] + "' (commands: inspect, validate, run, bench)";
+      message = std::string("unknown command '") + argv[1] + "' (commands: inspect, validate, compare, run, bench)";
     }
     std::cerr << "servekit_verify" << command << ": " << message << "\n"
               << "Run 'servekit_verify" << command << " --help' for usage.\n";
@@ -316,6 +341,22 @@ int Main(int argc, char** argv) {
       if (!st.ok()) return Fail(st);
     }
     if (report->load_failed()) return kUsageOrLoadError;
+    return report->passed() ? kOk : kValidationFailed;
+  }
+
+  if (compare->parsed()) {
+    CompareOptions options;
+    options.load = compare_load.Get();
+    if (compare_format_a) options.format_a = FormatFromName(*compare_format_a);
+    if (compare_format_b) options.format_b = FormatFromName(*compare_format_b);
+    options.endpoint = compare_endpoint;
+    auto report = CompareArtifacts(compare_a, compare_b, options);
+    if (!report.ok()) return Fail(report.status());
+    (compare_json == std::optional<std::string>("-") ? std::cerr : std::cout) << report->ToText();
+    if (compare_json) {
+      Status st = WriteJson(*compare_json, report->ToJson());
+      if (!st.ok()) return Fail(st);
+    }
     return report->passed() ? kOk : kValidationFailed;
   }
 

@@ -4,6 +4,7 @@
 //   load(path, options: LoadOptions, format: Format | None) -> Model
 //   Model.signatures -> [Signature]; Model.run(endpoint, {name: array}) -> {name: array}
 //   validate(manifest_path, format, cross_format, options) -> VerifyReport
+//   compare(a, b, format_a, format_b, endpoint, options) -> CompareReport
 //   benchmark(model, ...) -> BenchmarkReport; summarize_latencies([ns]) -> LatencyStats
 //   benchmark_loop(...) -> [ns]; runner_and_bare_onnxruntime_loops(...) -> ([ns], [ns])
 //
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "cc/benchmark.h"
+#include "cc/compare.h"
 #include "cc/loader.h"
 #include "cc/manifest.h"
 #include "cc/python/numpy_convert.h"
@@ -132,6 +134,22 @@ VerifyReport Validate(const std::string& manifest_path, std::optional<ModelForma
   {
     py::gil_scoped_release release;
     report = VerifyExport(manifest_path, options);
+  }
+  return ValueOrThrow(std::move(report));
+}
+
+CompareReport Compare(const std::string& a, const std::string& b, std::optional<ModelFormat> format_a,
+                      std::optional<ModelFormat> format_b, std::optional<std::string> endpoint,
+                      const LoadOptions& load) {
+  CompareOptions options;
+  options.format_a = format_a;
+  options.format_b = format_b;
+  options.endpoint = std::move(endpoint);
+  options.load = load;
+  StatusOr<CompareReport> report = Status(StatusCode::kInternal, "not run");
+  {
+    py::gil_scoped_release release;
+    report = CompareArtifacts(a, b, options);
   }
   return ValueOrThrow(std::move(report));
 }
@@ -360,6 +378,8 @@ PYBIND11_MODULE(_native, m) {
       .def("__bool__", &VerifyReport::passed)
       .def_property_readonly("load_failed", &VerifyReport::load_failed)
       .def_property_readonly("failures", [](const VerifyReport& r) { return Tuple(r.Failures()); })
+      .def_property_readonly("first_divergence", &VerifyReport::FirstDivergence,
+                             "The first output whose reference parity fails, or ''.")
       .def_property_readonly("endpoints", [](const VerifyReport& r) { return Tuple(r.endpoints); })
       .def_property_readonly("artifacts", [](const VerifyReport& r) { return Tuple(r.artifacts); })
       .def_property_readonly("cross_parity", [](const VerifyReport& r) { return Tuple(r.cross_parity); })
@@ -369,6 +389,37 @@ PYBIND11_MODULE(_native, m) {
         py::arg("cross_format") = true, py::arg("options") = LoadOptions{},
         "Checks an export against its manifest (digests, signatures, reference parity, stochastic and stateful "
         "endpoints, cross-format parity).");
+
+  py::class_<CompareSide>(m, "CompareSide", "One artifact of a comparison, as resolved from the path given.")
+      .def_readonly("given", &CompareSide::given)
+      .def_readonly("path", &CompareSide::path)
+      .def_readonly("format", &CompareSide::format)
+      .def_readonly("manifest_path", &CompareSide::manifest_path)
+      .def_readonly("model", &CompareSide::model)
+      .def_readonly("source_backend", &CompareSide::source_backend);
+  py::class_<CompareReport>(m, "CompareReport", "B's outputs against A's on A's reference inputs.")
+      .def_readonly("a", &CompareReport::a)
+      .def_readonly("b", &CompareReport::b)
+      .def_property_readonly("passed", &CompareReport::passed)
+      .def("__bool__", &CompareReport::passed)
+      .def_property_readonly("cases", [](const CompareReport& r) { return Tuple(r.cases); })
+      .def_property_readonly("notes", [](const CompareReport& r) { return Tuple(r.notes); })
+      .def_property_readonly(
+          "first_divergence",
+          [](const CompareReport& r) -> py::object {
+            const CaseParity* where = nullptr;
+            const OutputParity* o = r.FirstDivergence(&where);
+            if (o == nullptr) return py::none();
+            return py::make_tuple(where->endpoint, where->batch, py::cast(*o));
+          },
+          "(endpoint, batch, OutputParity) of the first output beyond tolerance, or None.")
+      .def("to_text", &CompareReport::ToText, "The table `servekit_verify compare` prints.")
+      .def("to_json", [](const CompareReport& r) { return Json(r.ToJson()); }, "The report as JSON text.");
+  m.def("compare", &Compare, py::arg("a"), py::arg("b"), py::arg("format_a") = std::optional<ModelFormat>(),
+        py::arg("format_b") = std::optional<ModelFormat>(), py::arg("endpoint") = std::optional<std::string>(),
+        py::arg("options") = LoadOptions{},
+        "Runs two artifacts of one model on A's manifest reference inputs and compares their outputs by name at "
+        "the looser of the two manifests' tolerances (signatures that do not match: ValueError).");
 
   // ---- Benchmarks
   py::class_<LatencyStats>(m, "LatencyStats", "Per-call latency statistics in microseconds (nearest-rank "

@@ -18,7 +18,9 @@ documented face of the `servekit._native` extension (built by Bazel as
 Reports are the C++ library's own types, bound as Python classes (no JSON in
 between): `validate` returns a `VerifyReport` (`passed`, `failures`, per-artifact
 `parity` and `stays_random`, per-endpoint `stochastic`/`stateful`, `to_text()`,
-`to_json()`), `benchmark` a `BenchmarkReport`.
+`to_json()`), `compare` a `CompareReport` (two artifacts of one model on A's
+reference inputs: `passed`, `cases`, `first_divergence`), `benchmark` a
+`BenchmarkReport`.
 
 Errors raise ValueError (a bad argument or feed, a corrupt file), LookupError (a
 missing file, endpoint or tensor), NotImplementedError (something servekit does not
@@ -43,6 +45,7 @@ from servekit.signature import Signature, TensorSignature
 __all__ = [
     "CALLER_THREAD",
     "BenchmarkReport",
+    "CompareReport",
     "Device",
     "Format",
     "InferencePrecision",
@@ -53,6 +56,7 @@ __all__ = [
     "VerifyReport",
     "benchmark",
     "benchmark_loop",
+    "compare",
     "load",
     "runner_and_bare_onnxruntime_loops",
     "summarize_latencies",
@@ -66,6 +70,7 @@ OnnxOptimization = _native.OnnxOptimization
 InferencePrecision = _native.InferencePrecision
 LoadOptions = _native.LoadOptions
 VerifyReport = _native.VerifyReport
+CompareReport = _native.CompareReport
 BenchmarkReport = _native.BenchmarkReport
 LatencyStats = _native.LatencyStats
 
@@ -199,6 +204,29 @@ def validate(
     fmt = None if format is None else _member(Format, format, "format")
     return _native.validate(str(manifest_path), fmt, cross_format,
                             _load_options(intra_op_threads, inter_op_threads, device))
+
+
+def compare(
+    a: str,
+    b: str,
+    *,
+    format_a: Optional[Union[str, Any]] = None,
+    format_b: Optional[Union[str, Any]] = None,
+    endpoint: Optional[str] = None,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    device: Union[str, Any] = "cpu",
+) -> CompareReport:
+    """Two artifacts of one model against each other, like `servekit_verify compare`:
+    both run on the reference inputs of A's manifest, B's outputs compared with A's
+    by name at the looser of the two manifests' tolerances. `a`, `b`: an artifact
+    (its export's manifest.json beside it), an export directory or a manifest.json;
+    `format_a`/`format_b` pick the artifact of an export. Returns the `CompareReport`
+    (truthy when every output agrees; `first_divergence`). Raises ValueError when
+    the signatures do not match, LookupError for a missing path or format."""
+    fa = None if format_a is None else _member(Format, format_a, "format_a")
+    fb = None if format_b is None else _member(Format, format_b, "format_b")
+    return _native.compare(str(a), str(b), fa, fb, endpoint, _load_options(intra_op_threads, inter_op_threads, device))
 
 
 def _unwrap(model: Any) -> "_native.Model":

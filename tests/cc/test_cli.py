@@ -38,7 +38,7 @@ def test_help_and_usage():
     code, out, err = verify("--help")
     assert code == 0 and "servekit_verify [OPTIONS] SUBCOMMAND" in out, out
     assert err == ""  # nothing from TensorFlow's libraries as they load
-    for command in ("inspect", "validate", "run", "bench"):
+    for command in ("inspect", "validate", "compare", "run", "bench"):
         code, out, err = verify(command, "--help")
         assert code == 0, command
         assert f"servekit_verify {command} [OPTIONS]" in out, out
@@ -136,6 +136,7 @@ def test_validate_tampered_reference_is_exit_1(export_copy):
     assert code == 1, out + err
     assert "FAIL tf_saved_model reference serving_default b4 logits max_abs=0.5" in out
     assert "1 of 8 elements differ beyond tolerance; first: element [3,1]" in out
+    assert "first diverging output: tf_saved_model reference serving_default b4 output 'logits' max_abs=0.5" in out
 
 
 def test_validate_broken_artifact_is_exit_2(export_copy):
@@ -399,3 +400,103 @@ def test_gpu_validates_where_the_runtime_has_one_else_a_clear_error():
         assert "RESULT: PASS" in out
     else:
         assert code == 2 and "onnx: load failed: device 'gpu' requested" in out, (code, out, err)
+
+
+# ---- compare: two artifacts of one model --------------------------------------------
+
+MLP = RUNFILES / "models/mlp_tensorflow"  # the zoo's MLP: SavedModel, ONNX, OpenVINO, LiteRT, torch
+
+
+def test_compare_saved_model_with_onnx(tmp_path):
+    code, out, err = verify("compare", MLP / "saved_model", MLP / "model.onnx", "--json", tmp_path / "c.json")
+    assert code == 0, out + err
+    assert err == ""
+    assert f"A: {MLP / 'saved_model'} (tf_saved_model, model 'mlp_tensorflow', from tensorflow)" in out, out
+    assert f"B: {MLP / 'model.onnx'} (onnx, model 'mlp_tensorflow', from tensorflow)" in out
+    assert "tolerance: the looser of both manifests" in out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["case", "output", "max_abs", "max_rel", "atol", "rtol", "result"] in rows
+    assert [r[:3] for r in rows if r[-1:] == ["PASS"]] == [["serving_default", "b1", "logits"],
+                                                           ["serving_default", "b7", "logits"]]
+    assert "RESULT: SAME (every output of 2 cases within tolerance)" in out
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["passed"] is True and report["first_divergence"] is None
+    assert report["a"]["format"] == "tf_saved_model" and report["b"]["format"] == "onnx"
+    assert report["a"]["manifest"] == report["b"]["manifest"] == str(MLP / "manifest.json")
+    assert [(c["endpoint"], c["batch"]) for c in report["cases"]] == [("serving_default", 1), ("serving_default", 7)]
+    assert report["cases"][0]["outputs"][0]["atol"] == 1e-5
+
+
+def test_compare_exports_and_every_native_format():
+    # An export directory (or its manifest) stands for its first artifact, or --format-a/-b.
+    code, out, err = verify("compare", MLP, MLP / "manifest.json", "--format-b", "litert")
+    assert code == 0, out + err
+    assert "(tf_saved_model, model 'mlp_tensorflow'" in out and "model.tflite (litert" in out
+    code, out, err = verify("compare", MLP / "model.xml", MLP / "model.onnx", "--json", "-")
+    assert code == 0, out + err
+    report = json.loads(out)  # JSON on standard output, the table on standard error
+    assert report["passed"] and report["a"]["format"] == "openvino" and "RESULT: SAME" in err
+    code, out, err = verify("compare", MLP / "model.onnx", MLP, "--endpoint", "serving_default")
+    assert code == 0, out + err
+    assert "B: " + str(MLP / "model.onnx") + " (onnx" in out  # B defaults to A's format
+
+
+def test_compare_two_different_models_is_exit_1(export_copy, tmp_path):
+    # The fixture's serving_default has the MLP's signature (features[batch,3] -> logits[batch,2]),
+    # not its weights.
+    code, out, err = verify("compare", MLP / "model.onnx", export_copy / "model.onnx", "--json", tmp_path / "c.json")
+    assert code == 1, out + err
+    assert "note: A is model 'mlp_tensorflow', B is model " in out
+    assert "RESULT: DIFFERENT (first divergence: serving_default b1 output 'logits', max_abs=" in out
+    assert "FAIL" in out and "elements differ beyond tolerance; first: element [0," in out
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["passed"] is False
+    first = report["first_divergence"]
+    assert first["endpoint"] == "serving_default" and first["batch"] == 1 and first["output"] == "logits"
+    assert first["max_abs_error"] > 1e-3
+
+
+def test_compare_tolerance_is_the_looser_manifest(export_copy):
+    # A copy of the MLP export whose manifest allows a float32 rtol of 0.5: B's looser term wins.
+    mlp = export_copy.parent / "mlp"
+    shutil.copytree(MLP, mlp)
+    for path in mlp.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    manifest = json.loads((mlp / "manifest.json").read_text())
+    manifest["tolerances"]["float32"] = {"atol": 1e-6, "rtol": 0.5}
+    (mlp / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = verify("compare", MLP / "model.onnx", mlp / "model.onnx", "--json", "-")
+    assert code == 0, out + err
+    outputs = [o for c in json.loads(out)["cases"] for o in c["outputs"]]
+    assert outputs and all(o["rtol"] == 0.5 and o["atol"] == 1e-5 for o in outputs)
+
+
+def test_compare_refuses_what_it_cannot_compare(tmp_path):
+    # B serving more endpoints than A's reference cases use is fine (then the values differ: exit 1).
+    code, _, err = verify("compare", MLP / "saved_model", FIXTURE / "saved_model")
+    assert code == 1, err
+    # Signatures that differ: every difference named, exit 2.
+    code, _, err = verify("compare", FIXTURE / "saved_model", MLP / "saved_model")
+    assert code == 2 and "A and B do not have the same signatures" in err, err
+    assert "  - endpoint 'tokens': only in A" in err.splitlines() and "  - endpoint 'divide': only in A" in err
+    # An endpoint A's artifact does not serve is noted, not compared.
+    code, out, err = verify("compare", FIXTURE / "model.onnx", MLP / "model.onnx")
+    assert code == 1, out + err
+    assert "note: endpoint 'tokens' has reference cases, but A (onnx) does not serve it: not compared" in out
+    # A needs a manifest: its reference inputs are what both run on.
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(MLP / "model.onnx", lone)
+    code, _, err = verify("compare", lone, MLP / "model.onnx")
+    assert code == 2 and "A: no manifest lists " in err, err
+    # B without one is compared at A's tolerances, and says so.
+    code, out, err = verify("compare", MLP / "model.onnx", lone)
+    assert code == 0, out + err
+    assert "note: no manifest lists B: A's tolerances apply" in out
+    code, _, err = verify("compare", MLP, MLP, "--format-b", "torch_aoti")
+    assert code == 2 and "has no torch_aoti artifact (it has tf_saved_model, onnx, openvino, litert, torch)" in err
+    code, _, err = verify("compare", MLP, MLP, "--format-b", "torch")
+    assert code == 2 and "no native runtime for torch ExportedProgram" in err
+    code, _, err = verify("compare", MLP, MLP, "--endpoint", "nope")
+    assert code == 2 and "has no reference case for endpoint 'nope'" in err
+    code, _, err = verify("compare", MLP)
+    assert code == 2 and "b is required" in err

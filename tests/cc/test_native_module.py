@@ -324,3 +324,24 @@ def test_coexists_with_tensorflow_onnxruntime_and_hashlib():
     model = native.load(str(FIXTURE / "saved_model"))
     np.testing.assert_allclose(model.run("serving_default", {"features": x})["logits"],
                                ref("serving_default.b1.out.logits.npy"), atol=1e-5)
+
+
+def test_compare_mirrors_the_command_line():
+    mlp = RUNFILES / "models/mlp_tensorflow"
+    report = native.compare(mlp / "saved_model", mlp / "model.onnx")
+    assert report and report.passed and report.first_divergence is None
+    assert report.a.format == native.Format.tf_saved_model and report.b.format == native.Format.onnx
+    assert report.a.model == "mlp_tensorflow" and report.b.manifest_path == str(mlp / "manifest.json")
+    assert [(c.endpoint, c.batch) for c in report.cases] == [("serving_default", 1), ("serving_default", 7)]
+    assert "RESULT: SAME" in report.to_text() and json.loads(report.to_json())["passed"] is True
+    report = native.compare(mlp, mlp, format_b="litert")
+    assert report.passed and report.b.format == native.Format.litert
+    # The fixture's serving_default has the MLP's signature, not its weights.
+    different = native.compare(mlp / "model.onnx", FIXTURE / "model.onnx")
+    assert not different and different.notes
+    endpoint, batch, output = different.first_divergence
+    assert (endpoint, batch, output.name) == ("serving_default", 1, "logits") and not output.passed
+    with pytest.raises(ValueError, match="do not have the same signatures"):
+        native.compare(FIXTURE / "saved_model", mlp / "saved_model")
+    with pytest.raises(LookupError, match="has no torch_aoti artifact"):
+        native.compare(mlp, mlp, format_b="torch_aoti")
