@@ -207,3 +207,14 @@ def test_a_failed_localization_says_why():
 
     text = localize.describe({"localized": False, "why": "the model is stochastic or stateful"})
     assert text == "The diverging layer could not be localized: the model is stochastic or stateful."
+
+
+def test_the_search_can_be_turned_off(monkeypatch):
+    from servekit.pipeline import localize
+
+    monkeypatch.setenv(localize.DISABLE_ENV, "0")
+    report = {"ok": False, "reason": "verification_failed", "message": "m"}
+    strategy = type("S", (), {"name": "portable_rebuild"})()
+    localize.explain(strategy, {"onnx": None}, {"onnx": report}, {}, lambda: "", lambda d: None)
+    assert report["localization"]["localized"] is False and "turned off" in report["localization"]["why"]
+    assert report["message"] == "m"  # no paragraph, no probe
