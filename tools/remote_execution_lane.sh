@@ -247,7 +247,8 @@ else
 fi
 
 # Every file of every export: the remote build's bytes are the local build's.
-labels=$(bz remote query "${COMMON[@]}" "kind(model_export, set(${TARGETS[*]}))" 2>/dev/null || true)
+# The exports the targets are or contain (an aggregate such as //models:export too).
+labels=$(bz remote query "${COMMON[@]}" "kind(model_export, deps(set(${TARGETS[*]})))" 2>/dev/null || true)
 identical=0; files=0
 for label in $labels; do
   package=${label#//}; package=${package%%:*}; name=${label##*:}
