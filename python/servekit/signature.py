@@ -65,7 +65,10 @@ class Signature:
 
     `stochastic`: some outputs (those marked `stochastic`) differ between calls
     on the same input; `stateful`: a call updates the artifact's variables
-    (see `servekit.pipeline.behavior`).
+    (see `servekit.pipeline.behavior`). `dims`: per dynamic dimension symbol,
+    how it was verified (`{"verified": [sizes], "window": w, "max": m,
+    "note": "..."}`; `servekit.source_model.dims.DimPlan.describe`), empty
+    when unknown.
     """
 
     name: str
@@ -74,9 +77,10 @@ class Signature:
     method_name: str = "tensorflow/serving/predict"
     stochastic: bool = False
     stateful: bool = False
+    dims: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "method_name": self.method_name,
             "inputs": [t.to_json() for t in self.inputs],
@@ -84,6 +88,9 @@ class Signature:
             "stochastic": self.stochastic,
             "stateful": self.stateful,
         }
+        if self.dims:
+            data["dims"] = {k: dict(v) for k, v in self.dims.items()}
+        return data
 
     def with_behavior(self, behavior) -> "Signature":
         """This signature marked with a `pipeline.behavior.Behavior` (by output index)."""
@@ -101,6 +108,7 @@ class Signature:
             outputs=tuple(TensorSignature.from_json(t) for t in data["outputs"]),
             stochastic=bool(data.get("stochastic", False)),
             stateful=bool(data.get("stateful", False)),
+            dims={k: dict(v) for k, v in (data.get("dims") or {}).items()},
         )
 
 

@@ -45,11 +45,24 @@ def format_summary(artifact: sig.ExportedArtifact, name: str, backend: str, repo
             how.append("stochastic outputs by statistics over repeated calls")
         if any(ep.stateful for ep in artifact.endpoints):
             how.append("stateful endpoints call by call from the export-time state")
-        lines.append(f"  verified: batch {', '.join(map(str, batches))}; max abs err {worst:.2g}"
+        sizes = "".join(f"; {_dim_sizes(name, entry)}" for ep in artifact.endpoints[:1]
+                        for name, entry in getattr(ep, "dims", {}).items() if name != "batch")
+        lines.append(f"  verified: batch {', '.join(map(str, batches))}{sizes}; max abs err {worst:.2g}"
                      + (f" ({'; '.join(how)})" if how else ""))
     else:
         lines.append("  not verified")
     return "\n".join(lines)
+
+
+def _dim_sizes(name: str, entry: dict) -> str:
+    """"sequence 1, 5, 11 (past window 8)", or the plan's note."""
+    text = f"{name} {', '.join(map(str, entry.get('verified', [])))}"
+    window = entry.get("window")
+    if window is not None and max(entry.get("verified", [0])) > window:
+        text += f" (past window {window})"
+    if entry.get("note"):
+        text += f" ({entry['note']})"
+    return text
 
 
 def print_summary(artifact, name, backend, report, seconds) -> None:

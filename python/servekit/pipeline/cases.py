@@ -41,6 +41,8 @@ class Case:
             stochastic outputs (compared by statistics, not value for value).
         tolerances: `(atol, rtol)` by dtype over `verification.TOLERANCES`
             (the export's `tolerances`), or None for the defaults.
+        sizes: the size of each dynamic dim in this case, by symbol
+            (`batch` included when it is dynamic); empty when unknown.
     """
 
     endpoint: str
@@ -50,6 +52,7 @@ class Case:
     values: bool = True
     runs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     tolerances: Optional[dict[str, tuple[float, float]]] = None
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class CaseSet:
@@ -88,7 +91,7 @@ class CaseSet:
                 "inputs": {n: key(v) for n, v in c.inputs.items()},
                 "expected": {n: key(v) for n, v in c.expected.items()},
                 "runs": {n: [key(v) for v in vs] for n, vs in c.runs.items()},
-                "tolerances": c.tolerances,
+                "tolerances": c.tolerances, "sizes": c.sizes,
             })
         np.savez(path, **arrays)
         return path, index
@@ -106,5 +109,6 @@ class CaseSet:
                 {n: arrays[k] for n, k in entry["expected"].items()},
                 entry["values"],
                 {n: [arrays[k] for k in ks] for n, ks in entry.get("runs", {}).items()},
-                {d: tuple(t) for d, t in entry["tolerances"].items()} if entry.get("tolerances") else None))
+                {d: tuple(t) for d, t in entry["tolerances"].items()} if entry.get("tolerances") else None,
+                {k: int(v) for k, v in entry.get("sizes", {}).items()}))
         return cls(cases)

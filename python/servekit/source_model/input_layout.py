@@ -60,12 +60,17 @@ class InputLayout:
 
     `args` is a list with one entry per positional argument of the endpoint
     function; each entry is a nested structure (dict/list/tuple) whose leaves
-    are indices into `flat`.
+    are indices into `flat`. `output_dims`, when the source model was probed
+    (`source_model.dims.discover`), names each axis of each flat output by
+    the input dim it follows (None where it follows none); the output
+    signatures every converter reports are named with it
+    (`dims.name_output_dims`).
     """
 
     flat: list[FlatSpec]
     args: list[Any]
     arg_names: Optional[list[str]] = None  # the endpoint's parameter names, when known
+    output_dims: Optional[list[tuple]] = None
 
     def pack(self, flat_values: Sequence[Any]) -> list[Any]:
         """Rebuilds the positional arguments from flat values."""
@@ -119,13 +124,17 @@ class InputLayout:
         raise ExportError(f"Cannot match the given inputs to the inputs {names}.", reason="bad_inputs")
 
     def to_json(self) -> dict[str, Any]:
-        return {"flat": [s.to_json() for s in self.flat], "args": to_json_struct(self.args),
+        data = {"flat": [s.to_json() for s in self.flat], "args": to_json_struct(self.args),
                 "arg_names": self.arg_names}
+        if self.output_dims is not None:
+            data["output_dims"] = [list(dims) for dims in self.output_dims]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "InputLayout":
+        output_dims = data.get("output_dims")
         return cls([FlatSpec.from_json(s) for s in data["flat"]], from_json_struct(data["args"]),
-                   data.get("arg_names"))
+                   data.get("arg_names"), [tuple(d) for d in output_dims] if output_dims is not None else None)
 
     def tensor_signatures(self) -> tuple[sig.TensorSignature, ...]:
         return tuple(s.tensor_signature() for s in self.flat)

@@ -1,14 +1,15 @@
 """Deterministic inputs a model accepts, for verification.
 
 Ids stay within the model's Embedding and lookup vocabularies, masks are all
-ones unless declared otherwise, strings come from the lookup layers'
-vocabularies plus one out-of-vocabulary token.
+ones or padded with trailing zeros (never a whole row) unless declared
+otherwise, strings come from the lookup layers' vocabularies plus one
+out-of-vocabulary token.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -16,9 +17,8 @@ from servekit.errors import ExportError
 from servekit.source_model.input_layout import InputLayout
 from servekit.source_model.kinds import all_layers, is_functional
 
-# Batch sizes every artifact is verified at (a dynamic batch must not be
-# specialized to one of them), and the size of other dynamic dimensions.
-VERIFY_BATCH_SIZES = (1, 7)
+# The size of a dynamic dimension no plan gives a size to (the batch sizes
+# and the sizes each dynamic dimension is verified at: `source_model.dims`).
 _DYNAMIC_DIM_SIZE = 4
 _OOV_TOKEN = "[servekit-oov]"
 
@@ -131,8 +131,31 @@ def input_ranges_for(model, declared: Optional[dict] = None) -> dict[str, tuple[
     return ranges
 
 
+def mask_inputs(layout: InputLayout) -> list[str]:
+    """Inputs that are masks of valid positions along axis 1: integer or
+    boolean, rank 2 or more, named `mask` or `*_mask`."""
+    return [s.name for s in layout.flat
+            if _MASK_NAME.search(s.name) and len(s.shape) >= 2 and str(s.dtype).startswith(("int", "uint", "bool"))]
+
+
+def padded_mask(shape: tuple, dtype: str, rng: np.random.Generator, window: Optional[int] = None) -> np.ndarray:
+    """A padding mask: along axis 1, each row's first `n` positions valid (1)
+    and the rest padding (0); the first row is unpadded, the others of random
+    lengths. No query may be left with nothing to attend to (its outputs
+    would be whatever each backend makes of an empty softmax): `n >= 1`, and
+    under a sliding `window` the padding is shorter than the window
+    (`n > length - window`), so the last query still sees a valid key."""
+    length = shape[1]
+    least = max(1, length - window + 1) if window else 1
+    valid = np.concatenate([[length], rng.integers(least, length + 1, size=max(shape[0] - 1, 0))])[:shape[0]]
+    mask = np.arange(length)[None, :] < valid[:, None]
+    mask = mask.reshape(mask.shape + (1,) * (len(shape) - 2))
+    return np.broadcast_to(mask, shape).astype(dtype)
+
+
 def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None,
-                    ranges: Optional[dict] = None) -> list[np.ndarray]:
+                    ranges: Optional[dict] = None, sizes: Optional[dict] = None,
+                    padded: Sequence[str] = (), window: Optional[int] = None) -> list[np.ndarray]:
     """Deterministic inputs for verification, one array per flat input.
 
     Floats are standard normal, integers small non-negative ids (within the
@@ -141,15 +164,25 @@ def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None,
     token, booleans random. An input with a range in `ranges` (by name,
     `(low, high)`, high exclusive; see `input_ranges_for`) draws uniformly
     from it: integers from `range(low, high)`, floats from `[low, high)`.
+    Dynamic dims other than the batch take their size from `sizes` (by
+    symbol; default 4). Inputs named in `padded` are padding masks with
+    trailing zeros (`padded_mask`, shorter than a sliding `window`).
     """
-    rng = np.random.default_rng(seed + 1000 * batch)
+    rng = np.random.default_rng(seed + 1000 * batch + sum(int(v) * 7919 ** (i + 1)
+                                                          for i, v in enumerate((sizes or {}).values())) % (1 << 31))
     strings, ints, min_dim = _lookup_vocabularies(model) if model is not None else ([], [], None)
     ranges = ranges or {}
+    sizes = sizes or {}
     out = []
     for spec in layout.flat:
-        shape = tuple(batch if (i == 0 and d is None) else (_DYNAMIC_DIM_SIZE if d is None else d)
-                      for i, d in enumerate(spec.shape))
+        shape = tuple(batch if (i == 0 and d is None) else
+                      ((sizes.get(n, _DYNAMIC_DIM_SIZE) if isinstance(n, str) else _DYNAMIC_DIM_SIZE) if d is None
+                       else d)
+                      for i, (d, n) in enumerate(zip(spec.shape, spec.dims)))
         dtype = spec.dtype
+        if spec.name in padded and len(shape) >= 2 and shape[1] > 1:
+            out.append(padded_mask(shape, dtype, rng, window))
+            continue
         if spec.name in ranges and dtype != "string":
             low, high = ranges[spec.name]
             if dtype.startswith(("int", "uint")) or dtype == "bool":
