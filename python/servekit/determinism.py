@@ -314,11 +314,39 @@ def canonicalize_capture_names(graph_def) -> None:
         _rewrite_strings(graph_def, lambda s: _rename_reference(s, mapping))
 
 
-def canonicalize_saved_model(export_dir: str) -> None:
+def name_signature_dims(saved_model, signatures) -> None:
+    """Writes the name of each dynamic dim (`TensorShapeProto.Dim.name`) into
+    the signature_def tensor shapes, from servekit's `Signature`s: what ONNX
+    says with `dim_param`s, a SavedModel then says too (`batch`, `sequence`,
+    dims shared by several inputs and outputs under one name). TensorFlow
+    ignores the names when it runs the model; readers of the signature (the
+    native verifier, a serving front end) see them."""
+    by_name = {s.name: s for s in signatures}
+    for mg in saved_model.meta_graphs:
+        for key in sorted(mg.signature_def):
+            signature = by_name.get(key)
+            if signature is None:
+                continue
+            sdef = mg.signature_def[key]
+            for tensors, specs in ((sdef.inputs, signature.inputs), (sdef.outputs, signature.outputs)):
+                for spec in specs:
+                    if spec.name not in tensors:
+                        continue
+                    shape = tensors[spec.name].tensor_shape
+                    if shape.unknown_rank or len(shape.dim) != len(spec.shape):
+                        continue
+                    for d, want in zip(shape.dim, spec.shape):
+                        if d.size < 0 and isinstance(want, str):
+                            d.name = want
+
+
+def canonicalize_saved_model(export_dir: str, signatures=None) -> None:
     """Rewrites `saved_model.pb` canonically and regenerates `fingerprint.pb`.
 
     The fingerprint's hashes are recomputed by TensorFlow from the rewritten
     files; its `uuid` (random in TF) is derived from those content hashes.
+    With `signatures` (servekit `Signature`s), the names of dynamic dims are
+    written into the signature defs (`name_signature_dims`).
     """
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -327,6 +355,8 @@ def canonicalize_saved_model(export_dir: str) -> None:
     with open(pb_path, "rb") as f:
         saved_model.ParseFromString(f.read())
     canonicalize_saved_model_proto(saved_model)
+    if signatures:
+        name_signature_dims(saved_model, signatures)
     with open(pb_path, "wb") as f:
         f.write(saved_model.SerializeToString(deterministic=True))
     write_fingerprint(export_dir, saved_model)

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Mapping, Optional
 
+from servekit.source_model import dims
 from servekit.source_model.calls import call_model_flat
 from servekit.source_model.input_layout import resolve_input_layout
 from servekit.source_model.kinds import backend_name
@@ -21,7 +22,7 @@ from servekit.errors import ExportError
 from servekit.pipeline import behavior as behavior_lib
 from servekit.pipeline import core as pipeline
 from servekit.pipeline import reference
-from servekit.pipeline.cases import CaseSet
+from servekit.pipeline.cases import Case, CaseSet
 from servekit.pipeline.request import EndpointPlan, ExportRequest
 
 FORMATS = tuple(formats.FORMATS)
@@ -71,15 +72,21 @@ def export(
     the in-process export on the source backend, as Keras does it (subclassed
     models without `get_config`, classes a fresh process cannot import). The
     first artifact that verifies is moved to `filepath`: it is reloaded and
-    run on generated inputs (batch 1 and 7) and must reproduce the outputs the
-    model computes on its own backend (float32: max abs diff <= 1e-5; ints and
-    strings exactly). Random outputs are compared by shape, dtype and
-    statistics over repeated calls and must stay random; a stateful model's
-    successive calls must advance its state as the source model does.
+    run on generated inputs (three cases: batch 1, 7 and 2; every other
+    dynamic dimension at 1, at an odd size and past any window the model's
+    configuration declares; padding masks padded and unpadded) and must
+    reproduce the outputs the model computes on its own backend (float32:
+    max abs diff <= 1e-5; ints and strings exactly). Random outputs are
+    compared by shape, dtype and statistics over repeated calls and must
+    stay random; a stateful model's successive calls must advance its state
+    as the source model does.
 
     Signature keys and ONNX tensor names are the model's input names (dict
     keys for dict inputs) and output layer names (dict keys for dict outputs);
-    a dynamic batch dimension is named `batch`.
+    a dynamic batch dimension is named `batch`, dims the model requires to be
+    equal share one name (`sequence` for keras_hub's `token_ids` and
+    `padding_mask`), and output dims are named by the input dim they follow,
+    in the ONNX `dim_param`s and the SavedModel's signature alike.
 
     Args:
         model: a `keras.Model` (Functional, Sequential or subclassed, built),
@@ -115,6 +122,14 @@ def export(
               1e-5 absolute; an element passes when `|artifact - source| <=
               atol + rtol * |source|`. The build tool passes a model's
               `tolerances` attribute here and into the manifest.
+            - `dim_names` (dict, servekit only): names of dynamic
+              dimensions, by input name, as a polymorphic shape string
+              (`{"token_ids": "(batch, sequence)", "padding_mask":
+              "(batch, sequence)"}`) or a sequence (`("batch",
+              "sequence")`, `None` or `_` keeps a dim as it is); dims with
+              one name share one size, in every format's signature. Without
+              it servekit finds the dims the model requires to be equal
+              (`servekit.source_model.dims`).
             - `input_ranges` (dict, servekit only): value ranges of the
               generated verification inputs, by input name, as
               `(low, high)` with high exclusive, for inputs whose values
@@ -204,6 +219,19 @@ def export_formats(
         model, {"tf_saved_model": "out/model", "onnx": "out/model.onnx"})
     ```
     """
+    return export_formats_with_cases(model, destinations, verbose, input_signature, **kwargs)[0]
+
+
+def export_formats_with_cases(
+    model,
+    destinations: Mapping[str, Any],
+    verbose: Optional[bool] = None,
+    input_signature=None,
+    **kwargs: Any,
+) -> tuple[dict[str, sig.ExportedArtifact], list[Case]]:
+    """`export_formats`, also returning the verification cases every artifact
+    reproduced (inputs and the source's outputs, in order; empty when
+    `verify=False`): the build tool writes them as the reference data."""
     t0 = time.monotonic()
     verbose = True if verbose is None else bool(verbose)
     destinations = {formats.resolve(fmt).name: os.fspath(path) for fmt, path in destinations.items()}
@@ -221,6 +249,7 @@ def export_formats(
     jax2tf_kwargs = kwargs.pop("jax2tf_kwargs", None)
     strategy = kwargs.pop("strategy", None)
     input_ranges = kwargs.pop("input_ranges", None)
+    dim_names = kwargs.pop("dim_names", None)
     tolerances = verification.tolerances_for(model, kwargs.pop("tolerances", None))
     for fmt, path in destinations.items():
         formats.check_filepath(fmt, path, model_name)
@@ -242,6 +271,10 @@ def export_formats(
     polymorphic = (jax2tf_kwargs or {}).get("polymorphic_shapes")
 
     layout = resolve_input_layout(model, input_signature, polymorphic_shapes=polymorphic)
+    layout = dims.apply_dim_names(layout, dim_names, where=f"Model '{model_name}': dim_names")
+    # Shared dims get one name, outputs' dims the names of the dims they follow,
+    # and each dynamic dim its sizes (1, odd, past any window).
+    layout, dim_plan = dims.discover(model, layout)
     output_names = model_output_names(model, layout)
     unknown = sorted(set(input_ranges or {}) - {s.name for s in layout.flat})
     if unknown:
@@ -257,9 +290,9 @@ def export_formats(
         if verify:
             call = reference.guarded(lambda flat: call_model_flat(model, layout, flat), f"Model '{model_name}'",
                                      backend, model=model_name)
-            plan.behavior, made = reference.make_cases(SERVING_DEFAULT, layout, output_names, call,
-                                                       behavior_lib.model_variables(model), vocab_source=model,
-                                                       input_ranges=input_ranges)
+            plan.behavior, made, dim_plan = reference.make_planned_cases(
+                SERVING_DEFAULT, layout, output_names, call, behavior_lib.model_variables(model),
+                vocab_source=model, input_ranges=input_ranges, plan=dim_plan)
             if tolerances:
                 for case in made:
                     case.tolerances = dict(tolerances)
@@ -275,8 +308,10 @@ def export_formats(
         results = pipeline.run_formats(request, destinations, chosen,
                                        what=lambda fmt: f"Model '{model_name}' ({backend} backend) -> {fmt}")
     artifacts = {}
+    verified = dim_plan.describe() if verify and dim_plan is not None else {}
     for fmt, (report, attempts) in results.items():
-        endpoints = tuple(sig.Signature.from_json(e).with_behavior(plan.behavior) for e in report["endpoints"])
+        endpoints = tuple(dataclasses.replace(sig.Signature.from_json(e).with_behavior(plan.behavior), dims=verified)
+                          for e in report["endpoints"])
         artifacts[fmt] = sig.ExportedArtifact(format=fmt, path=destinations[fmt], endpoints=endpoints,
                                               opset=report.get("opset"), converter=report.get("converter"),
                                               strategy=report["strategy"], precision=report.get("precision"))
@@ -284,7 +319,7 @@ def export_formats(
             report["strategy_line"] = pipeline.describe(attempts) + (
                 f", converter {report['converter']}" if report.get("converter") else "")
             summary.print_summary(artifacts[fmt], model_name, backend, report, time.monotonic() - t0)
-    return artifacts
+    return artifacts, list(request.cases)
 
 
 def _format_options(destinations: Mapping[str, str], kwargs: dict[str, Any],

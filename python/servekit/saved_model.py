@@ -162,17 +162,20 @@ def _collect_resources(layers: Sequence[Any]) -> list[Any]:
     return list(found.values())
 
 
-def _output_signatures(concrete, names: Sequence[str], batch_dynamic: bool) -> tuple[sig.TensorSignature, ...]:
+def _output_signatures(concrete, names: Sequence[str], batch_dynamic: bool,
+                       output_dims=None) -> tuple[sig.TensorSignature, ...]:
+    """The traced outputs' signatures, dynamic dims named (`output_dims`:
+    the layout's, see `source_model.dims.name_output_dims`)."""
+    from servekit.source_model.dims import name_output_dims
+
     outputs = concrete.structured_outputs
     result = []
     for name in names:
         t = outputs[name]
-        dims = []
-        for i, d in enumerate(t.shape.as_list() if t.shape.rank is not None else []):
-            dims.append((sig.BATCH_DIM if (i == 0 and batch_dynamic) else None) if d is None else int(d))
+        dims = [None if d is None else int(d) for d in (t.shape.as_list() if t.shape.rank is not None else [])]
         dtype = "string" if t.dtype == tf.string else t.dtype.name
         result.append(sig.TensorSignature(name, dtype, tuple(dims)))
-    return tuple(result)
+    return name_output_dims(result, output_dims, batch_dynamic)
 
 
 def build_module(
@@ -244,7 +247,7 @@ def build_module(
         batch_dynamic = any(s.dims and s.dims[0] == sig.BATCH_DIM for s in layout.flat)
         endpoint_sigs.append(sig.Signature(
             name=ep.name, inputs=layout.tensor_signatures(),
-            outputs=_output_signatures(concrete, names_box["names"], batch_dynamic)))
+            outputs=_output_signatures(concrete, names_box["names"], batch_dynamic, layout.output_dims)))
 
     if SERVING_DEFAULT not in signatures:
         first = endpoint_sigs[0]
@@ -371,7 +374,7 @@ def _arg_names(fn) -> Optional[list[str]]:
 def save(built: BuiltModule, path: str, options=None) -> None:
     """Writes the SavedModel and makes its bytes canonical."""
     tf.saved_model.save(built.root, path, signatures=built.signatures, options=options)
-    determinism.canonicalize_saved_model(path)
+    determinism.canonicalize_saved_model(path, built.endpoints)
 
 
 def save_module(module, path: str, signatures=None, options=None) -> list[sig.Signature]:
@@ -404,8 +407,9 @@ def read_signatures(path: str) -> list[sig.Signature]:
                 dims = []
                 if not info.tensor_shape.unknown_rank:
                     for i, d in enumerate(info.tensor_shape.dim):
-                        dims.append((sig.BATCH_DIM if (i == 0 and batch_dynamic) else None) if d.size < 0
-                                    else int(d.size))
+                        # servekit writes dim names into the signature (`determinism`); older ones have none.
+                        unnamed = sig.BATCH_DIM if (i == 0 and batch_dynamic) else None
+                        dims.append((d.name or unnamed) if d.size < 0 else int(d.size))
                 out.append(sig.TensorSignature(name, "string" if dtype == tf.string else dtype.name, tuple(dims)))
             return tuple(out)
 

@@ -32,15 +32,14 @@ def output_specs(model, layout: InputLayout, names: Sequence[str]) -> list[sig.T
     """Output `TensorSignature`s of `model` called on `layout`'s inputs."""
     import keras
 
+    from servekit.source_model.dims import name_output_dims
+
     structure = model_output_structure(model, layout)
     flat = keras.tree.flatten(structure)
     result = []
     batch_dynamic = any(s.dims and s.dims[0] == sig.BATCH_DIM for s in layout.flat)
     for name, leaf in zip(names, flat):
-        shape = tuple(leaf.shape)
-        dims = tuple(
-            (sig.BATCH_DIM if (i == 0 and batch_dynamic) else None) if d is None else int(d)
-            for i, d in enumerate(shape))
+        dims = tuple(None if d is None else int(d) for d in tuple(leaf.shape))
         result.append(sig.TensorSignature(name, manifest_dtype(keras.backend.standardize_dtype(leaf.dtype)), dims))
-    return result
+    return list(name_output_dims(result, layout.output_dims, batch_dynamic))
 

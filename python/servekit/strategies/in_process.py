@@ -311,7 +311,7 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
         concrete = sig_fn.get_concrete_function()
         signatures[plan.name] = concrete
         batch_dynamic = any(s.dims and s.dims[0] == sig.BATCH_DIM for s in layout.flat)
-        outputs = sk_sm._output_signatures(concrete, box["names"], batch_dynamic)
+        outputs = sk_sm._output_signatures(concrete, box["names"], batch_dynamic, layout.output_dims)
         result.append(sig.Signature(plan.name, layout.tensor_signatures(), outputs).with_behavior(plan.behavior))
     if sk_sm.SERVING_DEFAULT not in signatures:
         signatures[sk_sm.SERVING_DEFAULT] = signatures[plans[0].name]
@@ -327,7 +327,7 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
     tf.saved_model.save(archive._tf_trackable, path, signatures=signatures, options=options)
     if options is not None and getattr(options, "function_aliases", None):
         _alias_every_trace(path, archive, plans, options.function_aliases)
-    determinism.canonicalize_saved_model(path)
+    determinism.canonicalize_saved_model(path, result)
     return result
 
 
