@@ -109,7 +109,10 @@ def _model_export_impl(ctx):
     args.add("--backend", ctx.attr.backend)
     args.add_joined("--formats", ctx.attr.formats, join_with = ",")
     args.add("--out_dir", manifest.dirname)
-    args.add_joined("--reference_batches", ctx.attr.reference_batches, join_with = ",")
+    if ctx.attr.reference_batches:
+        args.add_joined("--reference_batches", ctx.attr.reference_batches, join_with = ",")
+    for input_name, shape in sorted(ctx.attr.dim_names.items()):
+        args.add("--dim_names", "%s=%s" % (input_name, shape))
     if ctx.attr.opset:
         args.add("--opset", ctx.attr.opset)
     if ctx.file.weights:
@@ -164,8 +167,8 @@ model_export = rule(
             allow_single_file = [".py"],
             mandatory = True,
             doc = "Python file defining `build_model() -> keras.Model` (seeded), and " +
-                  "optionally `sample_inputs(batch, rng)` and `input_signature()`. " +
-                  "See docs/rules.md.",
+                  "optionally `sample_inputs(batch, rng)`, `input_signature()`, " +
+                  "`input_ranges()` and `dim_names()`. See docs/rules.md.",
         ),
         "backend": attr.string(
             default = "tensorflow",
@@ -177,8 +180,16 @@ model_export = rule(
             doc = "Artifact formats: some of " + ", ".join(FORMATS) + ".",
         ),
         "reference_batches": attr.int_list(
-            default = [1, 7],
-            doc = "Batch sizes of the reference cases.",
+            default = [],
+            doc = "Batch sizes of the reference cases; empty (default): the export's own " +
+                  "verification cases (batch 1, 7 and 2; every dynamic dimension at 1, an odd " +
+                  "size and past any window the model declares).",
+        ),
+        "dim_names": attr.string_dict(
+            doc = "Names of dynamic dimensions, by input: a polymorphic shape such as " +
+                  "{'token_ids': '(batch, sequence)', 'padding_mask': '(batch, sequence)'}. " +
+                  "Dims with one name share one size in every format's signature and the " +
+                  "manifest. Without it servekit finds the dims the model requires to be equal.",
         ),
         "opset": attr.int(
             default = 0,

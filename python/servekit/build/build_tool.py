@@ -7,9 +7,17 @@ A model file defines `build_model() -> keras.Model` with seeded weights, and may
 define `sample_inputs(batch: int, rng: numpy.random.Generator)` returning the
 model's inputs (an array, a list or a dict, as the model takes them) and
 `input_signature()` returning what `servekit.export` takes as `input_signature`,
-and `input_ranges()` returning the value range of inputs whose values have a
-meaning (`{"padding_mask": (1, 2)}`; see `servekit.export`'s `input_ranges`).
+`input_ranges()` returning the value range of inputs whose values have a
+meaning (`{"padding_mask": (1, 2)}`; see `servekit.export`'s `input_ranges`),
+and `dim_names()` naming dynamic dimensions (`{"token_ids": "(batch, sequence)"}`;
+`servekit.export`'s `dim_names`; `--dim_names INPUT=SHAPE`, from the rule's
+`dim_names`, overrides it input by input).
 The Keras backend is the one in KERAS_BACKEND; it must equal --backend.
+
+The reference data are the export's own verification cases (inputs and the
+outputs the source backend computed): every dynamic dimension at the sizes it
+was verified at. A model file's `sample_inputs` replaces the inputs, called
+at the cases' batch sizes (or at `--reference_batches`).
 
 With `--persistent_worker` the tool is a Bazel persistent worker
 (`servekit.build.persistent_worker`): Bazel keeps one process per source
@@ -162,13 +170,14 @@ def build_export(
     name: str,
     source_backend: str,
     formats: Sequence[str] = ("tf_saved_model", "onnx"),
-    reference_batches: Sequence[int] = (1, 7),
+    reference_batches: Optional[Sequence[int]] = None,
     sample_inputs: Optional[Any] = None,
     input_signature: Optional[Any] = None,
     opset: Optional[int] = None,
     tolerances: Optional[Mapping[str, tuple[float, float]]] = None,
     verbose: bool = False,
     input_ranges: Optional[Mapping[str, tuple]] = None,
+    dim_names: Optional[Mapping[str, Any]] = None,
 ) -> pathlib.Path:
     """Exports `model` to every format and writes manifest and reference data.
 
@@ -178,13 +187,17 @@ def build_export(
         name: the export's name, recorded in the manifest.
         source_backend: the current Keras backend, recorded in the manifest.
         formats: some of "tf_saved_model" and "onnx".
-        reference_batches: batch sizes of the reference cases.
-        sample_inputs: `f(batch, rng)` returning model inputs; random by default.
+        reference_batches: batch sizes of the reference cases; default: the
+            export's verification cases themselves (every dynamic dim at each
+            size it was verified at).
+        sample_inputs: `f(batch, rng)` returning model inputs, instead of
+            the verification cases' inputs.
         input_signature: passed to `servekit.export`.
         opset: ONNX opset, or None for the library's default.
         tolerances: per-dtype `(atol, rtol)` recorded in the manifest.
         verbose: print the export library's summaries.
         input_ranges: value ranges of inputs, by name (`servekit.export`).
+        dim_names: names of dynamic dims, by input (`servekit.export`).
 
     Returns:
         The path of the written manifest.json.
@@ -202,17 +215,19 @@ def build_export(
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
     try:
-        from servekit.exporter import export_formats
+        from servekit.exporter import export_formats_with_cases
 
         kwargs: dict[str, Any] = {"opset_version": opset} if opset and "onnx" in formats else {}
         if input_ranges:
             kwargs["input_ranges"] = dict(input_ranges)
+        if dim_names:
+            kwargs["dim_names"] = dict(dim_names)
         # The export's own check and the manifest's (the native verifier's) agree.
         tolerances = verification.tolerances_for(model, tolerances)
         if tolerances:
             kwargs["tolerances"] = dict(tolerances)
         # Both formats in one go: one probe of the model, one worker job.
-        exported = export_formats(
+        exported, verified = export_formats_with_cases(
             model,
             {fmt: str(staging / manifest_lib.ARTIFACT_PATHS[fmt]) for fmt in formats},
             verbose=verbose,
@@ -222,12 +237,22 @@ def build_export(
         artifacts: list[ExportedArtifact] = [exported[fmt] for fmt in formats]
 
         default = artifacts[0].endpoint("serving_default")
-        sample = sample_inputs or (lambda b, r: default_sample_inputs(model, b, r, input_ranges))
+        verified = [c for c in verified if c.endpoint == "serving_default"]
         cases = []
-        for batch in reference_batches:
-            rng = np.random.default_rng([SEED, batch])
-            named_in, named_out = reference_case(model, default, sample(batch, rng), input_signature)
-            cases.append(manifest_lib.write_reference_case(staging, default, batch, named_in, named_out))
+        if sample_inputs is None and not reference_batches:
+            # The cases the export verified every artifact on: the source's own outputs.
+            labels = manifest_lib.case_labels([c.batch for c in verified])
+            for case, label in zip(verified, labels):
+                cases.append(manifest_lib.write_reference_case(staging, default, case.batch, case.inputs,
+                                                               case.expected, label=label))
+        else:
+            sample = sample_inputs or (lambda b, r: default_sample_inputs(model, b, r, input_ranges))
+            batches = list(reference_batches or [c.batch for c in verified] or [1])
+            for batch, label in zip(batches, manifest_lib.case_labels(batches)):
+                rng = np.random.default_rng([SEED, batch])
+                named_in, named_out = reference_case(model, default, sample(batch, rng), input_signature)
+                cases.append(manifest_lib.write_reference_case(staging, default, batch, named_in, named_out,
+                                                               label=label))
 
         document = manifest_lib.build_manifest(
             name, source_backend, artifacts, staging, cases, tolerances
@@ -280,6 +305,13 @@ def _tolerance(text: str) -> tuple[str, tuple[float, float]]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _dim_names(text: str) -> tuple[str, str]:
+    name, sep, shape = text.partition("=")
+    if not sep or not name or not shape:
+        raise argparse.ArgumentTypeError(f"--dim_names {text!r}: expected INPUT=SHAPE, e.g. token_ids=(batch,sequence)")
+    return name, shape
+
+
 def _parser() -> argparse.ArgumentParser:
     # Bazel passes the arguments in a params file (`@file`, one per line), which
     # a persistent worker gets expanded in its WorkRequest instead.
@@ -289,7 +321,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", required=True, choices=["tensorflow", "jax", "torch"])
     parser.add_argument("--formats", default="tf_saved_model,onnx")
     parser.add_argument("--out_dir", required=True, type=pathlib.Path)
-    parser.add_argument("--reference_batches", default="1,7")
+    parser.add_argument("--reference_batches", default="",
+                        help="batch sizes of the reference cases (default: the export's verification cases)")
+    parser.add_argument("--dim_names", action="append", default=[], type=_dim_names,
+                        help="INPUT=SHAPE, e.g. token_ids=(batch,sequence): names of its dynamic dims")
     parser.add_argument("--opset", type=int, default=None)
     parser.add_argument("--weights", type=pathlib.Path, default=None)
     parser.add_argument("--tolerance", action="append", default=[], type=_tolerance, help="DTYPE=ATOL[,RTOL]")
@@ -333,13 +368,14 @@ def _export_model_file(args: argparse.Namespace, backend: str) -> pathlib.Path:
         name=args.name,
         source_backend=backend,
         formats=args.formats.split(","),
-        reference_batches=[int(b) for b in args.reference_batches.split(",")],
+        reference_batches=[int(b) for b in args.reference_batches.split(",") if b.strip()],
         sample_inputs=getattr(module, "sample_inputs", None),
         input_signature=module.input_signature() if hasattr(module, "input_signature") else None,
         opset=args.opset,
         tolerances=dict(args.tolerance),
         verbose=args.verbose,
         input_ranges=module.input_ranges() if hasattr(module, "input_ranges") else None,
+        dim_names={**(module.dim_names() if hasattr(module, "dim_names") else {}), **dict(args.dim_names)},
     )
 
 

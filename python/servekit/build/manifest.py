@@ -69,18 +69,34 @@ def _sha256(path: pathlib.Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def case_labels(batches: Sequence[int]) -> list[str]:
+    """File labels of reference cases: `b<batch>`, and `b<batch>-<case>` for
+    a batch size that an earlier case already has (a static batch)."""
+    seen: set[int] = set()
+    labels = []
+    for i, batch in enumerate(batches):
+        labels.append(f"b{batch}" if batch not in seen else f"b{batch}-{i}")
+        seen.add(batch)
+    return labels
+
+
 def write_reference_case(
     export_dir: pathlib.Path,
     signature: Signature,
     batch: int,
     inputs: Mapping[str, Any],
     outputs: Mapping[str, Any],
+    label: Optional[str] = None,
 ) -> dict[str, Any]:
     """Writes one reference case's .npy files and returns its manifest entry.
+
+    Files are named `<endpoint>.<label>.<in|out>.<tensor>.npy`, the label
+    `b<batch>` unless given (`case_labels`).
 
     Raises:
         ValueError: if `inputs` or `outputs` do not name exactly the signature's tensors.
     """
+    label = label or f"b{batch}"
     entry: dict[str, Any] = {"endpoint": signature.name, "batch": batch, "inputs": {}, "outputs": {}}
     for kind, tensors, values in (("in", signature.inputs, inputs), ("out", signature.outputs, outputs)):
         expected = [t.name for t in tensors]
@@ -90,7 +106,7 @@ def write_reference_case(
                 f"but the signature has {expected}."
             )
         for tensor in tensors:
-            relative = f"{REFERENCE_DIR}/{signature.name}.b{batch}.{kind}.{tensor.name}.npy"
+            relative = f"{REFERENCE_DIR}/{signature.name}.{label}.{kind}.{tensor.name}.npy"
             target = export_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             np.save(target, np.ascontiguousarray(storable(values[tensor.name])), allow_pickle=False)
@@ -111,6 +127,7 @@ def build_manifest(
     for artifact in artifacts:
         for signature in artifact.endpoints:
             entry = endpoints.setdefault(signature.name, {**signature.to_json(), "formats": []})
+            entry.pop("dims", None)
             if entry["inputs"] != signature.to_json()["inputs"] or entry["outputs"] != signature.to_json()["outputs"]:
                 raise ValueError(
                     f"Export '{name}': endpoint '{signature.name}' differs between formats: "
@@ -124,6 +141,8 @@ def build_manifest(
         entry: dict[str, Any] = {"format": artifact.format, "path": relative}
         if artifact.format == "tf_saved_model":
             entry["tags"] = ["serve"]
+            # Its signature_def names every dynamic dim, as the endpoints below do.
+            entry["dim_names"] = True
         if artifact.opset is not None:
             entry["opset"] = artifact.opset
         if artifact.strategy:
@@ -138,6 +157,15 @@ def build_manifest(
         entry["files"] = dict(sorted(files.items()))
         artifact_entries.append(entry)
 
+    for signature in (s for a in artifacts for s in a.endpoints):
+        entry = endpoints[signature.name]
+        dims = verified_dims(export_dir, entry, [c for c in reference_cases if c["endpoint"] == signature.name],
+                             signature.dims)
+        if dims:
+            entry["dims"] = dims
+            # "dims" after the tensors, before "formats": the order a reader expects.
+            entry["formats"] = entry.pop("formats")
+
     merged = dict(DEFAULT_TOLERANCES)
     merged.update(tolerances or {})
     return {
@@ -150,6 +178,40 @@ def build_manifest(
         "tolerances": {dtype: {"atol": a, "rtol": r} for dtype, (a, r) in sorted(merged.items())},
         "reference": [_with_checks(export_dir, case, merged) for case in reference_cases],
     }
+
+
+def verified_dims(export_dir: pathlib.Path, endpoint: Mapping[str, Any], cases: Sequence[Mapping[str, Any]],
+                  planned: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, dict[str, Any]]:
+    """The endpoint's `dims` entry: per dynamic dim symbol, the sizes the
+    reference cases exercise (`verified`), and the window, bound and note the
+    export's plan recorded (`planned`, `Signature.dims`).
+
+    Raises:
+        ValueError: a reference case gives one symbol two sizes (the data
+            contradict the signature's shared dims).
+    """
+    sizes: dict[str, set[int]] = {}
+    for case in cases:
+        bound: dict[str, int] = {}
+        for kind, tensors in (("inputs", endpoint["inputs"]), ("outputs", endpoint["outputs"])):
+            for tensor in tensors:
+                path = case[kind].get(tensor["name"])
+                if path is None:
+                    continue
+                shape = np.load(export_dir / path, mmap_mode="r", allow_pickle=False).shape
+                for dim, size in zip(tensor["shape"], shape):
+                    if isinstance(dim, str):
+                        if bound.setdefault(dim, int(size)) != int(size):
+                            raise ValueError(
+                                f"Reference case {path}: dim '{dim}' is {size}, but {bound[dim]} elsewhere in the "
+                                "same case; dims with one name must have one size.")
+        for dim, size in bound.items():
+            sizes.setdefault(dim, set()).add(size)
+    out: dict[str, dict[str, Any]] = {}
+    for dim in sizes:
+        entry = {k: v for k, v in (planned or {}).get(dim, {}).items() if k != "verified"}
+        out[dim] = {"verified": sorted(sizes[dim]), **entry}
+    return out
 
 
 def _with_checks(export_dir: pathlib.Path, case: dict[str, Any],
