@@ -1,7 +1,9 @@
 """The warm export worker a script's `servekit.export` calls share (`launch.lingering_worker`).
 
 A script or notebook pays the worker's start (TensorFlow's import) once: the
-first export of a thread leaves its worker running for the next. Its process
+first export of a thread leaves its worker running for the next, and so does
+the torch worker of the cross-backend rebuild (the torch formats of a
+TensorFlow model). A process
 stops after SERVEKIT_WARM_WORKER_IDLE_S without a job and at interpreter exit,
 and is replaced when what a fresh worker would read changes (environment,
 servekit's sources, installed packages), after an interrupted job, and in a
@@ -58,6 +60,24 @@ def test_a_script_reuses_one_warm_worker_until_it_idles(model, tmp_path, script)
     assert worker.pid is None and worker._home is None  # stopped, its home removed
     _export(model, tmp_path / "c.onnx")  # the next export starts a process again
     assert launch._local.lingering is worker and worker.pid not in (None, pid)
+
+
+def test_torch_formats_of_a_tensorflow_model_share_one_warm_torch_worker(model, tmp_path, script):
+    first = _export(model, tmp_path / "a.pt2", "torch")
+    assert first.strategy == "cross_backend_rebuild"
+    worker = launch._local.lingering
+    torch_worker = worker.sibling("torch")
+    pid = torch_worker.pid
+    assert pid is not None and worker.pid is None  # no TensorFlow worker: nothing needed one
+    _export(model, tmp_path / "b.pt2", "torch")
+    assert torch_worker.pid == pid
+    # The warm worker's second artifact is the first one's bytes (a fresh process').
+    assert (tmp_path / "a.pt2").read_bytes() == (tmp_path / "b.pt2").read_bytes()
+    _export(model, tmp_path / "c.onnx")  # the TensorFlow worker joins the scope
+    assert worker.pid is not None and torch_worker.pid == pid
+    worker.start_idle_timer(0.01)
+    worker._idle_timer.join()
+    assert worker.pid is None and torch_worker.pid is None  # idle: both stopped
 
 
 def test_a_job_cancels_the_pending_idle_stop(model, tmp_path, script):
@@ -136,18 +156,21 @@ def test_interpreter_exit_stops_the_worker_and_removes_its_home(tmp_path):
         from servekit.worker import launch
         inputs = keras.Input((3,), name="features")
         model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-        servekit.export(model, {path!r}, format="onnx", verbose=False)
+        servekit.export(model, {path!r} + ".onnx", format="onnx", verbose=False)
+        servekit.export(model, {path!r} + ".pt2", format="torch", verbose=False)
         worker = launch._local.lingering
-        print(worker.pid, worker._home, flush=True)
-    """).format(path=str(tmp_path / "m.onnx"))
+        torch_worker = worker.sibling("torch")
+        print(worker.pid, worker._home, torch_worker.pid, torch_worker._home, flush=True)
+    """).format(path=str(tmp_path / "m"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     env.pop("SERVEKIT_WARM_WORKER_IDLE_S", None)  # the default: 300 s, far beyond this script
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    pid, home = out.stdout.split()[-2:]
-    assert not os.path.exists(home)
-    with pytest.raises(ProcessLookupError):  # reaped by the script's atexit, not left running
-        os.kill(int(pid), 0)
+    pid, home, torch_pid, torch_home = out.stdout.split()[-4:]
+    for pid, home in ((pid, home), (torch_pid, torch_home)):
+        assert not os.path.exists(home)
+        with pytest.raises(ProcessLookupError):  # reaped by the script's atexit, not left running
+            os.kill(int(pid), 0)
 
 
 def test_idle_zero_stops_the_worker_after_each_export(model, tmp_path, script, monkeypatch):

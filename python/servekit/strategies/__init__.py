@@ -48,16 +48,25 @@ def resolve(strategy: str | None):
 
 
 def worker_starting_now(chosen, request, formats=None) -> contextlib.AbstractContextManager:
-    """A warm export worker when the portable rebuild will run (`request`
-    needs no cases to tell) and none is open: it imports TensorFlow while the
-    caller probes the model and computes the reference outputs, seconds in a
-    fresh process, and stays warm for the thread's next export
-    (`launch.lingering_worker`). `formats`: every format of the export
+    """Warm export workers for this export, started now, when a worker will
+    run (`request` needs no cases to tell): the TensorFlow worker when the
+    portable rebuild will, the torch worker when the cross-backend rebuild
+    will write a torch format (of a TensorFlow or JAX model). Each imports its
+    libraries while the caller probes the model and computes the reference
+    outputs, seconds in a fresh process, and stays warm for the thread's next
+    export (`launch.lingering_worker`). `formats`: every format of the export
     (default: `request.format`)."""
+    from servekit import formats as formats_lib
     from servekit.worker import launch
 
+    formats = list(formats or [request.format])
     portable = next((s for s in chosen if s.name == PortableRebuild.name), None)
-    if portable is not None and any(not portable.unavailable(dataclasses.replace(request, format=fmt))
-                                    for fmt in (formats or [request.format])):
-        return launch.lingering_worker()
+    tensorflow = portable is not None and any(
+        not portable.unavailable(dataclasses.replace(request, format=fmt)) for fmt in formats)
+    cross = next((s for s in chosen if s.name == CrossBackendRebuild.name), None)
+    torch_formats = [fmt for fmt in formats if fmt in formats_lib.TORCH_FORMATS]
+    torch = cross is not None and bool(torch_formats) and request.backend != "torch" and any(
+        not cross.unavailable(dataclasses.replace(request, format=fmt)) for fmt in torch_formats)
+    if tensorflow or torch:
+        return launch.lingering_worker(tensorflow=tensorflow, cross=("torch",) if torch else ())
     return contextlib.nullcontext()

@@ -19,6 +19,13 @@ imports the others, e.g. keras_hub's), and stochastic or stateful endpoints
 (their checks run in the source process).
 
     python -m servekit.strategies.cross_backend JOB.json   # the worker side
+    python -m servekit.strategies.cross_backend --serve    # warm: job paths on stdin
+
+Inside a warm scope (`servekit.worker.launch.warm_worker()`, or the lingering
+worker a script's `servekit.export` calls share) the worker of each backend is
+warm too: a script exporting several TensorFlow models to the torch formats
+pays torch's start once. Each job is run as a fresh process would run it
+(`_serve`).
 """
 
 from __future__ import annotations
@@ -122,6 +129,12 @@ def _run_worker(job: WorkerJob, workdir: str, backend: str) -> dict[str, Any]:
     os.makedirs(scratch, exist_ok=True)
     job_path = os.path.join(scratch, "job.json")
     job.write(job_path)
+    warm = launch.current_worker(backend)
+    if warm is not None:
+        try:
+            return warm.run(job, job_path, scratch)
+        except ExportError as e:  # it crashed or timed out (and was replaced): this backend failed
+            return {"ok": False, "message": str(e)}
     env = launch.worker_env(scratch, job.sys_path)  # where the model's own modules are
     env["KERAS_BACKEND"] = backend  # the point of this strategy: not TensorFlow
     try:
@@ -164,11 +177,12 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     return {"reports": reports}
 
 
-def main(argv) -> int:
-    job_path = argv[1]
+def _run_job_file(job_path: str, warm: bool = False) -> None:
     job = WorkerJob.read(job_path)
     workdir = os.path.dirname(os.path.abspath(job_path))
     try:
+        if warm:
+            _fresh_state(job)
         report = _work(job, workdir)
     except ExportError as e:
         report = {"ok": False, "message": str(e), "reason": e.reason}
@@ -177,6 +191,81 @@ def main(argv) -> int:
     report.pop("error_class", None)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, default=str)
+
+
+def _import_and_freeze() -> None:
+    """Imports what every job of this backend uses (Keras, the backend, the
+    exporters), then moves those objects out of the garbage collector's reach
+    (as `servekit.worker.__main__` does for TensorFlow)."""
+    import gc
+
+    try:
+        import keras  # noqa: F401  (imports the backend)
+        import onnxruntime  # noqa: F401
+
+        from servekit.strategies import in_process  # noqa: F401
+        if keras.backend.backend() == "torch":
+            from servekit.formats import torch_program  # noqa: F401
+    except ImportError:
+        return  # the first job imports it again and reports the error in full
+    gc.freeze()
+
+
+def _fresh_state(job: WorkerJob) -> None:
+    """What a fresh process has that a warm one must get back before a job:
+    an empty Keras session (auto-generated names, `seed_generator`, count
+    from zero again) and torch's compiler caches cleared; `_work` seeds the
+    generators."""
+    import keras
+
+    keras.backend.clear_session(free_memory=False)  # the worker collects after answering
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch._dynamo.reset()
+    sys.path[:0] = [p for p in job.sys_path if p not in sys.path]  # restored by `isolation.one_job`
+
+
+def _serve() -> int:
+    """Runs jobs whose paths arrive on stdin, each as a fresh process would
+    (`servekit.worker.__main__._serve`: cwd, HOME, KERAS_HOME, TMPDIR, stderr
+    into the job's `worker.log`, sys.path and user modules restored after it),
+    answering "done" for each."""
+    import tempfile
+
+    from servekit.worker import isolation
+
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints of libraries must not corrupt the protocol
+    _import_and_freeze()
+    for line in sys.stdin:
+        job_path = line.strip()
+        workdir = os.path.dirname(os.path.abspath(job_path))
+        env = launch.worker_env(workdir, ())
+        os.environ.update({k: env[k] for k in ("HOME", "KERAS_HOME", "TMPDIR")})
+        tempfile.tempdir = None
+        os.chdir(workdir)
+        saved_stderr = os.dup(2)
+        log = os.open(os.path.join(workdir, "worker.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 2)
+        try:
+            with isolation.one_job():
+                _run_job_file(job_path, warm=True)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            os.close(log)
+        protocol.write("done\n")
+        protocol.flush()
+        isolation.release_memory()  # while the source process is not waiting on this one
+    return 0
+
+
+def main(argv) -> int:
+    if len(argv) == 2 and argv[1] == "--serve":
+        return _serve()
+    _run_job_file(argv[1])
     return 0
 
 

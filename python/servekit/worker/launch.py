@@ -174,9 +174,18 @@ class _WarmWorker:
     imports TensorFlow, tf2onnx and onnxruntime (about 3 s) on another core
     while the caller imports its own backend, builds the model and computes
     the reference outputs.
+
+    `backend` "tensorflow" is the export worker (`python -m servekit.worker
+    --serve`); another backend is the cross-backend rebuild's worker under
+    that backend (`python -m servekit.strategies.cross_backend --serve`, the
+    torch formats of TensorFlow and JAX models), a `sibling` of the scope's
+    TensorFlow worker, started at its first job or by `refresh`, and stopped
+    with it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "tensorflow", start: bool = True) -> None:
+        self.backend = backend
+        self._siblings: dict[str, "_WarmWorker"] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._settings: tuple = ()
         self._home: Optional[str] = None
@@ -186,19 +195,34 @@ class _WarmWorker:
         self._idle_timer: Optional[threading.Timer] = None
         self._idle_generation = 0
         self.closed = False
-        self._start()
+        if start:
+            self._start()
 
     def _current_settings(self) -> tuple:
-        return worker_env(self._home, ()), installation_fingerprint()
+        env = worker_env(self._home, ())
+        env["KERAS_BACKEND"] = self.backend
+        return env, installation_fingerprint()
 
     def _start(self) -> None:
         if self._home is None or not os.path.isdir(self._home):
             self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
         self._settings = self._current_settings()
+        module = "servekit.worker" if self.backend == "tensorflow" else "servekit.strategies.cross_backend"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "servekit.worker", "--serve"], cwd=self._home,
+            [sys.executable, "-m", module, "--serve"], cwd=self._home,
             env=self._settings[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
+
+    def sibling(self, backend: str) -> "_WarmWorker":
+        """This scope's warm worker for `backend`: itself for its own backend,
+        else the cross-backend worker, created on first use (not started)."""
+        if backend == self.backend:
+            return self
+        worker = self._siblings.get(backend)
+        if worker is None:
+            worker = self._siblings[backend] = _WarmWorker(backend, start=False)
+            _every_worker.add(worker)
+        return worker
 
     @property
     def pid(self) -> Optional[int]:
@@ -270,11 +294,13 @@ class _WarmWorker:
             self._home = None
 
     def shutdown(self) -> None:
-        """Stops the process for good."""
+        """Stops the process, and its siblings', for good."""
         self.cancel_idle_timer()
         with self._busy:
             self.closed = True
             self._stop()
+        for worker in list(self._siblings.values()):
+            worker.shutdown()
 
     def start_idle_timer(self, seconds: float) -> None:
         """Stops the process after `seconds` without a job (the next job starts it again)."""
@@ -292,15 +318,20 @@ class _WarmWorker:
             self._idle_timer = None
 
     def _stop_if_idle(self, generation: int) -> None:
-        with self._busy:
-            if generation == self._idle_generation:
-                self._stop()
+        with self._busy:  # a scope's job takes its workers' locks one at a time, never this one then another's
+            if generation != self._idle_generation:
+                return
+            self._stop()
+            for worker in list(self._siblings.values()):
+                worker.stop()
 
     def stop(self) -> None:
-        """Stops the process now (the next job starts another)."""
+        """Stops the process, and its siblings', now (the next job starts another)."""
         self.cancel_idle_timer()
         with self._busy:
             self._stop()
+        for worker in list(self._siblings.values()):
+            worker.stop()
 
     def forget_after_fork(self) -> None:
         """In a forked child: lets go of the parent's process without touching
@@ -362,6 +393,14 @@ def warm_worker() -> Iterator[None]:
         worker.shutdown()
 
 
+def current_worker(backend: str) -> Optional[_WarmWorker]:
+    """The warm worker for `backend` of this thread's open scope (a
+    `warm_worker()` block or a `lingering_worker()` call), or None: then a
+    job runs in a fresh process."""
+    scope = getattr(_local, "warm", None)
+    return scope.sibling(backend) if scope is not None else None
+
+
 def _new_worker() -> _WarmWorker:
     worker = _WarmWorker()
     _every_worker.add(worker)
@@ -390,7 +429,7 @@ def idle_seconds() -> float:
 
 
 @contextlib.contextmanager
-def lingering_worker() -> Iterator[None]:
+def lingering_worker(tensorflow: bool = True, cross: Sequence[str] = ()) -> Iterator[None]:
     """`warm_worker()` for one `servekit.export` call that stays warm afterwards.
 
     A script or notebook exporting several models pays the worker's start
@@ -400,20 +439,35 @@ def lingering_worker() -> Iterator[None]:
     replaced when the settings a fresh worker reads change (environment,
     servekit's sources, installed packages: `_WarmWorker._ensure_current`),
     after a failed or interrupted job, and in a forked child. Inside an open
-    `warm_worker()` block that block's worker is used instead.
+    `warm_worker()` block that block's workers are used instead.
+
+    Args:
+        tensorflow: start the TensorFlow export worker now (the portable
+            rebuild will run), so that it imports while the caller computes
+            the reference outputs.
+        cross: backends whose cross-backend workers to start now (the torch
+            formats of a TensorFlow or JAX model: "torch"). Others start at
+            their first job, and stay warm as well.
     """
-    if getattr(_local, "warm", None) is not None:
+    scope = getattr(_local, "warm", None)
+    if scope is not None:
+        for backend in cross:
+            scope.sibling(backend).refresh()
         yield
         return
     idle = idle_seconds()
     worker = getattr(_local, "lingering", None)
     if worker is None or worker.closed:
-        worker = _local.lingering = _new_worker()
+        worker = _local.lingering = _WarmWorker(start=tensorflow)
+        _every_worker.add(worker)
         with _lingering_lock:
             _lingering.append(worker)
     else:
         worker.cancel_idle_timer()
-        worker.refresh()  # imports start now if its process had stopped
+        if tensorflow:
+            worker.refresh()  # imports start now if its process had stopped
+    for backend in cross:
+        worker.sibling(backend).refresh()
     _local.warm = worker
     try:
         yield
