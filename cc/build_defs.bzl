@@ -8,3 +8,25 @@ SERVEKIT_HOT_PATH_COPTS = select({
     "//cc:fastbuild": ["-O2"],
     "//conditions:default": [],
 })
+
+def servekit_torch_aoti_plugin(name = "libservekit_torch_aoti.so", **kwargs):
+    """libservekit_torch_aoti.so, the AOTInductor plugin, in the calling package.
+
+    The loader opens it from beside the binary that holds the loader (cc/torch_aoti_plugin.h),
+    so each package with such a binary makes its own copy (one link against libtorch;
+    the objects are shared) and lists it in the binary's `data`.
+
+    Args:
+      name: the file; keep the default, which is the name the loader looks for.
+      **kwargs: passed to cc_binary (visibility, tags, ...).
+    """
+    lds = Label("//cc:torch_aoti_plugin.lds")
+    native.cc_binary(
+        name = name,
+        additional_linker_inputs = [lds],
+        linkopts = ["-Wl,--version-script=$(location %s)" % lds],
+        linkshared = 1,
+        linkstatic = 1,
+        deps = [Label("//cc:torch_aoti_plugin")],
+        **kwargs
+    )

@@ -6,7 +6,7 @@
 #include "cc/onnx_model.h"
 #include "cc/openvino_model.h"
 #include "cc/tf_saved_model.h"
-#include "cc/torch_aoti_model.h"
+#include "cc/torch_aoti_plugin.h"
 
 namespace servekit {
 namespace {
@@ -73,7 +73,8 @@ StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOp
     case ModelFormat::kLiteRt: return AsModel(LiteRtModel::Load(path, options));
     case ModelFormat::kTorchAoti: {
       SERVEKIT_ASSIGN_OR_RETURN(Signature signature, AotiSignatureFromManifest(path));
-      return AsModel(TorchAotiModel::Load(path, options, std::move(signature)));
+      SERVEKIT_RETURN_IF_ERROR(CheckLoadOptions(options));
+      return LoadTorchAotiPackage(path, options, signature);  // libtorch, loaded on demand
     }
     case ModelFormat::kTorchProgram: break;
   }

@@ -223,6 +223,36 @@ def test_torch_aoti_inspect_validate_run(tmp_path):
     assert code == 2 and "an AOTInductor package carries no signature" in err, err
 
 
+def test_libtorch_is_a_plugin_loaded_on_demand(tmp_path):
+    # servekit_verify does not link libtorch: a copy of it with no plugin beside it runs
+    # every other format, and an AOTInductor package gets a clear error naming the file.
+    alone = tmp_path / "servekit_verify"
+    shutil.copyfile(VERIFY, alone)
+    alone.chmod(0o755)
+    assert "libtorch" not in subprocess.run(["ldd", str(alone)], capture_output=True, text=True).stdout
+    p = subprocess.run([str(alone), "inspect", FIXTURE / "model.onnx"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(alone), "inspect", AOTI / "model_aoti.pt2"], capture_output=True, text=True)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "AOTInductor packages run through servekit's libtorch plugin, libservekit_torch_aoti.so" in p.stderr
+    assert f"looked for {tmp_path / 'libservekit_torch_aoti.so'}" in p.stderr, p.stderr
+    assert "SERVEKIT_TORCH_AOTI_PLUGIN" in p.stderr
+    # The variable names the plugin's file, wherever it is (and only that file).
+    plugin = VERIFY.parent / "libservekit_torch_aoti.so"
+    p = subprocess.run([str(alone), "inspect", AOTI / "model_aoti.pt2"], capture_output=True, text=True,
+                       env={**os.environ, "SERVEKIT_TORCH_AOTI_PLUGIN": str(plugin)})
+    assert p.returncode == 0, p.stderr
+    assert "torch_aoti" in p.stdout
+    p = subprocess.run([str(alone), "inspect", AOTI / "model_aoti.pt2"], capture_output=True, text=True,
+                       env={**os.environ, "SERVEKIT_TORCH_AOTI_PLUGIN": str(tmp_path / "nope.so")})
+    assert p.returncode == 2 and f"looked for {tmp_path / 'nope.so'})" in p.stderr, p.stderr
+    # A file that is not the plugin: dlopen's own error, or no entry point.
+    (tmp_path / "bogus.so").write_bytes(b"not an ELF file")
+    p = subprocess.run([str(alone), "inspect", AOTI / "model_aoti.pt2"], capture_output=True, text=True,
+                       env={**os.environ, "SERVEKIT_TORCH_AOTI_PLUGIN": str(tmp_path / "bogus.so")})
+    assert p.returncode == 2 and "plugin " + str(tmp_path / "bogus.so") + " could not be opened" in p.stderr
+
+
 def test_validate_litert_truncated_is_exit_2(export_copy):
     tflite = export_copy / "formats/model.tflite"
     tflite.write_bytes(tflite.read_bytes()[:500])

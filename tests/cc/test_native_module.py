@@ -307,6 +307,28 @@ def test_torch_aoti_package_runs_like_the_others():
     assert report.passed, report.failures
 
 
+def test_libtorch_is_loaded_only_for_an_aotinductor_package():
+    # In a fresh interpreter: the module and its ONNX/SavedModel runners map no libtorch;
+    # the first .pt2 opens the plugin (and libtorch) beside _native.so.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from servekit import native\n"
+        "def torch_mapped():\n"
+        "    return 'libtorch_cpu.so' in open('/proc/self/maps').read()\n"
+        f"native.load({str(FIXTURE / 'model.onnx')!r})\n"
+        "before = torch_mapped()\n"
+        f"native.load({str(AOTI / 'model_aoti.pt2')!r})\n"
+        "print(before, torch_mapped(), 'torch' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "True", "False"], p.stdout + p.stderr
+
+
 def test_coexists_with_tensorflow_onnxruntime_and_hashlib():
     # The extension keeps its symbols to itself: the Python runtimes and OpenSSL-backed
     # hashlib keep working in the same process.
