@@ -6,7 +6,8 @@
 //   validate(manifest_path, format, cross_format, options) -> VerifyReport
 //   compare(a, b, format_a, format_b, endpoint, options) -> CompareReport
 //   benchmark(model, ...) -> BenchmarkReport; summarize_latencies([ns]) -> LatencyStats
-//   benchmark_loop(...) -> [ns]; runner_and_bare_onnxruntime_loops(...) -> ([ns], [ns])
+//   benchmark_loop(...) -> [ns]; runner_and_bare_onnxruntime_loops(...) -> ([ns], [ns]) (any runtime with a
+//   bare C/C++ loop, despite its name)
 //
 // Errors: every failure is a servekit Status, thrown as the one registered C++
 // exception type (StatusError) and translated once into the Python exception of its
@@ -465,7 +466,8 @@ PYBIND11_MODULE(_native, m) {
         "Per-call latencies (ns) of the native runner's own loop: at least `iterations` calls and `seconds`.");
   m.def("runner_and_bare_onnxruntime_loops", &RunnerAndBareOnnxRuntimeLoops, py::arg("model"), py::arg("inputs"),
         py::arg("warmup") = 10, py::arg("iterations") = 100, py::arg("seconds") = 0.0,
-        "(runner, bare) per-call latencies (ns) of the native runner and of a bare Ort::Session::Run loop over "
-        "pre-built values on the ONNX model's own session, alternating call by call: at least `iterations` "
-        "calls each and `seconds`.");
+        "(runner, bare) per-call latencies (ns) of the native runner (its outputs handed back to each next call) "
+        "and of the runtime's bare C/C++ loop over inputs built once (Ort::Session::Run, "
+        "ov::InferRequest::infer, LiteRtRunCompiledModel, AOTIModelPackageLoader::run), alternating call by "
+        "call: at least `iterations` calls each and `seconds`. ValueError for a SavedModel.");
 }

@@ -58,6 +58,7 @@ __all__ = [
     "benchmark_loop",
     "compare",
     "load",
+    "runner_and_bare_loops",
     "runner_and_bare_onnxruntime_loops",
     "summarize_latencies",
     "validate",
@@ -248,8 +249,9 @@ def benchmark(
     """Latency (p50/p90/p99/max) and throughput per batch size, like
     `servekit_verify bench`. `inputs` are tiled along dim 0 to each batch (random
     data matching the signature when None); `iterations` calls per batch, or a
-    `seconds` budget (100 calls when both are 0). `bare_ort` (ONNX) also times a
-    bare Ort::Session::Run loop and reports the runner's overhead ratio."""
+    `seconds` budget (100 calls when both are 0). `bare_ort` also times the
+    runtime's bare C/C++ loop (ONNX, OpenVINO, LiteRT, AOTInductor; see
+    `runner_and_bare_loops`) and reports the runner's overhead ratio."""
     return _native.benchmark(_unwrap(model), endpoint=endpoint, batches=list(batches), iterations=iterations,
                              seconds=seconds, warmup=warmup, inputs=inputs, bare_ort=bare_ort, seed=seed)
 
@@ -269,10 +271,17 @@ def benchmark_loop(model: Model, endpoint: str, inputs: Mapping[str, Any], warmu
     return _native.benchmark_loop(_unwrap(model), endpoint, inputs, warmup, iterations, seconds)
 
 
-def runner_and_bare_onnxruntime_loops(model: Model, inputs: Mapping[str, Any], warmup: int = 10,
-                                      iterations: int = 100, seconds: float = 0.0) -> tuple[list[int], list[int]]:
-    """Per-call latencies in ns of the native runner on an ONNX `model` and of a
-    bare `Ort::Session::Run` loop over values built once (what
-    onnxruntime_perf_test measures) on the same session, alternating call by call
-    so that their ratio is the runner's own overhead, whatever the machine does."""
+def runner_and_bare_loops(model: Model, inputs: Mapping[str, Any], warmup: int = 10,
+                          iterations: int = 100, seconds: float = 0.0) -> tuple[list[int], list[int]]:
+    """Per-call latencies in ns of the native runner on `model` (handed its previous
+    outputs back, as a serving loop does) and of the runtime's bare C/C++ loop over
+    inputs built once, alternating call by call so that their ratio is the runner's
+    own overhead, whatever the machine does. The bare loops: `Ort::Session::Run` on
+    the same session (what onnxruntime_perf_test measures), OpenVINO's
+    `InferRequest::infer()` (benchmark_app), `LiteRtRunCompiledModel`,
+    `AOTIModelPackageLoader::run`. ValueError for a SavedModel (no bare loop)."""
     return _native.runner_and_bare_onnxruntime_loops(_unwrap(model), inputs, warmup, iterations, seconds)
+
+
+# Its name from when ONNX Runtime was the only runtime with a bare loop.
+runner_and_bare_onnxruntime_loops = runner_and_bare_loops

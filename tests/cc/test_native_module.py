@@ -250,6 +250,9 @@ def test_benchmark_helpers(onnx_model, saved_model):
     assert len(latencies) == 50 and all(isinstance(t, int) and t > 0 for t in latencies)
     runner, bare = native.runner_and_bare_onnxruntime_loops(onnx_model, feeds, 2, 40, 0.0)
     assert len(runner) == len(bare) == 40 and all(t > 0 for t in runner + bare)
+    for artifact in ("formats/model.xml", "formats/model.tflite"):  # every runtime with a bare C/C++ loop
+        runner, bare = native.runner_and_bare_loops(native.load(str(FIXTURE / artifact)), feeds, 1, 20, 0.0)
+        assert len(runner) == len(bare) == 20, artifact
     with pytest.raises(ValueError, match="needs an ONNX, OpenVINO, LiteRT or AOTInductor model"):
         native.runner_and_bare_onnxruntime_loops(saved_model, {"x": np.zeros(1)}, 0, 1)
     with pytest.raises(ValueError, match="needs an ONNX, OpenVINO, LiteRT or AOTInductor model"):

@@ -50,8 +50,8 @@ def test_every_runner_measured_on_every_artifact_and_batch(report):
     measured = {(r["format"], r["runner"], r["batch"]) for r in report["results"]}
     every = ["native", "native_python", "python_runtime"]
     expected = {(fmt, runner, batch)
-                for fmt, runners in {"tf_saved_model": every, "onnx": every + ["ort_bare_cpp"],
-                                     "openvino": every, "litert": every}.items()
+                for fmt, runners in {"tf_saved_model": every, "onnx": every + ["bare_cpp"],
+                                     "openvino": every + ["bare_cpp"], "litert": every + ["bare_cpp"]}.items()
                 for runner in runners for batch in (1, 3)}
     assert measured == expected
     # The ExportedProgram has no native runtime: listed, not measured.
@@ -68,8 +68,11 @@ def test_ratios_follow_from_the_rows(report):
     fastest_python = max(r["throughput_per_s"] for r in report["results"]
                          if r["runner"] == "python_runtime" and r["batch"] == 3)
     onnx = next(e for e in report["ratios"] if (e["format"], e["batch"]) == ("onnx", 3))
-    assert onnx["native_overhead_vs_bare_ort"] == pytest.approx(
-        row[("onnx", "native", 3)]["p50_us"] / row[("onnx", "ort_bare_cpp", 3)]["p50_us"])
+    assert onnx["native_overhead_vs_bare_cpp"] == pytest.approx(
+        row[("onnx", "native", 3)]["p50_us"] / row[("onnx", "bare_cpp", 3)]["p50_us"])
+    litert = next(e for e in report["ratios"] if (e["format"], e["batch"]) == ("litert", 1))
+    assert litert["native_overhead_vs_bare_cpp"] == pytest.approx(
+        row[("litert", "native", 1)]["p50_us"] / row[("litert", "bare_cpp", 1)]["p50_us"])
     assert onnx["native_speedup_vs_python"] == pytest.approx(
         row[("onnx", "python_runtime", 3)]["p50_us"] / row[("onnx", "native", 3)]["p50_us"])
     assert onnx["native_python_speedup_vs_python"] == pytest.approx(
@@ -77,7 +80,7 @@ def test_ratios_follow_from_the_rows(report):
     assert onnx["native_throughput_vs_fastest_python"] == pytest.approx(
         row[("onnx", "native", 3)]["throughput_per_s"] / fastest_python)
     saved_model = next(e for e in report["ratios"] if (e["format"], e["batch"]) == ("tf_saved_model", 1))
-    assert "native_overhead_vs_bare_ort" not in saved_model
+    assert "native_overhead_vs_bare_cpp" not in saved_model
     assert len(report["ratios"]) == 8  # 4 measured formats x 2 batches
 
 
@@ -85,5 +88,6 @@ def test_report_files(report, tmp_path):
     benchmark.write_report(report, tmp_path)
     assert json.loads((tmp_path / "benchmark.json").read_text()) == json.loads(json.dumps(report))
     table = (tmp_path / "benchmark.md").read_text()
-    assert table.count("| onnx | ort_bare_cpp |") == 2 and "native / bare ORT p50" in table
+    assert table.count("| onnx | bare_cpp |") == 2 and "native / bare C/C++ loop p50" in table
+    assert table.count("| openvino | bare_cpp |") == 2
     assert (tmp_path / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,9 +12,13 @@ measures:
                    AOTInductor), no Python
   native_python    the same runner called once per iteration from Python
                    through the pybind11 module (what a Python server would see)
-  ort_bare_cpp     (ONNX) a bare `Ort::Session::Run` loop over prebuilt values on
-                   the native runner's own session, alternating call by call
-                   with `native`: what onnxruntime_perf_test measures
+  bare_cpp         the runtime's bare C/C++ call loop, alternating call by call
+                   with `native` (every format but the SavedModel): a bare
+                   `Ort::Session::Run` over prebuilt values on the runner's own
+                   session (what onnxruntime_perf_test measures), OpenVINO's
+                   `InferRequest::infer()` (what benchmark_app measures),
+                   `LiteRtRunCompiledModel` over buffers made once,
+                   `AOTIModelPackageLoader::run` on prebuilt at::Tensors
   python_runtime   `onnxruntime.InferenceSession.run`,
                    `tf.saved_model.load(path).signatures["serving_default"]`,
                    OpenVINO's `InferRequest.infer`, `ai_edge_litert`'s signature
@@ -76,8 +80,8 @@ def time_python_loop(call: Callable[[], Any], iterations: int, seconds: float) -
 
 
 # A runner times calls: (min_iterations, min_seconds) -> {series: per-call latencies
-# in ns}. Most runners time one series; the native ONNX runner times itself and a
-# bare ORT loop alternating call by call, as two series.
+# in ns}. Most runners time one series; the native runner times itself and the
+# runtime's bare C/C++ loop alternating call by call, as two series.
 Runner = Callable[[int, float], Mapping[str, list[int]]]
 
 
@@ -124,6 +128,9 @@ def reference_inputs(manifest: Mapping[str, Any], root: pathlib.Path, endpoint: 
 
 # Formats without a native runtime: a torch ExportedProgram runs only under Python.
 NO_NATIVE_RUNTIME = ("torch",)
+# Formats whose runtime has a bare C/C++ loop to compare the native runner with (a
+# TensorFlow session's run has no cheaper form).
+BARE_LOOP_FORMATS = ("onnx", "openvino", "litert", "torch_aoti")
 
 
 def _python_runner(fmt: str, path: pathlib.Path, endpoint: str, threads: int, artifact: Mapping[str, Any],
@@ -235,9 +242,9 @@ def benchmark_export(
         python_run = _python_runner(fmt, path, endpoint, threads, artifact, input_names)
         for batch in batches:
             inputs = {k: tile_to_batch(v, batch) for k, v in base_inputs.items()}
-            if fmt == "onnx":  # the native loop and a bare ORT loop, alternating call by call
+            if fmt in BARE_LOOP_FORMATS:  # the native loop and the bare C/C++ loop, call by call
                 native_runner: Runner = lambda n, s: dict(zip(
-                    ("native", "ort_bare_cpp"), native.runner_and_bare_onnxruntime_loops(model, inputs, 0, n, s)))
+                    ("native", "bare_cpp"), native.runner_and_bare_loops(model, inputs, 0, n, s)))
             else:
                 native_runner = lambda n, s: {"native": native.benchmark_loop(model, endpoint, inputs, 0, n, s)}
             runners: dict[str, Runner] = {
@@ -270,8 +277,8 @@ def runner_ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     - `native_speedup_vs_python`: the Python runtime's p50 over the native loop's;
     - `native_python_speedup_vs_python`: the same for the module called from Python;
-    - `native_overhead_vs_bare_ort` (ONNX): the native loop's p50 over a bare
-      `Ort::Session::Run` loop's on the same session (1.0 = no overhead);
+    - `native_overhead_vs_bare_cpp`: the native loop's p50 over the runtime's bare
+      C/C++ loop's (1.0 = no overhead; not for the SavedModel);
     - `native_throughput_vs_fastest_python`: the native loop's samples/s over the
       faster Python runtime's (of either format) at that batch.
     """
@@ -286,14 +293,14 @@ def runner_ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             continue
         python_row = by_key.get((fmt, "python_runtime", batch))
         module_row = by_key.get((fmt, "native_python", batch))
-        bare_row = by_key.get((fmt, "ort_bare_cpp", batch))
+        bare_row = by_key.get((fmt, "bare_cpp", batch))
         entry: dict[str, Any] = {"format": fmt, "batch": batch}
         if python_row:
             entry["native_speedup_vs_python"] = python_row["p50_us"] / native_row["p50_us"]
             if module_row:
                 entry["native_python_speedup_vs_python"] = python_row["p50_us"] / module_row["p50_us"]
         if bare_row:
-            entry["native_overhead_vs_bare_ort"] = native_row["p50_us"] / bare_row["p50_us"]
+            entry["native_overhead_vs_bare_cpp"] = native_row["p50_us"] / bare_row["p50_us"]
         if fastest_python.get(batch):
             entry["native_throughput_vs_fastest_python"] = native_row["throughput_per_s"] / fastest_python[batch]
         ratios.append(entry)
@@ -303,7 +310,7 @@ def runner_ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 _RATIO_COLUMNS = (
     ("native_speedup_vs_python", "native vs python p50"),
     ("native_python_speedup_vs_python", "module from Python vs python p50"),
-    ("native_overhead_vs_bare_ort", "native / bare ORT p50"),
+    ("native_overhead_vs_bare_cpp", "native / bare C/C++ loop p50"),
     ("native_throughput_vs_fastest_python", "native / fastest python samples/s"),
 )
 
