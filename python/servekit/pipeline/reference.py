@@ -129,14 +129,16 @@ def make_planned_cases(
         return _cases(endpoint, layout, output_names, call, variables, [c.batch for c in plan.cases], inputs, sizes)
 
     try:
-        behavior, cases = attempt(plan)
+        with dims.quiet_size_one():
+            behavior, cases = attempt(plan)
     except ExportError as e:
         if e.reason != "source_failed" or not any(c.dims for c in plan.cases):
             raise
         legacy = plan.legacy()
         if legacy.cases == plan.cases:
             raise
-        behavior, cases = attempt(legacy)  # failing too, it raises what servekit always said
+        with dims.quiet_size_one():
+            behavior, cases = attempt(legacy)  # failing too, it raises what servekit always said
         plan = legacy
     return behavior, cases, plan
 

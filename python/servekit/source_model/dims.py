@@ -28,8 +28,10 @@ This module makes those names mean something and plans the verification:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Iterable, Optional, Sequence
+import warnings
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from servekit import signature as sig
 from servekit.errors import ExportError
@@ -170,6 +172,15 @@ class DimPlan:
         note = "the planned sizes failed on the source endpoint; verified at 4 only"
         return DimPlan([CaseSizes(c.batch, {s: 4 for s in c.dims}) for c in self.cases], self.batch_dynamic,
                        self.limits, {s: note for s in symbols}, self.probed)
+
+
+@contextlib.contextmanager
+def quiet_size_one() -> Iterator[None]:
+    """Silences what Keras warns about a dim of size 1 that servekit chose
+    (a softmax over one key): the model is fine, the size is the test's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"You are using a softmax over axis", category=UserWarning)
+        yield
 
 
 def layout_symbols(layout: InputLayout) -> list[str]:
@@ -474,6 +485,11 @@ def discover(model, layout: InputLayout, limits: Optional[Limits] = None) -> tup
     symbols = layout_symbols(layout)
     if not symbols or not Probe.available(model, layout):
         return layout, unprobed_plan(layout, limits)
+    with quiet_size_one():
+        return _discover(model, layout, limits, symbols)
+
+
+def _discover(model, layout: InputLayout, limits: Limits, symbols: list[str]) -> tuple[InputLayout, DimPlan]:
     probe = Probe(model, layout)
     base = _baseline(probe, symbols, limits)
     if base is None:  # the model refuses every uniform size: verify what was asked, and say so if it fails
