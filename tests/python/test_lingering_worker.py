@@ -36,7 +36,7 @@ def script(monkeypatch):
     """Outside the session's warm_worker() block, as a script runs; the
     thread's lingering worker is this test's own and is shut down after it."""
     monkeypatch.setenv("SERVEKIT_WARM_WORKER_IDLE_S", "60")
-    monkeypatch.setattr(launch._local, "warm", None)
+    monkeypatch.setattr(launch._local, "warm", None, raising=False)
     monkeypatch.setattr(launch._local, "lingering", None, raising=False)
     yield
     worker = getattr(launch._local, "lingering", None)
