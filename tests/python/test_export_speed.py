@@ -90,6 +90,12 @@ def test_the_script_section_is_written_into_the_readme_between_its_markers(repor
         export_speed.update_readme(report, tmp_path / "OTHER.md")
 
 
+def test_errors_in_table_cells_lose_backquotes_and_pipes():
+    short = export_speed._short("UserError: mismatch between `inputs` and `dynamic_shapes` | more\n" + "x" * 200)
+    assert "`" not in short and "|" not in short and "\n" not in short
+    assert short.startswith("UserError: mismatch between 'inputs' and 'dynamic_shapes' / more") and len(short) == 100
+
+
 def test_the_command_line_leaves_out_this_machines_paths():
     assert export_speed._command(["--modes", "script", "--out_dir", "/tmp/x", "--models_dir=/home/me/models",
                                   "--readme", "README.md"]) == (

@@ -737,11 +737,11 @@ def render_script_section(report: Mapping[str, Any]) -> str:
         ratio = cell["ratios"].get("script_export_s")
         notes = []
         if keras["status"] != "ok":
-            notes.append(f"Keras: {keras['status']} (`{keras['error'][:90]}`)")
+            notes.append(f"Keras: {keras['status']} (`{_short(keras['error'])}`)")
         elif keras.get("artifact_check", "ok") != "ok":
-            notes.append(f"Keras's artifact {keras['artifact_check'][:90]}")
+            notes.append(f"Keras's artifact {_short(keras['artifact_check'])}")
         if servekit["status"] != "ok":
-            notes.append(f"servekit: {servekit['status']} (`{servekit['error'][:90]}`)")
+            notes.append(f"servekit: {servekit['status']} (`{_short(servekit['error'])}`)")
         fmt = {"tf_saved_model": "SavedModel", "onnx": "ONNX"}.get(cell["format"], cell["format"])
         lines.append(f"| {cell['model']} | {cell['backend']} | {fmt} | {_seconds(servekit.get('script_first_s'))} | "
                      f"{_seconds(keras.get('script_first_s'))} | {_seconds(servekit.get('median_script_export_s'))} | "
@@ -758,6 +758,13 @@ def render_script_section(report: Mapping[str, Any]) -> str:
                for b, s in report.get("scripts", {}).items()]
     lines.append(f"Worker processes each script's servekit exports used: {', '.join(workers)}.")
     return "\n".join(lines) + "\n"
+
+
+def _short(message: str, limit: int = 100) -> str:
+    """A message for a table cell: no backquotes or pipes (they would end the
+    cell's code span or the cell), at most `limit` characters."""
+    text = " ".join(message.replace("`", "'").replace("|", "/").split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 def _load(values: Optional[Sequence[float]]) -> str:

@@ -189,7 +189,6 @@ class _WarmWorker:
         self._proc: Optional[subprocess.Popen] = None
         self._settings: tuple = ()
         self._home: Optional[str] = None
-        self._pid = os.getpid()  # the process that owns the worker (a forked child does not)
         # Held while a job runs, and while the process is stopped or replaced.
         self._busy = threading.Lock()
         self._idle_timer: Optional[threading.Timer] = None
@@ -344,7 +343,6 @@ class _WarmWorker:
                 pass
         self._proc = None
         self._home = None
-        self._pid = os.getpid()
         self._busy = threading.Lock()
         self._idle_timer = None
 
