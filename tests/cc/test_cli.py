@@ -447,13 +447,15 @@ def test_compare_saved_model_with_onnx(tmp_path):
     rows = [line.split() for line in out.splitlines()]
     assert ["case", "output", "max_abs", "max_rel", "atol", "rtol", "result"] in rows
     assert [r[:3] for r in rows if r[-1:] == ["PASS"]] == [["serving_default", "b1", "logits"],
-                                                           ["serving_default", "b7", "logits"]]
-    assert "RESULT: SAME (every output of 2 cases within tolerance)" in out
+                                                           ["serving_default", "b7", "logits"],
+                                                           ["serving_default", "b2", "logits"]]
+    assert "RESULT: SAME (every output of 3 cases within tolerance)" in out
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["passed"] is True and report["first_divergence"] is None
     assert report["a"]["format"] == "tf_saved_model" and report["b"]["format"] == "onnx"
     assert report["a"]["manifest"] == report["b"]["manifest"] == str(MLP / "manifest.json")
-    assert [(c["endpoint"], c["batch"]) for c in report["cases"]] == [("serving_default", 1), ("serving_default", 7)]
+    assert [(c["endpoint"], c["batch"]) for c in report["cases"]] == [("serving_default", 1), ("serving_default", 7),
+                                                                       ("serving_default", 2)]
     assert report["cases"][0]["outputs"][0]["atol"] == 1e-5
 
 

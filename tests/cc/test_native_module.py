@@ -357,7 +357,8 @@ def test_compare_mirrors_the_command_line():
     assert report and report.passed and report.first_divergence is None
     assert report.a.format == native.Format.tf_saved_model and report.b.format == native.Format.onnx
     assert report.a.model == "mlp_tensorflow" and report.b.manifest_path == str(mlp / "manifest.json")
-    assert [(c.endpoint, c.batch) for c in report.cases] == [("serving_default", 1), ("serving_default", 7)]
+    assert [(c.endpoint, c.batch) for c in report.cases] == [("serving_default", 1), ("serving_default", 7),
+                                                             ("serving_default", 2)]
     assert "RESULT: SAME" in report.to_text() and json.loads(report.to_json())["passed"] is True
     report = native.compare(mlp, mlp, format_b="litert")
     assert report.passed and report.b.format == native.Format.litert
