@@ -1,10 +1,14 @@
-"""Starts the export worker: a fresh TensorFlow-backend process per job.
+"""Starts the export worker: a TensorFlow-backend process, fresh per job, or
+warm for many (`warm_worker()` blocks; `lingering_worker()`, the one a
+script's `servekit.export` calls share), with the cross-backend rebuild's
+workers as its siblings.
 
 The worker runs with a fixed environment (`worker_env`): KERAS_BACKEND
 =tensorflow, PYTHONHASHSEED=0, HOME, KERAS_HOME and TMPDIR inside the job's
 private work directory, TensorFlow logging off. A fresh process that runs the
 same steps makes the same traces, so its artifacts are reproducible across
-processes and directories; `servekit.determinism` removes what is left.
+processes and directories; `servekit.determinism` removes what is left. A
+warm worker resets per job what a fresh process would not carry over.
 """
 
 from __future__ import annotations
