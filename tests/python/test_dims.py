@@ -115,12 +115,30 @@ def test_declared_names_are_kept_and_contradictions_refused():
 # ---- Exports ----------------------------------------------------------------------
 
 
+MODEL_FILE = f"""
+import keras
+import keras_hub
+
+
+def build_model():
+    keras.utils.set_random_seed(0)
+    return keras_hub.models.MistralBackbone(
+        vocabulary_size=50, num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=16,
+        intermediate_dim=32, sliding_window={WINDOW}, name="mistral")
+"""
+
+
 @pytest.fixture(scope="module")
 def mistral_export(tmp_path_factory) -> pathlib.Path:
-    """The build tool's export of the Mistral backbone: SavedModel and ONNX."""
-    out = tmp_path_factory.mktemp("mistral") / "mistral"
-    backend = keras.backend.backend()
-    return build_tool.build_export(mistral(), out, "mistral", backend, formats=("tf_saved_model", "onnx"))
+    """The build tool's export of the Mistral backbone, SavedModel and ONNX, as a
+    `model_export` action runs it: `token_ids`' sequence dim is declared (the
+    rule's `dim_names`), `padding_mask`'s is found to be the same dim."""
+    work = tmp_path_factory.mktemp("mistral")
+    model_file = work / "mistral_model.py"
+    model_file.write_text(MODEL_FILE)
+    return build_tool.run(["--model_file", str(model_file), "--name", "mistral", "--backend", keras.backend.backend(),
+                           "--formats", "tf_saved_model,onnx", "--out_dir", str(work / "mistral"),
+                           "--dim_names", "token_ids=(batch, sequence)"])
 
 
 def test_manifest_names_shared_dims_and_records_their_sizes(mistral_export):

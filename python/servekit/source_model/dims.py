@@ -326,12 +326,10 @@ def _baseline(probe: Probe, symbols: Sequence[str], limits: Limits) -> Optional[
     return None
 
 
-def _groups(probe: Probe, symbols: Sequence[str], base: int, positions) -> tuple[list[list[str]], set[str]]:
-    """Partitions `symbols` into dims the model requires to be equal.
-
-    Returns `(groups, pinned)`: `pinned` are symbols that cannot leave `base`
-    even when every other dim moves with them (the model fixes their size).
-    """
+def _groups(probe: Probe, symbols: Sequence[str], base: int, positions) -> list[list[str]]:
+    """Partitions `symbols` into dims the model requires to be equal. A
+    symbol that cannot leave `base` even when every other dim moves with it
+    (the model fixes its size) is a group of its own."""
     other = base + 2
 
     def moves(members: Iterable[str]) -> bool:
@@ -343,7 +341,7 @@ def _groups(probe: Probe, symbols: Sequence[str], base: int, positions) -> tuple
         axes_t = {(axis, rank) for _, axis, rank in positions[t]}
         return (not (axes_s & axes_t), not ({a for a, _ in axes_s} & {a for a, _ in axes_t}))
 
-    groups, pinned, assigned = [], set(), set()
+    groups, assigned = [], set()
     for s in symbols:
         if s in assigned:
             continue
@@ -357,7 +355,6 @@ def _groups(probe: Probe, symbols: Sequence[str], base: int, positions) -> tuple
                     found = True
                     break
             if not found:
-                pinned.add(s)
                 groups.append([s])
                 assigned.add(s)
                 continue
@@ -367,7 +364,7 @@ def _groups(probe: Probe, symbols: Sequence[str], base: int, positions) -> tuple
                     members = trial
         groups.append(members)
         assigned.update(members)
-    return groups, pinned
+    return groups
 
 
 def _group_names(groups: list[list[str]], layout: InputLayout, positions) -> dict[str, str]:
@@ -402,8 +399,9 @@ def renamed(layout: InputLayout, rename: dict[str, str]) -> InputLayout:
 
 
 def _sizes_for(probe: Probe, symbols: Sequence[str], wanted: list[dict[str, int]], batches: Sequence[int],
-               base: int, pinned: set[str], limits: Limits) -> tuple[list[dict[str, int]], dict[str, str]]:
-    """The wanted sizes, each refused one replaced by a size the model accepts."""
+               base: int, limits: Limits) -> tuple[list[dict[str, int]], dict[str, str]]:
+    """The wanted sizes, each refused one replaced by a size the model accepts
+    with every other dim at `base` (its declared lengths, 4, 8, ...)."""
     accepted: dict[str, dict[int, bool]] = {s: {} for s in symbols}
 
     def alone(s: str, size: int) -> bool:
@@ -422,7 +420,7 @@ def _sizes_for(probe: Probe, symbols: Sequence[str], wanted: list[dict[str, int]
             continue
         sizes = {}
         for s in symbols:
-            if s not in pinned and alone(s, want[s]):
+            if alone(s, want[s]):
                 sizes[s] = want[s]
                 continue
             refused.setdefault(s, []).append(want[s])
@@ -495,15 +493,14 @@ def _discover(model, layout: InputLayout, limits: Limits, symbols: list[str]) ->
     if base is None:  # the model refuses every uniform size: verify what was asked, and say so if it fails
         return layout, unprobed_plan(layout, limits)
     positions = _positions(layout)
-    groups, pinned = _groups(probe, symbols, base, positions)
+    groups = _groups(probe, symbols, base, positions)
     rename = _group_names(groups, layout, positions)
     layout = renamed(layout, rename)
     probe = Probe(model, layout)
     symbols = layout_symbols(layout)
-    pinned = {rename[s] for s in pinned}
     batches = case_batches(layout)
     wanted = wanted_sizes(symbols, limits, len(batches))
-    sizes, notes = _sizes_for(probe, symbols, wanted, batches, base, pinned, limits)
+    sizes, notes = _sizes_for(probe, symbols, wanted, batches, base, limits)
     plan = DimPlan([CaseSizes(b, s, padded=k > 0) for k, (b, s) in enumerate(zip(batches, sizes))],
                    batch_is_dynamic(layout), limits, notes, probed=True)
     distinct = [(b, s) for b, s in zip(batches, sizes) if b > 1 or any(v > 1 for v in s.values())]
