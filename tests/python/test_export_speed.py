@@ -100,6 +100,10 @@ def test_the_command_line_leaves_out_this_machines_paths():
     assert export_speed._command(["--modes", "script", "--out_dir", "/tmp/x", "--models_dir=/home/me/models",
                                   "--readme", "README.md"]) == (
         "bazel run //python/servekit/bench:export_speed -- --modes script --readme README.md")
+    assert export_speed._command([*export_speed.SCRIPT_TARGET_ARGS, "--repeats", "5"]) == (
+        "bazel run //python/servekit/bench:export_speed_script -- --repeats 5")
+    assert export_speed._command(list(export_speed.SCRIPT_TARGET_ARGS)) == (
+        "bazel run //python/servekit/bench:export_speed_script")
 
 
 def test_a_cell_keras_cannot_export_is_reported_not_dropped():

@@ -92,6 +92,8 @@ MEASURES = (
 # The README's lines the script mode rewrites (`--readme`).
 README_BEGIN = "<!-- export-speed-script:begin -->"
 README_END = "<!-- export-speed-script:end -->"
+# The arguments //python/servekit/bench:export_speed_script passes first (its BUILD `args`).
+SCRIPT_TARGET_ARGS = ("--modes", "script", "--readme", "README.md")
 
 
 # ---------------------------------------------------------------- child side
@@ -942,6 +944,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _command(argv: Optional[Sequence[str]]) -> str:
     """How this run was started, as a `bazel run` line (paths of this machine left out)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    target = "export_speed"
+    if args[:len(SCRIPT_TARGET_ARGS)] == list(SCRIPT_TARGET_ARGS):  # the export_speed_script target's own
+        target, args = "export_speed_script", args[len(SCRIPT_TARGET_ARGS):]
     shown, skip = [], False
     for arg in args:
         if skip:
@@ -953,7 +958,7 @@ def _command(argv: Optional[Sequence[str]]) -> str:
         if arg.startswith(("--out_dir=", "--models_dir=")):
             continue
         shown.append(arg)
-    return "bazel run //python/servekit/bench:export_speed" + (" -- " + " ".join(shown) if shown else "")
+    return f"bazel run //python/servekit/bench:{target}" + (" -- " + " ".join(shown) if shown else "")
 
 
 if __name__ == "__main__":
