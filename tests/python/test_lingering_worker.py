@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -171,6 +172,43 @@ def test_interpreter_exit_stops_the_worker_and_removes_its_home(tmp_path):
         assert not os.path.exists(home)
         with pytest.raises(ProcessLookupError):  # reaped by the script's atexit, not left running
             os.kill(int(pid), 0)
+
+
+def test_a_worker_whose_script_was_killed_exits_and_removes_its_home(tmp_path):
+    code = textwrap.dedent("""
+        import time, keras, servekit
+        from servekit.worker import launch
+        inputs = keras.Input((3,), name="features")
+        model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        servekit.export(model, {path!r}, format="onnx", verbose=False)
+        worker = launch._local.lingering
+        print(worker.pid, worker._home, flush=True)
+        time.sleep(600)
+    """).format(path=str(tmp_path / "m.onnx"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    script = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        pid, home = script.stdout.readline().split()
+        assert os.path.isdir(home)
+    finally:
+        script.kill()  # no atexit: the worker sees its stdin end
+        script.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (os.path.exists(home) or _alive(int(pid))):
+        time.sleep(0.5)
+    assert not os.path.exists(home) and not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_idle_zero_stops_the_worker_after_each_export(model, tmp_path, script, monkeypatch):

@@ -237,6 +237,7 @@ def _serve() -> int:
 
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints of libraries must not corrupt the protocol
+    start_dir = os.getcwd()
     _import_and_freeze()
     for line in sys.stdin:
         job_path = line.strip()
@@ -256,9 +257,13 @@ def _serve() -> int:
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
             os.close(log)
-        protocol.write("done\n")
-        protocol.flush()
+        try:
+            protocol.write("done\n")
+            protocol.flush()
+        except BrokenPipeError:  # the source process is gone
+            break
         isolation.release_memory()  # while the source process is not waiting on this one
+    launch.remove_orphaned_home(start_dir)
     return 0
 
 

@@ -82,10 +82,12 @@ def _serve() -> int:
     again). The job's stderr goes to `worker.log` in its work directory.
     """
     from servekit.worker import isolation
+    from servekit.worker import launch
     from servekit.worker.launch import worker_env
 
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints of libraries must not corrupt the protocol
+    start_dir = os.getcwd()
     _import_and_freeze()
     for line in sys.stdin:
         job_path = line.strip()
@@ -105,9 +107,13 @@ def _serve() -> int:
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
             os.close(log)
-        protocol.write("done\n")
-        protocol.flush()
+        try:
+            protocol.write("done\n")
+            protocol.flush()
+        except BrokenPipeError:  # the source process is gone
+            break
         isolation.release_memory()  # while the source process is not waiting on this one
+    launch.remove_orphaned_home(start_dir)
     return 0
 
 

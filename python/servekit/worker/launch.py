@@ -208,7 +208,7 @@ class _WarmWorker:
 
     def _start(self) -> None:
         if self._home is None or not os.path.isdir(self._home):
-            self._home = tempfile.mkdtemp(prefix="servekit-warm-worker-")
+            self._home = tempfile.mkdtemp(prefix=WARM_HOME_PREFIX)
         self._settings = self._current_settings()
         module = "servekit.worker" if self.backend == "tensorflow" else "servekit.strategies.cross_backend"
         self._proc = subprocess.Popen(
@@ -349,6 +349,18 @@ class _WarmWorker:
         self._home = None
         self._busy = threading.Lock()
         self._idle_timer = None
+
+
+# A warm worker's own directory (its cwd at start): the source process removes it
+# when it stops the worker; a worker whose source process died removes it itself.
+WARM_HOME_PREFIX = "servekit-warm-worker-"
+
+
+def remove_orphaned_home(start_dir: str) -> None:
+    """In a warm worker whose stdin ended (its source process is gone without
+    stopping it, e.g. killed): removes the directory it was started in."""
+    if os.path.basename(os.path.normpath(start_dir)).startswith(WARM_HOME_PREFIX):
+        shutil.rmtree(start_dir, ignore_errors=True)
 
 
 def _read_text(path: str) -> str:
