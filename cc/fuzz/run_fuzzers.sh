@@ -3,7 +3,7 @@
 #
 #   cc/fuzz/run_fuzzers.sh [--runs N | --seconds S] [--workdir DIR] [TARGET...]
 #
-# Builds each target (saved_model_proto, onnx_model, npy; default: all) with
+# Builds each target (saved_model_proto, onnx_model, npy, manifest; default: all) with
 # Debian's clang++ -fsanitize=fuzzer,address (plus UBSan), seeds it with the test
 # fixture export (bazel build //tests/cc:fixture) and the checked-in regression
 # inputs, then fuzzes it for N executions (--runs, default 100000) or S seconds
@@ -27,7 +27,7 @@ while [[ $# -gt 0 ]]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-[[ ${#targets[@]} -gt 0 ]] || targets=(saved_model_proto onnx_model npy)
+[[ ${#targets[@]} -gt 0 ]] || targets=(saved_model_proto onnx_model npy manifest)
 
 clang="${CXX_FUZZ:-clang++}"
 command -v "$clang" >/dev/null || { echo "run_fuzzers.sh: $clang not found (apt-get install clang)" >&2; exit 2; }
@@ -36,8 +36,10 @@ site="$("$python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 ort_include="$root/.setup/onnxruntime/include"
 ort_lib="$site/onnxruntime/capi"
 
-(cd "$root" && bazel build //tests/cc:fixture >/dev/null 2>&1) || { echo "run_fuzzers.sh: bazel build //tests/cc:fixture failed" >&2; exit 2; }
+(cd "$root" && bazel build //tests/cc:fixture //tests/cc:aoti_fixture >/dev/null 2>&1) ||
+  { echo "run_fuzzers.sh: bazel build //tests/cc:fixture //tests/cc:aoti_fixture failed" >&2; exit 2; }
 fixture="$root/bazel-bin/tests/cc/fixture"
+aoti_fixture="$root/bazel-bin/tests/cc/aoti_fixture"
 
 flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -I"$root")
@@ -48,6 +50,7 @@ sources_of() {
     saved_model_proto) echo "${common[*]} cc/saved_model_proto.cc" ;;
     onnx_model) echo "${common[*]} cc/model.cc cc/onnx_model.cc" ;;
     npy) echo "${common[*]} cc/npy.cc" ;;
+    manifest) echo "${common[*]} cc/model.cc cc/manifest.cc" ;;
     *) echo "run_fuzzers.sh: unknown target $1" >&2; return 1 ;;
   esac
 }
@@ -57,6 +60,8 @@ seeds_of() {
     saved_model_proto) echo "$fixture/saved_model/saved_model.pb" ;;
     onnx_model) echo "$fixture/model.onnx $fixture/extra.onnx $root/cc/fuzz/regressions/onnx_model/"* ;;
     npy) ls "$fixture"/reference/*.npy ;;
+    manifest) echo "$fixture/manifest.json $fixture/formats/manifest.json $fixture/random/manifest.json" \
+                   "$aoti_fixture/manifest.json" ;;
   esac
 }
 
@@ -65,7 +70,10 @@ for target in "${targets[@]}"; do
   dir="$work/$target"
   mkdir -p "$dir/corpus"
   srcs="$(sources_of "$target")" || exit 2
-  cp $(seeds_of "$target") "$dir/corpus/" 2>/dev/null || true
+  seed=0  # numbered: seeds may share a name (every export's manifest.json)
+  for file in $(seeds_of "$target"); do
+    if [[ -f "$file" ]]; then cp "$file" "$dir/corpus/seed$((seed++))-$(basename "$file")"; fi
+  done
   extra=()
   [[ "$target" == onnx_model ]] && extra=(-I"$ort_include" -L"$ort_lib" -l:libonnxruntime.so.1 -Wl,-rpath,"$ort_lib")
   # Rebuilt only when a source is newer than the fuzzer binary.

@@ -16,6 +16,7 @@ def servekit_cc_test(name, deps = [], size = "small", fixture = True):
         data = [":fixture"] if fixture else [],
         deps = deps + [
             ":test_util",
+            "//cc/sanitizers:defaults",
             "@googletest//:gtest_main",
         ],
     )
