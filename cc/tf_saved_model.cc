@@ -314,7 +314,10 @@ Status TfSavedModel::RunChecked(size_t endpoint_index, const std::vector<const T
   }
   const Signature& signature = signatures()[endpoint_index];
   for (size_t i = 0; i < results.size(); ++i) {
-    if (results[i] == nullptr) return Internal("TensorFlow returned no tensor for an output");
+    if (results[i] == nullptr) {
+      return Internal("TensorFlow returned no tensor for output '" + signature.outputs[i].name + "' of endpoint '" +
+                      signature.name + "'");
+    }
     SERVEKIT_ASSIGN_OR_RETURN(Tensor t, FromTfTensor(std::move(results[i]), inputs));
     outputs->Set(i, std::move(t));
   }

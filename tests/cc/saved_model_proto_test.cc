@@ -137,7 +137,9 @@ TEST(ProtowireTest, WriterRoundTripsThroughReader) {
       ASSERT_TRUE(entry.Next(&key));
       EXPECT_EQ(key.bytes, "GPU");
     }
-    if (field.number == 5) EXPECT_EQ(static_cast<int32_t>(field.value), -1);
+    if (field.number == 5) {
+      EXPECT_EQ(static_cast<int32_t>(field.value), -1);
+    }
   }
   EXPECT_TRUE(reader.status().ok()) << reader.status().ToString();
   EXPECT_EQ(numbers, (std::vector<uint32_t>{1, 2, 5, 7}));
