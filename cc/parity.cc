@@ -102,7 +102,8 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
         if (std::isfinite(e)) scale = std::max(scale, std::fabs(e));
       }
       if (scale < kScaleFloor * tolerance.atol) {
-        atol = kScaledAtol * std::max(scale, tolerance.atol);
+        const double fraction = std::max(kScaledAtol, kScaledRtolFactor * tolerance.rtol);
+        atol = std::min(tolerance.atol, fraction * std::max(scale, tolerance.atol));
         r.scaled = true;
         r.tolerance.atol = atol;
       }

@@ -8,8 +8,10 @@
 // bool and strings must be equal. Each output reports its max abs and max rel error.
 // atol' is the manifest's atol, unless the expected output is too small for it to
 // mean anything: when its scale S (largest finite |value|) is below kScaleFloor * atol,
-// atol' = kScaledAtol * max(S, atol), a check relative to the output's own size
-// ("scaled"; the same rule as servekit.verification, docs/manifest.md).
+// atol' = min(atol, f * max(S, atol)) with f = max(kScaledAtol, kScaledRtolFactor * rtol),
+// a check relative to the output's own size ("scaled"; the same rule as
+// servekit.verification, docs/manifest.md: a lossy precision's roundings add up to a
+// few of its units at the output's scale).
 //
 // Endpoints the manifest marks stochastic or stateful (docs/manifest.md) change the
 // checks, and every change is reported, never silent:
@@ -44,12 +46,13 @@ const char* OutputCheckName(OutputCheck check);  // "values", "stochastic", "not
 
 inline constexpr double kScaleFloor = 100.0;
 inline constexpr double kScaledAtol = 1e-3;
+inline constexpr double kScaledRtolFactor = 3.0;
 
 struct OutputParity {
   std::string name;
   OutputCheck check = OutputCheck::kValues;
   // kValues on floats: the output was too small for the manifest's atol, which was
-  // replaced by kScaledAtol times its scale (tolerance.atol holds the one used).
+  // replaced by a fraction of its scale (tolerance.atol holds the one used).
   bool scaled = false;
   bool passed = false;
   double max_abs_error = 0.0;

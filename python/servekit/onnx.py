@@ -32,6 +32,7 @@ import weakref
 from typing import Optional, Sequence
 
 from servekit import determinism
+from servekit import onnx_bfloat16
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 
@@ -296,7 +297,7 @@ def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional
     from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
 
     opset = opset or DEFAULT_OPSET
-    with _quiet() as chatter, _deterministic_tf2onnx():
+    with _quiet() as chatter, _deterministic_tf2onnx(), onnx_bfloat16.tf2onnx_bfloat16():
         roads = _roads(weight_bytes)
         for attempt, road in enumerate(roads, 1):
             try:
@@ -312,6 +313,7 @@ def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional
                     "Export format='tf_saved_model' instead, or replace the layer that uses this op.",
                     model=model_name, reason="conversion_failed") from None
     _check_standard_ops(model_proto, layer_names, model_name, chatter.getvalue())
+    onnx_bfloat16.lower_bfloat16(model_proto)
     _impose_signature(model_proto, endpoint)
     determinism.canonicalize_onnx(model_proto, producer_version)
     model_proto.graph.name = model_name
@@ -747,6 +749,7 @@ def adopt_foreign(model_proto, endpoint: sig.Signature, model_name: str, produce
         graph.node.append(onnx.helper.make_node("Identity", [vo.name], [t.name], name=f"servekit_output_{i}"))
         graph.output[i].name = t.name
     _check_standard_ops(model_proto, layer_names, model_name, "")
+    onnx_bfloat16.lower_bfloat16(model_proto)
     _impose_signature(model_proto, endpoint)
     determinism.canonicalize_onnx(model_proto, producer_version)
     model_proto.graph.name = model_name

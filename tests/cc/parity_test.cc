@@ -50,6 +50,20 @@ TEST(CompareTensorsTest, TinyOutputsAreCheckedRelativeToTheirScale) {
   EXPECT_FALSE(CompareTensors("y", zeros, Floats({2}, {5e-6f, 0.0f}), {1e-5, 0}).passed);
 }
 
+TEST(CompareTensorsTest, LossyPrecisionsAreScaledByTheirRelativeTolerance) {
+  // bfloat16's (1e-2, 1e-2) on an output of scale 0.1: 3 * rtol of the scale (3e-3),
+  // not 1e-3 of it, which a bfloat16 model's own roundings exceed; never above atol.
+  const Tensor e = Floats({2}, {0.1f, -0.05f});
+  auto r = CompareTensors("y", e, Floats({2}, {0.1f, -0.0485f}), {1e-2, 1e-2});
+  EXPECT_TRUE(r.passed) << r.message;
+  EXPECT_TRUE(r.scaled);
+  EXPECT_NEAR(r.tolerance.atol, 3e-3, 1e-9);  // 3e-2 of float32(0.1)
+  // A 10% error is refused (the unscaled atol, 1e-2, would have passed it).
+  EXPECT_FALSE(CompareTensors("y", e, Floats({2}, {0.1f, -0.045f}), {1e-2, 1e-2}).passed);
+  r = CompareTensors("y", Floats({1}, {0.9f}), Floats({1}, {0.9f}), {1e-2, 1e-2});
+  EXPECT_NEAR(r.tolerance.atol, 1e-2, 1e-12);  // 3% of 0.9 would exceed atol
+}
+
 TEST(CompareTensorsTest, NanAndInf) {
   const Tensor e = Floats({2}, {NAN, INFINITY});
   EXPECT_TRUE(CompareTensors("y", e, Floats({2}, {NAN, INFINITY}), {0, 0}).passed);

@@ -270,6 +270,19 @@ def test_tiny_outputs_are_checked_relative_to_their_scale():
     assert not verification.compare_outputs(zeros, {"y": np.full(3, 5e-6, "float32")}).ok
 
 
+def test_lossy_precisions_are_scaled_by_their_relative_tolerance():
+    # bfloat16's (1e-2, 1e-2) on an output of scale 0.1: 3 * rtol of the scale, not
+    # 1e-3 of it, which a bfloat16 model's own roundings exceed; never above atol.
+    tolerances = {"float32": (1e-2, 1e-2)}
+    expected = {"y": np.array([0.1, -0.05], "float32")}
+    assert verification.effective_atol(1e-2, 0.1, 1e-2) == pytest.approx(3e-3)
+    assert verification.effective_atol(1e-2, 0.9, 1e-2) == 1e-2
+    assert verification.compare_outputs(expected, {"y": np.array([0.1, -0.0485], "float32")},
+                                        tolerances=tolerances).ok
+    wrong = verification.compare_outputs(expected, {"y": np.array([0.1, -0.045], "float32")}, tolerances=tolerances)
+    assert not wrong.ok and "0.03 x the output's scale" in wrong.problems[0]
+
+
 # -- names ---------------------------------------------------------------------------------
 
 
