@@ -337,6 +337,8 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
     """Runs each case through onnxruntime (same `cases` as `check_saved_model`)."""
     import onnxruntime as ort
 
+    from servekit import onnxruntime_io
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if isinstance(path_or_bytes, str):
@@ -349,6 +351,6 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
     def run(endpoint, inputs):
         feeds = {k: (np.asarray(v, dtype=object).astype(str).astype(object) if np.asarray(v).dtype.kind == "S"
                      else v) for k, v in inputs.items()}
-        return dict(zip(names, session.run(None, feeds)))
+        return dict(zip(names, onnxruntime_io.run(session, names, feeds)))
 
     return _check(list(cases), run)

@@ -51,3 +51,20 @@ def test_low_precision_model_to_onnx(policy, tmp_path):
     got = servekit.load(path).serve(features=x)
     # bfloat16's declared tolerance: a few of its units at the output's scale.
     np.testing.assert_allclose(got, expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)
+
+
+@pytest.mark.parametrize("policy", ["bfloat16"], indirect=True)
+def test_bfloat16_outputs_stay_bfloat16(policy, tmp_path):
+    # ONNX Runtime's Python API cannot return bfloat16: servekit reads it as ml_dtypes.bfloat16.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="relu", name="logits")(inputs))
+    path = str(tmp_path / "model.onnx")
+    servekit.export(model, path, format="onnx", verbose=False)
+    (output,) = onnx.load(path).graph.output
+    assert output.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    x = np.random.default_rng(1).normal(size=(4, 8)).astype("float32")
+    got = servekit.load(path).serve(features=x)
+    assert str(got.dtype) == "bfloat16"
+    expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
+    np.testing.assert_allclose(got.astype("float32"), expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from servekit import onnxruntime_io
 from servekit import signature as sig
 from servekit.errors import ExportError
 
@@ -197,7 +198,7 @@ class LoadedOnnx(LoadedArtifact):
             v = np.asarray(v)
             feeds[k] = np.array(v.astype(str), dtype=object) if v.dtype.kind in "SO" else v
         names = [t.name for t in self._signature.outputs]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(names, onnxruntime_io.run(self.session, names, feeds)))
 
     def __getattr__(self, name: str) -> Callable:
         if name == "serve":
