@@ -141,10 +141,36 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
   return r;
 }
 
+namespace {
+
+// The dtype the endpoint's signature gives tensor `name`, if it names it.
+std::optional<DType> SignatureDType(const Manifest& manifest, const std::string& endpoint, const std::string& name,
+                                    bool input) {
+  const ManifestEndpoint* e = manifest.FindEndpoint(endpoint);
+  if (e == nullptr) return std::nullopt;
+  for (const TensorSpec& spec : input ? e->signature.inputs : e->signature.outputs) {
+    if (spec.name == name) return spec.dtype;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+StatusOr<Tensor> ReadReference(const Manifest& manifest, const std::string& path, std::optional<DType> dtype) {
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(manifest.Resolve(path)));
+  if (dtype != DType::kBFloat16 || t.dtype() != DType::kFloat32) return t;
+  // .npy has no bfloat16: the export stores bfloat16 values as float32, exactly.
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor narrow, Tensor::AllocateUninitialized(DType::kBFloat16, t.shape()));
+  const float* wide = t.data_as<float>();
+  uint16_t* bits = static_cast<uint16_t*>(narrow.mutable_data());
+  for (int64_t i = 0; i < t.num_elements(); ++i) bits[i] = DoubleToBFloat16(wide[i]);
+  return narrow;
+}
+
 StatusOr<std::vector<NamedTensor>> LoadCaseInputs(const Manifest& manifest, const ReferenceCase& c) {
   std::vector<NamedTensor> inputs;
   for (const auto& [name, path] : c.inputs) {
-    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(manifest.Resolve(path)));
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadReference(manifest, path, SignatureDType(manifest, c.endpoint, name, true)));
     inputs.push_back(NamedTensor{name, std::move(t)});
   }
   return inputs;
@@ -211,7 +237,7 @@ std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest&
     r.dim_errors = CheckDimBindings(endpoint->signature, *inputs, &*outputs);
     r.passed = r.dim_errors.empty();
     for (const auto& [name, path] : c.outputs) {
-      auto expected = ReadNpy(manifest.Resolve(path));
+      auto expected = ReadReference(manifest, path, SignatureDType(manifest, c.endpoint, name, false));
       const Tensor* actual = Find(*outputs, name);
       OutputParity o;
       o.name = name;

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -95,6 +96,9 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
 OutputParity CheckStochasticOutput(const std::string& name, const Tensor& expected, const Tensor& actual);
 
 // The reference inputs of `c`, read from the manifest's .npy files.
+// A reference .npy of the manifest as the signature's `dtype`: a bfloat16 tensor's
+// values are stored as float32 (.npy has no bfloat16) and narrowed back, exactly.
+StatusOr<Tensor> ReadReference(const Manifest& manifest, const std::string& path, std::optional<DType> dtype);
 StatusOr<std::vector<NamedTensor>> LoadCaseInputs(const Manifest& manifest, const ReferenceCase& c);
 
 // Every reference case whose endpoint the model's format serves: the cases of
