@@ -77,6 +77,11 @@ EXPORT_ENV = {
     "OMP_NUM_THREADS": "1",
     "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
     "LC_ALL": "C.UTF-8",
+    # Inductor's cache path reaches an AOTInductor package (its kernels' file names
+    # and debug information): one path for every machine and user. Its default,
+    # /tmp/torchinductor_<user>, is torchinductor_uid_0 in a remote worker's sandbox,
+    # which has no /etc/passwd, and the package then differed from a local build's.
+    "TORCHINDUCTOR_CACHE_DIR": "/tmp/servekit-torchinductor",
 }
 
 def _model_export_impl(ctx):

@@ -62,7 +62,9 @@ def worker_env(workdir: str, extra_paths: Sequence[str]) -> dict[str, str]:
         TF2ONNX_CATCH_ERRORS="FALSE",
         # Not in the job's private TMPDIR: Inductor's cache path reaches an AOTInductor
         # package's debug information, and a shared cache reuses its precompiled headers.
-        TORCHINDUCTOR_CACHE_DIR=os.path.join(tempfile.gettempdir(), "servekit-torchinductor"),
+        # An export action's own path (rules/export.bzl) is kept.
+        TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        or os.path.join(tempfile.gettempdir(), "servekit-torchinductor"),
     )
     env.setdefault("LANG", "C.UTF-8")
     return env
