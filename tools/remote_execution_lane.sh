@@ -183,6 +183,33 @@ PY
 }
 processes() { grep -E '^INFO: [0-9]+ processes' "$1" | tail -n1 | sed 's/^INFO: //'; }
 
+# How the remote exports scale with workers, from the remote build's profile (Bazel's
+# JSON trace: each export action's wall time on the engine): the wall time a pool of N
+# workers needs for these exports, each started on the first free worker, longest
+# first (the zoo's exports are independent of each other). A projection from this
+# engine's times, where two jobs shared two cores: a cluster's workers have cores of
+# their own.
+scaling_report() {  # profile
+  python3 - "$1" <<'PY' || echo "no export actions in the profile"
+import heapq, json, sys
+events = json.load(open(sys.argv[1]))
+events = events["traceEvents"] if isinstance(events, dict) else events
+times = sorted((e["dur"] / 1e6 for e in events
+                if e.get("cat") == "action processing" and str(e.get("name", "")).startswith("Exporting ")),
+               reverse=True)
+if not times:
+    raise SystemExit(1)
+def wall(workers):
+    free = [0.0] * workers
+    for t in times:
+        heapq.heappush(free, heapq.heappop(free) + t)
+    return max(free)
+counts = sorted({1, 2, 4, 8, 16, len(times)})
+print(f"{len(times)} export actions, {sum(times):.0f} s in all, the longest {times[0]:.0f} s; "
+      "projected wall time with N workers: " + ", ".join(f"{n}: {wall(n):.0f} s" for n in counts if n <= len(times)))
+PY
+}
+
 # ---- 1. Local reference build (default strategies: persistent workers) ----------------
 t0=$SECONDS
 bz local build "${COMMON[@]}" "${TARGETS[@]}" > "$WORK/local.log" 2>&1 || { cat "$WORK/local.log" >&2; status=1; }
@@ -233,9 +260,11 @@ fi
 # ---- 2. Remote build of the same targets -----------------------------------------------
 t0=$SECONDS
 bz remote build "${COMMON[@]}" "${REMOTE[@]}" --execution_log_json_file="$WORK/remote.exec.json" \
-  "${TARGETS[@]}" > "$WORK/remote.log" 2>&1 || { cat "$WORK/remote.log" >&2; status=1; }
+  --profile="$WORK/remote.profile.json" "${TARGETS[@]}" > "$WORK/remote.log" 2>&1 ||
+  { cat "$WORK/remote.log" >&2; status=1; }
 remote_s=$((SECONDS - t0))
 log "remote build: $(processes "$WORK/remote.log") in $remote_s s"
+[ -s "$WORK/remote.profile.json" ] && log "remote exports: $(scaling_report "$WORK/remote.profile.json")"
 remote_bin=$(bz remote info "${COMMON[@]}" "${REMOTE[@]}" bazel-bin 2>/dev/null || true)
 if [ -s "$WORK/remote.exec.json" ]; then
   { read -r report; read -r not_remote exports; } < <(spawn_report "$WORK/remote.exec.json" executed)
