@@ -312,13 +312,21 @@ def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional
                     f"Model '{model_name}': tf2onnx could not convert the graph to ONNX ({root_cause(e)}). "
                     "Export format='tf_saved_model' instead, or replace the layer that uses this op.",
                     model=model_name, reason="conversion_failed") from None
-    _check_standard_ops(model_proto, layer_names, model_name, chatter.getvalue())
+    _finish(model_proto, endpoint, layer_names, model_name, producer_version, chatter.getvalue())
+    return model_proto
+
+
+def _finish(model_proto, endpoint: sig.Signature, layer_names: Sequence[str], model_name: str,
+            producer_version: str, chatter: str) -> None:
+    """What every converter's graph goes through, in place: standard ops only,
+    bfloat16 computed as ONNX Runtime's CPU can, the signature's names and dims,
+    canonical bytes, and a size protobuf can hold."""
+    _check_standard_ops(model_proto, layer_names, model_name, chatter)
     onnx_bfloat16.lower_bfloat16(model_proto)
     _impose_signature(model_proto, endpoint)
     determinism.canonicalize_onnx(model_proto, producer_version)
     model_proto.graph.name = model_name
     _check_in_memory(model_proto)
-    return model_proto
 
 
 def _roads(weight_bytes: int) -> tuple[str, ...]:
@@ -748,9 +756,4 @@ def adopt_foreign(model_proto, endpoint: sig.Signature, model_name: str, produce
             continue
         graph.node.append(onnx.helper.make_node("Identity", [vo.name], [t.name], name=f"servekit_output_{i}"))
         graph.output[i].name = t.name
-    _check_standard_ops(model_proto, layer_names, model_name, "")
-    onnx_bfloat16.lower_bfloat16(model_proto)
-    _impose_signature(model_proto, endpoint)
-    determinism.canonicalize_onnx(model_proto, producer_version)
-    model_proto.graph.name = model_name
-    _check_in_memory(model_proto)
+    _finish(model_proto, endpoint, layer_names, model_name, producer_version, "")
