@@ -346,11 +346,12 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
 
         path_or_bytes = onnx_model_file(path_or_bytes)  # external data: ORT loads it beside the model file
     session = ort.InferenceSession(path_or_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    runner = onnxruntime_io.SessionRunner(session)
     names = [o.name for o in session.get_outputs()]
 
     def run(endpoint, inputs):
         feeds = {k: (np.asarray(v, dtype=object).astype(str).astype(object) if np.asarray(v).dtype.kind == "S"
                      else v) for k, v in inputs.items()}
-        return dict(zip(names, onnxruntime_io.run(session, names, feeds)))
+        return dict(zip(names, runner.run(names, feeds)))
 
     return _check(list(cases), run)

@@ -180,6 +180,7 @@ class LoadedOnnx(LoadedArtifact):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        self._runner = onnxruntime_io.SessionRunner(self.session)
         self._signature = sig.Signature(
             "serving_default",
             tuple(_ort_tensor(v) for v in self.session.get_inputs()),
@@ -198,7 +199,7 @@ class LoadedOnnx(LoadedArtifact):
             v = np.asarray(v)
             feeds[k] = np.array(v.astype(str), dtype=object) if v.dtype.kind in "SO" else v
         names = [t.name for t in self._signature.outputs]
-        return dict(zip(names, onnxruntime_io.run(self.session, names, feeds)))
+        return dict(zip(names, self._runner.run(names, feeds)))
 
     def __getattr__(self, name: str) -> Callable:
         if name == "serve":
