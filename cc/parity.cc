@@ -143,12 +143,9 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
 
 namespace {
 
-// The dtype the endpoint's signature gives tensor `name`, if it names it.
-std::optional<DType> SignatureDType(const Manifest& manifest, const std::string& endpoint, const std::string& name,
-                                    bool input) {
-  const ManifestEndpoint* e = manifest.FindEndpoint(endpoint);
-  if (e == nullptr) return std::nullopt;
-  for (const TensorSpec& spec : input ? e->signature.inputs : e->signature.outputs) {
+// The dtype `specs` give tensor `name`, if they name it.
+std::optional<DType> SpecDType(const std::vector<TensorSpec>& specs, const std::string& name) {
+  for (const TensorSpec& spec : specs) {
     if (spec.name == name) return spec.dtype;
   }
   return std::nullopt;
@@ -168,9 +165,12 @@ StatusOr<Tensor> ReadReference(const Manifest& manifest, const std::string& path
 }
 
 StatusOr<std::vector<NamedTensor>> LoadCaseInputs(const Manifest& manifest, const ReferenceCase& c) {
+  static const std::vector<TensorSpec> kNoSpecs;
+  const ManifestEndpoint* endpoint = manifest.FindEndpoint(c.endpoint);
+  const std::vector<TensorSpec>& specs = endpoint != nullptr ? endpoint->signature.inputs : kNoSpecs;
   std::vector<NamedTensor> inputs;
   for (const auto& [name, path] : c.inputs) {
-    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadReference(manifest, path, SignatureDType(manifest, c.endpoint, name, true)));
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadReference(manifest, path, SpecDType(specs, name)));
     inputs.push_back(NamedTensor{name, std::move(t)});
   }
   return inputs;
@@ -237,7 +237,7 @@ std::vector<CaseParity> CheckReferenceParity(const Model& model, const Manifest&
     r.dim_errors = CheckDimBindings(endpoint->signature, *inputs, &*outputs);
     r.passed = r.dim_errors.empty();
     for (const auto& [name, path] : c.outputs) {
-      auto expected = ReadReference(manifest, path, SignatureDType(manifest, c.endpoint, name, false));
+      auto expected = ReadReference(manifest, path, SpecDType(endpoint->signature.outputs, name));
       const Tensor* actual = Find(*outputs, name);
       OutputParity o;
       o.name = name;
