@@ -185,14 +185,11 @@ def _attribute(node, name: str):
 
 def _as_float32(tensor):
     """A bfloat16 TensorProto as float32, the same name and values."""
-    import ml_dtypes
     import numpy as np
     from onnx import numpy_helper
 
-    values = numpy_helper.to_array(tensor)
-    if values.dtype != ml_dtypes.bfloat16:  # onnx < 1.19 hands back the raw uint16 bits
-        values = values.view(np.uint16).view(ml_dtypes.bfloat16) if values.dtype == np.uint16 else values
-    return numpy_helper.from_array(np.asarray(values, dtype=np.float32), tensor.name)
+    values = numpy_helper.to_array(tensor)  # ml_dtypes.bfloat16 (the pinned onnx)
+    return numpy_helper.from_array(values.astype(np.float32), tensor.name)
 
 
 @contextlib.contextmanager
