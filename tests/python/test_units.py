@@ -437,6 +437,36 @@ def test_case_set_round_trip_keeps_order_strings_and_runs(tmp_path):
     assert CaseSet().write(str(tmp_path / "none.npz")) == (None, [])
 
 
+def test_case_set_stores_bfloat16_as_float32_and_reads_it_back_as_bfloat16(tmp_path):
+    import ml_dtypes
+
+    x = (np.arange(6, dtype="float32") / 3).reshape(2, 3).astype(ml_dtypes.bfloat16)
+    y = np.array([0.5, 1 / 3], "float32")
+    cases = CaseSet([Case("serve", 2, {"x": x}, {"y": y, "z": x[:, :2]}, True, {"noise": [x[0], x[1]]})])
+    path, index = cases.write(str(tmp_path / "cases.npz"))
+    stored = np.load(path)
+    assert {stored[k].dtype.name for k in stored.files} == {"float32"}  # not NumPy's opaque <V2
+    (back,) = CaseSet.read(path, json.loads(json.dumps(index)))
+    for got, want in [(back.inputs["x"], x), (back.expected["z"], x[:, :2]), (back.runs["noise"][1], x[1])]:
+        assert got.dtype == ml_dtypes.bfloat16 and got.tobytes() == want.tobytes()
+    assert back.expected["y"].dtype == np.float32 and back.expected["y"].tolist() == y.tolist()
+
+
+def test_generated_bfloat16_inputs_are_rounded_float32_draws():
+    import keras
+    import ml_dtypes
+
+    inputs = keras.Input((5,), dtype="bfloat16", name="x")
+    layout = resolve_input_layout(keras.Model(inputs, keras.layers.Dense(2)(inputs)), None)
+    (x,) = generate_inputs(layout, 3)
+    assert x.dtype == ml_dtypes.bfloat16 and x.shape == (3, 5)
+    float32 = dataclasses.replace(layout, flat=[dataclasses.replace(layout.flat[0], dtype="float32")])
+    (wide,) = generate_inputs(float32, 3)
+    assert x.tobytes() == wide.astype(ml_dtypes.bfloat16).tobytes()
+    (ranged,) = generate_inputs(layout, 3, ranges={"x": (1, 2)})
+    assert ranged.dtype == ml_dtypes.bfloat16 and (ranged.astype("float32") >= 1).all()
+
+
 def test_statistics_accept_the_same_distribution_and_reject_others():
     rng = np.random.default_rng(0)
     base = rng.standard_normal((7, 10))

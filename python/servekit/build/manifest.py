@@ -109,17 +109,9 @@ def write_reference_case(
             relative = f"{REFERENCE_DIR}/{signature.name}.{label}.{kind}.{tensor.name}.npy"
             target = export_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            np.save(target, np.ascontiguousarray(_npy_storable(values[tensor.name])), allow_pickle=False)
+            np.save(target, np.ascontiguousarray(storable(values[tensor.name])), allow_pickle=False)
             entry["inputs" if kind == "in" else "outputs"][tensor.name] = relative
     return entry
-
-
-def _npy_storable(value) -> np.ndarray:
-    """`storable(value)`, bfloat16 as float32 (exactly): `.npy` has no bfloat16, and
-    NumPy would write `ml_dtypes.bfloat16` as an opaque `<V2` no reader can type. The
-    native verifier narrows it back where the signature says bfloat16 (docs/manifest.md)."""
-    array = storable(value)
-    return array.astype(np.float32) if array.dtype.name == "bfloat16" else array
 
 
 def build_manifest(

@@ -19,12 +19,30 @@ import numpy as np
 
 
 def storable(a) -> np.ndarray:
-    """An array `np.savez` can store without pickling (strings as bytes)."""
+    """An array `np.save`/`np.savez` store without pickling and any `.npy` reader
+    can type: strings as bytes, bfloat16 as float32.
+
+    `.npy` has no bfloat16: NumPy writes `ml_dtypes.bfloat16` as an opaque `<V2`.
+    Widening is exact, and `restored` narrows back where the dtype says bfloat16
+    (the case file here, the manifest's reference data in the native verifier).
+    """
     a = np.asarray(a)
     if a.dtype.kind in "OU":
         flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in a.ravel().tolist()]
         return np.array(flat, dtype=bytes).reshape(a.shape) if flat else np.zeros(a.shape, dtype="S1")
+    if a.dtype.name == "bfloat16":
+        return a.astype(np.float32)
     return a
+
+
+def restored(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """An array `storable` wrote, back as `dtype` (the name of the original's):
+    float32 narrows to `ml_dtypes.bfloat16` for "bfloat16"; others are as stored."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return stored.astype(ml_dtypes.bfloat16)
+    return stored
 
 
 @dataclasses.dataclass
@@ -79,19 +97,22 @@ class CaseSet:
             return None, []
         arrays: dict[str, np.ndarray] = {}
 
-        def key(value) -> str:
+        def key(value, widened: dict[str, str]) -> str:
             k = f"a{len(arrays)}"
             arrays[k] = storable(value)
+            if np.asarray(value).dtype.name == "bfloat16":
+                widened[k] = "bfloat16"  # stored as float32: `read` narrows it back
             return k
 
         index = []
         for c in self.cases:
+            widened: dict[str, str] = {}
             index.append({
                 "endpoint": c.endpoint, "batch": c.batch, "values": c.values,
-                "inputs": {n: key(v) for n, v in c.inputs.items()},
-                "expected": {n: key(v) for n, v in c.expected.items()},
-                "runs": {n: [key(v) for v in vs] for n, vs in c.runs.items()},
-                "tolerances": c.tolerances, "sizes": c.sizes,
+                "inputs": {n: key(v, widened) for n, v in c.inputs.items()},
+                "expected": {n: key(v, widened) for n, v in c.expected.items()},
+                "runs": {n: [key(v, widened) for v in vs] for n, vs in c.runs.items()},
+                "tolerances": c.tolerances, "sizes": c.sizes, "dtypes": widened,
             })
         np.savez(path, **arrays)
         return path, index
@@ -100,15 +121,19 @@ class CaseSet:
     def read(cls, path: Optional[str], index: list[dict[str, Any]]) -> "CaseSet":
         if not path:
             return cls()
-        arrays = np.load(path, allow_pickle=False)
+        stored = np.load(path, allow_pickle=False)
+
+        def array(k: str, entry: dict[str, Any]) -> np.ndarray:
+            return restored(stored[k], entry.get("dtypes", {}).get(k, ""))
+
         cases = []
         for entry in index:
             cases.append(Case(
                 entry["endpoint"], entry["batch"],
-                {n: arrays[k] for n, k in entry["inputs"].items()},
-                {n: arrays[k] for n, k in entry["expected"].items()},
+                {n: array(k, entry) for n, k in entry["inputs"].items()},
+                {n: array(k, entry) for n, k in entry["expected"].items()},
                 entry["values"],
-                {n: [arrays[k] for k in ks] for n, ks in entry.get("runs", {}).items()},
+                {n: [array(k, entry) for k in ks] for n, ks in entry.get("runs", {}).items()},
                 {d: tuple(t) for d, t in entry["tolerances"].items()} if entry.get("tolerances") else None,
                 {k: int(v) for k, v in entry.get("sizes", {}).items()}))
         return cls(cases)

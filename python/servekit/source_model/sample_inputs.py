@@ -164,9 +164,11 @@ def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None,
     token, booleans random. An input with a range in `ranges` (by name,
     `(low, high)`, high exclusive; see `input_ranges_for`) draws uniformly
     from it: integers from `range(low, high)`, floats from `[low, high)`.
-    Dynamic dims other than the batch take their size from `sizes` (by
-    symbol; default 4). Inputs named in `padded` are padding masks with
-    trailing zeros (`padded_mask`, shorter than a sliding `window`).
+    bfloat16 inputs are drawn as float32 ones, then rounded to
+    `ml_dtypes.bfloat16` arrays. Dynamic dims other than the batch take
+    their size from `sizes` (by symbol; default 4). Inputs named in
+    `padded` are padding masks with trailing zeros (`padded_mask`, shorter
+    than a sliding `window`).
     """
     rng = np.random.default_rng(seed + 1000 * batch + sum(int(v) * 7919 ** (i + 1)
                                                           for i, v in enumerate((sizes or {}).values())) % (1 << 31))
@@ -189,7 +191,7 @@ def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None,
                 values = rng.integers(int(low), int(high), size=shape)
             else:
                 values = rng.uniform(low, high, size=shape)
-            out.append(np.asarray(values).astype("float32" if dtype == "bfloat16" else dtype))
+            out.append(_as_dtype(np.asarray(values), dtype))
             continue
         if dtype == "string":
             pool = np.array((strings or ["a", "b", "c"]) + [_OOV_TOKEN], dtype=object)
@@ -206,7 +208,16 @@ def generate_inputs(layout: InputLayout, batch: int, seed: int = 0, model=None,
                 values = rng.integers(0, high, size=shape)
             out.append(np.asarray(values).astype(dtype))
         else:
-            np_dtype = "float32" if dtype == "bfloat16" else dtype
-            out.append(rng.standard_normal(size=shape).astype(np_dtype))
+            out.append(_as_dtype(rng.standard_normal(size=shape), dtype))
     return out
+
+
+def _as_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """`values` as `dtype`; bfloat16 as `ml_dtypes.bfloat16` (rounded to nearest),
+    which every backend and runtime servekit feeds takes for a bfloat16 input."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return values.astype(np.float32).astype(ml_dtypes.bfloat16)
+    return values.astype(dtype)
 
