@@ -144,7 +144,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
                           model=model_name, reason="unsupported_input")
     args = dict(export_args or {})
     args.setdefault("strict", False)
-    tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in flat_sample]
+    tensors = [to_torch(x) for x in flat_sample]
     if flat:
         module, sample = flat_endpoint_module(model, layout), tuple(tensors)
         args["dynamic_shapes"] = tuple(_dims(layout))
@@ -239,10 +239,32 @@ def _write_renamed_archive(data: bytes, path: str) -> None:
             target.writestr(entry, content)
 
 
-def _torch_inputs(input_names: Sequence[str], inputs: Mapping[str, Any]):
+def to_torch(array: np.ndarray):
+    """A NumPy array as a CPU tensor, `ml_dtypes.bfloat16` as `torch.bfloat16`
+    (`torch.from_numpy` knows no ml_dtypes type: the 16-bit patterns are reinterpreted)."""
     import torch
 
-    return [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in input_names]
+    array = np.ascontiguousarray(array)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A tensor as a NumPy array, `torch.bfloat16` as `ml_dtypes.bfloat16`
+    (`Tensor.numpy` has no bfloat16)."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _torch_inputs(input_names: Sequence[str], inputs: Mapping[str, Any]):
+    return [to_torch(inputs[name]) for name in input_names]
 
 
 def check_program(path: str, input_names: Sequence[str], output_names: Sequence[str], cases) -> list[Any]:
@@ -264,7 +286,7 @@ def check_program(path: str, input_names: Sequence[str], output_names: Sequence[
         with torch.no_grad():
             out = module(*args, **kwargs)
         leaves = _pytree.tree_leaves(out)
-        return {n: v.detach().cpu().numpy() for n, v in zip(output_names, leaves)}
+        return {n: to_numpy(v) for n, v in zip(output_names, leaves)}
 
     return verification._check(list(cases), run)
 
@@ -286,7 +308,7 @@ def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str
     def run(endpoint, inputs):
         with torch.no_grad():
             out = runner(*_torch_inputs(input_names, inputs))
-        return {n: v.detach().cpu().numpy() for n, v in zip(output_names, out)}
+        return {n: to_numpy(v) for n, v in zip(output_names, out)}
 
     return verification._check(list(cases), run)
 

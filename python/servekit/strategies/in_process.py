@@ -252,6 +252,7 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int], expo
     import torch
 
     from servekit import onnx as sk_onnx
+    from servekit.formats.torch_program import to_torch
 
     class FlatCall(torch.nn.Module):
         def __init__(self):
@@ -261,7 +262,7 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int], expo
         def forward(self, *flat):
             return tuple(keras.tree.flatten(self.model(*layout.pack(list(flat)), training=False)))
 
-    sample = tuple(torch.from_numpy(x) for x in generate_inputs(layout, 2))
+    sample = tuple(to_torch(x) for x in generate_inputs(layout, 2))
     names = [s.name for s in layout.flat]
     dynamic = {t.name: {i: str(d) for i, d in enumerate(dims) if not isinstance(d, int)}
                for t, dims in [(s, s.dims) for s in layout.flat] + [(o, o.shape) for o in outputs]}
