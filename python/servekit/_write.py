@@ -10,6 +10,7 @@ import warnings
 from typing import Any, Optional, Sequence
 
 from servekit import formats
+from servekit import peak_memory
 from servekit import onnx as sk_onnx
 from servekit.atomic import artifact_files
 from servekit import saved_model as sk_sm
@@ -81,11 +82,14 @@ def _write_and_verify(
     """
     t0 = time.monotonic()
     built = sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
+    peak_memory.mark("trace")
     sm_report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
     if "tf_saved_model" in outputs:
         sk_sm.save(built, outputs["tf_saved_model"])
+        peak_memory.mark("SavedModel write")
     if cases and "tf_saved_model" in outputs:
         comps = verification.check_saved_model(outputs["tf_saved_model"], cases)
+        peak_memory.mark("SavedModel verification")
         sm_report["comparisons"] = [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
         if not all(c.ok for c in comps):
             reports = {"tf_saved_model": dict(sm_report, **verification.failure(comps, "SavedModel"))}
@@ -104,12 +108,15 @@ def _write_and_verify(
         serving = built.endpoints[0]
         proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names,
                                        model_name=model_name, producer_version=version)
+        peak_memory.mark("ONNX tidy")
         sk_onnx.write_onnx(proto, output)
+        peak_memory.mark("ONNX write")
         report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "opset": sk_onnx._opset_of(proto),
                                   "comparisons": list(sm_report["comparisons"])}
         serving_cases = [c for c in cases if c.endpoint == serving.name]
         if serving_cases:
             comps = verification.check_onnx(output, serving_cases)
+            peak_memory.mark("ONNX verification")
             report["comparisons"] += [dict(c.__dict__, artifact="onnx") for c in comps]
             if not all(c.ok for c in comps):
                 report.update(verification.failure(comps, "ONNX model"))

@@ -14,6 +14,7 @@ from servekit.source_model.input_layout import resolve_input_layout
 from servekit.source_model.kinds import backend_name
 from servekit.source_model.outputs import model_output_names
 from servekit import formats
+from servekit import peak_memory
 from servekit import signature as sig
 from servekit import strategies
 from servekit import summary
@@ -276,6 +277,7 @@ def export_formats_with_cases(
     # and each dynamic dim its sizes (1, odd, past any window).
     layout, dim_plan = dims.discover(model, layout)
     output_names = model_output_names(model, layout)
+    peak_memory.mark("probe")
     unknown = sorted(set(input_ranges or {}) - {s.name for s in layout.flat})
     if unknown:
         raise ExportError(f"Model '{model_name}': input_ranges names {unknown}, which are not inputs of the model "
@@ -297,6 +299,7 @@ def export_formats_with_cases(
                 for case in made:
                     case.tolerances = dict(tolerances)
             request = dataclasses.replace(request, cases=CaseSet(made))
+            peak_memory.mark("reference cases")
         stateless = [f for f in destinations if f in _STATELESS_FORMATS]
         if stateless and plan.behavior.stateful:
             layer = plan.behavior.state_layer

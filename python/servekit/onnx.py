@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 
 from servekit import determinism
 from servekit import onnx_bfloat16
+from servekit import peak_memory
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 
@@ -355,6 +356,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
     from tf2onnx.convert import _convert_common
 
     graph_def, inputs, outputs, tables, renames = freeze(road)
+    peak_memory.mark("freeze")
     lifted: dict[str, tuple[int, list[int], bytes]] = {}
     if road == "plain":
         graph_def = _inline_xla_calls(graph_def, inputs, outputs)
@@ -368,6 +370,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
             graph_def = _optimized(_without_xla_marks(graph_def), inputs, outputs)
         else:
             graph_def = _inline_xla_calls(graph_def, inputs, outputs)
+        peak_memory.mark("lift weights")
     # Map graph placeholders to signature keys by name, not by position.
     wanted_inputs = {t.name for t in endpoint.inputs}
     for tensor_name in inputs:
@@ -380,7 +383,9 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
             graph_def, name="model", opset=opset, input_names=inputs, output_names=outputs,
             tensors_to_rename=renames, initialized_tables=tables)
     del graph_def  # its memory, before the weights are copied back
+    peak_memory.mark("conversion")
     _restore_weights(model_proto, lifted)
+    peak_memory.mark("restore weights")
     return model_proto
 
 

@@ -43,6 +43,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
+from servekit import peak_memory
 from servekit import verification
 from servekit.build import manifest as manifest_lib
 from servekit.signature import ExportedArtifact, Signature
@@ -258,6 +259,7 @@ def build_export(
             name, source_backend, artifacts, staging, cases, tolerances
         )
         manifest_lib.write_manifest(staging, document)
+        peak_memory.mark("reference data and manifest")
         for entry in staging.iterdir():
             target = out_dir / entry.name
             if target.is_dir():

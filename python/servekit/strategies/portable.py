@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from servekit import peak_memory
 from servekit.source_model.input_layout import InputLayout
 from servekit.source_model.kinds import all_layers, is_functional
 from servekit.errors import ExportError
@@ -88,6 +89,7 @@ class PortableRebuild:
             return _write_traced_model(request, staged, workdir, why=str(e))
         endpoint = request.endpoints[0]
         cases_file, cases_index = request.cases.write(os.path.join(workdir, "cases.npz"))
+        peak_memory.mark("Keras directory")
         job = WorkerJob(
             kind="model", keras_file=model_file, outputs=dict(staged),
             model_name=request.name, version=request.version,
@@ -96,7 +98,9 @@ class PortableRebuild:
             cases_file=cases_file, cases=tuple(cases_index), lambda_globals=keras_file.lambda_globals(model)[0],
             custom_classes=tuple(classes), sys_path=tuple(importable_sys_path()) if classes else (),
             format_options=_options(request, requests))
-        return _per_format(run_worker(job, workdir), staged)
+        reports = _per_format(run_worker(job, workdir), staged)
+        peak_memory.mark("waiting for the worker")
+        return reports
 
 
 def _options(request: ExportRequest, formats) -> dict[str, dict[str, Any]]:

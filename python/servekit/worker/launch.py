@@ -32,7 +32,8 @@ from servekit.worker.job import WorkerJob
 
 WORKER_TIMEOUT_S = 1800
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT",
-             "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES", "SERVEKIT_ONNX_LIFT_BYTES")  # servekit.onnx's settings
+             "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES", "SERVEKIT_ONNX_LIFT_BYTES",  # servekit.onnx's settings
+             "SERVEKIT_MEMORY_TRACE")  # servekit.peak_memory's
 # The directory holding the `servekit` package, and the package itself.
 _PYTHON_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))

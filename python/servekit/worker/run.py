@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Any, Iterator, Sequence
 
+from servekit import peak_memory
 from servekit.source_model.input_layout import map_leaves
 from servekit.strategies import keras_file
 from servekit.worker.job import VariableRef, WorkerJob
@@ -161,6 +162,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
     custom = keras_file.import_custom_classes(job.custom_classes)
     with _lambda_globals(job):
         endpoints, tracked, collections = _build_endpoints(job, custom)
+    peak_memory.mark("rebuild")
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
     return {"reports": _write.write_and_verify(
         endpoints, tracked, collections, outputs=dict(job.outputs), cases=cases, opset=job.opset,
