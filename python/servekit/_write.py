@@ -106,10 +106,12 @@ def _write_and_verify(
         t1 = time.monotonic()
         output = outputs["onnx"]
         serving = built.endpoints[0]
+        weights: dict = {}  # lifted weights of a model with external data, streamed from the variables
         proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names,
-                                       model_name=model_name, producer_version=version)
+                                       model_name=model_name, producer_version=version, weights=weights)
         peak_memory.mark("ONNX tidy")
-        sk_onnx.write_onnx(proto, output)
+        sk_onnx.write_onnx(proto, output, weights)
+        del weights
         peak_memory.mark("ONNX write")
         report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "opset": sk_onnx._opset_of(proto),
                                   "comparisons": list(sm_report["comparisons"])}

@@ -29,7 +29,7 @@ import io
 import logging
 import os
 import weakref
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from servekit import determinism
 from servekit import onnx_bfloat16
@@ -202,6 +202,7 @@ def convert_saved_model(
     layer_names: Sequence[str] = (),
     model_name: str = "model",
     producer_version: str = "0",
+    weights: Optional[dict] = None,
 ):
     """Converts one signature of a SavedModel to an ONNX `ModelProto`.
 
@@ -212,6 +213,10 @@ def convert_saved_model(
         opset: ONNX opset (default 17).
         layer_names: Keras layer names, to say which layer an unsupported op
             belongs to.
+        weights: for a model `write_onnx` will write with external data, an
+            empty dict that receives the lifted weights the `ModelProto`
+            leaves out (pass it to `write_onnx`, which streams them to the
+            data file). None: every tensor is in the `ModelProto`.
 
     Returns:
         The ONNX `ModelProto`.
@@ -227,7 +232,7 @@ def convert_saved_model(
             return_initialized_tables=True, return_tensors_to_rename=True, large_model=road == "lean")
 
     return _convert(freeze, _variables_bytes(saved_model_dir), endpoint, opset, layer_names, model_name,
-                    producer_version)
+                    producer_version, weights)
 
 
 def convert_module(
@@ -237,6 +242,7 @@ def convert_module(
     layer_names: Sequence[str] = (),
     model_name: str = "model",
     producer_version: str = "0",
+    weights: Optional[dict] = None,
 ):
     """Converts one endpoint of a module servekit traced to an ONNX `ModelProto`,
     without writing it as a SavedModel.
@@ -257,7 +263,7 @@ def convert_module(
     Args:
         built: the module (`servekit.saved_model.build_module`).
         endpoint: the signature to convert (one of `built.endpoints`).
-        opset, layer_names, model_name, producer_version: as for
+        opset, layer_names, model_name, producer_version, weights: as for
             `convert_saved_model`.
 
     Returns:
@@ -286,14 +292,15 @@ def convert_module(
         return graph_def, inputs, outputs, tables, renames
 
     weight_bytes = sum(v.shape.num_elements() * v.dtype.size for v in signature_fn.variables)
-    return _convert(freeze, weight_bytes, endpoint, opset, layer_names, model_name, producer_version)
+    return _convert(freeze, weight_bytes, endpoint, opset, layer_names, model_name, producer_version, weights)
 
 
 def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional[int], layer_names: Sequence[str],
-             model_name: str, producer_version: str):
+             model_name: str, producer_version: str, weights: Optional[dict] = None):
     """`freeze(road)` -> (frozen GraphDef, input and output tensor names,
     initialized tables, tensor renames), as tf2onnx's loaders return them;
-    converted by the first of `_roads(weight_bytes)` that works, then tidied."""
+    converted by the first of `_roads(weight_bytes)` that works, then tidied.
+    `weights`: see `convert_saved_model`."""
     _patch_tf2onnx()
     from servekit import tf2onnx_handlers  # noqa: F401  (registers the handlers tf2onnx lacks)
 
@@ -302,7 +309,7 @@ def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional
         roads = _roads(weight_bytes)
         for attempt, road in enumerate(roads, 1):
             try:
-                model_proto = _tf2onnx(freeze, endpoint, opset, road)
+                model_proto = _tf2onnx(freeze, endpoint, opset, road, weights)
                 break
             except ExportError:
                 raise
@@ -348,26 +355,29 @@ def _roads(weight_bytes: int) -> tuple[str, ...]:
     return ("plain",)
 
 
-def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
+def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Optional[dict] = None):
     """Converts the graph `freeze(road)` gives by one of `_roads`: the ONNX
     `ModelProto`, with tf2onnx's names (`_impose_signature` renames them)."""
     import tensorflow as tf
     from tf2onnx import tf_loader
     from tf2onnx.convert import _convert_common
 
-    graph_def, inputs, outputs, tables, renames = freeze(road)
+    values: list = []  # the lean road's weights, as the variables hold them
+    with _weights_left_out(values) if road == "lean" else contextlib.nullcontext():
+        graph_def, inputs, outputs, tables, renames = freeze(road)
     peak_memory.mark("freeze")
-    lifted: dict[str, tuple[int, list[int], bytes]] = {}
+    lifted: dict[str, tuple[int, list[int], Any]] = {}
     if road == "plain":
         graph_def = _inline_xla_calls(graph_def, inputs, outputs)
     else:
         gc.collect()  # what tf2onnx loaded or froze sits in reference cycles: a copy of every weight
         if road == "lean":  # what tf2onnx's regular freezing repairs
             graph_def = tf_loader.fix_freezing_errors(tf_loader.fix_freezing_errors_part2(graph_def))
-        lifted = _lift_weights(graph_def)
+        lifted = _lift_weights(graph_def, values)
+        del values
         inputs = list(inputs) + [name + ":0" for name in lifted]
         if road == "lean":
-            graph_def = _optimized(_without_xla_marks(graph_def), inputs, outputs)
+            graph_def = _optimized(_without_xla_marks(graph_def), inputs, outputs, weights=list(lifted))
         else:
             graph_def = _inline_xla_calls(graph_def, inputs, outputs)
         peak_memory.mark("lift weights")
@@ -384,7 +394,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str):
             tensors_to_rename=renames, initialized_tables=tables)
     del graph_def  # its memory, before the weights are copied back
     peak_memory.mark("conversion")
-    _restore_weights(model_proto, lifted)
+    _restore_weights(model_proto, lifted, weights)
     peak_memory.mark("restore weights")
     return model_proto
 
@@ -403,7 +413,76 @@ def _variables_bytes(saved_model_dir: str) -> int:
 _LIFT_BYTES = 2**20
 
 
-def _lift_weights(graph_def) -> dict[str, tuple[int, list[int], bytes]]:
+# `_weights_left_out` gives a weight's constant this content instead of the weight,
+# followed by the weight's index in its list.
+_LEFT_OUT_MARK = b"servekit:left-out:"
+# Dtypes TensorFlow stores as a constant's `tensor_content` (raw bytes).
+_RAW_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+               "uint32", "uint64")
+
+
+@contextlib.contextmanager
+def _weights_left_out(values: list):
+    """While TensorFlow freezes variables into constants (the lean road), every
+    value of at least `_LIFT_BYTES` becomes a constant whose content is a mark,
+    and the value goes to `values`, as TensorFlow read it: a NumPy view of the
+    variable's buffer, not a copy.
+
+    The freezing would otherwise copy each weight into its constant, and the
+    graph would hold a second copy of the weights (a transient third and
+    fourth on the way) only for `_lift_weights` to take them out again.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow.python.framework import convert_to_constants
+    from tensorflow.python.framework import tensor_util
+
+    original = tensor_util.make_tensor_proto
+    converter = convert_to_constants._FunctionConverterDataInEager
+    original_eval = converter._eval
+
+    def eval_in_place(self, tensor):
+        # `Variable.numpy()` copies the value; a read shares the variable's
+        # buffer, and `memoryview` of a CPU tensor is a view of it.
+        value = tensor.read_value() if isinstance(tensor, tf.Variable) else tensor
+        if value.dtype.name not in _RAW_DTYPES or value.dtype == tf.bfloat16 or value.device.endswith("GPU:0"):
+            return original_eval(self, tensor)
+        return np.asarray(memoryview(value))
+
+    def make_tensor_proto(values_, dtype=None, shape=None, verify_shape=False, allow_broadcast=False):
+        if (isinstance(values_, np.ndarray) and values_.nbytes >= _LIFT_BYTES and values_.dtype.name in _RAW_DTYPES
+                and (shape is None or tuple(shape) == values_.shape)
+                and (dtype is None or tf.as_dtype(dtype) == tf.as_dtype(values_.dtype))):
+            proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(values_.dtype).as_datatype_enum,
+                                           tensor_shape=tf.TensorShape(values_.shape).as_proto())
+            proto.tensor_content = _LEFT_OUT_MARK + str(len(values)).encode()
+            values.append(np.ascontiguousarray(values_))
+            return proto
+        return original(values_, dtype, shape, verify_shape, allow_broadcast)
+
+    tensor_util.make_tensor_proto = make_tensor_proto
+    converter._eval = eval_in_place
+    try:
+        yield
+    finally:
+        tensor_util.make_tensor_proto = original
+        converter._eval = original_eval
+
+
+def _left_out(tensor, values: list):
+    """The value `_weights_left_out` took out of `tensor`, or None."""
+    if not values:
+        return None
+    if tensor.ByteSize() > 256:  # a mark is short; reading a weight's content would copy it
+        return None
+    content = tensor.tensor_content
+    if not content.startswith(_LEFT_OUT_MARK):
+        return None
+    return values[int(content[len(_LEFT_OUT_MARK):])]
+
+
+def _lift_weights(graph_def, values: Sequence = ()) -> dict[str, tuple[int, list[int], Any]]:
     """Turns the large `Const` nodes of a frozen graph into placeholders.
 
     tf2onnx copies a constant's bytes into its node proto on every optimizer
@@ -411,27 +490,56 @@ def _lift_weights(graph_def) -> dict[str, tuple[int, list[int], bytes]]:
     400 MB embedding table), so weights are converted as graph inputs and put
     back as initializers by `_restore_weights`, each copied once.
 
+    Args:
+        graph_def: the frozen graph, changed in place.
+        values: the weights `_weights_left_out` took out of its constants.
+
     Returns:
-        node name -> (TF dtype enum, shape, bytes), in graph order.
+        node name -> (TF dtype enum, shape, the bytes or the NumPy array), in
+        graph order.
     """
     lifted = {}
     for node in graph_def.node:
-        if node.op != "Const" or len(node.attr["value"].tensor.tensor_content) < _LIFT_BYTES:
+        if node.op != "Const":
             continue
         tensor = node.attr["value"].tensor
+        data = _left_out(tensor, values)
+        if data is None:
+            if tensor.ByteSize() < _LIFT_BYTES or len(tensor.tensor_content) < _LIFT_BYTES:
+                continue
+            data = tensor.tensor_content
         dims = [d.size for d in tensor.tensor_shape.dim]
-        lifted[node.name] = (tensor.dtype, dims, tensor.tensor_content)
+        lifted[node.name] = (tensor.dtype, dims, data)
         dtype = node.attr["dtype"].type
         node.op = "Placeholder"
         node.ClearField("attr")
         node.attr["dtype"].type = dtype
         for size in dims:
             node.attr["shape"].shape.dim.add().size = size
+    for function in graph_def.library.function:  # a weight in a function body stays a constant
+        for node in function.node_def:
+            if node.op == "Const":
+                data = _left_out(node.attr["value"].tensor, values)
+                if data is not None:
+                    node.attr["value"].tensor.tensor_content = data.tobytes()
     return lifted
 
 
-def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], bytes]]) -> None:
-    """Makes the graph inputs `_lift_weights` created initializers again."""
+# The location a lifted weight's initializer names, with its key in `weights`,
+# until `write_onnx` streams the weight into the data file.
+_PENDING_LOCATION = "servekit:pending:"
+
+
+def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
+                     weights: Optional[dict] = None) -> None:
+    """Makes the graph inputs `_lift_weights` created initializers again.
+
+    Each weight is copied into its initializer, one at a time, unless
+    `weights` is a dict and the model's tensors will go to an external data
+    file (`external_data_threshold()`): then the initializer names the weight,
+    which stays in `weights` (in the variable it was read from) until
+    `write_onnx` writes it into the data file.
+    """
     if not lifted:
         return
     import numpy as np
@@ -448,13 +556,29 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], bytes]
     del graph.input[:]
     graph.input.extend(kept)
     rank = {name: i for i, name in enumerate(lifted)}  # graph order
+    pending = []
     for value_name in sorted(found, key=lambda n: rank[names.get(n, n)]):
         tf_dtype, dims, data = lifted.pop(names.get(value_name, value_name))  # one copy alive at a time
         tensor = graph.initializer.add()
         tensor.name = value_name
-        tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype))
+        np_dtype = np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype)
+        tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(np_dtype)
         tensor.dims.extend(dims)
-        tensor.raw_data = data
+        if weights is not None and np_dtype.name != "bfloat16":  # bfloat16 is lowered from the tensor's bytes
+            key = str(len(weights))
+            weights[key] = data
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", _PENDING_LOCATION + key
+            pending.append(tensor)
+        else:
+            tensor.raw_data = data if isinstance(data, bytes) else data.tobytes()
+    if pending and _tensor_bytes(model_proto) <= external_data_threshold():
+        for tensor in pending:  # one file after all: the weights go into the ModelProto
+            data = weights.pop(tensor.external_data[0].value[len(_PENDING_LOCATION):])
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+            tensor.raw_data = data if isinstance(data, bytes) else data.tobytes()
 
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
@@ -495,13 +619,28 @@ def _without_xla_marks(graph_def):
     return graph_def
 
 
-def _optimized(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
-    """tf2onnx's grappler pass (function inlining, constant folding, pruning)."""
+def _optimized(graph_def, inputs: Sequence[str], outputs: Sequence[str], weights: Sequence[str] = ()):
+    """tf2onnx's grappler pass (function inlining, constant folding, pruning).
+
+    Grappler makes up a tensor for every placeholder of a fully known shape
+    and fills it (a copy of every lifted weight, in memory at once): the
+    placeholders named in `weights` get an unknown first dimension for the
+    pass, and their shapes back afterwards.
+    """
     import tensorflow as tf
     from tf2onnx import tf_loader
 
+    shapes = {}
+    for node in graph_def.node:
+        if node.name in weights and node.attr["shape"].shape.dim:
+            shapes[node.name] = node.attr["shape"].shape.dim[0].size
+            node.attr["shape"].shape.dim[0].size = -1
     with tf.Graph().as_default():  # grappler exports a meta graph: graph mode
-        return tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
+        optimized = tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
+    for node in optimized.node:
+        if node.name in shapes:
+            node.attr["shape"].shape.dim[0].size = shapes[node.name]
+    return optimized
 
 
 def _check_standard_ops(model_proto, layer_names, model_name, chatter: str) -> None:
@@ -636,7 +775,7 @@ def onnx_model_file(path: str) -> str:
     return os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
 
 
-def write_onnx(model_proto, path: str) -> None:
+def write_onnx(model_proto, path: str, weights: Optional[dict] = None) -> None:
     """Writes `model_proto` at `path`, canonically (byte-reproducible).
 
     A model whose tensors exceed `external_data_threshold()` is written as a
@@ -644,6 +783,11 @@ def write_onnx(model_proto, path: str) -> None:
     relative location) and `model.onnx.data` (every tensor over 1 KiB, in
     graph order, at 64-byte aligned offsets): ONNX Runtime loads it from the
     model file's path, in Python and natively.
+
+    Args:
+        weights: what the conversion left out of `model_proto` (its
+            `weights` argument): written into the data file from where they
+            are, without a copy.
     """
     if _tensor_bytes(model_proto) <= external_data_threshold():
         with open(path, "wb") as f:
@@ -655,7 +799,7 @@ def write_onnx(model_proto, path: str) -> None:
     os.makedirs(path)
     external_data_helper.convert_model_to_external_data(
         model_proto, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024, convert_attribute=True)
-    _write_external_tensors(model_proto, os.path.join(path, DATA_FILE))
+    _write_external_tensors(model_proto, os.path.join(path, DATA_FILE), weights or {})
     model_file = os.path.join(path, MODEL_FILE)
     with open(model_file, "wb") as f:
         f.write(model_proto.SerializeToString(deterministic=True))
@@ -669,25 +813,50 @@ def write_onnx(model_proto, path: str) -> None:
 _ALIGNMENT = 64
 
 
-def _write_external_tensors(model_proto, data_path: str) -> None:
+def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
     """Moves each tensor marked external into `data_path`, in graph order,
     and records its offset and length (what onnx's own writer does, with a
-    fixed order and alignment so that the bytes are reproducible)."""
+    fixed order and alignment so that the bytes are reproducible). A weight
+    the conversion left in `weights` is written from its array."""
     from onnx import external_data_helper
 
     offset = 0
     with open(data_path, "wb") as f:
         for tensor in external_data_helper._get_all_tensors(model_proto):
-            if not external_data_helper.uses_external_data(tensor) or not tensor.HasField("raw_data"):
+            if not external_data_helper.uses_external_data(tensor):
+                continue
+            location = tensor.external_data[0].value if tensor.external_data else ""
+            if location.startswith(_PENDING_LOCATION):
+                data = memoryview(weights.pop(location[len(_PENDING_LOCATION):])).cast("B")
+            elif tensor.HasField("raw_data"):
+                data = tensor.raw_data
+            else:
                 continue
             pad = (-offset) % _ALIGNMENT
             f.write(b"\0" * pad)
             offset += pad
-            data = tensor.raw_data
             f.write(data)
-            external_data_helper.set_external_data(tensor, location=DATA_FILE, offset=offset, length=len(data))
-            offset += len(data)
+            length = len(data)
+            del data  # the array or bytes, before the next weight
+            _set_external_data(tensor, offset, length)
+            offset += length
             tensor.ClearField("raw_data")
+    if weights:
+        raise ExportError(f"The ONNX model does not name the lifted weights {sorted(weights)} it was converted with.",
+                          reason="conversion_failed")
+
+
+def _set_external_data(tensor, offset: int, length: int) -> None:
+    """`onnx.external_data_helper.set_external_data(tensor, DATA_FILE, offset,
+    length)`, also for a tensor without `raw_data` (a weight written from its
+    array): the same entries, so the same bytes."""
+    import onnx
+
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", DATA_FILE), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 def _rename_values(graph, mapping: dict[str, str]) -> None:
