@@ -85,12 +85,11 @@ def _is_seed_state(variable) -> bool:
 
 
 def _value(variable) -> np.ndarray:
-    """A copy of the variable's current value (reading a variable copies it)."""
-    import keras
+    """The variable's current value, read-only and possibly a view of the
+    variable (`source_model.variables.read_only_view`): copy it to keep it."""
+    from servekit.source_model.variables import read_only_view
 
-    if isinstance(variable, keras.Variable):
-        return np.asarray(keras.ops.convert_to_numpy(variable.value))
-    return np.asarray(variable.numpy())  # tf.Variable
+    return read_only_view(variable)
 
 
 class VariableSnapshot:
@@ -121,8 +120,10 @@ class VariableSnapshot:
                 continue
             seen.add(id(v))
             value = _value(v)
-            keep = value if value.nbytes <= self.COPY_BYTES or not getattr(v, "trainable", False) else _digest(value)
-            self._saved.append((v, keep))
+            small = value.nbytes <= self.COPY_BYTES or not getattr(v, "trainable", False)
+            kept = (value if value.flags.owndata else value.copy()) if small else _digest(value)
+            self._saved.append((v, kept))
+            del value  # a view of a large variable: dropped before the next one is read
 
     def changed(self) -> list[Any]:
         """The variables whose value differs from the snapshot."""

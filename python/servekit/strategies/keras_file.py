@@ -11,6 +11,7 @@ change when Keras cannot serialize the model.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -19,7 +20,7 @@ import os
 import re
 import sys
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from servekit.errors import ExportError
 from servekit.source_model.kinds import all_layers
@@ -166,13 +167,41 @@ def save_keras(model, path: str, model_name: str) -> None:
             without `get_config()`).
     """
     try:
-        model.save(path, zipped=False)
+        with _weights_saved_in_place():
+            model.save(path, zipped=False)
     except Exception as e:  # Keras raises anything from a get_config(); the message is kept
         detail = str(e).strip() or f"{type(e).__name__} from its get_config()"
         raise ExportError(
             f"Model '{model_name}' cannot be saved in the Keras format (.keras), which the portable rebuild needs: {detail}. "
             "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
+
+
+@contextlib.contextmanager
+def _weights_saved_in_place() -> Iterator[None]:
+    """Keras's weights file gets each TensorFlow variable's bytes as the
+    variable holds them.
+
+    Keras converts each variable to NumPy before h5py writes it
+    (`backend.convert_to_numpy`, two copies of the value on TensorFlow): a
+    view of the variable (`tf_view`) writes the same bytes without them.
+    """
+    from keras.src.saving import saving_lib
+
+    from servekit.source_model.variables import tf_view
+
+    backend = saving_lib.backend
+    original = backend.convert_to_numpy
+
+    def convert_to_numpy(x):
+        view = tf_view(x)
+        return original(x) if view is None else view
+
+    backend.convert_to_numpy = convert_to_numpy
+    try:
+        yield
+    finally:
+        backend.convert_to_numpy = original
 
 
 def import_custom_classes(classes: Sequence[CustomClass]) -> dict[str, Any]:
