@@ -204,6 +204,72 @@ def _weights_saved_in_place() -> Iterator[None]:
         backend.convert_to_numpy = original
 
 
+# Weights from this size on are loaded block by block of rows of about this size.
+_BLOCK_BYTES = 64 * 2**20
+
+
+@contextlib.contextmanager
+def _weights_loaded_in_place() -> Iterator[None]:
+    """A large weight of a TensorFlow variable is loaded from Keras's weights
+    file block by block of rows, into the variable.
+
+    Keras reads each weight whole into NumPy (`np.array(dataset)`, which
+    copies what h5py read) and assigns it, which converts it to a tensor:
+    with the variable's initial value, up to four copies of a large weight at
+    once. A block assigned to a slice of a resource variable is written into
+    the variable's buffer: the weight is in memory once, as the variable.
+    (Through the variable's handle: `variable[a:b].assign` reads the variable
+    first, and the read makes TensorFlow copy it whole on the write.) Slice
+    assignments put the variable in TensorFlow's copy-on-read mode, in which
+    every later read (the freezing's) would copy it: the mode is turned off
+    once the weight is in.
+
+    Only `Variable.assign` reads such a weight from its h5py dataset; a layer
+    that loads its weights otherwise gets the dataset, which h5py lets be read
+    like an array.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":  # the cross-backend rebuild's worker: Keras's own loading
+        yield
+        return
+    import h5py
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.core import Variable
+    from keras.src.saving import saving_lib
+
+    original_getitem = saving_lib.H5IOStore.__getitem__
+    original_assign = Variable.assign
+
+    def getitem(self, key):
+        value = saving_lib.safe_get_h5_dataset(self._h5_entry_group, key)
+        # bfloat16 weights (marked by a `dtype` attribute) take Keras's own conversion.
+        if isinstance(value, h5py.Dataset) and value.ndim and value.nbytes >= _BLOCK_BYTES and "dtype" not in value.attrs:
+            return value  # read by `assign`
+        return original_getitem(self, key)
+
+    def assign(self, value):
+        if not isinstance(value, h5py.Dataset):
+            return original_assign(self, value)
+        if tuple(value.shape) != tuple(self.shape):
+            return original_assign(self, value[()])  # Keras's error names the variable
+        rows = max(1, _BLOCK_BYTES // (value.nbytes // value.shape[0] or 1))
+        for start in range(0, value.shape[0], rows):
+            block = value[start:start + rows].astype(self.dtype, copy=False)
+            tf.raw_ops.ResourceStridedSliceAssign(ref=self.value.handle, begin=[start], end=[start + len(block)],
+                                                  strides=[1], value=block)
+        tf.raw_ops.DisableCopyOnRead(resource=self.value.handle)
+        return self
+
+    saving_lib.H5IOStore.__getitem__ = getitem
+    Variable.assign = assign
+    try:
+        yield
+    finally:
+        saving_lib.H5IOStore.__getitem__ = original_getitem
+        Variable.assign = original_assign
+
+
 def import_custom_classes(classes: Sequence[CustomClass]) -> dict[str, Any]:
     """In a worker: imports the model's custom classes (`custom_classes`) and returns
     them as `custom_objects` for `load_model`, by every name Keras may look them up
@@ -237,7 +303,8 @@ def load_keras(path: str, model_name: str, custom_objects: Optional[dict] = None
     import keras
 
     try:
-        return keras.saving.load_model(path, custom_objects=custom_objects, compile=False, safe_mode=False)
+        with _weights_loaded_in_place():
+            return keras.saving.load_model(path, custom_objects=custom_objects, compile=False, safe_mode=False)
     except (TypeError, ValueError) as e:
         detail = re.sub(r", value=\[.*?\]>", ">", str(e).strip(), flags=re.S)
         raise ExportError(
