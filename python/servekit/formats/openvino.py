@@ -110,9 +110,48 @@ def _impose_signature(converted, endpoint: sig.Signature, model_name: str, preci
     for name, result in zip(out_names, results):
         result.set_friendly_name(name)
         result.input_value(0).get_tensor().set_names({name})
-    model = ov.Model(results, parameters, model_name)
+    model = _typed_like_signature(ov.Model(results, parameters, model_name), endpoint, model_name)
     model.set_rt_info(precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
     _rank_counted_names(model)
+    return model
+
+
+def _typed_like_signature(model, endpoint: sig.Signature, model_name: str):
+    """`model` with the signature's bfloat16 (and float16) inputs and outputs typed so.
+
+    OpenVINO's TensorFlow frontend gives a bfloat16 placeholder an f32
+    Parameter when it reads a traced function (a SavedModel keeps bf16): the
+    IR would take float32 where the signature says bfloat16, and a caller
+    feeding bfloat16 (the native verifier) would be refused. Typing the
+    tensor bf16 adds an exact Convert to the f32 the graph computes in (for
+    an output, the rounding the source's own output has).
+
+    Raises:
+        ExportError: a floating input or output has another element type
+            than the signature's dtype (named).
+    """
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    expected = {"bfloat16": ov.Type.bf16, "float16": ov.Type.f16, "float32": ov.Type.f32, "float64": ov.Type.f64}
+    process = None
+    for kind, ports, specs in (("input", model.inputs, endpoint.inputs), ("output", model.outputs, endpoint.outputs)):
+        for index, (port, spec) in enumerate(zip(ports, specs)):
+            want = expected.get(spec.dtype)
+            found = port.get_element_type()
+            if want is None or found == want:
+                continue
+            if want not in (ov.Type.bf16, ov.Type.f16) or found != ov.Type.f32:
+                raise ExportError(f"Model '{model_name}': OpenVINO's converter typed {kind} '{spec.name}' {found}; "
+                                  f"the signature says {spec.dtype}.", model=model_name, reason="conversion_failed")
+            process = process or PrePostProcessor(model)
+            (process.input if kind == "input" else process.output)(index).tensor().set_element_type(want)
+    if process is None:
+        return model
+    model = process.build()
+    for port, spec in zip(model.outputs, endpoint.outputs):
+        port.get_node().set_friendly_name(spec.name)
+        port.get_tensor().set_names({spec.name})  # an output's Convert leaves its tensor without a name
     return model
 
 
@@ -194,8 +233,39 @@ def check(xml_path: str, cases, precision: str = DEFAULT_PRECISION) -> list[Any]
 
     def run(endpoint, inputs):
         request = compiled.create_infer_request()
-        result = request.infer({k: np.asarray(v) for k, v in inputs.items()})
-        return {name: np.array(result[i]) for i, name in enumerate(names)}
+        result = request.infer({k: _tensor(v) for k, v in inputs.items()})
+        return {name: _array(result[i], compiled.outputs[i]) for i, name in enumerate(names)}
 
     return verification._check(list(cases), run)
 
+
+def _tensor(value):
+    """An input for an infer request; `ml_dtypes.bfloat16` as a bf16 `ov.Tensor`
+    of its bits. An infer request copies an array into a bf16 input by value,
+    through its float16 buffer type: float16 numbers read as bfloat16 bits
+    (wrong numbers, measured)."""
+    import numpy as np
+
+    array = np.ascontiguousarray(value)
+    if array.dtype.name != "bfloat16":
+        return array
+    import openvino as ov
+
+    tensor = ov.Tensor(ov.Type.bf16, ov.Shape(list(array.shape)))
+    tensor.data[...] = array.view(tensor.data.dtype)
+    return tensor
+
+
+def _array(value, port):
+    """An output as NumPy; bf16 as `ml_dtypes.bfloat16` (OpenVINO's Python API
+    returns its bits as a float16 array)."""
+    import numpy as np
+
+    import openvino as ov
+
+    array = np.array(value)
+    if port.get_element_type() == ov.Type.bf16:
+        import ml_dtypes
+
+        return array.view(ml_dtypes.bfloat16)
+    return array
