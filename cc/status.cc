@@ -15,9 +15,14 @@ const char* StatusCodeName(StatusCode code) {
   return "UNKNOWN";
 }
 
+const std::string& Status::message() const {
+  static const std::string kEmpty;
+  return rep_ != nullptr ? rep_->message : kEmpty;
+}
+
 std::string Status::ToString() const {
   if (ok()) return "OK";
-  return std::string(StatusCodeName(code_)) + ": " + message_;
+  return std::string(StatusCodeName(rep_->code)) + ": " + rep_->message;
 }
 
 }  // namespace servekit
