@@ -1,6 +1,7 @@
 #include "cc/npy.h"
 
 #include <cctype>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -265,6 +266,16 @@ StatusOr<Tensor> ParseNpy(std::string_view bytes, const std::string& what) {
 StatusOr<Tensor> ReadNpy(const std::string& path) {
   SERVEKIT_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
   return ParseNpy(bytes, path);
+}
+
+StatusOr<Tensor> ReadNpyAs(const std::string& path, std::optional<DType> dtype) {
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(path));
+  if (dtype != DType::kBFloat16 || t.dtype() != DType::kFloat32) return t;
+  SERVEKIT_ASSIGN_OR_RETURN(Tensor narrow, Tensor::AllocateUninitialized(DType::kBFloat16, t.shape()));
+  const float* wide = t.data_as<float>();
+  uint16_t* bits = static_cast<uint16_t*>(narrow.mutable_data());
+  for (int64_t i = 0; i < t.num_elements(); ++i) bits[i] = DoubleToBFloat16(wide[i]);
+  return narrow;
 }
 
 std::string SerializeNpy(const Tensor& tensor) {

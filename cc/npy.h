@@ -9,6 +9,7 @@
 #ifndef SERVEKIT_CC_NPY_H_
 #define SERVEKIT_CC_NPY_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -20,6 +21,11 @@ namespace servekit {
 // Parses the bytes of a .npy file; `what` names it in errors (e.g. the path).
 StatusOr<Tensor> ParseNpy(std::string_view bytes, const std::string& what);
 StatusOr<Tensor> ReadNpy(const std::string& path);
+// ReadNpy for a tensor whose dtype the caller knows (a signature's). .npy has no
+// bfloat16: servekit stores a bfloat16 tensor's values as float32, exactly
+// (docs/manifest.md), and a float32 file read as bfloat16 is narrowed back here.
+// Anything else is returned as stored, for the caller to check.
+StatusOr<Tensor> ReadNpyAs(const std::string& path, std::optional<DType> dtype);
 
 std::string SerializeNpy(const Tensor& tensor);
 Status WriteNpy(const std::string& path, const Tensor& tensor);

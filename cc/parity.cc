@@ -154,14 +154,7 @@ std::optional<DType> SpecDType(const std::vector<TensorSpec>& specs, const std::
 }  // namespace
 
 StatusOr<Tensor> ReadReference(const Manifest& manifest, const std::string& path, std::optional<DType> dtype) {
-  SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(manifest.Resolve(path)));
-  if (dtype != DType::kBFloat16 || t.dtype() != DType::kFloat32) return t;
-  // .npy has no bfloat16: the export stores bfloat16 values as float32, exactly.
-  SERVEKIT_ASSIGN_OR_RETURN(Tensor narrow, Tensor::AllocateUninitialized(DType::kBFloat16, t.shape()));
-  const float* wide = t.data_as<float>();
-  uint16_t* bits = static_cast<uint16_t*>(narrow.mutable_data());
-  for (int64_t i = 0; i < t.num_elements(); ++i) bits[i] = DoubleToBFloat16(wide[i]);
-  return narrow;
+  return ReadNpyAs(manifest.Resolve(path), dtype);
 }
 
 StatusOr<std::vector<NamedTensor>> LoadCaseInputs(const Manifest& manifest, const ReferenceCase& c) {

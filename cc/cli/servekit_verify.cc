@@ -163,13 +163,23 @@ struct LoadFlags {
   }
 };
 
-// --input NAME=FILE.npy, each read.
-StatusOr<std::vector<NamedTensor>> ReadInputs(const std::vector<std::string>& specs) {
+// --input NAME=FILE.npy, each read as the model's endpoint types it (a bfloat16
+// input's float32 .npy, as an export's reference data hold it, is narrowed back).
+StatusOr<std::vector<NamedTensor>> ReadInputs(const std::vector<std::string>& specs, const Model& model,
+                                              const std::string& endpoint) {
+  const Signature* signature = model.FindEndpoint(endpoint);
   std::vector<NamedTensor> inputs;
   for (const auto& spec : specs) {
     const auto eq = spec.find('=');
-    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpy(spec.substr(eq + 1)));
-    inputs.push_back(NamedTensor{spec.substr(0, eq), std::move(t)});
+    const std::string name = spec.substr(0, eq);
+    std::optional<DType> dtype;
+    if (signature != nullptr) {
+      for (const TensorSpec& input : signature->inputs) {
+        if (input.name == name) dtype = input.dtype;
+      }
+    }
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor t, ReadNpyAs(spec.substr(eq + 1), dtype));
+    inputs.push_back(NamedTensor{name, std::move(t)});
   }
   return inputs;
 }
@@ -361,10 +371,10 @@ int Main(int argc, char** argv) {
   }
 
   if (run->parsed()) {
-    auto inputs = ReadInputs(run_inputs);
-    if (!inputs.ok()) return Fail(inputs.status());
     auto model = LoadModel(run_path, run_load.Get());
     if (!model.ok()) return Fail(model.status());
+    auto inputs = ReadInputs(run_inputs, **model, run_endpoint);
+    if (!inputs.ok()) return Fail(inputs.status());
     auto outputs = (*model)->Run(run_endpoint, *inputs);
     if (!outputs.ok()) return Fail(outputs.status());
     Status st = MakeDirectories(output_dir);
@@ -380,11 +390,11 @@ int Main(int argc, char** argv) {
 
   // bench
   bench_options.load_options = bench_load.Get();
-  auto inputs = ReadInputs(bench_inputs);
-  if (!inputs.ok()) return Fail(inputs.status());
-  bench_options.sample_inputs = std::move(inputs).value();
   auto model = LoadModel(bench_path, bench_options.load_options);
   if (!model.ok()) return Fail(model.status());
+  auto inputs = ReadInputs(bench_inputs, **model, bench_options.endpoint);
+  if (!inputs.ok()) return Fail(inputs.status());
+  bench_options.sample_inputs = std::move(inputs).value();
   auto report = RunBenchmark(**model, bench_options);
   if (!report.ok()) return Fail(report.status());
   (bench_json == std::optional<std::string>("-") ? std::cerr : std::cout) << report->ToText();

@@ -1,6 +1,9 @@
 // .npy reading and writing: NumPy's own files, round trips, and malformed input.
 #include "cc/npy.h"
 
+#include <cstdint>
+#include <optional>
+
 #include "gtest/gtest.h"
 #include "tests/cc/test_util.h"
 
@@ -88,6 +91,25 @@ TEST(NpyTest, WritesAndReadsFiles) {
   EXPECT_EQ(back->data_as<float>()[1], -2.0f);
   EXPECT_EQ(ReadNpy(path + ".missing").status().code(), StatusCode::kNotFound);
   EXPECT_FALSE(WriteNpy(path, *Tensor::Allocate(DType::kBFloat16, {1})).ok());
+}
+
+TEST(NpyTest, ReadsFloat32AsBFloat16WhereTheCallerSaysSo) {
+  const std::string path = testing::ScratchDir("npy_as") + "/t.npy";
+  // bfloat16 values stored as float32, as an export's reference data hold them.
+  ASSERT_TRUE(WriteNpy(path, testing::Floats({3}, {1.0f, -2.0f, 0.3984375f})).ok());
+  auto narrow = ReadNpyAs(path, DType::kBFloat16);
+  ASSERT_TRUE(narrow.ok()) << narrow.status().ToString();
+  EXPECT_EQ(narrow->Describe(), "bfloat16[3]");
+  const uint16_t* bits = static_cast<const uint16_t*>(narrow->data());
+  EXPECT_EQ(bits[0], 0x3f80);
+  EXPECT_EQ(bits[1], 0xc000);
+  EXPECT_EQ(bits[2], 0x3ecc);
+  for (std::optional<DType> dtype : {std::optional<DType>(), std::optional<DType>(DType::kFloat32),
+                                     std::optional<DType>(DType::kInt32)}) {
+    auto as_stored = ReadNpyAs(path, dtype);
+    ASSERT_TRUE(as_stored.ok());
+    EXPECT_EQ(as_stored->Describe(), "float32[3]");
+  }
 }
 
 TEST(NpyTest, ReadsVersion2AndUnicode) {
