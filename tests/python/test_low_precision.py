@@ -4,14 +4,25 @@ kernels, rounded to bfloat16 where the source casts, verified at bfloat16's tole
 Before, `mixed_bfloat16` → ONNX failed on every road: tf2onnx typed TensorFlow's
 bfloat16 casts as float16 (a MatMul of float16 and bfloat16 loads nowhere), and
 the other converters' bfloat16 `Relu`/`MatMul` have no CPU kernel in ONNX Runtime.
+
+bfloat16 *inputs* (`keras.Input(dtype="bfloat16")`) to every format: the artifact
+takes bfloat16 and reproduces the source model on bfloat16 inputs. Before, servekit
+verified them with float32 inputs, which a bfloat16 signature refuses.
 """
 
+import os
+
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
 
 import keras
 import servekit
+from servekit.errors import ExportError
+
+FORMATS = {"tf_saved_model": "saved_model", "onnx": "model.onnx", "openvino": "model.xml",
+           "litert": "model.tflite", "torch": "model.pt2", "torch_aoti": "model_aoti.pt2"}
 
 
 @pytest.fixture
@@ -68,3 +79,102 @@ def test_bfloat16_outputs_stay_bfloat16(policy, tmp_path):
     assert str(got.dtype) == "bfloat16"
     expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
     np.testing.assert_allclose(got.astype("float32"), expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)
+
+
+def _bfloat16_input_model(compute: str) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), dtype="bfloat16", name="features")
+    hidden = keras.layers.Dense(16, activation="gelu", dtype=compute, name="mlp")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(hidden),
+                       name=f"bfloat16_input_{compute}")
+
+
+def _torch_bfloat16(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+
+
+def _run_artifact(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
+    """The artifact's `logits` on `x` through its own runtime, after checking
+    that the runtime sees a bfloat16 input."""
+    if fmt in ("tf_saved_model", "onnx"):
+        loaded = servekit.load(path)
+        (features,) = loaded.signature("serving_default").inputs
+        assert features.dtype == "bfloat16"
+        return loaded.call_endpoint("serving_default", features=x)["logits"]
+    if fmt == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        assert compiled.input(0).get_element_type() == ov.Type.bf16
+        return np.asarray(compiled({"features": x})[0])
+    if fmt == "litert":
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.interpreter import Interpreter
+
+        with open(path, "rb") as f:
+            graph = schema.Model.GetRootAs(f.read(), 0).Subgraphs(0)
+        assert graph.Tensors(graph.Inputs(0)).Type() == schema.TensorType.BFLOAT16
+        return Interpreter(model_path=path).get_signature_runner("serving_default")(features=x)["logits"]
+    import torch
+
+    if fmt == "torch":
+        program = torch.export.load(path)
+        (features,) = [n for n in program.graph.nodes if n.name in program.graph_signature.user_inputs]
+        assert features.meta["val"].dtype == torch.bfloat16
+        with torch.no_grad():
+            return program.module()(_torch_bfloat16(x)).numpy()
+    with torch.no_grad():
+        (logits,) = torch._inductor.aoti_load_package(path)(_torch_bfloat16(x))
+    return logits.numpy()
+
+
+# (compute dtype, format): a bfloat16 input works in every format. A model that
+# also computes in bfloat16 converts to neither LiteRT (its built-in kernels have no
+# bfloat16 MatMul: the converter leaves a Flex op the interpreter lacks) nor
+# OpenVINO (its TensorFlow frontend has no rule for a bfloat16 Const: the traced
+# function's weights, GELU's coefficients).
+BFLOAT16_INPUTS = [("float32", fmt) for fmt in FORMATS] + [
+    ("bfloat16", fmt) for fmt in ("tf_saved_model", "onnx", "torch", "torch_aoti")]
+
+
+@pytest.mark.parametrize("compute,fmt", BFLOAT16_INPUTS)
+def test_bfloat16_inputs_export_and_reproduce_the_source(compute, fmt, tmp_path):
+    model = _bfloat16_input_model(compute)
+    path = str(tmp_path / FORMATS[fmt])
+    artifact = servekit.export(model, path, format=fmt, verbose=False)
+    assert [t.dtype for t in artifact.endpoints[0].inputs] == ["bfloat16"]
+
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).normal(size=(batch, 8)).astype(ml_dtypes.bfloat16)
+        expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
+        got = np.asarray(_run_artifact(fmt, path, x), dtype="float32")
+        if compute == "float32":
+            # The input's widening is exact: float32's tolerance.
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+        else:
+            np.testing.assert_allclose(got, expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)
+
+
+def test_openvino_bfloat16_outputs_stay_bfloat16(tmp_path):
+    # The frontend types a traced function's bfloat16 tensors f32; the IR keeps the signature's bf16.
+    import openvino as ov
+
+    inputs = keras.Input((8,), dtype="bfloat16", name="features")
+    model = keras.Model(inputs, keras.layers.ReLU(dtype="bfloat16", name="relu")(inputs), name="bfloat16_relu")
+    path = str(tmp_path / "model.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert compiled.output(0).get_element_type() == ov.Type.bf16
+    x = np.random.default_rng(1).normal(size=(4, 8)).astype(ml_dtypes.bfloat16)
+    got = np.asarray(compiled({"features": x})[0]).view(ml_dtypes.bfloat16)  # OpenVINO hands bf16 bits as float16
+    assert got.tobytes() == np.maximum(x, 0).tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_bfloat16_compute_is_refused_where_the_converter_has_none(fmt, tmp_path):
+    path = tmp_path / FORMATS[fmt]
+    with pytest.raises(ExportError, match="Model 'bfloat16_input_bfloat16'"):
+        servekit.export(_bfloat16_input_model("bfloat16"), str(path), format=fmt, verbose=False)
+    assert os.listdir(tmp_path) == []

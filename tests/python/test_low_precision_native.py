@@ -1,12 +1,15 @@
-"""A bfloat16 model through the build tool, verified by the native verifier.
+"""bfloat16 models through the build tool, verified by the native verifier.
 
 `.npy` has no bfloat16: the reference data hold its values as float32 (exactly),
 and the verifier narrows them back where the signature says bfloat16, to feed
-the model and to compare its outputs at bfloat16's tolerance.
+the model and to compare its outputs at bfloat16's tolerance. A model whose
+input is bfloat16 is fed bfloat16 by every runtime the verifier loads.
 """
 
 import json
+import os
 import pathlib
+import subprocess
 import textwrap
 
 import numpy as np
@@ -56,3 +59,73 @@ def test_both_formats_verify_natively(export):
     report = native.validate(str(export / "manifest.json"))
     assert report.passed, report.to_text()
     assert {a.format for a in report.artifacts} == {native.Format.tf_saved_model, native.Format.onnx}
+
+
+BFLOAT16_INPUT_FILE = textwrap.dedent("""\
+    import keras
+
+
+    def build_model():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8,), dtype="bfloat16", name="features")
+        hidden = keras.layers.Dense(16, activation="gelu", name="mlp")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden), name="bfloat16_input")
+    """)
+# Every format the native verifier loads.
+NATIVE_FORMATS = ("tf_saved_model", "onnx", "openvino", "litert", "torch_aoti")
+
+
+@pytest.fixture(scope="module")
+def bfloat16_input_export(tmp_path_factory) -> pathlib.Path:
+    work = tmp_path_factory.mktemp("bfloat16_input")
+    (work / "bfloat16_input.py").write_text(BFLOAT16_INPUT_FILE)
+    manifest = build_tool.run(["--model_file", str(work / "bfloat16_input.py"), "--name", "bfloat16_input",
+                               "--backend", "tensorflow", "--formats", ",".join(NATIVE_FORMATS),
+                               "--out_dir", str(work / "export")])
+    return manifest.parent
+
+
+def test_bfloat16_inputs_are_stored_as_float32(bfloat16_input_export):
+    manifest = json.loads((bfloat16_input_export / "manifest.json").read_text())
+    (endpoint,) = [e for e in manifest["endpoints"] if e["name"] == "serving_default"]
+    assert endpoint["inputs"][0]["dtype"] == "bfloat16"
+    assert sorted(endpoint["formats"]) == sorted(NATIVE_FORMATS)
+    for case in manifest["reference"]:
+        features = np.load(bfloat16_input_export / case["inputs"]["features"])
+        assert features.dtype == np.float32 and features.size
+        assert not np.any(features.view(np.uint32) & 0xFFFF)
+
+
+def test_bfloat16_inputs_verify_natively_in_every_format(bfloat16_input_export):
+    report = native.validate(str(bfloat16_input_export / "manifest.json"))
+    assert report.passed, report.to_text()
+    assert {a.format.name for a in report.artifacts} == set(NATIVE_FORMATS)
+
+
+@pytest.mark.parametrize("fmt", NATIVE_FORMATS)
+def test_a_bfloat16_input_fed_as_float32_is_refused_natively(bfloat16_input_export, fmt):
+    # The premise of the check above: each runtime types the input bfloat16, so the
+    # reference inputs only run once narrowed back.
+    manifest = json.loads((bfloat16_input_export / "manifest.json").read_text())
+    (artifact,) = [a for a in manifest["artifacts"] if a["format"] == fmt]
+    model = native.load(str(bfloat16_input_export / artifact["path"]), format=fmt)
+    features = np.load(bfloat16_input_export / manifest["reference"][0]["inputs"]["features"])
+    with pytest.raises(ValueError, match="bfloat16"):
+        model.run("serving_default", {"features": features})
+
+
+VERIFY = (pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / os.environ.get("TEST_WORKSPACE", "servekit")
+          / "cc/cli/servekit_verify")
+
+
+@pytest.mark.parametrize("fmt", NATIVE_FORMATS)
+def test_servekit_verify_runs_a_bfloat16_input_from_its_reference_npy(bfloat16_input_export, fmt, tmp_path):
+    manifest = json.loads((bfloat16_input_export / "manifest.json").read_text())
+    (artifact,) = [a for a in manifest["artifacts"] if a["format"] == fmt]
+    case = manifest["reference"][0]
+    run = subprocess.run([str(VERIFY), "run", str(bfloat16_input_export / artifact["path"]),
+                          "--input", f"features={bfloat16_input_export / case['inputs']['features']}",
+                          "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    expected = np.load(bfloat16_input_export / case["outputs"]["logits"])
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-5, rtol=1e-5)
