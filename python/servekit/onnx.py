@@ -446,7 +446,7 @@ def _weights_left_out(values: list):
         # `Variable.numpy()` copies the value; a read shares the variable's
         # buffer, and `memoryview` of a CPU tensor is a view of it.
         value = tensor.read_value() if isinstance(tensor, tf.Variable) else tensor
-        if value.dtype.name not in _RAW_DTYPES or value.dtype == tf.bfloat16 or value.device.endswith("GPU:0"):
+        if value.dtype.name not in _RAW_DTYPES or value.dtype == tf.bfloat16 or "GPU" in value.device:
             return original_eval(self, tensor)
         return np.asarray(memoryview(value))
 
@@ -630,7 +630,7 @@ def _optimized(graph_def, inputs: Sequence[str], outputs: Sequence[str], weights
     import tensorflow as tf
     from tf2onnx import tf_loader
 
-    shapes = {}
+    shapes, weights = {}, set(weights)
     for node in graph_def.node:
         if node.name in weights and node.attr["shape"].shape.dim:
             shapes[node.name] = node.attr["shape"].shape.dim[0].size
@@ -790,6 +790,9 @@ def write_onnx(model_proto, path: str, weights: Optional[dict] = None) -> None:
             are, without a copy.
     """
     if _tensor_bytes(model_proto) <= external_data_threshold():
+        if weights:  # `_restore_weights` leaves weights out only of a model with external data
+            raise ExportError(f"The ONNX model for '{path}' left out weights {sorted(weights)} but fits one file.",
+                              reason="conversion_failed")
         with open(path, "wb") as f:
             f.write(model_proto.SerializeToString(deterministic=True))
         os.chmod(path, 0o644)
