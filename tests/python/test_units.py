@@ -524,7 +524,21 @@ def test_snapshot_copies_state_and_fingerprints_large_trainable_variables(monkey
     assert not count.value.any()
     table.assign(table.value + 1)
     assert snapshot.changed() == [table]
-    with pytest.raises(ExportError, match="table/embeddings.*too large"):
+    with pytest.raises(ExportError, match="table/embeddings.*fingerprint, not a copy"):
+        snapshot.restore()
+
+
+def test_snapshot_copies_trainable_variables_within_a_total_budget(monkeypatch):
+    # Many trainable variables each under the budget (a decoder's projections) are
+    # not all copied: the snapshot would hold the model's weights a second time.
+    monkeypatch.setattr(behavior.VariableSnapshot, "COPY_BYTES", 512)
+    weights = [_Var(f"layer_{i}/kernel", np.zeros(64, "float32"), trainable=True) for i in range(4)]
+    snapshot = behavior.VariableSnapshot(weights)  # 256 bytes each: the first two are copied
+    weights[0].assign(weights[0].value + 1)  # copied: restored
+    snapshot.restore()
+    assert not weights[0].value.any()
+    weights[3].assign(weights[3].value + 1)  # fingerprinted: detected, refused
+    with pytest.raises(ExportError, match="layer_3/kernel"):
         snapshot.restore()
 
 

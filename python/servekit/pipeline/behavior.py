@@ -95,11 +95,14 @@ def _value(variable) -> np.ndarray:
 class VariableSnapshot:
     """The values of some variables, to restore after calling the source model.
 
-    Variables a call can change (non-trainable ones, and any up to
-    `COPY_BYTES`) are copied. A large trainable variable (an embedding table,
-    a projection) is only fingerprinted: copying a model's weights would
-    double its memory for a change no inference call makes; if one does
-    change, `restore` raises instead of leaving the model altered.
+    Variables a call can change (non-trainable ones) are copied, and
+    trainable ones while their copies total at most `COPY_BYTES`. The other
+    trainable variables (an embedding table, a decoder's projections, each
+    small but many) are only fingerprinted: copying a model's weights would
+    double its memory for a change no inference call makes (a 1.6B-parameter
+    decoder's 64 MiB projections each fitted a per-variable limit, and the
+    snapshot held a second copy of all its weights); if one does change,
+    `restore` raises instead of leaving the model altered.
 
     Example:
 
@@ -115,13 +118,16 @@ class VariableSnapshot:
     def __init__(self, variables: Iterable[Any]):
         seen: set[int] = set()
         self._saved: list[tuple[Any, np.ndarray | bytes]] = []
+        trainable_copied = 0
         for v in variables:
             if id(v) in seen:
                 continue
             seen.add(id(v))
             value = _value(v)
-            small = value.nbytes <= self.COPY_BYTES or not getattr(v, "trainable", False)
-            kept = (value if value.flags.owndata else value.copy()) if small else _digest(value)
+            copy = not getattr(v, "trainable", False) or trainable_copied + value.nbytes <= self.COPY_BYTES
+            if copy and getattr(v, "trainable", False):
+                trainable_copied += value.nbytes
+            kept = (value if value.flags.owndata else value.copy()) if copy else _digest(value)
             self._saved.append((v, kept))
             del value  # a view of a large variable: dropped before the next one is read
 
@@ -142,9 +148,10 @@ class VariableSnapshot:
             if isinstance(old, bytes):
                 name = getattr(v, "path", None) or getattr(v, "name", "")
                 raise ExportError(
-                    f"Calling the model changed its trainable variable '{name}', which is too large "
-                    f"(over {self.COPY_BYTES >> 20} MiB) for servekit to keep a copy of and restore; the model "
-                    "now holds the changed values. Make the layer keep state in a non-trainable variable.",
+                    f"Calling the model changed its trainable variable '{name}', of which servekit kept a "
+                    f"fingerprint, not a copy (it copies {self.COPY_BYTES >> 20} MiB of trainable variables at "
+                    "most), so it cannot restore it; the model now holds the changed values. Make the layer keep "
+                    "state in a non-trainable variable.",
                     reason="stateful_trainable")
             v.assign(old)
 
