@@ -542,6 +542,17 @@ def test_snapshot_copies_trainable_variables_within_a_total_budget(monkeypatch):
         snapshot.restore()
 
 
+def test_snapshot_fingerprints_bfloat16_variables(monkeypatch):
+    import ml_dtypes
+
+    monkeypatch.setattr(behavior.VariableSnapshot, "COPY_BYTES", 0)
+    kernel = _Var("dense/kernel", np.zeros((4, 8), ml_dtypes.bfloat16), trainable=True)
+    snapshot = behavior.VariableSnapshot([kernel])
+    assert snapshot.changed() == []
+    kernel.assign(kernel.value + ml_dtypes.bfloat16(1))
+    assert snapshot.changed() == [kernel]
+
+
 def test_named_dims_and_output_names():
     assert named_dims("image", (None, None, None, 3)) == ("batch", "image_1", "image_2", 3)
     assert endpoint_output_names({"b": 1, "a": 2}) == ["a", "b"]

@@ -170,8 +170,9 @@ class VariableSnapshot:
 
 
 def _digest(value: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(value).data, digest_size=16).digest() + str(
-        (value.dtype, value.shape)).encode()
+    # Hashed as bytes: a buffer of ml_dtypes' bfloat16 ('E') cannot be exported.
+    raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    return hashlib.blake2b(raw.data, digest_size=16).digest() + str((value.dtype, value.shape)).encode()
 
 
 def model_variables(*objects: Any) -> list[Any]:
