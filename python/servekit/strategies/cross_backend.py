@@ -223,7 +223,29 @@ def _fresh_state(job: WorkerJob) -> None:
         import torch
 
         torch._dynamo.reset()
+        _fresh_precompiled_headers()
     sys.path[:0] = [p for p in job.sys_path if p not in sys.path]  # restored by `isolation.one_job`
+
+
+def _fresh_precompiled_headers() -> None:
+    """Points Inductor's precompiled headers at this job's TMPDIR, as a fresh
+    process would have them.
+
+    Inductor fixes their directory when `torch._inductor.codecache` is imported
+    (under the TMPDIR of the job that imported it) and memoizes each header's
+    path: a later job's AOTInductor compile then included a header from that
+    job's removed directory (measured: a float32 then a bfloat16 model's
+    `torch_aoti` from JAX, "fatal error: .../precompiled_headers/<hash>.h: No
+    such file or directory").
+    """
+    codecache = sys.modules.get("torch._inductor.codecache")
+    if codecache is None:
+        return  # not imported yet: it will read this job's TMPDIR
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    codecache._HEADER_DIR = os.path.join(default_cache_dir(), "precompiled_headers")
+    codecache._HEADER_LOCK_DIR = os.path.join(codecache._HEADER_DIR, "locks")
+    codecache._precompile_header.cache_clear()
 
 
 def _serve() -> int:
