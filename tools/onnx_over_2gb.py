@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     from servekit import native
     from servekit.build import build_tool
 
-    sampler = _TreeSampler()
+    sampler = TreeSampler()
     sampler.start()
     peak_memory.mark("imports")
     t0 = time.monotonic()
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     t4 = time.monotonic()
     peak_memory.mark("Python reload")
     sampler.stop()
-    memory = _memory_report(trace, weight_bytes, export_peak)
+    memory = memory_report(trace, weight_bytes, export_peak)
     memory["export_peak_by_process_gib"] = {command: round(rss / 2**30, 2) for command, rss in at_peak.items()}
     os.unlink(trace)
     result = {
@@ -130,7 +130,7 @@ def _file_bytes(artifact: pathlib.Path, name: str) -> int:
     return (artifact / name if artifact.is_dir() else artifact).stat().st_size
 
 
-class _TreeSampler:
+class TreeSampler:
     """Samples the resident memory of this process and its descendants (the
     export worker) together, every `interval` seconds, in a thread: the peak
     of all servekit processes at once, which per-process peaks only bound.
@@ -198,7 +198,7 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _memory_report(trace: str, weight_bytes: int, export_peak: int) -> dict:
+def memory_report(trace: str, weight_bytes: int, export_peak: int) -> dict:
     """The stages `servekit.peak_memory` recorded, by process, with their peaks
     in GiB and as a multiple of the weights."""
     me = os.getpid()
