@@ -36,6 +36,13 @@ namespace {
 
 namespace py = pybind11;
 
+// `call()`'s result, computed with the GIL released: servekit's C++ calls no Python.
+template <typename Call>
+auto WithoutGil(Call call) {
+  py::gil_scoped_release release;
+  return call();
+}
+
 // A non-OK Status on its way to Python.
 class StatusError : public std::exception {
  public:
@@ -105,11 +112,7 @@ std::vector<NamedTensor> FeedsFromPython(const py::handle& inputs, std::vector<p
 py::dict Run(const PyModel& self, const std::string& endpoint, const py::handle& inputs) {
   std::vector<py::object> keep_alive;
   const std::vector<NamedTensor> feeds = FeedsFromPython(inputs, &keep_alive);
-  StatusOr<std::vector<NamedTensor>> outputs = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release release;
-    outputs = self.model->Run(endpoint, feeds);
-  }
+  StatusOr<std::vector<NamedTensor>> outputs = WithoutGil([&] { return self.model->Run(endpoint, feeds); });
   ThrowIfError(outputs.status());
   py::dict result;
   for (auto& o : *outputs) result[py::str(o.name)] = TensorToPython(std::move(o.tensor));
@@ -117,11 +120,7 @@ py::dict Run(const PyModel& self, const std::string& endpoint, const py::handle&
 }
 
 PyModel Load(const std::string& path, const LoadOptions& options, std::optional<ModelFormat> format) {
-  StatusOr<std::unique_ptr<Model>> model = Status(StatusCode::kInternal, "not loaded");
-  {
-    py::gil_scoped_release release;
-    model = LoadModel(path, options, format);
-  }
+  StatusOr<std::unique_ptr<Model>> model = WithoutGil([&] { return LoadModel(path, options, format); });
   return PyModel{std::shared_ptr<const Model>(ValueOrThrow(std::move(model))), options};
 }
 
@@ -131,11 +130,7 @@ VerifyReport Validate(const std::string& manifest_path, std::optional<ModelForma
   options.format = format;
   options.cross_format = cross_format;
   options.load = load;
-  StatusOr<VerifyReport> report = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release release;
-    report = VerifyExport(manifest_path, options);
-  }
+  StatusOr<VerifyReport> report = WithoutGil([&] { return VerifyExport(manifest_path, options); });
   return ValueOrThrow(std::move(report));
 }
 
@@ -147,11 +142,7 @@ CompareReport Compare(const std::string& a, const std::string& b, std::optional<
   options.format_b = format_b;
   options.endpoint = std::move(endpoint);
   options.load = load;
-  StatusOr<CompareReport> report = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release release;
-    report = CompareArtifacts(a, b, options);
-  }
+  StatusOr<CompareReport> report = WithoutGil([&] { return CompareArtifacts(a, b, options); });
   return ValueOrThrow(std::move(report));
 }
 
@@ -169,11 +160,7 @@ BenchmarkReport Benchmark(const PyModel& self, const std::string& endpoint, cons
   options.load_options = self.options;
   std::vector<py::object> keep_alive;
   if (!inputs.is_none()) options.sample_inputs = FeedsFromPython(inputs, &keep_alive);
-  StatusOr<BenchmarkReport> report = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release release;
-    report = RunBenchmark(*self.model, options);
-  }
+  StatusOr<BenchmarkReport> report = WithoutGil([&] { return RunBenchmark(*self.model, options); });
   return ValueOrThrow(std::move(report));
 }
 
@@ -181,11 +168,8 @@ std::vector<int64_t> BenchmarkLoop(const PyModel& self, const std::string& endpo
                                    int warmup, int64_t iterations, double seconds) {
   std::vector<py::object> keep_alive;
   const std::vector<NamedTensor> feeds = FeedsFromPython(inputs, &keep_alive);
-  StatusOr<std::vector<int64_t>> latencies = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release release;
-    latencies = TimeRunnerLoop(*self.model, endpoint, feeds, warmup, iterations, seconds);
-  }
+  StatusOr<std::vector<int64_t>> latencies =
+      WithoutGil([&] { return TimeRunnerLoop(*self.model, endpoint, feeds, warmup, iterations, seconds); });
   return ValueOrThrow(std::move(latencies));
 }
 
@@ -193,11 +177,8 @@ py::tuple RunnerAndBareOnnxRuntimeLoops(const PyModel& self, const py::handle& i
                                         int64_t iterations, double seconds) {
   std::vector<py::object> keep_alive;
   const std::vector<NamedTensor> feeds = FeedsFromPython(inputs, &keep_alive);
-  StatusOr<RunnerAndBareOrtLatencies> latencies = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release release;
-    latencies = TimeRunnerAndBareOrt(*self.model, feeds, warmup, iterations, seconds);
-  }
+  StatusOr<RunnerAndBareOrtLatencies> latencies =
+      WithoutGil([&] { return TimeRunnerAndBareOrt(*self.model, feeds, warmup, iterations, seconds); });
   RunnerAndBareOrtLatencies both = ValueOrThrow(std::move(latencies));
   return py::make_tuple(std::move(both.runner), std::move(both.bare_ort));
 }
