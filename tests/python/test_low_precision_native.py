@@ -34,14 +34,18 @@ MODEL_FILE = textwrap.dedent("""\
     """)
 
 
+def _build_tool_export(tmp_path_factory, name: str, model_file: str, formats) -> pathlib.Path:
+    """Exports `model_file`'s model from TensorFlow through the build tool; returns the export directory."""
+    work = tmp_path_factory.mktemp(name)
+    (work / f"{name}.py").write_text(model_file)
+    manifest = build_tool.run(["--model_file", str(work / f"{name}.py"), "--name", name, "--backend", "tensorflow",
+                               "--formats", ",".join(formats), "--out_dir", str(work / "export")])
+    return manifest.parent
+
+
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> pathlib.Path:
-    work = tmp_path_factory.mktemp("bfloat16")
-    (work / "bfloat16_mlp.py").write_text(MODEL_FILE)
-    manifest = build_tool.run(["--model_file", str(work / "bfloat16_mlp.py"), "--name", "bfloat16_mlp",
-                               "--backend", "tensorflow", "--formats", "tf_saved_model,onnx",
-                               "--out_dir", str(work / "export")])
-    return manifest.parent
+    return _build_tool_export(tmp_path_factory, "bfloat16_mlp", MODEL_FILE, ("tf_saved_model", "onnx"))
 
 
 def test_bfloat16_tensors_are_stored_as_float32(export):
@@ -77,12 +81,7 @@ NATIVE_FORMATS = ("tf_saved_model", "onnx", "openvino", "litert", "torch_aoti")
 
 @pytest.fixture(scope="module")
 def bfloat16_input_export(tmp_path_factory) -> pathlib.Path:
-    work = tmp_path_factory.mktemp("bfloat16_input")
-    (work / "bfloat16_input.py").write_text(BFLOAT16_INPUT_FILE)
-    manifest = build_tool.run(["--model_file", str(work / "bfloat16_input.py"), "--name", "bfloat16_input",
-                               "--backend", "tensorflow", "--formats", ",".join(NATIVE_FORMATS),
-                               "--out_dir", str(work / "export")])
-    return manifest.parent
+    return _build_tool_export(tmp_path_factory, "bfloat16_input", BFLOAT16_INPUT_FILE, NATIVE_FORMATS)
 
 
 def test_bfloat16_inputs_are_stored_as_float32(bfloat16_input_export):
