@@ -1,13 +1,14 @@
-"""Writing one artifact and checking it (shared by the worker and in-process paths)."""
+"""Writing the TensorFlow worker's artifacts from one trace, then checking them."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from servekit import formats
 from servekit import peak_memory
@@ -15,6 +16,12 @@ from servekit import onnx as sk_onnx
 from servekit.atomic import artifact_files
 from servekit import saved_model as sk_sm
 from servekit import verification
+
+# Above this many bytes of variables, the traced model is freed (collected and its heap
+# trimmed) between writing the artifacts and checking them: the check reloads each
+# artifact, which would otherwise hold the weights a second time beside the model.
+# Below it, the collection would cost a small export more than the memory is worth.
+FREE_BEFORE_CHECKING_BYTES = 2**28
 
 
 @contextlib.contextmanager
@@ -40,10 +47,30 @@ def write_and_verify(*args, **kwargs) -> dict[str, dict[str, Any]]:
         return _write_and_verify(*args, **kwargs)
 
 
+@dataclasses.dataclass
+class _Written:
+    """An artifact at its staging path, not yet checked.
+
+    Attributes:
+        report: its report so far (`ok`, `endpoints`, format details).
+        check: the cases it runs -> their comparisons.
+        cases: the cases it is checked on, at its tolerances.
+        seconds: the time its writing took.
+    """
+
+    fmt: str
+    report: dict[str, Any]
+    check: Callable[[Sequence[Any]], list[Any]]
+    cases: list[Any]
+    seconds: float
+
+    @property
+    def what(self) -> str:
+        return "SavedModel" if self.fmt == "tf_saved_model" else formats.FORMATS[self.fmt].description
+
+
 def _write_and_verify(
-    endpoints: Sequence[sk_sm.Endpoint],
-    tracked: Sequence[Any],
-    collections: dict,
+    build: Callable[[], sk_sm.BuiltModule],
     *,
     outputs: dict[str, str],
     cases: Sequence[Any],
@@ -53,120 +80,151 @@ def _write_and_verify(
     scratch_dir: str,
     version: str,
     format_options: Optional[dict[str, dict[str, Any]]] = None,
+    release_memory: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, Any]]:
-    """Builds the endpoints once, writes every format at its staging path,
-    reloads each artifact and compares it with the cases.
+    """Traces the endpoints once, writes every format at its staging path,
+    then reloads each artifact and compares it with the cases.
 
-    The endpoints are traced once. The SavedModel, when asked for, is
-    written and verified first; the ONNX model is converted from the same
-    traced module, in memory (`servekit.onnx.convert_module`: the graph
-    tf2onnx would load back from that SavedModel). Asked for ONNX only, no
-    SavedModel is written unless the ONNX model fails: then its twin is
-    written in `scratch_dir` and checked, to tell a wrong trace from a wrong
-    conversion.
+    Every format is written from the same traced module: the SavedModel; the
+    ONNX model converted in memory (`servekit.onnx.convert_module`: the
+    graph tf2onnx would load back from that SavedModel); the OpenVINO IR and
+    the LiteRT flatbuffer converted from the traced serving function
+    (`servekit.formats.openvino`, `.litert`).
 
-    The OpenVINO IR and the LiteRT flatbuffer are converted from the same
-    traced serving function (`servekit.formats.openvino`, `.litert`).
+    Only then is anything checked, with the traced module released: a model
+    of `FREE_BEFORE_CHECKING_BYTES` or more is collected (`release_memory`)
+    before the first artifact is reloaded, and each reloaded artifact after
+    its check, so the weights are resident once: in the model or in the
+    artifact being checked. The SavedModel, when written, is checked first:
+    if it fails, so does every format converted from its trace (an error
+    while converting is raised only after the SavedModel passed). Asked for
+    converted formats only, a failing one makes `build` trace the model
+    again to write a SavedModel twin in `scratch_dir` and check it, to tell
+    a wrong trace from a wrong conversion.
 
     Args:
+        build: traces the endpoints (`servekit.saved_model.build_module`) and
+            holds the only reference to the model: it is called again only
+            to blame a failure on the trace.
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
             the source model on its source backend.
         format_options: format -> its options (`openvino`: `precision`;
             `litert`: converter attributes, `split_options`'s portable half).
+        release_memory: collects garbage and returns freed memory to the
+            system (the worker's `servekit.worker.isolation.release_memory`).
 
     Returns:
         format -> report: `ok`, `endpoints` (Signature JSON), `comparisons`,
         `files`, `opset` (ONNX), and `message`/`reason` when not ok.
     """
     t0 = time.monotonic()
-    built = sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
+    built = build()
     peak_memory.mark("trace")
-    sm_report: dict[str, Any] = {"ok": True, "endpoints": [s.to_json() for s in built.endpoints], "comparisons": []}
+    serving = built.endpoints[0]
+    serving_cases = [c for c in cases if c.endpoint == serving.name]
+    written: list[_Written] = []
+    conversion_error: Optional[Exception] = None
     if "tf_saved_model" in outputs:
-        sk_sm.save(built, outputs["tf_saved_model"])
+        path = outputs["tf_saved_model"]
+        sk_sm.save(built, path)
         peak_memory.mark("SavedModel write")
-    if cases and "tf_saved_model" in outputs:
-        comps = verification.check_saved_model(outputs["tf_saved_model"], cases)
-        peak_memory.mark("SavedModel verification")
-        sm_report["comparisons"] = [dict(c.__dict__, artifact="tf_saved_model") for c in comps]
-        if not all(c.ok for c in comps):
-            reports = {"tf_saved_model": dict(sm_report, **verification.failure(comps, "SavedModel"))}
-            if "onnx" in outputs:
-                reports["onnx"] = dict(sm_report, **verification.failure(
-                    comps, "SavedModel (from which the ONNX model is converted)"))
-            return reports
+        written.append(_Written("tf_saved_model", {"ok": True, "endpoints": [s.to_json() for s in built.endpoints]},
+                                lambda cs: verification.check_saved_model(path, cs), list(cases),
+                                time.monotonic() - t0))
+    try:
+        for fmt, write in (("onnx", _onnx), ("openvino", _openvino), ("litert", _litert)):
+            if fmt in outputs:
+                t1 = time.monotonic()
+                report, check, tolerances = write(built, serving, outputs[fmt], model_name,
+                                                  (format_options or {}).get(fmt, {}), opset=opset,
+                                                  layer_names=layer_names, version=version)
+                written.append(_Written(fmt, dict(report, ok=True, endpoints=[serving.to_json()]), check,
+                                        [verification.with_tolerances(c, tolerances) for c in serving_cases],
+                                        time.monotonic() - t1))
+    except Exception as e:  # raised below, unless the SavedModel's failure explains it
+        if "tf_saved_model" not in outputs or not cases:
+            raise
+        conversion_error = e
+    large = _variable_bytes(built) >= FREE_BEFORE_CHECKING_BYTES
+    del built
+    if large:
+        release_memory()
+        peak_memory.mark("release the model")
+
     reports: dict[str, dict[str, Any]] = {}
-    if "tf_saved_model" in outputs:
-        sm_report["files"] = artifact_files(outputs["tf_saved_model"])
-        sm_report["seconds"] = time.monotonic() - t0
-        reports["tf_saved_model"] = sm_report
-    if "onnx" in outputs:
+    saved_model_comparisons: list[dict[str, Any]] = []
+    for artifact in written:
         t1 = time.monotonic()
-        output = outputs["onnx"]
-        serving = built.endpoints[0]
-        weights: dict = {}  # lifted weights of a model with external data, streamed from the variables
-        proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names,
-                                       model_name=model_name, producer_version=version, weights=weights)
-        peak_memory.mark("ONNX tidy")
-        sk_onnx.write_onnx(proto, output, weights)
-        del weights
-        peak_memory.mark("ONNX write")
-        report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "opset": sk_onnx._opset_of(proto),
-                                  "comparisons": list(sm_report["comparisons"])}
-        serving_cases = [c for c in cases if c.endpoint == serving.name]
-        if serving_cases:
-            comps = verification.check_onnx(output, serving_cases)
-            peak_memory.mark("ONNX verification")
-            report["comparisons"] += [dict(c.__dict__, artifact="onnx") for c in comps]
-            if not all(c.ok for c in comps):
-                report.update(verification.failure(comps, "ONNX model"))
-                if "tf_saved_model" not in outputs:
-                    _blame_the_trace(built, scratch_dir, serving_cases, report, "ONNX model")
+        report = artifact.report
+        report["comparisons"] = list(saved_model_comparisons)
+        if artifact.cases:
+            comparisons = artifact.check(artifact.cases)
+            if large:  # the reloaded artifact, before the next one loads
+                release_memory()
+            peak_memory.mark(f"{artifact.what} verification")
+            verification.record(report, comparisons, artifact.fmt, artifact.what)
+            if artifact.fmt == "tf_saved_model":
+                saved_model_comparisons = report["comparisons"]
+                if not report["ok"]:
+                    return {fmt: report if fmt == "tf_saved_model" else dict(report, **verification.failure(
+                        comparisons, f"SavedModel (from which the {formats.FORMATS[fmt].description} is converted)"))
+                            for fmt in outputs}
+            elif not report["ok"] and "tf_saved_model" not in outputs:
+                _blame_the_trace(build, scratch_dir, serving_cases, report, artifact.what)
         if report["ok"]:
-            report["files"] = artifact_files(output)
-            report["seconds"] = time.monotonic() - t1
-        reports["onnx"] = report
-    for fmt, write in (("openvino", _openvino), ("litert", _litert)):
-        if fmt in outputs:
-            t1 = time.monotonic()
-            serving = built.endpoints[0]
-            serving_cases = [c for c in cases if c.endpoint == serving.name]
-            report = {"ok": True, "endpoints": [serving.to_json()], "comparisons": list(sm_report["comparisons"])}
-            report.update(write(built, serving, outputs[fmt], serving_cases, model_name,
-                                (format_options or {}).get(fmt, {})))
-            if not report["ok"] and serving_cases and "tf_saved_model" not in outputs:
-                _blame_the_trace(built, scratch_dir, serving_cases, report, formats.FORMATS[fmt].description)
-            if report["ok"]:
-                report["seconds"] = time.monotonic() - t1
-            reports[fmt] = report
+            report["files"] = artifact_files(outputs[artifact.fmt])
+            report["seconds"] = artifact.seconds + time.monotonic() - t1
+        reports[artifact.fmt] = report
+    if conversion_error is not None:
+        raise conversion_error
     return reports
 
 
-def _blame_the_trace(built, scratch_dir: str, cases, report: dict[str, Any], artifact: str) -> None:
+def _variable_bytes(built: sk_sm.BuiltModule) -> int:
+    return sum((v.shape.num_elements() or 0) * v.dtype.size for v in built.root.variables)
+
+
+def _blame_the_trace(build, scratch_dir: str, cases, report: dict[str, Any], artifact: str) -> None:
     """After a converted artifact failed: writes the SavedModel twin of the
     same trace and, if it fails too, blames the trace, not the converter."""
     twin_dir = os.path.join(scratch_dir, "twin_saved_model")
     if not os.path.exists(twin_dir):
-        sk_sm.save(built, twin_dir)
+        sk_sm.save(build(), twin_dir)
     twin = verification.check_saved_model(twin_dir, cases)
     if not all(c.ok for c in twin):
         report.update(verification.failure(twin, f"SavedModel (from whose trace the {artifact} is converted)"))
 
 
-def _openvino(built, serving, staged: str, cases, model_name: str, options: dict[str, Any]) -> dict[str, Any]:
+# Each writer: (traced module, serving signature, staging path, model name, the format's
+# options, **the export's settings) -> (report fields, check: cases -> comparisons,
+# tolerances the format declares over the cases' own).
+
+def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any], *, opset, layer_names,
+          version) -> tuple[dict[str, Any], Callable, dict]:
+    weights: dict = {}  # lifted weights of a model with external data, streamed from the variables
+    proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names, model_name=model_name,
+                                   producer_version=version, weights=weights)
+    peak_memory.mark("ONNX tidy")
+    sk_onnx.write_onnx(proto, staged, weights)
+    peak_memory.mark("ONNX write")
+    return {"opset": sk_onnx._opset_of(proto)}, lambda cs: verification.check_onnx(staged, cs), {}
+
+
+def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any],
+              **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import openvino
 
     precision = options.get("precision", openvino.DEFAULT_PRECISION)
     model = openvino.convert(built.signatures[serving.name], serving, model_name, precision)
     xml = openvino.write(model, staged)
-    report: dict[str, Any] = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
-    return _checked(report, "openvino", "OpenVINO IR", lambda cs: openvino.check(xml, cs, precision), cases,
-                    openvino.tolerances(precision))
+    report = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
+    return report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision)
 
 
-def _litert(built, serving, staged: str, cases, model_name: str, options: dict[str, Any]) -> dict[str, Any]:
+def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any],
+            **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import litert
 
     flatbuffer, converter = litert.convert(litert.from_concrete(built.signatures[serving.name], built.root),
@@ -174,14 +232,5 @@ def _litert(built, serving, staged: str, cases, model_name: str, options: dict[s
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)
-    report: dict[str, Any] = {"converter": converter, "precision": "quantized" if quantized else "float32"}
-    return _checked(report, "litert", "LiteRT model", lambda cs: litert.check(staged, cs), cases,
-                    litert.quantized_tolerances() if quantized else {})
-
-
-def _checked(report: dict[str, Any], fmt: str, what: str, check, cases, tolerances) -> dict[str, Any]:
-    """`report` with `check`'s comparisons of the cases, each at `tolerances`
-    over its own (a declared precision). (The pipeline lists the committed files.)"""
-    if cases:
-        verification.record(report, check([verification.with_tolerances(c, tolerances) for c in cases]), fmt, what)
-    return report
+    report = {"converter": converter, "precision": "quantized" if quantized else "float32"}
+    return report, lambda cs: litert.check(staged, cs), litert.quantized_tolerances() if quantized else {}

@@ -6,6 +6,10 @@ tf2onnx converts, then written as external data): the artifact is a directory wi
 `model.onnx` and `model.onnx.data`, reloaded by onnxruntime in Python and by
 the native verifier, byte-reproducible, with both files' digests in the
 manifest. (`tools/onnx_over_2gb.py` runs it on a real > 2 GB model.)
+
+The export worker's writing of a large model (`servekit._write`) is here too:
+every format written first, then the model freed, then each artifact reloaded
+and checked, so the weights are resident once.
 """
 
 from __future__ import annotations
@@ -130,3 +134,75 @@ def test_lifted_weights_do_not_depend_on_earlier_exports(tmp_path):
         servekit.export(_model(), second, format="onnx", verbose=False)
     for name in (sk_onnx.MODEL_FILE, sk_onnx.DATA_FILE):
         assert (first / name).read_bytes() == (second / name).read_bytes(), f"{name} differs"
+
+
+def _write_in_this_process(tmp_path, monkeypatch, formats, expected_offset=0.0):
+    """Writes `formats` of `_model()` with `servekit._write`, as the export worker
+    does, every model counted as large; returns (reports, what happened in order,
+    a weak reference to each model the build made)."""
+    import gc
+    import weakref
+
+    import tensorflow as tf
+
+    from servekit import _write
+    from servekit import saved_model as sk_sm
+    from servekit import verification
+    from servekit.pipeline.cases import Case
+
+    monkeypatch.setattr(_write, "FREE_BEFORE_CHECKING_BYTES", 0)
+    events, models = [], []
+    x = np.random.default_rng(1).standard_normal((3, 512)).astype("float32")
+    expected = keras.ops.convert_to_numpy(_model()(x)) + expected_offset
+
+    def build():
+        model = _model()
+        models.append(weakref.ref(model))
+        events.append("build")
+        serve = tf.function(lambda features: {"logits": model(features, training=False)},
+                            input_signature=[tf.TensorSpec((None, 512), tf.float32, name="features")])
+        serve.get_concrete_function()
+        return sk_sm.build_module([sk_sm.Endpoint("serving_default", serve)], tracked=[model])
+
+    def release_memory():
+        gc.collect()
+        events.append("release: %d models alive" % sum(ref() is not None for ref in models))
+
+    for name in ("check_saved_model", "check_onnx"):
+        def check(path, cases, _check=getattr(verification, name), _name=name):
+            events.append(_name)
+            return _check(path, cases)
+        monkeypatch.setattr(verification, name, check)
+    outputs = {fmt: str(tmp_path / fmt) for fmt in formats}
+    reports = _write.write_and_verify(
+        build, outputs=outputs, cases=[Case("serving_default", 3, {"features": x}, {"logits": expected})],
+        opset=None, model_name="wide_mlp", layer_names=[], scratch_dir=str(tmp_path), version="test",
+        release_memory=release_memory)
+    return reports, events
+
+
+def test_a_large_model_is_freed_before_its_artifacts_are_checked(tmp_path, monkeypatch):
+    reports, events = _write_in_this_process(tmp_path, monkeypatch, ("tf_saved_model", "onnx"))
+    assert all(r["ok"] for r in reports.values()), reports
+    # Each reloaded artifact is freed too before the next one loads.
+    assert events == ["build", "release: 0 models alive", "check_saved_model", "release: 0 models alive",
+                      "check_onnx", "release: 0 models alive"]
+    assert [c["artifact"] for c in reports["onnx"]["comparisons"]] == ["tf_saved_model", "onnx"]
+
+
+def test_a_failing_saved_model_fails_every_format_converted_from_its_trace(tmp_path, monkeypatch):
+    reports, events = _write_in_this_process(tmp_path, monkeypatch, ("tf_saved_model", "onnx", "openvino"),
+                                             expected_offset=0.5)
+    assert [e for e in events if e.startswith("check")] == ["check_saved_model"]  # nothing converted is checked
+    assert "The SavedModel does not reproduce" in reports["tf_saved_model"]["message"]
+    for fmt, what in (("onnx", "ONNX model"), ("openvino", "OpenVINO IR (.xml + .bin)")):
+        assert not reports[fmt]["ok"]
+        assert f"The SavedModel (from which the {what} is converted) does not reproduce" in reports[fmt]["message"]
+
+
+def test_a_failing_conversion_traces_the_model_again_to_blame_the_trace(tmp_path, monkeypatch):
+    reports, events = _write_in_this_process(tmp_path, monkeypatch, ("onnx",), expected_offset=0.5)
+    # The twin SavedModel comes from a second trace: the first model was freed before checking.
+    assert events == ["build", "release: 0 models alive", "check_onnx", "release: 0 models alive", "build",
+                      "check_saved_model"]
+    assert "(from whose trace the ONNX model is converted) does not reproduce" in reports["onnx"]["message"]

@@ -157,14 +157,21 @@ def run(job: WorkerJob) -> dict[str, Any]:
 
     tf.get_logger().setLevel("ERROR")
     from servekit import _write
+    from servekit import saved_model as sk_sm
     from servekit.pipeline.cases import CaseSet
+    from servekit.worker import isolation
 
     custom = keras_file.import_custom_classes(job.custom_classes)
-    with _lambda_globals(job):
-        endpoints, tracked, collections = _build_endpoints(job, custom)
-    peak_memory.mark("rebuild")
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
+
+    def build() -> sk_sm.BuiltModule:
+        # The model lives only in what this returns: `write_and_verify` frees it before checking.
+        with _lambda_globals(job):
+            endpoints, tracked, collections = _build_endpoints(job, custom)
+        peak_memory.mark("rebuild")
+        return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
+
     return {"reports": _write.write_and_verify(
-        endpoints, tracked, collections, outputs=dict(job.outputs), cases=cases, opset=job.opset,
-        model_name=job.model_name, layer_names=list(job.layer_names), scratch_dir=os.getcwd(),
-        version=job.version, format_options=job.format_options)}
+        build, outputs=dict(job.outputs), cases=cases, opset=job.opset, model_name=job.model_name,
+        layer_names=list(job.layer_names), scratch_dir=os.getcwd(), version=job.version,
+        format_options=job.format_options, release_memory=isolation.release_memory)}
