@@ -446,8 +446,12 @@ def _weights_left_out(values: list):
         # `Variable.numpy()` copies the value; a read shares the variable's
         # buffer, and `memoryview` of a CPU tensor is a view of it.
         value = tensor.read_value() if isinstance(tensor, tf.Variable) else tensor
-        if value.dtype.name not in _RAW_DTYPES or value.dtype == tf.bfloat16 or "GPU" in value.device:
+        if value.dtype.name not in _RAW_DTYPES or "GPU" in value.device:
             return original_eval(self, tensor)
+        if value.dtype == tf.bfloat16:  # no buffer format for bfloat16: a view of its bits (a bitcast shares them)
+            import ml_dtypes
+
+            return np.asarray(memoryview(tf.bitcast(value, tf.uint16))).view(ml_dtypes.bfloat16)
         return np.asarray(memoryview(value))
 
     def make_tensor_proto(values_, dtype=None, shape=None, verify_shape=False, allow_broadcast=False):
@@ -564,7 +568,13 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
         np_dtype = np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype)
         tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(np_dtype)
         tensor.dims.extend(dims)
-        if weights is not None and np_dtype.name != "bfloat16":  # bfloat16 is lowered from the tensor's bytes
+        if weights is not None:
+            if np_dtype.name == "bfloat16":
+                # Lowered as `onnx_bfloat16` lowers an initializer, but written from the variable:
+                # `_write_external_tensors` widens it block by block.
+                tensor.data_type = onnx.TensorProto.FLOAT
+                if isinstance(data, bytes):
+                    data = np.frombuffer(data, np_dtype).reshape(dims)
             key = str(len(weights))
             weights[key] = data
             tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -578,7 +588,7 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
             data = weights.pop(tensor.external_data[0].value[len(_PENDING_LOCATION):])
             tensor.ClearField("data_location")
             del tensor.external_data[:]
-            tensor.raw_data = data if isinstance(data, bytes) else data.tobytes()
+            tensor.raw_data = data if isinstance(data, bytes) else _stored(data).tobytes()
 
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
@@ -830,7 +840,7 @@ def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
                 continue
             location = tensor.external_data[0].value if tensor.external_data else ""
             if location.startswith(_PENDING_LOCATION):
-                data = memoryview(weights.pop(location[len(_PENDING_LOCATION):])).cast("B")
+                data = weights.pop(location[len(_PENDING_LOCATION):])
             elif tensor.HasField("raw_data"):
                 data = tensor.raw_data
             else:
@@ -838,8 +848,7 @@ def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
             pad = (-offset) % _ALIGNMENT
             f.write(b"\0" * pad)
             offset += pad
-            f.write(data)
-            length = len(data)
+            length = _write_weight(f, data)
             del data  # the array or bytes, before the next weight
             _set_external_data(tensor, offset, length)
             offset += length
@@ -847,6 +856,31 @@ def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
     if weights:
         raise ExportError(f"The ONNX model does not name the lifted weights {sorted(weights)} it was converted with.",
                           reason="conversion_failed")
+
+
+# Elements of a bfloat16 weight widened to float32 at a time (64 MiB of float32).
+_WIDEN_BLOCK = 2**24
+
+
+def _write_weight(f, data) -> int:
+    """Writes a weight's bytes as its initializer stores them; returns their length.
+
+    A bfloat16 array (a lifted weight, its initializer lowered to FLOAT by
+    `_restore_weights`) is widened a block at a time: a whole float32 copy
+    would be twice the weight."""
+    if not isinstance(data, bytes) and data.dtype.name == "bfloat16":
+        flat = data.reshape(-1)
+        for start in range(0, flat.size, _WIDEN_BLOCK):
+            f.write(memoryview(flat[start:start + _WIDEN_BLOCK].astype("float32")).cast("B"))
+        return 4 * flat.size
+    data = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    f.write(data)
+    return len(data)
+
+
+def _stored(data):
+    """A lifted weight as its initializer stores it (bfloat16 widened: `_write_weight`)."""
+    return data.astype("float32") if data.dtype.name == "bfloat16" else data
 
 
 def _set_external_data(tensor, offset: int, length: int) -> None:

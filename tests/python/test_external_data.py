@@ -121,6 +121,37 @@ def test_weights_are_lifted_in_models_with_tables_and_random_layers(tmp_path, mo
 
 
 
+def _bfloat16_model() -> keras.Model:
+    # A 1 MiB bfloat16 kernel: lifted (`servekit.onnx._LIFT_BYTES`) as a bfloat16 LLM's weights are.
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((512,), name="features")
+    hidden = keras.layers.Dense(1024, activation="relu", name="hidden", dtype="bfloat16")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4, name="logits", dtype="bfloat16")(hidden), name="bf16_mlp")
+
+
+@pytest.mark.parametrize("one_file", [False, True], ids=["external_data", "one_file"])
+def test_bfloat16_weights_are_written_as_float32_from_the_variables(tmp_path, monkeypatch, one_file):
+    # ONNX Runtime's CPU kernels have no bfloat16 MatMul: the weights are lowered to float32
+    # (`servekit.onnx_bfloat16`), widened block by block as they are written.
+    import onnx
+
+    if one_file:
+        monkeypatch.setenv(sk_onnx.LIFT_ENV, "0")
+        monkeypatch.setenv(sk_onnx.EXTERNAL_DATA_ENV, str(2**40))
+    model = _bfloat16_model()
+    target = tmp_path / "bf16.onnx"
+    servekit.export(model, target, format="onnx", verbose=False)  # verified at bfloat16's tolerance
+    graph = onnx.load(str(target / sk_onnx.MODEL_FILE if not one_file else target), load_external_data=False).graph
+    kernel = next(t for t in graph.initializer if list(t.dims) == [512, 1024])
+    assert kernel.data_type == onnx.TensorProto.FLOAT
+    if not one_file:
+        assert (target / sk_onnx.DATA_FILE).stat().st_size >= 512 * 1024 * 4
+    x = np.random.default_rng(0).standard_normal((5, 512)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
+    got = np.asarray(servekit.load(str(target)).serve(x)).astype("float32")
+    np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max(), rtol=0.02)
+
+
 def test_lifted_weights_do_not_depend_on_earlier_exports(tmp_path):
     # One warm worker exports the model, another model, then the model again: the
     # lifted weights' names once carried TF ids that moved in between.
