@@ -298,8 +298,9 @@ def canonicalize_function_library(graph_def) -> None:
     _rename_counted_functions(graph_def, [f.signature.name for f in graph_def.library.function])
 
 
-def canonicalize_capture_names(graph_def) -> None:
-    """Renames a frozen GraphDef's nodes named by a number to their rank, in place.
+def canonicalize_capture_names(graph_def) -> dict[str, str]:
+    """Renames a frozen GraphDef's nodes named by a number to their rank, in
+    place; returns the renames (old name -> new name).
 
     A function traced in memory names the placeholders of the variables it
     captures after TF ids that depend on what the process made before; a
@@ -312,6 +313,7 @@ def canonicalize_capture_names(graph_def) -> None:
     mapping = {str(n): str(rank) for n, rank in ranks.items() if n != rank}
     if mapping:
         _rewrite_strings(graph_def, lambda s: _rename_reference(s, mapping))
+    return mapping
 
 
 def name_signature_dims(saved_model, signatures) -> None:

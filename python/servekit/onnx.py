@@ -227,9 +227,10 @@ def convert_saved_model(
     from tf2onnx import tf_loader
 
     def freeze(road: str):
-        return tf_loader.from_saved_model(
+        frozen = tf_loader.from_saved_model(
             saved_model_dir, None, None, tag=["serve"], signatures=[endpoint.name],
             return_initialized_tables=True, return_tensors_to_rename=True, large_model=road == "lean")
+        return (*frozen, {})  # the loaded functions' captures are tf2onnx's: `_captured_tables` cannot see them
 
     return _convert(freeze, _variables_bytes(saved_model_dir), endpoint, opset, layer_names, model_name,
                     producer_version, weights)
@@ -287,9 +288,11 @@ def convert_module(
         outputs = [t.name for t in function.outputs]
         renames = dict(zip(inputs, (s.name for s in specs)))
         renames.update(zip(outputs, sorted(function.structured_outputs)))
+        captured_tables = _captured_tables(function)  # before tf2onnx swaps the captures
         graph_def, tables = tf_loader.from_trackable(built.root, function, inputs, outputs, road == "lean")
-        determinism.canonicalize_capture_names(graph_def)
-        return graph_def, inputs, outputs, tables, renames
+        renamed = determinism.canonicalize_capture_names(graph_def)
+        captured_tables = {renamed.get(name, name): handle for name, handle in captured_tables.items()}
+        return graph_def, inputs, outputs, tables, renames, captured_tables
 
     weight_bytes = sum(v.shape.num_elements() * v.dtype.size for v in signature_fn.variables)
     return _convert(freeze, weight_bytes, endpoint, opset, layer_names, model_name, producer_version, weights)
@@ -298,7 +301,8 @@ def convert_module(
 def _convert(freeze, weight_bytes: int, endpoint: sig.Signature, opset: Optional[int], layer_names: Sequence[str],
              model_name: str, producer_version: str, weights: Optional[dict] = None):
     """`freeze(road)` -> (frozen GraphDef, input and output tensor names,
-    initialized tables, tensor renames), as tf2onnx's loaders return them;
+    initialized tables, tensor renames), as tf2onnx's loaders return them,
+    and the lookup tables the function captures (`_captured_tables`);
     converted by the first of `_roads(weight_bytes)` that works, then tidied.
     `weights`: see `convert_saved_model`."""
     _patch_tf2onnx()
@@ -364,7 +368,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Op
 
     values: list = []  # the lean road's weights, as the variables hold them
     with _weights_left_out(values) if road == "lean" else contextlib.nullcontext():
-        graph_def, inputs, outputs, tables, renames = freeze(road)
+        graph_def, inputs, outputs, tables, renames, captured_tables = freeze(road)
     peak_memory.mark("freeze")
     lifted: dict[str, tuple[int, list[int], Any]] = {}
     if road == "plain":
@@ -378,6 +382,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Op
         inputs = list(inputs) + [name + ":0" for name in lifted]
         if road == "lean":
             graph_def = _optimized(_without_xla_marks(graph_def), inputs, outputs, weights=list(lifted))
+            tables.update(_tables_of_lookups(graph_def, captured_tables))
         else:
             graph_def = _inline_xla_calls(graph_def, inputs, outputs)
         peak_memory.mark("lift weights")
@@ -397,6 +402,56 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Op
     _restore_weights(model_proto, lifted, weights)
     peak_memory.mark("restore weights")
     return model_proto
+
+
+def _captured_tables(function) -> dict[str, Any]:
+    """The lookup tables a concrete function captures: its placeholder's node
+    name -> the table's resource handle (every resource but a variable)."""
+    import tensorflow as tf
+
+    variables = {id(v.handle) for v in function.graph.variables}
+    return {internal.name.split(":")[0]: external for external, internal in function.graph.captures
+            if external.dtype == tf.resource and id(external) not in variables}
+
+
+# tf2onnx's lookup ops, which find their table by the `shared_name` of a `HashTableV2` node.
+_LOOKUP_OPS = ("LookupTableFindV2", "LookupTableSizeV2")
+
+
+def _tables_of_lookups(graph_def, captured_tables: dict[str, Any]) -> dict[bytes, tuple]:
+    """Makes each captured table a lookup reads a `HashTableV2` node again, in
+    place; returns their contents (shared name -> keys, values).
+
+    The lean road's freezing keeps a model's calls as functions, so tf2onnx
+    finds no lookup beside the placeholder of the table it captures, and
+    leaves the placeholder ("Could not determine table shared name"). Once
+    grappler has inlined the calls (`_optimized`), each lookup reads the
+    placeholder (through `Identity`s); the table's contents are exported
+    from its handle, under a name made from the placeholder's (which the
+    capture renaming made reproducible).
+    """
+    from tensorflow.python.ops import lookup_ops
+    from tf2onnx import tf_loader, tf_utils
+
+    by_name = {node.name: node for node in graph_def.node}
+    found: dict[str, Any] = {}
+    for node in graph_def.node:
+        if node.op not in _LOOKUP_OPS:
+            continue
+        source = by_name.get(node.input[0].split(":")[0])
+        while source is not None and source.op == "Identity":
+            source = by_name.get(source.input[0].split(":")[0])
+        if source is None or source.op != "Placeholder" or source.name not in captured_tables:
+            continue
+        if node.op == "LookupTableFindV2":  # a size-only lookup alone leaves the table's dtypes unknown
+            found[source.name] = tf_utils.HashTableInfo(f"servekit_table_{source.name}".encode(),
+                                                        node.attr["Tin"].type, node.attr["Tout"].type)
+    contents = {}
+    for name, info in found.items():
+        keys, values = lookup_ops.lookup_table_export_v2(captured_tables[name], info.key_dtype, info.val_dtype)
+        contents[info.shared_name] = (keys.numpy(), values.numpy())
+    tf_loader.replace_placeholders_with_tables(graph_def, found)
+    return contents
 
 
 def _variables_bytes(saved_model_dir: str) -> int:

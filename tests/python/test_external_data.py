@@ -121,6 +121,19 @@ def test_weights_are_lifted_in_models_with_tables_and_random_layers(tmp_path, mo
 
 
 
+def test_a_lookup_table_in_a_model_with_external_data(tmp_path):
+    # Over the external-data threshold only the lean road converts, whose freezing keeps
+    # the lookup inside the model's functions (tf2onnx: "Could not determine table shared
+    # name"); servekit gives the lookup its table back once grappler inlined them.
+    model = _lookup_model()
+    target = tmp_path / "lookup.onnx"
+    servekit.export(model, target, format="onnx", verbose=False)
+    assert (target / sk_onnx.DATA_FILE).is_file()
+    words = np.array([["a", "b", "out-of-vocabulary"], ["c", "c", "a"]])
+    np.testing.assert_allclose(np.asarray(servekit.load(str(target)).serve(words)),
+                               keras.ops.convert_to_numpy(model(words)), atol=1e-5, rtol=0)
+
+
 def _bfloat16_model() -> keras.Model:
     # A 1 MiB bfloat16 kernel: lifted (`servekit.onnx._LIFT_BYTES`) as a bfloat16 LLM's weights are.
     keras.utils.set_random_seed(3)
