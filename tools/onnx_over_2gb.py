@@ -5,7 +5,8 @@ and measures the export's memory stage by stage.
 
 The model is an `Embedding` table of `rows x width` float32 weights (default
 540,000 x 1,000 = 2.16 GB) followed by average pooling and a Dense layer,
-built with seeded random weights on the TensorFlow backend. The build tool
+built with seeded random weights on the TensorFlow backend; `--vocabulary
+10000` puts a `StringLookup` table in front of it (string inputs). The build tool
 exports it (the same call as `model_export`; `--formats tf_saved_model,onnx`
 for both); the ONNX model is then a directory with `model.onnx` and
 `model.onnx.data` (servekit.onnx), which the native verifier validates against
@@ -35,12 +36,20 @@ import numpy as np
 from servekit import peak_memory
 
 
-def build_model(rows: int, width: int):
+def build_model(rows: int, width: int, vocabulary: int = 0):
+    """The model; with `vocabulary` > 0 its input is 4 words, looked up in a
+    `StringLookup` table of that many tokens ("token0", ...) before the
+    embedding (a lookup table in a model over 2 GB)."""
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    ids = keras.Input((4,), dtype="int32", name="ids")
+    if vocabulary:
+        words = keras.Input((4,), dtype="string", name="words")
+        lookup = keras.layers.StringLookup(vocabulary=[f"token{i}" for i in range(vocabulary)], name="lookup")
+        ids = lookup(words)
+    else:
+        words = ids = keras.Input((4,), dtype="int32", name="ids")
     # Zeros, then seeded NumPy values: Keras's random initializer holds about
     # two more copies of a 2 GB table while it draws it.
     embedding = keras.layers.Embedding(rows, width, embeddings_initializer="zeros", name="table")
@@ -58,13 +67,15 @@ def build_model(rows: int, width: int):
         tf.raw_ops.ResourceStridedSliceAssign(ref=table.handle, begin=[start], end=[start + len(values)], strides=[1],
                                               value=values)
     tf.raw_ops.DisableCopyOnRead(resource=table.handle)  # reads share the buffer again
-    return keras.Model(ids, scores, name="over_2gb")
+    return keras.Model(words, scores, name="over_2gb")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=540_000)
     parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--vocabulary", type=int, default=0,
+                        help="string inputs looked up in a table of this many tokens (0: int ids)")
     parser.add_argument("--formats", default="onnx", help="comma-separated, e.g. tf_saved_model,onnx")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="export directory (default: a temporary one)")
     parser.add_argument("--memory_json", type=pathlib.Path, default=None,
@@ -83,7 +94,7 @@ def main(argv=None) -> int:
     sampler.start()
     peak_memory.mark("imports")
     t0 = time.monotonic()
-    model = build_model(args.rows, args.width)
+    model = build_model(args.rows, args.width, args.vocabulary)
     weight_bytes = sum(4 * int(np.prod(w.shape)) for w in model.weights)  # float32
     t1 = time.monotonic()
     peak_memory.mark("build the model")
