@@ -121,7 +121,8 @@ def _run_servekit_export(args: argparse.Namespace) -> dict:
                               "weights_bytes": weight_bytes(model)}
     try:
         manifest = build_tool.build_export(model, out, "decoder", args.backend, formats=(args.child_format,),
-                                           input_ranges={"padding_mask": (1, 2)}, tolerances=TOLERANCES)
+                                           input_ranges={"padding_mask": (1, 2)},
+                                           tolerances={**TOLERANCES, **_tolerances(args.tolerance)})
     finally:
         sampler.stop()
     exported = time.monotonic()
@@ -133,6 +134,9 @@ def _run_servekit_export(args: argparse.Namespace) -> dict:
     report = native.validate(str(manifest))
     result["native_validate_s"] = round(time.monotonic() - exported, 1)
     result["native_validation"] = "passed" if report else report.to_text()
+    # How close the artifact came to the source, beside the tolerance it was held to.
+    result["max_abs_error"] = max((o.max_abs_error for a in report.artifacts for c in a.parity for o in c.outputs),
+                                  default=None)
     artifact = json.loads(manifest.read_text())["artifacts"][0]
     result["converter"] = artifact.get("converter")
     result["files_bytes"] = sum(p.stat().st_size for p in (out / artifact["path"]).rglob("*") if p.is_file()) if (
@@ -180,7 +184,20 @@ def _model_flags(args: argparse.Namespace) -> list[str]:
     return ["--backend", args.backend, "--layers", str(args.layers), "--hidden", str(args.hidden),
             "--intermediate", str(args.intermediate), "--query-heads", str(args.query_heads),
             "--key-value-heads", str(args.key_value_heads), "--vocabulary", str(args.vocabulary),
-            "--dtype", args.dtype]
+            "--dtype", args.dtype] + [flag for t in args.tolerance for flag in ("--tolerance", t)]
+
+
+def _tolerances(flags: list[str]) -> dict[str, tuple[float, float]]:
+    """`--tolerance DTYPE=ATOL,RTOL` flags, by dtype."""
+    found = {}
+    for flag in flags:
+        dtype, _, values = flag.partition("=")
+        atol, _, rtol = values.partition(",")
+        try:
+            found[dtype] = (float(atol), float(rtol))
+        except ValueError:
+            raise SystemExit(f"--tolerance {flag!r}: expected DTYPE=ATOL,RTOL, e.g. bfloat16=0.1,0.02") from None
+    return found
 
 
 def _describe(args: argparse.Namespace) -> dict:
@@ -198,6 +215,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"))
     parser.add_argument("--formats", default="tf_saved_model,onnx")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--tolerance", action="append", default=[], metavar="DTYPE=ATOL,RTOL",
+                        help="declare a tolerance over the tool's own (TOLERANCES), e.g. bfloat16=0.1,0.02")
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--intermediate", type=int, default=8192)
