@@ -227,8 +227,9 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
             **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import litert
 
-    flatbuffer, converter = litert.convert(litert.from_concrete(built.signatures[serving.name], built.root),
-                                           options, model_name)
+    concrete = built.signatures[serving.name]
+    flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
+                                           computes_bfloat16=litert.computes_bfloat16(concrete))
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)

@@ -175,6 +175,21 @@ def test_openvino_bfloat16_outputs_stay_bfloat16(tmp_path):
 @pytest.mark.parametrize("fmt", ["openvino", "litert"])
 def test_bfloat16_compute_is_refused_where_the_converter_has_none(fmt, tmp_path):
     path = tmp_path / FORMATS[fmt]
-    with pytest.raises(ExportError, match="Model 'bfloat16_input_bfloat16'"):
+    with pytest.raises(ExportError, match="Model 'bfloat16_input_bfloat16'") as info:
         servekit.export(_bfloat16_input_model("bfloat16"), str(path), format=fmt, verbose=False)
+    assert os.listdir(tmp_path) == []
+    if fmt == "litert":  # why the converter failed, and the way out
+        assert "computes in bfloat16" in str(info.value) and "float32 dtype policy" in str(info.value)
+
+
+def test_a_litert_model_left_with_flex_ops_names_them(tmp_path):
+    # Without GELU the converter succeeds with Select TF ops (FlexMatMul, ...), which
+    # LiteRT's runtime cannot run: the error names them and says why they are there.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    hidden = keras.layers.Dense(16, activation="relu", dtype="bfloat16", name="mlp")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden), name="bfloat16_relu_mlp")
+    with pytest.raises(ExportError, match="needs TensorFlow op\\(s\\) .*FlexMatMul") as info:
+        servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
+    assert "computes in bfloat16" in str(info.value) and "Flex delegate" in str(info.value)
     assert os.listdir(tmp_path) == []

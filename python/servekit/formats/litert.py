@@ -278,13 +278,16 @@ def _configure(converter, options: Mapping[str, Any], ops: tuple[str, ...]) -> N
             setattr(converter, name, value)
 
 
-def convert(make_converter, options: Mapping[str, Any], model_name: str) -> tuple[bytes, str]:
+def convert(make_converter, options: Mapping[str, Any], model_name: str,
+            computes_bfloat16: bool = False) -> tuple[bytes, str]:
     """Converts with built-in ops, else with Select TF ops.
 
     Args:
         make_converter: returns a fresh `tf.lite.TFLiteConverter` (from the
             concrete function or a SavedModel).
         options: converter attributes (`split_options`'s, in either half).
+        computes_bfloat16: the graph computes in bfloat16 (`computes_bfloat16`),
+            which an error then says is the likely cause.
 
     Returns:
         `(flatbuffer, converter)`: the bytes and a converter description for
@@ -306,8 +309,22 @@ def convert(make_converter, options: Mapping[str, Any], model_name: str) -> tupl
         if options.get(_ENABLE_X64) is False:
             _check_no_wide_tensors(flatbuffer, model_name)
         return flatbuffer, "tflite_converter" + ("+select_tf_ops" if "SELECT_TF_OPS" in ops else "")
+    hint = ("\n  The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
+            "ops not all): build it with a float32 dtype policy (LiteRT can still make it smaller: "
+            "optimizations=[tf.lite.Optimize.DEFAULT]), or export format='onnx' (bfloat16 computed in float32) or "
+            "'tf_saved_model'." if computes_bfloat16 else "")
     raise ExportError(f"Model '{model_name}': the TFLite converter could not convert the serving function:\n  "
-                      + "\n  ".join(failures), model=model_name, reason="conversion_failed")
+                      + "\n  ".join(failures) + hint, model=model_name, reason="conversion_failed")
+
+
+def computes_bfloat16(concrete) -> bool:
+    """Whether an op of a traced function (or of the functions it calls) has a bfloat16 type."""
+    from tensorflow.core.framework import types_pb2
+
+    graph_def = concrete.graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return any(value.type == types_pb2.DT_BFLOAT16 for node in nodes for key, value in node.attr.items()
+               if key in ("T", "dtype", "DstT"))
 
 
 def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
@@ -476,7 +493,14 @@ def check(path: str, cases) -> list[Any]:
 
     from servekit import verification
 
-    runner = _interpreter(path).get_signature_runner("serving_default")
+    interpreter = _interpreter(path)
+    try:
+        interpreter.allocate_tensors()  # where LiteRT refuses ops it has no kernel for
+    except RuntimeError as e:
+        if "Select TensorFlow op" not in str(e):
+            raise
+        raise _needs_flex_error(path) from None
+    runner = interpreter.get_signature_runner("serving_default")
 
     def run(endpoint, inputs):
         out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
@@ -484,6 +508,26 @@ def check(path: str, cases) -> list[Any]:
 
     return verification._check(list(cases), run)
 
+
+def _needs_flex_error(path: str) -> ExportError:
+    """The error for a flatbuffer whose Select TF ops LiteRT's runtime cannot run:
+    which ops, and why they are there when it is bfloat16 compute."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    flex = sorted({(model.OperatorCodes(i).CustomCode() or b"").decode() for i in range(model.OperatorCodesLength())}
+                  - {""})
+    bfloat16 = any(model.Subgraphs(g).Tensors(t).Type() == schema.TensorType.BFLOAT16
+                   for g in range(model.SubgraphsLength()) for t in range(model.Subgraphs(g).TensorsLength()))
+    why = (" The model computes in bfloat16, for which LiteRT has no built-in kernels: build it with a float32 "
+           "dtype policy (LiteRT can still make it smaller: optimizations=[tf.lite.Optimize.DEFAULT]), or export "
+           "format='onnx' (bfloat16 computed in float32) or 'tf_saved_model'." if bfloat16 else
+           " Replace the layers that use them with ones LiteRT has built-in kernels for, or export format='onnx' "
+           "or 'tf_saved_model'.")
+    return ExportError(f"The LiteRT model needs TensorFlow op(s) {', '.join(flex) or '(unnamed)'} (Select TF ops), "
+                       "which LiteRT's own runtime cannot run: neither ai_edge_litert nor the LiteRT C API has the "
+                       f"Flex delegate.{why}", reason="unsupported_op")
 
 
 def quantized_tolerances() -> dict[str, tuple[float, ...]]:
