@@ -43,8 +43,12 @@ SEQUENCE_LENGTH = 16
 # states pass through every layer's matmuls and RMS norms, whose rounding differs
 # between XLA's and TensorFlow's kernels: 1.35e-5 apart at 8 layers (measured,
 # JAX source against the TensorFlow rebuild), over servekit's default 1e-5.
-# bfloat16 outputs keep servekit's default for their dtype.
-TOLERANCES = {"float32": (1e-4, 1e-4)}
+# bfloat16 outputs: the ONNX model computes in float32 and rounds to bfloat16 only
+# where the model casts (`servekit.onnx_bfloat16`), so its outputs drift from
+# TensorFlow's bfloat16 compute over 24 layers: 0.14 at most (measured 2026-12-02,
+# TensorFlow source, 24 layers), over the default 1e-2; the SavedModel reproduced
+# them exactly.
+TOLERANCES = {"float32": (1e-4, 1e-4), "bfloat16": (0.25, 0.02)}
 
 
 def build_model(args: argparse.Namespace):
