@@ -109,6 +109,17 @@ def test_the_worker_is_replaced_when_its_settings_change(model, tmp_path, script
     assert worker.pid not in (None, first, second)
 
 
+def test_a_worker_left_holding_too_much_memory_retires_after_its_job(model, tmp_path, script, monkeypatch):
+    # As after a model of gigabytes whose memory TensorFlow keeps: the worker answers, then exits.
+    monkeypatch.setenv("SERVEKIT_WORKER_RETIRE_BYTES", "1")
+    _export(model, tmp_path / "a.onnx")
+    worker = launch._local.lingering
+    assert worker.pid is None  # gone, and its process reaped
+    _export(model, tmp_path / "b", "tf_saved_model")  # the next export starts another
+    assert worker.pid is None
+    assert sorted(os.listdir(tmp_path)) == ["a.onnx", "b"]
+
+
 def test_installation_fingerprint_sees_servekit_sources_and_site_packages():
     executable, sources, installed = launch.installation_fingerprint()
     assert executable == sys.executable

@@ -75,6 +75,11 @@ def _import_and_freeze() -> None:
 def _serve() -> int:
     """Runs jobs whose paths arrive on stdin, each as a fresh process would.
 
+    A job that leaves the process holding more than
+    `isolation.RETIRE_BYTES` is answered `launch.RETIRING`, and the process
+    exits: TensorFlow keeps some models' memory after every reference to
+    them is gone, and only an exit hands it back.
+
     What a fresh process would not carry over is reset per job: cwd, HOME,
     KERAS_HOME and TMPDIR (the job's work directory), the Keras session and
     seeds (`run`), sys.path, and the modules the job imported from outside the
@@ -107,10 +112,13 @@ def _serve() -> int:
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
             os.close(log)
+        retire = isolation.holds_too_much()
         try:
-            protocol.write("done\n")
+            protocol.write(launch.RETIRING if retire else "done\n")
             protocol.flush()
         except BrokenPipeError:  # the source process is gone
+            break
+        if retire:
             break
         isolation.release_memory()  # while the source process is not waiting on this one
     launch.remove_orphaned_home(start_dir)

@@ -34,6 +34,23 @@ def one_job() -> Iterator[None]:
                 del sys.modules[name]
 
 
+# A warm worker resident over this after a job exits instead of waiting for the next
+# one (SERVEKIT_WORKER_RETIRE_BYTES): a model of gigabytes leaves memory TensorFlow does
+# not hand back (tracing keras_hub's decoder layers keeps their weights), and an idle
+# worker holding it starves what runs next (the native validation of that export).
+RETIRE_BYTES = 4 * 2**30
+
+
+def holds_too_much() -> bool:
+    """Whether this process is resident over `RETIRE_BYTES` (or the
+    `SERVEKIT_WORKER_RETIRE_BYTES` setting)."""
+    from servekit import peak_memory
+
+    limit = int(os.environ.get("SERVEKIT_WORKER_RETIRE_BYTES") or RETIRE_BYTES)
+    now = peak_memory.status_bytes()
+    return now is not None and now["VmRSS"] > limit
+
+
 def release_memory() -> None:
     """Collects what the last job left and hands freed heap pages back to the system.
 

@@ -31,9 +31,12 @@ from servekit.errors import ExportError
 from servekit.worker.job import WorkerJob
 
 WORKER_TIMEOUT_S = 1800
+# A warm worker's answer to a job after which it exits (`isolation.holds_too_much`).
+RETIRING = "done, retiring\n"
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT",
              "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES", "SERVEKIT_ONNX_LIFT_BYTES",  # servekit.onnx's settings
-             "SERVEKIT_MEMORY_TRACE")  # servekit.peak_memory's
+             "SERVEKIT_MEMORY_TRACE",  # servekit.peak_memory's
+             "SERVEKIT_WORKER_RETIRE_BYTES")  # servekit.worker.isolation's
 # The directory holding the `servekit` package, and the package itself.
 _PYTHON_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
@@ -269,15 +272,26 @@ class _WarmWorker:
         if not ready:
             self.close()
             raise _timeout_error(job)
-        answer = proc.stdout.readline().strip()
+        answer = proc.stdout.readline()
         stderr = _read_text(os.path.join(workdir, "worker.log"))
-        if answer != "done":  # the process died mid-job
+        if answer not in ("done\n", RETIRING):  # the process died mid-job
             self.close()
             return _read_report(job, workdir, proc.wait(), stderr)
         report = _read_report(job, workdir, 0, stderr)
-        if not all(r.get("ok") for r in report.get("reports", {None: report}).values()):
+        if answer == RETIRING:
+            self._retire()
+        elif not all(r.get("ok") for r in report.get("reports", {None: report}).values()):
             self.close()  # a fresh process for the next job
         return report
+
+    def _retire(self) -> None:
+        """Lets a worker that said it retires exit by itself (it hands its memory
+        back); the next job starts another."""
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        self.close()
 
     def close(self) -> None:
         """Stops the process (the next job starts another)."""
