@@ -694,3 +694,25 @@ def test_tolerances_parse_from_the_command_line_form_or_say_what_is_expected():
     for bad in ("float32", "float32=", "=1e-5", "float32=tight", "float32=1e-5,x"):
         with pytest.raises(ValueError, match=r"DTYPE=ATOL\[,RTOL\].*" + re.escape(repr(bad))):
             verification.parse_tolerance(bad)
+
+
+def test_release_memory_lets_go_of_a_traced_model_with_a_custom_gradient():
+    # Keras's SiLU traces `tf.nn.silu`, a tf.custom_gradient: TensorFlow's gradient registry
+    # then holds the traced graph, and the graph the model's variables, for good.
+    import gc
+    import weakref
+
+    import keras
+    import tensorflow as tf
+
+    from servekit.worker import isolation
+
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(8, activation="silu", name="hidden")(inputs))
+    traced = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, 4))]).get_concrete_function()
+    graph = weakref.ref(traced.graph)
+    del model, traced
+    gc.collect()
+    assert graph() is not None  # what the registry keeps without the release
+    isolation.release_memory()
+    assert graph() is None
