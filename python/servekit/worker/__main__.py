@@ -77,8 +77,9 @@ def _serve() -> int:
 
     A job that leaves the process holding more than
     `isolation.RETIRE_BYTES` is answered `launch.RETIRING`, and the process
-    exits: TensorFlow keeps some models' memory after every reference to
-    them is gone, and only an exit hands it back.
+    exits: memory a library keeps after every reference is gone (as
+    TensorFlow's gradient registry did, `isolation.release_memory`) goes back
+    only with the process.
 
     What a fresh process would not carry over is reset per job: cwd, HOME,
     KERAS_HOME and TMPDIR (the job's work directory), the Keras session and

@@ -35,9 +35,10 @@ def one_job() -> Iterator[None]:
 
 
 # A warm worker resident over this after a job exits instead of waiting for the next
-# one (SERVEKIT_WORKER_RETIRE_BYTES): a model of gigabytes leaves memory TensorFlow does
-# not hand back (tracing keras_hub's decoder layers keeps their weights), and an idle
-# worker holding it starves what runs next (the native validation of that export).
+# one (SERVEKIT_WORKER_RETIRE_BYTES): a safety net for memory a library keeps after every
+# reference is gone (as TensorFlow's gradient registry kept a 1.59B decoder's 6 GB until
+# `_drop_custom_gradients`), which an idle worker would hold while the native validation
+# of that export runs.
 RETIRE_BYTES = 4 * 2**30
 
 
