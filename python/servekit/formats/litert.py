@@ -59,7 +59,7 @@ too, and of `litert_torch.convert`'s arguments (`TORCH_ARGUMENTS`):
 from __future__ import annotations
 
 import struct
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
@@ -279,15 +279,16 @@ def _configure(converter, options: Mapping[str, Any], ops: tuple[str, ...]) -> N
 
 
 def convert(make_converter, options: Mapping[str, Any], model_name: str,
-            computes_bfloat16: bool = False) -> tuple[bytes, str]:
+            computes_bfloat16: Callable[[], bool] = lambda: False) -> tuple[bytes, str]:
     """Converts with built-in ops, else with Select TF ops.
 
     Args:
         make_converter: returns a fresh `tf.lite.TFLiteConverter` (from the
             concrete function or a SavedModel).
         options: converter attributes (`split_options`'s, in either half).
-        computes_bfloat16: the graph computes in bfloat16 (`computes_bfloat16`),
-            which an error then says is the likely cause.
+        computes_bfloat16: whether the graph computes in bfloat16
+            (`computes_bfloat16`), asked only when both op sets fail, whose
+            error then says it is the likely cause.
 
     Returns:
         `(flatbuffer, converter)`: the bytes and a converter description for
@@ -310,11 +311,15 @@ def convert(make_converter, options: Mapping[str, Any], model_name: str,
             _check_no_wide_tensors(flatbuffer, model_name)
         return flatbuffer, "tflite_converter" + ("+select_tf_ops" if "SELECT_TF_OPS" in ops else "")
     hint = ("\n  The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
-            "ops not all): build it with a float32 dtype policy (LiteRT can still make it smaller: "
-            "optimizations=[tf.lite.Optimize.DEFAULT]), or export format='onnx' (bfloat16 computed in float32) or "
-            "'tf_saved_model'." if computes_bfloat16 else "")
+            "ops not all): " + _BFLOAT16_WAY_OUT if computes_bfloat16() else "")
     raise ExportError(f"Model '{model_name}': the TFLite converter could not convert the serving function:\n  "
                       + "\n  ".join(failures) + hint, model=model_name, reason="conversion_failed")
+
+
+# What a bfloat16-compute model can do instead, in both errors that blame bfloat16.
+_BFLOAT16_WAY_OUT = ("build it with a float32 dtype policy (LiteRT can still make it smaller: "
+                     "optimizations=[tf.lite.Optimize.DEFAULT]), or export format='onnx' (bfloat16 computed in "
+                     "float32) or 'tf_saved_model'.")
 
 
 def computes_bfloat16(concrete) -> bool:
@@ -520,9 +525,8 @@ def _needs_flex_error(path: str) -> ExportError:
                   - {""})
     bfloat16 = any(model.Subgraphs(g).Tensors(t).Type() == schema.TensorType.BFLOAT16
                    for g in range(model.SubgraphsLength()) for t in range(model.Subgraphs(g).TensorsLength()))
-    why = (" The model computes in bfloat16, for which LiteRT has no built-in kernels: build it with a float32 "
-           "dtype policy (LiteRT can still make it smaller: optimizations=[tf.lite.Optimize.DEFAULT]), or export "
-           "format='onnx' (bfloat16 computed in float32) or 'tf_saved_model'." if bfloat16 else
+    why = (" The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
+           if bfloat16 else
            " Replace the layers that use them with ones LiteRT has built-in kernels for, or export format='onnx' "
            "or 'tf_saved_model'.")
     return ExportError(f"The LiteRT model needs TensorFlow op(s) {', '.join(flex) or '(unnamed)'} (Select TF ops), "
