@@ -163,6 +163,10 @@ Status CheckLiteRtBytes(std::string_view bytes, const std::string& what) {
 // against ~1 us for the zoo MLP's whole inference).
 struct BoundBuffer {
   const void* data = nullptr;  // what the buffer views; nullptr when nothing is bound
+  // An input's: the caller's bytes it stands for. `data` itself, or, for memory
+  // LiteRT cannot view (not 64-byte aligned: NumPy's arrays, most often), the bytes
+  // copied into `scratch` on every call.
+  const void* source = nullptr;
   Shape shape;
   TensorBufferOwner buffer;
   AlignedBytes scratch;  // servekit's own memory behind the buffer, when it has any
@@ -368,13 +372,20 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
   Runtime& rt = *runtime_;
   std::lock_guard<std::mutex> lock(rt.mutex);
   // The common case first: the same input buffers and shapes as the last call, so
-  // every LiteRT buffer is bound already.
+  // every LiteRT buffer is bound already and only copied inputs need this call's bytes.
   bool bound_already = rt.ready;
   for (size_t i = 0; bound_already && i < inputs.size(); ++i) {
     const BoundBuffer& bound = rt.inputs[i];
-    bound_already = bound.data != nullptr && bound.data == inputs[i]->data() && SameShape(bound.shape, inputs[i]->shape());
+    bound_already = bound.source == inputs[i]->data() && SameShape(bound.shape, inputs[i]->shape());
   }
-  if (!bound_already) {
+  if (bound_already) {
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const BoundBuffer& bound = rt.inputs[i];
+      if (bound.data != bound.source && inputs[i]->byte_size() > 0) {
+        std::memcpy(bound.scratch.get(), inputs[i]->data(), inputs[i]->byte_size());
+      }
+    }
+  } else {
     rt.ready = false;
     SERVEKIT_RETURN_IF_ERROR(Prepare(signature, inputs));
     rt.ready = true;
@@ -429,6 +440,7 @@ Status LiteRtModel::Prepare(const Signature& signature, const std::vector<const 
     }
     Status bound_ok = Bind(&bound, rt.input_types[i], t.shape(), data, t.byte_size());
     if (!bound_ok.ok()) return About(bound_ok, StatusCode::kInternal, TensorWhere(path(), signature, "input", i));
+    bound.source = t.data();
     rt.input_handles[i] = bound.buffer.get();
   }
   // LiteRT writes each output into servekit's buffer for it, sized from the

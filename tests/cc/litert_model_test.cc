@@ -92,6 +92,24 @@ TEST_F(LiteRtModelTest, MisalignedFeedIsCopiedAndOutputsAreIndependent) {
   EXPECT_FALSE(AliasesInput((*out)[0].tensor.data(), {&*view}));
 }
 
+TEST_F(LiteRtModelTest, MisalignedServingLoopSeesNewValues) {
+  // NumPy's arrays are rarely 64-byte aligned: a serving loop over one misaligned
+  // buffer binds it once and copies its bytes in on every call, so values written
+  // into it between calls must reach LiteRT.
+  alignas(64) float storage[7] = {0, 1, 0, 0, 0, 1, 2};
+  auto view = Tensor::View(DType::kFloat32, {2, 3}, storage + 1, 6 * sizeof(float), nullptr);
+  ASSERT_TRUE(view.ok());
+  const std::vector<NamedTensor> inputs = {{"features", *view}};
+  std::vector<NamedTensor> outputs;
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  for (size_t i = 0; i < kLogits.size(); ++i) EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], kLogits[i], 1e-6);
+  const std::vector<float> swapped = {0, 1, 2, 1, 0, 0};
+  std::copy(swapped.begin(), swapped.end(), storage + 1);
+  ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+  const std::vector<float> expected = {kLogits[2], kLogits[3], kLogits[0], kLogits[1]};
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], expected[i], 1e-6);
+}
+
 TEST_F(LiteRtModelTest, FeedErrorsBeforeLiteRtSeesThem) {
   auto wrong_dtype = model_->Run("serving_default", {{"features", Int64s({2, 3}, {1, 2, 3, 4, 5, 6})}});
   ASSERT_FALSE(wrong_dtype.ok());
