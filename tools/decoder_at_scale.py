@@ -1,6 +1,6 @@
 """Exports a multi-GB Llama-style decoder with servekit and with Keras, side by side.
 
-    bazel run //tools:decoder_at_scale -- --backend jax --formats onnx [--dtype bfloat16] [--json out.json]
+    bazel run //tools:decoder_at_scale -- --backend jax --formats onnx [--dtype bfloat16|mixed_bfloat16] [--json out.json]
 
 The model is `keras_hub.models.LlamaBackbone` with random (seeded) weights,
 built here, nothing downloaded. The default configuration is shaped like
@@ -211,14 +211,15 @@ def _describe(args: argparse.Namespace) -> dict:
     per_layer = (2 * h * h + 2 * h * head_dim * args.key_value_heads  # query, output; key, value
                  + 3 * h * f + 2 * h)  # gate, up, down; two norms
     parameters = 2 * v * h + layers * per_layer + h  # untied embeddings, final norm
-    return {"parameters": parameters, "weights_bytes": parameters * (2 if args.dtype == "bfloat16" else 4)}
+    return {"parameters": parameters, "weights_bytes": parameters * (2 if args.dtype == "bfloat16" else 4)}  # mixed: f32
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"))
     parser.add_argument("--formats", default="tf_saved_model,onnx")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "mixed_bfloat16"),
+                        help="the Keras dtype policy; mixed_bfloat16: float32 weights, bfloat16 compute")
     parser.add_argument("--tolerance", action="append", default=[], metavar="DTYPE=ATOL,RTOL",
                         help="declare a tolerance over the tool's own (TOLERANCES), e.g. bfloat16=0.1,0.02")
     parser.add_argument("--layers", type=int, default=24)
