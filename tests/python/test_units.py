@@ -716,3 +716,39 @@ def test_release_memory_lets_go_of_a_traced_model_with_a_custom_gradient():
     assert graph() is not None  # what the registry keeps without the release
     isolation.release_memory()
     assert graph() is None
+
+
+# -- OpenVINO's telemetry -------------------------------------------------------------
+
+
+def test_an_openvino_conversion_sends_no_telemetry(monkeypatch):
+    # openvino_telemetry forks the converting process for each event it sends to
+    # Google Analytics: nine in this conversion without servekit's stub.
+    import multiprocessing
+
+    import openvino as ov
+    import tensorflow as tf
+
+    from servekit.formats import openvino
+
+    forks = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda process: forks.append(process))
+    serve = tf.function(lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec((None, 3), name="x")])
+    openvino._converter_without_telemetry()
+    ov.convert_model(serve.get_concrete_function())
+    assert forks == []
+
+
+def test_the_export_worker_imports_openvino_without_its_telemetry(tmp_path):
+    # `import openvino` alone sends an event and writes ~/intel; the worker hides the package,
+    # and OpenVINO falls back to its own no-op stub.
+    import subprocess
+    import sys
+
+    code = ("import sys; from servekit.worker.__main__ import _HideModules; sys.meta_path.insert(0, _HideModules()); "
+            "import openvino; from openvino.tools.ovc import convert_impl; print(convert_impl.tm.__name__)")
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "openvino.tools.ovc.telemetry_stub"
+    assert not (tmp_path / "intel").exists()

@@ -51,6 +51,27 @@ def tolerances(precision: str) -> dict[str, tuple[float, float]]:
     return {} if precision == "f32" else {"float32": TOLERANCES["bfloat16"]}
 
 
+def _converter_without_telemetry() -> None:
+    """Has OpenVINO's converter use its own no-op telemetry stub.
+
+    `ov.convert_model` reports every conversion to Google Analytics unless a
+    consent file in the user's home says no (openvino_telemetry, installed with
+    openvino: on by default outside CI). Each event forks the converting
+    process to send it (nine for one small model, measured): for servekit the
+    multi-threaded export worker, holding a model of gigabytes at times (its
+    fork counted 6.3 GiB resident in the 1.59B decoder's conversion). It also
+    writes `~/intel/`. An export is a build step: hermetic, offline, with no
+    side effect outside its outputs. The converter falls back to
+    `openvino.tools.ovc.telemetry_stub` when openvino_telemetry is not
+    installed; its two modules that report are pointed at that stub here. (The
+    export worker hides the package altogether, `worker/__main__.py`; this
+    covers a conversion in any other process.)
+    """
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+
+    convert_impl.tm = telemetry_utils.tm = telemetry_stub
+
+
 def convert(concrete, endpoint: sig.Signature, model_name: str, precision: str = DEFAULT_PRECISION):
     """An `ov.Model` of the serving concrete function, named like `endpoint`.
 
@@ -60,6 +81,7 @@ def convert(concrete, endpoint: sig.Signature, model_name: str, precision: str =
     """
     import openvino as ov
 
+    _converter_without_telemetry()
     try:
         converted = ov.convert_model(concrete)
     except Exception as e:  # OpenVINO's frontend: any op it has no rule for
@@ -73,6 +95,7 @@ def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, pre
     """As `convert`, from a SavedModel directory's serving signature."""
     import openvino as ov
 
+    _converter_without_telemetry()
     try:
         converted = ov.convert_model(path)
     except Exception as e:  # as in convert

@@ -19,14 +19,22 @@ import tempfile
 import traceback
 
 
-class _BlockOtherBackends:
-    """The worker runs TensorFlow only; TensorFlow and Keras import JAX when it
-    is installed (~1 s per export). Hide JAX/torch from this process."""
+class _HideModules:
+    """Packages the export worker must not import, each hidden for a reason:
 
-    _BLOCKED = ("jax", "jaxlib", "torch", "flax")
+    - JAX and torch: the worker runs TensorFlow only; TensorFlow and Keras import
+      JAX when it is installed (~1 s per export).
+    - openvino_telemetry: `import openvino` and every `ov.convert_model` report
+      to Google Analytics through it, each event forking this process (one at
+      import, nine in one small conversion, measured). An export is a build
+      step, hermetic and offline. Without the package OpenVINO uses its own
+      no-op stub (`openvino.tools.ovc.telemetry_stub`).
+    """
+
+    _HIDDEN = ("jax", "jaxlib", "torch", "flax", "openvino_telemetry")
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self._BLOCKED:
+        if name.split(".")[0] in self._HIDDEN:
             raise ModuleNotFoundError(f"No module named {name!r} (hidden in the export worker)", name=name)
         return None
 
@@ -130,7 +138,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m servekit.worker JOB.json | --serve", file=sys.stderr)
         return 2
-    sys.meta_path.insert(0, _BlockOtherBackends())
+    sys.meta_path.insert(0, _HideModules())
     if argv[1] == "--serve":
         return _serve()
     _run_job_file(argv[1])
