@@ -93,8 +93,12 @@ def _run_keras_export(args: argparse.Namespace) -> dict:
 
     model({"token_ids": np.zeros((1, SEQUENCE_LENGTH), "int32"), "padding_mask": np.ones((1, SEQUENCE_LENGTH), "int32")})
     built = time.monotonic()
+    # Keras writes these formats to one named file (its OpenVINO export refuses any other path).
+    file_name = {"openvino": "model.xml", "litert": "model.tflite"}.get(args.child_format)
+    if file_name:
+        path.mkdir(parents=True, exist_ok=True)
     try:
-        model.export(str(path), format=args.child_format, verbose=False)
+        model.export(str(path / file_name if file_name else path), format=args.child_format, verbose=False)
     except Exception as e:  # noqa: BLE001 - reported, not hidden: this is the comparison's outcome
         result["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
     result["export_s"] = round(time.monotonic() - built, 1)
