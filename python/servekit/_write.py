@@ -70,7 +70,7 @@ class _Written:
 
 
 def _write_and_verify(
-    build: Callable[[], sk_sm.BuiltModule],
+    build: Callable[..., sk_sm.BuiltModule],
     *,
     outputs: dict[str, str],
     cases: Sequence[Any],
@@ -105,7 +105,9 @@ def _write_and_verify(
     Args:
         build: traces the endpoints (`servekit.saved_model.build_module`) and
             holds the only reference to the model: it is called again only
-            to blame a failure on the trace.
+            to blame a failure on the trace, and with
+            `unroll_recurrences=True` for a LiteRT model of a recurrent
+            layer (its loop unrolled: `servekit.formats.litert.unroll_recurrences`).
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
@@ -139,7 +141,7 @@ def _write_and_verify(
                 t1 = time.monotonic()
                 report, check, tolerances = write(built, serving, outputs[fmt], model_name,
                                                   (format_options or {}).get(fmt, {}), opset=opset,
-                                                  layer_names=layer_names, version=version)
+                                                  layer_names=layer_names, version=version, build=build)
                 written.append(_Written(fmt, dict(report, ok=True, endpoints=[serving.to_json()]), check,
                                         [verification.with_tolerances(c, tolerances) for c in serving_cases],
                                         time.monotonic() - t1))
@@ -223,11 +225,19 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
     return report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision)
 
 
-def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any],
+def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build,
             **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import litert
 
     concrete = built.signatures[serving.name]
+    if litert.uses_tensor_lists(concrete):
+        # A recurrent layer's loop: LiteRT's built-in ops run it only unrolled, from a trace of its own.
+        try:
+            built = build(unroll_recurrences=True)
+            concrete = built.signatures[serving.name]
+        except ValueError as e:  # a sequence of unknown length: the loop stays, and the Flex error says why
+            if not litert.cannot_unroll(e):
+                raise
     flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
                                            computes_bfloat16=lambda: litert.computes_bfloat16(concrete))
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)

@@ -144,6 +144,46 @@ def test_litert_refuses_an_unknown_converter_option(model, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def _recurrent_model(steps):
+    layers = keras.layers
+    keras.utils.set_random_seed(5)
+    ids = keras.Input(shape=(steps,), dtype="int32", name="token_ids")
+    x = layers.Embedding(12, 6, mask_zero=True)(ids)
+    x = layers.LSTM(5, return_sequences=True)(x)
+    x = layers.Bidirectional(layers.GRU(3, return_sequences=True))(x)
+    x = layers.GRU(3, return_sequences=True, go_backwards=True)(x)
+    x = layers.SimpleRNN(4)(x)
+    return keras.Model(ids, layers.Dense(2, name="logits")(x))
+
+
+def test_litert_runs_recurrent_layers_unrolled(tmp_path):
+    # A recurrent layer's loop needs TensorFlow's TensorList ops, which LiteRT's runtime lacks:
+    # the LiteRT model is traced with the loop unrolled, all built-in ops.
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _recurrent_model(steps=7)
+    path = str(tmp_path / "rnn.tflite")
+    artifact = servekit.export(model, path, format="litert", verbose=False)
+    assert artifact.converter == "tflite_converter"
+    flatbuffer = schema.Model.GetRootAs((tmp_path / "rnn.tflite").read_bytes(), 0)
+    assert not [flatbuffer.OperatorCodes(i).CustomCode() for i in range(flatbuffer.OperatorCodesLength())
+                if flatbuffer.OperatorCodes(i).CustomCode()]
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    rng = np.random.default_rng(3)
+    for batch in (1, 4):
+        ids = rng.integers(1, 12, size=(batch, 7)).astype("int32")
+        ids[0, 4:] = 0  # padding, masked
+        want = np.asarray(keras.ops.convert_to_numpy(model(ids, training=False)))
+        np.testing.assert_allclose(runner(token_ids=ids)["logits"], want, atol=1e-5)
+
+
+def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):
+    with pytest.raises(ExportError, match=r"static length \(keras.Input\(shape=\(steps, features\)\)\)"):
+        servekit.export(_recurrent_model(steps=None), str(tmp_path / "rnn.tflite"), format="litert", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_torch_program_keeps_the_model_call_structure(model, tmp_path):
     import torch
 

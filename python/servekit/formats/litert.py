@@ -332,6 +332,78 @@ def computes_bfloat16(concrete) -> bool:
                if key in ("T", "dtype", "DstT"))
 
 
+def uses_tensor_lists(concrete) -> bool:
+    """Whether a traced function (or a function it calls) builds TensorLists: the
+    per-step outputs of a recurrent layer's `while` loop. LiteRT's built-in ops
+    lower them only with a static element shape, which a dynamic batch rules out,
+    and LiteRT's runtime has no Flex delegate for the TensorFlow ops."""
+    graph_def = concrete.graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return any(node.op.startswith("TensorList") for node in nodes)
+
+
+def unroll_recurrences(model) -> list[str]:
+    """Sets `unroll=True` on every recurrent layer of `model` (an LSTM, GRU,
+    SimpleRNN or `keras.layers.RNN`, wrapped in Bidirectional or not), so that
+    tracing it writes each time step out instead of a `while` loop over
+    TensorLists: built-in LiteRT ops, the same arithmetic step by step (the
+    outputs are bit-identical on TensorFlow), masks and `go_backwards`
+    included. Tracing then needs a fixed number of time steps, or Keras
+    raises `ValueError: Cannot unroll a RNN if the time dimension is
+    undefined`.
+
+    Returns:
+        The names of the layers set to unroll.
+    """
+    import keras
+
+    names = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.RNN) and not layer.unroll:
+            layer.unroll = True
+            if layer.go_backwards and layer.zero_output_for_mask:
+                _zero_masked_steps_in_processing_order(layer)
+            names.append(layer.name)
+    return names
+
+
+def _zero_masked_steps_in_processing_order(layer) -> None:
+    """Works around Keras 3.15's unrolled TensorFlow `rnn` for a layer that
+    goes backwards and zeroes its masked outputs (the backward half of a
+    `Bidirectional(..., return_sequences=True)` over a masked sequence): it
+    zeroes the reversed outputs by the mask in time order, so the zeros land
+    on the wrong steps. The layer now runs without `zero_output_for_mask`, and
+    the masked steps are zeroed here in the order the outputs come, as the
+    loop does."""
+    import keras
+    from keras import ops
+
+    run_loop = layer.inner_loop
+
+    def inner_loop(sequences, initial_state, mask, training=False):
+        if keras.tree.is_nested(mask):
+            mask = mask[0]
+        layer.zero_output_for_mask = False
+        try:
+            last_output, outputs, states = run_loop(sequences, initial_state, mask, training=training)
+        finally:
+            layer.zero_output_for_mask = True
+        if mask is None:
+            return last_output, outputs, states
+        keep = ops.flip(ops.cast(mask, "bool"), axis=1)  # in processing order
+        last_output = ops.where(keep[:, -1, None], last_output, ops.zeros_like(last_output))
+        if layer.return_sequences:
+            outputs = ops.where(keep[:, :, None], outputs, ops.zeros_like(outputs))
+        return last_output, outputs, states
+
+    layer.inner_loop = inner_loop
+
+
+def cannot_unroll(error: ValueError) -> bool:
+    """Whether `error` is Keras refusing to unroll a recurrence of unknown length."""
+    return "Cannot unroll a RNN" in str(error)
+
+
 def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
     """`enable_x64=False`: the model must have no 64-bit tensor (servekit does not downcast)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -525,10 +597,16 @@ def _needs_flex_error(path: str) -> ExportError:
                   - {""})
     bfloat16 = any(model.Subgraphs(g).Tensors(t).Type() == schema.TensorType.BFLOAT16
                    for g in range(model.SubgraphsLength()) for t in range(model.Subgraphs(g).TensorsLength()))
-    why = (" The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
-           if bfloat16 else
-           " Replace the layers that use them with ones LiteRT has built-in kernels for, or export format='onnx' "
-           "or 'tf_saved_model'.")
+    if bfloat16:
+        why = " The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
+    elif any(op.startswith("FlexTensorList") for op in flex):
+        why = (" TensorLists hold the steps of a loop whose length is not fixed: a recurrent layer (LSTM, GRU, "
+               "SimpleRNN), which servekit unrolls for LiteRT when its number of time steps is fixed, or a loop "
+               "of keras.ops (scan, while_loop). Give the sequence input a static length (keras.Input(shape=("
+               "steps, features))), or export format='onnx' or 'tf_saved_model'.")
+    else:
+        why = (" Replace the layers that use them with ones LiteRT has built-in kernels for, or export "
+               "format='onnx' or 'tf_saved_model'.")
     return ExportError(f"The LiteRT model needs TensorFlow op(s) {', '.join(flex) or '(unnamed)'} (Select TF ops), "
                        "which LiteRT's own runtime cannot run: neither ai_edge_litert nor the LiteRT C API has the "
                        f"Flex delegate.{why}", reason="unsupported_op")

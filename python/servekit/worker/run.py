@@ -80,16 +80,19 @@ def _lambda_globals(job: WorkerJob) -> Iterator[None]:
 
 
 
-def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
+def _build_endpoints(job: WorkerJob, custom: dict[str, Any], unroll_recurrences: bool = False):
     import keras
     import numpy as np
     import tensorflow as tf
 
+    from servekit.formats import litert
     from servekit.saved_model import Endpoint
 
     endpoints, tracked, collections = [], [], {}
     if job.kind == "model":
         model = keras_file.load_keras(job.keras_file, job.model_name, custom)
+        if unroll_recurrences:
+            litert.unroll_recurrences(model)
         ep = job.endpoints[0]
 
         def serve(*args, _model=model):
@@ -101,6 +104,8 @@ def _build_endpoints(job: WorkerJob, custom: dict[str, Any]):
     # An ExportArchive from the JAX or torch backend: one Functional "bundle"
     # holding every endpoint's inputs and outputs.
     bundle = keras_file.load_keras(job.keras_file, job.model_name, custom)
+    if unroll_recurrences:
+        litert.unroll_recurrences(bundle)
     flat_in = list(bundle.inputs)
     flat_out = list(bundle.outputs) if isinstance(bundle.outputs, (list, tuple)) else [bundle.outputs]
     for ep in job.endpoints:
@@ -164,10 +169,10 @@ def run(job: WorkerJob) -> dict[str, Any]:
     custom = keras_file.import_custom_classes(job.custom_classes)
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
 
-    def build() -> sk_sm.BuiltModule:
+    def build(unroll_recurrences: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
         with _lambda_globals(job):
-            endpoints, tracked, collections = _build_endpoints(job, custom)
+            endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences)
         peak_memory.mark("rebuild")
         return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
