@@ -203,6 +203,28 @@ def test_torch_program_keeps_the_model_call_structure(model, tmp_path):
         assert program and b"/site-packages/" not in archive.read(program[0])  # no stack traces, no paths
 
 
+def test_torch_aoti_compiles_batch_normalization(tmp_path):
+    # Keras's torch batch normalization mutates tensors in place (rsqrt_, mul_, add_),
+    # which AOTInductor refused to lower.
+    import torch
+
+    keras.utils.set_random_seed(2)
+    image = keras.Input(shape=(6, 6, 2), name="image")
+    x = keras.layers.Conv2D(3, 3, name="conv")(image)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(image, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(x)))
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 3).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 3).astype("float32"))
+    path = str(tmp_path / "bn.pt2")
+    servekit.export(model, path, format="torch_aoti", verbose=False)
+    runner = torch._inductor.aoti_load_package(path)
+    images = np.random.default_rng(4).normal(size=(3, 6, 6, 2)).astype("float32")
+    got = runner(torch.from_numpy(images))
+    want = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)))
+    np.testing.assert_allclose(torch.utils._pytree.tree_leaves(got)[0].numpy(), want, atol=1e-5)
+
+
 def test_torch_refuses_string_inputs(tmp_path):
     with pytest.raises(ExportError, match="string inputs"):
         servekit.export(mm.text_classifier(), str(tmp_path / "t.pt2"), format="torch", verbose=False)

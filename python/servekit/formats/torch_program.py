@@ -197,6 +197,11 @@ def compile_aoti(program, path: str, workdir: str) -> None:
     saved_path = os.environ.get("PATH")
     os.environ["PATH"] = search_path
     try:
+        # torch.export's program may mutate tensors in place (Keras's torch batch
+        # normalization: `rsqrt_`, `mul_`, `add_`), which AOTInductor's lowering refuses
+        # ("expected to have an entirely functional graph"): functionalized first, with
+        # no op decomposed.
+        program = program.run_decompositions({})
         with config.patch({"cpp.cxx": (None, compiler)}):
             torch._inductor.aoti_compile_and_package(program, package_path=scratch)
     except Exception as e:  # Inductor's lowering or the C++ compiler: kept for the message
