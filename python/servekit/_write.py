@@ -107,7 +107,7 @@ def _write_and_verify(
             holds the only reference to the model: it is called again only
             to blame a failure on the trace, and with
             `unroll_recurrences=True` for a LiteRT model of a recurrent
-            layer (its loop unrolled: `servekit.formats.litert.unroll_recurrences`).
+            layer (its loop unrolled: `servekit.source_model.recurrences`).
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
@@ -228,6 +228,7 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
 def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build,
             **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import litert
+    from servekit.source_model import recurrences
 
     concrete = built.signatures[serving.name]
     if litert.uses_tensor_lists(concrete):
@@ -236,7 +237,7 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
             built = build(unroll_recurrences=True)
             concrete = built.signatures[serving.name]
         except ValueError as e:  # a sequence of unknown length: the loop stays, and the Flex error says why
-            if not litert.cannot_unroll(e):
+            if not recurrences.cannot_unroll(e):
                 raise
     flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
                                            computes_bfloat16=lambda: litert.computes_bfloat16(concrete))

@@ -203,6 +203,27 @@ def test_torch_program_keeps_the_model_call_structure(model, tmp_path):
         assert program and b"/site-packages/" not in archive.read(program[0])  # no stack traces, no paths
 
 
+def test_torch_program_of_recurrent_layers_keeps_the_batch_dynamic(tmp_path):
+    # Keras's torch loop sized its outputs by iterating over the batch, which fixed it at the
+    # sample's size: the layers are traced unrolled, and the caller's model is left as it was.
+    import torch
+
+    model = _recurrent_model(steps=7)
+    path = str(tmp_path / "rnn.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    recurrent = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                 if isinstance(layer, keras.layers.RNN)]
+    assert len(recurrent) == 5 and not any(layer.unroll or "inner_loop" in vars(layer) for layer in recurrent)
+    module = torch.export.load(path).module()
+    rng = np.random.default_rng(3)
+    for batch in (1, 4):
+        ids = rng.integers(1, 12, size=(batch, 7)).astype("int32")
+        ids[0, 4:] = 0  # padding, masked
+        want = np.asarray(keras.ops.convert_to_numpy(model(ids, training=False)))
+        got = torch.utils._pytree.tree_leaves(module(torch.from_numpy(ids)))[0]
+        np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
+
+
 def test_torch_aoti_compiles_batch_normalization(tmp_path):
     # Keras's torch batch normalization mutates tensors in place (rsqrt_, mul_, add_),
     # which AOTInductor refused to lower.

@@ -342,68 +342,6 @@ def uses_tensor_lists(concrete) -> bool:
     return any(node.op.startswith("TensorList") for node in nodes)
 
 
-def unroll_recurrences(model) -> list[str]:
-    """Sets `unroll=True` on every recurrent layer of `model` (an LSTM, GRU,
-    SimpleRNN or `keras.layers.RNN`, wrapped in Bidirectional or not), so that
-    tracing it writes each time step out instead of a `while` loop over
-    TensorLists: built-in LiteRT ops, the same arithmetic step by step (the
-    outputs are bit-identical on TensorFlow), masks and `go_backwards`
-    included. Tracing then needs a fixed number of time steps, or Keras
-    raises `ValueError: Cannot unroll a RNN if the time dimension is
-    undefined`.
-
-    Returns:
-        The names of the layers set to unroll.
-    """
-    import keras
-
-    names = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, keras.layers.RNN) and not layer.unroll:
-            layer.unroll = True
-            if layer.go_backwards and layer.zero_output_for_mask:
-                _zero_masked_steps_in_processing_order(layer)
-            names.append(layer.name)
-    return names
-
-
-def _zero_masked_steps_in_processing_order(layer) -> None:
-    """Works around Keras 3.15's unrolled TensorFlow `rnn` for a layer that
-    goes backwards and zeroes its masked outputs (the backward half of a
-    `Bidirectional(..., return_sequences=True)` over a masked sequence): it
-    zeroes the reversed outputs by the mask in time order, so the zeros land
-    on the wrong steps. The layer now runs without `zero_output_for_mask`, and
-    the masked steps are zeroed here in the order the outputs come, as the
-    loop does."""
-    import keras
-    from keras import ops
-
-    run_loop = layer.inner_loop
-
-    def inner_loop(sequences, initial_state, mask, training=False):
-        if keras.tree.is_nested(mask):
-            mask = mask[0]
-        layer.zero_output_for_mask = False
-        try:
-            last_output, outputs, states = run_loop(sequences, initial_state, mask, training=training)
-        finally:
-            layer.zero_output_for_mask = True
-        if mask is None:
-            return last_output, outputs, states
-        keep = ops.flip(ops.cast(mask, "bool"), axis=1)  # in processing order
-        last_output = ops.where(keep[:, -1, None], last_output, ops.zeros_like(last_output))
-        if layer.return_sequences:
-            outputs = ops.where(keep[:, :, None], outputs, ops.zeros_like(outputs))
-        return last_output, outputs, states
-
-    layer.inner_loop = inner_loop
-
-
-def cannot_unroll(error: ValueError) -> bool:
-    """Whether `error` is Keras refusing to unroll a recurrence of unknown length."""
-    return "Cannot unroll a RNN" in str(error)
-
-
 def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
     """`enable_x64=False`: the model must have no 64-bit tensor (servekit does not downcast)."""
     from ai_edge_litert import schema_py_generated as schema

@@ -42,6 +42,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from servekit.errors import ExportError, ExportRuntimeError, root_cause
+from servekit.source_model import recurrences
 
 # `torch.export.export` arguments an export call may pass (Keras forwards them).
 EXPORT_ARGUMENTS = ("dynamic_shapes", "strict", "preserve_module_call_signature",
@@ -157,7 +158,8 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
         else:
             args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
-        with torch.no_grad():
+        # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
+        with torch.no_grad(), recurrences.unrolled(model):
             program = torch.export.export(module, sample, **args)
     except Exception as e:  # torch.export's own diagnostics (guards, unsupported ops): kept for the message
         raise ExportRuntimeError(

@@ -85,14 +85,14 @@ def _build_endpoints(job: WorkerJob, custom: dict[str, Any], unroll_recurrences:
     import numpy as np
     import tensorflow as tf
 
-    from servekit.formats import litert
     from servekit.saved_model import Endpoint
+    from servekit.source_model import recurrences
 
     endpoints, tracked, collections = [], [], {}
     if job.kind == "model":
         model = keras_file.load_keras(job.keras_file, job.model_name, custom)
         if unroll_recurrences:
-            litert.unroll_recurrences(model)
+            recurrences.unroll(model)
         ep = job.endpoints[0]
 
         def serve(*args, _model=model):
@@ -105,7 +105,7 @@ def _build_endpoints(job: WorkerJob, custom: dict[str, Any], unroll_recurrences:
     # holding every endpoint's inputs and outputs.
     bundle = keras_file.load_keras(job.keras_file, job.model_name, custom)
     if unroll_recurrences:
-        litert.unroll_recurrences(bundle)
+        recurrences.unroll(bundle)
     flat_in = list(bundle.inputs)
     flat_out = list(bundle.outputs) if isinstance(bundle.outputs, (list, tuple)) else [bundle.outputs]
     for ep in job.endpoints:
