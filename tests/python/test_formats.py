@@ -92,6 +92,31 @@ def test_openvino_replaces_a_previous_ir_pair(model, tmp_path):
     assert (tmp_path / "m.xml").read_text() != "old" and (tmp_path / "m.bin").read_bytes() != b"old"
 
 
+def _int8_quantized_model():
+    keras.utils.set_random_seed(8)
+    features = keras.Input(shape=(32,), name="features")
+    hidden = keras.layers.Dense(24, activation="relu", name="hidden")(features)
+    model = keras.Model(features, keras.layers.Dense(3, name="logits")(hidden))
+    model.quantize("int8")
+    return model
+
+
+def test_openvino_int8_matmuls_accumulate_in_int32(tmp_path):
+    # OpenVINO's frontend turned TensorFlow's int8 x int8 -> int32 matmul into an int8 one that
+    # wraps around: Keras's int8-quantized Dense came out wrong by about 1.
+    import openvino as ov
+
+    model = _int8_quantized_model()
+    servekit.export(model, str(tmp_path / "a.xml"), format="openvino", verbose=False)
+    servekit.export(mm.mlp(), str(tmp_path / "other.xml"), format="openvino", verbose=False)
+    servekit.export(model, str(tmp_path / "b.xml"), format="openvino", verbose=False)
+    assert (tmp_path / "a.xml").read_bytes() == (tmp_path / "b.xml").read_bytes()
+    compiled = ov.Core().compile_model(str(tmp_path / "a.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    features = (np.random.default_rng(6).normal(size=(5, 32)) * 4).astype("float32")
+    want = np.asarray(keras.ops.convert_to_numpy(model(features, training=False)))
+    np.testing.assert_allclose(np.asarray(compiled(features)[0]), want, atol=1e-4)
+
+
 def test_litert_signature_keys_and_dynamic_batch(model, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 

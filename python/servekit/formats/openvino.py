@@ -104,8 +104,38 @@ def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, pre
     return _impose_signature(converted, endpoint, model_name, precision)
 
 
+def _widen_integer_matmuls(model) -> None:
+    """Makes 8- and 16-bit integer matmuls accumulate in int32, as TensorFlow's do.
+
+    OpenVINO 2026.4's TensorFlow frontend converts an int8 x int8 matmul with an
+    int32 output (`BatchMatMulV3(Tout=int32)`, Keras's int8-quantized `Dense` and
+    `EinsumDense` on TensorFlow) into an int8 `MatMul` followed by a `Convert`:
+    every sum over 127 wraps around. Each such `MatMul` that only feeds
+    `Convert`s becomes one over its inputs converted to int32.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "MatMul":
+            continue
+        element = node.get_output_element_type(0)
+        if not (element.is_integral() and element.bitwidth < 32):
+            continue
+        consumers = [port for port in node.output(0).get_target_inputs()]
+        if not consumers or any(port.get_node().get_type_name() != "Convert" for port in consumers):
+            continue
+        attributes = node.get_attributes()
+        wide = ops.matmul(ops.convert(node.input_value(0), ov.Type.i32), ops.convert(node.input_value(1), ov.Type.i32),
+                          attributes["transpose_a"], attributes["transpose_b"])
+        for port in consumers:
+            port.replace_source_output(wide.output(0))
+
+
 def _impose_signature(converted, endpoint: sig.Signature, model_name: str, precision: str):
     import openvino as ov
+
+    _widen_integer_matmuls(converted)
 
     def by_name(ports, kind: str, names: Sequence[str]):
         found = {}
