@@ -105,9 +105,9 @@ def _write_and_verify(
     Args:
         build: traces the endpoints (`servekit.saved_model.build_module`) and
             holds the only reference to the model: it is called again only
-            to blame a failure on the trace, and with
-            `unroll_recurrences=True` for a LiteRT model of a recurrent
-            layer (its loop unrolled: `servekit.source_model.recurrences`).
+            to blame a failure on the trace, and with `builtin_ops=True`
+            for the LiteRT or OpenVINO model of a trace they cannot take
+            (`servekit.formats.builtin_trace`).
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
@@ -214,10 +214,27 @@ def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any],
     return {"opset": sk_onnx._opset_of(proto)}, lambda cs: verification.check_onnx(staged, cs), {}
 
 
-def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any],
+def _builtin_trace(built, serving, fmt: str, build):
+    """The trace the converter of `fmt` takes: `built`, or a second trace with
+    what it cannot take written another way (`servekit.formats.builtin_trace`)."""
+    from servekit.formats import builtin_trace
+    from servekit.source_model import recurrences
+
+    if not builtin_trace.needs_builtin_trace(built.signatures[serving.name], fmt):
+        return built
+    try:
+        return build(builtin_ops=True)
+    except ValueError as e:  # a recurrence of unknown length: the first trace, whose conversion error says why
+        if not recurrences.cannot_unroll(e):
+            raise
+        return built
+
+
+def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build,
               **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import openvino
 
+    built = _builtin_trace(built, serving, "openvino", build)
     precision = options.get("precision", openvino.DEFAULT_PRECISION)
     model = openvino.convert(built.signatures[serving.name], serving, model_name, precision)
     xml = openvino.write(model, staged)
@@ -228,17 +245,9 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
 def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build,
             **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import litert
-    from servekit.source_model import recurrences
 
+    built = _builtin_trace(built, serving, "litert", build)
     concrete = built.signatures[serving.name]
-    if litert.uses_tensor_lists(concrete):
-        # A recurrent layer's loop: LiteRT's built-in ops run it only unrolled, from a trace of its own.
-        try:
-            built = build(unroll_recurrences=True)
-            concrete = built.signatures[serving.name]
-        except ValueError as e:  # a sequence of unknown length: the loop stays, and the Flex error says why
-            if not recurrences.cannot_unroll(e):
-                raise
     flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
                                            computes_bfloat16=lambda: litert.computes_bfloat16(concrete))
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)

@@ -75,6 +75,61 @@ def test_openvino_bf16_is_declared_and_checked_at_its_tolerance(model, tmp_path)
     assert read.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "bf16"
 
 
+def test_openvino_converts_discretization_and_category_encoding(tmp_path):
+    # Bucketize and DenseBincount, which OpenVINO's frontend cannot convert, are converted by servekit.
+    import openvino as ov
+
+    features = keras.Input(shape=(5,), name="features")
+    bins = keras.layers.Discretization(bin_boundaries=[-1.0, 0.0, 0.5, 2.0])(features)
+    outputs = {"multi_hot": keras.layers.CategoryEncoding(num_tokens=5, output_mode="multi_hot")(bins),
+               "count": keras.layers.CategoryEncoding(num_tokens=5, output_mode="count")(bins)}
+    model = keras.Model(features, outputs)
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    values = np.array([[-2.0, -1.0, 0.0, 0.5, 3.0], [0.1, 0.2, 0.3, 0.4, -0.5], [2.0, 2.0, 2.0, 9.0, -9.0]], "float32")
+    got = compiled(values)
+    want = keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), model(values))
+    for port in compiled.outputs:
+        np.testing.assert_array_equal(np.asarray(got[port]), want[port.get_any_name()])
+
+
+def test_openvino_names_the_ops_it_cannot_convert(tmp_path):
+    features = keras.Input(shape=(3,), name="features")
+    model = keras.Model(features, keras.layers.Lambda(lambda t: keras.ops.erfinv(keras.ops.tanh(t)))(features))
+    with pytest.raises(ExportError, match="frontend could not convert the serving function: it has no rule for Erfinv"):
+        servekit.export(model, str(tmp_path / "m.xml"), format="openvino", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_argmax_and_argmin_convert_without_a_bitcast(fmt, tmp_path):
+    # Keras's TensorFlow argmax/argmin read the sign bit of zeros through an int32 bitcast,
+    # which neither OpenVINO nor LiteRT's built-in ops have: such formats get a second trace.
+    scores = keras.Input(shape=(4,), name="scores")
+    model = keras.Model(scores, {
+        "best": keras.layers.Lambda(lambda t: keras.ops.cast(keras.ops.argmax(t, axis=-1), "int32"))(scores),
+        "worst": keras.layers.Lambda(lambda t: keras.ops.cast(keras.ops.argmin(t, axis=-1), "int32"))(scores)})
+    path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
+    servekit.export(model, path, format=fmt, verbose=False)
+    values = np.array([[0.0, -0.0, -1.0, 0.5], [-0.0, 0.0, 2.0, -3.0], [1.0, np.inf, -np.inf, 0.0]], "float32")
+    if BACKEND != "torch":  # ties of zeros: Keras's torch argmax does not rank -0.0 below 0.0, the others do
+        values = np.concatenate([values, np.array([[-0.0, 0.0, -1.0, -2.0], [0.0, -0.0, 1.0, 2.0]], "float32")])
+    want = keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), model(values))
+    if fmt == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        results = compiled(values)
+        got = {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        got = Interpreter(model_path=path).get_signature_runner("serving_default")(scores=values)
+    for name in ("best", "worst"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
 def test_openvino_refuses_a_bad_precision_and_suffix(model, tmp_path):
     with pytest.raises(ExportError, match="openvino_precision must be one of"):
         servekit.export(model, str(tmp_path / "m.xml"), format="openvino", openvino_precision="f16", verbose=False)

@@ -332,16 +332,6 @@ def computes_bfloat16(concrete) -> bool:
                if key in ("T", "dtype", "DstT"))
 
 
-def uses_tensor_lists(concrete) -> bool:
-    """Whether a traced function (or a function it calls) builds TensorLists: the
-    per-step outputs of a recurrent layer's `while` loop. LiteRT's built-in ops
-    lower them only with a static element shape, which a dynamic batch rules out,
-    and LiteRT's runtime has no Flex delegate for the TensorFlow ops."""
-    graph_def = concrete.graph.as_graph_def()
-    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
-    return any(node.op.startswith("TensorList") for node in nodes)
-
-
 def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
     """`enable_x64=False`: the model must have no 64-bit tensor (servekit does not downcast)."""
     from ai_edge_litert import schema_py_generated as schema

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from servekit import atomic
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
+from servekit.formats import openvino_ops
 
 PRECISIONS = {"f32": "float32", "bf16": "bfloat16"}
 DEFAULT_PRECISION = "f32"
@@ -83,11 +84,9 @@ def convert(concrete, endpoint: sig.Signature, model_name: str, precision: str =
 
     _converter_without_telemetry()
     try:
-        converted = ov.convert_model(concrete)
+        converted = ov.convert_model(concrete, extension=openvino_ops.extensions())
     except Exception as e:  # OpenVINO's frontend: any op it has no rule for
-        raise ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert the serving "
-                          f"function: {root_cause(e)}", model=model_name,
-                          reason="conversion_failed") from None
+        raise _conversion_error(e, "the serving function", model_name) from None
     return _impose_signature(converted, endpoint, model_name, precision)
 
 
@@ -97,11 +96,18 @@ def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, pre
 
     _converter_without_telemetry()
     try:
-        converted = ov.convert_model(path)
+        converted = ov.convert_model(path, extension=openvino_ops.extensions())
     except Exception as e:  # as in convert
-        raise ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert the SavedModel: "
-                          f"{root_cause(e)}", model=model_name, reason="conversion_failed") from None
+        raise _conversion_error(e, "the SavedModel", model_name) from None
     return _impose_signature(converted, endpoint, model_name, precision)
+
+
+def _conversion_error(error: Exception, what: str, model_name: str) -> ExportError:
+    ops = openvino_ops.unconverted(error)
+    cause = (f"it has {ops}. Export format='onnx' or 'tf_saved_model', or keep those ops out of the model"
+             if ops else root_cause(error))
+    return ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert {what}: {cause}",
+                       model=model_name, reason="conversion_failed")
 
 
 def _widen_integer_matmuls(model) -> None:

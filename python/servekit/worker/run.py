@@ -163,18 +163,20 @@ def run(job: WorkerJob) -> dict[str, Any]:
     tf.get_logger().setLevel("ERROR")
     from servekit import _write
     from servekit import saved_model as sk_sm
+    from servekit.formats import builtin_trace
     from servekit.pipeline.cases import CaseSet
     from servekit.worker import isolation
 
     custom = keras_file.import_custom_classes(job.custom_classes)
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
 
-    def build(unroll_recurrences: bool = False) -> sk_sm.BuiltModule:
+    def build(builtin_ops: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
         with _lambda_globals(job):
-            endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences)
+            endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences=builtin_ops)
         peak_memory.mark("rebuild")
-        return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
+        with builtin_trace.signbit_without_bitcast() if builtin_ops else contextlib.nullcontext():
+            return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
     return {"reports": _write.write_and_verify(
         build, outputs=dict(job.outputs), cases=cases, opset=job.opset, model_name=job.model_name,
