@@ -304,6 +304,22 @@ def test_torch_program_of_recurrent_layers_keeps_the_batch_dynamic(tmp_path):
         np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
 
 
+def test_torch_program_of_lambda_layers_with_globals(tmp_path):
+    # The torch worker that rebuilds a TensorFlow or JAX model gave Lambda functions no globals
+    # (`keras`, `np`): Keras then could not infer their output shapes.
+    import torch
+
+    features = keras.Input(shape=(4,), name="features")
+    scaled = keras.layers.Lambda(lambda t: keras.ops.gelu(t * np.float32(2.0), approximate=True))(features)
+    model = keras.Model(features, keras.layers.Dense(2, name="logits")(scaled))
+    path = str(tmp_path / "lambda.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    values = np.random.default_rng(1).normal(size=(3, 4)).astype("float32")
+    got = torch.utils._pytree.tree_leaves(torch.export.load(path).module()(torch.from_numpy(values)))[0]
+    want = np.asarray(keras.ops.convert_to_numpy(model(values, training=False)))
+    np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
+
+
 def test_torch_aoti_compiles_batch_normalization(tmp_path):
     # Keras's torch batch normalization mutates tensors in place (rsqrt_, mul_, add_),
     # which AOTInductor refused to lower.

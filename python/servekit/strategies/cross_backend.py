@@ -104,6 +104,7 @@ class CrossBackendRebuild:
             endpoints=(EndpointJob("serving_default", plan.layout, tuple(plan.output_names)),),
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
             cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes),
+            lambda_globals=keras_archive.lambda_globals(request.source)[0],
             sys_path=tuple(launch.importable_sys_path()) if classes else ())
         reasons: dict[str, list[str]] = {fmt: [] for fmt in requests}
         reports: dict[str, dict[str, Any]] = {}
@@ -162,7 +163,8 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
 
     custom = keras_file.import_custom_classes(job.custom_classes)  # also registers e.g. keras_hub's classes
     keras.utils.set_random_seed(0)
-    model = keras_file.load_keras(job.keras_file, job.model_name, custom)
+    with keras_file.lambda_globals_installed(job.lambda_globals):
+        model = keras_file.load_keras(job.keras_file, job.model_name, custom)
     endpoint = job.endpoints[0]
     plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
     cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()

@@ -154,6 +154,41 @@ def preflight(model, model_name: str) -> list[CustomClass]:
     return classes
 
 
+@contextlib.contextmanager
+def lambda_globals_installed(entries: dict[str, dict]) -> Iterator[None]:
+    """Gives Lambda functions deserialized in this block the globals `entries`
+    (from `lambda_globals`, in the source process) describe."""
+    if not entries:
+        yield
+        return
+    extra = {}
+    for name, entry in entries.items():
+        if entry["kind"] == "module":
+            extra[name] = importlib.import_module(entry["module"])
+        elif entry["kind"] == "value":
+            extra[name] = entry["value"]
+        else:
+            obj = importlib.import_module(entry["module"])
+            for part in entry["qualname"].split("."):
+                obj = getattr(obj, part)
+            extra[name] = obj
+    from keras.src.utils import python_utils
+
+    original = python_utils.func_load
+
+    def func_load(code, defaults=None, closure=None, globs=None):
+        if globs is None:
+            globs = dict(vars(python_utils))
+            globs.update(extra)
+        return original(code, defaults=defaults, closure=closure, globs=globs)
+
+    python_utils.func_load = func_load
+    try:
+        yield
+    finally:
+        python_utils.func_load = original
+
+
 def save_keras(model, path: str, model_name: str) -> None:
     """Saves `model` in the Keras format for the worker to rebuild.
 

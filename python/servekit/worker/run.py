@@ -12,10 +12,9 @@ the source process moves the staged artifact into place after a clean report.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from servekit import peak_memory
 from servekit.source_model.input_layout import map_leaves
@@ -41,43 +40,6 @@ def _fresh_state() -> None:
     # warm worker collects after answering (`servekit.worker.__main__`).
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
-
-
-@contextlib.contextmanager
-def _lambda_globals(job: WorkerJob) -> Iterator[None]:
-    """Gives Lambda functions deserialized in this block the globals they refer to."""
-    entries = job.lambda_globals
-    if not entries:
-        yield
-        return
-    extra = {}
-    for name, entry in entries.items():
-        if entry["kind"] == "module":
-            extra[name] = importlib.import_module(entry["module"])
-        elif entry["kind"] == "value":
-            extra[name] = entry["value"]
-        else:
-            obj = importlib.import_module(entry["module"])
-            for part in entry["qualname"].split("."):
-                obj = getattr(obj, part)
-            extra[name] = obj
-    from keras.src.utils import python_utils
-
-    original = python_utils.func_load
-
-    def func_load(code, defaults=None, closure=None, globs=None):
-        if globs is None:
-            globs = dict(vars(python_utils))
-            globs.update(extra)
-        return original(code, defaults=defaults, closure=closure, globs=globs)
-
-    python_utils.func_load = func_load
-    try:
-        yield
-    finally:
-        python_utils.func_load = original
-
-
 
 
 def _build_endpoints(job: WorkerJob, custom: dict[str, Any], unroll_recurrences: bool = False):
@@ -172,7 +134,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
 
     def build(builtin_ops: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
-        with _lambda_globals(job):
+        with keras_file.lambda_globals_installed(job.lambda_globals):
             endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences=builtin_ops)
         peak_memory.mark("rebuild")
         with builtin_trace.signbit_without_bitcast() if builtin_ops else contextlib.nullcontext():
