@@ -16,6 +16,7 @@ from servekit import onnx as sk_onnx
 from servekit.atomic import artifact_files
 from servekit import saved_model as sk_sm
 from servekit import verification
+from servekit.errors import ExportError
 
 # Above this many bytes of variables, the traced model is freed (collected and its heap
 # trimmed) between writing the artifacts and checking them: the check reloads each
@@ -141,7 +142,8 @@ def _write_and_verify(
                 t1 = time.monotonic()
                 report, check, tolerances = write(built, serving, outputs[fmt], model_name,
                                                   (format_options or {}).get(fmt, {}), opset=opset,
-                                                  layer_names=layer_names, version=version, build=build)
+                                                  layer_names=layer_names, version=version, build=build,
+                                                  scratch_dir=scratch_dir)
                 written.append(_Written(fmt, dict(report, ok=True, endpoints=[serving.to_json()]), check,
                                         [verification.with_tolerances(c, tolerances) for c in serving_cases],
                                         time.monotonic() - t1))
@@ -230,13 +232,22 @@ def _builtin_trace(built, serving, fmt: str, build):
         return built
 
 
-def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build,
+def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
               **_settings) -> tuple[dict[str, Any], Callable, dict]:
     from servekit.formats import openvino
 
     built = _builtin_trace(built, serving, "openvino", build)
     precision = options.get("precision", openvino.DEFAULT_PRECISION)
-    model = openvino.convert(built.signatures[serving.name], serving, model_name, precision)
+    try:
+        model = openvino.convert(built.signatures[serving.name], serving, model_name, precision)
+    except ExportError as e:
+        if not openvino.needs_saved_model(e):
+            raise
+        # A lookup table: OpenVINO's frontend initializes it only from a SavedModel's
+        # initializer, not from a function that captures it.
+        twin_dir = os.path.join(scratch_dir, "openvino_saved_model")
+        sk_sm.save(built, twin_dir)
+        model = openvino.convert_saved_model(twin_dir, serving, model_name, precision)
     xml = openvino.write(model, staged)
     report = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
     return report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision)

@@ -94,6 +94,21 @@ def test_openvino_converts_discretization_and_category_encoding(tmp_path):
         np.testing.assert_array_equal(np.asarray(got[port]), want[port.get_any_name()])
 
 
+def test_openvino_converts_an_integer_lookup(tmp_path):
+    # The frontend initializes a lookup table only from a SavedModel, which the worker then writes.
+    import openvino as ov
+
+    items = keras.Input(shape=(3,), dtype="int64", name="items")
+    lookup = keras.layers.IntegerLookup(vocabulary=[7, 42, 1000])
+    model = keras.Model(items, keras.layers.CategoryEncoding(num_tokens=4, output_mode="count")(lookup(items)))
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    values = np.array([[7, 42, 5], [1000, 1000, -1]], "int64")  # 5 and -1: out of vocabulary
+    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    np.testing.assert_array_equal(np.asarray(compiled(values)[0]), want)
+
+
 def test_openvino_names_the_ops_it_cannot_convert(tmp_path):
     features = keras.Input(shape=(3,), name="features")
     model = keras.Model(features, keras.layers.Lambda(lambda t: keras.ops.erfinv(keras.ops.tanh(t)))(features))

@@ -102,9 +102,15 @@ def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, pre
     return _impose_signature(converted, endpoint, model_name, precision)
 
 
+def needs_saved_model(error: ExportError) -> bool:
+    """Whether `convert` failed on a captured resource (a lookup table's handle),
+    which `convert_saved_model` converts with the table's initializer."""
+    return "undeclared parameters" in str(error) and "table_handle" in str(error)
+
+
 def _conversion_error(error: Exception, what: str, model_name: str) -> ExportError:
     ops = openvino_ops.unconverted(error)
-    cause = (f"it has {ops}. Export format='onnx' or 'tf_saved_model', or keep those ops out of the model"
+    cause = (f"it {ops}. Export format='onnx' or 'tf_saved_model', or keep those ops out of the model"
              if ops else root_cause(error))
     return ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert {what}: {cause}",
                        model=model_name, reason="conversion_failed")

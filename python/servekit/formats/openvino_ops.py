@@ -47,7 +47,8 @@ def _dense_bincount(node):
     import openvino.opset13 as ops
 
     values, size, weights = node.get_input(0), node.get_input(1), node.get_input(2)
-    binary = bool(node.get_attribute("binary_output"))
+    # A SavedModel leaves out attributes at their default (binary_output=False).
+    binary = node.has_attribute("binary_output") and bool(node.get_attribute("binary_output"))
     rank = values.get_partial_shape().rank
     if rank.is_dynamic or rank.get_length() not in (1, 2):
         raise ValueError(f"DenseBincount of an input of rank {rank}: TensorFlow takes rank 1 or 2")
@@ -71,8 +72,9 @@ _SUMMARY = re.compile(r"^-- (No conversion rule found for operations|Conversion 
 
 
 def unconverted(error: BaseException) -> str:
-    """The frontend's summary of the ops it could not convert, in one line ("no
-    rule for: DenseBincount; failed: Bucketize"), or "" when it has none."""
-    found = [f"{'no rule for' if kind.startswith('No') else 'failed to convert'} {ops.strip()}"
+    """The frontend's summary of the ops it could not convert, as a predicate
+    ("has no rule for Erfinv and failed to convert Bucketize"), or "" when
+    its error has none."""
+    found = [f"{'has no rule for' if kind.startswith('No') else 'failed to convert'} {ops.strip()}"
              for kind, ops in _SUMMARY.findall(str(error))]
-    return "; ".join(found)
+    return " and ".join(found)
