@@ -206,7 +206,7 @@ def _blame_the_trace(build, scratch_dir: str, cases, report: dict[str, Any], art
 # tolerances the format declares over the cases' own).
 
 def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any], *, opset, layer_names,
-          version) -> tuple[dict[str, Any], Callable, dict]:
+          version, **_settings) -> tuple[dict[str, Any], Callable, dict]:
     weights: dict = {}  # lifted weights of a model with external data, streamed from the variables
     proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names, model_name=model_name,
                                    producer_version=version, weights=weights)
