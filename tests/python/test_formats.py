@@ -75,23 +75,31 @@ def test_openvino_bf16_is_declared_and_checked_at_its_tolerance(model, tmp_path)
     assert read.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "bf16"
 
 
-def test_openvino_converts_discretization_and_category_encoding(tmp_path):
-    # Bucketize and DenseBincount, which OpenVINO's frontend cannot convert, are converted by servekit.
-    import openvino as ov
-
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_discretization_and_category_encoding_convert(fmt, tmp_path):
+    # Bucketize and DenseBincount: OpenVINO's frontend cannot convert them (servekit does), and
+    # LiteRT has no bincount kernel (its trace encodes without one).
     features = keras.Input(shape=(5,), name="features")
     bins = keras.layers.Discretization(bin_boundaries=[-1.0, 0.0, 0.5, 2.0])(features)
     outputs = {"multi_hot": keras.layers.CategoryEncoding(num_tokens=5, output_mode="multi_hot")(bins),
                "count": keras.layers.CategoryEncoding(num_tokens=5, output_mode="count")(bins)}
     model = keras.Model(features, outputs)
-    path = str(tmp_path / "m.xml")
-    servekit.export(model, path, format="openvino", verbose=False)
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
+    servekit.export(model, path, format=fmt, verbose=False)
     values = np.array([[-2.0, -1.0, 0.0, 0.5, 3.0], [0.1, 0.2, 0.3, 0.4, -0.5], [2.0, 2.0, 2.0, 9.0, -9.0]], "float32")
-    got = compiled(values)
+    if fmt == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        results = compiled(values)
+        got = {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        got = Interpreter(model_path=path).get_signature_runner("serving_default")(features=values)
     want = keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), model(values))
-    for port in compiled.outputs:
-        np.testing.assert_array_equal(np.asarray(got[port]), want[port.get_any_name()])
+    for name in ("multi_hot", "count"):
+        np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_openvino_converts_an_integer_lookup(tmp_path):

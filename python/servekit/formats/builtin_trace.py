@@ -15,6 +15,11 @@ each written another way, for a format whose trace has them
   1 / x < 0)`: the same for every number, zeros of either sign and
   infinities included; only a NaN with its sign bit set reads as positive,
   which changes no `argmax`, whose use tests `x == 0` first.
+- `DenseBincount` (LiteRT): Keras's `CategoryEncoding` (multi_hot, count)
+  takes a TensorFlow-only fast path through `bincount`, for which LiteRT
+  has no kernel. In this trace it takes Keras's path for the other
+  backends, a one-hot encoding reduced over the inputs (OpenVINO converts
+  `DenseBincount` itself: `servekit.formats.openvino_ops`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
-_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast"), "openvino": ("Bitcast",)}
+_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount"), "openvino": ("Bitcast",)}
 
 
 def needs_builtin_trace(concrete, fmt: str) -> bool:
@@ -38,7 +43,31 @@ def needs_builtin_trace(concrete, fmt: str) -> bool:
 
 
 @contextlib.contextmanager
-def signbit_without_bitcast() -> Iterator[None]:
+def builtin_ops() -> Iterator[None]:
+    """While the block traces: `signbit` without a bitcast, categorical encoding
+    without `bincount` (the module docstring says why)."""
+    with _signbit_without_bitcast(), _categorical_encoding_without_bincount():
+        yield
+
+
+@contextlib.contextmanager
+def _categorical_encoding_without_bincount() -> Iterator[None]:
+    from keras.src.utils import tf_utils
+
+    original = tf_utils.tf_encode_categorical_inputs
+
+    def no_fast_path(*args, **kwargs):
+        raise ValueError("servekit: Keras's backend-neutral encoding instead of bincount")
+
+    tf_utils.tf_encode_categorical_inputs = no_fast_path
+    try:
+        yield
+    finally:
+        tf_utils.tf_encode_categorical_inputs = original
+
+
+@contextlib.contextmanager
+def _signbit_without_bitcast() -> Iterator[None]:
     """Keras's TensorFlow `signbit` without a bitcast while the block traces."""
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy

@@ -61,6 +61,10 @@ class CrossBackendRebuild:
             return "ExportArchives are rebuilt under TensorFlow only"
         plan = request.endpoints[0]
         if any(s.dtype == "string" for s in plan.layout.flat):
+            if request.format != "onnx":
+                return ExportError(f"Model '{request.name}' takes string inputs, and PyTorch programs hold no strings: "
+                                   "export the preprocessing (lookup) outside the model, or use "
+                                   "format='tf_saved_model'.", model=request.name, reason="unsupported_input")
             return "string inputs run TensorFlow ops, which neither JAX nor torch converts to ONNX"
         if plan.behavior.stochastic or plan.behavior.stateful:
             return "stochastic and stateful endpoints are verified in the source process only"

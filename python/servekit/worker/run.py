@@ -137,7 +137,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
         with keras_file.lambda_globals_installed(job.lambda_globals):
             endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences=builtin_ops)
         peak_memory.mark("rebuild")
-        with builtin_trace.signbit_without_bitcast() if builtin_ops else contextlib.nullcontext():
+        with builtin_trace.builtin_ops() if builtin_ops else contextlib.nullcontext():
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
     return {"reports": _write.write_and_verify(
