@@ -260,7 +260,7 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
     built = _builtin_trace(built, serving, "litert", build)
     concrete = built.signatures[serving.name]
     flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
-                                           computes_bfloat16=lambda: litert.computes_bfloat16(concrete))
+                                           likely_cause=lambda: litert.likely_cause(concrete))
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)

@@ -241,6 +241,12 @@ def test_litert_representative_dataset_is_replayed_in_the_worker(tmp_path):
     assert drawn == [0, 1, 2, 3]  # drawn once, here
 
 
+def test_litert_says_how_to_quantize_instead_of_keras_int8(tmp_path):
+    with pytest.raises(ExportError, match=r"int8-quantized by Keras .* optimizations=\[tf.lite.Optimize.DEFAULT\]"):
+        servekit.export(_int8_quantized_model(), str(tmp_path / "q.tflite"), format="litert", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_litert_refuses_an_unknown_converter_option(model, tmp_path):
     with pytest.raises(ExportError, match="not_an_option"):
         servekit.export(model, str(tmp_path / "m.tflite"), format="litert", not_an_option=1, verbose=False)

@@ -279,16 +279,16 @@ def _configure(converter, options: Mapping[str, Any], ops: tuple[str, ...]) -> N
 
 
 def convert(make_converter, options: Mapping[str, Any], model_name: str,
-            computes_bfloat16: Callable[[], bool] = lambda: False) -> tuple[bytes, str]:
+            likely_cause: Callable[[], str] = lambda: "") -> tuple[bytes, str]:
     """Converts with built-in ops, else with Select TF ops.
 
     Args:
         make_converter: returns a fresh `tf.lite.TFLiteConverter` (from the
             concrete function or a SavedModel).
         options: converter attributes (`split_options`'s, in either half).
-        computes_bfloat16: whether the graph computes in bfloat16
-            (`computes_bfloat16`), asked only when both op sets fail, whose
-            error then says it is the likely cause.
+        likely_cause: what in the graph LiteRT's ops lack and what to do
+            instead (`likely_cause`), asked only when both op sets fail: the
+            end of the error, or "".
 
     Returns:
         `(flatbuffer, converter)`: the bytes and a converter description for
@@ -310,10 +310,10 @@ def convert(make_converter, options: Mapping[str, Any], model_name: str,
         if options.get(_ENABLE_X64) is False:
             _check_no_wide_tensors(flatbuffer, model_name)
         return flatbuffer, "tflite_converter" + ("+select_tf_ops" if "SELECT_TF_OPS" in ops else "")
-    hint = ("\n  The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
-            "ops not all): " + _BFLOAT16_WAY_OUT if computes_bfloat16() else "")
+    cause = likely_cause()
     raise ExportError(f"Model '{model_name}': the TFLite converter could not convert the serving function:\n  "
-                      + "\n  ".join(failures) + hint, model=model_name, reason="conversion_failed")
+                      + "\n  ".join(failures) + (f"\n  {cause}" if cause else ""), model=model_name,
+                      reason="conversion_failed")
 
 
 # What a bfloat16-compute model can do instead, in both errors that blame bfloat16.
@@ -322,14 +322,25 @@ _BFLOAT16_WAY_OUT = ("build it with a float32 dtype policy (LiteRT can still mak
                      "float32) or 'tf_saved_model'.")
 
 
-def computes_bfloat16(concrete) -> bool:
-    """Whether an op of a traced function (or of the functions it calls) has a bfloat16 type."""
+def likely_cause(concrete) -> str:
+    """Why LiteRT's ops cannot express a traced function that failed to convert,
+    and what to do instead, when its ops say ("" otherwise): bfloat16 compute,
+    or Keras's int8 quantization (an int8 x int8 matmul)."""
     from tensorflow.core.framework import types_pb2
 
     graph_def = concrete.graph.as_graph_def()
     nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
-    return any(value.type == types_pb2.DT_BFLOAT16 for node in nodes for key, value in node.attr.items()
-               if key in ("T", "dtype", "DstT"))
+    if any(value.type == types_pb2.DT_BFLOAT16 for node in nodes for key, value in node.attr.items()
+           if key in ("T", "dtype", "DstT")):
+        return ("The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
+                "ops not all): " + _BFLOAT16_WAY_OUT)
+    if any(node.op in ("BatchMatMulV2", "BatchMatMulV3", "MatMul") and node.attr["Ta" if "Ta" in node.attr else "T"].type
+           == types_pb2.DT_INT8 for node in nodes):
+        return ("The model is int8-quantized by Keras (quantize('int8')): its int8 x int8 matmuls have no LiteRT "
+                "kernel. Export the float model with optimizations=[tf.lite.Optimize.DEFAULT] (and a "
+                "representative_dataset for full-integer quantization), which LiteRT runs quantized, or export "
+                "this one with format='onnx', 'openvino' or 'tf_saved_model'.")
+    return ""
 
 
 def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
