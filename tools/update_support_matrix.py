@@ -21,7 +21,10 @@ manifest in bazel-bin). The zoo models exported to every format get the
 3 backends x 6 formats matrix, between `<!-- formats-matrix:begin -->` and
 `<!-- formats-matrix:end -->`, made the same way. The op and layer long tail
 (tests/python/test_layer_families.py, `layer_families.<backend>.json`) goes between
-`<!-- layer-families:begin -->` and `<!-- layer-families:end -->`.
+`<!-- layer-families:begin -->` and `<!-- layer-families:end -->`, and its run in the
+other formats (the manual targets `layer_families_more_formats_<backend>`,
+`layer_families_more.<backend>.json`) between `<!-- layer-families-more:begin -->` and
+`<!-- layer-families-more:end -->`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
 ZOO_BEGIN, ZOO_END = "<!-- zoo-matrix:begin -->", "<!-- zoo-matrix:end -->"
 FORMATS_BEGIN, FORMATS_END = "<!-- formats-matrix:begin -->", "<!-- formats-matrix:end -->"
 FAMILIES_BEGIN, FAMILIES_END = "<!-- layer-families:begin -->", "<!-- layer-families:end -->"
+MORE_BEGIN, MORE_END = "<!-- layer-families-more:begin -->", "<!-- layer-families-more:end -->"
 FAMILIES_LEGEND = ("✅ = exported and verified by servekit, then reloaded and reproduced within 1e-4 + 1e-3·|y| "
                    "(5% of the output's scale for int8) on inputs of the test's own; ➖ = an expected refusal, "
                    "named below, with nothing written.")
@@ -113,6 +117,7 @@ def main() -> int:
     text = readme.read_text()
     rows = collect(ROOT / "bazel-testlogs")
     families = collect(ROOT / "bazel-testlogs", "layer_families.")
+    more_families = collect(ROOT / "bazel-testlogs", "layer_families_more.")
     zoo = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs")
     every_format = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs", FORMAT_MODELS)
     if not rows and not zoo:
@@ -121,11 +126,12 @@ def main() -> int:
         return 1
     for name, begin, end, found in (("support matrix", BEGIN, END, rows), ("zoo matrix", ZOO_BEGIN, ZOO_END, zoo),
                                     ("formats matrix", FORMATS_BEGIN, FORMATS_END, every_format),
-                                    ("layer families", FAMILIES_BEGIN, FAMILIES_END, families)):
+                                    ("layer families", FAMILIES_BEGIN, FAMILIES_END, families),
+                                    ("layer families, other formats", MORE_BEGIN, MORE_END, more_families)):
         if not found:
             print(f"README {name}: no results, left as it was")
             continue
-        legend = {} if begin != FAMILIES_BEGIN else {"legend": FAMILIES_LEGEND}
+        legend = {"legend": FAMILIES_LEGEND} if begin in (FAMILIES_BEGIN, MORE_BEGIN) else {}
         replaced = _replace_between(text, begin, end, render_markdown(found, **legend))
         if replaced is None:
             print(f"README.md has no {begin} marker.")

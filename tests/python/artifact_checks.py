@@ -1,7 +1,8 @@
 """Independent checks of exported artifacts, used by the test suites.
 
 These reload artifacts the way a serving stack does (tf.saved_model.load
-signatures, onnxruntime.InferenceSession) without going through servekit.
+signatures, onnxruntime.InferenceSession, OpenVINO's CompiledModel, LiteRT's
+signature runner, torch.export.load) without going through servekit.
 """
 
 from __future__ import annotations
@@ -51,6 +52,37 @@ def onnx_outputs(path: str, inputs: Mapping[str, np.ndarray]):
         feeds[k] = v.astype(str).astype(object) if v.dtype.kind in "SO" else v
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, feeds)))
+
+
+def openvino_outputs(path: str, inputs: Mapping[str, np.ndarray]):
+    """Runs an IR in OpenVINO's CPU plugin at float32, as the manifest declares."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled({port.get_any_name(): np.asarray(inputs[port.get_any_name()]) for port in compiled.inputs})
+    return {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
+
+
+def litert_outputs(path: str, inputs: Mapping[str, np.ndarray]):
+    """Runs a `.tflite` model's serving_default signature in ai_edge_litert's interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    return {k: np.asarray(v) for k, v in runner(**{k: np.asarray(v) for k, v in inputs.items()}).items()}
+
+
+def torch_program_outputs(path: str, input_names, output_names, inputs: Mapping[str, np.ndarray]):
+    """Runs a torch ExportedProgram of a Functional model: its inputs by position
+    (one tensor, or a list in `input_names` order), its outputs a tensor or a dict."""
+    import torch
+
+    module = torch.export.load(path).module()
+    tensors = [torch.from_numpy(np.asarray(inputs[name])) for name in input_names]
+    out = module(tensors[0] if len(tensors) == 1 else tensors)
+    if isinstance(out, dict):
+        return {k: v.detach().numpy() for k, v in out.items()}
+    (name,) = output_names
+    return {name: out.detach().numpy()}
 
 
 def _bytes(a):

@@ -1,6 +1,8 @@
-"""The op and layer long tail: this backend x {SavedModel, ONNX} x one model per family.
+"""The op and layer long tail: this backend x formats x one model per family.
 
-Run once per backend (KERAS_BACKEND=tensorflow|jax|torch). Each cell exports a family's
+Run once per backend (KERAS_BACKEND=tensorflow|jax|torch), for SavedModel and ONNX,
+and (SERVEKIT_FAMILY_FORMATS=openvino,litert,torch, the manual Bazel targets
+`layer_families_more_formats_<backend>`) for the other formats. Each cell exports a family's
 model (tests/python/layer_families.py) with `servekit.export`, which verifies it against
 the model before committing; the test then reloads the artifact as a server would and
 compares it, on inputs of its own (batch 3, padded masks, out-of-vocabulary ids and
@@ -9,8 +11,8 @@ refusal: an `ExportError` that says why, listed in `EXPECTED_REFUSALS`, with not
 written. A refusal that starts to pass fails too, so the list stays true.
 
 When TEST_UNDECLARED_OUTPUTS_DIR is set (Bazel), the results are written to
-`layer_families.<backend>.json` there, for the README's table
-(tools/update_support_matrix.py).
+`layer_families.<backend>.json` there (`layer_families_more.<backend>.json`
+for the other formats), for the README's tables (tools/update_support_matrix.py).
 """
 
 from __future__ import annotations
@@ -29,10 +31,30 @@ from servekit import support_matrix
 from servekit.source_model import reference_outputs
 
 BACKEND = keras.backend.backend()
-FORMATS = ("tf_saved_model", "onnx")
+CLASSIC_FORMATS = ("tf_saved_model", "onnx")
+FORMATS = tuple(os.environ.get("SERVEKIT_FAMILY_FORMATS", ",".join(CLASSIC_FORMATS)).split(","))
+RESULTS_PREFIX = "layer_families" if FORMATS == CLASSIC_FORMATS else "layer_families_more"
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "torch": ".pt2"}
 
-# (backend, format, family) -> the words the refusal must contain.
-EXPECTED_REFUSALS: dict[tuple[str, str, str], str] = {}
+# (backend, format, family) -> the words the refusal must contain. The same on every backend:
+# the other formats are written from the TensorFlow rebuild (OpenVINO, LiteRT) or the torch
+# one (torch), whichever backend the model comes from.
+_REFUSED_EVERYWHERE = {
+    # TFLite's hash tables map strings to ids and ids to strings, not ids to ids.
+    ("litert", "integer_lookup"): "FlexHashTableV2",
+    # Keras's int8 Dense: an int8 x int8 matmul, which LiteRT's kernels lack.
+    ("litert", "quantized_dense"): "int8-quantized by Keras",
+    # Exact and tanh GELU of one tensor: the converter then no longer fuses the exact one into
+    # its GELU op, and LiteRT lacks its Erfc (measured: either GELU alone converts).
+    ("litert", "activations"): "'tf.Erfc' op is neither a custom op nor a flex op",
+    ("openvino", "string_lookup"): "failed to convert HashTableV2, LookupTableFindV2",
+    ("torch", "string_lookup"): "PyTorch programs hold no strings",
+    # Keras's IntegerLookup under torch runs its table outside torch.
+    ("torch", "integer_lookup"): "torch.export could not capture the model",
+}
+EXPECTED_REFUSALS: dict[tuple[str, str, str], str] = {
+    (backend, fmt, family): words for (fmt, family), words in _REFUSED_EVERYWHERE.items()
+    for backend in ("tensorflow", "jax", "torch")}
 
 # Float outputs: |artifact - model| <= ATOL + RTOL * |model| (a converter's kernels
 # round differently); the int8-quantized family dequantizes, so its bound is relative
@@ -48,13 +70,19 @@ def results():
     out_dir = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, f"layer_families.{BACKEND}.json"), "w") as f:
+        with open(os.path.join(out_dir, f"{RESULTS_PREFIX}.{BACKEND}.json"), "w") as f:
             json.dump(rows, f, indent=1)
 
 
-def _reload_outputs(fmt: str, path: str, inputs: dict) -> dict:
+def _reload_outputs(fmt: str, path: str, model, inputs: dict, output_names: list[str]) -> dict:
     if fmt == "onnx":
         return checks.onnx_outputs(path, inputs)
+    if fmt == "openvino":
+        return checks.openvino_outputs(path, inputs)
+    if fmt == "litert":
+        return checks.litert_outputs(path, inputs)
+    if fmt == "torch":
+        return checks.torch_program_outputs(path, [t.name for t in model.inputs], output_names, inputs)
     return checks.saved_model_outputs(path, inputs)
 
 
@@ -85,13 +113,13 @@ def _worst_excess(family: str, expected: dict, actual: dict) -> float:
 def test_family(family, fmt, tmp_path, results):
     cell = (BACKEND, fmt, family)
     model = lf.FAMILIES[family]()
-    path = str(tmp_path / (f"{family}.onnx" if fmt == "onnx" else family))
+    path = str(tmp_path / (family + SUFFIXES.get(fmt, "")))
     try:
         servekit.export(model, path, format=fmt, verbose=False)
     except servekit.ExportError as e:
         if cell in EXPECTED_REFUSALS:
             assert EXPECTED_REFUSALS[cell] in str(e), f"the refusal must say why: {e}"
-            assert not os.path.exists(path), "a refused export must write nothing"
+            assert os.listdir(tmp_path) == [], "a refused export must write nothing"
             results.append(support_matrix.make_row(BACKEND, fmt, family, "unsupported", None, str(e)))
             return
         results.append(support_matrix.make_row(BACKEND, fmt, family, "fail", None, str(e)))
@@ -100,7 +128,7 @@ def test_family(family, fmt, tmp_path, results):
     rng = np.random.default_rng(2026)
     inputs = lf.sample_inputs(model, 3, rng)
     expected = reference_outputs(model, inputs)
-    actual = _reload_outputs(fmt, path, inputs)
+    actual = _reload_outputs(fmt, path, model, inputs, list(expected))
     excess = _worst_excess(family, expected, actual)
     status = "pass" if excess <= 0 else "fail"
     results.append(support_matrix.make_row(BACKEND, fmt, family, status, None, "" if excess <= 0 else
