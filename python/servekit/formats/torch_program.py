@@ -143,6 +143,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
         raise ExportError(f"Model '{model_name}' takes string inputs, and PyTorch programs hold no strings: export "
                           "the preprocessing (lookup) outside the model, or use format='tf_saved_model'.",
                           model=model_name, reason="unsupported_input")
+    _refuse_lookup_tables(model, model_name)
     args = dict(export_args or {})
     args.setdefault("strict", False)
     tensors = [to_torch(x) for x in flat_sample]
@@ -169,6 +170,21 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
+
+
+def _refuse_lookup_tables(model, model_name: str) -> None:
+    """IntegerLookup and StringLookup look values up in a TensorFlow table on every
+    backend, which torch.export cannot capture (it fails deep in Keras's call)."""
+    from keras.src.layers.preprocessing.index_lookup import IndexLookup
+
+    from servekit.source_model.kinds import all_layers
+
+    lookups = [f"'{layer.name}' ({type(layer).__name__})" for layer in all_layers(model) if isinstance(layer, IndexLookup)]
+    if lookups:
+        raise ExportError(
+            f"Model '{model_name}': layer {', '.join(lookups)} looks values up in a TensorFlow table on every backend, "
+            "which a PyTorch program cannot hold: do the lookup before the model (e.g. in the input pipeline), or "
+            "export format='tf_saved_model', 'onnx' or 'openvino'.", model=model_name, reason="unsupported_layer")
 
 
 def write_program(program, path: str) -> None:
