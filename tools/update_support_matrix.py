@@ -120,7 +120,7 @@ def main() -> int:
     more_families = collect(ROOT / "bazel-testlogs", "layer_families_more.")
     zoo = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs")
     every_format = collect_zoo(ROOT / "bazel-bin", ROOT / "bazel-testlogs", FORMAT_MODELS)
-    if not rows and not zoo:
+    if not (rows or zoo or families or more_families):
         print("No results in bazel-testlogs: run `bazel test //tests/python/...` and/or "
               "`bazel test //models:all` first.")
         return 1
