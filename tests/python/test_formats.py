@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import artifact_checks as checks
 import keras
 import matrix_models as mm
 import servekit
@@ -75,6 +76,13 @@ def test_openvino_bf16_is_declared_and_checked_at_its_tolerance(model, tmp_path)
     assert read.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "bf16"
 
 
+def _runtime_outputs(fmt: str, path: str, inputs: dict) -> dict:
+    """The outputs of an OpenVINO IR or a LiteRT model, by name, run in its runtime."""
+    if fmt == "openvino":
+        return checks.openvino_outputs(path, inputs)
+    return checks.litert_outputs(path, inputs)
+
+
 @pytest.mark.parametrize("fmt", ["openvino", "litert"])
 def test_discretization_and_category_encoding_convert(fmt, tmp_path):
     # Bucketize and DenseBincount: OpenVINO's frontend cannot convert them (servekit does), and
@@ -87,16 +95,7 @@ def test_discretization_and_category_encoding_convert(fmt, tmp_path):
     path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
     servekit.export(model, path, format=fmt, verbose=False)
     values = np.array([[-2.0, -1.0, 0.0, 0.5, 3.0], [0.1, 0.2, 0.3, 0.4, -0.5], [2.0, 2.0, 2.0, 9.0, -9.0]], "float32")
-    if fmt == "openvino":
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        results = compiled(values)
-        got = {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-
-        got = Interpreter(model_path=path).get_signature_runner("serving_default")(features=values)
+    got = _runtime_outputs(fmt, path, {"features": values})
     want = keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), model(values))
     for name in ("multi_hot", "count"):
         np.testing.assert_array_equal(got[name], want[name])
@@ -139,16 +138,7 @@ def test_argmax_and_argmin_convert_without_a_bitcast(fmt, tmp_path):
     if BACKEND != "torch":  # ties of zeros: Keras's torch argmax does not rank -0.0 below 0.0, the others do
         values = np.concatenate([values, np.array([[-0.0, 0.0, -1.0, -2.0], [0.0, -0.0, 1.0, 2.0]], "float32")])
     want = keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), model(values))
-    if fmt == "openvino":
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        results = compiled(values)
-        got = {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-
-        got = Interpreter(model_path=path).get_signature_runner("serving_default")(scores=values)
+    got = _runtime_outputs(fmt, path, {"scores": values})
     for name in ("best", "worst"):
         np.testing.assert_array_equal(got[name], want[name])
 

@@ -31,15 +31,17 @@ from typing import Iterator
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount"), "openvino": ("Bitcast",)}
 
 
+def traced_nodes(concrete) -> list:
+    """The `NodeDef`s of a traced function and of every function it calls."""
+    graph_def = concrete.graph.as_graph_def()
+    return list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+
+
 def needs_builtin_trace(concrete, fmt: str) -> bool:
     """Whether the traced function (or a function it calls) has an op the
     converter of `fmt` cannot take and a builtin trace writes another way."""
     prefixes = _UNCONVERTIBLE.get(fmt, ())
-    if not prefixes:
-        return False
-    graph_def = concrete.graph.as_graph_def()
-    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
-    return any(node.op.startswith(prefixes) for node in nodes)
+    return bool(prefixes) and any(node.op.startswith(prefixes) for node in traced_nodes(concrete))
 
 
 @contextlib.contextmanager

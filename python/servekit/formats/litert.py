@@ -328,8 +328,9 @@ def likely_cause(concrete) -> str:
     or Keras's int8 quantization (an int8 x int8 matmul)."""
     from tensorflow.core.framework import types_pb2
 
-    graph_def = concrete.graph.as_graph_def()
-    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    from servekit.formats.builtin_trace import traced_nodes
+
+    nodes = traced_nodes(concrete)
     if any(value.type == types_pb2.DT_BFLOAT16 for node in nodes for key, value in node.attr.items()
            if key in ("T", "dtype", "DstT")):
         return ("The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "

@@ -140,9 +140,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     import torch
 
     if any(s.dtype == "string" for s in layout.flat):
-        raise ExportError(f"Model '{model_name}' takes string inputs, and PyTorch programs hold no strings: export "
-                          "the preprocessing (lookup) outside the model, or use format='tf_saved_model'.",
-                          model=model_name, reason="unsupported_input")
+        raise string_inputs_error(model_name)
     _refuse_lookup_tables(model, model_name)
     args = dict(export_args or {})
     args.setdefault("strict", False)
@@ -170,6 +168,13 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
+
+
+def string_inputs_error(model_name: str) -> ExportError:
+    """The refusal of a torch format for a model that takes strings."""
+    return ExportError(f"Model '{model_name}' takes string inputs, and PyTorch programs hold no strings: export "
+                       "the preprocessing (lookup) outside the model, or use format='tf_saved_model'.",
+                       model=model_name, reason="unsupported_input")
 
 
 def _refuse_lookup_tables(model, model_name: str) -> None:

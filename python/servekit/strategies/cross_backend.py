@@ -62,9 +62,9 @@ class CrossBackendRebuild:
         plan = request.endpoints[0]
         if any(s.dtype == "string" for s in plan.layout.flat):
             if request.format != "onnx":
-                return ExportError(f"Model '{request.name}' takes string inputs, and PyTorch programs hold no strings: "
-                                   "export the preprocessing (lookup) outside the model, or use "
-                                   "format='tf_saved_model'.", model=request.name, reason="unsupported_input")
+                from servekit.formats import torch_program
+
+                return torch_program.string_inputs_error(request.name)
             return "string inputs run TensorFlow ops, which neither JAX nor torch converts to ONNX"
         if plan.behavior.stochastic or plan.behavior.stateful:
             return "stochastic and stateful endpoints are verified in the source process only"
