@@ -283,6 +283,56 @@ def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_litert_slices_new_axes_and_int64_abs_of_dynamic_shapes(tmp_path):
+    # LLM attention broadcasts its mask with `mask[:, None, :, :]`: a StridedSlice with new axes,
+    # which the converter lowers to built-in ops only for static shapes (keras_hub's Gemma);
+    # relative positions take int64 abs and sign (DeBERTa). Both were Select TF ops LiteRT's own
+    # runtime cannot run; the LiteRT trace writes them with ExpandDims, Select and comparisons.
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    wide = keras.layers.Lambda(lambda t: keras.ops.cast(t, "int64"))(ids)
+    offsets = keras.layers.Lambda(lambda t: t[:, :, None] - t[:, None, :])(wide)  # (batch, sequence, sequence)
+    relative = keras.layers.Lambda(lambda t: keras.ops.cast(keras.ops.abs(t) + 3 * keras.ops.sign(t), "float32"),
+                                   name="relative")(offsets)
+    model = keras.Model(ids, relative)
+    path = str(tmp_path / "m.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    values = np.random.default_rng(4).integers(-50, 50, size=(3, 9)).astype("int32")
+    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    np.testing.assert_array_equal(checks.litert_outputs(path, {"ids": values})["relative"], want)
+
+
+def _positions_model():
+    # Three ways a model depends on its sequence length that torch.export could not trace over
+    # a dynamic dim: a 16-row table sliced to it (GPT-2's position embedding: torch narrows the
+    # dim to <= 16), `arange` of it (T5's attention: Keras read the traced size's type as a
+    # dtype) and `repeat` by it (ESM's mask: a repeat torch could not size).
+    features = keras.Input(shape=(None, 4), name="features")
+    table = keras.layers.Lambda(
+        lambda t: t + keras.ops.reshape(keras.ops.arange(64, dtype="float32"), (16, 4))[:keras.ops.shape(t)[1]] / 64.0,
+        output_shape=(None, 4))  # Keras's torch backend infers shapes at a length over 16
+    steps = keras.layers.Lambda(
+        lambda t: t + keras.ops.cast(keras.ops.arange(keras.ops.shape(t)[1]), "float32")[None, :, None] / 16.0)
+    repeated = keras.layers.Lambda(lambda t: t + keras.ops.max(  # max: exact in any order, unlike a sum
+        keras.ops.repeat(keras.ops.mean(t, axis=-1, keepdims=True), keras.ops.shape(t)[1], axis=-1),
+        axis=-1, keepdims=True), name="positions")
+    return keras.Model(features, repeated(steps(table(features))))
+
+
+def test_torch_program_of_a_length_bounded_by_the_model(tmp_path):
+    import torch
+
+    model = _positions_model()
+    path = str(tmp_path / "positions.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    module = torch.export.load(path).module()
+    rng = np.random.default_rng(6)
+    for batch, steps in ((1, 3), (4, 16)):
+        values = rng.normal(size=(batch, steps, 4)).astype("float32")
+        want = np.asarray(keras.ops.convert_to_numpy(model(values, training=False)))
+        got = torch.utils._pytree.tree_leaves(module(torch.from_numpy(values)))[0]
+        np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
+
+
 def test_torch_program_keeps_the_model_call_structure(model, tmp_path):
     import torch
 

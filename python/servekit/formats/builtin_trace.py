@@ -20,6 +20,15 @@ each written another way, for a format whose trace has them
   has no kernel. In this trace it takes Keras's path for the other
   backends, a one-hot encoding reduced over the inputs (OpenVINO converts
   `DenseBincount` itself: `servekit.formats.openvino_ops`).
+- New axes in a slice (LiteRT): `mask[:, None, None, :, :]`, as LLM
+  attention masks are broadcast, is one `StridedSlice` with a
+  `new_axis_mask`, which the converter lowers to built-in ops only for
+  static shapes (keras_hub's Gemma: a Flex op). In this trace a slice with
+  `None`s is the slice without them, then one `ExpandDims` per new axis.
+- `Abs` and `Sign` of int64 (LiteRT): built-in for int32 and floats only
+  (DeBERTa's relative positions). In this trace they are a `Select` and a
+  difference of two comparisons, exact for every int64 (`abs` of the
+  smallest wraps, as TensorFlow's does).
 """
 
 from __future__ import annotations
@@ -29,6 +38,17 @@ from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount"), "openvino": ("Bitcast",)}
+_INT64 = 9  # tensorflow.DataType.DT_INT64, as a NodeDef's attr holds it
+
+
+def _unconvertible(node, fmt: str) -> bool:
+    if node.op.startswith(_UNCONVERTIBLE.get(fmt, ())):
+        return True
+    if fmt != "litert":
+        return False
+    if node.op == "StridedSlice":
+        return node.attr["new_axis_mask"].i != 0
+    return node.op in ("Abs", "Sign") and node.attr["T"].type == _INT64
 
 
 def traced_nodes(concrete) -> list:
@@ -40,16 +60,82 @@ def traced_nodes(concrete) -> list:
 def needs_builtin_trace(concrete, fmt: str) -> bool:
     """Whether the traced function (or a function it calls) has an op the
     converter of `fmt` cannot take and a builtin trace writes another way."""
-    prefixes = _UNCONVERTIBLE.get(fmt, ())
-    return bool(prefixes) and any(node.op.startswith(prefixes) for node in traced_nodes(concrete))
+    return fmt in _UNCONVERTIBLE and any(_unconvertible(node, fmt) for node in traced_nodes(concrete))
 
 
 @contextlib.contextmanager
 def builtin_ops() -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
-    without `bincount` (the module docstring says why)."""
-    with _signbit_without_bitcast(), _categorical_encoding_without_bincount():
+    without `bincount`, slices without new axes, int64 `abs` and `sign` from
+    comparisons (the module docstring says why)."""
+    with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
+            _int64_abs_and_sign_from_comparisons():
         yield
+
+
+@contextlib.contextmanager
+def _slices_without_new_axes() -> Iterator[None]:
+    import tensorflow as tf
+
+    original = tf.Tensor.__getitem__
+
+    def getitem(tensor, spec):
+        items = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)  # TensorFlow reads a list as a tuple
+        if not any(item is None for item in items) or tensor.shape.rank is None:
+            return original(tensor, spec)
+        kept = tuple(item for item in items if item is not None)
+        out = original(tensor, kept) if kept else tensor
+        for axis in _new_axes(items, tensor.shape.rank):
+            out = tf.expand_dims(out, axis)
+        return out
+
+    tf.Tensor.__getitem__ = getitem
+    try:
+        yield
+    finally:
+        tf.Tensor.__getitem__ = original
+
+
+def _new_axes(items: tuple, rank: int) -> list[int]:
+    """Where a slice's `None`s put their axes in its result, ascending."""
+    indexed = sum(1 for item in items if item is not None and item is not Ellipsis)
+    axes, out_axis = [], 0
+    for item in items:
+        if item is None:
+            axes.append(out_axis)
+            out_axis += 1
+        elif item is Ellipsis:
+            out_axis += rank - indexed
+        elif isinstance(item, slice):
+            out_axis += 1
+        # an integer index removes its axis
+    return axes
+
+
+@contextlib.contextmanager
+def _int64_abs_and_sign_from_comparisons() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original_abs, original_sign = tf_numpy.absolute, tf_numpy.sign
+
+    def absolute(x):
+        x = tf_numpy.convert_to_tensor(x)
+        if x.dtype != tf.int64:
+            return original_abs(x)
+        return tf.where(x < 0, -x, x)
+
+    def sign(x):
+        x = tf_numpy.convert_to_tensor(x)
+        if x.dtype != tf.int64:
+            return original_sign(x)
+        return tf.cast(x > 0, tf.int64) - tf.cast(x < 0, tf.int64)
+
+    tf_numpy.absolute, tf_numpy.sign = absolute, sign
+    try:
+        yield
+    finally:
+        tf_numpy.absolute, tf_numpy.sign = original_abs, original_sign
 
 
 @contextlib.contextmanager

@@ -33,11 +33,12 @@ kernels): the Bazel rule caches it like any action.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import keyword
 import os
 import zipfile
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -158,8 +159,10 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
             args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
-        with torch.no_grad(), recurrences.unrolled(model):
-            program = torch.export.export(module, sample, **args)
+        with torch.no_grad(), recurrences.unrolled(model), _symbolic_sizes_as_python_numbers():
+            program = _export_within_bounds(module, sample, args, model_name)
+    except ExportError:
+        raise
     except Exception as e:  # torch.export's own diagnostics (guards, unsupported ops): kept for the message
         raise ExportRuntimeError(
             f"Model '{model_name}': torch.export could not capture the model: {root_cause(e)}. Common causes: "
@@ -168,6 +171,106 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
+
+
+@contextlib.contextmanager
+def _symbolic_sizes_as_python_numbers() -> Iterator[None]:
+    """Keras's torch ops take a traced size (`torch.SymInt`) as the Python number
+    it stands for, while torch.export traces.
+
+    Eagerly a size is an `int`; under torch.export a dynamic one is a
+    `torch.SymInt`, which Keras 3.15 mistakes in two places:
+    - `ops.arange(n)` and the like infer their dtype from `type(n)`: "Invalid
+      dtype: SymInt" (keras_hub's T5 attention: `ops.arange(query_length)`).
+    - `ops.repeat(x, n, axis)` takes its broadcasting path only for an `int`
+      `n`; otherwise `repeat_interleave` with a tensor of repeats, whose
+      output size torch cannot know ("GuardOnDataDependentSymNode": keras_hub's
+      ESM repeats its mask by the sequence length).
+    """
+    import torch
+    from keras.src.backend.common import dtypes
+    from keras.src.backend.torch import numpy as torch_numpy
+
+    python_type = {torch.SymInt: int, torch.SymFloat: float, torch.SymBool: bool}
+    original_result_type, original_repeat = dtypes.result_type, torch_numpy.repeat
+
+    def result_type(*types):
+        return original_result_type(*(python_type.get(t, t) if isinstance(t, type) else t for t in types))
+
+    def repeat(x, repeats, axis=None):
+        if not isinstance(repeats, torch.SymInt) or axis is None:
+            return original_repeat(x, repeats, axis=axis)
+        x = torch_numpy.convert_to_tensor(x)
+        axis = axis % x.ndim
+        shape = list(x.shape)
+        shape[axis] = shape[axis] * repeats
+        expanded = [-1] * (x.ndim + 1)
+        expanded[axis + 1] = repeats
+        return x.unsqueeze(axis + 1).expand(expanded).reshape(shape)
+
+    dtypes.result_type, torch_numpy.repeat = result_type, repeat
+    try:
+        yield
+    finally:
+        dtypes.result_type, torch_numpy.repeat = original_result_type, original_repeat
+
+
+def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str):
+    """`torch.export.export`, each dynamic dim narrowed to the range the model allows.
+
+    servekit declares every named dim over [1, 2^30]; a model that bounds one (a
+    position embedding of `max_sequence_length` rows sliced to the sequence) makes
+    torch refuse that range, suggesting the narrower one. The suggestion is taken,
+    a few rounds at most, while every dim stays dynamic: one torch would fix at a
+    size is refused, since the signature says it varies.
+    """
+    import torch
+    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+    for _ in range(_BOUND_ROUNDS):
+        try:
+            return torch.export.export(module, sample, **args)
+        except torch._dynamo.exc.UserError as e:
+            if "Suggested fixes:" not in str(e.msg):
+                if "Constraints violated" not in str(e.msg) or "prefer_deferred_runtime_asserts_over_guards" in args:
+                    raise
+                # A guard torch cannot prove over the declared range, nor narrow it to one
+                # (Whisper's convolution: `1 % (1 + (n - 1) // 2) != 0` for n >= 3), is
+                # checked by the program when it runs instead.
+                args = {**args, "prefer_deferred_runtime_asserts_over_guards": True}
+                continue
+            refined = refine_dynamic_shapes_from_suggested_fixes(e.msg, args["dynamic_shapes"])
+            fixed = _dim_names(args["dynamic_shapes"]) - _dim_names(refined)
+            if fixed:
+                raise ExportError(
+                    f"Model '{model_name}': torch.export fixes the dynamic dimension(s) {sorted(fixed)} at one size "
+                    f"({_suggested_fixes(e.msg)}), but the signature lets them vary: declare them "
+                    "static in input_signature, or keep the model from depending on their size.",
+                    model=model_name, reason="conversion_failed") from None
+            args = {**args, "dynamic_shapes": refined}
+    return torch.export.export(module, sample, **args)
+
+
+def _suggested_fixes(message: str) -> str:
+    """torch's suggested fixes in a ConstraintViolation message, on one line."""
+    lines = message.split("Suggested fixes:", 1)[1].strip().splitlines()
+    return "; ".join(line.strip() for line in lines if line.strip())
+
+
+# Rounds of narrowing dims to torch's suggested ranges (one usually suffices: torch reports
+# every violated dim at once).
+_BOUND_ROUNDS = 3
+
+
+def _dim_names(spec) -> set[str]:
+    """The names of the `torch.export.Dim`s in a `dynamic_shapes` structure."""
+    import torch
+
+    if isinstance(spec, dict):
+        return set().union(*(_dim_names(v) for v in spec.values()))
+    if isinstance(spec, (list, tuple)):
+        return set().union(*(_dim_names(v) for v in spec))
+    return {spec.__name__} if isinstance(spec, torch.export.Dim) else set()
 
 
 def string_inputs_error(model_name: str) -> ExportError:
