@@ -259,7 +259,6 @@ def test_litert_runs_recurrent_layers_unrolled(tmp_path):
     # A recurrent layer's loop needs TensorFlow's TensorList ops, which LiteRT's runtime lacks:
     # the LiteRT model is traced with the loop unrolled, all built-in ops.
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.interpreter import Interpreter
 
     model = _recurrent_model(steps=7)
     path = str(tmp_path / "rnn.tflite")
@@ -268,6 +267,12 @@ def test_litert_runs_recurrent_layers_unrolled(tmp_path):
     flatbuffer = schema.Model.GetRootAs((tmp_path / "rnn.tflite").read_bytes(), 0)
     assert not [flatbuffer.OperatorCodes(i).CustomCode() for i in range(flatbuffer.OperatorCodesLength())
                 if flatbuffer.OperatorCodes(i).CustomCode()]
+    _check_recurrent_litert(model, path)
+
+
+def _check_recurrent_litert(model, path):
+    from ai_edge_litert.interpreter import Interpreter
+
     runner = Interpreter(model_path=path).get_signature_runner("serving_default")
     rng = np.random.default_rng(3)
     for batch in (1, 4):
@@ -275,6 +280,17 @@ def test_litert_runs_recurrent_layers_unrolled(tmp_path):
         ids[0, 4:] = 0  # padding, masked
         want = np.asarray(keras.ops.convert_to_numpy(model(ids, training=False)))
         np.testing.assert_allclose(runner(token_ids=ids)["logits"], want, atol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the in-process roads to LiteRT and OpenVINO are TensorFlow's")
+def test_in_process_litert_takes_the_builtin_trace_too(tmp_path):
+    # The in-process strategy (for models a fresh process cannot rebuild) traced the loop as
+    # Keras does, and its LiteRT model needed TensorList ops LiteRT's runtime lacks.
+    model = _recurrent_model(steps=7)
+    path = str(tmp_path / "rnn.tflite")
+    artifact = servekit.export(model, path, format="litert", strategy="in_process", verbose=False)
+    assert artifact.strategy == "in_process"
+    _check_recurrent_litert(model, path)
 
 
 def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):

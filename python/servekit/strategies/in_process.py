@@ -23,6 +23,7 @@ import contextlib
 import functools
 import dataclasses
 import os
+import shutil
 from typing import Any, Optional
 
 from servekit import signature as sig
@@ -142,7 +143,7 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
     from servekit.formats import litert, openvino
 
     twin = os.path.join(workdir, "twin_saved_model")
-    report = _saved_model(request, twin)
+    report = _builtin_saved_model(request, twin)
     what = "OpenVINO IR" if request.format == "openvino" else "LiteRT model"
     if not report["ok"]:
         report["message"] = report["message"].replace("SavedModel", f"SavedModel (from which the {what} is "
@@ -171,6 +172,28 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         verification.record(report, check([verification.with_tolerances(c, tolerances) for c in cases]),
                             request.format, what)
     return report
+
+
+def _builtin_saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
+    """The SavedModel an OpenVINO IR or LiteRT model is converted from, traced as
+    the worker traces these formats: with what their converters cannot take
+    written another way (`servekit.formats.builtin_trace`), recurrent layers
+    unrolled for LiteRT when their length is known."""
+    from servekit.formats import builtin_trace
+    from servekit.source_model import recurrences
+
+    if request.kind == "archive":  # the caller's own traced endpoints
+        return _saved_model(request, path)
+    if request.format == "litert":
+        try:
+            with builtin_trace.builtin_ops(), recurrences.unrolled(request.source):
+                return _saved_model(request, path)
+        except (ExportError, ValueError) as e:  # a recurrence of unknown length: the loop, whose conversion says why
+            if not recurrences.cannot_unroll(e):
+                raise
+        shutil.rmtree(path, ignore_errors=True)
+    with builtin_trace.builtin_ops():
+        return _saved_model(request, path)
 
 
 def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
