@@ -29,6 +29,12 @@ each written another way, for a format whose trace has them
   (DeBERTa's relative positions). In this trace they are a `Select` and a
   difference of two comparisons, exact for every int64 (`abs` of the
   smallest wraps, as TensorFlow's does).
+- `FFT2D` (LiteRT): Keras's `fft2` (keras_hub's FNet mixes tokens with it)
+  runs on complex tensors, which LiteRT's built-in ops lack. In this trace it
+  is the discrete Fourier transform written out as real matmuls with cosine
+  and sine matrices built at run time for the dims' sizes (their angles
+  reduced modulo the size in int32 first, so they stay exact); the sums
+  round differently from an FFT's, which the artifact's verification bounds.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import contextlib
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
-_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount"), "openvino": ("Bitcast",)}
+_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D"), "openvino": ("Bitcast",)}
 _INT64 = 9  # tensorflow.DataType.DT_INT64, as a NodeDef's attr holds it
 
 
@@ -67,10 +73,43 @@ def needs_builtin_trace(concrete, fmt: str) -> bool:
 def builtin_ops() -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
-    comparisons (the module docstring says why)."""
+    comparisons, `fft2` as real matmuls (the module docstring says why)."""
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
-            _int64_abs_and_sign_from_comparisons():
+            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls():
         yield
+
+
+@contextlib.contextmanager
+def _fft2_as_real_matmuls() -> Iterator[None]:
+    import math
+
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import math as tf_math
+
+    original = tf_math.fft2
+
+    def cos_sin(size, dtype):
+        k = tf.range(size)
+        turns = tf.math.floormod(tf.expand_dims(k, 1) * tf.expand_dims(k, 0), size)
+        angle = tf.cast(turns, dtype) * tf.cast(2 * math.pi, dtype) / tf.cast(size, dtype)
+        return tf.cos(angle), tf.sin(angle)
+
+    def fft2(x):
+        real, imag = (tf.convert_to_tensor(t) for t in x)
+        if not real.dtype.is_floating or real.dtype != imag.dtype:
+            return original(x)
+        cos_rows, sin_rows = cos_sin(tf.shape(real)[-2], real.dtype)
+        cos_cols, sin_cols = cos_sin(tf.shape(real)[-1], real.dtype)
+        # (C - iS)(A + iB) over the rows, then (P + iQ)(C - iS) over the columns.
+        p = tf.matmul(cos_rows, real) + tf.matmul(sin_rows, imag)
+        q = tf.matmul(cos_rows, imag) - tf.matmul(sin_rows, real)
+        return tf.matmul(p, cos_cols) + tf.matmul(q, sin_cols), tf.matmul(q, cos_cols) - tf.matmul(p, sin_cols)
+
+    tf_math.fft2 = fft2
+    try:
+        yield
+    finally:
+        tf_math.fft2 = original
 
 
 @contextlib.contextmanager
