@@ -317,16 +317,18 @@ def test_litert_slices_new_axes_and_int64_abs_of_dynamic_shapes(tmp_path):
     np.testing.assert_array_equal(checks.litert_outputs(path, {"ids": values})["relative"], want)
 
 
-def test_litert_writes_fft2_with_real_matmuls(tmp_path):
-    # FNet mixes tokens with a 2-D FFT over complex tensors, which LiteRT's built-in ops lack.
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_fft2_is_written_with_real_matmuls(fmt, tmp_path):
+    # FNet mixes tokens with a 2-D FFT over complex tensors, which LiteRT's built-in ops lack and
+    # OpenVINO's frontend converts only from a SavedModel (the road of TensorFlow models alone).
     tokens = keras.Input(shape=(None, 8), name="tokens")
     mixed = keras.layers.Lambda(lambda t: keras.ops.fft2((t, keras.ops.zeros_like(t)))[0] / 8.0, name="mixed")(tokens)
     model = keras.Model(tokens, mixed)
-    path = str(tmp_path / "m.tflite")
-    servekit.export(model, path, format="litert", verbose=False)
+    path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
+    servekit.export(model, path, format=fmt, verbose=False)
     values = np.random.default_rng(5).normal(size=(2, 11, 8)).astype("float32")
     want = np.asarray(keras.ops.convert_to_numpy(model(values)))
-    np.testing.assert_allclose(checks.litert_outputs(path, {"tokens": values})["mixed"], want, atol=1e-5)
+    np.testing.assert_allclose(_runtime_outputs(fmt, path, {"tokens": values})["mixed"], want, atol=1e-5)
 
 
 def _positions_model():

@@ -29,8 +29,9 @@ each written another way, for a format whose trace has them
   (DeBERTa's relative positions). In this trace they are a `Select` and a
   difference of two comparisons, exact for every int64 (`abs` of the
   smallest wraps, as TensorFlow's does).
-- `FFT2D` (LiteRT): Keras's `fft2` (keras_hub's FNet mixes tokens with it)
-  runs on complex tensors, which LiteRT's built-in ops lack. In this trace it
+- `FFT2D` (LiteRT, OpenVINO): Keras's `fft2` (keras_hub's FNet mixes tokens
+  with it) runs on complex tensors, which LiteRT's built-in ops lack and
+  OpenVINO's frontend converts from a SavedModel only. In this trace it
   is the discrete Fourier transform written out as real matmuls with cosine
   and sine matrices built at run time for the dims' sizes (their angles
   reduced modulo the size in int32 first, so they stay exact); the sums
@@ -43,7 +44,7 @@ import contextlib
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
-_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D"), "openvino": ("Bitcast",)}
+_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D"), "openvino": ("Bitcast", "FFT2D")}
 _INT64 = 9  # tensorflow.DataType.DT_INT64, as a NodeDef's attr holds it
 
 
