@@ -65,21 +65,21 @@ seeds_of() {
   esac
 }
 
-status=0
-for target in "${targets[@]}"; do
-  dir="$work/$target"
+# One target: its fuzzer built (when a source is newer than it) and run for the budget.
+# Prints its summary line; returns 1 on a crash, 2 if it does not build.
+run_target() {
+  local target=$1 dir="$work/$1" srcs seed file code executions seconds corpus leaks log
   mkdir -p "$dir/corpus"
-  srcs="$(sources_of "$target")" || exit 2
+  srcs="$(sources_of "$target")" || return 2
   seed=0  # numbered: seeds may share a name (every export's manifest.json)
   for file in $(seeds_of "$target"); do
     if [[ -f "$file" ]]; then cp "$file" "$dir/corpus/seed$((seed++))-$(basename "$file")"; fi
   done
-  extra=()
+  local extra=()
   [[ "$target" == onnx_model ]] && extra=(-I"$ort_include" -L"$ort_lib" -l:libonnxruntime.so.1 -Wl,-rpath,"$ort_lib")
-  # Rebuilt only when a source is newer than the fuzzer binary.
   if [[ ! -x "$dir/fuzzer" ]] || [[ -n "$(cd "$root" && find cc -newer "$dir/fuzzer" -name '*.cc' -o -newer "$dir/fuzzer" -name '*.h' | head -1)" ]]; then
     (cd "$root" && "$clang" "${flags[@]}" cc/fuzz/"$target"_fuzzer.cc $srcs "${extra[@]}" -o "$dir/fuzzer") ||
-      { echo "$target: BUILD FAILED"; exit 2; }
+      { echo "$target: BUILD FAILED"; return 2; }
   fi
   # ONNX Runtime is not instrumented and keeps process-wide state: no leak checks there.
   leaks=1
@@ -97,7 +97,24 @@ for target in "${targets[@]}"; do
     echo "$target: $executions executions in ${seconds}s, corpus $corpus inputs, no crash"
   else
     echo "$target: CRASH after $executions executions (exit $code); see $log and $dir/crash-*"
-    status=1
+    return 1
   fi
+}
+
+# A fuzzer (and its clang build) uses one core: the targets run one per core at a time,
+# each for the whole budget, and report in the order given.
+slots="${FUZZ_JOBS:-$(nproc)}"
+for target in "${targets[@]}"; do
+  while (( $(jobs -rp | wc -l) >= slots )); do wait -n || true; done
+  mkdir -p "$work/$target"
+  { code=0; run_target "$target" || code=$?; echo "$code" > "$work/$target/exit_code"; } > "$work/$target/summary" 2>&1 &
+done
+wait
+status=0
+for target in "${targets[@]}"; do
+  cat "$work/$target/summary"
+  code="$(cat "$work/$target/exit_code" 2>/dev/null || echo 2)"
+  if (( code == 2 )); then exit 2; fi
+  (( code == 0 )) || status=1
 done
 exit $status
