@@ -234,9 +234,10 @@ def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str)
             if "Suggested fixes:" not in str(e.msg):
                 if "Constraints violated" not in str(e.msg) or "prefer_deferred_runtime_asserts_over_guards" in args:
                     raise
-                # A guard torch cannot prove over the declared range, nor narrow it to one
-                # (Whisper's convolution: `1 % (1 + (n - 1) // 2) != 0` for n >= 3), is
-                # checked by the program when it runs instead.
+                # A guard torch can neither prove over the declared range nor turn into a
+                # narrower one (Whisper's convolution: `1 % (1 + (n - 1) // 2) != 0`) is
+                # checked by the program when it runs instead; verification then shows
+                # whether every size the signature promises still runs.
                 args = {**args, "prefer_deferred_runtime_asserts_over_guards": True}
                 continue
             refined = refine_dynamic_shapes_from_suggested_fixes(e.msg, args["dynamic_shapes"])
