@@ -188,7 +188,8 @@ def _builtin_saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
         try:
             with builtin_trace.builtin_ops(), recurrences.unrolled(request.source):
                 return _saved_model(request, path)
-        except (ExportError, ValueError) as e:  # a recurrence of unknown length: the loop, whose conversion says why
+        except ValueError as e:  # ExportError too
+            # A recurrence of unknown length: traced as a loop, whose conversion error says why.
             if not recurrences.cannot_unroll(e):
                 raise
         shutil.rmtree(path, ignore_errors=True)
