@@ -45,17 +45,18 @@ from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D"), "openvino": ("Bitcast", "FFT2D")}
-_INT64 = 9  # tensorflow.DataType.DT_INT64, as a NodeDef's attr holds it
 
 
 def _unconvertible(node, fmt: str) -> bool:
+    from tensorflow.core.framework import types_pb2
+
     if node.op.startswith(_UNCONVERTIBLE.get(fmt, ())):
         return True
     if fmt != "litert":
         return False
     if node.op == "StridedSlice":
         return node.attr["new_axis_mask"].i != 0
-    return node.op in ("Abs", "Sign") and node.attr["T"].type == _INT64
+    return node.op in ("Abs", "Sign") and node.attr["T"].type == types_pb2.DT_INT64
 
 
 def traced_nodes(concrete) -> list:
