@@ -3,7 +3,7 @@
 Each model has one deliberately broken layer between correct ones: the error
 must name that layer (not the output where the difference surfaced), with its
 max error and, where the converter kept Keras name scopes, the artifact's
-tensors for it; in SavedModel and ONNX. Run once per backend.
+tensors for it; in SavedModel and ONNX, OpenVINO and LiteRT. Run once per backend.
 """
 
 from __future__ import annotations
@@ -63,6 +63,23 @@ def test_skewed_layer_is_named_in_both_formats(tmp_path, monkeypatch, fmt, path)
     if fmt == "tf_saved_model":  # the rebuilt SavedModel's ops keep the layer's name scope
         assert first["artifact_tensors"] and all("skewed" in t for t in first["artifact_tensors"])
         assert f"In the artifact: '{first['artifact_tensors'][0]}'" in str(error)
+
+
+@pytest.mark.parametrize("fmt,path", [("openvino", "m.xml"), ("litert", "m.tflite")])
+def test_skewed_layer_is_named_in_the_other_formats(tmp_path, monkeypatch, fmt, path):
+    # The Dropout is the identity at inference, so its probe output is its input's tensor:
+    # an OpenVINO probe with one tensor under two output names did not load, and no layer
+    # was named.
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((3,), name="features")
+    h = keras.layers.Dropout(0.5, name="drop")(keras.layers.Dense(4, name="hidden")(inp))
+    h = custom_layers.SkewedLayer(name="skewed")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, name="logits")(h), name="skewed_after_dropout")
+    monkeypatch.setenv("SERVEKIT_TEST_SKEW", "0.5")
+    error = _export_error(model, str(tmp_path / path), format=fmt, strategy="portable_rebuild")
+    first = _assert_names(error, "skewed", "SkewedLayer", min_error=0.49)
+    assert first["before"] == 2 and first["later"] == 1  # 'hidden' and 'drop' match; 'logits' differs
+    assert first["format"] == fmt
 
 
 def test_layer_inside_a_nested_functional_model(tmp_path, monkeypatch):

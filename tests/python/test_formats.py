@@ -143,6 +143,25 @@ def test_argmax_and_argmin_convert_without_a_bitcast(fmt, tmp_path):
         np.testing.assert_array_equal(got[name], want[name])
 
 
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_outputs_that_are_an_input_or_each_other(fmt, tmp_path):
+    # One tensor under several output names: an input returned as is, and a Dropout (the
+    # identity at inference) beside its input. OpenVINO's converter gives such outputs one
+    # tensor and one Result, and an IR whose tensor carries two outputs' names did not load.
+    features = keras.Input(shape=(3,), name="features")
+    hidden = keras.layers.Dense(4, name="hidden")(features)
+    model = keras.Model(features, {"echo": features, "hidden": hidden,
+                                   "dropped": keras.layers.Dropout(0.5, name="drop")(hidden)})
+    path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
+    servekit.export(model, path, format=fmt, verbose=False)
+    values = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    want = keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), model(values))
+    got = _runtime_outputs(fmt, path, {"features": values})
+    assert sorted(got) == ["dropped", "echo", "hidden"]
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+
+
 def test_openvino_refuses_a_bad_precision_and_suffix(model, tmp_path):
     with pytest.raises(ExportError, match="openvino_precision must be one of"):
         servekit.export(model, str(tmp_path / "m.xml"), format="openvino", openvino_precision="f16", verbose=False)

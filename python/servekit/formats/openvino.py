@@ -146,6 +146,7 @@ def _widen_integer_matmuls(model) -> None:
 
 def _impose_signature(converted, endpoint: sig.Signature, model_name: str, precision: str):
     import openvino as ov
+    import openvino.opset16 as opset16
 
     _widen_integer_matmuls(converted)
 
@@ -155,6 +156,13 @@ def _impose_signature(converted, endpoint: sig.Signature, model_name: str, preci
             for name in names:
                 if name in port.get_names():
                     found.setdefault(name, port)
+        if len(ports) == len(names):
+            # An output that is one of the inputs keeps the input's name (the converter
+            # names a Parameter's tensor once); it has no other port to be, so it is the
+            # port at its own position when that port carries no signature name.
+            for port, name in zip(ports, names):
+                if name not in found and not port.get_names() & set(names):
+                    found[name] = port
         missing = [n for n in names if n not in found]
         if missing or len(ports) != len(names):
             have = [sorted(p.get_names()) for p in ports]
@@ -172,9 +180,20 @@ def _impose_signature(converted, endpoint: sig.Signature, model_name: str, preci
     for name, param in zip(in_names, parameters):
         param.set_friendly_name(name)
         param.output(0).get_tensor().set_names({name})
-    for name, result in zip(out_names, results):
+    named = {param.output(0) for param in parameters}
+    for index, (name, result) in enumerate(zip(out_names, results)):
+        source = result.input_value(0)
+        if source in named:
+            # Another output (or an input) is this tensor: a model that returns one
+            # tensor under two names, or a layer that is the identity at inference
+            # (Dropout) beside its input. The converter gives them one Result, and a
+            # tensor has one set of names, so the IR would not load ("Result layer
+            # ... has incorrect input"): this output gets an Identity and a Result.
+            source = opset16.identity(source).output(0)
+            result = results[index] = opset16.result(source)
+        named.add(source)
         result.set_friendly_name(name)
-        result.input_value(0).get_tensor().set_names({name})
+        source.get_tensor().set_names({name})
     model = _typed_like_signature(ov.Model(results, parameters, model_name), endpoint, model_name)
     model.set_rt_info(precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
     _rank_counted_names(model)
