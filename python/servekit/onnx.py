@@ -624,12 +624,6 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
         tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(np_dtype)
         tensor.dims.extend(dims)
         if weights is not None:
-            if np_dtype.name == "bfloat16":
-                # Lowered as `onnx_bfloat16` lowers an initializer, but written from the variable:
-                # `_write_external_tensors` widens it block by block.
-                tensor.data_type = onnx.TensorProto.FLOAT
-                if isinstance(data, bytes):
-                    data = np.frombuffer(data, np_dtype).reshape(dims)
             key = str(len(weights))
             weights[key] = data
             tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -643,7 +637,7 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
             data = weights.pop(tensor.external_data[0].value[len(_PENDING_LOCATION):])
             tensor.ClearField("data_location")
             del tensor.external_data[:]
-            tensor.raw_data = data if isinstance(data, bytes) else _stored(data).tobytes()
+            tensor.raw_data = data if isinstance(data, bytes) else data.tobytes()
 
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
@@ -913,29 +907,13 @@ def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
                           reason="conversion_failed")
 
 
-# Elements of a bfloat16 weight widened to float32 at a time (64 MiB of float32).
-_WIDEN_BLOCK = 2**24
-
-
 def _write_weight(f, data) -> int:
-    """Writes a weight's bytes as its initializer stores them; returns their length.
-
-    A bfloat16 array (a lifted weight, its initializer lowered to FLOAT by
-    `_restore_weights`) is widened a block at a time: a whole float32 copy
-    would be twice the weight."""
-    if not isinstance(data, bytes) and data.dtype.name == "bfloat16":
-        flat = data.reshape(-1)
-        for start in range(0, flat.size, _WIDEN_BLOCK):
-            f.write(memoryview(flat[start:start + _WIDEN_BLOCK].astype("float32")).cast("B"))
-        return 4 * flat.size
-    data = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    """Writes a weight's bytes (raw bytes, or an array's: a bfloat16 one through its
+    16-bit patterns, which a buffer can hold); returns their length."""
+    if not isinstance(data, bytes):
+        data = memoryview(data.view("uint16") if data.dtype.name == "bfloat16" else data).cast("B")
     f.write(data)
     return len(data)
-
-
-def _stored(data):
-    """A lifted weight as its initializer stores it (bfloat16 widened: `_write_weight`)."""
-    return data.astype("float32") if data.dtype.name == "bfloat16" else data
 
 
 def _set_external_data(tensor, offset: int, length: int) -> None:

@@ -9,8 +9,13 @@ float32 and to round to bfloat16 wherever the source model casts to it:
 
 - every `Cast(to=BFLOAT16)` is followed by a `Cast(to=FLOAT)`, so its consumers
   see float32 values that bfloat16 can represent, as the source's did;
-- bfloat16 initializers and `Constant`s become float32 (exact: every bfloat16 is
-  a float32);
+- bfloat16 initializers stay bfloat16, each read through a `Cast(to=FLOAT)`
+  under its own name (exact: every bfloat16 is a float32): the file holds the
+  weights at their own size, and ONNX Runtime folds the casts when it loads
+  the model, into the float32 weights its kernels need. servekit's own check
+  keeps them unfolded (`stores_bfloat16_weights`), so that it holds the
+  weights once, at their own size;
+- bfloat16 `Constant`s become float32;
 - the graph's bfloat16 inputs are cast to float32 where they enter, and its
   bfloat16 outputs are cast back where they leave, so the signature is unchanged;
 - the other dtype attributes that name bfloat16 (`CastLike` targets come from
@@ -83,10 +88,12 @@ def lower_bfloat16(model_proto) -> bool:
 def _lower_graph(graph, top: bool) -> None:
     from onnx import TensorProto, helper
 
-    for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.BFLOAT16:
-            graph.initializer[index].CopyFrom(_as_float32(tensor))
     nodes = []
+    for tensor in graph.initializer:
+        if tensor.data_type == TensorProto.BFLOAT16:  # its bytes untouched: they may not be loaded
+            stored = tensor.name + BFLOAT16_SUFFIX
+            nodes.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored))
+            tensor.name = stored
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == attribute.GRAPH:
@@ -172,6 +179,15 @@ def _rename_uses(graph, old: str, new: str) -> None:
             elif attribute.type == attribute.GRAPHS:
                 for subgraph in attribute.graphs:
                     _rename_uses(subgraph, old, new)
+
+
+def stores_bfloat16_weights(model_proto) -> bool:
+    """Whether `lower_bfloat16` left bfloat16 initializers behind casts in the main
+    graph (the initializers' bytes need not be loaded)."""
+    from onnx import TensorProto
+
+    return any(t.data_type == TensorProto.BFLOAT16 and t.name.endswith(BFLOAT16_SUFFIX)
+               for t in model_proto.graph.initializer)
 
 
 def _attribute(node, name: str):

@@ -333,6 +333,19 @@ def check_saved_model(path: str, cases) -> list[Comparison]:
     return results
 
 
+def _stores_bfloat16_weights(path_or_bytes) -> bool:
+    """Whether an ONNX model keeps bfloat16 weights behind casts (`servekit.onnx_bfloat16`)."""
+    import onnx
+
+    from servekit import onnx_bfloat16
+
+    if isinstance(path_or_bytes, str):
+        model_proto = onnx.load(path_or_bytes, load_external_data=False)
+    else:
+        model_proto = onnx.load_from_string(path_or_bytes)
+    return onnx_bfloat16.stores_bfloat16_weights(model_proto)
+
+
 def check_onnx(path_or_bytes, cases) -> list[Comparison]:
     """Runs each case through onnxruntime (same `cases` as `check_saved_model`)."""
     import onnxruntime as ort
@@ -345,7 +358,17 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
         from servekit.onnx import onnx_model_file
 
         path_or_bytes = onnx_model_file(path_or_bytes)  # external data: ORT loads it beside the model file
-    session = ort.InferenceSession(path_or_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    unfolded = []
+    if _stores_bfloat16_weights(path_or_bytes):
+        # Folding the weights' casts (what serving does) would hold every weight in
+        # float32, twice its bfloat16 bytes, to check values the casts give exactly:
+        # each is cast when its op runs instead (in op order, freed after use).
+        unfolded = ["ConstantFolding"]
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+    session = ort.InferenceSession(path_or_bytes, sess_options=options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=unfolded)
     runner = onnxruntime_io.SessionRunner(session)
     names = [o.name for o in session.get_outputs()]
 
