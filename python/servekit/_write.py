@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from servekit import formats
+from servekit import onnx_bfloat16
 from servekit import peak_memory
 from servekit import onnx as sk_onnx
 from servekit.atomic import artifact_files
@@ -213,7 +214,9 @@ def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any],
     peak_memory.mark("ONNX tidy")
     sk_onnx.write_onnx(proto, staged, weights)
     peak_memory.mark("ONNX write")
-    return {"opset": sk_onnx._opset_of(proto)}, lambda cs: verification.check_onnx(staged, cs), {}
+    stores_bfloat16 = onnx_bfloat16.stores_bfloat16_weights(proto)
+    return ({"opset": sk_onnx._opset_of(proto)},
+            lambda cs: verification.check_onnx(staged, cs, stores_bfloat16_weights=stores_bfloat16), {})
 
 
 def _builtin_trace(built, serving, fmt: str, build):

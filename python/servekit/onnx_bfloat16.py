@@ -88,13 +88,21 @@ def lower_bfloat16(model_proto) -> bool:
 def _lower_graph(graph, top: bool) -> None:
     from onnx import TensorProto, helper
 
-    nodes = []
+    # Each weight's cast goes right before the first node that reads it: a session that
+    # runs nodes in the graph's order (servekit's check) then holds one weight in float32
+    # at a time, not all of them from the start.
+    casts = {}
     for tensor in graph.initializer:
         if tensor.data_type == TensorProto.BFLOAT16:  # its bytes untouched: they may not be loaded
             stored = tensor.name + BFLOAT16_SUFFIX
-            nodes.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored))
+            casts[tensor.name] = helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored)
             tensor.name = stored
+    nodes = []
     for node in graph.node:
+        if casts:
+            for name in _reads(node):
+                if name in casts:
+                    nodes.append(casts.pop(name))
         for attribute in node.attribute:
             if attribute.type == attribute.GRAPH:
                 _lower_graph(attribute.g, top=False)
@@ -113,6 +121,7 @@ def _lower_graph(graph, top: bool) -> None:
                                        name=(node.name or node.output[0]) + BFLOAT16_SUFFIX)
             node.output[0] = rounded
             nodes.append(widened)
+    nodes.extend(casts.values())  # weights no node reads (a graph output, say)
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -165,6 +174,15 @@ def _narrow_outputs(graph) -> None:
         _rename_uses(graph, value.name, internal)
         graph.node.append(helper.make_node("Cast", [internal], [value.name], to=TensorProto.BFLOAT16,
                                            name=value.name + BFLOAT16_SUFFIX))
+
+
+def _reads(node) -> Iterator[str]:
+    """The values `node` reads, its subgraphs' reads included."""
+    yield from node.input
+    for attribute in node.attribute:
+        for subgraph in [attribute.g] if attribute.type == attribute.GRAPH else attribute.graphs:
+            for inner in subgraph.node:
+                yield from _reads(inner)
 
 
 def _rename_uses(graph, old: str, new: str) -> None:

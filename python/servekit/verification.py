@@ -346,8 +346,12 @@ def _stores_bfloat16_weights(path_or_bytes) -> bool:
     return onnx_bfloat16.stores_bfloat16_weights(model_proto)
 
 
-def check_onnx(path_or_bytes, cases) -> list[Comparison]:
-    """Runs each case through onnxruntime (same `cases` as `check_saved_model`)."""
+def check_onnx(path_or_bytes, cases, stores_bfloat16_weights: Optional[bool] = None) -> list[Comparison]:
+    """Runs each case through onnxruntime (same `cases` as `check_saved_model`).
+
+    `stores_bfloat16_weights`: whether the model keeps bfloat16 weights behind
+    casts (`servekit.onnx_bfloat16.stores_bfloat16_weights` of its ModelProto,
+    which a writer has at hand); None reads the model file to find out."""
     import onnxruntime as ort
 
     from servekit import onnxruntime_io
@@ -359,7 +363,9 @@ def check_onnx(path_or_bytes, cases) -> list[Comparison]:
 
         path_or_bytes = onnx_model_file(path_or_bytes)  # external data: ORT loads it beside the model file
     unfolded = []
-    if _stores_bfloat16_weights(path_or_bytes):
+    if stores_bfloat16_weights is None:
+        stores_bfloat16_weights = _stores_bfloat16_weights(path_or_bytes)
+    if stores_bfloat16_weights:
         # Folding the weights' casts (what serving does) would hold every weight in
         # float32, twice its bfloat16 bytes, to check values the casts give exactly:
         # each is cast when its op runs instead (in op order, freed after use).

@@ -216,9 +216,9 @@ def _write_in_this_process(tmp_path, monkeypatch, formats, expected_offset=0.0):
         events.append("release: %d models alive" % sum(ref() is not None for ref in models))
 
     for name in ("check_saved_model", "check_onnx"):
-        def check(path, cases, _check=getattr(verification, name), _name=name):
+        def check(path, cases, _check=getattr(verification, name), _name=name, **options):
             events.append(_name)
-            return _check(path, cases)
+            return _check(path, cases, **options)
         monkeypatch.setattr(verification, name, check)
     outputs = {fmt: str(tmp_path / fmt) for fmt in formats}
     reports = _write.write_and_verify(

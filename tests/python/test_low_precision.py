@@ -58,8 +58,14 @@ def test_low_precision_model_to_onnx(policy, tmp_path):
         for name in node.input:
             readers.setdefault(name, []).append(node)
     stored = [t.name for t in graph.initializer if t.data_type == bfloat16]
+    index = {id(node): i for i, node in enumerate(graph.node)}
     for name in stored:
         assert [(n.op_type, n.attribute[0].i) for n in readers[name]] == [("Cast", onnx.TensorProto.FLOAT)], name
+        # Each cast sits right before the first op that reads it (only other casts between):
+        # a session running the graph in order holds one weight in float32 at a time.
+        cast = index[id(readers[name][0])]
+        first_use = min(index[id(n)] for n in readers[graph.node[cast].output[0]])
+        assert all(n.op_type == "Cast" for n in graph.node[cast + 1:first_use]), name
     if policy == "bfloat16":
         assert stored, "the bfloat16 weights were widened"
     if policy != "mixed_float16":

@@ -116,7 +116,7 @@ def _saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
 
 def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
     from servekit import onnx as sk_onnx
-    from servekit import verification
+    from servekit import onnx_bfloat16, verification
 
     twin = os.path.join(workdir, "twin_saved_model")
     report = _saved_model(request, twin)
@@ -132,7 +132,9 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     report["opset"] = sk_onnx._opset_of(proto)
     report["converter"] = "tf2onnx"
     if request.verify and len(request.cases):
-        verification.record(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name)),
+        stores_bfloat16 = onnx_bfloat16.stores_bfloat16_weights(proto)
+        verification.record(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name),
+                                                             stores_bfloat16_weights=stores_bfloat16),
                             "onnx", "ONNX model")
     return report
 
@@ -206,7 +208,7 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
     import onnx
 
     from servekit import onnx as sk_onnx
-    from servekit import verification
+    from servekit import onnx_bfloat16, verification
 
     plan = request.endpoints[0]
     layout = plan.layout
@@ -232,7 +234,9 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
         report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [],
                   "opset": sk_onnx._opset_of(proto), "converter": name}
         if request.verify and len(request.cases):
-            verification.record(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default")),
+            stores_bfloat16 = onnx_bfloat16.stores_bfloat16_weights(proto)
+            verification.record(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default"),
+                                                                 stores_bfloat16_weights=stores_bfloat16),
                                 "onnx", f"ONNX model ({name})")
         if report["ok"]:
             return report
