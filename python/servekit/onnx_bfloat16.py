@@ -36,7 +36,7 @@ float16 and multiplies them with bfloat16 weights, which no runtime loads
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 BFLOAT16_SUFFIX = "__servekit_bfloat16"
 
@@ -88,21 +88,14 @@ def lower_bfloat16(model_proto) -> bool:
 def _lower_graph(graph, top: bool) -> None:
     from onnx import TensorProto, helper
 
-    # Each weight's cast goes right before the first node that reads it: a session that
-    # runs nodes in the graph's order (servekit's check) then holds one weight in float32
-    # at a time, not all of them from the start.
-    casts = {}
+    casts = []
     for tensor in graph.initializer:
         if tensor.data_type == TensorProto.BFLOAT16:  # its bytes untouched: they may not be loaded
             stored = tensor.name + BFLOAT16_SUFFIX
-            casts[tensor.name] = helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored)
+            casts.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored))
             tensor.name = stored
-    nodes = []
+    nodes = list(casts)
     for node in graph.node:
-        if casts:
-            for name in _reads(node):
-                if name in casts:
-                    nodes.append(casts.pop(name))
         for attribute in node.attribute:
             if attribute.type == attribute.GRAPH:
                 _lower_graph(attribute.g, top=False)
@@ -121,9 +114,8 @@ def _lower_graph(graph, top: bool) -> None:
                                        name=(node.name or node.output[0]) + BFLOAT16_SUFFIX)
             node.output[0] = rounded
             nodes.append(widened)
-    nodes.extend(casts.values())  # weights no node reads (a graph output, say)
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_computed_from_weights_where_used(nodes, {t.name for t in graph.initializer}) if casts else nodes)
 
     kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != TensorProto.BFLOAT16]
     del graph.value_info[:]
@@ -174,6 +166,48 @@ def _narrow_outputs(graph) -> None:
         _rename_uses(graph, value.name, internal)
         graph.node.append(helper.make_node("Cast", [internal], [value.name], to=TensorProto.BFLOAT16,
                                            name=value.name + BFLOAT16_SUFFIX))
+
+
+def _computed_from_weights_where_used(nodes: list, weights: set[str]) -> list:
+    """`nodes` in an order where each node that computes from weights alone (a
+    weight's cast, a transpose of that) comes right before the first other node
+    that needs it, instead of wherever the converter put it (often at the head).
+
+    A session that runs the graph in its order (servekit's check of stored
+    bfloat16 weights) then holds the float32 form of about one weight at a time,
+    not of every weight from the first op on."""
+    from_weights = set(weights)
+    deferred: dict[str, Any] = {}  # output -> the node computing it from weights alone
+    for node in nodes:
+        reads = [name for name in node.input if name]
+        subgraphs = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
+        if reads and not subgraphs and all(name in from_weights for name in reads):
+            for name in filter(None, node.output):
+                deferred[name] = node
+                from_weights.add(name)
+    ordered: list = []
+    placed: set[int] = set()
+
+    def place(node) -> None:
+        if id(node) in placed:
+            return
+        placed.add(id(node))
+        for name in node.input:
+            if name in deferred:
+                place(deferred[name])
+        ordered.append(node)
+
+    for node in nodes:
+        if node.output and deferred.get(node.output[0]) is node:
+            continue  # placed when first needed
+        for name in _reads(node):
+            if name in deferred:
+                place(deferred[name])
+        ordered.append(node)
+    for node in nodes:  # what no node reads (a graph output, say)
+        if node.output and deferred.get(node.output[0]) is node:
+            place(node)
+    return ordered
 
 
 def _reads(node) -> Iterator[str]:
