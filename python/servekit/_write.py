@@ -214,9 +214,9 @@ def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any],
     peak_memory.mark("ONNX tidy")
     sk_onnx.write_onnx(proto, staged, weights)
     peak_memory.mark("ONNX write")
-    stores_bfloat16 = onnx_bfloat16.stores_bfloat16_weights(proto)
+    casts_weights = onnx_bfloat16.casts_weights(proto)
     return ({"opset": sk_onnx._opset_of(proto)},
-            lambda cs: verification.check_onnx(staged, cs, stores_bfloat16_weights=stores_bfloat16), {})
+            lambda cs: verification.check_onnx(staged, cs, casts_weights=casts_weights), {})
 
 
 def _builtin_trace(built, serving, fmt: str, build):

@@ -13,8 +13,9 @@ float32 and to round to bfloat16 wherever the source model casts to it:
   under its own name (exact: every bfloat16 is a float32): the file holds the
   weights at their own size, and ONNX Runtime folds the casts when it loads
   the model, into the float32 weights its kernels need. servekit's own check
-  keeps them unfolded (`stores_bfloat16_weights`), so that it holds the
-  weights once, at their own size;
+  keeps them unfolded (`casts_weights`), so that it holds the weights once,
+  at their own size (also the float32 weights a `mixed_bfloat16` model
+  rounds);
 - bfloat16 `Constant`s become float32;
 - the graph's bfloat16 inputs are cast to float32 where they enter, and its
   bfloat16 outputs are cast back where they leave, so the signature is unchanged;
@@ -95,7 +96,10 @@ def _lower_graph(graph, top: bool) -> None:
             casts.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored))
             tensor.name = stored
     nodes = list(casts)
+    weights = {t.name for t in graph.initializer}
+    rounds_weights = False
     for node in graph.node:
+        rounds_weights = rounds_weights or _rounds_a_weight(node, weights)
         for attribute in node.attribute:
             if attribute.type == attribute.GRAPH:
                 _lower_graph(attribute.g, top=False)
@@ -115,7 +119,7 @@ def _lower_graph(graph, top: bool) -> None:
             node.output[0] = rounded
             nodes.append(widened)
     del graph.node[:]
-    graph.node.extend(_computed_from_weights_where_used(nodes, {t.name for t in graph.initializer}) if casts else nodes)
+    graph.node.extend(_computed_from_weights_where_used(nodes, weights) if casts or rounds_weights else nodes)
 
     kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != TensorProto.BFLOAT16]
     del graph.value_info[:]
@@ -233,13 +237,25 @@ def _rename_uses(graph, old: str, new: str) -> None:
                     _rename_uses(subgraph, old, new)
 
 
-def stores_bfloat16_weights(model_proto) -> bool:
-    """Whether `lower_bfloat16` left bfloat16 initializers behind casts in the main
-    graph (the initializers' bytes need not be loaded)."""
+def casts_weights(model_proto) -> bool:
+    """Whether the main graph reads weights through casts to or from bfloat16:
+    bfloat16 weights stored behind casts to float32 (`lower_bfloat16`), or the
+    float32 weights of a `mixed_bfloat16` model, rounded to bfloat16 on every
+    call. Reads no weight's bytes."""
     from onnx import TensorProto
 
-    return any(t.data_type == TensorProto.BFLOAT16 and t.name.endswith(BFLOAT16_SUFFIX)
-               for t in model_proto.graph.initializer)
+    graph = model_proto.graph
+    if any(t.data_type == TensorProto.BFLOAT16 for t in graph.initializer):
+        return True
+    weights = {t.name for t in graph.initializer}
+    return any(_rounds_a_weight(node, weights) for node in graph.node)
+
+
+def _rounds_a_weight(node, weights: set[str]) -> bool:
+    from onnx import TensorProto
+
+    return (node.op_type == "Cast" and bool(node.input) and node.input[0] in weights
+            and _attribute(node, "to") == TensorProto.BFLOAT16)
 
 
 def _attribute(node, name: str):

@@ -333,8 +333,8 @@ def check_saved_model(path: str, cases) -> list[Comparison]:
     return results
 
 
-def _stores_bfloat16_weights(path_or_bytes) -> bool:
-    """Whether an ONNX model keeps bfloat16 weights behind casts (`servekit.onnx_bfloat16`)."""
+def _casts_weights(path_or_bytes) -> bool:
+    """Whether an ONNX model reads its weights through bfloat16 casts (`servekit.onnx_bfloat16`)."""
     import onnx
 
     from servekit import onnx_bfloat16
@@ -343,15 +343,15 @@ def _stores_bfloat16_weights(path_or_bytes) -> bool:
         model_proto = onnx.load(path_or_bytes, load_external_data=False)
     else:
         model_proto = onnx.load_from_string(path_or_bytes)
-    return onnx_bfloat16.stores_bfloat16_weights(model_proto)
+    return onnx_bfloat16.casts_weights(model_proto)
 
 
-def check_onnx(path_or_bytes, cases, stores_bfloat16_weights: Optional[bool] = None) -> list[Comparison]:
+def check_onnx(path_or_bytes, cases, casts_weights: Optional[bool] = None) -> list[Comparison]:
     """Runs each case through onnxruntime (same `cases` as `check_saved_model`).
 
-    `stores_bfloat16_weights`: whether the model keeps bfloat16 weights behind
-    casts (`servekit.onnx_bfloat16.stores_bfloat16_weights` of its ModelProto,
-    which a writer has at hand); None reads the model file to find out."""
+    `casts_weights`: whether the model reads its weights through bfloat16 casts
+    (`servekit.onnx_bfloat16.casts_weights` of its ModelProto, which a writer
+    has at hand); None reads the model file to find out."""
     import onnxruntime as ort
 
     from servekit import onnxruntime_io
@@ -362,14 +362,15 @@ def check_onnx(path_or_bytes, cases, stores_bfloat16_weights: Optional[bool] = N
         from servekit.onnx import onnx_model_file
 
         path_or_bytes = onnx_model_file(path_or_bytes)  # external data: ORT loads it beside the model file
-    if stores_bfloat16_weights is None:
-        stores_bfloat16_weights = _stores_bfloat16_weights(path_or_bytes)
-    if stores_bfloat16_weights:
-        # Folding the weights' casts (what serving does) would hold every weight in
-        # float32, twice its bfloat16 bytes, to check values the casts give exactly.
-        # The graph runs as written instead, in its own order (each cast sits before
-        # its weight's first reader), each cast freed after use. Any optimization,
-        # not only folding, adds nodes that order puts after every cast.
+    if casts_weights is None:
+        casts_weights = _casts_weights(path_or_bytes)
+    if casts_weights:
+        # Folding the weights' casts (what serving does) would hold every weight a
+        # second time (in float32: twice the bytes of a bfloat16 one), to check
+        # values the casts give exactly. The graph runs as written instead, in its
+        # own order (what reads only weights sits right before its first use), each
+        # cast freed after use. Any optimization, not only folding, adds nodes that
+        # this order puts after every cast.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         options.enable_cpu_mem_arena = False

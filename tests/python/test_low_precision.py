@@ -80,6 +80,37 @@ def test_low_precision_model_to_onnx(policy, tmp_path):
     np.testing.assert_allclose(got, expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+def test_mixed_bfloat16_lifted_weights_are_rounded_where_used(policy, tmp_path, monkeypatch):
+    # Lifted out of tf2onnx's folding (as a large model's are), the float32 weights stay
+    # float32 and the graph rounds each to bfloat16 on every call, right before its use:
+    # the check runs those casts unfolded, holding each weight once.
+    from servekit import onnx as sk_onnx
+    from servekit import onnx_bfloat16
+
+    monkeypatch.setenv(sk_onnx.LIFT_ENV, "0")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((512,), name="features")  # a 2 MiB kernel: lifted (`servekit.onnx._LIFT_BYTES`)
+    hidden = keras.layers.Dense(1024, activation="relu", name="dense")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(hidden), name="mixed")
+    path = str(tmp_path / "model.onnx")
+    servekit.export(model, path, format="onnx", verbose=False)
+    proto = onnx.load(path)
+    weights = {t.name for t in proto.graph.initializer}
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in proto.graph.initializer)
+    nodes = list(proto.graph.node)
+    rounding = [i for i, n in enumerate(nodes) if n.op_type == "Cast" and n.input[0] in weights
+                and n.attribute[0].i == onnx.TensorProto.BFLOAT16]
+    assert rounding and onnx_bfloat16.casts_weights(proto)
+    for i in rounding:  # the rounding, its widening back to float32, then their reader
+        assert nodes[i + 1].op_type == "Cast" and nodes[i + 1].input == nodes[i].output
+        assert nodes[i + 1].output[0] in nodes[i + 2].input or nodes[i + 2].op_type == "Cast"
+    x = np.random.default_rng(1).normal(size=(5, 512)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
+    got = servekit.load(path).serve(features=x)
+    np.testing.assert_allclose(got, expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)
+
+
 @pytest.mark.parametrize("policy", ["bfloat16"], indirect=True)
 def test_bfloat16_outputs_stay_bfloat16(policy, tmp_path):
     # ONNX Runtime's Python API cannot return bfloat16: servekit reads it as ml_dtypes.bfloat16.
