@@ -162,6 +162,36 @@ def test_outputs_that_are_an_input_or_each_other(fmt, tmp_path):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_servekit_load_runs_the_other_formats(fmt, model, tmp_path):
+    path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
+    artifact = servekit.export(model, path, format=fmt, verbose=False)
+    loaded = servekit.load(path)
+    assert loaded.format == fmt and loaded.endpoint_names == ["serving_default"]
+    (signature,) = loaded.signatures
+    assert [t.name for t in signature.inputs] == ["x1", "x2"]
+    assert [t.name for t in signature.outputs] == [t.name for t in artifact.endpoints[0].outputs]
+    assert [t.shape for t in signature.inputs] == [(None, 3), (None, 4)]  # the batch stays dynamic
+    named = _inputs(6, seed=6)
+    got = loaded.call_endpoint("serving_default", **named)
+    for spec, want in zip(signature.outputs, _expected(model, named)):
+        np.testing.assert_allclose(got[spec.name], want, atol=1e-5)
+    with pytest.raises(KeyError, match="one endpoint, 'serving_default'"):
+        loaded.call_endpoint("predict", **named)
+
+
+def test_servekit_load_says_how_to_load_a_torch_archive_and_refuses_other_files(model, tmp_path):
+    program = tmp_path / "m.pt2"
+    with zipfile.ZipFile(program, "w") as archive:  # the container torch writes
+        archive.writestr("m/version", "1")
+    with pytest.raises(ValueError, match=r"torch.export.load\(path\)"):
+        servekit.load(str(program))
+    other = tmp_path / "notes.txt"
+    other.write_text("not a model")
+    with pytest.raises(ValueError, match="is not an ONNX model .* LiteRT flatbuffer"):
+        servekit.load(str(other))
+
+
 def test_openvino_refuses_a_bad_precision_and_suffix(model, tmp_path):
     with pytest.raises(ExportError, match="openvino_precision must be one of"):
         servekit.export(model, str(tmp_path / "m.xml"), format="openvino", openvino_precision="f16", verbose=False)

@@ -510,6 +510,22 @@ def check(path: str, cases) -> list[Any]:
 
     from servekit import verification
 
+    runner = signature_runner(path)
+
+    def run(endpoint, inputs):
+        out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
+        return {k: np.array(v) for k, v in out.items()}
+
+    return verification._check(list(cases), run)
+
+
+def signature_runner(path: str):
+    """`ai_edge_litert`'s runner of the flatbuffer's `serving_default`, its tensors allocated.
+
+    Raises:
+        ExportError: the model needs Select TF ops, which LiteRT's runtime cannot
+            run (named).
+    """
     interpreter = _interpreter(path)
     try:
         interpreter.allocate_tensors()  # where LiteRT refuses ops it has no kernel for
@@ -517,13 +533,7 @@ def check(path: str, cases) -> list[Any]:
         if "Select TensorFlow op" not in str(e):
             raise
         raise _needs_flex_error(path) from None
-    runner = interpreter.get_signature_runner("serving_default")
-
-    def run(endpoint, inputs):
-        out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
-        return {k: np.array(v) for k, v in out.items()}
-
-    return verification._check(list(cases), run)
+    return interpreter.get_signature_runner("serving_default")
 
 
 def _needs_flex_error(path: str) -> ExportError:

@@ -308,19 +308,38 @@ def check(xml_path: str, cases, precision: str = DEFAULT_PRECISION) -> list[Any]
     Returns:
         `servekit.verification.Comparison`s, one per case (and per repeated run).
     """
-    import numpy as np
-
     from servekit import verification
 
+    _, infer = infer_function(xml_path, precision)
+    return verification._check(list(cases), lambda endpoint, inputs: infer(inputs))
+
+
+def infer_function(xml_path: str, precision: str = DEFAULT_PRECISION):
+    """The IR compiled on CPU at `precision` (`compile_for_check`), and a function
+    running it: inputs by name -> outputs by name, NumPy arrays (bfloat16 as
+    `ml_dtypes.bfloat16`)."""
     compiled = compile_for_check(staged_xml(xml_path), precision)
     names = [o.get_any_name() for o in compiled.outputs]
 
-    def run(endpoint, inputs):
+    def infer(inputs):
         request = compiled.create_infer_request()
         result = request.infer({k: _tensor(v) for k, v in inputs.items()})
         return {name: _array(result[i], compiled.outputs[i]) for i, name in enumerate(names)}
 
-    return verification._check(list(cases), run)
+    return compiled, infer
+
+
+def declared_precision(xml_path: str) -> str:
+    """The inference precision an IR servekit wrote declares ("f32" or "bf16"); "f32"
+    for an IR that declares none."""
+    import openvino as ov
+
+    model = ov.Core().read_model(xml_path)
+    if model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
+        declared = model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str)
+        if declared in PRECISIONS:
+            return declared
+    return DEFAULT_PRECISION
 
 
 def _tensor(value):

@@ -29,7 +29,7 @@ class LoadedArtifact:
 
     Attributes:
         path: what was loaded.
-        format: "tf_saved_model" or "onnx".
+        format: "tf_saved_model", "onnx", "openvino" or "litert".
         signatures: the endpoints' `servekit.signature.Signature`s.
     """
 
@@ -164,27 +164,14 @@ class LoadedSavedModel(LoadedArtifact):
         return super().__getattr__(name)
 
 
-class LoadedOnnx(LoadedArtifact):
-    """An ONNX model in an onnxruntime session; one endpoint, `serving_default`.
+class _ServingDefault(LoadedArtifact):
+    """An artifact with one endpoint, `serving_default` (ONNX, OpenVINO, LiteRT).
 
     `loaded.serve(...)` runs it too and returns a single array when the model
     has one output, else a dict by output name.
     """
 
-    format = "onnx"
-
-    def __init__(self, path: str):
-        super().__init__(path)
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-        self._runner = onnxruntime_io.SessionRunner(self.session)
-        self._signature = sig.Signature(
-            "serving_default",
-            tuple(_ort_tensor(v) for v in self.session.get_inputs()),
-            tuple(_ort_tensor(v) for v in self.session.get_outputs()))
+    _signature: sig.Signature
 
     @property
     def signatures(self) -> list[sig.Signature]:
@@ -192,14 +179,11 @@ class LoadedOnnx(LoadedArtifact):
 
     def call_endpoint(self, name: str, *args, **kwargs) -> dict[str, np.ndarray]:
         if name != "serving_default":
-            raise KeyError(f"An ONNX model has one endpoint, 'serving_default'; got '{name}'.")
-        inputs = self._named_inputs(self._signature, args, kwargs)
-        feeds = {}
-        for k, v in inputs.items():
-            v = np.asarray(v)
-            feeds[k] = np.array(v.astype(str), dtype=object) if v.dtype.kind in "SO" else v
-        names = [t.name for t in self._signature.outputs]
-        return dict(zip(names, self._runner.run(names, feeds)))
+            raise KeyError(f"{self.path} ({self.format}) has one endpoint, 'serving_default'; got '{name}'.")
+        return self._run(self._named_inputs(self._signature, args, kwargs))
+
+    def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def __getattr__(self, name: str) -> Callable:
         if name == "serve":
@@ -209,6 +193,75 @@ class LoadedOnnx(LoadedArtifact):
 
             return serve
         return super().__getattr__(name)
+
+
+class LoadedOnnx(_ServingDefault):
+    """An ONNX model in an onnxruntime session (`session`)."""
+
+    format = "onnx"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        except ort.capi.onnxruntime_pybind11_state.InvalidProtobuf:
+            raise ValueError(f"'{path}' is not an ONNX model (onnxruntime cannot parse it), nor a SavedModel "
+                             f"directory, an OpenVINO IR (.xml) or a LiteRT flatbuffer (.tflite).") from None
+        self._runner = onnxruntime_io.SessionRunner(self.session)
+        self._signature = sig.Signature(
+            "serving_default",
+            tuple(_ort_tensor(v) for v in self.session.get_inputs()),
+            tuple(_ort_tensor(v) for v in self.session.get_outputs()))
+
+    def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for k, v in inputs.items():
+            v = np.asarray(v)
+            feeds[k] = np.array(v.astype(str), dtype=object) if v.dtype.kind in "SO" else v
+        names = [t.name for t in self._signature.outputs]
+        return dict(zip(names, self._runner.run(names, feeds)))
+
+
+class LoadedOpenVino(_ServingDefault):
+    """An OpenVINO IR compiled on CPU (`compiled`), at the inference precision the IR
+    declares (servekit records it; float32 otherwise), as servekit verified it."""
+
+    format = "openvino"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        from servekit.formats import openvino
+
+        self.precision = openvino.declared_precision(path)
+        self.compiled, self._infer = openvino.infer_function(path, self.precision)
+        self._signature = sig.Signature("serving_default", tuple(_ov_tensor(p) for p in self.compiled.inputs),
+                                        tuple(_ov_tensor(p) for p in self.compiled.outputs))
+
+    def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self._infer(inputs)
+
+
+class LoadedLiteRt(_ServingDefault):
+    """A LiteRT flatbuffer's `serving_default` in `ai_edge_litert`'s interpreter (`runner`)."""
+
+    format = "litert"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        from servekit.formats import litert
+
+        self.runner = litert.signature_runner(path)
+        inputs, outputs = self.runner.get_input_details(), self.runner.get_output_details()
+        self._signature = sig.Signature("serving_default", tuple(_litert_tensor(k, d) for k, d in inputs.items()),
+                                        tuple(_litert_tensor(k, d) for k, d in outputs.items()))
+
+    def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = self.runner(**{k: np.asarray(v) for k, v in inputs.items()})
+        return {t.name: np.array(out[t.name]) for t in self._signature.outputs}
 
 
 _ORT_DTYPES = {
@@ -224,21 +277,47 @@ def _ort_tensor(value) -> sig.TensorSignature:
     return sig.TensorSignature(value.name, _ORT_DTYPES.get(value.type, "float32"), dims)
 
 
+def _ov_tensor(port) -> sig.TensorSignature:
+    dims = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+    return sig.TensorSignature(port.get_any_name(), _OV_DTYPES.get(str(port.get_element_type()), "float32"), dims)
+
+
+_OV_DTYPES = {
+    "f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16", "i8": "int8", "i16": "int16",
+    "i32": "int32", "i64": "int64", "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64",
+    "boolean": "bool", "string": "string",
+}
+
+
+def _litert_tensor(name: str, details: Mapping[str, Any]) -> sig.TensorSignature:
+    dims = tuple(int(d) if d >= 0 else None for d in details.get("shape_signature", details["shape"]))
+    return sig.TensorSignature(name, np.dtype(details["dtype"]).name, dims)
+
+
+# The flatbuffer file identifier of a LiteRT (TFLite) model, at bytes 4-8.
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
 def load(path) -> LoadedArtifact:
-    """Loads a SavedModel directory or an `.onnx` file for inference.
+    """Loads a SavedModel, ONNX model, OpenVINO IR or LiteRT model for inference.
 
     Args:
-        path: `str` or `pathlib.Path`.
+        path: `str` or `pathlib.Path`: a SavedModel directory, an `.onnx` file
+            (or the directory of one with external data), an OpenVINO `.xml`
+            (its `.bin` beside it) or a `.tflite` file.
 
     Returns:
-        A `LoadedSavedModel` (methods and signatures of the SavedModel) or a
-        `LoadedOnnx` (onnxruntime). Both have `call_endpoint(name, ...)`,
-        `signatures` and an attribute per endpoint; the returned object and
-        the callables it hands out keep the artifact alive.
+        A `LoadedSavedModel` (methods and signatures of the SavedModel), a
+        `LoadedOnnx` (onnxruntime), a `LoadedOpenVino` (OpenVINO's CPU plugin,
+        at the precision the IR declares) or a `LoadedLiteRt`
+        (`ai_edge_litert`). Each has `call_endpoint(name, ...)`, `signatures`
+        and an attribute per endpoint; the returned object and the callables
+        it hands out keep the artifact alive.
 
     Raises:
         FileNotFoundError: nothing at `path`.
-        ValueError: `path` is neither a SavedModel nor an ONNX file.
+        ValueError: `path` is none of those formats (a PyTorch `.pt2` says how
+            to load it with torch).
 
     Example:
 
@@ -261,4 +340,12 @@ def load(path) -> LoadedArtifact:
         head = f.read(64)
     if not head:
         raise ValueError(f"'{path}' is empty.")
+    if path.endswith(".xml"):
+        return LoadedOpenVino(path)
+    if head[4:8] == _TFLITE_IDENTIFIER:
+        return LoadedLiteRt(path)
+    if head.startswith(b"PK\x03\x04"):  # a zip archive: what torch writes
+        raise ValueError(f"'{path}' is a zip archive, as a PyTorch .pt2 is: load a torch ExportedProgram with "
+                         "torch.export.load(path).module(), an AOTInductor package with "
+                         "torch._inductor.aoti_load_package(path).")
     return LoadedOnnx(path)
