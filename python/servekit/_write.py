@@ -251,7 +251,9 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
         twin_dir = os.path.join(scratch_dir, "openvino_saved_model")
         sk_sm.save(built, twin_dir)
         model = openvino.convert_saved_model(twin_dir, serving, model_name, precision)
+    peak_memory.mark("OpenVINO conversion")
     xml = openvino.write(model, staged)
+    peak_memory.mark("OpenVINO write")
     report = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
     return report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision)
 
@@ -264,7 +266,9 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
     concrete = built.signatures[serving.name]
     flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
                                            likely_cause=lambda: litert.likely_cause(concrete))
+    peak_memory.mark("LiteRT conversion")
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
+    peak_memory.mark("LiteRT write")
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)
     report = {"converter": converter, "precision": "quantized" if quantized else "float32"}
