@@ -89,17 +89,14 @@ def lower_bfloat16(model_proto) -> bool:
 def _lower_graph(graph, top: bool) -> None:
     from onnx import TensorProto, helper
 
-    casts = []
+    casts_weights = _casts_weights(graph)
+    nodes = []
     for tensor in graph.initializer:
         if tensor.data_type == TensorProto.BFLOAT16:  # its bytes untouched: they may not be loaded
             stored = tensor.name + BFLOAT16_SUFFIX
-            casts.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored))
+            nodes.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT, name=stored))
             tensor.name = stored
-    nodes = list(casts)
-    weights = {t.name for t in graph.initializer}
-    rounds_weights = False
     for node in graph.node:
-        rounds_weights = rounds_weights or _rounds_a_weight(node, weights)
         for attribute in node.attribute:
             if attribute.type == attribute.GRAPH:
                 _lower_graph(attribute.g, top=False)
@@ -119,7 +116,8 @@ def _lower_graph(graph, top: bool) -> None:
             node.output[0] = rounded
             nodes.append(widened)
     del graph.node[:]
-    graph.node.extend(_computed_from_weights_where_used(nodes, weights) if casts or rounds_weights else nodes)
+    weights = {t.name for t in graph.initializer}
+    graph.node.extend(_computed_from_weights_where_used(nodes, weights) if casts_weights else nodes)
 
     kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != TensorProto.BFLOAT16]
     del graph.value_info[:]
@@ -242,20 +240,18 @@ def casts_weights(model_proto) -> bool:
     bfloat16 weights stored behind casts to float32 (`lower_bfloat16`), or the
     float32 weights of a `mixed_bfloat16` model, rounded to bfloat16 on every
     call. Reads no weight's bytes."""
+    return _casts_weights(model_proto.graph)
+
+
+def _casts_weights(graph) -> bool:
+    """`casts_weights` of one graph, before or after `lower_bfloat16`."""
     from onnx import TensorProto
 
-    graph = model_proto.graph
     if any(t.data_type == TensorProto.BFLOAT16 for t in graph.initializer):
         return True
     weights = {t.name for t in graph.initializer}
-    return any(_rounds_a_weight(node, weights) for node in graph.node)
-
-
-def _rounds_a_weight(node, weights: set[str]) -> bool:
-    from onnx import TensorProto
-
-    return (node.op_type == "Cast" and bool(node.input) and node.input[0] in weights
-            and _attribute(node, "to") == TensorProto.BFLOAT16)
+    return any(node.op_type == "Cast" and node.input and node.input[0] in weights
+               and _attribute(node, "to") == TensorProto.BFLOAT16 for node in graph.node)
 
 
 def _attribute(node, name: str):

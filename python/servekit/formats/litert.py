@@ -506,26 +506,22 @@ def check(path: str, cases) -> list[Any]:
         path: the `.tflite` file.
         cases: `servekit.pipeline.cases.Case`s of the serving endpoint.
     """
-    import numpy as np
-
     from servekit import verification
 
-    runner = signature_runner(path)
-
-    def run(endpoint, inputs):
-        out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
-        return {k: np.array(v) for k, v in out.items()}
-
-    return verification._check(list(cases), run)
+    _, infer = infer_function(path)
+    return verification._check(list(cases), lambda endpoint, inputs: infer(inputs))
 
 
-def signature_runner(path: str):
-    """`ai_edge_litert`'s runner of the flatbuffer's `serving_default`, its tensors allocated.
+def infer_function(path: str):
+    """`ai_edge_litert`'s runner of the flatbuffer's `serving_default`, its tensors
+    allocated, and a function running it: inputs by name -> outputs by name, NumPy.
 
     Raises:
         ExportError: the model needs Select TF ops, which LiteRT's runtime cannot
             run (named).
     """
+    import numpy as np
+
     interpreter = _interpreter(path)
     try:
         interpreter.allocate_tensors()  # where LiteRT refuses ops it has no kernel for
@@ -533,7 +529,13 @@ def signature_runner(path: str):
         if "Select TensorFlow op" not in str(e):
             raise
         raise _needs_flex_error(path) from None
-    return interpreter.get_signature_runner("serving_default")
+    runner = interpreter.get_signature_runner("serving_default")
+
+    def infer(inputs):
+        out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
+        return {k: np.array(v) for k, v in out.items()}
+
+    return runner, infer
 
 
 def _needs_flex_error(path: str) -> ExportError:

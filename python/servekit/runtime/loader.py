@@ -254,14 +254,14 @@ class LoadedLiteRt(_ServingDefault):
         super().__init__(path)
         from servekit.formats import litert
 
-        self.runner = litert.signature_runner(path)
+        self.runner, self._infer = litert.infer_function(path)
         inputs, outputs = self.runner.get_input_details(), self.runner.get_output_details()
         self._signature = sig.Signature("serving_default", tuple(_litert_tensor(k, d) for k, d in inputs.items()),
                                         tuple(_litert_tensor(k, d) for k, d in outputs.items()))
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        out = self.runner(**{k: np.asarray(v) for k, v in inputs.items()})
-        return {t.name: np.array(out[t.name]) for t in self._signature.outputs}
+        out = self._infer(inputs)
+        return {t.name: out[t.name] for t in self._signature.outputs}
 
 
 _ORT_DTYPES = {

@@ -132,9 +132,8 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     report["opset"] = sk_onnx._opset_of(proto)
     report["converter"] = "tf2onnx"
     if request.verify and len(request.cases):
-        casts_weights = onnx_bfloat16.casts_weights(proto)
         verification.record(report, verification.check_onnx(path, request.cases.for_endpoint(serving.name),
-                                                             casts_weights=casts_weights),
+                                                             casts_weights=onnx_bfloat16.casts_weights(proto)),
                             "onnx", "ONNX model")
     return report
 
@@ -234,9 +233,8 @@ def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, A
         report = {"ok": True, "endpoints": [signature.to_json()], "comparisons": [],
                   "opset": sk_onnx._opset_of(proto), "converter": name}
         if request.verify and len(request.cases):
-            casts_weights = onnx_bfloat16.casts_weights(proto)
             verification.record(report, verification.check_onnx(path, request.cases.for_endpoint("serving_default"),
-                                                                 casts_weights=casts_weights),
+                                                                 casts_weights=onnx_bfloat16.casts_weights(proto)),
                                 "onnx", f"ONNX model ({name})")
         if report["ok"]:
             return report
