@@ -70,9 +70,25 @@ def coarse_tolerance(fraction: float) -> tuple[float, float, float]:
     """A tolerance relative to each output's scale: every element within
     `fraction * scale` of the source (for declared lossy precisions such as
     a quantized LiteRT model, whose error follows the output's range, not each
-    element). A third entry in a tolerance tuple; the scale rule does not
-    apply to it."""
+    element). The scale is the output's largest over its endpoint's cases
+    (`endpoint_scales`): a case of one row can have a scale far below the
+    range the quantizer calibrated. A third entry in a tolerance tuple; the
+    scale rule does not apply to it."""
     return (0.0, 0.0, float(fraction))
+
+
+def endpoint_scales(cases) -> dict[tuple[str, str], float]:
+    """`(endpoint, output) -> ` the output's largest scale over the cases
+    compared by value: the unit of a coarse tolerance."""
+    scales: dict[tuple[str, str], float] = {}
+    for case in cases:
+        if not case.values:
+            continue
+        for name, expected in case.expected.items():
+            if name not in case.runs and np.asarray(expected).dtype.kind not in "iubSUO":
+                key = (case.endpoint, name)
+                scales[key] = max(scales.get(key, 0.0), output_scale(expected))
+    return scales
 
 
 def check_kind(expected: np.ndarray, atol: float) -> str:
@@ -147,6 +163,7 @@ def compare_outputs(
     batch: int = 0,
     tolerances: Optional[Mapping[str, tuple]] = None,
     values: bool = True,
+    scales: Optional[Mapping[str, float]] = None,
 ) -> Comparison:
     """Compares named outputs.
 
@@ -155,6 +172,9 @@ def compare_outputs(
         actual: outputs of the artifact, by name.
         values: False to compare only names, shapes and dtypes (endpoints whose
             outputs are random, e.g. a training-mode forward pass with dropout).
+        scales: output name -> its scale over every case of the endpoint, the
+            unit of a coarse tolerance (`endpoint_scales`); by default each
+            case's own.
 
     Returns:
         A `Comparison`; `problems` says, per output, what differed.
@@ -201,14 +221,17 @@ def compare_outputs(
             err = float(diff.max()) if diff.size else 0.0
             worst = max(worst, err)
             scale = output_scale(e64)
-            if coarse and coarse[0]:
-                used_atol = coarse[0] * max(scale, np.finfo(np.float32).tiny)
+            coarse_fraction = coarse[0] if coarse else 0.0
+            if coarse_fraction:
+                scale = max(scale, (scales or {}).get(name, 0.0))
+                used_atol = coarse_fraction * max(scale, np.finfo(np.float32).tiny)
             else:
                 used_atol = effective_atol(atol, scale, rtol)
             limit = used_atol + rtol * np.abs(e64[mask])
             if np.any(diff > limit):
-                fraction = coarse[0] if coarse and coarse[0] else scaled_fraction(rtol)
-                scaled = "" if used_atol == atol else f" ({fraction:g} x the output's scale {scale:.3g})"
+                unit = f"{coarse_fraction:g} x the output's scale over the endpoint's cases" if coarse_fraction \
+                    else f"{scaled_fraction(rtol):g} x the output's scale"
+                scaled = "" if used_atol == atol else f" ({unit} {scale:.3g})"
                 problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={used_atol:g}{scaled} "
                                 f"rtol={rtol:g}")
     return Comparison(endpoint, batch, worst, problems)
@@ -290,6 +313,7 @@ def _check(cases, run) -> list[Comparison]:
     did), then the repeated calls of stochastic outputs."""
     results = []
     sink = _recorded.get()
+    scales = endpoint_scales(cases)
     for case in cases:
         actual = run(case.endpoint, case.inputs)
         if sink is not None:
@@ -299,7 +323,8 @@ def _check(cases, run) -> list[Comparison]:
         comp = compare_outputs({n: v for n, v in expected.items() if n not in stochastic},
                                {n: v for n, v in actual.items() if n not in stochastic},
                                case.endpoint, case.batch, values=case.values,
-                               tolerances=getattr(case, "tolerances", None))
+                               tolerances=getattr(case, "tolerances", None),
+                               scales={n: v for (e, n), v in scales.items() if e == case.endpoint})
         for name in sorted(stochastic):
             if name not in actual:
                 comp.problems.append(f"output '{name}' is missing")

@@ -283,6 +283,29 @@ def test_lossy_precisions_are_scaled_by_their_relative_tolerance():
     assert not wrong.ok and "0.03 x the output's scale" in wrong.problems[0]
 
 
+def test_coarse_tolerance_is_relative_to_the_outputs_range_over_the_endpoints_cases():
+    # A quantized model's error follows the range its quantizer calibrated: a one-row case
+    # whose sigmoid output is 0.14 may be off by 0.24 when the endpoint's outputs reach 0.5
+    # (Keras's representative-dataset test failed so, about 1 run in 150), not by 0.81.
+    from servekit.pipeline.cases import Case
+
+    tolerances = {"float32": verification.coarse_tolerance(1.0)}
+    few_rows = np.array([[0.14]], "float32")
+    many_rows = np.array([[0.5], [0.3], [0.2]], "float32")
+    cases = [Case("serving_default", 1, {"x": np.zeros((1, 2), "float32")}, {"p": few_rows}, tolerances=tolerances),
+             Case("serving_default", 3, {"x": np.ones((3, 2), "float32")}, {"p": many_rows}, tolerances=tolerances)]
+    assert verification.endpoint_scales(cases) == {("serving_default", "p"): pytest.approx(0.5)}
+
+    def artifact(one_row_output):
+        return lambda endpoint, inputs: {"p": np.full((1, 1), one_row_output, "float32")
+                                         if len(inputs["x"]) == 1 else many_rows}
+
+    assert all(c.ok for c in verification._check(cases, artifact(0.38)))
+    wrong = verification._check(cases, artifact(0.95))
+    assert not wrong[0].ok and wrong[1].ok
+    assert "1 x the output's scale over the endpoint's cases 0.5" in wrong[0].problems[0]
+
+
 # -- names ---------------------------------------------------------------------------------
 
 

@@ -67,12 +67,13 @@ from servekit.errors import ExportError, root_cause
 # A representative dataset larger than this stays in the exporting process.
 MAX_SAMPLE_BYTES = 64 << 20
 # A quantized model's float outputs against the float model's: every element within
-# this fraction of the output's scale (int8 error follows the output's range; with a
-# small or random calibration set it reaches a fifth of it, and a case of few rows has a
-# scale below the range the quantizer calibrated: Keras's representative-dataset test
-# measured 0.6 of a batch-2 case's scale). A coarse check that catches a model that does
-# not run or computes something else, marked `"precision": "quantized"` in the manifest.
-QUANTIZED_SCALE_FRACTION = 1.0
+# this fraction of the output's scale over the endpoint's cases (int8 error follows the
+# range the quantizer calibrated, which one case of few rows can fall well short of).
+# Keras's representative-dataset tests, with 5 or 10 random calibration samples, measured
+# up to 0.36 of it in 450 runs (a case's own scale: up to 1.7). Below 1, so an artifact
+# whose outputs are all zeros fails. A coarse check that catches a model that does not
+# run or computes something else, marked `"precision": "quantized"` in the manifest.
+QUANTIZED_SCALE_FRACTION = 0.75
 _OPS_BUILTIN = ("TFLITE_BUILTINS",)
 _OPS_SELECT = ("TFLITE_BUILTINS", "SELECT_TF_OPS")
 # `litert_torch.convert`'s arguments servekit takes on the torch backend (see the module
