@@ -82,6 +82,24 @@ def test_skewed_layer_is_named_in_the_other_formats(tmp_path, monkeypatch, fmt, 
     assert first["format"] == fmt
 
 
+def test_a_quantized_model_is_probed_at_its_coarse_tolerance(tmp_path, monkeypatch):
+    # Every layer of an int8 model differs from the float one by its quantization error:
+    # probed at float32's 1e-5, the first quantized layer ('hidden') was named.
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8,), name="features")
+    h = keras.layers.Dense(4, name="after")(keras.layers.Dense(16, activation="relu", name="hidden")(inp))
+    model = keras.Model(inp, custom_layers.SkewedLayer(name="skewed")(h), name="skewed_quantized")
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((1, 8)).astype("float32")] for _ in range(20)]
+    monkeypatch.setenv("SERVEKIT_TEST_SKEW", "50")
+    error = _export_error(model, str(tmp_path / "q.tflite"), format="litert", strategy="portable_rebuild",
+                          optimizations=[tf.lite.Optimize.DEFAULT], representative_dataset=lambda: iter(samples))
+    first = _assert_names(error, "skewed", "SkewedLayer", min_error=49)
+    assert first["before"] == 2 and "the output's scale over the endpoint's cases" in first["problem"]
+
+
 def test_layer_inside_a_nested_functional_model(tmp_path, monkeypatch):
     keras.utils.set_random_seed(4)
     block_in = keras.Input((4,), name="block_in")

@@ -116,3 +116,18 @@ def artifact_files(fmt: str, path: str) -> dict[str, int]:
     for member in member_paths(fmt, path):
         files.update(atomic.artifact_files(member))
     return files
+
+
+def precision_tolerances(fmt: str, precision: Optional[str]) -> dict[str, tuple[float, ...]]:
+    """The tolerances, over the export's, an artifact is checked with at the
+    `precision` its report and manifest name (OpenVINO "bfloat16": bfloat16's;
+    LiteRT "quantized": the coarse check). Empty for the model's own precision."""
+    if fmt == "openvino" and precision == "bfloat16":
+        from servekit.formats import openvino
+
+        return openvino.tolerances("bf16")
+    if fmt == "litert" and precision == "quantized":
+        from servekit.formats import litert
+
+        return litert.quantized_tolerances()
+    return {}

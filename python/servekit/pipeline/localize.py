@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from servekit import formats, verification
 from servekit.errors import root_cause
 
 # Probe output names: sorted like the topological order (Keras flattens dicts by key).
@@ -129,8 +130,6 @@ class Finding:
 def first_divergence(points: Sequence[Point], expected: Mapping[str, np.ndarray],
                      actual: Mapping[str, np.ndarray], tolerances) -> Finding:
     """The first point whose artifact output differs from the source's beyond tolerance."""
-    from servekit import verification
-
     finding = Finding(None)
     for p in points:
         if p.key not in expected or p.key not in actual:
@@ -235,8 +234,9 @@ def _localize(strategy, requests, reports, staged, make_workdir, remove_workdir)
         case = None if why else _failing_case(request, reports[fmt])
         if why or case is None:
             results[fmt] = {"localized": False, "why": why or "no failing case with compared values"}
-        else:
-            todo[fmt] = (request, case)
+        else:  # each layer output at the tolerance the artifact was checked with (quantized: coarse)
+            looser = formats.precision_tolerances(fmt, reports[fmt].get("precision"))
+            todo[fmt] = (request, verification.with_tolerances(case, looser))
     if not todo:
         return results
     request = next(iter(todo.values()))[0]
@@ -399,8 +399,6 @@ def _run_probe(strategy, todo, probe, layout, names, inputs, expected, make_work
 
 def _run_artifact(fmt: str, path: str, request, case) -> dict[str, np.ndarray]:
     """The artifact's outputs on `case`, run the way its format's check runs it."""
-    from servekit import verification
-
     with verification.recording_outputs() as recorded:
         if fmt == "tf_saved_model":
             verification.check_saved_model(path, [case])
