@@ -594,10 +594,9 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
     """Makes the graph inputs `_lift_weights` created initializers again.
 
     Each weight is copied into its initializer, one at a time, unless
-    `weights` is a dict and the model's tensors will go to an external data
-    file (`external_data_threshold()`): then the initializer names the weight,
-    which stays in `weights` (in the variable it was read from) until
-    `write_onnx` writes it into the data file.
+    `weights` is a dict: then the initializer names the weight, which stays in
+    `weights` (in the variable it was read from) until `write_onnx` writes it
+    into the file, the model's or its external data file.
     """
     if not lifted:
         return
@@ -615,7 +614,6 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
     del graph.input[:]
     graph.input.extend(kept)
     rank = {name: i for i, name in enumerate(lifted)}  # graph order
-    pending = []
     for value_name in sorted(found, key=lambda n: rank[names.get(n, n)]):
         tf_dtype, dims, data = lifted.pop(names.get(value_name, value_name))  # one copy alive at a time
         tensor = graph.initializer.add()
@@ -629,14 +627,7 @@ def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
             tensor.data_location = onnx.TensorProto.EXTERNAL
             entry = tensor.external_data.add()
             entry.key, entry.value = "location", _PENDING_LOCATION + key
-            pending.append(tensor)
         else:
-            tensor.raw_data = data if isinstance(data, bytes) else data.tobytes()
-    if pending and _tensor_bytes(model_proto) <= external_data_threshold():
-        for tensor in pending:  # one file after all: the weights go into the ModelProto
-            data = weights.pop(tensor.external_data[0].value[len(_PENDING_LOCATION):])
-            tensor.ClearField("data_location")
-            del tensor.external_data[:]
             tensor.raw_data = data if isinstance(data, bytes) else data.tobytes()
 
 
@@ -781,11 +772,29 @@ def _impose_signature(model_proto, endpoint: sig.Signature) -> None:
 
 def _check_in_memory(model_proto) -> None:
     """onnx.checker on a model small enough to serialize; larger ones are
-    checked by `write_onnx`, from their files."""
+    checked by `write_onnx`, from their files. Weights the conversion left
+    out (in `weights`, until `write_onnx`) are checked as the graph inputs
+    they were converted as: the checker would look for a file holding them."""
     import onnx
 
-    if _tensor_bytes(model_proto) <= external_data_threshold():
+    if _tensor_bytes(model_proto) > external_data_threshold():
+        return
+    left_out = [t for t in model_proto.graph.initializer if _is_left_out(t)]
+    if not left_out:
         onnx.checker.check_model(model_proto)
+        return
+    lifted = onnx.ModelProto()
+    lifted.CopyFrom(model_proto)  # small: the weights are not in it
+    kept = [t for t in lifted.graph.initializer if not _is_left_out(t)]
+    del lifted.graph.initializer[:]
+    lifted.graph.initializer.extend(kept)
+    lifted.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in left_out)
+    onnx.checker.check_model(lifted)
+
+
+def _is_left_out(tensor) -> bool:
+    """Whether `_restore_weights` left this initializer's weight in `weights`."""
+    return bool(tensor.external_data) and tensor.external_data[0].value.startswith(_PENDING_LOCATION)
 
 
 def external_data_threshold() -> int:
@@ -849,11 +858,11 @@ def write_onnx(model_proto, path: str, weights: Optional[dict] = None) -> None:
             are, without a copy.
     """
     if _tensor_bytes(model_proto) <= external_data_threshold():
-        if weights:  # `_restore_weights` leaves weights out only of a model with external data
-            raise ExportError(f"The ONNX model for '{path}' left out weights {sorted(weights)} but fits one file.",
-                              reason="conversion_failed")
         with open(path, "wb") as f:
-            f.write(model_proto.SerializeToString(deterministic=True))
+            if weights:
+                _write_with_weights(f, model_proto, weights)
+            else:
+                f.write(model_proto.SerializeToString(deterministic=True))
         os.chmod(path, 0o644)
         return
     from onnx import external_data_helper
@@ -905,6 +914,97 @@ def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
     if weights:
         raise ExportError(f"The ONNX model does not name the lifted weights {sorted(weights)} it was converted with.",
                           reason="conversion_failed")
+
+
+# Field numbers in onnx.proto of what `_write_with_weights` splices.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+
+def _write_with_weights(f, model_proto, weights: dict) -> None:
+    """Writes `model_proto` as one file with the weights it left out in
+    `weights` as its initializers' `raw_data`, each streamed from its
+    variable: the bytes `SerializeToString(deterministic=True)` gives for the
+    model with the weights copied in, without that copy, nor the
+    serialization's.
+
+    Protobuf writes a message's fields in field-number order, each message
+    field as its tag, its length and its bytes: the model is its fields before
+    `graph`, the graph, its fields after; the graph likewise around its
+    initializers, and a left-out initializer around its `raw_data`.
+    """
+    import onnx
+
+    records = []  # per initializer: (its bytes before and after raw_data, the left-out weight or None)
+    for tensor in model_proto.graph.initializer:
+        if not _is_left_out(tensor):
+            records.append((tensor.SerializeToString(deterministic=True), b"", None))
+            continue
+        kept = onnx.TensorProto()
+        kept.CopyFrom(tensor)  # no data: the weight is in `weights`
+        kept.ClearField("data_location")
+        del kept.external_data[:]
+        data = weights.pop(tensor.external_data[0].value[len(_PENDING_LOCATION):])
+        records.append((*_serialized_around(kept, _TENSOR_RAW_DATA), data))
+    if weights:
+        raise ExportError(f"The ONNX model does not name the lifted weights {sorted(weights)} it was converted with.",
+                          reason="conversion_failed")
+
+    def data_bytes(data) -> int:
+        return len(data) if isinstance(data, bytes) else data.nbytes
+
+    def length(head: bytes, tail: bytes, data) -> int:  # of a tensor's serialization
+        return len(head) + (0 if data is None else _field_bytes(_TENSOR_RAW_DATA, data_bytes(data))) + len(tail)
+
+    graph_head, graph_tail = _serialized_around(model_proto.graph, _GRAPH_INITIALIZER)
+    graph_length = (len(graph_head) + sum(_field_bytes(_GRAPH_INITIALIZER, length(*r)) for r in records)
+                    + len(graph_tail))
+    model_head, model_tail = _serialized_around(model_proto, _MODEL_GRAPH)
+    f.write(model_head + _field_key(_MODEL_GRAPH, graph_length) + graph_head)
+    for i, (head, tail, data) in enumerate(records):
+        f.write(_field_key(_GRAPH_INITIALIZER, length(head, tail, data)) + head)
+        if data is not None:
+            f.write(_field_key(_TENSOR_RAW_DATA, data_bytes(data)))
+            _write_weight(f, data)
+            records[i] = (head, tail, None)  # the array, before the next weight
+            del data
+        f.write(tail)
+    f.write(graph_tail + model_tail)
+
+
+def _serialized_around(message, number: int) -> tuple[bytes, bytes]:
+    """`message`'s serialization without its field `number`, split where that
+    field's bytes go: its fields numbered below, and above."""
+    before, after = type(message)(), type(message)()
+    for field, value in message.ListFields():
+        if field.number == number:
+            continue
+        target = before if field.number < number else after
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+    return before.SerializeToString(deterministic=True), after.SerializeToString(deterministic=True)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field_key(number: int, length: int) -> bytes:
+    """A length-delimited field's tag and length."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _field_bytes(number: int, length: int) -> int:
+    """The bytes a length-delimited field of `length` bytes takes."""
+    return len(_field_key(number, length)) + length
 
 
 def _write_weight(f, data) -> int:

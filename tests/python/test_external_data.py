@@ -168,6 +168,56 @@ def test_bfloat16_weights_are_written_as_bfloat16_from_the_variables(tmp_path, m
     np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max(), rtol=0.02)
 
 
+def test_one_file_is_streamed_with_protobufs_own_bytes(tmp_path, monkeypatch):
+    # Under the external-data threshold the lifted weights still stream from the variables
+    # into the one file, spliced where protobuf puts them: the file must be exactly
+    # `SerializeToString(deterministic=True)` of the model with the weights copied in (which
+    # held them twice more). Weights in bytes, float32 and bfloat16 arrays, one over 2 MiB
+    # (a 4-byte length), between initializers, and around a tensor, graph and model with
+    # fields after theirs; the in-memory checker takes a model whose weights are left out.
+    import ml_dtypes
+    import onnx
+    from onnx import TensorProto, helper
+
+    monkeypatch.setenv(sk_onnx.EXTERNAL_DATA_ENV, str(2**40))
+    rng = np.random.default_rng(0)
+    weights = {"0": rng.standard_normal((700, 1024)).astype("float32"), "1": b"\x01\x02\x03\x04" * 3,
+               "2": rng.standard_normal((4, 3)).astype(ml_dtypes.bfloat16)}
+    dtypes = {"0": TensorProto.FLOAT, "1": TensorProto.FLOAT, "2": TensorProto.BFLOAT16}
+    dims = {"0": [700, 1024], "1": [3], "2": [4, 3]}
+    left_out = []
+    for key in ("0", "1", "2"):
+        tensor = TensorProto(name=f"w{key}", data_type=dtypes[key], dims=dims[key])
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value=sk_onnx._PENDING_LOCATION + key)
+        tensor.doc_string = "tf2onnx's, numbered after raw_data"
+        left_out.append(tensor)
+    small = helper.make_tensor("bias", TensorProto.FLOAT, [3], [0.5, -1.0, 2.0])
+    nodes = [helper.make_node("Cast", ["w2"], ["w2f"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["w1", "bias"], ["sum"]),
+             helper.make_node("MatMul", ["x", "w0"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 700])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+                               for n, shape in (("y", ["batch", 1024]), ("sum", [3]), ("w2f", [4, 3]))],
+                              initializer=[left_out[0], small, left_out[1], left_out[2]], doc_string="after")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="servekit")
+    helper.set_model_props(model, {"after": "the graph"})
+    sk_onnx._check_in_memory(model)
+
+    with_weights = onnx.ModelProto()
+    with_weights.CopyFrom(model)
+    for tensor in with_weights.graph.initializer:
+        if sk_onnx._is_left_out(tensor):
+            data = weights[tensor.external_data[0].value[len(sk_onnx._PENDING_LOCATION):]]
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+            tensor.raw_data = data if isinstance(data, bytes) else data.view(np.uint8).tobytes()
+    path = tmp_path / "one.onnx"
+    sk_onnx.write_onnx(model, str(path), dict(weights))
+    assert path.read_bytes() == with_weights.SerializeToString(deterministic=True)
+    onnx.checker.check_model(str(path))
+
+
 def test_lifted_weights_do_not_depend_on_earlier_exports(tmp_path):
     # One warm worker exports the model, another model, then the model again: the
     # lifted weights' names once carried TF ids that moved in between.
