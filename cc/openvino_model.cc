@@ -70,11 +70,18 @@ std::string Message(const std::exception& e) {
   return out.empty() ? std::string(e.what()) : out;
 }
 
-StatusOr<TensorSpec> SpecFromPort(const ov::Output<const ov::Node>& port, const std::string& where) {
+// A compiled port's spec, named as the IR names it (`declared`, the read model's port
+// at the same position): a compiled port can carry more names than the IR's tensor (the
+// CPU plugin's fusions merge the fused nodes' names into an output's: an RMS
+// normalization's output also answers to its first multiply's name), and
+// get_any_name() picks the first.
+StatusOr<TensorSpec> SpecFromPort(const ov::Output<const ov::Node>& port, const ov::Output<ov::Node>& declared,
+                                  const std::string& where) {
   TensorSpec spec;
-  const auto& names = port.get_names();
-  if (names.empty()) return Unimplemented(where + " has no tensor name; servekit feeds tensors by name");
-  spec.name = port.get_any_name();
+  if (declared.get_names().empty()) {
+    return Unimplemented(where + " has no tensor name; servekit feeds tensors by name");
+  }
+  spec.name = declared.get_any_name();
   const std::string named = where + " '" + spec.name + "'";
   const auto dtype = DTypeFromOpenVino(port.get_element_type());
   if (!dtype) {
@@ -218,7 +225,8 @@ StatusOr<std::unique_ptr<OpenVinoModel>> OpenVinoModel::Load(const std::string& 
     signature.name = kOpenVinoEndpoint;
     const auto& inputs = runtime->compiled.inputs();
     for (size_t i = 0; i < inputs.size(); ++i) {
-      SERVEKIT_ASSIGN_OR_RETURN(TensorSpec spec, SpecFromPort(inputs[i], "OpenVINO input " + std::to_string(i)));
+      SERVEKIT_ASSIGN_OR_RETURN(TensorSpec spec,
+                                SpecFromPort(inputs[i], model->input(i), "OpenVINO input " + std::to_string(i)));
       if (spec.unknown_rank) {
         return Unimplemented("OpenVINO input '" + spec.name + "' of " + path + " has a dynamic rank");
       }
@@ -227,7 +235,8 @@ StatusOr<std::unique_ptr<OpenVinoModel>> OpenVinoModel::Load(const std::string& 
     }
     const auto& outputs = runtime->compiled.outputs();
     for (size_t i = 0; i < outputs.size(); ++i) {
-      SERVEKIT_ASSIGN_OR_RETURN(TensorSpec spec, SpecFromPort(outputs[i], "OpenVINO output " + std::to_string(i)));
+      SERVEKIT_ASSIGN_OR_RETURN(TensorSpec spec,
+                                SpecFromPort(outputs[i], model->output(i), "OpenVINO output " + std::to_string(i)));
       runtime->output_types.push_back(ToOpenVino(spec.dtype));
       signature.outputs.push_back(std::move(spec));
     }

@@ -11,6 +11,8 @@
 #include "cc/file_util.h"
 #include "cc/loader.h"
 #include "gtest/gtest.h"
+#include "openvino/openvino.hpp"
+#include "openvino/opsets/opset13.hpp"
 #include "tests/cc/test_util.h"
 
 namespace servekit {
@@ -267,6 +269,40 @@ TEST(OpenVinoModelLoadTest, NotAnIr) {
   EXPECT_EQ(model.status().code(), StatusCode::kDataLoss);
   EXPECT_EQ(model.status().message(),
             dir + "/model.xml is not an OpenVINO IR: not an XML document with a <net> element");
+}
+
+// The graph OpenVINO's TensorFlow frontend makes of Keras's RMSNormalization, written as
+// servekit writes IRs (the output's tensor named by the signature): the CPU plugin fuses
+// it, and the compiled output also answers to the first multiply's name, which sorts
+// first. The signature must keep the IR's name.
+TEST(OpenVinoModelLoadTest, OutputsKeepTheIrsNamesThroughTheCpuPluginsFusions) {
+  using ov::op::v0::Constant;
+  auto x = std::make_shared<ov::op::v0::Parameter>(ov::element::f32, ov::PartialShape{-1, 5, 6});
+  x->output(0).set_names({"x"});
+  auto square = std::make_shared<ov::op::v1::Multiply>(x, x);
+  auto mean = std::make_shared<ov::op::v1::ReduceMean>(
+      square, Constant::create(ov::element::i32, ov::Shape{1}, {-1}), true);
+  auto add = std::make_shared<ov::op::v1::Add>(mean, Constant::create(ov::element::f32, ov::Shape{1, 1, 1}, {1e-6f}));
+  auto rsqrt = std::make_shared<ov::op::v1::Power>(add, Constant::create(ov::element::f32, ov::Shape{1, 1, 1}, {-0.5f}));
+  auto normalized = std::make_shared<ov::op::v1::Multiply>(x, rsqrt);
+  normalized->output(0).set_names({"functional_1/rms_normalization_1/Mul:0"});
+  auto scaled = std::make_shared<ov::op::v1::Multiply>(
+      normalized, Constant::create(ov::element::f32, ov::Shape{1, 1, 6}, std::vector<float>(6, 1.0f)));
+  scaled->output(0).set_names({"rms_normalization"});
+  auto result = std::make_shared<ov::op::v0::Result>(scaled);
+  const std::string xml = testing::ScratchDir("openvino_rms") + "/model.xml";
+  ov::save_model(std::make_shared<ov::Model>(ov::ResultVector{result}, ov::ParameterVector{x}), xml, false);
+
+  auto loaded = OpenVinoModel::Load(xml, LoadOptions{});
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const Signature& s = (*loaded)->signatures()[0];
+  ASSERT_EQ(s.outputs.size(), 1u);
+  EXPECT_EQ(s.outputs[0].name, "rms_normalization");
+  std::vector<float> values(30, 2.0f);
+  auto out = (*loaded)->Run("serving_default", {{"x", Floats({1, 5, 6}, values)}});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ((*out)[0].name, "rms_normalization");
+  EXPECT_NEAR((*out)[0].tensor.data_as<float>()[0], 1.0f, 1e-5);
 }
 
 TEST(OpenVinoModelLoadTest, BadOptionsAndNoGpu) {

@@ -58,9 +58,11 @@ def openvino_outputs(path: str, inputs: Mapping[str, np.ndarray]):
     """Runs an IR in OpenVINO's CPU plugin at float32, as the manifest declares."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    results = compiled({port.get_any_name(): np.asarray(inputs[port.get_any_name()]) for port in compiled.inputs})
-    return {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
+    core = ov.Core()
+    model = core.read_model(path)  # its ports carry the IR's names; a compiled port can carry more
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled({port.get_any_name(): np.asarray(inputs[port.get_any_name()]) for port in model.inputs})
+    return {port.get_any_name(): np.asarray(results[i]) for i, port in enumerate(model.outputs)}
 
 
 def litert_outputs(path: str, inputs: Mapping[str, np.ndarray]):

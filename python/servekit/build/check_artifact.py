@@ -69,9 +69,8 @@ def check(manifest_path: str, fmt: str) -> list[str]:
         from servekit.formats import openvino
 
         precision = "bf16" if entries[0].get("precision") == "bfloat16" else "f32"
-        compiled = openvino.compile_for_check(path, precision)
-        found_in = [p.get_any_name() for p in compiled.inputs]
-        found_out = [p.get_any_name() for p in compiled.outputs]
+        ir = openvino.compile_for_check(path, precision)
+        found_in, found_out = ir.input_names, ir.output_names
         if (found_in, found_out) != (input_names, output_names):
             return [f"the IR has inputs {found_in} and outputs {found_out}; the manifest says {input_names} and "
                     f"{output_names}"]

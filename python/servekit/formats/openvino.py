@@ -25,7 +25,7 @@ second move fails.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from servekit import atomic
 from servekit import signature as sig
@@ -290,12 +290,29 @@ def commit(staged: str, xml_path: str) -> None:
     atomic.discard(staged)
 
 
-def compile_for_check(xml_path: str, precision: str = DEFAULT_PRECISION):
+class CompiledIR(NamedTuple):
+    """An IR compiled for a check, with its ports' names as the IR declares them.
+
+    A compiled port can carry more names than the IR's tensor: the CPU plugin's
+    fusions merge the fused nodes' names into the output's (RMS normalization:
+    'rms_normalization' and 'functional_1/rms_normalization_1/Mul:0'), and
+    `get_any_name` picks the first. The IR's own ports name them, by position.
+    """
+
+    compiled: Any  # ov.CompiledModel
+    input_names: list[str]
+    output_names: list[str]
+
+
+def compile_for_check(xml_path: str, precision: str = DEFAULT_PRECISION) -> CompiledIR:
     """The IR compiled on CPU at `precision`, one stream (as the check runs it)."""
     import openvino as ov
 
-    return ov.Core().compile_model(xml_path, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                     "PERFORMANCE_HINT": "LATENCY"})
+    core = ov.Core()
+    model = core.read_model(xml_path)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+    return CompiledIR(compiled, [p.get_any_name() for p in model.inputs], [p.get_any_name() for p in model.outputs])
 
 
 def check(xml_path: str, cases, precision: str = DEFAULT_PRECISION) -> list[Any]:
@@ -318,15 +335,15 @@ def infer_function(xml_path: str, precision: str = DEFAULT_PRECISION):
     """The IR compiled on CPU at `precision` (`compile_for_check`), and a function
     running it: inputs by name -> outputs by name, NumPy arrays (bfloat16 as
     `ml_dtypes.bfloat16`)."""
-    compiled = compile_for_check(staged_xml(xml_path), precision)
-    names = [o.get_any_name() for o in compiled.outputs]
+    ir = compile_for_check(staged_xml(xml_path), precision)
+    outputs = ir.compiled.outputs
 
     def infer(inputs):
-        request = compiled.create_infer_request()
+        request = ir.compiled.create_infer_request()
         result = request.infer({k: _tensor(v) for k, v in inputs.items()})
-        return {name: _array(result[i], compiled.outputs[i]) for i, name in enumerate(names)}
+        return {name: _array(result[i], outputs[i]) for i, name in enumerate(ir.output_names)}
 
-    return compiled, infer
+    return ir, infer
 
 
 def declared_precision(xml_path: str) -> str:

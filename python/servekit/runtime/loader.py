@@ -237,9 +237,11 @@ class LoadedOpenVino(_ServingDefault):
         from servekit.formats import openvino
 
         self.precision = openvino.declared_precision(path)
-        self.compiled, self._infer = openvino.infer_function(path, self.precision)
-        self._signature = sig.Signature("serving_default", tuple(_ov_tensor(p) for p in self.compiled.inputs),
-                                        tuple(_ov_tensor(p) for p in self.compiled.outputs))
+        ir, self._infer = openvino.infer_function(path, self.precision)
+        self.compiled = ir.compiled
+        self._signature = sig.Signature(
+            "serving_default", tuple(_ov_tensor(n, p) for n, p in zip(ir.input_names, self.compiled.inputs)),
+            tuple(_ov_tensor(n, p) for n, p in zip(ir.output_names, self.compiled.outputs)))
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         return self._infer(inputs)
@@ -277,9 +279,9 @@ def _ort_tensor(value) -> sig.TensorSignature:
     return sig.TensorSignature(value.name, _ORT_DTYPES.get(value.type, "float32"), dims)
 
 
-def _ov_tensor(port) -> sig.TensorSignature:
+def _ov_tensor(name: str, port) -> sig.TensorSignature:
     dims = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
-    return sig.TensorSignature(port.get_any_name(), _OV_DTYPES.get(str(port.get_element_type()), "float32"), dims)
+    return sig.TensorSignature(name, _OV_DTYPES.get(str(port.get_element_type()), "float32"), dims)
 
 
 _OV_DTYPES = {
