@@ -162,6 +162,22 @@ def test_outputs_that_are_an_input_or_each_other(fmt, tmp_path):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5)
 
 
+def test_openvino_outputs_keep_their_names_through_the_cpu_plugins_fusions(tmp_path):
+    # The CPU plugin fuses an RMS normalization, and its compiled output also answers to
+    # the first multiply's TensorFlow name, which sorts first: read from the compiled
+    # model, the output was misnamed and the export failed ("output names differ").
+    features = keras.Input(shape=(5, 6), name="features")
+    model = keras.Model(features, keras.layers.RMSNormalization(name="rms")(features))
+    path = str(tmp_path / "rms.xml")
+    servekit.export(model, path, format="openvino", strategy="portable_rebuild", verbose=False)
+    values = np.random.default_rng(0).normal(size=(3, 5, 6)).astype("float32")
+    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    loaded = servekit.load(path)
+    assert [t.name for t in loaded.signatures[0].outputs] == ["rms"]
+    np.testing.assert_allclose(loaded.call_endpoint("serving_default", features=values)["rms"], want, atol=1e-5)
+    np.testing.assert_allclose(checks.openvino_outputs(path, {"features": values})["rms"], want, atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["openvino", "litert"])
 def test_servekit_load_runs_the_other_formats(fmt, model, tmp_path):
     path = str(tmp_path / ("m.xml" if fmt == "openvino" else "m.tflite"))
@@ -449,6 +465,29 @@ def test_torch_program_of_recurrent_layers_keeps_the_batch_dynamic(tmp_path):
         ids[0, 4:] = 0  # padding, masked
         want = np.asarray(keras.ops.convert_to_numpy(model(ids, training=False)))
         got = torch.utils._pytree.tree_leaves(module(torch.from_numpy(ids)))[0]
+        np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
+
+
+def test_torch_program_of_augmentation_and_activity_regularization(tmp_path):
+    # Called without `training`, Keras's random augmentations take their training branch,
+    # random draws seeded from a variable ("GuardOnDataDependentSymNode"); an activity
+    # regularizer's loss divides by the batch size, read as a Python number under torch
+    # (the batch fixed at the sample's). The program is traced at inference, without losses.
+    import torch
+
+    keras.utils.set_random_seed(4)
+    images = keras.Input(shape=(8, 8, 3), name="images")
+    x = keras.layers.RandomFlip(name="flip")(images)
+    x = keras.layers.RandomRotation(0.1, name="rotate")(x)
+    x = keras.layers.ActivityRegularization(l2=0.1, name="regularized")(keras.layers.Flatten()(x))
+    model = keras.Model(images, keras.layers.Dense(2, activity_regularizer="l2", name="logits")(x))
+    path = str(tmp_path / "augmented.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    module = torch.export.load(path).module()
+    for batch in (1, 5):
+        values = np.random.default_rng(batch).normal(size=(batch, 8, 8, 3)).astype("float32")
+        got = torch.utils._pytree.tree_leaves(module(torch.from_numpy(values)))[0]
+        want = np.asarray(keras.ops.convert_to_numpy(model(values, training=False)))
         np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
 
 

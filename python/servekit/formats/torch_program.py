@@ -150,7 +150,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
         module, sample = flat_endpoint_module(model, layout), tuple(tensors)
         args["dynamic_shapes"] = tuple(_dims(layout))
     else:
-        module, sample = model, tuple(layout.pack(tensors))
+        module, sample = _for_inference(model), tuple(layout.pack(tensors))
         if "dynamic_shapes" in args:
             from keras.src.export.torch import _normalize_dynamic_shapes
 
@@ -159,7 +159,8 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
             args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
-        with torch.no_grad(), recurrences.unrolled(model), _symbolic_sizes_as_python_numbers():
+        with torch.no_grad(), recurrences.unrolled(model), _symbolic_sizes_as_python_numbers(), \
+                _without_activity_losses(model):
             program = _export_within_bounds(module, sample, args, model_name)
     except ExportError:
         raise
@@ -171,6 +172,52 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
     return program
+
+
+def _for_inference(model):
+    """The model as Keras's program is exported (the module is the model, taking
+    its call structure), called with `training=False`.
+
+    torch.export calls `module(*args)`, and without `training` a layer takes its
+    `call`'s default: Keras's random image augmentations (`RandomFlip`,
+    `RandomRotation`, ...) default to True, and their training branch draws
+    random numbers seeded from a variable, which torch.export cannot trace
+    ("GuardOnDataDependentSymNode").
+    """
+    import torch
+
+    class Inference(torch.nn.Module):
+        def __init__(self, keras_model):
+            super().__init__()
+            self.keras_model = keras_model
+
+        def forward(self, *args, **kwargs):
+            return self.keras_model(*args, training=False, **kwargs)
+
+    return Inference(model).eval()
+
+
+@contextlib.contextmanager
+def _without_activity_losses(model) -> Iterator[None]:
+    """Each layer's activity regularizer off while torch.export traces.
+
+    Keras adds a layer's activity regularization loss on every call, inference
+    included, divided by the batch size: under torch the size is read as a Python
+    number, and torch.export fixes the batch at the sample's ("fixes the dynamic
+    dimension(s) ['batch']": an `ActivityRegularization` layer, a `Dense` with an
+    `activity_regularizer`). The losses are no output of the program.
+    """
+    from servekit.source_model.kinds import all_layers
+
+    regularized = [(layer, layer.activity_regularizer) for layer in all_layers(model)
+                   if getattr(layer, "activity_regularizer", None) is not None]
+    for layer, _ in regularized:
+        layer.activity_regularizer = None
+    try:
+        yield
+    finally:
+        for layer, regularizer in regularized:
+            layer.activity_regularizer = regularizer
 
 
 @contextlib.contextmanager
