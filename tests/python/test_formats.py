@@ -358,6 +358,31 @@ def test_in_process_litert_takes_the_builtin_trace_too(tmp_path):
     _check_recurrent_litert(model, path)
 
 
+def test_litert_pools_in_3d_with_2d_pools(tmp_path):
+    # LiteRT has no MaxPool3D or AvgPool3D kernel (a Flex op: the export was refused). Both,
+    # "same" and "valid", uneven windows and strides, channels first too.
+    keras.utils.set_random_seed(5)
+    # Keras's torch backend counts "same" padding into a mean, TensorFlow does not: the
+    # source and every TensorFlow artifact of it differ (refused, blaming the trace).
+    mean_padding = "valid" if BACKEND == "torch" else "same"
+    volumes = keras.Input(shape=(7, 9, 8, 2), name="volumes")
+    features = keras.layers.Conv3D(3, 3, padding="same", name="conv")(volumes)
+    model = keras.Model(volumes, {
+        "max_same": keras.layers.MaxPooling3D((2, 3, 2), strides=(2, 2, 1), padding="same")(features),
+        "mean_strided": keras.layers.AveragePooling3D((3, 2, 2), strides=(1, 2, 2), padding=mean_padding)(volumes),
+        "mean_valid": keras.layers.AveragePooling3D(2)(volumes),
+        "max_channels_first": keras.layers.MaxPooling3D(2, data_format="channels_first")(
+            keras.layers.Permute((4, 1, 2, 3))(volumes))})
+    path = str(tmp_path / "pools.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    values = np.random.default_rng(2).normal(size=(3, 7, 9, 8, 2)).astype("float32")
+    want = {k: np.asarray(keras.ops.convert_to_numpy(t)) for k, t in model(values).items()}
+    got = _runtime_outputs("litert", path, {"volumes": values})
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+
+
 def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):
     with pytest.raises(ExportError, match=r"static length \(keras.Input\(shape=\(steps, features\)\)\)"):
         servekit.export(_recurrent_model(steps=None), str(tmp_path / "rnn.tflite"), format="litert", verbose=False)

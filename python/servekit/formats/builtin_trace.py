@@ -36,6 +36,12 @@ each written another way, for a format whose trace has them
   and sine matrices built at run time for the dims' sizes (their angles
   reduced modulo the size in int32 first, so they stay exact); the sums
   round differently from an FFT's, which the artifact's verification bounds.
+- `MaxPool3D`, `AvgPool3D` (LiteRT): no built-in kernel (Keras's
+  `MaxPooling3D`, `AveragePooling3D`). In this trace a 3-D pool is two 2-D
+  pools, over height and width with the depth folded into the batch, then
+  over the depth: the same numbers, since a max, and a mean over the window
+  positions inside the input (TensorFlow's count with "same" padding), both
+  split axis by axis.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ import contextlib
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
-_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D"), "openvino": ("Bitcast", "FFT2D")}
+_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D"),
+                  "openvino": ("Bitcast", "FFT2D")}
 
 
 def _unconvertible(node, fmt: str) -> bool:
@@ -75,10 +82,51 @@ def needs_builtin_trace(concrete, fmt: str) -> bool:
 def builtin_ops() -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
-    comparisons, `fft2` as real matmuls (the module docstring says why)."""
+    comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones (the module
+    docstring says why)."""
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
-            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls():
+            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d():
         yield
+
+
+@contextlib.contextmanager
+def _pools_3d_as_2d() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src import backend
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    originals = {"max_pool": tf_nn.max_pool, "average_pool": tf_nn.average_pool}
+
+    def size(t, axis):
+        return t.shape[axis] if t.shape[axis] is not None else tf.shape(t)[axis]
+
+    def as_2d(name, pool_2d):
+        def pool(inputs, pool_size, strides=None, padding="valid", data_format=None):
+            inputs = tf.convert_to_tensor(inputs)
+            if inputs.shape.rank != 5:
+                return originals[name](inputs, pool_size, strides, padding, data_format)
+            window = (pool_size,) * 3 if isinstance(pool_size, int) else tuple(pool_size)
+            steps = window if strides is None else (strides,) * 3 if isinstance(strides, int) else tuple(strides)
+            padding = padding.upper()
+            channels_first = backend.standardize_data_format(data_format) == "channels_first"
+            x = tf.transpose(inputs, [0, 2, 3, 4, 1]) if channels_first else inputs  # N, D, H, W, C
+            batch, depth, channels = size(x, 0), size(x, 1), size(x, 4)
+            planes = pool_2d(tf.reshape(x, [batch * depth, size(x, 2), size(x, 3), channels]), window[1:], steps[1:],
+                             padding)
+            height, width = size(planes, 1), size(planes, 2)
+            y = pool_2d(tf.reshape(planes, [batch, depth, height * width, channels]), (window[0], 1), (steps[0], 1),
+                        padding)
+            y = tf.reshape(y, [batch, size(y, 1), height, width, channels])
+            return tf.transpose(y, [0, 4, 1, 2, 3]) if channels_first else y
+
+        return pool
+
+    tf_nn.max_pool = as_2d("max_pool", tf.nn.max_pool2d)
+    tf_nn.average_pool = as_2d("average_pool", tf.nn.avg_pool2d)
+    try:
+        yield
+    finally:
+        tf_nn.max_pool, tf_nn.average_pool = originals["max_pool"], originals["average_pool"]
 
 
 @contextlib.contextmanager
