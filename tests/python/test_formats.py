@@ -383,6 +383,17 @@ def test_litert_pools_in_3d_with_2d_pools(tmp_path):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5)
 
 
+def test_litert_computes_erf_without_a_flex_op(tmp_path):
+    # LiteRT has no Erf kernel (FlexErf: refused); its trace computes erf as XLA does.
+    features = keras.Input(shape=(6,), name="features")
+    model = keras.Model(features, keras.layers.Lambda(lambda t: keras.ops.erf(t * 2.0), name="erf")(features))
+    path = str(tmp_path / "erf.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    values = np.linspace(-5, 5, 60, dtype="float32").reshape(10, 6)
+    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    np.testing.assert_allclose(_runtime_outputs("litert", path, {"features": values})["erf"], want, atol=1e-6)
+
+
 def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):
     with pytest.raises(ExportError, match=r"static length \(keras.Input\(shape=\(steps, features\)\)\)"):
         servekit.export(_recurrent_model(steps=None), str(tmp_path / "rnn.tflite"), format="litert", verbose=False)

@@ -42,6 +42,11 @@ each written another way, for a format whose trace has them
   over the depth: the same numbers, since a max, and a mean over the window
   positions inside the input (TensorFlow's count with "same" padding), both
   split axis by axis.
+- `Erf` (LiteRT): no built-in kernel (`keras.ops.erf`; an exact GELU does not
+  use it: the converter fuses TensorFlow's into its GELU op). In this trace
+  it is the rational approximation XLA and Eigen compute float32 `erf` with
+  (odd degree 13 over even degree 8, the input clamped to [-4, 4]), within a
+  few float32 roundings of TensorFlow's kernel.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def _unconvertible(node, fmt: str) -> bool:
         return False
     if node.op == "StridedSlice":
         return node.attr["new_axis_mask"].i != 0
+    if node.op == "Erf":
+        return node.attr["T"].type == types_pb2.DT_FLOAT
     return node.op in ("Abs", "Sign") and node.attr["T"].type == types_pb2.DT_INT64
 
 
@@ -82,11 +89,47 @@ def needs_builtin_trace(concrete, fmt: str) -> bool:
 def builtin_ops() -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
-    comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones (the module
-    docstring says why)."""
+    comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
+    rational function (the module docstring says why)."""
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
-            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d():
+            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational():
         yield
+
+
+# XLA's `ErfImpl32` (and Eigen's float32 `erf`): erf(x) = x * P(x^2) / Q(x^2) for x in
+# [-4, 4] (erf is +-1 in float32 beyond), coefficients from the highest power down.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+                  -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+                    -1.42647390514189e-02)
+
+
+@contextlib.contextmanager
+def _erf_as_rational() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import math as tf_math
+
+    original = tf_math.erf
+
+    def horner(coefficients, x2):
+        out = tf.fill(tf.shape(x2), tf.constant(coefficients[0], x2.dtype))
+        for c in coefficients[1:]:
+            out = out * x2 + tf.constant(c, x2.dtype)
+        return out
+
+    def erf(x):
+        x = tf.convert_to_tensor(x)
+        if x.dtype != tf.float32:
+            return original(x)
+        x = tf.clip_by_value(x, -4.0, 4.0)
+        x2 = x * x
+        return x * horner(_ERF_NUMERATOR, x2) / horner(_ERF_DENOMINATOR, x2)
+
+    tf_math.erf = erf
+    try:
+        yield
+    finally:
+        tf_math.erf = original
 
 
 @contextlib.contextmanager
