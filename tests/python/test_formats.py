@@ -394,6 +394,17 @@ def test_litert_computes_erf_without_a_flex_op(tmp_path):
     np.testing.assert_allclose(_runtime_outputs("litert", path, {"features": values})["erf"], want, atol=1e-6)
 
 
+def test_litert_names_flex_ops_that_fail_only_once_inputs_are_sized(tmp_path):
+    # TextVectorization's string ops sit behind a dynamic shape: LiteRT refuses them when the
+    # first case runs, not when tensors are allocated, and its own message came through.
+    text = keras.Input(shape=(1,), dtype="string", name="text")
+    vectorize = keras.layers.TextVectorization(max_tokens=10, output_sequence_length=4, vocabulary=["a", "b"])
+    path = tmp_path / "text.tflite"
+    with pytest.raises(ExportError, match=r"needs TensorFlow op\(s\) .*FlexStringLower.* \(Select TF ops\)"):
+        servekit.export(keras.Model(text, vectorize(text)), str(path), format="litert", verbose=False)
+    assert not path.exists()
+
+
 def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):
     with pytest.raises(ExportError, match=r"static length \(keras.Input\(shape=\(steps, features\)\)\)"):
         servekit.export(_recurrent_model(steps=None), str(tmp_path / "rnn.tflite"), format="litert", verbose=False)

@@ -58,8 +58,9 @@ too, and of `litert_torch.convert`'s arguments (`TORCH_ARGUMENTS`):
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
@@ -524,19 +525,28 @@ def infer_function(path: str):
     import numpy as np
 
     interpreter = _interpreter(path)
-    try:
+    with _flex_named(path):
         interpreter.allocate_tensors()  # where LiteRT refuses ops it has no kernel for
+    runner = interpreter.get_signature_runner("serving_default")
+
+    def infer(inputs):
+        with _flex_named(path):  # an op behind a dynamic shape is prepared only once the inputs are sized
+            out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
+        return {k: np.array(v) for k, v in out.items()}
+
+    return runner, infer
+
+
+@contextlib.contextmanager
+def _flex_named(path: str) -> Iterator[None]:
+    """LiteRT's refusal of Select TF ops ("Node number 2 (FlexStringLower) failed to
+    prepare") as servekit's error, naming every Flex op of the model and what to do."""
+    try:
+        yield
     except RuntimeError as e:
         if "Select TensorFlow op" not in str(e):
             raise
         raise _needs_flex_error(path) from None
-    runner = interpreter.get_signature_runner("serving_default")
-
-    def infer(inputs):
-        out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
-        return {k: np.array(v) for k, v in out.items()}
-
-    return runner, infer
 
 
 def _needs_flex_error(path: str) -> ExportError:
