@@ -792,9 +792,15 @@ def _check_in_memory(model_proto) -> None:
     onnx.checker.check_model(lifted)
 
 
+def _left_out_key(tensor) -> Optional[str]:
+    """The key in `weights` of the weight `_restore_weights` left out of this
+    initializer, or None for a tensor that holds its data."""
+    location = tensor.external_data[0].value if tensor.external_data else ""
+    return location[len(_PENDING_LOCATION):] if location.startswith(_PENDING_LOCATION) else None
+
+
 def _is_left_out(tensor) -> bool:
-    """Whether `_restore_weights` left this initializer's weight in `weights`."""
-    return bool(tensor.external_data) and tensor.external_data[0].value.startswith(_PENDING_LOCATION)
+    return _left_out_key(tensor) is not None
 
 
 def external_data_threshold() -> int:
@@ -896,9 +902,9 @@ def _write_external_tensors(model_proto, data_path: str, weights: dict) -> None:
         for tensor in external_data_helper._get_all_tensors(model_proto):
             if not external_data_helper.uses_external_data(tensor):
                 continue
-            location = tensor.external_data[0].value if tensor.external_data else ""
-            if location.startswith(_PENDING_LOCATION):
-                data = weights.pop(location[len(_PENDING_LOCATION):])
+            key = _left_out_key(tensor)
+            if key is not None:
+                data = weights.pop(key)
             elif tensor.HasField("raw_data"):
                 data = tensor.raw_data
             else:
@@ -943,7 +949,7 @@ def _write_with_weights(f, model_proto, weights: dict) -> None:
         kept.CopyFrom(tensor)  # no data: the weight is in `weights`
         kept.ClearField("data_location")
         del kept.external_data[:]
-        data = weights.pop(tensor.external_data[0].value[len(_PENDING_LOCATION):])
+        data = weights.pop(_left_out_key(tensor))
         records.append((*_serialized_around(kept, _TENSOR_RAW_DATA), data))
     if weights:
         raise ExportError(f"The ONNX model does not name the lifted weights {sorted(weights)} it was converted with.",

@@ -207,8 +207,9 @@ def test_one_file_is_streamed_with_protobufs_own_bytes(tmp_path, monkeypatch):
     with_weights = onnx.ModelProto()
     with_weights.CopyFrom(model)
     for tensor in with_weights.graph.initializer:
-        if sk_onnx._is_left_out(tensor):
-            data = weights[tensor.external_data[0].value[len(sk_onnx._PENDING_LOCATION):]]
+        key = sk_onnx._left_out_key(tensor)
+        if key is not None:
+            data = weights[key]
             tensor.ClearField("data_location")
             del tensor.external_data[:]
             tensor.raw_data = data if isinstance(data, bytes) else data.view(np.uint8).tobytes()
