@@ -362,14 +362,11 @@ def test_litert_pools_in_3d_with_2d_pools(tmp_path):
     # LiteRT has no MaxPool3D or AvgPool3D kernel (a Flex op: the export was refused). Both,
     # "same" and "valid", uneven windows and strides, channels first too.
     keras.utils.set_random_seed(5)
-    # Keras's torch backend counts "same" padding into a mean, TensorFlow does not: the
-    # source and every TensorFlow artifact of it differ (refused, blaming the trace).
-    mean_padding = "valid" if BACKEND == "torch" else "same"
     volumes = keras.Input(shape=(7, 9, 8, 2), name="volumes")
     features = keras.layers.Conv3D(3, 3, padding="same", name="conv")(volumes)
     model = keras.Model(volumes, {
         "max_same": keras.layers.MaxPooling3D((2, 3, 2), strides=(2, 2, 1), padding="same")(features),
-        "mean_strided": keras.layers.AveragePooling3D((3, 2, 2), strides=(1, 2, 2), padding=mean_padding)(volumes),
+        "mean_strided": keras.layers.AveragePooling3D((3, 2, 2), strides=(1, 2, 2), padding="same")(volumes),
         "mean_valid": keras.layers.AveragePooling3D(2)(volumes),
         "max_channels_first": keras.layers.MaxPooling3D(2, data_format="channels_first")(
             keras.layers.Permute((4, 1, 2, 3))(volumes))})
@@ -381,6 +378,53 @@ def test_litert_pools_in_3d_with_2d_pools(tmp_path):
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+
+
+def _uneven_same_average_2d(values: np.ndarray, size: int, stride: int, edge: str) -> np.ndarray:
+    """A channels-last 2-D average pool with "same" padding, split as Keras splits it, the
+    extra row or column after: `edge` "excluded" averages the input positions a window
+    covers (TensorFlow, JAX); "repeated" pads with the edge values and averages the whole
+    window (Keras's torch backend, when the split is uneven)."""
+    _, height, width, _ = values.shape
+    pads = []
+    for n in (height, width):
+        total = max((-(-n // stride) - 1) * stride + size - n, 0)
+        pads.append((total // 2, total - total // 2))
+    if edge == "repeated":
+        values = np.pad(values, [(0, 0), pads[0], pads[1], (0, 0)], mode="edge")
+        pads = [(0, 0), (0, 0)]
+    rows = range(-pads[0][0], values.shape[1] + pads[0][1] - size + 1, stride)
+    cols = range(-pads[1][0], values.shape[2] + pads[1][1] - size + 1, stride)
+    out = np.empty((values.shape[0], len(rows), len(cols), values.shape[3]), values.dtype)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            window = values[:, max(r, 0):r + size, max(c, 0):c + size]
+            out[:, i, j] = window.mean(axis=(1, 2))
+    return out
+
+
+def test_uneven_same_average_pooling_is_computed_as_the_source_backend_does(tmp_path):
+    # A window of 3 with stride 2 over even sizes: "same" padding is split unevenly, and
+    # Keras's torch backend then counts the edge, repeated, into the mean, TensorFlow and
+    # JAX do not. The rebuild under the other backend (TensorFlow for a SavedModel from
+    # torch, torch for a torch program from TensorFlow or JAX) computes the source's means.
+    images = keras.Input(shape=(8, 6, 2), name="images")
+    model = keras.Model(images, keras.layers.AveragePooling2D(3, strides=2, padding="same", name="mean")(images))
+    values = np.random.default_rng(3).normal(size=(2, 8, 6, 2)).astype("float32")
+    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    source_edge, other_edge = ("repeated", "excluded") if BACKEND == "torch" else ("excluded", "repeated")
+    np.testing.assert_allclose(want, _uneven_same_average_2d(values, 3, 2, source_edge), atol=1e-5)
+    assert np.abs(want - _uneven_same_average_2d(values, 3, 2, other_edge)).max() > 0.1  # the backends differ here
+
+    if BACKEND == "torch":
+        path = str(tmp_path / "mean")
+        servekit.export(model, path, format="tf_saved_model", verbose=False)
+        (got,) = checks.saved_model_outputs(path, {"images": values}).values()
+    else:
+        path = str(tmp_path / "mean.pt2")
+        servekit.export(model, path, format="torch", verbose=False)
+        got = checks.torch_program_outputs(path, ["images"], ["mean"], {"images": values})["mean"]
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_litert_computes_erf_without_a_flex_op(tmp_path):

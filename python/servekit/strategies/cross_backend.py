@@ -109,7 +109,7 @@ class CrossBackendRebuild:
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
             cases_file=cases_file, cases=tuple(cases_index), custom_classes=tuple(classes),
             lambda_globals=keras_archive.lambda_globals(request.source)[0],
-            sys_path=tuple(launch.importable_sys_path()) if classes else ())
+            sys_path=tuple(launch.importable_sys_path()) if classes else (), source_backend=request.backend)
         reasons: dict[str, list[str]] = {fmt: [] for fmt in requests}
         reports: dict[str, dict[str, Any]] = {}
         targets = TARGET_BACKENDS if "onnx" in requests else ("torch",)
@@ -162,6 +162,7 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
 
     from servekit.pipeline.cases import CaseSet
     from servekit.pipeline.request import EndpointPlan
+    from servekit.source_model import backend_semantics
     from servekit.strategies import keras_file
     from servekit.strategies.in_process import InProcess
 
@@ -177,7 +178,8 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
         request = ExportRequest("model", fmt, job.model_name, keras.backend.backend(), [plan], cases,
                                 verify=job.verify, opset=job.opset, source=model, version=job.version)
         try:
-            reports[fmt] = InProcess().write(request, staged, workdir)
+            with backend_semantics.computed_as(job.source_backend):
+                reports[fmt] = InProcess().write(request, staged, workdir)
         except ExportError as e:
             reports[fmt] = {"ok": False, "message": str(e), "reason": e.reason}
     return {"reports": reports}

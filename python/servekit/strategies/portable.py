@@ -97,7 +97,7 @@ class PortableRebuild:
             opset=request.opset, layer_names=tuple(request.layer_names), verify=request.verify,
             cases_file=cases_file, cases=tuple(cases_index), lambda_globals=keras_file.lambda_globals(model)[0],
             custom_classes=tuple(classes), sys_path=tuple(importable_sys_path()) if classes else (),
-            format_options=_options(request, requests))
+            format_options=_options(request, requests), source_backend=request.backend)
         reports = _per_format(run_worker(job, workdir), staged)
         peak_memory.mark("waiting for the worker")
         return reports
@@ -230,5 +230,5 @@ def write_bundle(request: ExportRequest, staged: dict[str, str], workdir: str, e
         lambda_globals=keras_file.lambda_globals(bundle)[0], custom_classes=tuple(classes),
         sys_path=tuple(importable_sys_path()) if classes else (), tracked=tracked,
         variable_collections=job_collections, variables_file=variables_file,
-        format_options=_options(request, staged))
+        format_options=_options(request, staged), source_backend=request.backend)
     return _per_format(run_worker(job, workdir), staged)

@@ -140,6 +140,9 @@ class WorkerJob:
             variables of each tracked layer and collection.
         format_options: format -> its JSON options (`openvino`:
             `precision`; `litert`: converter attributes).
+        source_backend: the backend the model was built and checked on; the
+            rebuild computes what it computes differently as it does
+            (`servekit.source_model.backend_semantics`).
     """
 
     kind: Literal["model", "archive"]
@@ -160,6 +163,7 @@ class WorkerJob:
     variable_collections: dict[str, tuple[VariableRef, ...]] = dataclasses.field(default_factory=dict)
     variables_file: Optional[str] = None
     format_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    source_backend: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,6 +177,7 @@ class WorkerJob:
             "variable_collections": {k: [r.to_json() for r in refs]
                                      for k, refs in self.variable_collections.items()},
             "variables_file": self.variables_file, "format_options": self.format_options,
+            "source_backend": self.source_backend,
         }
 
     @classmethod
@@ -189,7 +194,8 @@ class WorkerJob:
             tracked=tuple(tuple(VariableRef.from_json(r) for r in refs) for refs in data.get("tracked", ())),
             variable_collections={k: tuple(VariableRef.from_json(r) for r in refs)
                                   for k, refs in data.get("variable_collections", {}).items()},
-            variables_file=data.get("variables_file"), format_options=dict(data.get("format_options", {})))
+            variables_file=data.get("variables_file"), format_options=dict(data.get("format_options", {})),
+            source_backend=data.get("source_backend", ""))
 
     def write(self, path: str) -> None:
         with open(path, "w") as f:

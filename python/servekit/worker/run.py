@@ -127,6 +127,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
     from servekit import saved_model as sk_sm
     from servekit.formats import builtin_trace
     from servekit.pipeline.cases import CaseSet
+    from servekit.source_model import backend_semantics
     from servekit.worker import isolation
 
     custom = keras_file.import_custom_classes(job.custom_classes)
@@ -137,7 +138,9 @@ def run(job: WorkerJob) -> dict[str, Any]:
         with keras_file.lambda_globals_installed(job.lambda_globals):
             endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences=builtin_ops)
         peak_memory.mark("rebuild")
-        with builtin_trace.builtin_ops() if builtin_ops else contextlib.nullcontext():
+        # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
+        with builtin_trace.builtin_ops() if builtin_ops else contextlib.nullcontext(), \
+                backend_semantics.computed_as(job.source_backend):
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
     return {"reports": _write.write_and_verify(
