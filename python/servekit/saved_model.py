@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -107,6 +107,64 @@ class _LayerRecorder:
             yield
         finally:
             Layer.__call__ = original
+
+
+@contextlib.contextmanager
+def _tracing(recorder: _LayerRecorder) -> Iterator[None]:
+    """What every endpoint trace runs under: the layers recorded, convolutions channels-last."""
+    with recorder.recording(), _convolutions_channels_last():
+        yield
+
+
+# Keras's TensorFlow convolutions, each with `inputs` and `data_format` arguments.
+_CONVOLUTIONS = ("conv", "depthwise_conv", "separable_conv", "conv_transpose")
+
+
+@contextlib.contextmanager
+def _convolutions_channels_last() -> Iterator[None]:
+    """While tracing, a channels-first convolution is a channels-last one between
+    two transposes.
+
+    Keras traces `Conv2D(data_format="channels_first")` (and 1-D, 3-D,
+    depthwise, separable, transposed) as TensorFlow's NCHW convolution, whose
+    CPU kernels exist only with oneDNN: the export worker and the Bazel action
+    turn oneDNN off (the same kernels on every machine), and a serving binary
+    may not have it either. Such a SavedModel failed with "The Conv2D op
+    currently only supports the NHWC tensor format on the CPU", and a torch
+    model (whose users often work channels-first) had no other road to one.
+    The transposes cost little next to the convolution, and the converters
+    fold them (tf2onnx, OpenVINO) or fuse them (LiteRT).
+    """
+    import inspect
+
+    from keras.src import backend
+    from keras.src.backend.tensorflow import nn
+
+    originals = {name: getattr(nn, name) for name in _CONVOLUTIONS}
+
+    def channels_last(original):
+        signature = inspect.signature(original)
+
+        def convolution(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            if backend.standardize_data_format(bound.arguments["data_format"]) != "channels_first":
+                return original(*args, **kwargs)
+            x = tf.convert_to_tensor(bound.arguments["inputs"])
+            rank = len(x.shape)
+            bound.arguments["inputs"] = tf.transpose(x, [0, *range(2, rank), 1])
+            bound.arguments["data_format"] = "channels_last"
+            return tf.transpose(original(*bound.args, **bound.kwargs), [0, rank - 1, *range(1, rank - 1)])
+
+        return convolution
+
+    for name, original in originals.items():
+        setattr(nn, name, channels_last(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(nn, name, original)
 
 
 def _relaxed_batch(spec):
@@ -215,7 +273,7 @@ def build_module(
                     f"Endpoint '{ep.name}': {getattr(ep.fn, '__name__', ep.fn)!r} is not a tf.function, so it needs "
                     "an input_signature, e.g. add_endpoint(name, fn, input_signature=[keras.InputSpec(shape=(None, "
                     "3), dtype='float32')]).", reason="bad_signature")
-            with recorder.recording():
+            with _tracing(recorder):
                 method_concrete, arg_sig = _traced_concrete(ep.fn, ep.name)
             layout = layout_from_signature(list(arg_sig), arg_names=_arg_names(ep.fn),
                                            where=f"endpoint '{ep.name}'")
@@ -224,7 +282,7 @@ def build_module(
             names_box: dict[str, Any] = {}
             sig_fn = tf.function(_signature_wrapper(method, layout, ep.output_names, names_box),
                                  input_signature=flat_specs(layout), autograph=False)
-            with recorder.recording():
+            with _tracing(recorder):
                 concrete = sig_fn.get_concrete_function()
         else:
             # The signature function traces the user's function once, inline
@@ -234,7 +292,7 @@ def build_module(
             names_box = {}
             sig_fn = tf.function(_signature_wrapper(ep.fn, layout, ep.output_names, names_box),
                                  input_signature=flat_specs(layout), autograph=False)
-            with recorder.recording():
+            with _tracing(recorder):
                 concrete = sig_fn.get_concrete_function()
             method = tf.function(_restructurer(sig_fn, layout, names_box), input_signature=arg_specs(layout),
                                  autograph=False)
