@@ -111,8 +111,9 @@ class _LayerRecorder:
 
 @contextlib.contextmanager
 def _tracing(recorder: _LayerRecorder) -> Iterator[None]:
-    """What every endpoint trace runs under: the layers recorded, convolutions channels-last."""
-    with recorder.recording(), _convolutions_channels_last():
+    """What every endpoint trace runs under: the layers recorded, channels-first
+    kernels written channels-last."""
+    with recorder.recording(), _channels_last_kernels():
         yield
 
 
@@ -121,9 +122,9 @@ _CONVOLUTIONS = ("conv", "depthwise_conv", "separable_conv", "conv_transpose")
 
 
 @contextlib.contextmanager
-def _convolutions_channels_last() -> Iterator[None]:
+def _channels_last_kernels() -> Iterator[None]:
     """While tracing, a channels-first convolution is a channels-last one between
-    two transposes.
+    two transposes, and a channels-first bias add a broadcast add.
 
     Keras traces `Conv2D(data_format="channels_first")` (and 1-D, 3-D,
     depthwise, separable, transposed) as TensorFlow's NCHW convolution, whose
@@ -133,14 +134,20 @@ def _convolutions_channels_last() -> Iterator[None]:
     currently only supports the NHWC tensor format on the CPU", and a torch
     model (whose users often work channels-first) had no other road to one.
     The transposes cost little next to the convolution, and the converters
-    fold them (tf2onnx, OpenVINO) or fuse them (LiteRT).
+    fold them (tf2onnx, OpenVINO) or fuse them (LiteRT). Keras adds the bias of
+    a channels-first layer with an NCHW `BiasAdd`, which the TFLite converter
+    mis-lowers for 3-D tensors ("'tf.Transpose' op x should be of the same
+    rank with y"): here it is an `Add` of the bias shaped to broadcast over
+    the channels, the same sums.
     """
     import inspect
 
     from keras.src import backend
     from keras.src.backend.tensorflow import nn
+    from keras.src.backend.tensorflow import numpy as tf_numpy
 
     originals = {name: getattr(nn, name) for name in _CONVOLUTIONS}
+    original_add = tf_numpy.add
 
     def channels_last(original):
         signature = inspect.signature(original)
@@ -158,13 +165,30 @@ def _convolutions_channels_last() -> Iterator[None]:
 
         return convolution
 
+    def add(x1, x2):
+        # Keras's TensorFlow `add` takes an `x2` that squeezes to x1's dim 1 (and not its
+        # last) for a channels-first bias: the broadcast it means, without NCHW.
+        if isinstance(x1, (int, float)) or isinstance(x2, (int, float)):
+            return original_add(x1, x2)
+        x1, x2 = backend.convert_to_tensor(x1), backend.convert_to_tensor(x2)
+        channels = [d for d in x2.shape.as_list() if d is None or d > 1]
+        shape = x1.shape.as_list()
+        if not (len(channels) == 1 and channels[0] is not None and len(shape) > 2
+                and shape[1] == channels[0] != shape[-1]):
+            return original_add(x1, x2)
+        dtype = backend.result_type(x1.dtype, x2.dtype)
+        bias = tf.reshape(backend.convert_to_tensor(x2, dtype), [1, channels[0]] + [1] * (len(shape) - 2))
+        return tf.add(backend.convert_to_tensor(x1, dtype), bias)
+
     for name, original in originals.items():
         setattr(nn, name, channels_last(original))
+    tf_numpy.add = add
     try:
         yield
     finally:
         for name, original in originals.items():
             setattr(nn, name, original)
+        tf_numpy.add = original_add
 
 
 def _relaxed_batch(spec):

@@ -384,25 +384,33 @@ def test_litert_pools_in_3d_with_2d_pools(tmp_path):
 def test_channels_first_convolutions_are_traced_channels_last(fmt, tmp_path):
     # TensorFlow's CPU convolutions take NHWC only without oneDNN (off in the worker and the
     # Bazel action): the SavedModel of a channels-first Conv2D failed to run ("only
-    # supports the NHWC tensor format"), the only road for a torch model; and LiteRT took a
-    # transposed one only with the Flex op DataFormatVecPermute.
+    # supports the NHWC tensor format"), the only road for a torch model. LiteRT took a
+    # transposed one only with the Flex op DataFormatVecPermute, and a 1-D one not at all
+    # (its converter mis-lowers the NCHW BiasAdd of a 3-D tensor).
     keras.utils.set_random_seed(4)
     images = keras.Input(shape=(3, 8, 8), name="images")
     x = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="conv")(images)
     x = keras.layers.DepthwiseConv2D(3, data_format="channels_first", name="depthwise")(x)
     x = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same", data_format="channels_first", name="up")(x)
-    model = keras.Model(images, x)
-    values = np.random.default_rng(6).normal(size=(2, 3, 8, 8)).astype("float32")
-    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    signals = keras.Input(shape=(3, 10), name="signals")
+    y = keras.layers.Conv1D(4, 3, padding="same", data_format="channels_first", name="conv_1d")(signals)
+    y = keras.layers.Conv1DTranspose(2, 3, strides=2, data_format="channels_first", name="up_1d")(y)
+    model = keras.Model([images, signals], {"images_out": x, "signals_out": y})
+    rng = np.random.default_rng(6)
+    feeds = {"images": rng.normal(size=(2, 3, 8, 8)).astype("float32"),
+             "signals": rng.normal(size=(2, 3, 10)).astype("float32")}
+    want = {k: np.asarray(keras.ops.convert_to_numpy(t)) for k, t in model(feeds).items()}
     if fmt == "tf_saved_model":
         path = str(tmp_path / "conv")
         servekit.export(model, path, format=fmt, verbose=False)
-        (got,) = checks.saved_model_outputs(path, {"images": values}).values()
+        got = checks.saved_model_outputs(path, feeds)
     else:
         path = str(tmp_path / "conv.tflite")
         servekit.export(model, path, format=fmt, verbose=False)
-        (got,) = _runtime_outputs(fmt, path, {"images": values}).values()
-    np.testing.assert_allclose(got, want, atol=1e-4)
+        got = _runtime_outputs(fmt, path, feeds)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4)
 
 
 def _uneven_same_average_2d(values: np.ndarray, size: int, stride: int, edge: str) -> np.ndarray:
