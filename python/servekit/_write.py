@@ -108,7 +108,7 @@ def _write_and_verify(
         build: traces the endpoints (`servekit.saved_model.build_module`) and
             holds the only reference to the model: it is called again only
             to blame a failure on the trace, and with `builtin_ops=True`
-            for the LiteRT or OpenVINO model of a trace they cannot take
+            for the ONNX, LiteRT or OpenVINO model of a trace they cannot take
             (`servekit.formats.builtin_trace`).
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
@@ -207,7 +207,8 @@ def _blame_the_trace(build, scratch_dir: str, cases, report: dict[str, Any], art
 # tolerances the format declares over the cases' own).
 
 def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any], *, opset, layer_names,
-          version, **_settings) -> tuple[dict[str, Any], Callable, dict]:
+          version, build, **_settings) -> tuple[dict[str, Any], Callable, dict]:
+    built = _builtin_trace(built, serving, "onnx", build)
     weights: dict = {}  # lifted weights of a model with external data, streamed from the variables
     proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names, model_name=model_name,
                                    producer_version=version, weights=weights)

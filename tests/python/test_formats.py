@@ -520,6 +520,30 @@ def test_fft2_is_written_with_real_matmuls(fmt, tmp_path):
     np.testing.assert_allclose(_runtime_outputs(fmt, path, {"tokens": values})["mixed"], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
+def test_cumprod_is_a_scan_of_products(fmt, tmp_path):
+    # None of the three runtimes has a cumulative product: static and dynamic axes, and integers,
+    # which must come out exact.
+    values = keras.Input(shape=(None, 6), name="values")
+    counts = keras.Input(shape=(5,), name="counts", dtype="int32")
+    outputs = {
+        "over_features": keras.layers.Lambda(lambda t: keras.ops.cumprod(t, axis=-1), name="over_features")(values),
+        "over_time": keras.layers.Lambda(lambda t: keras.ops.cumprod(t, axis=1), name="over_time")(values),
+        "products": keras.layers.Lambda(lambda t: keras.ops.cumprod(t, axis=1), name="products")(counts),
+    }
+    model = keras.Model({"values": values, "counts": counts}, outputs)
+    path = str(tmp_path / {"onnx": "m.onnx", "openvino": "m.xml", "litert": "m.tflite"}[fmt])
+    servekit.export(model, path, format=fmt, verbose=False)
+    rng = np.random.default_rng(6)
+    feed = {"values": rng.uniform(0.5, 1.5, size=(3, 13, 6)).astype("float32"),
+            "counts": rng.integers(-9, 10, size=(3, 5)).astype("int32")}
+    want = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in model(feed).items()}
+    got = checks.onnx_outputs(path, feed) if fmt == "onnx" else _runtime_outputs(fmt, path, feed)
+    np.testing.assert_allclose(got["over_features"], want["over_features"], rtol=1e-5)
+    np.testing.assert_allclose(got["over_time"], want["over_time"], rtol=1e-5)
+    np.testing.assert_array_equal(got["products"], want["products"])
+
+
 def _positions_model():
     # Three ways a model depends on its sequence length that torch.export could not trace over
     # a dynamic dim: a 16-row table sliced to it (GPT-2's position embedding: torch narrows the

@@ -1,9 +1,9 @@
-"""A second trace for the converters with the fewest ops: LiteRT and OpenVINO.
+"""A second trace for the converters with the fewest ops: LiteRT and OpenVINO (and ONNX).
 
-The TensorFlow worker traces a model once for every format. Two patterns
-in that trace convert to SavedModel and ONNX but not to LiteRT's built-in
-ops or OpenVINO's frontend, and the worker traces the model again, with
-each written another way, for a format whose trace has them
+The TensorFlow worker traces a model once for every format. Some patterns
+in that trace convert to SavedModel (and most to ONNX) but not to LiteRT's
+built-in ops or OpenVINO's frontend, and the worker traces the model again,
+with each written another way, for a format whose trace has them
 (`needs_builtin_trace`):
 
 - A recurrent layer's loop over TensorLists (LiteRT): the layer is unrolled
@@ -47,6 +47,13 @@ each written another way, for a format whose trace has them
   it is the rational approximation XLA and Eigen compute float32 `erf` with
   (odd degree 13 over even degree 8, the input clamped to [-4, 4]), within a
   few float32 roundings of TensorFlow's kernel.
+- `Cumprod` (LiteRT, OpenVINO, ONNX): `keras.ops.cumprod`; none of the
+  three has a cumulative product (each has a cumulative sum). In this trace
+  it is a Hillis-Steele scan: for k = 1, 2, 4, ... below the axis's length,
+  each element is multiplied by the one k before it (1 before the start),
+  unrolled when the length is static and a loop when it is not. Integers
+  come out exact (products wrap as TensorFlow's do); floats are rounded in
+  another order, within the verification's tolerance.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ import contextlib
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
-_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D"),
-                  "openvino": ("Bitcast", "FFT2D")}
+_UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod"),
+                  "openvino": ("Bitcast", "FFT2D", "Cumprod"),
+                  "onnx": ("Cumprod",)}
 
 
 def _unconvertible(node, fmt: str) -> bool:
@@ -90,10 +98,51 @@ def builtin_ops() -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
-    rational function (the module docstring says why)."""
+    rational function, `cumprod` as a scan of products (the module docstring
+    says why)."""
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
-            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational():
+            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
+            _cumprod_as_scan():
         yield
+
+
+@contextlib.contextmanager
+def _cumprod_as_scan() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original = tf_numpy.cumprod
+
+    def times_the_one_before(y, k, axis: int):
+        # y[i] * y[i - k], with 1 before the start: pad k ones in front, keep the first n.
+        paddings = tf.scatter_nd([[axis, 0]], tf.reshape(k, [1]), [y.shape.rank, 2])
+        shifted = tf.slice(tf.pad(y, paddings, constant_values=tf.ones([], y.dtype)), tf.zeros_like(tf.shape(y)),
+                           tf.shape(y))
+        return y * tf.ensure_shape(shifted, y.shape)
+
+    def cumprod(x, axis=None, dtype=None):
+        x = tf_numpy.convert_to_tensor(x, dtype=dtype)
+        if x.dtype == tf.bool:  # as Keras's: a product of booleans is counted in int32
+            x = tf.cast(x, "int32")
+        if axis is None:
+            x, axis = tf.reshape(x, [-1]), 0
+        axis = axis % x.shape.rank
+        length = x.shape[axis]
+        if length is not None:
+            k = 1
+            while k < length:
+                x = times_the_one_before(x, tf.constant(k), axis)
+                k *= 2
+            return x
+        _, x = tf.while_loop(lambda k, y: k < tf.shape(y)[axis],
+                             lambda k, y: (k * 2, times_the_one_before(y, k, axis)), (tf.constant(1), x))
+        return x
+
+    tf_numpy.cumprod = cumprod
+    try:
+        yield
+    finally:
+        tf_numpy.cumprod = original
 
 
 # XLA's `ErfImpl32` (and Eigen's float32 `erf`): erf(x) = x * P(x^2) / Q(x^2) for x in
