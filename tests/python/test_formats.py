@@ -544,6 +544,22 @@ def test_cumprod_is_a_scan_of_products(fmt, tmp_path):
     np.testing.assert_array_equal(got["products"], want["products"])
 
 
+def test_litert_looks_up_integers_without_hash_tables(tmp_path):
+    # LiteRT's built-in tables map strings to integers and back, not integers to integers:
+    # IntegerLookup (with a mask, hashed out-of-vocabulary buckets, and inverted) used to need Flex ops.
+    ids = keras.Input(shape=(4,), dtype="int64", name="ids")
+    lookup = keras.layers.IntegerLookup(vocabulary=[12, 7, 30, 5], mask_token=0, num_oov_indices=2, name="lookup")
+    inverse = keras.layers.IntegerLookup(vocabulary=[12, 7, 30, 5], invert=True, name="inverse")
+    model = keras.Model(ids, {"index": lookup(ids), "token": inverse(keras.ops.clip(ids, 0, 4))})
+    path = str(tmp_path / "m.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    values = np.array([[12, 5, 0, 99], [7, 30, 3, -4], [5, 5, 12, 1]], dtype="int64")
+    want = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in model(values).items()}
+    got = checks.litert_outputs(path, {"ids": values})
+    np.testing.assert_array_equal(got["index"], want["index"])
+    np.testing.assert_array_equal(got["token"], want["token"])
+
+
 def _positions_model():
     # Three ways a model depends on its sequence length that torch.export could not trace over
     # a dynamic dim: a 16-row table sliced to it (GPT-2's position embedding: torch narrows the

@@ -40,8 +40,6 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "torch": "
 # the other formats are written from the TensorFlow rebuild (OpenVINO, LiteRT) or the torch
 # one (torch), whichever backend the model comes from.
 _REFUSED_EVERYWHERE = {
-    # TFLite's hash tables map strings to ids and ids to strings, not ids to ids.
-    ("litert", "integer_lookup"): "FlexHashTableV2",
     # Keras's int8 Dense: an int8 x int8 matmul, which LiteRT's kernels lack.
     ("litert", "quantized_dense"): "int8-quantized by Keras",
     # Exact and tanh GELU of one tensor: the converter then no longer fuses the exact one into

@@ -54,6 +54,12 @@ with each written another way, for a format whose trace has them
   unrolled when the length is static and a loop when it is not. Integers
   come out exact (products wrap as TensorFlow's do); floats are rounded in
   another order, within the verification's tolerance.
+- `LookupTableFindV2` on integer keys and values (LiteRT): `IntegerLookup`.
+  LiteRT's built-in hash tables map strings to integers and integers to
+  strings only. In this trace a table built from tensors
+  (`KeyValueTensorInitializer`, as Keras's lookup layers build theirs) is
+  compared with every key: the value of the key a number equals, else the
+  default; exact, in memory the inputs' size times the vocabulary's.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ def _unconvertible(node, fmt: str) -> bool:
         return node.attr["new_axis_mask"].i != 0
     if node.op == "Erf":
         return node.attr["T"].type == types_pb2.DT_FLOAT
+    if node.op == "LookupTableFindV2":
+        return all(node.attr[t].type in (types_pb2.DT_INT32, types_pb2.DT_INT64) for t in ("Tin", "Tout"))
     return node.op in ("Abs", "Sign") and node.attr["T"].type == types_pb2.DT_INT64
 
 
@@ -98,12 +106,39 @@ def builtin_ops() -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
-    rational function, `cumprod` as a scan of products (the module docstring
-    says why)."""
+    rational function, `cumprod` as a scan of products, integer tables as
+    comparisons (the module docstring says why)."""
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
-            _cumprod_as_scan():
+            _cumprod_as_scan(), _integer_tables_as_comparisons():
         yield
+
+
+@contextlib.contextmanager
+def _integer_tables_as_comparisons() -> Iterator[None]:
+    import tensorflow as tf
+
+    table_class = tf.lookup.StaticHashTable
+    original = table_class.lookup
+
+    def lookup(table, keys, name=None):
+        initializer = getattr(table, "_initializer", None)
+        if not (isinstance(initializer, tf.lookup.KeyValueTensorInitializer) and isinstance(keys, tf.Tensor)
+                and keys.dtype.is_integer and table.value_dtype.is_integer):
+            return original(table, keys, name)
+        vocabulary, values = (tf.get_static_value(t) for t in (initializer._keys, initializer._values))
+        if vocabulary is None or values is None:  # not known while tracing: the table itself
+            return original(table, keys, name)
+        matches = tf.equal(tf.expand_dims(keys, -1), tf.constant(vocabulary, keys.dtype))
+        position = tf.argmax(tf.cast(matches, tf.int32), axis=-1, output_type=tf.int32)
+        return tf.where(tf.reduce_any(matches, axis=-1), tf.gather(tf.constant(values, table.value_dtype), position),
+                        tf.cast(table.default_value, table.value_dtype))
+
+    table_class.lookup = lookup
+    try:
+        yield
+    finally:
+        table_class.lookup = original
 
 
 @contextlib.contextmanager

@@ -368,9 +368,21 @@ def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
 
 
 def from_concrete(concrete, root):
-    """A converter factory for `convert`, on a traced serving function."""
+    """A converter factory for `convert`, on a traced serving function.
+
+    The converter saves `root` with the function and converts the
+    initializers of every lookup table `root` tracks, used or not. A function
+    that looks nothing up (the builtin trace writes integer tables as
+    comparisons) is converted with its variables alone: its model's tables
+    would bring their initializers in as Flex ops LiteRT cannot run.
+    """
     import tensorflow as tf
 
+    from servekit.formats.builtin_trace import traced_nodes
+
+    if not any(node.op.startswith("LookupTable") for node in traced_nodes(concrete)):
+        root = tf.Module()
+        root.variables_of_the_function = list(concrete.variables)
     return lambda: tf.lite.TFLiteConverter.from_concrete_functions([concrete], root)
 
 
