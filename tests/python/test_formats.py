@@ -560,6 +560,31 @@ def test_litert_looks_up_integers_without_hash_tables(tmp_path):
     np.testing.assert_array_equal(got["token"], want["token"])
 
 
+_OUTPUTS_IN = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
+               "openvino": checks.openvino_outputs, "litert": checks.litert_outputs,
+               "torch": lambda path, feed: checks.torch_program_outputs(path, ["images"], [], feed)}
+
+
+@pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert", "torch"])
+def test_bicubic_resizing_is_computed_as_the_source_backend_does(fmt, tmp_path):
+    # Each backend's bicubic kernel differs (TensorFlow's offsets from a table, torch's a = -0.75);
+    # LiteRT and OpenVINO have no bicubic conversion, ONNX Runtime's cubic Resize rounds otherwise.
+    images = keras.Input(shape=(None, None, 3), name="images")
+    model = keras.Model(images, {
+        "larger": keras.layers.Resizing(17, 23, interpolation="bicubic", name="larger")(images),
+        "smaller": keras.layers.Resizing(5, 4, interpolation="bicubic", name="smaller")(images),
+    })
+    path = str(tmp_path / {"tf_saved_model": "m", "onnx": "m.onnx", "openvino": "m.xml", "litert": "m.tflite",
+                           "torch": "m.pt2"}[fmt])
+    servekit.export(model, path, format=fmt, verbose=False)
+    for shape in [(2, 12, 10, 3), (1, 7, 31, 3)]:  # neither is a size the export verified
+        feed = {"images": np.random.default_rng(sum(shape)).uniform(0, 255, size=shape).astype("float32")}
+        want = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in model(feed).items()}
+        got = _OUTPUTS_IN[fmt](path, feed)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=2e-3, rtol=1e-5, err_msg=f"{name} at {shape}")
+
+
 def _positions_model():
     # Three ways a model depends on its sequence length that torch.export could not trace over
     # a dynamic dim: a 16-row table sliced to it (GPT-2's position embedding: torch narrows the
