@@ -696,6 +696,8 @@ def test_torch_program_of_lambda_layers_with_globals(tmp_path):
     np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="a TensorFlow or JAX model's package is compiled from its rebuild "
+                                              "under Keras's torch backend: this batch normalization")
 def test_torch_aoti_compiles_batch_normalization(tmp_path):
     # Keras's torch batch normalization mutates tensors in place (rsqrt_, mul_, add_),
     # which AOTInductor refused to lower.
