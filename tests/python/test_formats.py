@@ -585,6 +585,29 @@ def test_bicubic_resizing_is_computed_as_the_source_backend_does(fmt, tmp_path):
             np.testing.assert_allclose(got[name], want[name], atol=2e-3, rtol=1e-5, err_msg=f"{name} at {shape}")
 
 
+def test_openvino_keeps_the_groups_of_dilated_convolutions(tmp_path):
+    # The frontend folded TensorFlow's SpaceToBatchND around a grouped convolution into a
+    # dilated convolution without groups, and refused its channel count.
+    keras.utils.set_random_seed(7)
+    signal, image, volume = (keras.Input(shape=s, name=n) for s, n in
+                             [((20, 8), "signal"), ((16, 16, 8), "image"), ((6, 8, 8, 4), "volume")])
+    model = keras.Model([signal, image, volume], {
+        "conv1d": keras.layers.Conv1D(4, 3, groups=2, dilation_rate=3, padding="causal", name="conv1d")(signal),
+        "conv2d": keras.layers.Conv2D(8, 3, groups=4, dilation_rate=2, padding="same", name="conv2d")(image),
+        "conv3d": keras.layers.Conv3D(4, 3, groups=2, dilation_rate=2, name="conv3d")(volume),
+    })
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    rng = np.random.default_rng(8)
+    feed = {"signal": rng.normal(size=(3, 20, 8)), "image": rng.normal(size=(3, 16, 16, 8)),
+            "volume": rng.normal(size=(3, 6, 8, 8, 4))}
+    feed = {k: v.astype("float32") for k, v in feed.items()}
+    want = model([feed["signal"], feed["image"], feed["volume"]])
+    got = checks.openvino_outputs(path, feed)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], np.asarray(keras.ops.convert_to_numpy(value)), atol=1e-4, rtol=1e-4)
+
+
 def _positions_model():
     # Three ways a model depends on its sequence length that torch.export could not trace over
     # a dynamic dim: a 16-row table sliced to it (GPT-2's position embedding: torch narrows the

@@ -66,6 +66,13 @@ with each written another way, for a format whose trace has them
   optimizer gives a downscaling one. In this trace it is two matmuls with
   TensorFlow's exact weights (`servekit.source_model.backend_semantics.
   bicubic_resize`).
+- `SpaceToBatchND` (OpenVINO): TensorFlow writes a dilated convolution as a
+  convolution between `SpaceToBatchND` and `BatchToSpaceND`, which
+  OpenVINO's frontend folds into a dilated convolution that forgets the
+  groups of a grouped one (`Conv2D(groups=4, dilation_rate=2)`: "channel
+  count (8) does not match filter input channel count (2)"). In this trace
+  a grouped dilated convolution is one convolution op with its `dilations`
+  attribute, which the frontend converts as it converts an undilated one.
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ from typing import Iterator
 # Op types each format's converter cannot take, by prefix.
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
                              "ResizeBicubic"),
-                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "ResizeBicubic"),
+                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "ResizeBicubic", "SpaceToBatchND"),
                   "onnx": ("Cumprod", "ResizeBicubic")}
 
 
@@ -114,15 +121,48 @@ def builtin_ops() -> Iterator[None]:
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
     rational function, `cumprod` as a scan of products, integer tables as
-    comparisons, bicubic resizing as matmuls (the module docstring says why).
+    comparisons, bicubic resizing as matmuls, grouped dilated convolutions
+    with a `dilations` attribute (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`)."""
     from servekit.source_model import backend_semantics
 
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
-            _cumprod_as_scan(), _integer_tables_as_comparisons(), backend_semantics.bicubic_resize_as("tensorflow"):
+            _cumprod_as_scan(), _integer_tables_as_comparisons(), backend_semantics.bicubic_resize_as("tensorflow"), \
+            _grouped_dilated_convolutions_as_one_op():
         yield
+
+
+@contextlib.contextmanager
+def _grouped_dilated_convolutions_as_one_op() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src import backend
+    from keras.src.backend.tensorflow import nn as tf_nn
+    from keras.src.utils.argument_validation import standardize_tuple
+
+    original = tf_nn.conv
+    ops_by_rank = {3: tf.nn.conv1d, 4: tf.nn.conv2d, 5: tf.nn.conv3d}  # NWC, NHWC, NDHWC
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        inputs = tf.convert_to_tensor(inputs)
+        rank = inputs.shape.rank
+        spatial = (rank or 0) - 2
+        channels_last = backend.standardize_data_format(data_format) == "channels_last"
+        dilations = standardize_tuple(dilation_rate, spatial, "dilation_rate") if spatial > 0 else ()
+        if (rank not in ops_by_rank or not channels_last or all(d == 1 for d in dilations)
+                or inputs.shape[-1] == kernel.shape[-2]):
+            return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+        steps = standardize_tuple(strides, spatial, "strides")
+        if rank == 3:  # conv1d takes one stride and one dilation
+            return tf.nn.conv1d(inputs, kernel, steps[0], padding.upper(), dilations=dilations[0])
+        return ops_by_rank[rank](inputs, kernel, [1, *steps, 1], padding.upper(), dilations=[1, *dilations, 1])
+
+    tf_nn.conv = conv
+    try:
+        yield
+    finally:
+        tf_nn.conv = original
 
 
 @contextlib.contextmanager
