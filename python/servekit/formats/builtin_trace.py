@@ -60,12 +60,14 @@ with each written another way, for a format whose trace has them
   (`KeyValueTensorInitializer`, as Keras's lookup layers build theirs) is
   compared with every key: the value of the key a number equals, else the
   default; exact, in memory the inputs' size times the vocabulary's.
-- `ResizeBicubic` (LiteRT, OpenVINO, ONNX): bicubic resizing. LiteRT and
-  OpenVINO have no conversion for it, and ONNX Runtime's cubic `Resize`
-  neither rounds its offsets as TensorFlow does nor takes the NHWC layout its
-  optimizer gives a downscaling one. In this trace it is two matmuls with
-  TensorFlow's exact weights (`servekit.source_model.backend_semantics.
-  bicubic_resize`).
+- `ResizeBicubic`, `ResizeArea`, `ScaleAndTranslate` (LiteRT, OpenVINO,
+  ONNX): bicubic, area, lanczos and antialiased resizing. LiteRT and
+  OpenVINO have no conversion for them; tf2onnx has none for
+  `ScaleAndTranslate`, converts `ResizeArea` to other numbers, and ONNX
+  Runtime's cubic `Resize` neither rounds its offsets as TensorFlow does nor
+  takes the NHWC layout its optimizer gives a downscaling one. In this trace
+  each is two matmuls with TensorFlow's exact weights
+  (`servekit.source_model.resampling`).
 - `SpaceToBatchND` (OpenVINO): TensorFlow writes a dilated convolution as a
   convolution between `SpaceToBatchND` and `BatchToSpaceND`, which
   OpenVINO's frontend folds into a dilated convolution that forgets the
@@ -81,10 +83,11 @@ import contextlib
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
+_RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
-                             "ResizeBicubic"),
-                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "ResizeBicubic", "SpaceToBatchND"),
-                  "onnx": ("Cumprod", "ResizeBicubic")}
+                             *_RESAMPLING),
+                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", *_RESAMPLING),
+                  "onnx": ("Cumprod", *_RESAMPLING)}
 
 
 def _unconvertible(node, fmt: str) -> bool:
@@ -121,15 +124,15 @@ def builtin_ops() -> Iterator[None]:
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
     rational function, `cumprod` as a scan of products, integer tables as
-    comparisons, bicubic resizing as matmuls, grouped dilated convolutions
+    comparisons, bicubic, area and lanczos resizing as matmuls, grouped dilated convolutions
     with a `dilations` attribute (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`)."""
-    from servekit.source_model import backend_semantics
+    from servekit.source_model import resampling
 
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
-            _cumprod_as_scan(), _integer_tables_as_comparisons(), backend_semantics.bicubic_resize_as("tensorflow"), \
+            _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
             _grouped_dilated_convolutions_as_one_op():
         yield
 

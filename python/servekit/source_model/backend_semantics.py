@@ -23,17 +23,17 @@ the rebuild computes the source backend's numbers (`computed_as`):
   outside the image weighted 0 and the rest renormalized; JAX's is the same
   kernel without the table; torch's has a = -0.75 and repeats the edge pixel
   for taps outside the image. They differ by up to about 1e-3 (the table)
-  and several percent (torch) of the values' range. `bicubic_resize`
-  computes each one exactly, as two matmuls with the kernel's weights, which
-  every converter takes (`servekit.formats.builtin_trace` writes TensorFlow's
-  `ResizeBicubic` with it for ONNX, OpenVINO and LiteRT, which lack it or
-  compute it another way).
+  and several percent (torch) of the values' range.
+  `servekit.source_model.resampling` computes each one exactly, as two
+  matmuls with the kernel's weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Iterator, Sequence
+
+from servekit.source_model import resampling
 
 # How each backend averages a window that "same" padding split unevenly: over
 # the input it covers ("exclude") or over the window with the edge repeated
@@ -149,126 +149,10 @@ def _padded_average(pool, wanted: str, x, axes: Sequence[int], lengths, splits, 
     return sums / counts
 
 
-# Keys' cubic kernel, its `a`, and how each backend's bicubic resize treats taps outside
-# the image: weighted 0 with the rest renormalized, or the edge pixel repeated.
-_BICUBIC = {"tensorflow": (-0.5, "renormalize"), "jax": (-0.5, "renormalize"), "torch": (-0.75, "repeat_edge")}
-# TensorFlow's bicubic kernel reads its weights from a table of this many steps per pixel.
-_TENSORFLOW_BICUBIC_TABLE = 1024
-
-
 @contextlib.contextmanager
 def _bicubic_as(source_backend: str, here: str) -> Iterator[None]:
-    if source_backend == here or source_backend not in _BICUBIC or here not in ("tensorflow", "torch"):
+    if source_backend == here or source_backend not in resampling.BICUBIC or here not in ("tensorflow", "torch"):
         yield
         return
-    with bicubic_resize_as(source_backend):
+    with resampling.bicubic_resize_as(source_backend):
         yield
-
-
-@contextlib.contextmanager
-def bicubic_resize_as(backend_name: str) -> Iterator[None]:
-    """While the block traces, this process' backend resizes bicubically
-    (without antialiasing) as Keras's `backend_name` does, with two matmuls
-    (`bicubic_resize`) instead of its own resize op.
-
-    Args:
-        backend_name: "tensorflow", "jax" or "torch".
-    """
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        module, name, original = tf.image, "resize", tf.image.resize
-
-        def resize(images, size, method="bilinear", preserve_aspect_ratio=False, antialias=False, name=None):
-            images = tf.convert_to_tensor(images)
-            if method != "bicubic" or antialias or preserve_aspect_ratio or images.dtype != tf.float32:
-                return original(images, size, method, preserve_aspect_ratio, antialias, name)
-            spatial = (images.shape.rank - 3, images.shape.rank - 2)  # [N,] H, W, C
-            return bicubic_resize(images, spatial, size, backend_name)
-    else:
-        import torch
-        import torch.nn.functional as module
-
-        name, original = "interpolate", module.interpolate
-
-        def resize(input, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
-                   antialias=False):
-            if mode != "bicubic" or antialias or align_corners or size is None or input.dtype != torch.float32:
-                return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
-            return bicubic_resize(input, (input.ndim - 2, input.ndim - 1), size, backend_name)  # N, C, H, W
-
-    setattr(module, name, resize)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
-def bicubic_resize(images, axes: Sequence[int], size: Sequence[int], backend_name: str):
-    """`images` resized to `size` along its two spatial `axes` as Keras's
-    `backend_name` resizes bicubically without antialiasing: a matmul with
-    the kernel's [new size, old size] weights along each axis.
-
-    Args:
-        images: a float32 tensor of this process' backend.
-        axes: the height and width axes.
-        size: (height, width) after resizing.
-        backend_name: whose arithmetic ("tensorflow", "jax", "torch").
-
-    Returns:
-        The resized float32 tensor.
-    """
-    from keras import ops
-
-    x = images
-    for axis, new_size in zip(axes, size):
-        weights = _bicubic_weights(ops.shape(x)[axis], int(new_size), backend_name)
-        x = ops.moveaxis(x, axis, -1)
-        moved = ops.shape(x)
-        x = ops.matmul(ops.reshape(x, (-1, moved[-1])), ops.transpose(weights))
-        x = ops.moveaxis(ops.reshape(x, tuple(moved[:-1]) + (new_size,)), -1, axis)
-    return x
-
-
-def _bicubic_weights(old_size, new_size: int, backend_name: str):
-    """[new_size, old_size] float32 weights of each output pixel over the input
-    row (or column), as `backend_name` computes them (`_BICUBIC`)."""
-    from keras import ops
-
-    a, outside = _BICUBIC[backend_name]
-    # The size as a tensor: torch.export would fix a dynamic size cast or compared as a SymInt.
-    columns = ops.arange(old_size, dtype="int32")
-    last = ops.max(columns)
-    old = ops.cast(last + 1, "float32")
-    if backend_name == "jax":  # jax.image.resize: scale = new / old, sampled at (i + 0.5) / scale - 0.5
-        step = 1.0 / (float(new_size) / old)
-    else:
-        step = old / float(new_size)
-    source = (ops.arange(new_size, dtype="float32") + 0.5) * step - 0.5
-    first = ops.floor(source)
-    t = source - first
-    if backend_name == "tensorflow":
-        t = ops.round(t * _TENSORFLOW_BICUBIC_TABLE) / _TENSORFLOW_BICUBIC_TABLE
-
-    def near(x):  # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):  # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    taps = [far(t + 1), near(t), near(1 - t), far(2 - t)]
-    first = ops.cast(first, "int32")
-    weights, total = 0.0, 0.0
-    for k, tap in enumerate(taps):
-        index = first + (k - 1)
-        if outside == "repeat_edge":
-            index = ops.minimum(ops.maximum(index, 0), last)
-        else:
-            tap = ops.where(ops.logical_and(index >= 0, index <= last), tap, 0.0)
-            total = total + tap
-        weights = weights + ops.cast(ops.equal(index[:, None], columns[None, :]), "float32") * tap[:, None]
-    if outside == "renormalize":
-        weights = weights / total[:, None]
-    return weights
