@@ -592,6 +592,22 @@ def test_resizing_is_computed_as_the_source_backend_does(fmt, tmp_path):
             np.testing.assert_allclose(got[name], want[name], atol=2e-3, rtol=1e-5, err_msg=f"{name} at {shape}")
 
 
+def test_openvino_takes_eyes_and_patches(tmp_path):
+    # tf.eye (keras.ops.eye, and extract_patches' identity kernel) is a MatrixDiagV3, which
+    # OpenVINO's frontend has no rule for.
+    images = keras.Input(shape=(8, 8, 3), name="images")
+    model = keras.Model(images, {
+        "patches": keras.layers.Lambda(lambda t: keras.ops.image.extract_patches(t, 4), name="patches")(images),
+        "shifted": keras.layers.Lambda(lambda t: keras.ops.matmul(t, keras.ops.eye(8, 8, k=1)), name="shifted")(images[..., 0]),
+    })
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    feed = {"images": np.random.default_rng(9).normal(size=(2, 8, 8, 3)).astype("float32")}
+    got = checks.openvino_outputs(path, feed)
+    for name, value in model(feed).items():
+        np.testing.assert_allclose(got[name], np.asarray(keras.ops.convert_to_numpy(value)), atol=1e-6)
+
+
 def _positions_model():
     # Three ways a model depends on its sequence length that torch.export could not trace over
     # a dynamic dim: a 16-row table sliced to it (GPT-2's position embedding: torch narrows the

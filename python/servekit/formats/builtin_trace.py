@@ -75,6 +75,10 @@ with each written another way, for a format whose trace has them
   count (8) does not match filter input channel count (2)"). In this trace
   a grouped dilated convolution is one convolution op with its `dilations`
   attribute, which the frontend converts as it converts an undilated one.
+- `MatrixDiagV3` (OpenVINO): `tf.eye`, which `keras.ops.eye` and
+  `keras.ops.image.extract_patches` (its identity kernel) build with a
+  diagonal op the frontend has no rule for. In this trace an eye of sizes
+  known while tracing is a constant.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ from typing import Iterator
 _RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
                              *_RESAMPLING),
-                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", *_RESAMPLING),
+                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", *_RESAMPLING),
                   "onnx": ("Cumprod", *_RESAMPLING)}
 
 
@@ -125,7 +129,7 @@ def builtin_ops() -> Iterator[None]:
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
     rational function, `cumprod` as a scan of products, integer tables as
     comparisons, bicubic, area and lanczos resizing as matmuls, grouped dilated convolutions
-    with a `dilations` attribute (the module docstring says why).
+    with a `dilations` attribute, eyes as constants (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`)."""
     from servekit.source_model import resampling
@@ -133,8 +137,28 @@ def builtin_ops() -> Iterator[None]:
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
             _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
-            _grouped_dilated_convolutions_as_one_op():
+            _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants():
         yield
+
+
+@contextlib.contextmanager
+def _eyes_as_constants() -> Iterator[None]:
+    import numpy as np
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original = tf_numpy.eye
+
+    def eye(N, M=None, k=0, dtype=None):
+        if not all(isinstance(n, int) for n in (N, k) + (() if M is None else (M,))):
+            return original(N, M, k, dtype)
+        return tf.constant(np.eye(N, M, k), dtype=dtype or tf_numpy.config.floatx())
+
+    tf_numpy.eye = eye
+    try:
+        yield
+    finally:
+        tf_numpy.eye = original
 
 
 @contextlib.contextmanager
