@@ -542,6 +542,12 @@ def test_cumprod_is_a_scan_of_products(fmt, tmp_path):
     np.testing.assert_allclose(got["over_features"], want["over_features"], rtol=1e-5)
     np.testing.assert_allclose(got["over_time"], want["over_time"], rtol=1e-5)
     np.testing.assert_array_equal(got["products"], want["products"])
+    if fmt == "onnx" and BACKEND == "tensorflow":  # the in-process road traces for tf2onnx as the worker does
+        artifact = servekit.export(model, str(tmp_path / "in_process.onnx"), format="onnx", strategy="in_process",
+                                   verbose=False)
+        assert artifact.strategy == "in_process"
+        np.testing.assert_array_equal(checks.onnx_outputs(str(tmp_path / "in_process.onnx"), feed)["products"],
+                                      want["products"])
 
 
 def test_litert_looks_up_integers_without_hash_tables(tmp_path):

@@ -84,6 +84,7 @@ with each written another way, for a format whose trace has them
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 # Op types each format's converter cannot take, by prefix.
@@ -116,6 +117,22 @@ def traced_nodes(concrete) -> list:
     return list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
 
 
+def saved_model_nodes(path: str) -> list:
+    """The `NodeDef`s of a SavedModel's graph and of every function in it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    graph_def = saved_model.meta_graphs[0].graph_def
+    return list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+
+
+def needs_builtin_trace_of_saved_model(path: str, fmt: str) -> bool:
+    """`needs_builtin_trace` of the functions a SavedModel holds."""
+    return fmt in _UNCONVERTIBLE and any(_unconvertible(node, fmt) for node in saved_model_nodes(path))
+
+
 def needs_builtin_trace(concrete, fmt: str) -> bool:
     """Whether the traced function (or a function it calls) has an op the
     converter of `fmt` cannot take and a builtin trace writes another way."""
@@ -128,8 +145,9 @@ def builtin_ops() -> Iterator[None]:
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
     rational function, `cumprod` as a scan of products, integer tables as
-    comparisons, bicubic, area and lanczos resizing as matmuls, grouped dilated convolutions
-    with a `dilations` attribute, eyes as constants (the module docstring says why).
+    comparisons, bicubic, area and lanczos resizing as matmuls, grouped
+    dilated convolutions with a `dilations` attribute, eyes as constants
+    (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`)."""
     from servekit.source_model import resampling
@@ -169,7 +187,7 @@ def _grouped_dilated_convolutions_as_one_op() -> Iterator[None]:
     from keras.src.utils.argument_validation import standardize_tuple
 
     original = tf_nn.conv
-    ops_by_rank = {3: tf.nn.conv1d, 4: tf.nn.conv2d, 5: tf.nn.conv3d}  # NWC, NHWC, NDHWC
+    ops_by_rank = {4: tf.nn.conv2d, 5: tf.nn.conv3d}  # NHWC, NDHWC; conv1d (NWC) takes scalars
 
     def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
         inputs = tf.convert_to_tensor(inputs)
@@ -177,11 +195,11 @@ def _grouped_dilated_convolutions_as_one_op() -> Iterator[None]:
         spatial = (rank or 0) - 2
         channels_last = backend.standardize_data_format(data_format) == "channels_last"
         dilations = standardize_tuple(dilation_rate, spatial, "dilation_rate") if spatial > 0 else ()
-        if (rank not in ops_by_rank or not channels_last or all(d == 1 for d in dilations)
+        if (rank not in (3, 4, 5) or not channels_last or all(d == 1 for d in dilations)
                 or inputs.shape[-1] == kernel.shape[-2]):
             return original(inputs, kernel, strides, padding, data_format, dilation_rate)
         steps = standardize_tuple(strides, spatial, "strides")
-        if rank == 3:  # conv1d takes one stride and one dilation
+        if rank == 3:
             return tf.nn.conv1d(inputs, kernel, steps[0], padding.upper(), dilations=dilations[0])
         return ops_by_rank[rank](inputs, kernel, [1, *steps, 1], padding.upper(), dilations=[1, *dilations, 1])
 

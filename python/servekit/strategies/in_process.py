@@ -118,8 +118,14 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     from servekit import onnx as sk_onnx
     from servekit import onnx_bfloat16, verification
 
+    from servekit.formats import builtin_trace
+
     twin = os.path.join(workdir, "twin_saved_model")
     report = _saved_model(request, twin)
+    if report["ok"] and request.kind != "archive" and builtin_trace.needs_builtin_trace_of_saved_model(twin, "onnx"):
+        shutil.rmtree(twin)  # traced again as the worker traces an ONNX model tf2onnx cannot take
+        with builtin_trace.builtin_ops():
+            report = _saved_model(request, twin)
     if not report["ok"]:
         report["message"] = report["message"].replace("SavedModel", "SavedModel (from which the ONNX model is "
                                                                     "converted)", 1)
