@@ -19,6 +19,18 @@ def calibrate_batch_norm(model: keras.Model, image_shape=(32, 32, 3)) -> None:
     for layer in layers:
         layer.momentum = 0.0
     images = np.random.default_rng(0).standard_normal((16,) + tuple(image_shape)).astype("float32")
-    model(images, training=True)
+    if keras.backend.backend() == "jax":
+        # One compiled pass: JAX's eager mode compiles each of the model's ~400 ops on its own
+        # (23 s of MobileNetV3's 29 s build measured on 2 cores, against about 3 s jitted).
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        _, updated = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True))(
+            trainable, non_trainable, images)
+        for variable, value in zip(model.non_trainable_variables, updated):
+            variable.assign(value)
+    else:
+        model(images, training=True)
     for layer, momentum in zip(layers, momentums):
         layer.momentum = momentum
