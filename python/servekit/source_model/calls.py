@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import weakref
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -65,8 +66,62 @@ def call_model_flat(model, layout: InputLayout, flat_inputs: Sequence[np.ndarray
             "Build it as a Functional model (keras.Input(dtype='string') -> StringLookup -> ...).",
             model=model.name, reason="unsupported_input")
     args = layout.pack(list(flat_inputs))
-    outputs = model(*args, training=False)
+    jitted = _jitted_inference(model) if backend == "jax" else None
+    outputs = jitted(*args) if jitted is not None else model(*args, training=False)
     return [to_numpy(x) for x in keras.tree.flatten(outputs)]
+
+
+# Each JAX model's compiled inference call (jax.jit traces it again for each new input shape).
+_JITTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _jitted_inference(model) -> Optional[Callable]:
+    """`model(*args, training=False)` compiled with `jax.jit`, as Keras's
+    `predict` runs a JAX model, or None where Keras would not compile it
+    either (`run_eagerly`, `jit_compile=False`, a layer without
+    `supports_jit`) or cannot (an unbuilt model).
+
+    In JAX's eager mode each op compiles on its own for each new shape: a
+    MobileNetV3's five reference calls took 16.1 s eagerly and 2.6 s jitted
+    (2 cores), outputs equal to 1.5e-6. The variables are the compiled
+    function's arguments, not constants folded into it, and the updated
+    non-trainable ones (seed generators, counters) are assigned back, so
+    random and stateful models behave as they do eagerly. A model jax.jit
+    cannot trace (Python control flow on values, data-dependent shapes)
+    runs eagerly.
+    """
+    import keras
+    from keras.src.trainers.trainer import model_supports_jit
+
+    if (not isinstance(model, keras.Model) or not model.built or model.run_eagerly or not model.jit_compile
+            or not model_supports_jit(model)):
+        return None
+    if model not in _JITTED:
+        import jax
+
+        # As Keras's JAX predict_step calls it.
+        kwargs = {"training": False} if model._call_has_training_arg else {}
+
+        def inference(trainable, non_trainable, *args):
+            return model.stateless_call(trainable, non_trainable, *args, **kwargs)
+
+        _JITTED[model] = jax.jit(inference)
+    compiled = _JITTED[model]
+
+    def call(*args):
+        import jax
+
+        try:
+            outputs, updated = compiled([v.value for v in model.trainable_variables],
+                                        [v.value for v in model.non_trainable_variables], *args)
+        except (jax.errors.JAXTypeError, jax.errors.JAXIndexError):  # untraceable: as Keras calls it
+            _JITTED.pop(model, None)
+            return model(*args, training=False)
+        for variable, value in zip(model.non_trainable_variables, updated):
+            variable.assign(value)
+        return outputs
+
+    return call
 
 
 def reference_outputs(model, inputs, input_signature=None) -> dict[str, np.ndarray]:
