@@ -395,3 +395,28 @@ def test_lambda_layers_get_their_globals(tmp_path):
             servekit.export(bad, bad_path, verbose=False)
         assert info.value.layer == "uses_object" and "arguments=" in str(info.value)
         assert not os.path.exists(bad_path) and _siblings(bad_path) == []
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the jitted reference call is JAX's")
+def test_jitted_reference_calls_match_eager_ones_and_let_the_model_go(tmp_path):
+    # A JAX model's reference calls run under jax.jit, cached per model: the cache must not keep
+    # a model (and its weights) alive once the caller drops it, and its state updates (a
+    # seed generator's) must land in the model as an eager call's would.
+    import gc
+    import weakref
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input(shape=(4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="tanh", name="dense")(inputs))
+    x = np.random.default_rng(4).normal(size=(5, 4)).astype("float32")
+    got = reference_outputs(model, {"x": x})
+    np.testing.assert_allclose(got["dense"], np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+
+    noisy = keras.Model(inputs, keras.layers.Lambda(
+        lambda t, g=keras.random.SeedGenerator(7): t + keras.random.normal(keras.ops.shape(t), seed=g))(inputs))
+    assert not np.array_equal(reference_outputs(noisy, {"x": x})["lambda"], reference_outputs(noisy, {"x": x})["lambda"])
+
+    dropped = weakref.ref(model)
+    del model, got
+    gc.collect()
+    assert dropped() is None

@@ -83,12 +83,13 @@ def _jitted_inference(model) -> Optional[Callable]:
 
     In JAX's eager mode each op compiles on its own for each new shape: a
     MobileNetV3's five reference calls took 16.1 s eagerly and 2.6 s jitted
-    (2 cores), outputs equal to 1.5e-6. The variables are the compiled
-    function's arguments, not constants folded into it, and the updated
-    non-trainable ones (seed generators, counters) are assigned back, so
-    random and stateful models behave as they do eagerly. A model jax.jit
-    cannot trace (Python control flow on values, data-dependent shapes)
-    runs eagerly.
+    (2 cores), outputs equal to 1.5e-6. The model's variables are the
+    compiled function's arguments, not constants folded into it, and the
+    non-trainable ones it updates (seed generators, counters) are assigned
+    back, so random and stateful models behave as they do eagerly. A model
+    that jax.jit cannot trace (Python control flow on values, data-dependent
+    shapes, unseeded random ops) or that updates a variable it does not
+    track (a seed generator outside its layers) runs eagerly from then on.
     """
     import keras
     from keras.src.trainers.trainer import model_supports_jit
@@ -96,14 +97,23 @@ def _jitted_inference(model) -> Optional[Callable]:
     if (not isinstance(model, keras.Model) or not model.built or model.run_eagerly or not model.jit_compile
             or not model_supports_jit(model)):
         return None
+    if _JITTED.get(model, True) is None:  # found untraceable before
+        return None
     if model not in _JITTED:
         import jax
 
-        # As Keras's JAX predict_step calls it.
-        kwargs = {"training": False} if model._call_has_training_arg else {}
+        # Weakly: the cache's value must not keep its key, the model and its weights, alive.
+        model_ref = weakref.ref(model)
 
-        def inference(trainable, non_trainable, *args):
-            return model.stateless_call(trainable, non_trainable, *args, **kwargs)
+        def inference(values, *args):
+            traced = model_ref()
+            variables = traced.variables
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                outputs = traced(*args, training=False)
+            if set(scope.state_mapping) - {id(v) for v in variables}:
+                raise _UntrackedUpdate()
+            # The non-trainable ones only: returning the weights would copy them.
+            return outputs, [scope.get_current_value(v) for v in traced.non_trainable_variables]
 
         _JITTED[model] = jax.jit(inference)
     compiled = _JITTED[model]
@@ -112,16 +122,20 @@ def _jitted_inference(model) -> Optional[Callable]:
         import jax
 
         try:
-            outputs, updated = compiled([v.value for v in model.trainable_variables],
-                                        [v.value for v in model.non_trainable_variables], *args)
-        except (jax.errors.JAXTypeError, jax.errors.JAXIndexError):  # untraceable: as Keras calls it
-            _JITTED.pop(model, None)
+            outputs, updated = compiled([v.value for v in model.variables], *args)
+        except (jax.errors.JAXTypeError, jax.errors.JAXIndexError, _UntrackedUpdate, ValueError, TypeError):
+            # Not traceable as it runs eagerly: as Keras calls it (which raises a model's own error again).
+            _JITTED[model] = None
             return model(*args, training=False)
         for variable, value in zip(model.non_trainable_variables, updated):
             variable.assign(value)
         return outputs
 
     return call
+
+
+class _UntrackedUpdate(Exception):
+    """A jitted call updated a variable that is not the model's: its update would be lost."""
 
 
 def reference_outputs(model, inputs, input_signature=None) -> dict[str, np.ndarray]:
