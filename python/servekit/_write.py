@@ -109,7 +109,8 @@ def _write_and_verify(
             holds the only reference to the model: it is called again only
             to blame a failure on the trace, and with `builtin_ops=True`
             for the ONNX, LiteRT or OpenVINO model of a trace they cannot take
-            (`servekit.formats.builtin_trace`).
+            (`servekit.formats.builtin_trace`; `unfused_gelu=True` too for a
+            LiteRT conversion that left an exact GELU unfused).
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from
@@ -220,20 +221,29 @@ def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any],
             lambda cs: verification.check_onnx(staged, cs, casts_weights=casts_weights), {})
 
 
-def _builtin_trace(built, serving, fmt: str, build):
+def _builtin_trace(built, serving, fmt: str, build, unfused_gelu: bool = False):
     """The trace the converter of `fmt` takes: `built`, or a second trace with
-    what it cannot take written another way (`servekit.formats.builtin_trace`)."""
+    what it cannot take written another way (`servekit.formats.builtin_trace`;
+    with `unfused_gelu`, always, exact GELUs included)."""
     from servekit.formats import builtin_trace
     from servekit.source_model import recurrences
 
-    if not builtin_trace.needs_builtin_trace(built.signatures[serving.name], fmt):
+    if not unfused_gelu and not builtin_trace.needs_builtin_trace(built.signatures[serving.name], fmt):
         return built
     try:
-        return build(builtin_ops=True)
+        return build(builtin_ops=True, unfused_gelu=unfused_gelu)
     except ValueError as e:  # a recurrence of unknown length: the first trace, whose conversion error says why
         if not recurrences.cannot_unroll(e):
             raise
         return built
+
+
+def _litert_flatbuffer(built, serving, options: dict[str, Any], model_name: str) -> tuple[bytes, str]:
+    from servekit.formats import litert
+
+    concrete = built.signatures[serving.name]
+    return litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
+                          likely_cause=lambda: litert.likely_cause(concrete))
 
 
 def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
@@ -264,9 +274,13 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
     from servekit.formats import litert
 
     built = _builtin_trace(built, serving, "litert", build)
-    concrete = built.signatures[serving.name]
-    flatbuffer, converter = litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
-                                           likely_cause=lambda: litert.likely_cause(concrete))
+    try:
+        flatbuffer, converter = _litert_flatbuffer(built, serving, options, model_name)
+    except ExportError as e:
+        if not litert.unfused_gelu(e):
+            raise
+        built = _builtin_trace(built, serving, "litert", build, unfused_gelu=True)
+        flatbuffer, converter = _litert_flatbuffer(built, serving, options, model_name)
     peak_memory.mark("LiteRT conversion")
     litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
     peak_memory.mark("LiteRT write")

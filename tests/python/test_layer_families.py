@@ -42,9 +42,6 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "torch": "
 _REFUSED_EVERYWHERE = {
     # Keras's int8 Dense: an int8 x int8 matmul, which LiteRT's kernels lack.
     ("litert", "quantized_dense"): "int8-quantized by Keras",
-    # Exact and tanh GELU of one tensor: the converter then no longer fuses the exact one into
-    # its GELU op, and LiteRT lacks its Erfc (measured: either GELU alone converts).
-    ("litert", "activations"): "'tf.Erfc' op is neither a custom op nor a flex op",
     ("openvino", "string_lookup"): "failed to convert HashTableV2, LookupTableFindV2",
     ("torch", "string_lookup"): "PyTorch programs hold no strings",
     # Keras's IntegerLookup runs a TensorFlow table on every backend.

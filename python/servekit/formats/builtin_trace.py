@@ -79,6 +79,16 @@ with each written another way, for a format whose trace has them
   `keras.ops.image.extract_patches` (its identity kernel) build with a
   diagonal op the frontend has no rule for. In this trace an eye of sizes
   known while tracing is a constant.
+
+One rewrite is asked for only after a conversion failed, since it undoes a
+fusion the converter usually makes (`builtin_ops(unfused_gelu=True)`):
+
+- An exact GELU the converter did not fuse (LiteRT): it fuses TensorFlow's
+  `0.5 * x * erfc(-x / sqrt(2))` into its GELU op only while nothing else
+  computes `x * 0.5`; a tanh GELU of the same tensor does, the two products
+  become one, and the unfused `Erfc` has no LiteRT kernel. In this trace an
+  exact GELU is `0.5 * x * (1 + erf(x / sqrt(2)))` with the rational `erf`
+  above (`servekit.formats.litert.unfused_gelu` tells the failure).
 """
 
 from __future__ import annotations
@@ -140,7 +150,7 @@ def needs_builtin_trace(concrete, fmt: str) -> bool:
 
 
 @contextlib.contextmanager
-def builtin_ops() -> Iterator[None]:
+def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
@@ -149,14 +159,41 @@ def builtin_ops() -> Iterator[None]:
     dilated convolutions with a `dilations` attribute, eyes as constants
     (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
-    this (`servekit.source_model.backend_semantics.computed_as`)."""
+    this (`servekit.source_model.backend_semantics.computed_as`).
+
+    Args:
+        unfused_gelu: also write exact GELUs with the rational `erf`, for a
+            model whose LiteRT conversion left one unfused.
+    """
     from servekit.source_model import resampling
 
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
             _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
-            _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants():
+            _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), \
+            _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
+
+
+@contextlib.contextmanager
+def _exact_gelu_from_erf() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import math as tf_math
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    original = tf_nn.gelu
+
+    def gelu(x, approximate=True):
+        x = tf.convert_to_tensor(x)
+        if approximate or x.dtype != tf.float32:
+            return original(x, approximate)
+        return 0.5 * x * (1.0 + tf_math.erf(x * 0.7071067811865476))  # the erf of `_erf_as_rational`
+
+    tf_nn.gelu = gelu
+    try:
+        yield
+    finally:
+        tf_nn.gelu = original
 
 
 @contextlib.contextmanager

@@ -59,6 +59,7 @@ too, and of `litert_torch.convert`'s arguments (`TORCH_ARGUMENTS`):
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 from typing import Any, Callable, Iterator, Mapping
 
@@ -223,6 +224,15 @@ def _replayed(samples: list[dict[str, Any]]):
             yield arrays if sample["dict"] else [arrays[str(i)] for i in range(len(arrays))]
 
     return dataset
+
+
+def unfused_gelu(error: ExportError) -> bool:
+    """Whether a conversion failed on an `Erf` or `Erfc` LiteRT has no kernel
+    for: an exact GELU the converter did not fuse into its GELU op, which a
+    trace with `servekit.formats.builtin_trace.builtin_ops(unfused_gelu=True)`
+    writes with built-in ops (or a `keras.ops.erf` of another dtype, which it
+    leaves, and which then fails again)."""
+    return re.search(r"'tf\.Erfc?' op is neither a custom op nor a flex op", str(error)) is not None
 
 
 def quantizes(options: Mapping[str, Any]) -> bool:

@@ -168,7 +168,16 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         check = lambda cs: openvino.check(path, cs, precision)  # noqa: E731
     else:
         options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
-        flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
+        try:
+            flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
+        except ExportError as e:
+            if not litert.unfused_gelu(e):
+                raise
+            shutil.rmtree(twin)
+            retraced = _builtin_saved_model(request, twin, unfused_gelu=True)
+            if not retraced["ok"]:
+                raise
+            flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
         litert.write(litert.in_signature_order(flatbuffer, serving, request.name), path)
         litert.read_signature(path, serving, request.name)
         quantized = litert.quantizes(options)
@@ -181,11 +190,12 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
     return report
 
 
-def _builtin_saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
+def _builtin_saved_model(request: ExportRequest, path: str, unfused_gelu: bool = False) -> dict[str, Any]:
     """The SavedModel an OpenVINO IR or LiteRT model is converted from, traced as
     the worker traces these formats: with what their converters cannot take
-    written another way (`servekit.formats.builtin_trace`), recurrent layers
-    unrolled for LiteRT when their length is known."""
+    written another way (`servekit.formats.builtin_trace`; exact GELUs too
+    with `unfused_gelu`), recurrent layers unrolled for LiteRT when their
+    length is known."""
     from servekit.formats import builtin_trace
     from servekit.source_model import recurrences
 
@@ -193,14 +203,14 @@ def _builtin_saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
         return _saved_model(request, path)
     if request.format == "litert":
         try:
-            with builtin_trace.builtin_ops(), recurrences.unrolled(request.source):
+            with builtin_trace.builtin_ops(unfused_gelu), recurrences.unrolled(request.source):
                 return _saved_model(request, path)
         except ValueError as e:  # ExportError too
             # A recurrence of unknown length: traced as a loop, whose conversion error says why.
             if not recurrences.cannot_unroll(e):
                 raise
         shutil.rmtree(path, ignore_errors=True)
-    with builtin_trace.builtin_ops():
+    with builtin_trace.builtin_ops(unfused_gelu):
         return _saved_model(request, path)
 
 

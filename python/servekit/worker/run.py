@@ -133,13 +133,13 @@ def run(job: WorkerJob) -> dict[str, Any]:
     custom = keras_file.import_custom_classes(job.custom_classes)
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
 
-    def build(builtin_ops: bool = False) -> sk_sm.BuiltModule:
+    def build(builtin_ops: bool = False, unfused_gelu: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
         with keras_file.lambda_globals_installed(job.lambda_globals):
             endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences=builtin_ops)
         peak_memory.mark("rebuild")
         # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
-        with builtin_trace.builtin_ops() if builtin_ops else contextlib.nullcontext(), \
+        with builtin_trace.builtin_ops(unfused_gelu) if builtin_ops else contextlib.nullcontext(), \
                 backend_semantics.computed_as(job.source_backend):
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
