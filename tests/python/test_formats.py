@@ -471,6 +471,34 @@ def test_litert_computes_erf_without_a_flex_op(tmp_path):
     np.testing.assert_allclose(_runtime_outputs("litert", path, {"features": values})["erf"], want, atol=1e-6)
 
 
+def _litert_ops(path: str) -> set[str]:
+    from ai_edge_litert import interpreter
+
+    return {op["op_name"] for op in interpreter.Interpreter(model_path=path)._get_ops_details()}
+
+
+def test_litert_exact_gelu_is_fused_or_written_out(tmp_path):
+    # The converter fuses an exact GELU into LiteRT's GELU op only while nothing else computes
+    # x * 0.5; a tanh GELU of the same tensor does, and the Erfc left over has no LiteRT kernel.
+    values = np.linspace(-6, 6, 60, dtype="float32").reshape(10, 6)
+    for name, with_tanh in (("alone", False), ("with_tanh", True)):
+        features = keras.Input(shape=(6,), name="features")
+        outputs = {"exact": keras.layers.Activation("gelu", name="exact")(features)}
+        if with_tanh:
+            outputs["tanh"] = keras.layers.Lambda(lambda t: keras.ops.gelu(t, approximate=True),
+                                                  name="tanh")(features)
+        model = keras.Model(features, outputs, name=f"gelu_{name}")
+        path = str(tmp_path / f"{name}.tflite")
+        servekit.export(model, path, format="litert", verbose=False)
+        got = _runtime_outputs("litert", path, {"features": values})
+        for key, want in model(values).items():
+            np.testing.assert_allclose(got[key], np.asarray(keras.ops.convert_to_numpy(want)), atol=2e-6, err_msg=key)
+        ops = _litert_ops(path)
+        assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
+        if not with_tanh:
+            assert "GELU" in ops, ops  # written out only where the converter could not fuse it
+
+
 def test_litert_names_flex_ops_that_fail_only_once_inputs_are_sized(tmp_path):
     # TextVectorization's string ops sit behind a dynamic shape: LiteRT refuses them when the
     # first case runs, not when tensors are allocated, and its own message came through.
