@@ -83,6 +83,12 @@ def _runtime_outputs(fmt: str, path: str, inputs: dict) -> dict:
     return checks.litert_outputs(path, inputs)
 
 
+def _litert_ops(path: str) -> set[str]:
+    from ai_edge_litert import interpreter
+
+    return {op["op_name"] for op in interpreter.Interpreter(model_path=path)._get_ops_details()}
+
+
 @pytest.mark.parametrize("fmt", ["openvino", "litert"])
 def test_discretization_and_category_encoding_convert(fmt, tmp_path):
     # Bucketize and DenseBincount: OpenVINO's frontend cannot convert them (servekit does), and
@@ -296,10 +302,28 @@ def test_litert_representative_dataset_is_replayed_in_the_worker(tmp_path):
     assert drawn == [0, 1, 2, 3]  # drawn once, here
 
 
-def test_litert_says_how_to_quantize_instead_of_keras_int8(tmp_path):
-    with pytest.raises(ExportError, match=r"int8-quantized by Keras .* optimizations=\[tf.lite.Optimize.DEFAULT\]"):
-        servekit.export(_int8_quantized_model(), str(tmp_path / "q.tflite"), format="litert", verbose=False)
-    assert os.listdir(tmp_path) == []
+def test_litert_runs_keras_int8_layers_with_int8_kernels(tmp_path):
+    # Keras's int8 Dense and EinsumDense multiply int8 by int8 into int32, which LiteRT's kernels
+    # take only as quantized tensors: the products are computed in float32, the kernels stay int8.
+    keras.utils.set_random_seed(8)
+    tokens = keras.Input(shape=(4, 32), name="tokens")
+    hidden = keras.layers.Dense(128, activation="relu", name="hidden")(tokens)
+    mixed = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 48), bias_axes="d", name="mixed")(hidden)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="logits")(mixed))
+    model.quantize("int8")
+    path = str(tmp_path / "q.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    values = np.random.default_rng(3).normal(size=(5, 4, 32)).astype("float32")
+    want = np.asarray(keras.ops.convert_to_numpy(model(values)))
+    (got,) = _runtime_outputs("litert", path, {"tokens": values}).values()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    from ai_edge_litert import interpreter
+
+    tensors = interpreter.Interpreter(model_path=path).get_tensor_details()
+    kernels = {tuple(int(d) for d in t["shape"]) for t in tensors if t["dtype"] == np.int8 and len(t["shape"]) == 2}
+    # The converter folds the cast of a kernel of a few thousand elements or fewer (the logits' 48 x 3).
+    assert {(32, 128), (128, 48)} <= kernels, kernels
+    assert not any(op.startswith("Flex") for op in _litert_ops(path))
 
 
 def test_litert_refuses_an_unknown_converter_option(model, tmp_path):
@@ -469,12 +493,6 @@ def test_litert_computes_erf_without_a_flex_op(tmp_path):
     values = np.linspace(-5, 5, 60, dtype="float32").reshape(10, 6)
     want = np.asarray(keras.ops.convert_to_numpy(model(values)))
     np.testing.assert_allclose(_runtime_outputs("litert", path, {"features": values})["erf"], want, atol=1e-6)
-
-
-def _litert_ops(path: str) -> set[str]:
-    from ai_edge_litert import interpreter
-
-    return {op["op_name"] for op in interpreter.Interpreter(model_path=path)._get_ops_details()}
 
 
 def test_litert_exact_gelu_is_fused_or_written_out(tmp_path):

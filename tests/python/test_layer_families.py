@@ -40,8 +40,6 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "torch": "
 # the other formats are written from the TensorFlow rebuild (OpenVINO, LiteRT) or the torch
 # one (torch), whichever backend the model comes from.
 _REFUSED_EVERYWHERE = {
-    # Keras's int8 Dense: an int8 x int8 matmul, which LiteRT's kernels lack.
-    ("litert", "quantized_dense"): "int8-quantized by Keras",
     ("openvino", "string_lookup"): "failed to convert HashTableV2, LookupTableFindV2",
     ("torch", "string_lookup"): "PyTorch programs hold no strings",
     # Keras's IntegerLookup runs a TensorFlow table on every backend.

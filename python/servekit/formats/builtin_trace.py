@@ -79,6 +79,14 @@ with each written another way, for a format whose trace has them
   `keras.ops.image.extract_patches` (its identity kernel) build with a
   diagonal op the frontend has no rule for. In this trace an eye of sizes
   known while tracing is a constant.
+- int8 x int8 matmuls (LiteRT): Keras's `quantize("int8")` layers (`Dense`,
+  `EinsumDense`) multiply int8 inputs by int8 kernels into int32, which
+  LiteRT's kernels take only as quantized tensors (a scale and zero point per
+  tensor). In this trace both operands are cast to float32 and the product
+  cast back to int32: the same integers while a sum has at most 1024 terms
+  (127 x 128 x 1024 < 2^24), float32's rounding of the sum beyond, far below
+  the quantization's own error. Kernels of more than a few thousand elements
+  stay int8 in the flatbuffer (the converter folds the cast of smaller ones).
 
 One rewrite is asked for only after a conversion failed, since it undoes a
 fusion the converter usually makes (`builtin_ops(unfused_gelu=True)`):
@@ -116,6 +124,8 @@ def _unconvertible(node, fmt: str) -> bool:
         return node.attr["new_axis_mask"].i != 0
     if node.op == "Erf":
         return node.attr["T"].type == types_pb2.DT_FLOAT
+    if node.op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
+        return node.attr["Ta" if "Ta" in node.attr else "T"].type == types_pb2.DT_INT8
     if node.op == "LookupTableFindV2":
         return all(node.attr[t].type in (types_pb2.DT_INT32, types_pb2.DT_INT64) for t in ("Tin", "Tout"))
     return node.op in ("Abs", "Sign") and node.attr["T"].type == types_pb2.DT_INT64
@@ -156,8 +166,8 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
     rational function, `cumprod` as a scan of products, integer tables as
     comparisons, bicubic, area and lanczos resizing as matmuls, grouped
-    dilated convolutions with a `dilations` attribute, eyes as constants
-    (the module docstring says why).
+    dilated convolutions with a `dilations` attribute, eyes as constants,
+    int8 products in float32 (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`).
 
@@ -170,9 +180,39 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
             _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
-            _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), \
+            _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
+
+
+@contextlib.contextmanager
+def _int8_products_in_float32() -> Iterator[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    originals = {"matmul": tf_numpy.matmul, "einsum": tf_numpy.einsum}
+
+    def int8(operands) -> bool:
+        return len(operands) == 2 and all(isinstance(t, tf.Tensor) and t.dtype == tf.int8 for t in operands)
+
+    def matmul(x1, x2):
+        x1, x2 = tf.convert_to_tensor(x1), tf.convert_to_tensor(x2)
+        if not int8((x1, x2)):
+            return originals["matmul"](x1, x2)
+        return tf.cast(originals["matmul"](tf.cast(x1, tf.float32), tf.cast(x2, tf.float32)), tf.int32)
+
+    def einsum(subscripts, *operands, **kwargs):
+        operands = [tf.convert_to_tensor(t) for t in operands]
+        if not int8(operands):
+            return originals["einsum"](subscripts, *operands, **kwargs)
+        product = originals["einsum"](subscripts, *(tf.cast(t, tf.float32) for t in operands), **kwargs)
+        return tf.cast(product, tf.int32)
+
+    tf_numpy.matmul, tf_numpy.einsum = matmul, einsum
+    try:
+        yield
+    finally:
+        tf_numpy.matmul, tf_numpy.einsum = originals["matmul"], originals["einsum"]
 
 
 @contextlib.contextmanager

@@ -336,8 +336,7 @@ _BFLOAT16_WAY_OUT = ("build it with a float32 dtype policy (LiteRT can still mak
 
 def likely_cause(concrete) -> str:
     """Why LiteRT's ops cannot express a traced function that failed to convert,
-    and what to do instead, when its ops say ("" otherwise): bfloat16 compute,
-    or Keras's int8 quantization (an int8 x int8 matmul)."""
+    and what to do instead, when its ops say ("" otherwise): bfloat16 compute."""
     from tensorflow.core.framework import types_pb2
 
     from servekit.formats.builtin_trace import traced_nodes
@@ -347,12 +346,6 @@ def likely_cause(concrete) -> str:
            if key in ("T", "dtype", "DstT")):
         return ("The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
                 "ops not all): " + _BFLOAT16_WAY_OUT)
-    if any(node.op in ("BatchMatMulV2", "BatchMatMulV3", "MatMul") and node.attr["Ta" if "Ta" in node.attr else "T"].type
-           == types_pb2.DT_INT8 for node in nodes):
-        return ("The model is int8-quantized by Keras (quantize('int8')): its int8 x int8 matmuls have no LiteRT "
-                "kernel. Export the float model with optimizations=[tf.lite.Optimize.DEFAULT] (and a "
-                "representative_dataset for full-integer quantization), which LiteRT runs quantized, or export "
-                "this one with format='onnx', 'openvino' or 'tf_saved_model'.")
     return ""
 
 
