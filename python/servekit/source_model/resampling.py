@@ -185,17 +185,17 @@ def _tensorflow_weights(method: str, antialias: bool):
 
 
 @contextlib.contextmanager
-def tensorflow_resizes_as_matmuls() -> Iterator[None]:
-    """While the block traces, `tf.image.resize` with a bicubic, area,
-    lanczos or antialiased method is two matmuls with TensorFlow's weights
-    (`ResizeBicubic`, `ResizeArea`, `ScaleAndTranslate` otherwise)."""
+def _tf_image_resize_as(choose_weights: Callable) -> Iterator[None]:
+    """While the block traces, `tf.image.resize` of float32 images is two
+    matmuls with the weights `choose_weights(method, antialias)` returns,
+    and TensorFlow's own op where it returns None."""
     import tensorflow as tf
 
     original = tf.image.resize
 
     def resize_images(images, size, method="bilinear", preserve_aspect_ratio=False, antialias=False, name=None):
         images = tf.convert_to_tensor(images)
-        weights = _tensorflow_weights(method, antialias)
+        weights = choose_weights(method, antialias)
         if weights is None or preserve_aspect_ratio or images.dtype != tf.float32:
             return original(images, size, method, preserve_aspect_ratio, antialias, name)
         return resize(images, (images.shape.rank - 3, images.shape.rank - 2), size, weights)  # [N,] H, W, C
@@ -205,6 +205,15 @@ def tensorflow_resizes_as_matmuls() -> Iterator[None]:
         yield
     finally:
         tf.image.resize = original
+
+
+@contextlib.contextmanager
+def tensorflow_resizes_as_matmuls() -> Iterator[None]:
+    """While the block traces, `tf.image.resize` with a bicubic, area,
+    lanczos or antialiased method is two matmuls with TensorFlow's weights
+    (`ResizeBicubic`, `ResizeArea`, `ScaleAndTranslate` otherwise)."""
+    with _tf_image_resize_as(_tensorflow_weights):
+        yield
 
 
 @contextlib.contextmanager
@@ -220,29 +229,22 @@ def bicubic_resize_as(backend_name: str) -> Iterator[None]:
 
     weights = lambda old, new: bicubic_weights(old, new, backend_name)  # noqa: E731
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        with _tf_image_resize_as(lambda method, antialias: weights if method == "bicubic" and not antialias else None):
+            yield
+        return
+    import torch
+    import torch.nn.functional as functional
 
-        module, name, original = tf.image, "resize", tf.image.resize
+    original = functional.interpolate
 
-        def resize_images(images, size, method="bilinear", preserve_aspect_ratio=False, antialias=False, name=None):
-            images = tf.convert_to_tensor(images)
-            if method != "bicubic" or antialias or preserve_aspect_ratio or images.dtype != tf.float32:
-                return original(images, size, method, preserve_aspect_ratio, antialias, name)
-            return resize(images, (images.shape.rank - 3, images.shape.rank - 2), size, weights)  # [N,] H, W, C
-    else:
-        import torch
-        import torch.nn.functional as module
+    def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                    recompute_scale_factor=None, antialias=False):
+        if mode != "bicubic" or antialias or align_corners or size is None or input.dtype != torch.float32:
+            return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+        return resize(input, (input.ndim - 2, input.ndim - 1), size, weights)  # N, C, H, W
 
-        name, original = "interpolate", module.interpolate
-
-        def resize_images(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
-                          recompute_scale_factor=None, antialias=False):
-            if mode != "bicubic" or antialias or align_corners or size is None or input.dtype != torch.float32:
-                return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
-            return resize(input, (input.ndim - 2, input.ndim - 1), size, weights)  # N, C, H, W
-
-    setattr(module, name, resize_images)
+    functional.interpolate = interpolate
     try:
         yield
     finally:
-        setattr(module, name, original)
+        functional.interpolate = original
