@@ -755,6 +755,40 @@ def test_torch_program_of_augmentation_and_activity_regularization(tmp_path):
         np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
 
 
+def test_torch_program_looks_integers_up_with_comparisons(tmp_path):
+    # Keras's IntegerLookup looks up in a TensorFlow table on every backend, which torch.export
+    # cannot trace: in the program every input is compared with the vocabulary.
+    lookup = keras.layers.IntegerLookup
+    vocabulary = [3, 7, 11, 19]
+    ids = keras.Input(shape=(4,), dtype="int64", name="ids")
+    outputs = {
+        "index": lookup(vocabulary=vocabulary, mask_token=0, num_oov_indices=2, name="index")(ids),
+        "one_hot": lookup(vocabulary=vocabulary, output_mode="one_hot", name="one_hot")(ids),
+        "multi_hot": lookup(vocabulary=vocabulary, output_mode="multi_hot", name="multi_hot")(ids),
+        "count": lookup(vocabulary=vocabulary, output_mode="count", name="count")(ids),
+        "tf_idf": lookup(vocabulary=vocabulary, output_mode="tf_idf", idf_weights=[0.5, 1.0, 1.5, 2.0],
+                         name="tf_idf")(ids),
+        "token": lookup(vocabulary=vocabulary, invert=True, name="token")(
+            lookup(vocabulary=vocabulary, name="to_index")(ids)),
+    }
+    model = keras.Model(ids, outputs)
+    path = str(tmp_path / "lookups.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    values = np.array([[3, 0, 99, 100], [19, 19, 7, -5], [11, 11, 11, 11]], "int64")
+    got = checks.torch_program_outputs(path, ["ids"], list(outputs), {"ids": values})
+    for name, want in model(values).items():
+        np.testing.assert_array_equal(got[name], np.asarray(keras.ops.convert_to_numpy(want)), err_msg=name)
+
+
+def test_torch_program_refuses_a_lookup_that_asserts(tmp_path):
+    ids = keras.Input(shape=(4,), dtype="int64", name="ids")
+    model = keras.Model(ids, keras.layers.IntegerLookup(vocabulary=[3, 7], num_oov_indices=0, name="strict")(ids))
+    with pytest.raises(ExportError, match=r"layer 'strict' \(IntegerLookup\) asserts .*\(num_oov_indices=0\)"):
+        servekit.export(model, str(tmp_path / "strict.pt2"), format="torch", input_ranges={"ids": (3, 4)},
+                        verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_torch_program_of_lambda_layers_with_globals(tmp_path):
     # The torch worker that rebuilds a TensorFlow or JAX model gave Lambda functions no globals
     # (`keras`, `np`): Keras then could not infer their output shapes.

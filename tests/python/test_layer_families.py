@@ -42,8 +42,6 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "torch": "
 _REFUSED_EVERYWHERE = {
     ("openvino", "string_lookup"): "failed to convert HashTableV2, LookupTableFindV2",
     ("torch", "string_lookup"): "PyTorch programs hold no strings",
-    # Keras's IntegerLookup runs a TensorFlow table on every backend.
-    ("torch", "integer_lookup"): "looks values up in a TensorFlow table on every backend",
 }
 EXPECTED_REFUSALS: dict[tuple[str, str, str], str] = {
     (backend, fmt, family): words for (fmt, family), words in _REFUSED_EVERYWHERE.items()

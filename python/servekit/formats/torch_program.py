@@ -43,6 +43,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from servekit.errors import ExportError, ExportRuntimeError, root_cause
+from servekit.formats import torch_lookups
 from servekit.source_model import recurrences
 
 # `torch.export.export` arguments an export call may pass (Keras forwards them).
@@ -142,7 +143,6 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
 
     if any(s.dtype == "string" for s in layout.flat):
         raise string_inputs_error(model_name)
-    _refuse_lookup_tables(model, model_name)
     args = dict(export_args or {})
     args.setdefault("strict", False)
     tensors = [to_torch(x) for x in flat_sample]
@@ -160,7 +160,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
         with torch.no_grad(), recurrences.unrolled(model), _symbolic_sizes_as_python_numbers(), \
-                _without_activity_losses(model):
+                _without_activity_losses(model), torch_lookups.integer_lookups_as_comparisons(model, model_name):
             program = _export_within_bounds(module, sample, args, model_name)
     except ExportError:
         raise
@@ -326,21 +326,6 @@ def string_inputs_error(model_name: str) -> ExportError:
     return ExportError(f"Model '{model_name}' takes string inputs, and PyTorch programs hold no strings: export "
                        "the preprocessing (lookup) outside the model, or use format='tf_saved_model'.",
                        model=model_name, reason="unsupported_input")
-
-
-def _refuse_lookup_tables(model, model_name: str) -> None:
-    """IntegerLookup and StringLookup look values up in a TensorFlow table on every
-    backend, which torch.export cannot capture (it fails deep in Keras's call)."""
-    from keras.src.layers.preprocessing.index_lookup import IndexLookup
-
-    from servekit.source_model.kinds import all_layers
-
-    lookups = [f"'{layer.name}' ({type(layer).__name__})" for layer in all_layers(model) if isinstance(layer, IndexLookup)]
-    if lookups:
-        raise ExportError(
-            f"Model '{model_name}': layer {', '.join(lookups)} looks values up in a TensorFlow table on every backend, "
-            "which a PyTorch program cannot hold: do the lookup before the model (e.g. in the input pipeline), or "
-            "export format='tf_saved_model', 'onnx' or 'openvino'.", model=model_name, reason="unsupported_layer")
 
 
 def write_program(program, path: str) -> None:
