@@ -755,6 +755,20 @@ def test_torch_program_of_augmentation_and_activity_regularization(tmp_path):
         np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
 
 
+def test_torch_program_holds_each_weight_once(tmp_path):
+    # Keras's torch layers compute with their variables' tensors, which torch.export lifted as
+    # constants beside the parameters it already held: every weight was saved twice.
+    import torch
+
+    model = mm.mlp()
+    path = str(tmp_path / "mlp.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    program = torch.export.load(path)
+    held = [t for t in [*program.state_dict.values(), *program.constants.values()] if isinstance(t, torch.Tensor)]
+    assert sum(t.numel() for t in held) == sum(int(np.prod(v.shape)) for v in model.variables)
+    assert len(held) == len(model.variables)
+
+
 def test_torch_program_looks_integers_up_with_comparisons(tmp_path):
     # Keras's IntegerLookup looks up in a TensorFlow table on every backend, which torch.export
     # cannot trace: in the program every input is compared with the vocabulary.

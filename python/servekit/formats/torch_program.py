@@ -34,9 +34,9 @@ kernels): the Bazel rule caches it like any action.
 from __future__ import annotations
 
 import contextlib
-import io
 import keyword
 import os
+import tempfile
 import zipfile
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -171,7 +171,49 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
             "static in input_signature).", model=model_name, reason="conversion_failed") from None
     for node in program.graph_module.graph.nodes:
         node.meta.pop("stack_trace", None)
-    return program
+    return _weights_once(program)
+
+
+def _weights_once(program):
+    """The program with each weight held once, as a parameter.
+
+    Keras's torch layers register their variables' tensors as module parameters,
+    but compute with the tensor a variable holds, which torch.export does not see
+    swapped for a parameter and lifts as a constant: every weight came out twice,
+    as an unused parameter and as the constant the graph reads (the program's
+    file and a server's memory twice the weights). Each constant that is a
+    parameter's very tensor (same storage, shape, strides and dtype) is read as
+    that parameter instead, and dropped.
+    """
+    import torch
+    from torch.export.graph_signature import ExportGraphSignature, InputKind
+
+    def key(tensor):
+        return tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype
+
+    signature = program.graph_signature
+    parameters = {key(program.state_dict[spec.target]): spec for spec in signature.input_specs
+                  if spec.kind == InputKind.PARAMETER}
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    graph, constants, input_specs = program.graph, dict(program.constants), []
+    for spec in signature.input_specs:
+        tensor = constants.get(spec.target) if spec.kind == InputKind.CONSTANT_TENSOR else None
+        parameter = parameters.get(key(tensor)) if isinstance(tensor, torch.Tensor) else None
+        if parameter is None:
+            input_specs.append(spec)
+            continue
+        placeholders[spec.arg.name].replace_all_uses_with(placeholders[parameter.arg.name])
+        graph.erase_node(placeholders[spec.arg.name])
+        del constants[spec.target]
+    if len(input_specs) == len(signature.input_specs):
+        return program
+    program.graph_module.recompile()
+    return torch.export.ExportedProgram(
+        root=program.graph_module, graph=graph,
+        graph_signature=ExportGraphSignature(input_specs=input_specs, output_specs=signature.output_specs),
+        state_dict=program.state_dict, range_constraints=program.range_constraints,
+        module_call_graph=program.module_call_graph, example_inputs=program.example_inputs, constants=constants,
+        verifiers=program.verifiers)
 
 
 def _for_inference(model):
@@ -329,12 +371,20 @@ def string_inputs_error(model_name: str) -> ExportError:
 
 
 def write_program(program, path: str) -> None:
-    """Saves the ExportedProgram at `path`, its archive folder named `model`."""
+    """Saves the ExportedProgram at `path`, its archive folder named `model`.
+
+    torch saves it beside `path` first, and the archive is rewritten from that
+    file block by block: the weights are never held in memory again.
+    """
     import torch
 
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    _write_renamed_archive(buffer.getvalue(), path)
+    saved = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.torch_export.pt2")
+    try:
+        torch.export.save(program, saved)
+        _write_renamed_archive(saved, path)
+    finally:
+        if os.path.exists(saved):
+            os.remove(saved)
 
 
 def compile_aoti(program, path: str, workdir: str) -> None:
@@ -371,36 +421,58 @@ def compile_aoti(program, path: str, workdir: str) -> None:
             del os.environ["PATH"]
         else:
             os.environ["PATH"] = saved_path
-    with open(scratch, "rb") as f:
-        _write_renamed_archive(f.read(), path)
+    _write_renamed_archive(scratch, path)
 
 
-def _write_renamed_archive(data: bytes, path: str) -> None:
-    """Rewrites a torch archive canonically: its top folder named `model`
-    (torch names it after the file it writes), fixed entry dates, the
-    compiler command lines Inductor appends to generated sources (they name
-    the machine's paths) removed, and the random `serialization_id` replaced
-    by a digest of the other entries."""
+# Archive entries (weights, most of all) are read and copied in blocks of this size.
+_COPY_BLOCK_BYTES = 64 * 2**20
+
+
+def _write_renamed_archive(source_path: str, path: str) -> None:
+    """Rewrites the torch archive at `source_path` canonically into `path`: its
+    top folder named `model` (torch names it after the file it writes), fixed
+    entry dates, the compiler command lines Inductor appends to generated
+    sources (they name the machine's paths) removed, and the random
+    `serialization_id` replaced by a digest of the other entries. Read twice
+    (digest, then copy), block by block."""
     import hashlib
+    import shutil
 
-    entries = []
-    with zipfile.ZipFile(io.BytesIO(data)) as source:
+    with zipfile.ZipFile(source_path) as source:
+        entries = []  # (entry, name in the folder, the rewritten content or None for the entry's own)
+        digests = []
         for info in source.infolist():
             _, _, rest = info.filename.partition("/")
-            content = source.read(info.filename)
+            content = None
             if rest.endswith(".cpp"):
-                content = content.split(b"\n\n// Compile cmd\n", 1)[0] + b"\n"
-            entries.append((rest, content))
-    digest = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for n, c in entries
-                                     if not n.endswith("serialization_id"))).hexdigest()
-    with open(path, "wb") as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
-        for rest, content in entries:
-            if rest.endswith("serialization_id"):
-                content = str(int(digest[:32], 16)).encode()
-            entry = zipfile.ZipInfo(f"{_ARCHIVE_NAME}/{rest}", date_time=(1980, 1, 1, 0, 0, 0))
-            entry.compress_type = zipfile.ZIP_STORED
-            entry.external_attr = 0o644 << 16
-            target.writestr(entry, content)
+                content = source.read(info).split(b"\n\n// Compile cmd\n", 1)[0] + b"\n"
+            if not rest.endswith("serialization_id"):
+                digests.append(hashlib.sha256(content).digest() if content is not None else _entry_digest(source, info))
+            entries.append((info, rest, content))
+        digest = hashlib.sha256(b"".join(digests)).hexdigest()
+        with open(path, "wb") as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
+            for info, rest, content in entries:
+                if rest.endswith("serialization_id"):
+                    content = str(int(digest[:32], 16)).encode()
+                entry = zipfile.ZipInfo(f"{_ARCHIVE_NAME}/{rest}", date_time=(1980, 1, 1, 0, 0, 0))
+                entry.compress_type = zipfile.ZIP_STORED
+                entry.external_attr = 0o644 << 16
+                if content is not None:
+                    target.writestr(entry, content)
+                    continue
+                entry.file_size = info.file_size  # as writestr sets it: the same header, zip64 or not
+                with source.open(info) as data, target.open(entry, "w") as dest:
+                    shutil.copyfileobj(data, dest, _COPY_BLOCK_BYTES)
+
+
+def _entry_digest(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with archive.open(info) as data:
+        for block in iter(lambda: data.read(_COPY_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.digest()
 
 
 def to_torch(array: np.ndarray):
@@ -440,8 +512,12 @@ def check_program(path: str, input_names: Sequence[str], output_names: Sequence[
 
     from servekit import verification
 
-    with open(path, "rb") as f:  # a buffer: torch.export.load refuses paths without the .pt2 suffix (staged ones)
-        program = torch.export.load(io.BytesIO(f.read()))
+    with tempfile.TemporaryDirectory() as named_dir:
+        # torch.export.load refuses paths without the .pt2 suffix (staged ones); read from a
+        # file, the weights are in memory once (a buffer of the file would hold them twice).
+        named = os.path.join(named_dir, "program.pt2")
+        os.symlink(os.path.abspath(path), named)
+        program = torch.export.load(named)
     module = program.module()
     in_spec = program.call_spec.in_spec
 
