@@ -93,8 +93,8 @@ def _run_keras_export(args: argparse.Namespace) -> dict:
 
     model({"token_ids": np.zeros((1, SEQUENCE_LENGTH), "int32"), "padding_mask": np.ones((1, SEQUENCE_LENGTH), "int32")})
     built = time.monotonic()
-    # Keras writes these formats to one named file (its OpenVINO export refuses any other path).
-    file_name = {"openvino": "model.xml", "litert": "model.tflite"}.get(args.child_format)
+    # Keras writes these formats to one named file (its OpenVINO and torch exports refuse other suffixes).
+    file_name = {"openvino": "model.xml", "litert": "model.tflite", "torch": "model.pt2"}.get(args.child_format)
     if file_name:
         path.mkdir(parents=True, exist_ok=True)
     try:

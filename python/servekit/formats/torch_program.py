@@ -38,7 +38,7 @@ import keyword
 import os
 import tempfile
 import zipfile
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -560,8 +560,19 @@ def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
     Returns:
         A strategy report (`ok`, `endpoints`, `comparisons`, `converter`).
     """
+    return write(request, staged, workdir)()
+
+
+def write(request, staged: str, workdir: str) -> Callable[[], dict[str, Any]]:
+    """`write_and_check`, its check returned for later: the check loads the
+    written program back, and holds no reference to the model, so a caller
+    that frees the model first has the weights in memory once.
+
+    Returns:
+        The check: a function returning the strategy report.
+    """
+    from servekit import peak_memory
     from servekit import signature as sig
-    from servekit import verification
     from servekit.source_model.outputs import output_specs
 
     plan = request.endpoints[0]
@@ -571,17 +582,27 @@ def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
     sample = sample_inputs(layout, request.cases, request.source)
     program = export_program(request.source, layout, sample, request.name, flat=request.format == "torch_aoti",
                              export_args=request.local_options.get(request.format))
+    peak_memory.mark("torch.export")
     report: dict[str, Any] = {"ok": True, "endpoints": [serving.to_json()], "comparisons": []}
+    fmt = request.format
     cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
-    names = [s.name for s in layout.flat]
-    if request.format == "torch":
+    names, output_names = [s.name for s in layout.flat], list(plan.output_names)
+    if fmt == "torch":
         write_program(program, staged)
         report["converter"] = "torch.export"
-        comps = check_program(staged, names, plan.output_names, cases) if cases else []
     else:
         compile_aoti(program, staged, workdir)
         report["converter"] = "torch.export+aoti_compile_and_package"
-        comps = check_aoti(staged, names, plan.output_names, cases, workdir) if cases else []
-    from servekit import formats
 
-    return verification.record(report, comps, request.format, formats.FORMATS[request.format].description)
+    def check() -> dict[str, Any]:
+        from servekit import formats, verification
+
+        if not cases:
+            comparisons = []
+        elif fmt == "torch":
+            comparisons = check_program(staged, names, output_names, cases)
+        else:
+            comparisons = check_aoti(staged, names, output_names, cases, workdir)
+        return verification.record(report, comparisons, fmt, formats.FORMATS[fmt].description)
+
+    return check

@@ -164,25 +164,42 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     from servekit.pipeline.request import EndpointPlan
     from servekit.source_model import backend_semantics
     from servekit.strategies import keras_file
+    from servekit import peak_memory
     from servekit.strategies.in_process import InProcess
+    from servekit.worker import isolation
 
     custom = keras_file.import_custom_classes(job.custom_classes)  # also registers e.g. keras_hub's classes
     keras.utils.set_random_seed(0)
     with keras_file.lambda_globals_installed(job.lambda_globals):
         model = keras_file.load_keras(job.keras_file, job.model_name, custom)
+    peak_memory.mark("rebuild")
     endpoint = job.endpoints[0]
     plan = EndpointPlan(endpoint.name, endpoint.layout, list(endpoint.output_names), fn=model)
     cases = CaseSet.read(job.cases_file, list(job.cases)) if job.verify else CaseSet()
-    reports = {}
+    reports, checks, request = {}, {}, None
     for fmt, staged in job.outputs.items():
         request = ExportRequest("model", fmt, job.model_name, keras.backend.backend(), [plan], cases,
                                 verify=job.verify, opset=job.opset, source=model, version=job.version)
         try:
             with backend_semantics.computed_as(job.source_backend):
-                reports[fmt] = InProcess().write(request, staged, workdir)
+                checks[fmt] = InProcess().write_deferring_check(request, staged, workdir)
         except ExportError as e:
             reports[fmt] = {"ok": False, "message": str(e), "reason": e.reason}
-    return {"reports": reports}
+        peak_memory.mark(f"{fmt} export")
+    # A torch program is loaded back to be checked: with the rebuilt model freed first
+    # (its programs' weights are the model's own), the weights are in memory once. The
+    # collection costs little beside a torch export.
+    del model, plan, request
+    if any(fmt in ("torch", "torch_aoti") for fmt in job.outputs):
+        isolation.release_memory()
+        peak_memory.mark("release the model")
+    for fmt, check in checks.items():
+        try:
+            reports[fmt] = check()
+        except ExportError as e:
+            reports[fmt] = {"ok": False, "message": str(e), "reason": e.reason}
+        peak_memory.mark(f"{fmt} verification")
+    return {"reports": {fmt: reports[fmt] for fmt in job.outputs}}
 
 
 def _run_job_file(job_path: str, warm: bool = False) -> None:

@@ -24,7 +24,7 @@ import functools
 import dataclasses
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
@@ -57,6 +57,32 @@ class InProcess:
         if request.kind == "archive":
             return request.source._in_process_unavailable()
         return None
+
+    def write_deferring_check(self, request: ExportRequest, staged: str, workdir: str) -> Callable[[], dict[str, Any]]:
+        """`write`, a torch format's check returned for later (other formats are
+        written and checked now): the check loads the program back, and a caller
+        that frees the model first holds its weights once
+        (`servekit.strategies.cross_backend`).
+
+        Returns:
+            A function returning the strategy report.
+        """
+        from servekit import _write
+        from servekit.strategies import stablehlo
+
+        if request.format not in ("torch", "torch_aoti"):
+            report = self.write(request, staged, workdir)
+            return lambda: report
+        from servekit.formats import torch_program
+
+        with _write.quiet(), _no_source_paths(), stablehlo.for_tensorflow():
+            check = torch_program.write(request, staged, workdir)
+
+        def quiet_check() -> dict[str, Any]:
+            with _write.quiet():
+                return check()
+
+        return quiet_check
 
     def write(self, request: ExportRequest, staged: str, workdir: str) -> dict[str, Any]:
         from servekit import _write
