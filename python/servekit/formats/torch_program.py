@@ -553,23 +553,16 @@ def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str
     return verification._check(list(cases), run)
 
 
-def write_and_check(request, staged: str, workdir: str) -> dict[str, Any]:
-    """Exports `request.source` (a torch-backend model) as `request.format`
-    ("torch" or "torch_aoti") at `staged` and checks it against the cases.
-
-    Returns:
-        A strategy report (`ok`, `endpoints`, `comparisons`, `converter`).
-    """
-    return write(request, staged, workdir)()
-
-
 def write(request, staged: str, workdir: str) -> Callable[[], dict[str, Any]]:
-    """`write_and_check`, its check returned for later: the check loads the
-    written program back, and holds no reference to the model, so a caller
-    that frees the model first has the weights in memory once.
+    """Exports `request.source` (a torch-backend model) as `request.format`
+    ("torch" or "torch_aoti") at `staged`, and returns its check against the
+    cases for later: the check loads the written program back and holds no
+    reference to the model, so a caller that frees the model first has the
+    weights in memory once.
 
     Returns:
-        The check: a function returning the strategy report.
+        The check: a function returning the strategy report (`ok`,
+        `endpoints`, `comparisons`, `converter`).
     """
     from servekit import peak_memory
     from servekit import signature as sig

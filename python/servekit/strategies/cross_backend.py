@@ -168,6 +168,7 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     from servekit.strategies.in_process import InProcess
     from servekit.worker import isolation
 
+    peak_memory.mark("imports")
     custom = keras_file.import_custom_classes(job.custom_classes)  # also registers e.g. keras_hub's classes
     keras.utils.set_random_seed(0)
     with keras_file.lambda_globals_installed(job.lambda_globals):

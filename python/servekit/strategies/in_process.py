@@ -88,13 +88,11 @@ class InProcess:
         from servekit import _write
         from servekit.strategies import stablehlo
 
+        if request.format in ("torch", "torch_aoti"):
+            return self.write_deferring_check(request, staged, workdir)()
         with _write.quiet(), _no_source_paths(), stablehlo.for_tensorflow():
             if request.format == "tf_saved_model":
                 return _saved_model(request, staged)
-            if request.format in ("torch", "torch_aoti"):
-                from servekit.formats import torch_program
-
-                return torch_program.write_and_check(request, staged, workdir)
             if request.format in ("openvino", "litert"):
                 return _converted_from_saved_model(request, staged, workdir)
             if request.backend == "tensorflow":
