@@ -769,6 +769,23 @@ def test_torch_program_holds_each_weight_once(tmp_path):
     assert len(held) == len(model.variables)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.export runs in this process on torch only")
+def test_torch_export_lets_the_models_weights_go(tmp_path):
+    # torch.export left fake tensors referenced from C++ whose constants were the model's
+    # weights: they stayed resident after the model was deleted.
+    import gc
+
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    model = mm.mlp()
+    weights = {v.value.data_ptr() for v in model.variables}
+    servekit.export(model, str(tmp_path / "mlp.pt2"), format="torch", verbose=False)
+    gc.collect()
+    held = [o for o in gc.get_objects()
+            if isinstance(o, FakeTensor) and o.constant is not None and o.constant.data_ptr() in weights]
+    assert held == []
+
+
 def test_torch_program_looks_integers_up_with_comparisons(tmp_path):
     # Keras's IntegerLookup looks up in a TensorFlow table on every backend, which torch.export
     # cannot trace: in the program every input is compared with the vocabulary.
