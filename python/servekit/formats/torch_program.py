@@ -558,7 +558,8 @@ def _fake_tensor_ids() -> set[int]:
 
     from torch._subclasses.fake_tensor import FakeTensor
 
-    return {id(o) for o in gc.get_objects() if isinstance(o, FakeTensor)}
+    # type(), not isinstance(): a dead weak proxy among the objects raises on the latter.
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), FakeTensor)}
 
 
 def _release_fake_constants(before: set[int]) -> None:
@@ -577,7 +578,7 @@ def _release_fake_constants(before: set[int]) -> None:
     from torch._subclasses.fake_tensor import FakeTensor
 
     for o in gc.get_objects():
-        if isinstance(o, FakeTensor) and id(o) not in before and o.constant is not None:
+        if issubclass(type(o), FakeTensor) and id(o) not in before and o.constant is not None:
             o.constant = None
 
 
