@@ -163,8 +163,8 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     from servekit.pipeline.cases import CaseSet
     from servekit.pipeline.request import EndpointPlan
     from servekit.source_model import backend_semantics
+    from servekit import formats, peak_memory
     from servekit.strategies import keras_file
-    from servekit import peak_memory
     from servekit.strategies.in_process import InProcess
     from servekit.worker import isolation
 
@@ -191,7 +191,7 @@ def _work(job: WorkerJob, workdir: str) -> dict[str, Any]:
     # (its programs' weights are the model's own), the weights are in memory once. The
     # collection costs little beside a torch export.
     del model, plan, request
-    if any(fmt in ("torch", "torch_aoti") for fmt in job.outputs):
+    if any(fmt in formats.TORCH_FORMATS for fmt in job.outputs):
         isolation.release_memory()
         peak_memory.mark("release the model")
     for fmt, check in checks.items():

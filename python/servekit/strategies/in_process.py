@@ -26,6 +26,7 @@ import os
 import shutil
 from typing import Any, Callable, Optional
 
+from servekit import formats
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 from servekit.pipeline.request import EndpointPlan, ExportRequest
@@ -40,8 +41,6 @@ class InProcess:
     name = "in_process"
 
     def unavailable(self, request: ExportRequest) -> Optional[str]:
-        from servekit import formats
-
         if request.format in formats.TORCH_FORMATS and request.backend != "torch":
             return f"a {formats.FORMATS[request.format].description} is exported under torch; this is {request.backend}"
         if request.format in ("openvino", "litert") and request.backend != "tensorflow":
@@ -70,7 +69,7 @@ class InProcess:
         from servekit import _write
         from servekit.strategies import stablehlo
 
-        if request.format not in ("torch", "torch_aoti"):
+        if request.format not in formats.TORCH_FORMATS:
             report = self.write(request, staged, workdir)
             return lambda: report
         from servekit.formats import torch_program
@@ -88,7 +87,7 @@ class InProcess:
         from servekit import _write
         from servekit.strategies import stablehlo
 
-        if request.format in ("torch", "torch_aoti"):
+        if request.format in formats.TORCH_FORMATS:
             return self.write_deferring_check(request, staged, workdir)()
         with _write.quiet(), _no_source_paths(), stablehlo.for_tensorflow():
             if request.format == "tf_saved_model":
