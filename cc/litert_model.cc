@@ -173,6 +173,59 @@ struct BoundBuffer {
   size_t scratch_bytes = 0;
 };
 
+// The last call whose outputs LiteRT wrote straight into the caller's tensors, as
+// RunAgain compares the next call with it: flat, so that the comparison reads few
+// cache lines (a call of a small model takes about 1 us, and each line missed after
+// LiteRT's run costs several ns).
+struct LastCall {
+  struct Tensors {
+    std::string name;
+    DType dtype = DType::kFloat32;
+    size_t rank = 0;
+    int64_t dims[SERVEKIT_LITERT_TENSOR_MAX_RANK] = {};
+    const void* data = nullptr;  // a feed's or output tensor's bytes
+    void* copy_to = nullptr;     // a feed LiteRT cannot view: the scratch its bytes go to
+    size_t bytes = 0;
+
+    bool Matches(const NamedTensor& named) const {
+      const Tensor& t = named.tensor;
+      if (t.data() != data || t.dtype() != dtype || t.shape().size() != rank) return false;
+      for (size_t d = 0; d < rank; ++d) {
+        if (t.shape()[d] != dims[d]) return false;
+      }
+      return named.name == name;
+    }
+  };
+  bool valid = false;
+  std::vector<Tensors> feeds, fetches;
+
+  // Remembers a call that ran `signature` on `inputs` (bound as `bound_inputs`) into
+  // `outputs`, every one of them the caller's tensor bound as LiteRT's output.
+  void Remember(const Signature& signature, const std::vector<const Tensor*>& inputs,
+                const std::vector<BoundBuffer>& bound_inputs, const std::vector<Tensor*>& outputs) {
+    feeds.resize(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      Set(&feeds[i], signature.inputs[i].name, *inputs[i]);
+      const BoundBuffer& bound = bound_inputs[i];
+      feeds[i].copy_to = bound.data != bound.source ? bound.scratch.get() : nullptr;
+    }
+    fetches.resize(outputs.size());
+    for (size_t k = 0; k < outputs.size(); ++k) Set(&fetches[k], signature.outputs[k].name, *outputs[k]);
+    valid = true;
+  }
+
+ private:
+  static void Set(Tensors* remembered, const std::string& name, const Tensor& t) {
+    remembered->name = name;
+    remembered->dtype = t.dtype();
+    remembered->rank = t.shape().size();
+    std::copy(t.shape().begin(), t.shape().end(), remembered->dims);
+    remembered->data = t.data();
+    remembered->copy_to = nullptr;
+    remembered->bytes = t.byte_size();
+  }
+};
+
 struct LiteRtModel::Runtime {
   ModelOwner model;
   CompiledModelOwner compiled;
@@ -184,6 +237,9 @@ struct LiteRtModel::Runtime {
   std::vector<Shape> resized;  // each input's shape as last given to LiteRT
   std::vector<BoundBuffer> inputs, outputs;
   std::vector<LiteRtTensorBuffer> input_handles, output_handles;
+  std::vector<Tensor*> written;   // per output: the caller's tensor of the current call
+  std::vector<char> copy_out;     // per output: whether LiteRT wrote it into servekit's buffer
+  LastCall last;
   bool ready = false;  // every buffer is bound for the inputs' current addresses and shapes
 };
 
@@ -294,6 +350,8 @@ StatusOr<std::unique_ptr<LiteRtModel>> LiteRtModel::Load(const std::string& path
   runtime->outputs.resize(signature.outputs.size());
   runtime->input_handles.resize(signature.inputs.size());
   runtime->output_handles.resize(signature.outputs.size());
+  runtime->written.resize(signature.outputs.size());
+  runtime->copy_out.resize(signature.outputs.size());
 
   SERVEKIT_RETURN_IF_ERROR(Compile(environment, model, path, &runtime->compiled));
   std::vector<Signature> signatures;
@@ -366,11 +424,42 @@ Status About(const Status& status, StatusCode code, const std::string& where) {
 
 }  // namespace
 
+bool LiteRtModel::RunAgain(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
+                           std::vector<NamedTensor>* outputs, Status* status) const {
+  Runtime& rt = *runtime_;
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  const LastCall& last = rt.last;
+  if (!last.valid || inputs.size() != last.feeds.size() || outputs->size() != last.fetches.size() ||
+      std::string_view(endpoint) != kLiteRtEndpoint) {
+    return false;
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!last.feeds[i].Matches(inputs[i])) return false;
+  }
+  for (size_t k = 0; k < outputs->size(); ++k) {
+    const Tensor& out = (*outputs)[k].tensor;
+    // The tensor LiteRT's output buffer views, still the caller's alone.
+    if (!last.fetches[k].Matches((*outputs)[k]) || out.is_view() || out.owner().use_count() != 1) return false;
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const LastCall::Tensors& feed = last.feeds[i];
+    if (feed.copy_to != nullptr && feed.bytes > 0) std::memcpy(feed.copy_to, feed.data, feed.bytes);
+  }
+  LiteRtStatus st = LiteRtRunCompiledModel(rt.compiled.get(), 0, rt.input_handles.size(), rt.input_handles.data(),
+                                           rt.output_handles.size(), rt.output_handles.data());
+  if (st != kLiteRtStatusOk) {
+    rt.last.valid = false;
+    *status = Failed(StatusCode::kInternal, path() + " endpoint '" + kLiteRtEndpoint + "'", "LiteRtRunCompiledModel", st);
+  }
+  return true;
+}
+
 Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Tensor*>& inputs,
                                OutputSlots* outputs) const {
   const Signature& signature = signatures()[endpoint_index];
   Runtime& rt = *runtime_;
   std::lock_guard<std::mutex> lock(rt.mutex);
+  rt.last.valid = false;
   // The common case first: the same input buffers and shapes as the last call, so
   // every LiteRT buffer is bound already and only copied inputs need this call's bytes.
   bool bound_already = rt.ready;
@@ -390,16 +479,41 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
     SERVEKIT_RETURN_IF_ERROR(Prepare(signature, inputs));
     rt.ready = true;
   }
+  // Each output goes straight into the caller's tensor when the caller handed back a
+  // tensor servekit may overwrite (a serving loop's previous outputs): LiteRT's buffer
+  // stays bound to it from one call to the next. Any other output (a new tensor:
+  // the first call, or the caller kept the last one) is written into servekit's own
+  // buffer and copied out, because binding a buffer costs more than copying a small
+  // output.
+  for (size_t k = 0; k < signature.outputs.size(); ++k) {
+    BoundBuffer& bound = rt.outputs[k];
+    bool reused = false;
+    SERVEKIT_ASSIGN_OR_RETURN(Tensor * out, outputs->Writable(k, signature.outputs[k].dtype, bound.shape, &reused));
+    void* target = reused && out->byte_size() > 0 ? out->mutable_data() : bound.scratch.get();
+    if (bound.data != target) {
+      Status bound_ok = Bind(&bound, rt.output_types[k], bound.shape, target, std::max<size_t>(out->byte_size(), 1));
+      if (!bound_ok.ok()) {
+        rt.ready = false;
+        return About(bound_ok, StatusCode::kInternal, TensorWhere(path(), signature, "output", k));
+      }
+      rt.output_handles[k] = bound.buffer.get();
+    }
+    rt.written[k] = out;
+    rt.copy_out[k] = target == bound.scratch.get();
+  }
   LiteRtStatus st = LiteRtRunCompiledModel(rt.compiled.get(), 0, rt.input_handles.size(), rt.input_handles.data(),
                                            rt.output_handles.size(), rt.output_handles.data());
   if (st != kLiteRtStatusOk) {
     return Failed(StatusCode::kInternal, path() + " endpoint '" + signature.name + "'", "LiteRtRunCompiledModel", st);
   }
-  for (size_t k = 0; k < signature.outputs.size(); ++k) {
-    const BoundBuffer& bound = rt.outputs[k];
-    SERVEKIT_ASSIGN_OR_RETURN(Tensor * out, outputs->Writable(k, signature.outputs[k].dtype, bound.shape));
-    if (out->byte_size() > 0) std::memcpy(out->mutable_data(), bound.scratch.get(), out->byte_size());
+  bool into_callers = true;
+  for (size_t k = 0; k < rt.written.size(); ++k) {
+    if (!rt.copy_out[k]) continue;
+    into_callers = false;
+    Tensor* out = rt.written[k];
+    if (out->byte_size() > 0) std::memcpy(out->mutable_data(), rt.outputs[k].scratch.get(), out->byte_size());
   }
+  if (into_callers) rt.last.Remember(signature, inputs, rt.inputs, rt.written);
   return Status::Ok();
 }
 

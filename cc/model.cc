@@ -115,12 +115,14 @@ bool SameShape(const Shape& a, const Shape& b) {
 
 }  // namespace
 
-StatusOr<Tensor*> OutputSlots::Writable(size_t index, DType dtype, const Shape& shape) {
+StatusOr<Tensor*> OutputSlots::Writable(size_t index, DType dtype, const Shape& shape, bool* reused) {
   Tensor& slot = (*outputs_)[index].tensor;
-  if (!(slot.dtype() == dtype && !slot.is_string() && !slot.is_view() && slot.owner() != nullptr &&
-        slot.owner().use_count() == 1 && SameShape(slot.shape(), shape))) {
+  const bool reusable = slot.dtype() == dtype && !slot.is_string() && !slot.is_view() && slot.owner() != nullptr &&
+                        slot.owner().use_count() == 1 && SameShape(slot.shape(), shape);
+  if (!reusable) {
     SERVEKIT_ASSIGN_OR_RETURN(slot, Tensor::AllocateUninitialized(dtype, shape));
   }
+  if (reused != nullptr) *reused = reusable;
   ++filled_;
   return &slot;
 }
@@ -132,8 +134,8 @@ StatusOr<std::vector<NamedTensor>> Model::Run(const std::string& endpoint,
   return outputs;
 }
 
-Status Model::RunInto(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
-                      std::vector<NamedTensor>* outputs) const {
+Status Model::RunIntoChecked(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
+                             std::vector<NamedTensor>* outputs) const {
   const Signature* found = FindEndpoint(endpoint);
   if (found == nullptr) {
     outputs->clear();

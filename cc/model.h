@@ -99,7 +99,9 @@ class OutputSlots {
   // A writable numeric tensor of `dtype` and `shape` as output `index`, its bytes
   // unspecified: the tensor already in the slot when it can be overwritten (it owns
   // its bytes, nothing else holds them, same dtype and shape), else a new one.
-  StatusOr<Tensor*> Writable(size_t index, DType dtype, const Shape& shape);
+  // `*reused` (when given) says which: a runner may keep writing into a reused
+  // tensor's memory on the next call, never into a new one's.
+  StatusOr<Tensor*> Writable(size_t index, DType dtype, const Shape& shape, bool* reused = nullptr);
   // For a runner that runs again after a failed attempt: every slot is to be filled anew.
   void Refill() { filled_ = 0; }
 
@@ -128,9 +130,18 @@ class Model {
   // benchmark): it passes the previous call's outputs back, and the runners that
   // copy their results (OpenVINO, LiteRT) or have ONNX Runtime write them (ONNX)
   // write into those tensors in place when nothing else holds them, instead of
-  // allocating new ones (OutputSlots). On failure `*outputs` is cleared.
+  // allocating new ones (OutputSlots). On failure `*outputs` is cleared. Inline, so
+  // that a repeated call (RunAgain) costs the caller no extra call level: at about
+  // 1 us a call (LiteRT, small models) every return counts.
   Status RunInto(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
-                 std::vector<NamedTensor>* outputs) const;
+                 std::vector<NamedTensor>* outputs) const {
+    Status again;
+    if (RunAgain(endpoint, inputs, outputs, &again)) {
+      if (!again.ok()) outputs->clear();
+      return again;
+    }
+    return RunIntoChecked(endpoint, inputs, outputs);
+  }
 
   // A bare loop of the runtime's own API on this model over `inputs` (checked like
   // Run's feeds, then prepared once). InvalidArgument for a runtime without one
@@ -145,6 +156,22 @@ class Model {
  protected:
   Model(std::string path, std::vector<Signature> signatures)
       : path_(std::move(path)), signatures_(std::move(signatures)) {}
+
+  // A runner's short way to make again the call it made last, which RunInto tries
+  // first: when `endpoint`, `inputs` and `*outputs` are what that call was given and
+  // returned (the same feeds in signature order, with the same names, dtypes, shapes
+  // and buffers; the same output tensors, which nothing else holds), the checks that
+  // call passed hold again, and the runner may run without redoing them. Returns
+  // false, having changed nothing, when it cannot; else sets `*status` to the run's.
+  virtual bool RunAgain(const std::string& /*endpoint*/, const std::vector<NamedTensor>& /*inputs*/,
+                        std::vector<NamedTensor>* /*outputs*/, Status* /*status*/) const {
+    return false;
+  }
+
+  // RunInto's every call but a repeated one: finds the endpoint, checks the feeds,
+  // names the output slots and runs RunChecked.
+  Status RunIntoChecked(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
+                        std::vector<NamedTensor>* outputs) const;
 
   // Runs the endpoint at `endpoint_index` in signatures(); `inputs` are checked and in
   // signature order. Fills each of `outputs`' slots (one per signature output, named

@@ -186,6 +186,64 @@ TEST_F(LiteRtModelTest, ServingLoopSeesNewValuesAndReusesOutputs) {
   EXPECT_TRUE(outputs.empty());
 }
 
+TEST_F(LiteRtModelTest, RepeatedCallsStillSeeNewValuesAndStillCheckFeeds) {
+  // From the third call of a serving loop on, LiteRT writes into the handed-back
+  // outputs and the call only compares itself with the last one (RunAgain): values,
+  // names, dtypes, kept outputs and replaced outputs must all count as before.
+  alignas(64) float misaligned[7] = {};
+  auto view = Tensor::View(DType::kFloat32, {2, 3}, misaligned + 1, 6 * sizeof(float), nullptr);
+  ASSERT_TRUE(view.ok());
+  for (const Tensor& features : {Floats({2, 3}, kFeatures), *view}) {
+    SCOPED_TRACE(features.data() == view->data() ? "misaligned feed" : "aligned feed");
+    float* x = const_cast<float*>(features.data_as<float>());
+    const std::vector<NamedTensor> inputs = {{"features", features}};
+    std::vector<NamedTensor> outputs;
+    const std::vector<float> swapped = {0, 1, 2, 1, 0, 0};
+    const std::vector<float> swapped_logits = {kLogits[2], kLogits[3], kLogits[0], kLogits[1]};
+    for (int call = 0; call < 6; ++call) {
+      const bool even = call % 2 == 0;
+      std::copy_n((even ? kFeatures : swapped).begin(), 6, x);
+      ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok()) << call;
+      const std::vector<float>& expected = even ? kLogits : swapped_logits;
+      for (size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_NEAR(outputs[0].tensor.data_as<float>()[i], expected[i], 1e-6) << call;
+      }
+    }
+    // The same bytes under another name, or read as another dtype: refused as ever.
+    auto misnamed = model_->RunInto("serving_default", {{"feature", features}}, &outputs);
+    EXPECT_EQ(misnamed.message(), "endpoint 'serving_default' has no input 'feature'; its inputs are: 'features'");
+    EXPECT_TRUE(outputs.empty());
+    for (int call = 0; call < 3; ++call) ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    auto as_ints = Tensor::View(DType::kInt32, {2, 3}, features.data(), 6 * sizeof(float), nullptr);
+    ASSERT_TRUE(as_ints.ok());
+    auto retyped = model_->RunInto("serving_default", {{"features", *as_ints}}, &outputs);
+    EXPECT_EQ(retyped.message(), "endpoint 'serving_default' input 'features': expected float32[?,3], got int32[2,3]");
+    for (int call = 0; call < 3; ++call) ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    EXPECT_EQ(model_->RunInto("serving_default_", inputs, &outputs).code(), StatusCode::kNotFound);
+    for (int call = 0; call < 3; ++call) ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    // An output the caller keeps, or one it puts in the slot itself, is never written
+    // through the buffer LiteRT was left bound to.
+    std::copy_n(kFeatures.begin(), 6, x);
+    const Tensor kept = outputs[0].tensor;
+    const std::vector<float> kept_values(kept.data_as<float>(), kept.data_as<float>() + 4);
+    std::copy_n(swapped.begin(), 6, x);
+    ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    EXPECT_EQ(std::vector<float>(kept.data_as<float>(), kept.data_as<float>() + 4), kept_values);
+    EXPECT_NEAR(outputs[0].tensor.data_as<float>()[0], swapped_logits[0], 1e-6);
+    for (int call = 0; call < 3; ++call) ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    Tensor mine = Floats({2, 2}, {7, 7, 7, 7});
+    outputs[0].tensor = mine;  // shared with `mine`: not to be overwritten
+    std::copy_n(kFeatures.begin(), 6, x);
+    ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    EXPECT_EQ(std::vector<float>(mine.data_as<float>(), mine.data_as<float>() + 4), std::vector<float>(4, 7));
+    EXPECT_NEAR(outputs[0].tensor.data_as<float>()[3], kLogits[3], 1e-6);
+    // A longer outputs vector than the signature's is cut to size.
+    outputs.push_back({"extra", Floats({1}, {0})});
+    ASSERT_TRUE(model_->RunInto("serving_default", inputs, &outputs).ok());
+    EXPECT_EQ(outputs.size(), 1u);
+  }
+}
+
 TEST_F(LiteRtModelTest, BareLoopRuns) {
   const std::vector<NamedTensor> inputs = {{"features", Floats({2, 3}, kFeatures)}};
   auto loop = model_->MakeBareLoop(inputs);
