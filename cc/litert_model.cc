@@ -178,7 +178,7 @@ struct BoundBuffer {
 // cache lines (a call of a small model takes about 1 us, and each line missed after
 // LiteRT's run costs several ns).
 struct LastCall {
-  struct Tensors {
+  struct Seen {
     std::string name;
     DType dtype = DType::kFloat32;
     size_t rank = 0;
@@ -197,7 +197,7 @@ struct LastCall {
     }
   };
   bool valid = false;
-  std::vector<Tensors> feeds, fetches;
+  std::vector<Seen> feeds, fetches;
 
   // Remembers a call that ran `signature` on `inputs` (bound as `bound_inputs`) into
   // `outputs`, every one of them the caller's tensor bound as LiteRT's output.
@@ -215,7 +215,7 @@ struct LastCall {
   }
 
  private:
-  static void Set(Tensors* remembered, const std::string& name, const Tensor& t) {
+  static void Set(Seen* remembered, const std::string& name, const Tensor& t) {
     remembered->name = name;
     remembered->dtype = t.dtype();
     remembered->rank = t.shape().size();
@@ -442,7 +442,7 @@ bool LiteRtModel::RunAgain(const std::string& endpoint, const std::vector<NamedT
     if (!last.fetches[k].Matches((*outputs)[k]) || out.is_view() || out.owner().use_count() != 1) return false;
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
-    const LastCall::Tensors& feed = last.feeds[i];
+    const LastCall::Seen& feed = last.feeds[i];
     if (feed.copy_to != nullptr && feed.bytes > 0) std::memcpy(feed.copy_to, feed.data, feed.bytes);
   }
   LiteRtStatus st = LiteRtRunCompiledModel(rt.compiled.get(), 0, rt.input_handles.size(), rt.input_handles.data(),
