@@ -186,7 +186,19 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _int8_products_in_float32() -> Iterator[None]:
+def _replaced(owner, **replacements) -> Iterator[None]:
+    """`owner`'s attributes named in `replacements` set to them while the block runs."""
+    originals = {name: getattr(owner, name) for name in replacements}
+    for name, value in replacements.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(owner, name, value)
+
+
+def _int8_products_in_float32() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy
 
@@ -208,15 +220,10 @@ def _int8_products_in_float32() -> Iterator[None]:
         product = originals["einsum"](subscripts, *(tf.cast(t, tf.float32) for t in operands), **kwargs)
         return tf.cast(product, tf.int32)
 
-    tf_numpy.matmul, tf_numpy.einsum = matmul, einsum
-    try:
-        yield
-    finally:
-        tf_numpy.matmul, tf_numpy.einsum = originals["matmul"], originals["einsum"]
+    return _replaced(tf_numpy, matmul=matmul, einsum=einsum)
 
 
-@contextlib.contextmanager
-def _exact_gelu_from_erf() -> Iterator[None]:
+def _exact_gelu_from_erf() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src.backend.tensorflow import math as tf_math
     from keras.src.backend.tensorflow import nn as tf_nn
@@ -229,15 +236,10 @@ def _exact_gelu_from_erf() -> Iterator[None]:
             return original(x, approximate)
         return 0.5 * x * (1.0 + tf_math.erf(x * 0.7071067811865476))  # the erf of `_erf_as_rational`
 
-    tf_nn.gelu = gelu
-    try:
-        yield
-    finally:
-        tf_nn.gelu = original
+    return _replaced(tf_nn, gelu=gelu)
 
 
-@contextlib.contextmanager
-def _eyes_as_constants() -> Iterator[None]:
+def _eyes_as_constants() -> contextlib.AbstractContextManager[None]:
     import numpy as np
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy
@@ -249,15 +251,10 @@ def _eyes_as_constants() -> Iterator[None]:
             return original(N, M, k, dtype)
         return tf.constant(np.eye(N, M, k), dtype=dtype or tf_numpy.config.floatx())
 
-    tf_numpy.eye = eye
-    try:
-        yield
-    finally:
-        tf_numpy.eye = original
+    return _replaced(tf_numpy, eye=eye)
 
 
-@contextlib.contextmanager
-def _grouped_dilated_convolutions_as_one_op() -> Iterator[None]:
+def _grouped_dilated_convolutions_as_one_op() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src import backend
     from keras.src.backend.tensorflow import nn as tf_nn
@@ -280,15 +277,10 @@ def _grouped_dilated_convolutions_as_one_op() -> Iterator[None]:
             return tf.nn.conv1d(inputs, kernel, steps[0], padding.upper(), dilations=dilations[0])
         return ops_by_rank[rank](inputs, kernel, [1, *steps, 1], padding.upper(), dilations=[1, *dilations, 1])
 
-    tf_nn.conv = conv
-    try:
-        yield
-    finally:
-        tf_nn.conv = original
+    return _replaced(tf_nn, conv=conv)
 
 
-@contextlib.contextmanager
-def _integer_tables_as_comparisons() -> Iterator[None]:
+def _integer_tables_as_comparisons() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
 
     table_class = tf.lookup.StaticHashTable
@@ -307,19 +299,12 @@ def _integer_tables_as_comparisons() -> Iterator[None]:
         return tf.where(tf.reduce_any(matches, axis=-1), tf.gather(tf.constant(values, table.value_dtype), position),
                         tf.cast(table.default_value, table.value_dtype))
 
-    table_class.lookup = lookup
-    try:
-        yield
-    finally:
-        table_class.lookup = original
+    return _replaced(table_class, lookup=lookup)
 
 
-@contextlib.contextmanager
-def _cumprod_as_scan() -> Iterator[None]:
+def _cumprod_as_scan() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy
-
-    original = tf_numpy.cumprod
 
     def times_the_one_before(y, k, axis: int):
         # y[i] * y[i - k], with 1 before the start: pad k ones in front, keep the first n.
@@ -346,11 +331,7 @@ def _cumprod_as_scan() -> Iterator[None]:
                              lambda k, y: (k * 2, times_the_one_before(y, k, axis)), (tf.constant(1), x))
         return x
 
-    tf_numpy.cumprod = cumprod
-    try:
-        yield
-    finally:
-        tf_numpy.cumprod = original
+    return _replaced(tf_numpy, cumprod=cumprod)
 
 
 # XLA's `ErfImpl32` (and Eigen's float32 `erf`): erf(x) = x * P(x^2) / Q(x^2) for x in
@@ -361,8 +342,7 @@ _ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438
                     -1.42647390514189e-02)
 
 
-@contextlib.contextmanager
-def _erf_as_rational() -> Iterator[None]:
+def _erf_as_rational() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src.backend.tensorflow import math as tf_math
 
@@ -382,15 +362,10 @@ def _erf_as_rational() -> Iterator[None]:
         x2 = x * x
         return x * horner(_ERF_NUMERATOR, x2) / horner(_ERF_DENOMINATOR, x2)
 
-    tf_math.erf = erf
-    try:
-        yield
-    finally:
-        tf_math.erf = original
+    return _replaced(tf_math, erf=erf)
 
 
-@contextlib.contextmanager
-def _pools_3d_as_2d() -> Iterator[None]:
+def _pools_3d_as_2d() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src import backend
     from keras.src.backend.tensorflow import nn as tf_nn
@@ -421,16 +396,12 @@ def _pools_3d_as_2d() -> Iterator[None]:
 
         return pool
 
-    tf_nn.max_pool = as_2d("max_pool", tf.nn.max_pool2d)
-    tf_nn.average_pool = as_2d("average_pool", tf.nn.avg_pool2d)
-    try:
-        yield
-    finally:
-        tf_nn.max_pool, tf_nn.average_pool = originals["max_pool"], originals["average_pool"]
+    return _replaced(tf_nn,
+                     max_pool=as_2d("max_pool", tf.nn.max_pool2d),
+                     average_pool=as_2d("average_pool", tf.nn.avg_pool2d))
 
 
-@contextlib.contextmanager
-def _fft2_as_real_matmuls() -> Iterator[None]:
+def _fft2_as_real_matmuls() -> contextlib.AbstractContextManager[None]:
     import math
 
     import tensorflow as tf
@@ -455,15 +426,10 @@ def _fft2_as_real_matmuls() -> Iterator[None]:
         q = tf.matmul(cos_rows, imag) - tf.matmul(sin_rows, real)
         return tf.matmul(p, cos_cols) + tf.matmul(q, sin_cols), tf.matmul(q, cos_cols) - tf.matmul(p, sin_cols)
 
-    tf_math.fft2 = fft2
-    try:
-        yield
-    finally:
-        tf_math.fft2 = original
+    return _replaced(tf_math, fft2=fft2)
 
 
-@contextlib.contextmanager
-def _slices_without_new_axes() -> Iterator[None]:
+def _slices_without_new_axes() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
 
     original = tf.Tensor.__getitem__
@@ -478,11 +444,7 @@ def _slices_without_new_axes() -> Iterator[None]:
             out = tf.expand_dims(out, axis)
         return out
 
-    tf.Tensor.__getitem__ = getitem
-    try:
-        yield
-    finally:
-        tf.Tensor.__getitem__ = original
+    return _replaced(tf.Tensor, __getitem__=getitem)
 
 
 def _new_axes(items: tuple, rank: int) -> list[int]:
@@ -501,8 +463,7 @@ def _new_axes(items: tuple, rank: int) -> list[int]:
     return axes
 
 
-@contextlib.contextmanager
-def _int64_abs_and_sign_from_comparisons() -> Iterator[None]:
+def _int64_abs_and_sign_from_comparisons() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy
 
@@ -520,31 +481,19 @@ def _int64_abs_and_sign_from_comparisons() -> Iterator[None]:
             return original_sign(x)
         return tf.cast(x > 0, tf.int64) - tf.cast(x < 0, tf.int64)
 
-    tf_numpy.absolute, tf_numpy.sign = absolute, sign
-    try:
-        yield
-    finally:
-        tf_numpy.absolute, tf_numpy.sign = original_abs, original_sign
+    return _replaced(tf_numpy, absolute=absolute, sign=sign)
 
 
-@contextlib.contextmanager
-def _categorical_encoding_without_bincount() -> Iterator[None]:
+def _categorical_encoding_without_bincount() -> contextlib.AbstractContextManager[None]:
     from keras.src.utils import tf_utils
-
-    original = tf_utils.tf_encode_categorical_inputs
 
     def no_fast_path(*args, **kwargs):
         raise ValueError("servekit: Keras's backend-neutral encoding instead of bincount")
 
-    tf_utils.tf_encode_categorical_inputs = no_fast_path
-    try:
-        yield
-    finally:
-        tf_utils.tf_encode_categorical_inputs = original
+    return _replaced(tf_utils, tf_encode_categorical_inputs=no_fast_path)
 
 
-@contextlib.contextmanager
-def _signbit_without_bitcast() -> Iterator[None]:
+def _signbit_without_bitcast() -> contextlib.AbstractContextManager[None]:
     """Keras's TensorFlow `signbit` without a bitcast while the block traces."""
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy
@@ -560,8 +509,4 @@ def _signbit_without_bitcast() -> Iterator[None]:
         return tf.logical_or(tf.less(x, zero),
                              tf.logical_and(tf.equal(x, zero), tf.less(tf.math.reciprocal(x), zero)))
 
-    tf_numpy.signbit = signbit
-    try:
-        yield
-    finally:
-        tf_numpy.signbit = original
+    return _replaced(tf_numpy, signbit=signbit)
