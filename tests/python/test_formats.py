@@ -819,6 +819,26 @@ def test_torch_program_looks_integers_up_with_comparisons(tmp_path):
         np.testing.assert_array_equal(got[name], np.asarray(keras.ops.convert_to_numpy(want)), err_msg=name)
 
 
+def test_torch_program_of_segment_reductions(tmp_path):
+    # Keras's torch segment reductions repeated each id over the data's trailing dims with a
+    # tensor count, whose size torch.export cannot know: the program asserted its traced size
+    # and failed at every other batch size.
+    features = keras.Input(shape=(6,), name="features")
+    ids = keras.ops.convert_to_tensor(np.array([0, 0, 1, 1, 2, 2], "int32"))
+    by_feature = keras.ops.transpose(features)  # (6, batch): the segments on axis 0
+    outputs = {name: keras.ops.transpose(reduce(by_feature, ids, num_segments=3))
+               for name, reduce in (("sum", keras.ops.segment_sum), ("max", keras.ops.segment_max))}
+    model = keras.Model(features, outputs)
+    path = str(tmp_path / "segments.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    for batch in (1, 3, 8):
+        values = np.random.default_rng(batch).normal(size=(batch, 6)).astype("float32")
+        got = checks.torch_program_outputs(path, ["features"], list(outputs), {"features": values})
+        for name, want in model(values).items():
+            np.testing.assert_allclose(got[name], np.asarray(keras.ops.convert_to_numpy(want)), rtol=1e-6,
+                                       err_msg=f"{name} at batch {batch}")
+
+
 def test_torch_program_refuses_a_lookup_that_asserts(tmp_path):
     ids = keras.Input(shape=(4,), dtype="int64", name="ids")
     model = keras.Model(ids, keras.layers.IntegerLookup(vocabulary=[3, 7], num_oov_indices=0, name="strict")(ids))

@@ -160,7 +160,8 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
         with torch.no_grad(), recurrences.unrolled(model), _symbolic_sizes_as_python_numbers(), \
-                _without_activity_losses(model), torch_lookups.integer_lookups_as_comparisons(model, model_name):
+                _segment_ids_broadcast(), _without_activity_losses(model), \
+                torch_lookups.integer_lookups_as_comparisons(model, model_name):
             program = _export_within_bounds(module, sample, args, model_name)
     except ExportError:
         raise
@@ -302,6 +303,42 @@ def _symbolic_sizes_as_python_numbers() -> Iterator[None]:
         yield
     finally:
         dtypes.result_type, torch_numpy.repeat = original_result_type, original_repeat
+
+
+@contextlib.contextmanager
+def _segment_ids_broadcast() -> Iterator[None]:
+    """Keras's torch segment reductions (`segment_sum`, `_max`, `_min`, `_prod`)
+    with a known `num_segments` spread their ids over the data's trailing dims
+    by broadcasting, while torch.export traces.
+
+    Keras repeats each id `prod(data.shape[1:])` times with
+    `repeat_interleave` of a tensor count, whose output size torch.export
+    cannot know: the program asserted its traced size at run time and failed
+    at every other size ("Runtime assertion failed for expression u0 >= 12").
+    Without `num_segments` the result's size depends on the ids' values,
+    which a program cannot hold: Keras's own code then runs, and fails as it did.
+    """
+    import torch
+    from keras.src.backend.torch import math as torch_math
+
+    original = torch_math._segment_reduction_fn
+    initial = {"amax": -float("inf"), "amin": float("inf"), "prod": 1.0, "sum": 0.0}
+
+    def segment_reduction(data, segment_ids, reduction_method, num_segments):
+        if num_segments is None or segment_ids.ndim != 1 or reduction_method not in initial:
+            return original(data, segment_ids, reduction_method, num_segments)
+        ids = segment_ids.to(torch.int64).reshape((-1,) + (1,) * (data.ndim - 1)).expand(data.shape)
+        # As Keras: ids out of [0, num_segments) go to an extra row, dropped after.
+        ids = torch.where((ids >= 0) & (ids < num_segments), ids, num_segments)
+        result = torch.full((num_segments + 1,) + tuple(data.shape[1:]), initial[reduction_method],
+                            device=data.device)
+        return result.scatter_reduce(0, ids, data.float(), reduction_method)[:-1].type(data.dtype)
+
+    torch_math._segment_reduction_fn = segment_reduction
+    try:
+        yield
+    finally:
+        torch_math._segment_reduction_fn = original
 
 
 def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str):
