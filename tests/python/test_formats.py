@@ -839,6 +839,44 @@ def test_torch_program_of_segment_reductions(tmp_path):
                                        err_msg=f"{name} at batch {batch}")
 
 
+def test_torch_program_of_take_along_axis(tmp_path):
+    # Keras's torch take_along_axis broadcasts with torch.take_along_dim, which torch.export
+    # fixed at the sample's batch: indices of the data's shape (a sort), and of one row.
+    values = keras.Input(shape=(6,), name="values")
+    one_row = keras.ops.convert_to_tensor(np.array([[5, 0, -1]], "int32"))
+    outputs = {"sorted": keras.ops.take_along_axis(values, keras.ops.argsort(values, axis=-1), axis=-1),
+               "picked": keras.ops.take_along_axis(values, one_row, axis=-1)}
+    model = keras.Model(values, outputs)
+    path = str(tmp_path / "taken.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    for batch in (1, 3, 8):
+        x = np.random.default_rng(batch).normal(size=(batch, 6)).astype("float32")
+        got = checks.torch_program_outputs(path, ["values"], list(outputs), {"values": x})
+        for name, want in model(x).items():
+            np.testing.assert_array_equal(got[name], np.asarray(keras.ops.convert_to_numpy(want)),
+                                          err_msg=f"{name} at batch {batch}")
+
+
+def test_torch_program_of_deberta_v3_attention(tmp_path):
+    # keras_hub's disentangled attention gathers relative positions with take_along_axis.
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.DebertaV3Backbone(vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=16,
+                                              intermediate_dim=32, max_sequence_length=32, bucket_size=8)
+    path = str(tmp_path / "deberta.pt2")
+    servekit.export(model, path, format="torch", verbose=False)  # verified at batch 1, 2, 7
+    import torch
+
+    program = torch.export.load(path).module()
+    for batch, sequence in ((1, 3), (2, 11)):  # sizes the verification did not use
+        ids = np.random.default_rng(batch).integers(1, 100, size=(batch, sequence)).astype("int32")
+        feed = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+        got = program({k: torch.from_numpy(v) for k, v in feed.items()}).detach().numpy()
+        want = np.asarray(keras.ops.convert_to_numpy(model(feed)))
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"batch {batch}, sequence {sequence}")
+
+
 def test_torch_program_refuses_a_lookup_that_asserts(tmp_path):
     ids = keras.Input(shape=(4,), dtype="int64", name="ids")
     model = keras.Model(ids, keras.layers.IntegerLookup(vocabulary=[3, 7], num_oov_indices=0, name="strict")(ids))

@@ -159,9 +159,8 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
             args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
-        with torch.no_grad(), recurrences.unrolled(model), _symbolic_sizes_as_python_numbers(), \
-                _segment_ids_broadcast(), _without_activity_losses(model), \
-                torch_lookups.integer_lookups_as_comparisons(model, model_name):
+        with torch.no_grad(), recurrences.unrolled(model), _keras_torch_ops_traceable(), \
+                _without_activity_losses(model), torch_lookups.integer_lookups_as_comparisons(model, model_name):
             program = _export_within_bounds(module, sample, args, model_name)
     except ExportError:
         raise
@@ -264,6 +263,14 @@ def _without_activity_losses(model) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _keras_torch_ops_traceable() -> Iterator[None]:
+    """Keras 3.15's torch ops that torch.export cannot trace as Keras writes
+    them, rewritten while it traces (each rewrite's docstring says why)."""
+    with _symbolic_sizes_as_python_numbers(), _segment_ids_broadcast(), _take_along_axis_as_gather():
+        yield
+
+
+@contextlib.contextmanager
 def _symbolic_sizes_as_python_numbers() -> Iterator[None]:
     """Keras's torch ops take a traced size (`torch.SymInt`) as the Python number
     it stands for, while torch.export traces.
@@ -339,6 +346,59 @@ def _segment_ids_broadcast() -> Iterator[None]:
         yield
     finally:
         torch_math._segment_reduction_fn = original
+
+
+@contextlib.contextmanager
+def _take_along_axis_as_gather() -> Iterator[None]:
+    """Keras's torch `take_along_axis` as `torch.gather` while torch.export
+    traces.
+
+    Keras calls `torch.take_along_dim`, which broadcasts the data and the
+    indices; traced, its broadcasting fixed dynamic dims at the sample's sizes
+    (keras_hub's DeBERTaV3 attention: "fixes the dynamic dimension(s)
+    ['batch', 'sequence']"; indices of one row for a batch of data). Here
+    each dim but the axis is equal in both, or 1 in one of them and expanded
+    to the other's size, as broadcasting does, and `gather` then takes the
+    same elements. Dims that are equal only for the sample (no proof without
+    a guard) keep Keras's call.
+    """
+    import torch
+    from keras.src.backend.torch import numpy as torch_numpy
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    original = torch_numpy.take_along_axis
+
+    def expanded_sizes(x, indices, axis: int):
+        """What to expand `x` and `indices` to (-1: keep), or None."""
+        x_sizes, index_sizes = [-1] * x.ndim, [-1] * x.ndim
+        for d in range(x.ndim):
+            if d == axis or statically_known_true(x.shape[d] == indices.shape[d]):
+                continue
+            if statically_known_true(indices.shape[d] == 1):
+                index_sizes[d] = x.shape[d]
+            elif statically_known_true(x.shape[d] == 1):
+                x_sizes[d] = indices.shape[d]
+            else:
+                return None
+        return x_sizes, index_sizes
+
+    def take_along_axis(x, indices, axis=None):
+        x, indices = torch_numpy.convert_to_tensor(x), torch_numpy.convert_to_tensor(indices)
+        if axis is None or x.ndim != indices.ndim:
+            return original(x, indices, axis=axis)
+        axis = axis % x.ndim
+        sizes = expanded_sizes(x, indices, axis)
+        if sizes is None:
+            return original(x, indices, axis=axis)
+        x, indices = x.expand(sizes[0]), indices.long().expand(sizes[1])
+        # As Keras: a negative index counts from the end ("fill" mode, as JAX).
+        return torch.gather(x, axis, torch.where(indices < 0, indices + x.shape[axis], indices))
+
+    torch_numpy.take_along_axis = take_along_axis
+    try:
+        yield
+    finally:
+        torch_numpy.take_along_axis = original
 
 
 def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str):
