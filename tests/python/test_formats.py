@@ -886,6 +886,15 @@ def test_torch_program_refuses_a_lookup_that_asserts(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_torch_program_refuses_hashing_by_name(tmp_path):
+    # Keras hashes with TensorFlow on every backend: torch.export failed inside Hashing.call.
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    model = keras.Model(ids, keras.layers.Hashing(num_bins=8, name="buckets")(ids))
+    with pytest.raises(ExportError, match=r"layer 'buckets' \(Hashing\) hashes its inputs with TensorFlow's"):
+        servekit.export(model, str(tmp_path / "hashed.pt2"), format="torch", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_torch_program_of_lambda_layers_with_globals(tmp_path):
     # The torch worker that rebuilds a TensorFlow or JAX model gave Lambda functions no globals
     # (`keras`, `np`): Keras then could not infer their output shapes.

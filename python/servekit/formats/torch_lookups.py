@@ -17,7 +17,9 @@ the indices are encoded for `output_mode` (`one_hot`, `multi_hot`,
 What this cannot write is refused with an error naming the layer: string
 vocabularies (no strings in a program), `num_oov_indices=0` (Keras asserts
 at run time that every input is in the vocabulary), FarmHash OOV buckets and
-sparse outputs.
+sparse outputs; and, before torch.export sees them, `Hashing` and
+`HashedCrossing` layers (TensorFlow's string hashes on every backend), which
+torch.export failed on with TensorFlow's own error.
 """
 
 from __future__ import annotations
@@ -39,10 +41,21 @@ def integer_lookups_as_comparisons(model, model_name: str) -> Iterator[None]:
         ExportError: a lookup layer this cannot write (the module docstring
             says which), naming the layer and what to do instead.
     """
+    from keras.src.layers.preprocessing.hashed_crossing import HashedCrossing
+    from keras.src.layers.preprocessing.hashing import Hashing
     from keras.src.layers.preprocessing.index_lookup import IndexLookup
 
     from servekit.source_model.kinds import all_layers
 
+    for layer in all_layers(model):
+        if isinstance(layer, (Hashing, HashedCrossing)):
+            # Keras hashes the inputs' string forms with TensorFlow's FarmHash (SipHash with
+            # a salt) on every backend; a program traced under torch cannot call TensorFlow.
+            raise ExportError(
+                f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) hashes its inputs with "
+                "TensorFlow's string hashes on every Keras backend, which a PyTorch program cannot hold: hash "
+                "before the model (e.g. in the input pipeline), or export format='tf_saved_model'.",
+                model=model_name, reason="unsupported_layer")
     layers = [layer for layer in all_layers(model) if isinstance(layer, IndexLookup)]
     calls = {id(layer): _comparison_call(layer, model_name) for layer in layers}
     for layer in layers:
