@@ -25,6 +25,7 @@ second move fails.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, NamedTuple, Sequence
 
 from servekit import atomic
@@ -108,10 +109,14 @@ def needs_saved_model(error: ExportError) -> bool:
     return "undeclared parameters" in str(error) and "table_handle" in str(error)
 
 
+_STRING_OPS = re.compile(r"String|Substr|Regex|Unicode")
+
+
 def _conversion_error(error: Exception, what: str, model_name: str) -> ExportError:
     ops = openvino_ops.unconverted(error)
-    cause = (f"it {ops}. Export format='onnx' or 'tf_saved_model', or keep those ops out of the model"
-             if ops else root_cause(error))
+    # String ops (Keras's Hashing, string lookups) convert to no other format either.
+    formats = "format='tf_saved_model'" if _STRING_OPS.search(ops) else "format='onnx' or 'tf_saved_model'"
+    cause = f"it {ops}. Export {formats}, or keep those ops out of the model" if ops else root_cause(error)
     return ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert {what}: {cause}",
                        model=model_name, reason="conversion_failed")
 
