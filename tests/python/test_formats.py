@@ -884,6 +884,21 @@ def test_torch_program_of_deberta_v3_attention(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"batch {batch}, sequence {sequence}")
 
 
+def test_torch_program_that_asserts_its_sample_sizes_is_refused_with_them(tmp_path):
+    # keras_hub's Whisper: torch.export keeps "frames >= 3" from the sample's sizes (a
+    # convolution's output length branched on being 1), which verification at 1 frame meets.
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.WhisperBackbone(vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=16,
+                                             intermediate_dim=32, num_mels=8, max_encoder_sequence_length=32,
+                                             max_decoder_sequence_length=16)
+    with pytest.raises(ExportError, match=r"the program refuses inputs of sizes the signature allows "
+                                          r"\(.*encoder_features \[1, 1, 8\].*>= 3\. .*declare those dims static"):
+        servekit.export(model, str(tmp_path / "whisper.pt2"), format="torch", verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_torch_program_refuses_a_lookup_that_asserts(tmp_path):
     ids = keras.Input(shape=(4,), dtype="int64", name="ids")
     model = keras.Model(ids, keras.layers.IntegerLookup(vocabulary=[3, 7], num_oov_indices=0, name="strict")(ids))

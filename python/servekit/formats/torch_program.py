@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import keyword
 import os
+import re
 import tempfile
 import zipfile
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -620,12 +621,33 @@ def check_program(path: str, input_names: Sequence[str], output_names: Sequence[
 
     def run(endpoint, inputs):
         args, kwargs = _pytree.tree_unflatten(_torch_inputs(input_names, inputs), in_spec)
-        with torch.no_grad():
+        with torch.no_grad(), _size_assertions_explained(inputs):
             out = module(*args, **kwargs)
         leaves = _pytree.tree_leaves(out)
         return {n: to_numpy(v) for n, v in zip(output_names, leaves)}
 
     return verification._check(list(cases), run)
+
+
+# How a program's (or package's) check of its input sizes fails: a condition on the
+# dims that torch.export kept from the sample it traced.
+_SIZE_ASSERTION = re.compile(r"Runtime assertion failed for expression|Expected .* but received|Guard failed")
+
+
+@contextlib.contextmanager
+def _size_assertions_explained(inputs: Mapping[str, Any]) -> Iterator[None]:
+    """A program's refusal of its inputs' sizes, said with the sizes and why."""
+    try:
+        yield
+    except (RuntimeError, AssertionError) as e:  # the program's guards raise the latter
+        if not _SIZE_ASSERTION.search(str(e)):
+            raise
+        shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in inputs.items())
+        raise RuntimeError(
+            f"the program refuses inputs of sizes the signature allows ({shapes}): {root_cause(e)}. torch.export "
+            "kept a condition on the sizes that held for the sample it traced (an op that branches on a size, or "
+            "whose output size it could not follow): declare those dims static in input_signature, or keep the "
+            "model from depending on their size") from None
 
 
 def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str], cases,
@@ -643,7 +665,7 @@ def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str
     runner = torch._inductor.aoti_load_package(named)
 
     def run(endpoint, inputs):
-        with torch.no_grad():
+        with torch.no_grad(), _size_assertions_explained(inputs):
             out = runner(*_torch_inputs(input_names, inputs))
         return {n: to_numpy(v) for n, v in zip(output_names, out)}
 
