@@ -467,6 +467,32 @@ def _uneven_same_average_2d(values: np.ndarray, size: int, stride: int, edge: st
     return out
 
 
+def test_empty_segments_are_computed_as_the_source_backend_does(tmp_path):
+    # No id in segment 1: its max (min) is float32's lowest (highest) on TensorFlow, -inf (inf)
+    # on JAX and torch. The rebuild under the other backend (TensorFlow for a SavedModel from
+    # JAX or torch, torch for a torch program from TensorFlow) writes the source's value.
+    features = keras.Input(shape=(6,), name="features")
+    ids = keras.ops.convert_to_tensor(np.array([0, 0, 2, 2, 3, 3], "int32"))
+    by_feature = keras.ops.transpose(features)  # (6, batch): the segments on axis 0
+    outputs = {name: keras.ops.transpose(reduce(by_feature, ids, num_segments=4))
+               for name, reduce in (("max", keras.ops.segment_max), ("min", keras.ops.segment_min))}
+    model = keras.Model(features, outputs)
+    values = np.random.default_rng(5).normal(size=(3, 6)).astype("float32")
+    want = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in model(values).items()}
+    lowest = np.finfo("float32").min if BACKEND == "tensorflow" else -np.inf
+    np.testing.assert_array_equal(want["max"][:, 1], np.full(3, lowest, "float32"))
+    if BACKEND == "tensorflow":
+        path = str(tmp_path / "segments.pt2")
+        servekit.export(model, path, format="torch", verbose=False)
+        got = checks.torch_program_outputs(path, ["features"], list(outputs), {"features": values})
+    else:
+        path = str(tmp_path / "segments")
+        servekit.export(model, path, format="tf_saved_model", verbose=False)
+        got = checks.saved_model_outputs(path, {"features": values})
+    for name in outputs:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_uneven_same_average_pooling_is_computed_as_the_source_backend_does(tmp_path):
     # A window of 3 with stride 2 over even sizes: "same" padding is split unevenly, and
     # Keras's torch backend then counts the edge, repeated, into the mean, TensorFlow and

@@ -26,6 +26,11 @@ the rebuild computes the source backend's numbers (`computed_as`):
   and several percent (torch) of the values' range.
   `servekit.source_model.resampling` computes each one exactly, as two
   matmuls with the kernel's weights.
+- The max (min) of an empty segment (`keras.ops.segment_max`/`segment_min`
+  with `num_segments`, no id in a segment): TensorFlow's is the dtype's
+  lowest (highest) value, -3.4e38 for float32; JAX's and torch's are -inf
+  (inf). Where the two differ, the empty segments of a floating result take
+  the source backend's value.
 """
 
 from __future__ import annotations
@@ -59,8 +64,53 @@ def computed_as(source_backend: str) -> Iterator[None]:
     import keras
 
     here = keras.backend.backend()
-    with _average_pool_as(source_backend, here), _bicubic_as(source_backend, here):
+    with _average_pool_as(source_backend, here), _bicubic_as(source_backend, here), \
+            _empty_segments_as(source_backend, here):
         yield
+
+
+# What each backend's segment max (min) is where no id falls: the dtype's lowest
+# (highest) finite value, or -inf (inf).
+_EMPTY_SEGMENT_EXTREME = {"tensorflow": "finite", "jax": "infinite", "torch": "infinite"}
+
+
+@contextlib.contextmanager
+def _empty_segments_as(source_backend: str, here: str) -> Iterator[None]:
+    import importlib
+
+    import ml_dtypes
+    import numpy as np
+    from keras import ops
+    from keras.src.backend import standardize_dtype
+
+    wanted, computed = _EMPTY_SEGMENT_EXTREME.get(source_backend), _EMPTY_SEGMENT_EXTREME.get(here)
+    if wanted is None or computed is None or wanted == computed:
+        yield
+        return
+    backend_math = importlib.import_module(f"keras.src.backend.{here}.math")
+    originals = {name: getattr(backend_math, name) for name in ("segment_max", "segment_min")}
+
+    def as_source(name: str, lowest: bool):
+        def reduce(data, segment_ids, num_segments=None, sorted=False):
+            out = originals[name](data, segment_ids, num_segments=num_segments, sorted=sorted)
+            dtype = standardize_dtype(out.dtype)
+            if num_segments is None or "float" not in dtype:
+                return out
+            if wanted == "finite":
+                fill = ml_dtypes.finfo(dtype).min if lowest else ml_dtypes.finfo(dtype).max
+            else:
+                fill = -np.inf if lowest else np.inf
+            counts = ops.segment_sum(ops.ones_like(segment_ids, dtype=dtype), segment_ids, num_segments=num_segments)
+            empty = ops.reshape(ops.equal(counts, 0), (-1,) + (1,) * (len(out.shape) - 1))
+            return ops.where(empty, ops.cast(fill, dtype), out)
+
+        return reduce
+
+    backend_math.segment_max, backend_math.segment_min = as_source("segment_max", True), as_source("segment_min", False)
+    try:
+        yield
+    finally:
+        backend_math.segment_max, backend_math.segment_min = originals["segment_max"], originals["segment_min"]
 
 
 @contextlib.contextmanager
