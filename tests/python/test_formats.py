@@ -467,16 +467,22 @@ def _uneven_same_average_2d(values: np.ndarray, size: int, stride: int, edge: st
     return out
 
 
+def _segments_of_features(ids, num_segments: int, reductions) -> keras.Model:
+    """A model reducing its 6 features by segment: each of `reductions` (name -> Keras op) over
+    the features with `ids`, one output per reduction, the batch kept as a trailing axis."""
+    features = keras.Input(shape=(6,), name="features")
+    by_feature = keras.ops.transpose(features)  # (6, batch): the segments on axis 0
+    segment_ids = keras.ops.convert_to_tensor(np.array(ids, "int32"))
+    return keras.Model(features, {name: keras.ops.transpose(reduce(by_feature, segment_ids, num_segments=num_segments))
+                                  for name, reduce in reductions.items()})
+
+
 def test_empty_segments_are_computed_as_the_source_backend_does(tmp_path):
     # No id in segment 1: its max (min) is float32's lowest (highest) on TensorFlow, -inf (inf)
     # on JAX and torch. The rebuild under the other backend (TensorFlow for a SavedModel from
     # JAX or torch, torch for a torch program from TensorFlow) writes the source's value.
-    features = keras.Input(shape=(6,), name="features")
-    ids = keras.ops.convert_to_tensor(np.array([0, 0, 2, 2, 3, 3], "int32"))
-    by_feature = keras.ops.transpose(features)  # (6, batch): the segments on axis 0
-    outputs = {name: keras.ops.transpose(reduce(by_feature, ids, num_segments=4))
-               for name, reduce in (("max", keras.ops.segment_max), ("min", keras.ops.segment_min))}
-    model = keras.Model(features, outputs)
+    outputs = {"max": keras.ops.segment_max, "min": keras.ops.segment_min}
+    model = _segments_of_features([0, 0, 2, 2, 3, 3], 4, outputs)
     values = np.random.default_rng(5).normal(size=(3, 6)).astype("float32")
     want = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in model(values).items()}
     lowest = np.finfo("float32").min if BACKEND == "tensorflow" else -np.inf
@@ -856,12 +862,8 @@ def test_torch_program_of_segment_reductions(tmp_path):
     # Keras's torch segment reductions repeated each id over the data's trailing dims with a
     # tensor count, whose size torch.export cannot know: the program asserted its traced size
     # and failed at every other batch size.
-    features = keras.Input(shape=(6,), name="features")
-    ids = keras.ops.convert_to_tensor(np.array([0, 0, 1, 1, 2, 2], "int32"))
-    by_feature = keras.ops.transpose(features)  # (6, batch): the segments on axis 0
-    outputs = {name: keras.ops.transpose(reduce(by_feature, ids, num_segments=3))
-               for name, reduce in (("sum", keras.ops.segment_sum), ("max", keras.ops.segment_max))}
-    model = keras.Model(features, outputs)
+    outputs = {"sum": keras.ops.segment_sum, "max": keras.ops.segment_max}
+    model = _segments_of_features([0, 0, 1, 1, 2, 2], 3, outputs)
     path = str(tmp_path / "segments.pt2")
     servekit.export(model, path, format="torch", verbose=False)
     for batch in (1, 3, 8):
