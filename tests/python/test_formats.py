@@ -263,6 +263,34 @@ def test_openvino_int8_matmuls_accumulate_in_int32(tmp_path):
     np.testing.assert_allclose(np.asarray(compiled(features)[0]), want, atol=1e-4)
 
 
+def test_openvino_keeps_large_matmul_weights_as_the_model_holds_them(tmp_path):
+    # OpenVINO's converter folded a transpose of each Dense kernel into a new constant while the
+    # worker's variable stayed resident: 2x the weights during conversion. A kernel of 1 MiB or
+    # more now reaches the IR as the variable holds it, [in, out], and the MatMul transposes nothing.
+    import openvino as ov
+
+    features = keras.Input((768,), name="features")
+    hidden = keras.layers.Dense(512, name="wide")(features)
+    model = keras.Model(features, keras.layers.Dense(4, name="narrow")(hidden))
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    read = ov.Core().read_model(path)
+    kernel = np.asarray(keras.ops.convert_to_numpy(model.get_layer("wide").kernel))
+    weights = {}
+    for node in read.get_ordered_ops():
+        if node.get_type_name() == "MatMul":
+            weight = node.input_value(1).get_node()
+            weights[tuple(weight.get_output_shape(0))] = (weight, node.get_attributes()["transpose_b"])
+    weight, transposed = weights[(768, 512)]
+    assert weight.get_type_name() == "Constant" and not transposed
+    np.testing.assert_array_equal(weight.data, kernel)
+    assert (4, 512) in weights  # a small one still goes through OpenVINO's own passes (transposed)
+    named = {"features": np.random.default_rng(3).normal(size=(6, 768)).astype("float32")}
+    compiled = ov.Core().compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    want = np.asarray(keras.ops.convert_to_numpy(model(named["features"], training=False)))
+    np.testing.assert_allclose(np.asarray(compiled(named)[0]), want, atol=1e-4)
+
+
 def test_litert_signature_keys_and_dynamic_batch(model, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 

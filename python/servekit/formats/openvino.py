@@ -24,9 +24,10 @@ second move fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from servekit import atomic
 from servekit import signature as sig
@@ -85,7 +86,8 @@ def convert(concrete, endpoint: sig.Signature, model_name: str, precision: str =
 
     _converter_without_telemetry()
     try:
-        converted = ov.convert_model(concrete, extension=openvino_ops.extensions())
+        with _weights_outside_offline_passes():
+            converted = ov.convert_model(concrete, extension=openvino_ops.extensions())
     except Exception as e:  # OpenVINO's frontend: any op it has no rule for
         raise _conversion_error(e, "the serving function", model_name) from None
     return _impose_signature(converted, endpoint, model_name, precision)
@@ -97,10 +99,63 @@ def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, pre
 
     _converter_without_telemetry()
     try:
-        converted = ov.convert_model(path, extension=openvino_ops.extensions())
+        with _weights_outside_offline_passes():
+            converted = ov.convert_model(path, extension=openvino_ops.extensions())
     except Exception as e:  # as in convert
         raise _conversion_error(e, "the SavedModel", model_name) from None
     return _impose_signature(converted, endpoint, model_name, precision)
+
+
+# A weight this large or larger stays the frontend's Constant (below); smaller
+# ones go through the converter's passes as they would without servekit.
+_SHARED_WEIGHT_BYTES = 2**20
+
+
+@contextlib.contextmanager
+def _weights_outside_offline_passes() -> Iterator[None]:
+    """`ov.convert_model`'s offline passes run with each weight of
+    `_SHARED_WEIGHT_BYTES` or more stood in for by a Parameter, and the
+    frontend's Constant put back after them.
+
+    The TensorFlow frontend's Constants share the memory of the variables they
+    read. The passes then copy weights: MatMulConstTransposesExtraction folds a
+    transpose of every MatMul weight with `transpose_b=False` (Keras's `Dense`
+    and `EinsumDense` kernels) into a new Constant, while the variable stays
+    resident in the worker. A 0.38 GiB kernel cost 0.40 GiB more; the 1.59B
+    decoder's export worker peaked at 2.03x its weights while converting, 1.13x
+    with the weights kept out. The IR then holds those MatMuls untransposed,
+    which OpenVINO's CPU plugin lays out when it compiles them, as it does
+    every weight. (A SavedModel's weights are the frontend's own: kept out of
+    the passes too, so that both roads write the same IR.)
+    """
+    from openvino.tools.ovc import convert_impl
+    import openvino.opset13 as ops
+
+    original = convert_impl.moc_emit_ir
+
+    def emit(model, argv):
+        weights, stand_ins = {}, []
+        for node in model.get_ordered_ops():
+            if node.get_type_name() == "Constant" and node.get_byte_size() >= _SHARED_WEIGHT_BYTES:
+                stand_in = ops.parameter(node.get_output_partial_shape(0), node.get_output_element_type(0))
+                # The passes rebuild Parameters: each is found again by its name.
+                stand_in.set_friendly_name(f"servekit_weight_stand_in_{len(stand_ins)}")
+                node.output(0).replace(stand_in.output(0))
+                weights[stand_in.get_friendly_name()] = node
+                stand_ins.append(stand_in)
+        model.add_parameters(stand_ins)
+        model = original(model, argv)
+        for stand_in in [p for p in model.get_parameters() if p.get_friendly_name() in weights]:
+            stand_in.output(0).replace(weights[stand_in.get_friendly_name()].output(0))
+            model.remove_parameter(stand_in)
+        model.validate_nodes_and_infer_types()
+        return model
+
+    convert_impl.moc_emit_ir = emit
+    try:
+        yield
+    finally:
+        convert_impl.moc_emit_ir = original
 
 
 def needs_saved_model(error: ExportError) -> bool:
