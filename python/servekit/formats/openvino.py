@@ -106,16 +106,16 @@ def convert_saved_model(path: str, endpoint: sig.Signature, model_name: str, pre
     return _impose_signature(converted, endpoint, model_name, precision)
 
 
-# A weight this large or larger stays the frontend's Constant (below); smaller
-# ones go through the converter's passes as they would without servekit.
+# A MatMul weight this large or larger stays the frontend's Constant (below);
+# smaller ones go through the converter's passes as they would without servekit.
 _SHARED_WEIGHT_BYTES = 2**20
 
 
 @contextlib.contextmanager
 def _weights_outside_offline_passes() -> Iterator[None]:
-    """`ov.convert_model`'s offline passes run with each weight of
-    `_SHARED_WEIGHT_BYTES` or more stood in for by a Parameter, and the
-    frontend's Constant put back after them.
+    """`ov.convert_model`'s offline passes run with each untransposed MatMul
+    weight of `_SHARED_WEIGHT_BYTES` or more stood in for by a Parameter, and
+    the frontend's Constant put back after them.
 
     The TensorFlow frontend's Constants share the memory of the variables they
     read. The passes then copy weights: MatMulConstTransposesExtraction folds a
@@ -125,8 +125,10 @@ def _weights_outside_offline_passes() -> Iterator[None]:
     decoder's export worker peaked at 2.03x its weights while converting, 1.13x
     with the weights kept out. The IR then holds those MatMuls untransposed,
     which OpenVINO's CPU plugin lays out when it compiles them, as it does
-    every weight. (A SavedModel's weights are the frontend's own: kept out of
-    the passes too, so that both roads write the same IR.)
+    every weight. Every other weight, and every small one, goes through the
+    passes as OpenVINO's converter would take it. (A SavedModel's weights are
+    the frontend's own: kept out of the passes too, so that both roads write
+    the same IR.)
     """
     from openvino.tools.ovc import convert_impl
     import openvino.opset13 as ops
@@ -136,7 +138,7 @@ def _weights_outside_offline_passes() -> Iterator[None]:
     def emit(model, argv):
         weights, stand_ins = {}, []
         for node in model.get_ordered_ops():
-            if node.get_type_name() == "Constant" and node.get_byte_size() >= _SHARED_WEIGHT_BYTES:
+            if _untransposed_matmul_weight(node):
                 stand_in = ops.parameter(node.get_output_partial_shape(0), node.get_output_element_type(0))
                 # The passes rebuild Parameters: each is found again by its name.
                 stand_in.set_friendly_name(f"servekit_weight_stand_in_{len(stand_ins)}")
@@ -156,6 +158,17 @@ def _weights_outside_offline_passes() -> Iterator[None]:
         yield
     finally:
         convert_impl.moc_emit_ir = original
+
+
+def _untransposed_matmul_weight(node) -> bool:
+    """Whether `node` is a Constant of `_SHARED_WEIGHT_BYTES` or more that only
+    MatMuls take, as their second operand and untransposed."""
+    if node.get_type_name() != "Constant" or node.get_byte_size() < _SHARED_WEIGHT_BYTES:
+        return False
+    consumers = node.output(0).get_target_inputs()
+    return bool(consumers) and all(
+        port.get_node().get_type_name() == "MatMul" and port.get_index() == 1
+        and not port.get_node().get_attributes()["transpose_b"] for port in consumers)
 
 
 def needs_saved_model(error: ExportError) -> bool:
