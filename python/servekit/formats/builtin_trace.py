@@ -105,6 +105,8 @@ import contextlib
 import os
 from typing import Iterator
 
+from servekit import patching
+
 # Op types each format's converter cannot take, by prefix.
 _RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
@@ -185,19 +187,6 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def _replaced(owner, **replacements) -> Iterator[None]:
-    """`owner`'s attributes named in `replacements` set to them while the block runs."""
-    originals = {name: getattr(owner, name) for name in replacements}
-    for name, value in replacements.items():
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for name, value in originals.items():
-            setattr(owner, name, value)
-
-
 def _int8_products_in_float32() -> contextlib.AbstractContextManager[None]:
     import tensorflow as tf
     from keras.src.backend.tensorflow import numpy as tf_numpy
@@ -220,7 +209,7 @@ def _int8_products_in_float32() -> contextlib.AbstractContextManager[None]:
         product = originals["einsum"](subscripts, *(tf.cast(t, tf.float32) for t in operands), **kwargs)
         return tf.cast(product, tf.int32)
 
-    return _replaced(tf_numpy, matmul=matmul, einsum=einsum)
+    return patching.replaced(tf_numpy, matmul=matmul, einsum=einsum)
 
 
 def _exact_gelu_from_erf() -> contextlib.AbstractContextManager[None]:
@@ -236,7 +225,7 @@ def _exact_gelu_from_erf() -> contextlib.AbstractContextManager[None]:
             return original(x, approximate)
         return 0.5 * x * (1.0 + tf_math.erf(x * 0.7071067811865476))  # the erf of `_erf_as_rational`
 
-    return _replaced(tf_nn, gelu=gelu)
+    return patching.replaced(tf_nn, gelu=gelu)
 
 
 def _eyes_as_constants() -> contextlib.AbstractContextManager[None]:
@@ -251,7 +240,7 @@ def _eyes_as_constants() -> contextlib.AbstractContextManager[None]:
             return original(N, M, k, dtype)
         return tf.constant(np.eye(N, M, k), dtype=dtype or tf_numpy.config.floatx())
 
-    return _replaced(tf_numpy, eye=eye)
+    return patching.replaced(tf_numpy, eye=eye)
 
 
 def _grouped_dilated_convolutions_as_one_op() -> contextlib.AbstractContextManager[None]:
@@ -277,7 +266,7 @@ def _grouped_dilated_convolutions_as_one_op() -> contextlib.AbstractContextManag
             return tf.nn.conv1d(inputs, kernel, steps[0], padding.upper(), dilations=dilations[0])
         return ops_by_rank[rank](inputs, kernel, [1, *steps, 1], padding.upper(), dilations=[1, *dilations, 1])
 
-    return _replaced(tf_nn, conv=conv)
+    return patching.replaced(tf_nn, conv=conv)
 
 
 def _integer_tables_as_comparisons() -> contextlib.AbstractContextManager[None]:
@@ -299,7 +288,7 @@ def _integer_tables_as_comparisons() -> contextlib.AbstractContextManager[None]:
         return tf.where(tf.reduce_any(matches, axis=-1), tf.gather(tf.constant(values, table.value_dtype), position),
                         tf.cast(table.default_value, table.value_dtype))
 
-    return _replaced(table_class, lookup=lookup)
+    return patching.replaced(table_class, lookup=lookup)
 
 
 def _cumprod_as_scan() -> contextlib.AbstractContextManager[None]:
@@ -331,7 +320,7 @@ def _cumprod_as_scan() -> contextlib.AbstractContextManager[None]:
                              lambda k, y: (k * 2, times_the_one_before(y, k, axis)), (tf.constant(1), x))
         return x
 
-    return _replaced(tf_numpy, cumprod=cumprod)
+    return patching.replaced(tf_numpy, cumprod=cumprod)
 
 
 # XLA's `ErfImpl32` (and Eigen's float32 `erf`): erf(x) = x * P(x^2) / Q(x^2) for x in
@@ -362,7 +351,7 @@ def _erf_as_rational() -> contextlib.AbstractContextManager[None]:
         x2 = x * x
         return x * horner(_ERF_NUMERATOR, x2) / horner(_ERF_DENOMINATOR, x2)
 
-    return _replaced(tf_math, erf=erf)
+    return patching.replaced(tf_math, erf=erf)
 
 
 def _pools_3d_as_2d() -> contextlib.AbstractContextManager[None]:
@@ -396,9 +385,9 @@ def _pools_3d_as_2d() -> contextlib.AbstractContextManager[None]:
 
         return pool
 
-    return _replaced(tf_nn,
-                     max_pool=as_2d("max_pool", tf.nn.max_pool2d),
-                     average_pool=as_2d("average_pool", tf.nn.avg_pool2d))
+    return patching.replaced(tf_nn,
+                             max_pool=as_2d("max_pool", tf.nn.max_pool2d),
+                             average_pool=as_2d("average_pool", tf.nn.avg_pool2d))
 
 
 def _fft2_as_real_matmuls() -> contextlib.AbstractContextManager[None]:
@@ -426,7 +415,7 @@ def _fft2_as_real_matmuls() -> contextlib.AbstractContextManager[None]:
         q = tf.matmul(cos_rows, imag) - tf.matmul(sin_rows, real)
         return tf.matmul(p, cos_cols) + tf.matmul(q, sin_cols), tf.matmul(q, cos_cols) - tf.matmul(p, sin_cols)
 
-    return _replaced(tf_math, fft2=fft2)
+    return patching.replaced(tf_math, fft2=fft2)
 
 
 def _slices_without_new_axes() -> contextlib.AbstractContextManager[None]:
@@ -444,7 +433,7 @@ def _slices_without_new_axes() -> contextlib.AbstractContextManager[None]:
             out = tf.expand_dims(out, axis)
         return out
 
-    return _replaced(tf.Tensor, __getitem__=getitem)
+    return patching.replaced(tf.Tensor, __getitem__=getitem)
 
 
 def _new_axes(items: tuple, rank: int) -> list[int]:
@@ -481,7 +470,7 @@ def _int64_abs_and_sign_from_comparisons() -> contextlib.AbstractContextManager[
             return original_sign(x)
         return tf.cast(x > 0, tf.int64) - tf.cast(x < 0, tf.int64)
 
-    return _replaced(tf_numpy, absolute=absolute, sign=sign)
+    return patching.replaced(tf_numpy, absolute=absolute, sign=sign)
 
 
 def _categorical_encoding_without_bincount() -> contextlib.AbstractContextManager[None]:
@@ -490,7 +479,7 @@ def _categorical_encoding_without_bincount() -> contextlib.AbstractContextManage
     def no_fast_path(*args, **kwargs):
         raise ValueError("servekit: Keras's backend-neutral encoding instead of bincount")
 
-    return _replaced(tf_utils, tf_encode_categorical_inputs=no_fast_path)
+    return patching.replaced(tf_utils, tf_encode_categorical_inputs=no_fast_path)
 
 
 def _signbit_without_bitcast() -> contextlib.AbstractContextManager[None]:
@@ -509,4 +498,4 @@ def _signbit_without_bitcast() -> contextlib.AbstractContextManager[None]:
         return tf.logical_or(tf.less(x, zero),
                              tf.logical_and(tf.equal(x, zero), tf.less(tf.math.reciprocal(x), zero)))
 
-    return _replaced(tf_numpy, signbit=signbit)
+    return patching.replaced(tf_numpy, signbit=signbit)
