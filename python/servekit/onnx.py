@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 
 from servekit import determinism
 from servekit import onnx_bfloat16
+from servekit import patching
 from servekit import peak_memory
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
@@ -101,8 +102,6 @@ def _deterministic_tf2onnx():
 
     original_optimize = tf_loader.tf_optimize
     original_extract = tf2onnx_graph.Graph.extract_sub_graph_nodes
-    original_einsum_name = einsum_optimizer.EinsumSubOp._onnx_name
-    original_optimize_einsum = einsum_optimizer.optimize_einsum
     einsum_numbers: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
     numbers_used = [0]
     planned: dict = {}  # this conversion's plans, as tf2onnx's cache had them
@@ -129,17 +128,11 @@ def _deterministic_tf2onnx():
         return [node for node in self.get_nodes() if node in found]
 
     utils.INTERNAL_NAME = 1
-    tf_loader.tf_optimize = tf_optimize
-    tf2onnx_graph.Graph.extract_sub_graph_nodes = extract_sub_graph_nodes
-    einsum_optimizer.EinsumSubOp._onnx_name = einsum_name
-    einsum_optimizer.optimize_einsum = optimize_einsum
-    try:
+    with patching.replaced(tf_loader, tf_optimize=tf_optimize), \
+            patching.replaced(tf2onnx_graph.Graph, extract_sub_graph_nodes=extract_sub_graph_nodes), \
+            patching.replaced(einsum_optimizer.EinsumSubOp, _onnx_name=einsum_name), \
+            patching.replaced(einsum_optimizer, optimize_einsum=optimize_einsum):
         yield
-    finally:
-        tf_loader.tf_optimize = original_optimize
-        tf2onnx_graph.Graph.extract_sub_graph_nodes = original_extract
-        einsum_optimizer.EinsumSubOp._onnx_name = original_einsum_name
-        einsum_optimizer.optimize_einsum = original_optimize_einsum
 
 
 # The einsum optimizer's choice per (equation, opset, optimize, dtype, decompose,
@@ -520,13 +513,9 @@ def _weights_left_out(values: list):
             return proto
         return original(values_, dtype, shape, verify_shape, allow_broadcast)
 
-    tensor_util.make_tensor_proto = make_tensor_proto
-    converter._eval = eval_in_place
-    try:
+    with patching.replaced(tensor_util, make_tensor_proto=make_tensor_proto), \
+            patching.replaced(converter, _eval=eval_in_place):
         yield
-    finally:
-        tensor_util.make_tensor_proto = original
-        converter._eval = original_eval
 
 
 def _left_out(tensor, values: list):

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from servekit import determinism
+from servekit import patching
 from servekit import signature as sig
 from servekit.errors import ExportError
 from servekit.source_model.input_layout import InputLayout, layout_from_signature
@@ -102,11 +103,8 @@ class _LayerRecorder:
             recorder.layers.setdefault(id(layer), layer)
             return original(layer, *args, **kwargs)
 
-        Layer.__call__ = __call__
-        try:
+        with patching.replaced(Layer, __call__=__call__):
             yield
-        finally:
-            Layer.__call__ = original
 
 
 @contextlib.contextmanager
@@ -180,15 +178,9 @@ def _channels_last_kernels() -> Iterator[None]:
         bias = tf.reshape(backend.convert_to_tensor(x2, dtype), [1, channels[0]] + [1] * (len(shape) - 2))
         return tf.add(backend.convert_to_tensor(x1, dtype), bias)
 
-    for name, original in originals.items():
-        setattr(nn, name, channels_last(original))
-    tf_numpy.add = add
-    try:
+    with patching.replaced(nn, **{name: channels_last(original) for name, original in originals.items()}), \
+            patching.replaced(tf_numpy, add=add):
         yield
-    finally:
-        for name, original in originals.items():
-            setattr(nn, name, original)
-        tf_numpy.add = original_add
 
 
 def _relaxed_batch(spec):

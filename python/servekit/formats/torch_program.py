@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from servekit import patching
 from servekit.errors import ExportError, ExportRuntimeError, root_cause
 from servekit.formats import torch_lookups
 from servekit.source_model import recurrences
@@ -306,11 +307,8 @@ def _symbolic_sizes_as_python_numbers() -> Iterator[None]:
         expanded[axis + 1] = repeats
         return x.unsqueeze(axis + 1).expand(expanded).reshape(shape)
 
-    dtypes.result_type, torch_numpy.repeat = result_type, repeat
-    try:
+    with patching.replaced(dtypes, result_type=result_type), patching.replaced(torch_numpy, repeat=repeat):
         yield
-    finally:
-        dtypes.result_type, torch_numpy.repeat = original_result_type, original_repeat
 
 
 @contextlib.contextmanager
@@ -342,11 +340,8 @@ def _segment_ids_broadcast() -> Iterator[None]:
                             device=data.device)
         return result.scatter_reduce(0, ids, data.float(), reduction_method)[:-1].type(data.dtype)
 
-    torch_math._segment_reduction_fn = segment_reduction
-    try:
+    with patching.replaced(torch_math, _segment_reduction_fn=segment_reduction):
         yield
-    finally:
-        torch_math._segment_reduction_fn = original
 
 
 @contextlib.contextmanager
@@ -395,11 +390,8 @@ def _take_along_axis_as_gather() -> Iterator[None]:
         # As Keras: a negative index counts from the end ("fill" mode, as JAX).
         return torch.gather(x, axis, torch.where(indices < 0, indices + x.shape[axis], indices))
 
-    torch_numpy.take_along_axis = take_along_axis
-    try:
+    with patching.replaced(torch_numpy, take_along_axis=take_along_axis):
         yield
-    finally:
-        torch_numpy.take_along_axis = original
 
 
 def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str):

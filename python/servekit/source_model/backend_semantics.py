@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Sequence
 
+from servekit import patching
 from servekit.source_model import resampling
 
 # How each backend averages a window that "same" padding split unevenly: over
@@ -106,11 +107,9 @@ def _empty_segments_as(source_backend: str, here: str) -> Iterator[None]:
 
         return reduce
 
-    backend_math.segment_max, backend_math.segment_min = as_source("segment_max", True), as_source("segment_min", False)
-    try:
+    with patching.replaced(backend_math, segment_max=as_source("segment_max", True),
+                           segment_min=as_source("segment_min", False)):
         yield
-    finally:
-        backend_math.segment_max, backend_math.segment_min = originals["segment_max"], originals["segment_min"]
 
 
 @contextlib.contextmanager
@@ -129,11 +128,8 @@ def _average_pool_as(source_backend: str, here: str) -> Iterator[None]:
             return original(inputs, pool_size, strides, padding, data_format)
         return _uneven_same_average(original, wanted, inputs, pool_size, strides, data_format)
 
-    nn.average_pool = average_pool
-    try:
+    with patching.replaced(nn, average_pool=average_pool):
         yield
-    finally:
-        nn.average_pool = original
 
 
 def _uneven_same_average(pool, wanted: str, inputs, pool_size, strides, data_format):

@@ -27,6 +27,8 @@ import contextlib
 import math
 from typing import Callable, Iterator, Sequence
 
+from servekit import patching
+
 # Keys' cubic kernel, its `a`, and how each backend's bicubic resize treats taps outside
 # the image: weighted 0 with the rest renormalized, or the edge pixel repeated.
 BICUBIC = {"tensorflow": (-0.5, "renormalize"), "jax": (-0.5, "renormalize"), "torch": (-0.75, "repeat_edge")}
@@ -200,11 +202,8 @@ def _tf_image_resize_as(choose_weights: Callable) -> Iterator[None]:
             return original(images, size, method, preserve_aspect_ratio, antialias, name)
         return resize(images, (images.shape.rank - 3, images.shape.rank - 2), size, weights)  # [N,] H, W, C
 
-    tf.image.resize = resize_images
-    try:
+    with patching.replaced(tf.image, resize=resize_images):
         yield
-    finally:
-        tf.image.resize = original
 
 
 @contextlib.contextmanager
@@ -243,8 +242,5 @@ def bicubic_resize_as(backend_name: str) -> Iterator[None]:
             return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
         return resize(input, (input.ndim - 2, input.ndim - 1), size, weights)  # N, C, H, W
 
-    functional.interpolate = interpolate
-    try:
+    with patching.replaced(functional, interpolate=interpolate):
         yield
-    finally:
-        functional.interpolate = original

@@ -22,6 +22,7 @@ import sys
 import types
 from typing import Any, Iterator, Optional, Sequence
 
+from servekit import patching
 from servekit.errors import ExportError
 from servekit.source_model.kinds import all_layers
 from servekit.worker.job import CustomClass
@@ -182,11 +183,8 @@ def lambda_globals_installed(entries: dict[str, dict]) -> Iterator[None]:
             globs.update(extra)
         return original(code, defaults=defaults, closure=closure, globs=globs)
 
-    python_utils.func_load = func_load
-    try:
+    with patching.replaced(python_utils, func_load=func_load):
         yield
-    finally:
-        python_utils.func_load = original
 
 
 def save_keras(model, path: str, model_name: str) -> None:
@@ -232,11 +230,8 @@ def _weights_saved_in_place() -> Iterator[None]:
         view = tf_view(x)
         return original(x) if view is None else view
 
-    backend.convert_to_numpy = convert_to_numpy
-    try:
+    with patching.replaced(backend, convert_to_numpy=convert_to_numpy):
         yield
-    finally:
-        backend.convert_to_numpy = original
 
 
 # Weights from this size on are loaded block by block of rows of about this size.
@@ -296,13 +291,8 @@ def _weights_loaded_in_place() -> Iterator[None]:
         tf.raw_ops.DisableCopyOnRead(resource=self.value.handle)
         return self
 
-    saving_lib.H5IOStore.__getitem__ = getitem
-    Variable.assign = assign
-    try:
+    with patching.replaced(saving_lib.H5IOStore, __getitem__=getitem), patching.replaced(Variable, assign=assign):
         yield
-    finally:
-        saving_lib.H5IOStore.__getitem__ = original_getitem
-        Variable.assign = original_assign
 
 
 def import_custom_classes(classes: Sequence[CustomClass]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ import functools
 import sys
 from typing import Optional
 
+from servekit import patching
+
 
 @functools.lru_cache(maxsize=None)
 def tensorflow_version() -> Optional[str]:
@@ -198,11 +200,7 @@ def for_tensorflow():
     if target is None or getattr(jax2tf.convert, "_servekit_target", None):
         yield
         return
-    convert = jax2tf.convert
-    jax2tf.convert = _converting(convert, target)
-    jax2tf.convert._servekit_target = target
-    try:
+    with patching.replaced(jax2tf, convert=_converting(jax2tf.convert, target)):
+        jax2tf.convert._servekit_target = target
         with _serializing(target):
             yield
-    finally:
-        jax2tf.convert = convert
