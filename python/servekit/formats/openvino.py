@@ -30,6 +30,7 @@ import re
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from servekit import atomic
+from servekit import patching
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 from servekit.formats import openvino_ops
@@ -153,11 +154,8 @@ def _weights_outside_offline_passes() -> Iterator[None]:
         model.validate_nodes_and_infer_types()
         return model
 
-    convert_impl.moc_emit_ir = emit
-    try:
+    with patching.replaced(convert_impl, moc_emit_ir=emit):
         yield
-    finally:
-        convert_impl.moc_emit_ir = original
 
 
 def _untransposed_matmul_weight(node) -> bool:
