@@ -105,12 +105,14 @@ def _write_and_verify(
     a wrong trace from a wrong conversion.
 
     Args:
-        build: traces the endpoints (`servekit.saved_model.build_module`) and
-            holds the only reference to the model: it is called again only
-            to blame a failure on the trace, and with `builtin_ops=True`
-            for the ONNX, LiteRT or OpenVINO model of a trace they cannot take
-            (`servekit.formats.builtin_trace`; `unfused_gelu=True` too for a
-            LiteRT conversion that left an exact GELU unfused).
+        build: traces the endpoints (`servekit.saved_model.build_module`);
+            what it returns holds the only reference to the model (a call
+            while an earlier trace lives traces the same model again). It is
+            called again only to blame a failure on the trace, and with
+            `builtin_ops=True` for the ONNX, LiteRT or OpenVINO model of a
+            trace they cannot take (`servekit.formats.builtin_trace`;
+            `unfused_gelu=True` too for a LiteRT conversion that left an exact
+            GELU unfused).
         outputs: format -> staging path (any of
             `servekit.formats.TENSORFLOW_FORMATS`).
         cases: `servekit.pipeline.cases.Case`s; expected outputs come from

@@ -406,6 +406,26 @@ def _check_recurrent_litert(model, path):
         np.testing.assert_allclose(runner(token_ids=ids)["logits"], want, atol=1e-5)
 
 
+def test_the_builtin_trace_traces_the_model_the_worker_already_holds(tmp_path, monkeypatch):
+    # The worker loaded the model a second time for LiteRT's builtin trace (here: the loops
+    # unrolled), holding its weights twice while converting: a 1.17 GiB decoder's worker
+    # peaked 1.2 GiB higher. It now traces the model it rebuilt for the first trace again.
+    import json
+
+    from servekit import peak_memory
+    from servekit.exporter import export_formats
+
+    trace = tmp_path / "memory.jsonl"
+    monkeypatch.setenv(peak_memory.TRACE_ENV, str(trace))
+    model = _recurrent_model(steps=7)
+    path = str(tmp_path / "rnn.tflite")
+    export_formats(model, {"tf_saved_model": str(tmp_path / "saved"), "litert": path}, verbose=False)
+    worker_stages = [r["stage"] for r in map(json.loads, trace.read_text().splitlines()) if r["pid"] != os.getpid()]
+    assert worker_stages.count("rebuild") == 1, worker_stages
+    assert "LiteRT conversion" in worker_stages
+    _check_recurrent_litert(model, path)
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the in-process roads to LiteRT and OpenVINO are TensorFlow's")
 def test_in_process_litert_takes_the_builtin_trace_too(tmp_path):
     # The in-process strategy (for models a fresh process cannot rebuild) traced the loop as

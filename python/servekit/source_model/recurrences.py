@@ -34,18 +34,6 @@ import contextlib
 from typing import Any, Iterator
 
 
-def unroll(model) -> list[str]:
-    """Sets every recurrent layer of `model` to unroll, for good.
-
-    For a model only the exporter holds (the worker's rebuild); `unrolled`
-    restores the layers after its block.
-
-    Returns:
-        The names of the layers changed.
-    """
-    return [layer.name for layer, _ in _unroll(model)]
-
-
 @contextlib.contextmanager
 def unrolled(model) -> Iterator[list[str]]:
     """Unrolls `model`'s recurrent layers while the block runs (a trace), then

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import weakref
 from typing import Any, Sequence
 
 from servekit import peak_memory
@@ -42,32 +43,29 @@ def _fresh_state() -> None:
     keras.utils.set_random_seed(0)
 
 
-def _build_endpoints(job: WorkerJob, custom: dict[str, Any], unroll_recurrences: bool = False):
+def _endpoints_of(job: WorkerJob, loaded):
+    """The job's endpoints over `loaded`, the Keras object its `.keras` file holds
+    (the model, or the JAX or torch ExportArchive's bundle), and what they track."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     from servekit.saved_model import Endpoint
-    from servekit.source_model import recurrences
 
     endpoints, tracked, collections = [], [], {}
     if job.kind == "model":
-        model = keras_file.load_keras(job.keras_file, job.model_name, custom)
-        if unroll_recurrences:
-            recurrences.unroll(model)
         ep = job.endpoints[0]
 
-        def serve(*args, _model=model):
+        def serve(*args, _model=loaded):
             return _model(*args, training=False)
 
         endpoints.append(Endpoint(ep.name, serve, ep.layout, list(ep.output_names)))
-        tracked.append(model)
+        tracked.append(loaded)
         return endpoints, tracked, collections
     # An ExportArchive from the JAX or torch backend: one Functional "bundle"
-    # holding every endpoint's inputs and outputs.
-    bundle = keras_file.load_keras(job.keras_file, job.model_name, custom)
-    if unroll_recurrences:
-        recurrences.unroll(bundle)
+    # holding every endpoint's inputs and outputs (the variables it does not
+    # hold are made from the job's variables file, again for each trace).
+    bundle = loaded
     flat_in = list(bundle.inputs)
     flat_out = list(bundle.outputs) if isinstance(bundle.outputs, (list, tuple)) else [bundle.outputs]
     for ep in job.endpoints:
@@ -127,19 +125,28 @@ def run(job: WorkerJob) -> dict[str, Any]:
     from servekit import saved_model as sk_sm
     from servekit.formats import builtin_trace
     from servekit.pipeline.cases import CaseSet
-    from servekit.source_model import backend_semantics
+    from servekit.source_model import backend_semantics, recurrences
     from servekit.worker import isolation
 
     custom = keras_file.import_custom_classes(job.custom_classes)
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
 
+    last_loaded: list[weakref.ref] = []  # the model the last build loaded, while something holds it
+
     def build(builtin_ops: bool = False, unfused_gelu: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
-        with keras_file.lambda_globals_installed(job.lambda_globals):
-            endpoints, tracked, collections = _build_endpoints(job, custom, unroll_recurrences=builtin_ops)
-        peak_memory.mark("rebuild")
+        # A second trace while the first one's model lives (a format's builtin trace) traces
+        # that model again: loading it anew would hold the weights twice.
+        loaded = last_loaded[0]() if last_loaded else None
+        if loaded is None:
+            with keras_file.lambda_globals_installed(job.lambda_globals):
+                loaded = keras_file.load_keras(job.keras_file, job.model_name, custom)
+            last_loaded[:] = [weakref.ref(loaded)]
+            peak_memory.mark("rebuild")
+        endpoints, tracked, collections = _endpoints_of(job, loaded)
         # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
-        with builtin_trace.builtin_ops(unfused_gelu) if builtin_ops else contextlib.nullcontext(), \
+        with recurrences.unrolled(loaded) if builtin_ops else contextlib.nullcontext(), \
+                builtin_trace.builtin_ops(unfused_gelu) if builtin_ops else contextlib.nullcontext(), \
                 backend_semantics.computed_as(job.source_backend):
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
