@@ -147,8 +147,9 @@ def _run_servekit_export(args: argparse.Namespace) -> dict:
                                   default=None)
     artifact = json.loads(manifest.read_text())["artifacts"][0]
     result["converter"] = artifact.get("converter")
-    result["files_bytes"] = sum(p.stat().st_size for p in (out / artifact["path"]).rglob("*") if p.is_file()) if (
-        out / artifact["path"]).is_dir() else (out / artifact["path"]).stat().st_size
+    # The manifest's files, relative to the artifact's directory (an OpenVINO IR is its .xml and .bin).
+    root = out / artifact["path"] if (out / artifact["path"]).is_dir() else (out / artifact["path"]).parent
+    result["files_bytes"] = sum((root / name).stat().st_size for name in artifact["files"])
     return result
 
 
