@@ -112,7 +112,7 @@ def _run_servekit_export(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     from onnx_over_2gb import memory_report, TreeSampler  # the over-2 GB proof's measurement
 
-    from servekit import native, peak_memory
+    from servekit import formats, native, peak_memory
     from servekit.build import build_tool
 
     trace = pathlib.Path(args.out).with_name(pathlib.Path(args.out).name + ".memory.jsonl")
@@ -147,9 +147,7 @@ def _run_servekit_export(args: argparse.Namespace) -> dict:
                                   default=None)
     artifact = json.loads(manifest.read_text())["artifacts"][0]
     result["converter"] = artifact.get("converter")
-    # The manifest's files, relative to the artifact's directory (an OpenVINO IR is its .xml and .bin).
-    root = out / artifact["path"] if (out / artifact["path"]).is_dir() else (out / artifact["path"]).parent
-    result["files_bytes"] = sum((root / name).stat().st_size for name in artifact["files"])
+    result["files_bytes"] = sum(formats.artifact_files(artifact["format"], str(out / artifact["path"])).values())
     return result
 
 
