@@ -101,9 +101,14 @@ OutputParity CompareTensors(const std::string& name, const Tensor& expected, con
         const double e = ElementAsDouble(expected.dtype(), expected.data(), i);
         if (std::isfinite(e)) scale = std::max(scale, std::fabs(e));
       }
-      if (scale < kScaleFloor * tolerance.atol) {
+      const double relative_floor = DefaultTolerance(expected.dtype()).atol * scale;
+      if (relative_floor > tolerance.atol) {
+        atol = relative_floor;
+      } else if (scale < kScaleFloor * tolerance.atol) {
         const double fraction = std::max(kScaledAtol, kScaledRtolFactor * tolerance.rtol);
         atol = std::min(tolerance.atol, fraction * std::max(scale, tolerance.atol));
+      }
+      if (atol != tolerance.atol) {
         r.scaled = true;
         r.tolerance.atol = atol;
       }

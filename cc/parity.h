@@ -11,7 +11,10 @@
 // atol' = min(atol, f * max(S, atol)) with f = max(kScaledAtol, kScaledRtolFactor * rtol),
 // a check relative to the output's own size ("scaled"; the same rule as
 // servekit.verification, docs/manifest.md: a lossy precision's roundings add up to a
-// few of its units at the output's scale).
+// few of its units at the output's scale). At the other end, an output is never held
+// closer than its dtype's default atol per unit of its scale: atol' = max(atol,
+// DefaultTolerance(dtype).atol * S), since a sum's roundings grow with its terms
+// (float32: 1e-5 * S, about 84 epsilons; also "scaled").
 //
 // Endpoints the manifest marks stochastic or stateful (docs/manifest.md) change the
 // checks, and every change is reported, never silent:
@@ -52,8 +55,8 @@ inline constexpr double kScaledRtolFactor = 3.0;
 struct OutputParity {
   std::string name;
   OutputCheck check = OutputCheck::kValues;
-  // kValues on floats: the output was too small for the manifest's atol, which was
-  // replaced by a fraction of its scale (tolerance.atol holds the one used).
+  // kValues on floats: the output was too small or too large for the manifest's atol,
+  // which was replaced by a fraction of its scale (tolerance.atol holds the one used).
   bool scaled = false;
   bool passed = false;
   double max_abs_error = 0.0;

@@ -10,7 +10,12 @@ about 3e-5; float32's atol is 1e-5). When a floating output's scale (its
 largest finite |value| in the reference) is below `SCALE_FLOOR * atol`, the
 absolute term becomes `SCALED_ATOL * scale`: the check is then relative to
 the output's own size, and `check_kind` calls it "scaled" (the manifest
-records it per output). For a lossy precision (a tolerance with a relative
+records it per output). At the other end, an output larger than 1 is never held
+closer than its dtype's default atol per unit of its scale (float32: 1e-5 x
+scale, about 84 float32 epsilons): a sum's roundings grow with its terms, and a
+model whose outputs are about 1e4 differs from its own SavedModel, run as a
+graph, by about 1e-2 (measured: two `Dense` layers with weights of standard
+deviation 3, 1.2e-6 of the scale). That check is "scaled" too. For a lossy precision (a tolerance with a relative
 term, such as bfloat16's) the fraction is at least `SCALED_RTOL_FACTOR * rtol`
 and the term never exceeds `atol`: a bfloat16 model's roundings add up over its
 layers to a few of its units at the output's scale (measured: 1.3-1.6% of it
@@ -57,10 +62,20 @@ def scaled_fraction(rtol: float = 0.0) -> float:
     return max(SCALED_ATOL, SCALED_RTOL_FACTOR * rtol)
 
 
-def effective_atol(atol: float, scale: float, rtol: float = 0.0) -> float:
+def unit_atol(dtype: str) -> float:
+    """The error an output of `dtype` may have per unit of its scale: the
+    dtype's default atol (float32 for dtypes without one)."""
+    return TOLERANCES.get(dtype, TOLERANCES["float32"])[0]
+
+
+def effective_atol(atol: float, scale: float, rtol: float = 0.0, dtype: str = "float32") -> float:
     """The absolute term used for an output of `scale` (see the module doc):
-    never below `SCALED_ATOL * atol`, so an all-zero output is not held to
-    exact zeros, and never above `atol`."""
+    at least `unit_atol(dtype) * scale` for an output larger than 1; for a
+    small one, never below `SCALED_ATOL * atol`, so an all-zero output is not
+    held to exact zeros, and never above `atol`."""
+    relative_floor = unit_atol(dtype) * scale
+    if relative_floor > atol:
+        return relative_floor
     if scale >= SCALE_FLOOR * atol:
         return atol
     return min(atol, scaled_fraction(rtol) * max(scale, atol))
@@ -92,8 +107,12 @@ def endpoint_scales(cases) -> dict[tuple[str, str], float]:
 
 
 def check_kind(expected: np.ndarray, atol: float) -> str:
-    """"absolute" when `atol` is small against the output's scale, else "scaled"."""
-    return "absolute" if output_scale(expected) >= SCALE_FLOOR * atol else "scaled"
+    """"absolute" when the output is checked with `atol` as it is, "scaled"
+    when the scale rule replaced it (a tiny output, or one so large that
+    float32 cannot hold `atol`)."""
+    expected = np.asarray(expected)
+    return "absolute" if effective_atol(atol, output_scale(expected), dtype=str(expected.dtype)) == atol \
+        else "scaled"
 
 
 def parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
@@ -226,11 +245,15 @@ def compare_outputs(
                 scale = max(scale, (scales or {}).get(name, 0.0))
                 used_atol = coarse_fraction * max(scale, np.finfo(np.float32).tiny)
             else:
-                used_atol = effective_atol(atol, scale, rtol)
+                used_atol = effective_atol(atol, scale, rtol, str(e.dtype))
             limit = used_atol + rtol * np.abs(e64[mask])
             if np.any(diff > limit):
-                unit = f"{coarse_fraction:g} x the output's scale over the endpoint's cases" if coarse_fraction \
-                    else f"{scaled_fraction(rtol):g} x the output's scale"
+                if coarse_fraction:
+                    unit = f"{coarse_fraction:g} x the output's scale over the endpoint's cases"
+                elif used_atol > atol:
+                    unit = f"{unit_atol(str(e.dtype)):g} per unit of the output's scale"
+                else:
+                    unit = f"{scaled_fraction(rtol):g} x the output's scale"
                 scaled = "" if used_atol == atol else f" ({unit} {scale:.3g})"
                 problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={used_atol:g}{scaled} "
                                 f"rtol={rtol:g}")

@@ -14,18 +14,19 @@ using testing::Floats;
 using testing::Int64s;
 
 TEST(CompareTensorsTest, FloatTolerance) {
-  const Tensor e = Floats({3}, {1.0f, -2.0f, 100.0f});
-  auto r = CompareTensors("y", e, Floats({3}, {1.0f, -2.0f, 100.0f}), {1e-5, 0});
+  const Tensor e = Floats({3}, {0.1f, -0.2f, 1.0f});
+  auto r = CompareTensors("y", e, Floats({3}, {0.1f, -0.2f, 1.0f}), {1e-5, 0});
   EXPECT_TRUE(r.passed);
   EXPECT_EQ(r.max_abs_error, 0.0);
-  r = CompareTensors("y", e, Floats({3}, {1.00002f, -2.0f, 100.5f}), {1e-5, 1e-2});
-  EXPECT_TRUE(r.passed) << r.message;  // 100.5 within rtol 1e-2 of 100
-  EXPECT_NEAR(r.max_abs_error, 0.5, 1e-6);
+  r = CompareTensors("y", e, Floats({3}, {0.10002f, -0.2f, 1.005f}), {1e-5, 1e-2});
+  EXPECT_TRUE(r.passed) << r.message;  // 1.005 within rtol 1e-2 of 1
+  EXPECT_NEAR(r.max_abs_error, 0.005, 1e-6);
   EXPECT_NEAR(r.max_rel_error, 0.005, 1e-6);
-  r = CompareTensors("y", e, Floats({3}, {1.00002f, -2.0f, 100.5f}), {1e-5, 0});
+  r = CompareTensors("y", e, Floats({3}, {0.10002f, -0.2f, 1.005f}), {1e-5, 0});
   EXPECT_FALSE(r.passed);
+  EXPECT_FALSE(r.scaled);
   EXPECT_EQ(r.mismatches, 2);
-  EXPECT_EQ(r.message.rfind("2 of 3 elements differ beyond tolerance; first: element [0]: expected 1, found 1.00002", 0),
+  EXPECT_EQ(r.message.rfind("2 of 3 elements differ beyond tolerance; first: element [0]: expected 0.1, found 0.10002", 0),
             0u)
       << r.message;
 }
@@ -62,6 +63,22 @@ TEST(CompareTensorsTest, LossyPrecisionsAreScaledByTheirRelativeTolerance) {
   EXPECT_FALSE(CompareTensors("y", e, Floats({2}, {0.1f, -0.045f}), {1e-2, 1e-2}).passed);
   r = CompareTensors("y", Floats({1}, {0.9f}), Floats({1}, {0.9f}), {1e-2, 1e-2});
   EXPECT_NEAR(r.tolerance.atol, 1e-2, 1e-12);  // 3% of 0.9 would exceed atol
+}
+
+TEST(CompareTensorsTest, LargeOutputsAreAllowedTheirDtypesAtolPerUnitOfScale) {
+  // Outputs of about 1e4: float32 spaces them 1e-3 apart, and a graph's other
+  // summation order moves them by about 1e-2. atol' = 1e-5 * 12800.
+  const Tensor e = Floats({2}, {12800.0f, -300.0f});
+  auto r = CompareTensors("y", e, Floats({2}, {12800.05f, -300.02f}), {1e-5, 0});
+  EXPECT_TRUE(r.passed) << r.message;
+  EXPECT_TRUE(r.scaled);
+  EXPECT_NEAR(r.tolerance.atol, 0.128, 1e-9);
+  // A 0.1% error of the largest element is still refused,
+  EXPECT_FALSE(CompareTensors("y", e, Floats({2}, {12813.0f, -300.0f}), {1e-5, 0}).passed);
+  // and a declared atol above the floor is kept as declared.
+  r = CompareTensors("y", e, Floats({2}, {12800.0f, -300.0f}), {1.0, 0});
+  EXPECT_FALSE(r.scaled);
+  EXPECT_EQ(r.tolerance.atol, 1.0);
 }
 
 TEST(CompareTensorsTest, NanAndInf) {

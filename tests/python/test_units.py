@@ -270,6 +270,23 @@ def test_tiny_outputs_are_checked_relative_to_their_scale():
     assert not verification.compare_outputs(zeros, {"y": np.full(3, 5e-6, "float32")}).ok
 
 
+def test_large_outputs_are_allowed_their_dtypes_atol_per_unit_of_scale():
+    # Two Dense layers with weights of standard deviation 3 output about 1e4, where
+    # float32 values are 1e-3 apart: their SavedModel, run as a graph, differs by about
+    # 1e-2. Held to 1e-5 per unit of scale, such a model exports, and a 0.1% error of
+    # its largest element is still refused.
+    large = {"y": np.array([12800.0, -300.0], "float32")}
+    assert verification.effective_atol(1e-5, 12800.0) == pytest.approx(0.128)
+    assert verification.compare_outputs(large, {"y": np.array([12800.05, -300.02], "float32")}).ok
+    wrong = verification.compare_outputs(large, {"y": np.array([12813.0, -300.0], "float32")})
+    assert not wrong.ok and "1e-05 per unit of the output's scale" in wrong.problems[0]
+    assert verification.check_kind(large["y"], 1e-5) == "scaled"
+    assert verification.check_kind(large["y"], 1.0) == "absolute"  # a declared atol above the floor stays
+    assert verification.effective_atol(1.0, 12800.0) == 1.0
+    # float64 outputs keep float64's own, finer default per unit of scale.
+    assert verification.effective_atol(1e-7, 1e4, dtype="float64") == pytest.approx(1e-3)
+
+
 def test_lossy_precisions_are_scaled_by_their_relative_tolerance():
     # bfloat16's (1e-2, 1e-2) on an output of scale 0.1: 3 * rtol of the scale, not
     # 1e-3 of it, which a bfloat16 model's own roundings exceed; never above atol.
