@@ -83,7 +83,8 @@ def _deterministic_tf2onnx():
 
     - `Graph.extract_sub_graph_nodes` returns a set of nodes as a list: in
       the order of their memory addresses. Node order decides which of two
-      equal nodes or constants survives. Here it keeps the graph's order.
+      equal nodes or constants survives. Here it keeps the graph's order
+      (each node once, as the set had it).
     - tf2onnx suffixes the nodes it inserts with a process-wide counter
       (`Less__1247`), and optimizers order by name: each conversion starts it
       afresh (names only need to be unique within one graph).
@@ -126,7 +127,10 @@ def _deterministic_tf2onnx():
 
     def extract_sub_graph_nodes(self, *args, **kwargs):
         found = set(original_extract(self, *args, **kwargs))
-        return [node for node in self.get_nodes() if node in found]
+        # Each node once: tf2onnx's node list can hold a node twice (a bidirectional
+        # LSTM's, whose layers then wrote their weights twice), which its set hid.
+        ordered = list(dict.fromkeys(node for node in self.get_nodes() if node in found))
+        return ordered + sorted(found.difference(ordered), key=lambda node: node.name)
 
     utils.INTERNAL_NAME = 1
     with patching.replaced(tf_loader, tf_optimize=tf_optimize), \

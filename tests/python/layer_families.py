@@ -38,6 +38,15 @@ def recurrent_masked() -> keras.Model:
 
 
 @_seeded
+def variable_length_rnn() -> keras.Model:
+    """Bidirectional LSTMs over sequences of any length (a tagger's encoder)."""
+    frames = keras.Input(shape=(None, 4), name="frames")
+    x = keras.layers.Bidirectional(keras.layers.LSTM(6, return_sequences=True), name="bilstm")(frames)
+    x = keras.layers.Bidirectional(keras.layers.LSTM(3), name="bilstm_last")(x)
+    return keras.Model(frames, keras.layers.Dense(2, name="logits")(x), name="variable_length_rnn")
+
+
+@_seeded
 def simple_rnn() -> keras.Model:
     """SimpleRNN returning sequences, then a time-distributed Dense."""
     x_in = keras.Input(shape=(SEQ, 3), name="series")
@@ -201,7 +210,7 @@ def quantized_dense() -> keras.Model:
 
 FAMILIES: dict[str, Callable[[], keras.Model]] = {
     fn.__name__: fn for fn in (
-        recurrent_masked, simple_rnn, causal_attention, convolutions, causal_conv1d, dynamic_image,
+        recurrent_masked, variable_length_rnn, simple_rnn, causal_attention, convolutions, causal_conv1d, dynamic_image,
         numeric_preprocessing, integer_lookup, string_lookup, sorting_ops, control_flow, activations,
         reshaping, quantized_dense)
 }
