@@ -88,6 +88,16 @@ with each written another way, for a format whose trace has them
   the quantization's own error. Kernels of more than a few thousand elements
   stay int8 in the flatbuffer (the converter folds the cast of smaller ones).
 
+- `Reshape` of a `tf.repeat` with dims unknown while tracing (LiteRT):
+  `keras.ops.repeat`, and so `UpSampling1D/2D/3D` (nearest). TensorFlow
+  repeats by tiling, then reshaping to a shape it computes from the input's;
+  the converter's shape inference loses every dim of that result, the static
+  ones too, and an op that needs one (the channels of a U-Net's convolution
+  after an upsampling and a concatenation of images of any size) is left to
+  Flex. In this trace a repeat by an integer along an axis of a tensor whose
+  shape is not fully known is a gather of `range(n * repeats) // repeats`
+  along it, whose result keeps every static dim; exact.
+
 One rewrite is asked for only after a conversion failed, since it undoes a
 fusion the converter usually makes (`builtin_ops(unfused_gelu=True)`):
 
@@ -124,6 +134,8 @@ def _unconvertible(node, fmt: str) -> bool:
         return False
     if node.op == "StridedSlice":
         return node.attr["new_axis_mask"].i != 0
+    if node.op == "Reshape" and any(scope.startswith("Repeat") for scope in node.name.split("/")[:-1]):
+        return _partly_static(node)
     if node.op == "Erf":
         return node.attr["T"].type == types_pb2.DT_FLOAT
     if node.op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
@@ -133,9 +145,21 @@ def _unconvertible(node, fmt: str) -> bool:
     return node.op in ("Abs", "Sign") and node.attr["T"].type == types_pb2.DT_INT64
 
 
+def _partly_static(node) -> bool:
+    """Whether a traced node's (first) output has both known and unknown
+    dims, as tracing inferred them (`_output_shapes`, absent in functions it
+    calls: then False)."""
+    shapes = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else ()
+    if not shapes or shapes[0].unknown_rank:
+        return False
+    sizes = [d.size for d in shapes[0].dim]
+    return any(size < 0 for size in sizes) and any(size >= 0 for size in sizes)
+
+
 def traced_nodes(concrete) -> list:
-    """The `NodeDef`s of a traced function and of every function it calls."""
-    graph_def = concrete.graph.as_graph_def()
+    """The `NodeDef`s of a traced function (with their inferred output shapes)
+    and of every function it calls."""
+    graph_def = concrete.graph.as_graph_def(add_shapes=True)
     return list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
 
 
@@ -169,7 +193,8 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     rational function, `cumprod` as a scan of products, integer tables as
     comparisons, bicubic, area and lanczos resizing as matmuls, grouped
     dilated convolutions with a `dilations` attribute, eyes as constants,
-    int8 products in float32 (the module docstring says why).
+    int8 products in float32, repeats of tensors of unknown shape as gathers
+    (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`).
 
@@ -183,8 +208,26 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
             _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
             _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
+            _repeats_of_unknown_shapes_as_gathers(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
+
+
+def _repeats_of_unknown_shapes_as_gathers() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original = tf_numpy.repeat
+
+    def repeat(x, repeats, axis=None):
+        x = tf.convert_to_tensor(x)
+        if axis is None or isinstance(repeats, bool) or not isinstance(repeats, int) or x.shape.rank is None \
+                or x.shape.is_fully_defined():
+            return original(x, repeats, axis=axis)
+        size = tf.shape(x, out_type=tf.int32)[axis]
+        return tf.gather(x, tf.range(size * repeats) // repeats, axis=axis)
+
+    return patching.replaced(tf_numpy, repeat=repeat)
 
 
 def _int8_products_in_float32() -> contextlib.AbstractContextManager[None]:
