@@ -379,6 +379,23 @@ def _recurrent_model(steps):
     return keras.Model(ids, layers.Dense(2, name="logits")(x))
 
 
+def _unet():
+    layers = keras.layers
+    keras.utils.set_random_seed(2)
+    image = keras.Input((None, None, 3), name="image")
+    skip = layers.Conv2D(4, 3, padding="same")(image)
+    deep = layers.Conv2D(4, 3, padding="same")(layers.MaxPooling2D()(skip))
+    merged = layers.Concatenate()([skip, layers.UpSampling2D()(deep)])
+    return keras.Model(image, layers.Conv2D(2, 1, activation="sigmoid", name="mask")(merged))
+
+
+def _check_unet(model, run):
+    rng = np.random.default_rng(0)
+    for shape in ((2, 8, 6, 3), (1, 16, 10, 3)):
+        x = rng.random(shape, dtype=np.float32)
+        np.testing.assert_allclose(run(x), keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
+
+
 def test_litert_takes_a_unet_of_any_image_size(tmp_path):
     # UpSampling2D repeats by tiling, then reshaping to a computed shape, which left the
     # converter without the channels of the concatenation after it: the last convolution
@@ -387,13 +404,7 @@ def test_litert_takes_a_unet_of_any_image_size(tmp_path):
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
 
-    layers = keras.layers
-    keras.utils.set_random_seed(2)
-    image = keras.Input((None, None, 3), name="image")
-    skip = layers.Conv2D(4, 3, padding="same")(image)
-    deep = layers.Conv2D(4, 3, padding="same")(layers.MaxPooling2D()(skip))
-    merged = layers.Concatenate()([skip, layers.UpSampling2D()(deep)])
-    model = keras.Model(image, layers.Conv2D(2, 1, activation="sigmoid", name="mask")(merged))
+    model = _unet()
     path = tmp_path / "unet.tflite"
     artifact = servekit.export(model, str(path), format="litert", verbose=False)
     assert artifact.converter == "tflite_converter"
@@ -401,11 +412,16 @@ def test_litert_takes_a_unet_of_any_image_size(tmp_path):
     assert not [flatbuffer.OperatorCodes(i).CustomCode() for i in range(flatbuffer.OperatorCodesLength())
                 if flatbuffer.OperatorCodes(i).CustomCode()]
     runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
-    rng = np.random.default_rng(0)
-    for shape in ((2, 8, 6, 3), (1, 16, 10, 3)):
-        x = rng.random(shape, dtype=np.float32)
-        want = keras.ops.convert_to_numpy(model(x, training=False))
-        np.testing.assert_allclose(runner(image=x)["mask"], want, atol=1e-5)
+    _check_unet(model, lambda x: runner(image=x)["mask"])
+
+
+def test_torch_program_takes_a_unet_whose_sizes_must_be_even(tmp_path):
+    # torch.export finds that the pooled-then-upsampled image must be of even sizes and
+    # derives each from a dim of half its size: still dynamic, which servekit called fixed.
+    model = _unet()
+    path = str(tmp_path / "unet.pt2")
+    servekit.export(model, path, format="torch", verbose=False)
+    _check_unet(model, lambda x: checks.torch_program_outputs(path, ["image"], ["mask"], {"image": x})["mask"])
 
 
 def test_litert_runs_recurrent_layers_unrolled(tmp_path):

@@ -420,7 +420,7 @@ def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str)
                 args = {**args, "prefer_deferred_runtime_asserts_over_guards": True}
                 continue
             refined = refine_dynamic_shapes_from_suggested_fixes(e.msg, args["dynamic_shapes"])
-            fixed = _dim_names(args["dynamic_shapes"]) - _dim_names(refined)
+            fixed = _fixed_dims(args["dynamic_shapes"], refined)
             if fixed:
                 raise ExportError(
                     f"Model '{model_name}': torch.export fixes the dynamic dimension(s) {sorted(fixed)} at one size "
@@ -442,15 +442,21 @@ def _suggested_fixes(message: str) -> str:
 _BOUND_ROUNDS = 3
 
 
-def _dim_names(spec) -> set[str]:
-    """The names of the `torch.export.Dim`s in a `dynamic_shapes` structure."""
+def _fixed_dims(declared, refined) -> set[str]:
+    """The names of the `torch.export.Dim`s of a `dynamic_shapes` structure that
+    torch's refinement made static. A dim it derived from another (`2 * _h`: a
+    U-Net pools and upsamples its images, so their sizes must be even) still
+    varies."""
     import torch
 
-    if isinstance(spec, dict):
-        return set().union(*(_dim_names(v) for v in spec.values()))
-    if isinstance(spec, (list, tuple)):
-        return set().union(*(_dim_names(v) for v in spec))
-    return {spec.__name__} if isinstance(spec, torch.export.Dim) else set()
+    if isinstance(declared, dict):
+        return set().union(*(_fixed_dims(v, refined.get(k) if isinstance(refined, dict) else None)
+                             for k, v in declared.items()))
+    if isinstance(declared, (list, tuple)):
+        return set().union(*(_fixed_dims(v, r) for v, r in zip(declared, refined)))
+    if isinstance(declared, torch.export.Dim) and not isinstance(refined, torch.export.Dim):
+        return {declared.__name__}
+    return set()
 
 
 def string_inputs_error(model_name: str) -> ExportError:
