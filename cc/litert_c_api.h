@@ -7,14 +7,10 @@
 //   litert_model.h         LiteRtCreateModelFromFile (environment first, 2.x),
 //                          signatures, their tensors and ranked tensor types
 //   litert_options.h       LiteRtCreateOptions, LiteRtSetOptionsHardwareAccelerators
-//   litert_compiled_model.h  LiteRtCreateCompiledModel, ...ResizeInputTensor, Run,
-//                          LiteRtGetCompiledModelOutputTensorLayouts (the outputs'
-//                          shapes after a resize: LiteRT's own shape propagation)
+//   litert_compiled_model.h  LiteRtCreateCompiledModel, ...ResizeInputTensor, Run
 //   litert_tensor_buffer.h LiteRtCreateTensorBufferFromHostMemory (64-byte aligned)
 // LiteRtLayout is the 2.x layout the library writes (72 bytes with the element
-// type, measured): rank:7 and has_strides:1 bit-fields, then 8 dims and 8 strides;
-// LiteRtGetCompiledModelOutputTensorLayouts fills an array of them, so its size
-// (68 bytes) is asserted below too.
+// type, measured): rank:7 and has_strides:1 bit-fields, then 8 dims and 8 strides.
 // Only cc/litert_model.cc includes this file.
 #ifndef SERVEKIT_CC_LITERT_C_API_H_
 #define SERVEKIT_CC_LITERT_C_API_H_
@@ -96,12 +92,6 @@ void LiteRtDestroyCompiledModel(LiteRtCompiledModel compiled_model);
 LiteRtStatus LiteRtCompiledModelResizeInputTensor(LiteRtCompiledModel compiled_model,
                                                   LiteRtParamIndex signature_index, LiteRtParamIndex input_index,
                                                   const int* dims, size_t dims_size);
-// Fills layouts[0, num_layouts), num_layouts being the signature's output count
-// exactly. update_allocation: first propagate the inputs' shapes through the graph
-// (TFLite's AllocateTensors); without it, the outputs keep their last allocation's.
-LiteRtStatus LiteRtGetCompiledModelOutputTensorLayouts(LiteRtCompiledModel compiled_model,
-                                                       LiteRtParamIndex signature_index, size_t num_layouts,
-                                                       LiteRtLayout* layouts, bool update_allocation);
 LiteRtStatus LiteRtRunCompiledModel(LiteRtCompiledModel compiled_model, LiteRtParamIndex signature_index,
                                     size_t num_input_buffers, LiteRtTensorBuffer* input_buffers,
                                     size_t num_output_buffers, LiteRtTensorBuffer* output_buffers);
@@ -114,7 +104,6 @@ void LiteRtDestroyTensorBuffer(LiteRtTensorBuffer buffer);
 
 }  // extern "C"
 
-static_assert(sizeof(LiteRtLayout) == 68, "LiteRtLayout is 68 bytes in LiteRT 2.x");
 static_assert(sizeof(LiteRtRankedTensorType) == 72, "LiteRtRankedTensorType is 72 bytes in LiteRT 2.x");
 
 #endif  // SERVEKIT_CC_LITERT_C_API_H_

@@ -231,12 +231,10 @@ struct LiteRtModel::Runtime {
   CompiledModelOwner compiled;
   std::vector<int> input_types;   // LiteRtElementType per input
   std::vector<int> output_types;  // LiteRtElementType per output
+  // Per output dim: its static size, or -1 for the first input's leading dim (the batch).
+  std::vector<std::vector<int64_t>> output_dims;
   std::mutex mutex;  // one call at a time on the compiled model; guards what follows
   std::vector<Shape> resized;  // each input's shape as last given to LiteRT
-  // Each output's shape for `resized`, as LiteRT last reported it; stale until LiteRT
-  // has been asked since the last resize (or ever).
-  std::vector<Shape> output_shapes;
-  bool output_shapes_stale = true;
   std::vector<BoundBuffer> inputs, outputs;
   std::vector<LiteRtTensorBuffer> input_handles, output_handles;
   std::vector<Tensor*> written;   // per output: the caller's tensor of the current call
@@ -317,6 +315,7 @@ StatusOr<std::unique_ptr<LiteRtModel>> LiteRtModel::Load(const std::string& path
   if ((st = LiteRtGetNumSignatureOutputs(found, &n)) != kLiteRtStatusOk) {
     return Failed(StatusCode::kDataLoss, path, "LiteRtGetNumSignatureOutputs", st);
   }
+  const bool batch_input = !signature.inputs.empty() && !signature.inputs[0].dims.empty();
   for (LiteRtParamIndex i = 0; i < n; ++i) {
     const char* name = nullptr;
     LiteRtTensor tensor = nullptr;
@@ -324,8 +323,21 @@ StatusOr<std::unique_ptr<LiteRtModel>> LiteRtModel::Load(const std::string& path
         (st = LiteRtGetSignatureOutputTensorByIndex(found, i, &tensor)) != kLiteRtStatusOk) {
       return Failed(StatusCode::kDataLoss, path + " output " + std::to_string(i), "signature output", st);
     }
-    // Dynamic dims are sized at run time, by LiteRT (OutputShapes).
     SERVEKIT_ASSIGN_OR_RETURN(TensorInfo info, ReadTensor(tensor, name, path + ": LiteRT output"));
+    std::vector<int64_t> dims;
+    for (size_t k = 0; k < info.spec.dims.size(); ++k) {
+      const Dim& d = info.spec.dims[k];
+      if (d.is_static()) {
+        dims.push_back(d.size);
+      } else if (k == 0 && batch_input && !signature.inputs[0].dims[0].is_static()) {
+        dims.push_back(-1);
+      } else {
+        return Unimplemented(path + ": LiteRT output '" + info.spec.name + "' (" + SpecToString(info.spec) +
+                             ") has a dynamic dim other than the batch; servekit sizes LiteRT outputs from the "
+                             "signature");
+      }
+    }
+    runtime->output_dims.push_back(std::move(dims));
     runtime->output_types.push_back(info.element_type);
     signature.outputs.push_back(std::move(info.spec));
   }
@@ -336,7 +348,6 @@ StatusOr<std::unique_ptr<LiteRtModel>> LiteRtModel::Load(const std::string& path
   }
   runtime->inputs.resize(signature.inputs.size());
   runtime->outputs.resize(signature.outputs.size());
-  runtime->output_shapes.resize(signature.outputs.size());
   runtime->input_handles.resize(signature.inputs.size());
   runtime->output_handles.resize(signature.outputs.size());
   runtime->written.resize(signature.outputs.size());
@@ -411,85 +422,6 @@ Status About(const Status& status, StatusCode code, const std::string& where) {
   return Status(code, where + status.message());
 }
 
-// Each output's shape for the shapes `compiled`'s inputs were last resized to, as
-// LiteRT's shape propagation gives it: the signature cannot say what a dynamic dim
-// other than the batch becomes (a U-Net's image sides, a sequence's length), and
-// the output buffers must be bound, so sized, before the run. update_allocation
-// makes LiteRT propagate the new input shapes now rather than in the run. `where`
-// names the model and endpoint, for errors.
-Status OutputShapes(LiteRtCompiledModel compiled, const Signature& signature, const std::string& where,
-                    std::vector<Shape>* shapes) {
-  shapes->assign(signature.outputs.size(), Shape());
-  if (signature.outputs.empty()) return Status::Ok();  // LiteRT refuses an empty layout array
-  std::vector<LiteRtLayout> layouts(signature.outputs.size());
-  LiteRtStatus st = LiteRtGetCompiledModelOutputTensorLayouts(compiled, 0, layouts.size(), layouts.data(),
-                                                              /*update_allocation=*/true);
-  if (st != kLiteRtStatusOk) {
-    // LiteRT's allocation fails while the buffer bound to an output is smaller than
-    // an earlier run made the output (one sized by the input values, see below): the
-    // shapes it holds are then what the next run needs, and that run allocates (and
-    // checks) anyway.
-    st = LiteRtGetCompiledModelOutputTensorLayouts(compiled, 0, layouts.size(), layouts.data(),
-                                                   /*update_allocation=*/false);
-  }
-  if (st != kLiteRtStatusOk) {
-    return Failed(StatusCode::kInternal, where + ": sizing the outputs", "LiteRtGetCompiledModelOutputTensorLayouts",
-                  st);
-  }
-  for (size_t k = 0; k < layouts.size(); ++k) {
-    const TensorSpec& spec = signature.outputs[k];
-    const LiteRtLayout& layout = layouts[k];
-    Shape& shape = (*shapes)[k];
-    for (unsigned d = 0; d < layout.rank && d < SERVEKIT_LITERT_TENSOR_MAX_RANK; ++d) {
-      shape.push_back(layout.dimensions[d]);
-    }
-    bool matches = layout.rank == spec.dims.size();
-    for (size_t d = 0; matches && d < shape.size(); ++d) {
-      matches = !spec.dims[d].is_static() || spec.dims[d].size == shape[d];
-    }
-    if (!matches) {
-      return Internal(where + ": LiteRT sized output '" + spec.name + "' (" + SpecToString(spec) + ") as " +
-                      ShapeToString(shape) + ", which its signature does not allow");
-    }
-    // A dim shape propagation leaves unknown: no buffer can be sized for it. (An
-    // output sized by the input values, a boolean mask's, usually gets a placeholder
-    // size instead; RunFailed explains the run that outgrows it.)
-    if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) {
-      return Unimplemented(where + ": LiteRT cannot size output '" + spec.name + "' (" + SpecToString(spec) +
-                           ") before the run (" + ShapeToString(shape) +
-                           " at these input shapes): its size depends on the input values, and servekit's "
-                           "LiteRT runner binds every output's buffer before the run");
-    }
-  }
-  return Status::Ok();
-}
-
-// The error of a run LiteRT failed with `st`. An output sized by the input values
-// (see OutputShapes) fails the run as soon as it outgrows the buffer bound for it,
-// with only a generic status; the shape LiteRT then gives the output tells.
-Status RunFailed(LiteRtCompiledModel compiled, const Signature& signature, const std::vector<Shape>& bound,
-                 const std::string& where, LiteRtStatus st) {
-  const Status failed = Failed(StatusCode::kInternal, where, "LiteRtRunCompiledModel", st);
-  if (signature.outputs.empty()) return failed;
-  std::vector<LiteRtLayout> layouts(signature.outputs.size());
-  if (LiteRtGetCompiledModelOutputTensorLayouts(compiled, 0, layouts.size(), layouts.data(),
-                                                /*update_allocation=*/false) != kLiteRtStatusOk) {
-    return failed;
-  }
-  for (size_t k = 0; k < layouts.size() && k < bound.size(); ++k) {
-    const Shape now(layouts[k].dimensions,
-                    layouts[k].dimensions + std::min<unsigned>(layouts[k].rank, SERVEKIT_LITERT_TENSOR_MAX_RANK));
-    if (now == bound[k]) continue;
-    const TensorSpec& spec = signature.outputs[k];
-    return Unimplemented(where + ": LiteRT output '" + spec.name + "' (" + SpecToString(spec) + ") became " +
-                         ShapeToString(now) + " while running, not the " + ShapeToString(bound[k]) +
-                         " LiteRT had sized it as before the run: its size depends on the input values, and "
-                         "servekit's LiteRT runner binds every output's buffer before the run (" +
-                         failed.message() + ")");
-  }
-  return failed;
-}
-
 }  // namespace
 
 bool LiteRtModel::RunAgain(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
@@ -517,11 +449,7 @@ bool LiteRtModel::RunAgain(const std::string& endpoint, const std::vector<NamedT
                                            rt.output_handles.size(), rt.output_handles.data());
   if (st != kLiteRtStatusOk) {
     rt.last.valid = false;
-    // LiteRT may have changed the output shapes (RunFailed): rebind from them.
-    rt.ready = false;
-    rt.output_shapes_stale = true;
-    *status = RunFailed(rt.compiled.get(), signatures()[0], rt.output_shapes,
-                        path() + " endpoint '" + kLiteRtEndpoint + "'", st);
+    *status = Failed(StatusCode::kInternal, path() + " endpoint '" + kLiteRtEndpoint + "'", "LiteRtRunCompiledModel", st);
   }
   return true;
 }
@@ -576,10 +504,7 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
   LiteRtStatus st = LiteRtRunCompiledModel(rt.compiled.get(), 0, rt.input_handles.size(), rt.input_handles.data(),
                                            rt.output_handles.size(), rt.output_handles.data());
   if (st != kLiteRtStatusOk) {
-    // LiteRT may have changed the output shapes (RunFailed): rebind from them.
-    rt.ready = false;
-    rt.output_shapes_stale = true;
-    return RunFailed(rt.compiled.get(), signature, rt.output_shapes, path() + " endpoint '" + signature.name + "'", st);
+    return Failed(StatusCode::kInternal, path() + " endpoint '" + signature.name + "'", "LiteRtRunCompiledModel", st);
   }
   bool into_callers = true;
   for (size_t k = 0; k < rt.written.size(); ++k) {
@@ -594,8 +519,8 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
 
 // Resizes LiteRT's inputs to `inputs`' shapes where they changed and binds a tensor
 // buffer to each input (the caller's bytes when 64-byte aligned, else a copy in the
-// input's scratch) and to each output (servekit's memory, of the shape LiteRT gives
-// it for these inputs). Called with the mutex held.
+// input's scratch) and to each output (servekit's memory, sized from the
+// signature). Called with the mutex held.
 Status LiteRtModel::Prepare(const Signature& signature, const std::vector<const Tensor*>& inputs) const {
   Runtime& rt = *runtime_;
   for (const Tensor* t : inputs) {
@@ -616,7 +541,6 @@ Status LiteRtModel::Prepare(const Signature& signature, const std::vector<const 
                       "LiteRtCompiledModelResizeInputTensor", st);
       }
       rt.resized[i] = t.shape();
-      rt.output_shapes_stale = true;
     }
     BoundBuffer& bound = rt.inputs[i];
     void* data = const_cast<void*>(t.data());
@@ -633,17 +557,15 @@ Status LiteRtModel::Prepare(const Signature& signature, const std::vector<const 
     bound.source = t.data();
     rt.input_handles[i] = bound.buffer.get();
   }
-  // LiteRT writes each output into servekit's buffer for it; the buffers stay bound
-  // while the output shapes stay, and each call's outputs are copied out of them.
-  if (rt.output_shapes_stale) {
-    SERVEKIT_RETURN_IF_ERROR(
-        OutputShapes(rt.compiled.get(), signature, path() + " endpoint '" + signature.name + "'", &rt.output_shapes));
-    rt.output_shapes_stale = false;
-  }
+  // LiteRT writes each output into servekit's buffer for it, sized from the
+  // signature; the buffers stay bound while the batch stays, and each call's
+  // outputs are copied out of them.
+  const int64_t batch = inputs.empty() || inputs[0]->rank() == 0 ? 0 : inputs[0]->shape()[0];
   for (size_t k = 0; k < signature.outputs.size(); ++k) {
     const TensorSpec& spec = signature.outputs[k];
     BoundBuffer& bound = rt.outputs[k];
-    const Shape& shape = rt.output_shapes[k];
+    Shape shape;
+    for (int64_t d : rt.output_dims[k]) shape.push_back(d >= 0 ? d : batch);
     if (bound.buffer == nullptr || bound.shape != shape) {
       SERVEKIT_ASSIGN_OR_RETURN(int64_t elements, NumElements(shape));
       const size_t bytes = static_cast<size_t>(elements) * DTypeSize(spec.dtype);
@@ -667,12 +589,10 @@ class LiteRtBareLoop final : public BareLoop {
   Status RunOnce() override {
     LiteRtStatus st = LiteRtRunCompiledModel(compiled_.get(), 0, inputs_.size(), inputs_.data(), outputs_.size(),
                                              outputs_.data());
-    if (st != kLiteRtStatusOk) return RunFailed(compiled_.get(), signature_, output_shapes_, "bare LiteRT run", st);
+    if (st != kLiteRtStatusOk) return Failed(StatusCode::kInternal, "bare LiteRT run", "LiteRtRunCompiledModel", st);
     return Status::Ok();
   }
 
-  Signature signature_;
-  std::vector<Shape> output_shapes_;  // as bound
   CompiledModelOwner compiled_;        // its own: the runner's resizes cannot touch it
   std::vector<BoundBuffer> buffers_;  // inputs, then outputs
   std::vector<LiteRtTensorBuffer> inputs_, outputs_;
@@ -701,11 +621,10 @@ StatusOr<std::unique_ptr<BareLoop>> LiteRtModel::MakeBareLoop(const std::vector<
     if (!bound_ok.ok()) return About(bound_ok, StatusCode::kInternal, path() + " bare loop input " + std::to_string(i));
     state->inputs_.push_back(bound.buffer.get());
   }
-  state->signature_ = signature;
-  std::vector<Shape>& shapes = state->output_shapes_;
-  SERVEKIT_RETURN_IF_ERROR(OutputShapes(state->compiled_.get(), signature, path() + " bare loop", &shapes));
+  const int64_t batch = ordered.empty() || ordered[0]->rank() == 0 ? 0 : ordered[0]->shape()[0];
   for (size_t k = 0; k < signature.outputs.size(); ++k) {
-    const Shape& shape = shapes[k];
+    Shape shape;
+    for (int64_t d : rt.output_dims[k]) shape.push_back(d >= 0 ? d : batch);
     SERVEKIT_ASSIGN_OR_RETURN(int64_t elements, NumElements(shape));
     const size_t bytes = std::max<size_t>(static_cast<size_t>(elements) * DTypeSize(signature.outputs[k].dtype), 1);
     BoundBuffer& bound = state->buffers_[ordered.size() + k];

@@ -9,20 +9,18 @@
 //
 // Run() feeds buffers over the caller's bytes when they are 64-byte aligned (LiteRT's
 // host-memory alignment; others are copied), resizes a dynamic input when its shape
-// changed, and sizes each output as LiteRT's shape propagation gives it for the
-// inputs' shapes, so any output dim may be dynamic (a U-Net's image sides): the
-// layouts are asked once per change of input shapes, with update_allocation, without
-// which a reported layout can still say batch 1 after a resize. An output sized by
-// the input values (a boolean mask's) is an error naming it when LiteRT leaves its
-// size unknown or a run outgrows the size LiteRT gave it. LiteRT writes an output
-// straight into the caller's tensor when RunInto was handed back one it may
-// overwrite, else into a buffer of servekit's, copied into a new tensor. LiteRT
-// tensor buffers stay bound between calls: a caller feeding the same buffers with the
-// same shapes again makes no LiteRT buffer (their creation costs as much as a tenth
-// of a tiny model's inference), and a call that repeats the last one in every checked
-// respect skips the checks it passed then (RunAgain): at batch 1 a small model's
-// inference takes about 1 us, and the checks cost several percent of that. A compiled
-// model runs one call at a time: Run() holds a mutex.
+// changed, and sizes each output from the signature: static dims, and a dynamic
+// leading dim equal to the first input's (the batch). LiteRT's reported output
+// layout can still say batch 1 after a resize, so it is not consulted; a model with
+// any other dynamic output dim is refused at load. LiteRT writes an output straight
+// into the caller's tensor when RunInto was handed back one it may overwrite, else
+// into a buffer of servekit's, copied into a new tensor. LiteRT tensor buffers stay
+// bound between calls: a caller feeding the same buffers with the same shapes again
+// makes no LiteRT buffer (their creation costs as much as a tenth of a tiny model's
+// inference), and a call that repeats the last one in every checked respect skips
+// the checks it passed then (RunAgain): at batch 1 a small model's inference takes
+// about 1 us, and the checks cost several percent of that. A compiled model runs one
+// call at a time: Run() holds a mutex.
 #ifndef SERVEKIT_CC_LITERT_MODEL_H_
 #define SERVEKIT_CC_LITERT_MODEL_H_
 

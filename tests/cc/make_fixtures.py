@@ -15,11 +15,6 @@ DIR receives the layout of docs/manifest.md:
     model.onnx      serving_default only (MatMul + Add, symbolic dim 'batch'),
                     the same weights, so both formats agree
     extra.onnx      odd outputs for the ONNX runner's tests (not in the manifest)
-    dynamic.tflite  LiteRT, outputs with dynamic dims other than the batch (not in the
-                    manifest): x float32[?,?,3] -> scaled = x * 2 + 1 float32[?,?,3],
-                    total = sum(x, -1) float32[?,?]
-    data_dependent.tflite  LiteRT, an output sized by the input's values (not in the
-                    manifest): x float32[?] -> positive = x[x > 0] float32[?]
     reference/      .npy inputs and outputs computed with NumPy
     random/         a second export, of endpoints that are not pure functions:
                       serving_default (SavedModel and ONNX, stochastic):
@@ -156,35 +151,6 @@ def write_extra_onnx(path: str) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, path)
-
-
-def write_dynamic_litert(path: str) -> None:
-    """dynamic.tflite: two outputs whose non-batch dims follow the input's, so that
-    LiteRT must size them after each resize (two, so that the layouts LiteRT reports
-    for them are read at the right stride)."""
-    import tensorflow as tf
-
-    class Dynamic(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32, name="x")])
-        def serve(self, x):
-            return {"scaled": x * 2.0 + 1.0, "total": tf.reduce_sum(x, axis=-1)}
-
-    module = Dynamic()
-    write_litert(path, module.serve.get_concrete_function(), module)
-
-
-def write_data_dependent_litert(path: str) -> None:
-    """data_dependent.tflite: an output whose length is the count of the input's
-    positive values, which no input shape determines."""
-    import tensorflow as tf
-
-    class DataDependent(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"positive": tf.boolean_mask(x, x > 0.0)}
-
-    module = DataDependent()
-    write_litert(path, module.serve.get_concrete_function(), module)
 
 
 class _RandomExport:
@@ -396,8 +362,6 @@ def main() -> int:
     write_saved_model(os.path.join(out, "saved_model"))
     write_onnx(os.path.join(out, "model.onnx"))
     write_extra_onnx(os.path.join(out, "extra.onnx"))
-    write_dynamic_litert(os.path.join(out, "dynamic.tflite"))
-    write_data_dependent_litert(os.path.join(out, "data_dependent.tflite"))
 
     reference = []
 
