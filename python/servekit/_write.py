@@ -245,7 +245,7 @@ def _litert_flatbuffer(built, serving, options: dict[str, Any], model_name: str)
 
     concrete = built.signatures[serving.name]
     return litert.convert(litert.from_concrete(concrete, built.root), options, model_name,
-                          likely_cause=lambda: litert.likely_cause(concrete))
+                          likely_cause=lambda: litert.likely_cause(concrete), weight_bytes=_variable_bytes(built))
 
 
 def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
@@ -284,7 +284,8 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
         built = _builtin_trace(built, serving, "litert", build, unfused_gelu=True)
         flatbuffer, converter = _litert_flatbuffer(built, serving, options, model_name)
     peak_memory.mark("LiteRT conversion")
-    litert.write(litert.in_signature_order(flatbuffer, serving, model_name), staged)
+    litert.write(flatbuffer, staged, serving, model_name)
+    del flatbuffer
     peak_memory.mark("LiteRT write")
     litert.read_signature(staged, serving, model_name)
     quantized = litert.quantizes(options)

@@ -35,6 +35,7 @@ from servekit import determinism
 from servekit import onnx_bfloat16
 from servekit import patching
 from servekit import peak_memory
+from servekit import settings
 from servekit import signature as sig
 from servekit.errors import ExportError, root_cause
 
@@ -229,7 +230,7 @@ def convert_saved_model(
             return_initialized_tables=True, return_tensors_to_rename=True, large_model=road == "lean")
         return (*frozen, {})  # the loaded functions' captures are tf2onnx's: `_captured_tables` cannot see them
 
-    return _convert(freeze, _variables_bytes(saved_model_dir), endpoint, opset, layer_names, model_name,
+    return _convert(freeze, saved_model_variables_bytes(saved_model_dir), endpoint, opset, layer_names, model_name,
                     producer_version, weights)
 
 
@@ -451,7 +452,7 @@ def _tables_of_lookups(graph_def, captured_tables: dict[str, Any]) -> dict[bytes
     return contents
 
 
-def _variables_bytes(saved_model_dir: str) -> int:
+def saved_model_variables_bytes(saved_model_dir: str) -> int:
     """Size of a SavedModel's variable files: about what its frozen graph holds."""
     variables = os.path.join(saved_model_dir, "variables")
     if not os.path.isdir(variables):
@@ -798,22 +799,12 @@ def _is_left_out(tensor) -> bool:
 
 def external_data_threshold() -> int:
     """Bytes of tensor data above which `write_onnx` writes external data."""
-    return _bytes_setting(EXTERNAL_DATA_ENV, EXTERNAL_DATA_BYTES)
+    return settings.bytes_setting(EXTERNAL_DATA_ENV, EXTERNAL_DATA_BYTES)
 
 
 def lift_threshold() -> int:
     """Bytes of variables from which weights are converted lifted (`_roads`)."""
-    return _bytes_setting(LIFT_ENV, LIFT_MODEL_BYTES)
-
-
-def _bytes_setting(variable: str, default: int) -> int:
-    value = os.environ.get(variable)
-    if not value:
-        return default
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise ExportError(f"{variable}={value!r} is not a number of bytes.", reason="bad_argument") from None
+    return settings.bytes_setting(LIFT_ENV, LIFT_MODEL_BYTES)
 
 
 def _tensor_bytes(model_proto) -> int:

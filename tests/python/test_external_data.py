@@ -7,6 +7,10 @@ tf2onnx converts, then written as external data): the artifact is a directory wi
 the native verifier, byte-reproducible, with both files' digests in the
 manifest. (`tools/onnx_over_2gb.py` runs it on a real > 2 GB model.)
 
+LiteRT's counterpart, the buffers of a large model after the flatbuffer, found
+by offset (`servekit.formats.litert.BUFFER_OFFSET_BYTES`), is here too, with
+its threshold lowered the same way.
+
 The export worker's writing of a large model (`servekit._write`) is here too:
 every format written first, then the model freed, then each artifact reloaded
 and checked, so the weights are resident once.
@@ -15,6 +19,7 @@ and checked, so the weights are resident once.
 from __future__ import annotations
 
 import json
+import struct
 import pathlib
 
 import keras
@@ -304,3 +309,85 @@ def test_a_failing_conversion_traces_the_model_again_to_blame_the_trace(tmp_path
     assert events == ["build", "release: 0 models alive", "check_onnx", "release: 0 models alive", "build",
                       "check_saved_model"]
     assert "(from whose trace the ONNX model is converted) does not reproduce" in reports["onnx"]["message"]
+
+
+def _litert_buffers(path: pathlib.Path) -> list[tuple[int, int]]:
+    """(offset, size) of each buffer a LiteRT file keeps after its flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    return [(b.Offset(), b.Size()) for b in (model.Buffers(i) for i in range(model.BuffersLength())) if b.Offset()]
+
+
+def test_a_large_litert_model_keeps_its_buffers_after_the_flatbuffer(tmp_path, monkeypatch):
+    # A model of BUFFER_OFFSET_BYTES or more is converted with buffer offsets: the converter
+    # then holds about half the copies of its weights. Below it, a plain flatbuffer.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from servekit import native
+    from servekit.formats import litert
+
+    model = _model()
+    plain = tmp_path / "plain.tflite"
+    servekit.export(model, plain, format="litert", verbose=False)
+    assert _litert_buffers(plain) == []
+
+    monkeypatch.setenv(litert.BUFFER_OFFSET_ENV, "4096")
+    manifest = build_tool.build_export(model, tmp_path / "offsets", "wide_mlp_tensorflow", "tensorflow",
+                                       formats=("litert",))
+    entry = json.loads(manifest.read_text())["artifacts"][0]
+    path = manifest.parent / entry["path"]
+    buffers = _litert_buffers(path)
+    assert max(size for _, size in buffers) == 512 * 640 * 4  # the hidden kernel, after the flatbuffer
+    assert all(offset + size <= path.stat().st_size for offset, size in buffers)
+    # The signature's order is written into the file in place, and inference reads the weights.
+    interpreter = Interpreter(model_path=str(path))
+    x = np.random.default_rng(0).standard_normal((5, 512)).astype("float32")
+    got = interpreter.get_signature_runner("serving_default")(features=x)["logits"]
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x)), atol=1e-5, rtol=0)
+    report = native.validate(str(manifest), "litert")
+    assert report.passed, report.to_text()
+    again = build_tool.build_export(model, tmp_path / "again", "wide_mlp_tensorflow", "tensorflow",
+                                    formats=("litert",))
+    assert (again.parent / entry["path"]).read_bytes() == path.read_bytes()
+
+
+def _with_two_buffers_swapped(data: bytes) -> bytes:
+    """A LiteRT file as the converter may also lay it out: its first two buffers
+    after the flatbuffer in the other order, their offsets rewritten."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    after = sorted((b.Offset(), b.Size(), b._tab.Pos + b._tab.Offset(6))
+                   for b in (model.Buffers(i) for i in range(model.BuffersLength())) if b.Offset() > 1)
+    (first, first_size, first_field), (second, second_size, second_field) = after[:2]
+    assert second == first + first_size
+    out = bytearray(data)
+    out[first:first + second_size] = data[second:second + second_size]
+    out[first + second_size:second + second_size] = data[first:first + first_size]
+    struct.pack_into("<Q", out, second_field, first)
+    struct.pack_into("<Q", out, first_field, first + second_size)
+    return bytes(out)
+
+
+def test_litert_buffers_after_the_flatbuffer_are_written_in_buffer_order(tmp_path, monkeypatch):
+    # The converter lays them out in an order that changes from one conversion to
+    # the next; servekit writes them in buffer order, so equal models give equal bytes.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from servekit.formats import litert
+
+    monkeypatch.setenv(litert.BUFFER_OFFSET_ENV, "4096")
+    model = _model()
+    path = tmp_path / "written.tflite"
+    artifact = servekit.export(model, path, format="litert", verbose=False)
+    written = path.read_bytes()
+    swapped = _with_two_buffers_swapped(written)
+    assert swapped != written
+    x = np.random.default_rng(0).standard_normal((2, 512)).astype("float32")
+    want = keras.ops.convert_to_numpy(model(x))
+    for data in (written, swapped):  # both layouts are valid files
+        got = Interpreter(model_content=data).get_signature_runner("serving_default")(features=x)["logits"]
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    litert.write(swapped, str(tmp_path / "rewritten.tflite"), artifact.endpoints[0], "wide_mlp")
+    assert (tmp_path / "rewritten.tflite").read_bytes() == written

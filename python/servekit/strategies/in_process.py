@@ -169,6 +169,7 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
 
 def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
     """OpenVINO IR or LiteRT from the in-process SavedModel (TensorFlow backend), as Keras converts them."""
+    from servekit import onnx as sk_onnx
     from servekit import verification
     from servekit.formats import litert, openvino
 
@@ -191,8 +192,10 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         check = lambda cs: openvino.check(path, cs, precision)  # noqa: E731
     else:
         options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
+        weight_bytes = sk_onnx.saved_model_variables_bytes(twin)
         try:
-            flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
+            flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name,
+                                                   weight_bytes=weight_bytes)
         except ExportError as e:
             if not litert.unfused_gelu(e):
                 raise
@@ -200,8 +203,10 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
             retraced = _builtin_saved_model(request, twin, unfused_gelu=True)
             if not retraced["ok"]:
                 raise
-            flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name)
-        litert.write(litert.in_signature_order(flatbuffer, serving, request.name), path)
+            flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name,
+                                                   weight_bytes=weight_bytes)
+        litert.write(flatbuffer, path, serving, request.name)
+        del flatbuffer
         litert.read_signature(path, serving, request.name)
         quantized = litert.quantizes(options)
         report.update(converter=converter, precision="quantized" if quantized else "float32")
