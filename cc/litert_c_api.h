@@ -7,10 +7,14 @@
 //   litert_model.h         LiteRtCreateModelFromFile (environment first, 2.x),
 //                          signatures, their tensors and ranked tensor types
 //   litert_options.h       LiteRtCreateOptions, LiteRtSetOptionsHardwareAccelerators
-//   litert_compiled_model.h  LiteRtCreateCompiledModel, ...ResizeInputTensor, Run
+//   litert_compiled_model.h  LiteRtCreateCompiledModel, ...ResizeInputTensor, Run,
+//                          LiteRtGetCompiledModelOutputTensorLayouts (the outputs'
+//                          shapes a run made)
 //   litert_tensor_buffer.h LiteRtCreateTensorBufferFromHostMemory (64-byte aligned)
 // LiteRtLayout is the 2.x layout the library writes (72 bytes with the element
-// type, measured): rank:7 and has_strides:1 bit-fields, then 8 dims and 8 strides.
+// type, measured): rank:7 and has_strides:1 bit-fields, then 8 dims and 8 strides;
+// LiteRtGetCompiledModelOutputTensorLayouts fills an array of them at a 68-byte
+// stride (measured: two outputs' layouts end at byte 80), asserted below.
 // Only cc/litert_model.cc includes this file.
 #ifndef SERVEKIT_CC_LITERT_C_API_H_
 #define SERVEKIT_CC_LITERT_C_API_H_
@@ -92,6 +96,13 @@ void LiteRtDestroyCompiledModel(LiteRtCompiledModel compiled_model);
 LiteRtStatus LiteRtCompiledModelResizeInputTensor(LiteRtCompiledModel compiled_model,
                                                   LiteRtParamIndex signature_index, LiteRtParamIndex input_index,
                                                   const int* dims, size_t dims_size);
+// Fills layouts[0, num_layouts), num_layouts being the signature's output count.
+// update_allocation first propagates the inputs' shapes (TFLite's AllocateTensors):
+// on a compiled model that has run with buffers bound, that corrupts its next runs
+// (measured on LiteRT 2.3.0), so servekit only reads the shapes a run made (false).
+LiteRtStatus LiteRtGetCompiledModelOutputTensorLayouts(LiteRtCompiledModel compiled_model,
+                                                       LiteRtParamIndex signature_index, size_t num_layouts,
+                                                       LiteRtLayout* layouts, bool update_allocation);
 LiteRtStatus LiteRtRunCompiledModel(LiteRtCompiledModel compiled_model, LiteRtParamIndex signature_index,
                                     size_t num_input_buffers, LiteRtTensorBuffer* input_buffers,
                                     size_t num_output_buffers, LiteRtTensorBuffer* output_buffers);
@@ -105,5 +116,6 @@ void LiteRtDestroyTensorBuffer(LiteRtTensorBuffer buffer);
 }  // extern "C"
 
 static_assert(sizeof(LiteRtRankedTensorType) == 72, "LiteRtRankedTensorType is 72 bytes in LiteRT 2.x");
+static_assert(sizeof(LiteRtLayout) == 68, "LiteRtLayout is 68 bytes in LiteRT 2.x");
 
 #endif  // SERVEKIT_CC_LITERT_C_API_H_

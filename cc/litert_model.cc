@@ -1,5 +1,7 @@
 #include "cc/litert_model.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +30,39 @@ using ModelOwner = Owned<::LiteRtModel, LiteRtDestroyModel>;
 using OptionsOwner = Owned<LiteRtOptions, LiteRtDestroyOptions>;
 using CompiledModelOwner = Owned<LiteRtCompiledModel, LiteRtDestroyCompiledModel>;
 using TensorBufferOwner = Owned<LiteRtTensorBuffer, LiteRtDestroyTensorBuffer>;
+
+// An output dim the signature leaves dynamic: the first input's leading dim (the
+// batch), or one only LiteRT's run sizes (a sequence's length, a U-Net's image sides).
+constexpr int64_t kBatchDim = -1;
+constexpr int64_t kSizedByTheRun = -2;
+
+// Address space reserved for an output with a kSizedByTheRun dim. Such an output's
+// size is known only once its kernels have run: LiteRT's layouts before the run keep
+// the last run's shape (or, on a compiled model that has run with buffers bound,
+// corrupt its next runs), and the kernels write into the buffer bound to the output
+// whatever its size, XNNPACK's without checking it (an output one resize larger than
+// its buffer overran it, measured on LiteRT 2.3.0). So the buffer is a reservation of
+// address space that no output can outgrow, and only the pages an output writes are
+// ever committed; its shape is read back after the run. 64 GiB is more than any
+// output a model this machine kind runs produces (it would not fit in memory).
+constexpr size_t kRunSizedOutputBytes = size_t{64} << 30;
+
+struct Unmap {
+  size_t bytes = 0;
+  void operator()(void* base) const { munmap(base, bytes); }
+};
+using Reservation = std::unique_ptr<void, Unmap>;
+
+// `bytes` of address space, committed page by page as they are written.
+StatusOr<Reservation> Reserve(size_t bytes, const std::string& what) {
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) {
+    return FailedPrecondition(what + " has a dim only LiteRT's run sizes, and servekit reserves " +
+                              std::to_string(bytes >> 30) + " GiB of address space (not memory) for such an output; "
+                              "this system refused it (vm.overcommit_memory=2 counts reservations as memory)");
+  }
+  return Reservation(base, Unmap{bytes});
+}
 
 // 64-byte aligned host memory (LiteRT's host-buffer alignment), freed with free().
 struct FreeDeleter {
@@ -171,6 +206,7 @@ struct BoundBuffer {
   TensorBufferOwner buffer;
   AlignedBytes scratch;  // servekit's own memory behind the buffer, when it has any
   size_t scratch_bytes = 0;
+  Reservation run_sized;  // instead, for an output with a kSizedByTheRun dim
 };
 
 // The last call whose outputs LiteRT wrote straight into the caller's tensors, as
@@ -231,8 +267,10 @@ struct LiteRtModel::Runtime {
   CompiledModelOwner compiled;
   std::vector<int> input_types;   // LiteRtElementType per input
   std::vector<int> output_types;  // LiteRtElementType per output
-  // Per output dim: its static size, or -1 for the first input's leading dim (the batch).
+  // Per output dim: its static size, kBatchDim, or kSizedByTheRun.
   std::vector<std::vector<int64_t>> output_dims;
+  std::vector<char> run_sized;  // per output: whether a dim is kSizedByTheRun
+  bool any_run_sized = false;
   std::mutex mutex;  // one call at a time on the compiled model; guards what follows
   std::vector<Shape> resized;  // each input's shape as last given to LiteRT
   std::vector<BoundBuffer> inputs, outputs;
@@ -330,13 +368,14 @@ StatusOr<std::unique_ptr<LiteRtModel>> LiteRtModel::Load(const std::string& path
       if (d.is_static()) {
         dims.push_back(d.size);
       } else if (k == 0 && batch_input && !signature.inputs[0].dims[0].is_static()) {
-        dims.push_back(-1);
+        dims.push_back(kBatchDim);
       } else {
-        return Unimplemented(path + ": LiteRT output '" + info.spec.name + "' (" + SpecToString(info.spec) +
-                             ") has a dynamic dim other than the batch; servekit sizes LiteRT outputs from the "
-                             "signature");
+        dims.push_back(kSizedByTheRun);
       }
     }
+    const bool run_sized = std::find(dims.begin(), dims.end(), kSizedByTheRun) != dims.end();
+    runtime->run_sized.push_back(run_sized);
+    runtime->any_run_sized |= run_sized;
     runtime->output_dims.push_back(std::move(dims));
     runtime->output_types.push_back(info.element_type);
     signature.outputs.push_back(std::move(info.spec));
@@ -422,6 +461,51 @@ Status About(const Status& status, StatusCode code, const std::string& where) {
   return Status(code, where + status.message());
 }
 
+// Binds `bound` to an output's reservation (made on first use) unless it is bound
+// already. The buffer's shape is the signature's with its dynamic dims 1: LiteRT
+// does not hold the kernels to it, and the run's shape is read back after it.
+Status BindRunSized(BoundBuffer* bound, int element_type, const std::vector<int64_t>& dims,
+                    const std::string& where) {
+  if (bound->buffer != nullptr) return Status::Ok();
+  if (bound->run_sized == nullptr) {
+    SERVEKIT_ASSIGN_OR_RETURN(bound->run_sized, Reserve(kRunSizedOutputBytes, where));
+  }
+  Shape placeholder;
+  for (int64_t d : dims) placeholder.push_back(d >= 0 ? d : 1);
+  Status bound_ok = Bind(bound, element_type, placeholder, bound->run_sized.get(), kRunSizedOutputBytes);
+  return bound_ok.ok() ? bound_ok : About(bound_ok, StatusCode::kInternal, where);
+}
+
+// Each output's shape as the run `compiled` has just made gives it (the layouts
+// LiteRT reports without allocating: the run's own). `where` names the model and
+// endpoint, for errors.
+Status ShapesOfTheRun(LiteRtCompiledModel compiled, const Signature& signature, const std::string& where,
+                      std::vector<Shape>* shapes) {
+  std::vector<LiteRtLayout> layouts(signature.outputs.size());
+  LiteRtStatus st = LiteRtGetCompiledModelOutputTensorLayouts(compiled, 0, layouts.size(), layouts.data(),
+                                                              /*update_allocation=*/false);
+  if (st != kLiteRtStatusOk) {
+    return Failed(StatusCode::kInternal, where + ": the outputs' shapes after the run",
+                  "LiteRtGetCompiledModelOutputTensorLayouts", st);
+  }
+  shapes->clear();
+  for (size_t k = 0; k < layouts.size(); ++k) {
+    const TensorSpec& spec = signature.outputs[k];
+    Shape shape(layouts[k].dimensions,
+                layouts[k].dimensions + std::min<unsigned>(layouts[k].rank, SERVEKIT_LITERT_TENSOR_MAX_RANK));
+    bool fits = shape.size() == spec.dims.size();
+    for (size_t d = 0; fits && d < shape.size(); ++d) {
+      fits = shape[d] >= 0 && (!spec.dims[d].is_static() || spec.dims[d].size == shape[d]);
+    }
+    if (!fits) {
+      return Internal(where + ": LiteRT's run made output '" + spec.name + "' (" + SpecToString(spec) + ") " +
+                      ShapeToString(shape));
+    }
+    shapes->push_back(std::move(shape));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 bool LiteRtModel::RunAgain(const std::string& endpoint, const std::vector<NamedTensor>& inputs,
@@ -487,6 +571,7 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
   // output.
   for (size_t k = 0; k < signature.outputs.size(); ++k) {
     BoundBuffer& bound = rt.outputs[k];
+    if (rt.run_sized[k]) continue;  // bound to its reservation; its tensor is made after the run
     bool reused = false;
     SERVEKIT_ASSIGN_OR_RETURN(Tensor * out, outputs->Writable(k, signature.outputs[k].dtype, bound.shape, &reused));
     void* target = reused && out->byte_size() > 0 ? out->mutable_data() : bound.scratch.get();
@@ -506,9 +591,23 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
   if (st != kLiteRtStatusOk) {
     return Failed(StatusCode::kInternal, path() + " endpoint '" + signature.name + "'", "LiteRtRunCompiledModel", st);
   }
-  bool into_callers = true;
+  bool into_callers = !rt.any_run_sized;
+  if (rt.any_run_sized) {
+    const std::string where = path() + " endpoint '" + signature.name + "'";
+    std::vector<Shape> ran;
+    SERVEKIT_RETURN_IF_ERROR(ShapesOfTheRun(rt.compiled.get(), signature, where, &ran));
+    for (size_t k = 0; k < ran.size(); ++k) {
+      if (!rt.run_sized[k]) continue;
+      SERVEKIT_ASSIGN_OR_RETURN(Tensor * out, outputs->Writable(k, signature.outputs[k].dtype, ran[k]));
+      if (out->byte_size() > kRunSizedOutputBytes) {
+        return Internal(TensorWhere(path(), signature, "output", k) + " is " + out->Describe() +
+                        ", larger than the address space reserved for it");
+      }
+      if (out->byte_size() > 0) std::memcpy(out->mutable_data(), rt.outputs[k].run_sized.get(), out->byte_size());
+    }
+  }
   for (size_t k = 0; k < rt.written.size(); ++k) {
-    if (!rt.copy_out[k]) continue;
+    if (!rt.copy_out[k] || rt.run_sized[k]) continue;
     into_callers = false;
     Tensor* out = rt.written[k];
     if (out->byte_size() > 0) std::memcpy(out->mutable_data(), rt.outputs[k].scratch.get(), out->byte_size());
@@ -564,6 +663,12 @@ Status LiteRtModel::Prepare(const Signature& signature, const std::vector<const 
   for (size_t k = 0; k < signature.outputs.size(); ++k) {
     const TensorSpec& spec = signature.outputs[k];
     BoundBuffer& bound = rt.outputs[k];
+    if (rt.run_sized[k]) {
+      const std::string where = TensorWhere(path(), signature, "output", k);
+      SERVEKIT_RETURN_IF_ERROR(BindRunSized(&bound, rt.output_types[k], rt.output_dims[k], where));
+      rt.output_handles[k] = bound.buffer.get();
+      continue;
+    }
     Shape shape;
     for (int64_t d : rt.output_dims[k]) shape.push_back(d >= 0 ? d : batch);
     if (bound.buffer == nullptr || bound.shape != shape) {
@@ -623,11 +728,17 @@ StatusOr<std::unique_ptr<BareLoop>> LiteRtModel::MakeBareLoop(const std::vector<
   }
   const int64_t batch = ordered.empty() || ordered[0]->rank() == 0 ? 0 : ordered[0]->shape()[0];
   for (size_t k = 0; k < signature.outputs.size(); ++k) {
+    BoundBuffer& bound = state->buffers_[ordered.size() + k];
+    if (rt.run_sized[k]) {
+      const std::string where = path() + " bare loop output '" + signature.outputs[k].name + "'";
+      SERVEKIT_RETURN_IF_ERROR(BindRunSized(&bound, rt.output_types[k], rt.output_dims[k], where));
+      state->outputs_.push_back(bound.buffer.get());
+      continue;
+    }
     Shape shape;
     for (int64_t d : rt.output_dims[k]) shape.push_back(d >= 0 ? d : batch);
     SERVEKIT_ASSIGN_OR_RETURN(int64_t elements, NumElements(shape));
     const size_t bytes = std::max<size_t>(static_cast<size_t>(elements) * DTypeSize(signature.outputs[k].dtype), 1);
-    BoundBuffer& bound = state->buffers_[ordered.size() + k];
     if (!EnsureScratch(&bound, bytes)) return Internal(path() + ": out of memory");
     Status bound_ok = Bind(&bound, rt.output_types[k], shape, bound.scratch.get(), bytes);
     if (!bound_ok.ok()) return About(bound_ok, StatusCode::kInternal, path() + " bare loop output " + std::to_string(k));

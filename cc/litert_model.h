@@ -10,9 +10,11 @@
 // Run() feeds buffers over the caller's bytes when they are 64-byte aligned (LiteRT's
 // host-memory alignment; others are copied), resizes a dynamic input when its shape
 // changed, and sizes each output from the signature: static dims, and a dynamic
-// leading dim equal to the first input's (the batch). LiteRT's reported output
-// layout can still say batch 1 after a resize, so it is not consulted; a model with
-// any other dynamic output dim is refused at load. LiteRT writes an output straight
+// leading dim equal to the first input's (the batch). An output with any other
+// dynamic dim (a sequence's length, a U-Net's image sides) is sized only by the run
+// itself: its kernels write it into a reservation of address space it cannot
+// outgrow, its shape is read back after the run, and it is copied out (LiteRT's
+// layouts before a run are the last run's: litert_model.cc). LiteRT writes an output straight
 // into the caller's tensor when RunInto was handed back one it may overwrite, else
 // into a buffer of servekit's, copied into a new tensor. LiteRT tensor buffers stay
 // bound between calls: a caller feeding the same buffers with the same shapes again

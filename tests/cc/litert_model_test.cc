@@ -1,6 +1,7 @@
 // LiteRtModel on the fixture's formats/model.tflite: signature, runs at several batch
 // sizes (resizes), misaligned feeds, concurrency, error paths (missing, empty,
-// truncated or foreign files, bad feeds).
+// truncated or foreign files, bad feeds); on dynamic.tflite, outputs whose dims other
+// than the batch only LiteRT's run sizes.
 #include "cc/litert_model.h"
 
 #include <algorithm>
@@ -254,6 +255,96 @@ TEST_F(LiteRtModelTest, BareLoopRuns) {
   EXPECT_TRUE((*loop)->RunOnce().ok());
   auto bad = model_->MakeBareLoop({{"features", Int64s({1, 3}, {1, 2, 3})}});
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+}
+
+// dynamic.tflite: x float32[?,?,3] -> scaled = 2x + 1 float32[?,?,3], total = sum(x, -1)
+// float32[?,?]: outputs whose dims other than the batch only LiteRT's run sizes.
+class LiteRtDynamicOutputsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto loaded = LiteRtModel::Load(testing::FixturePath("dynamic.tflite"), LoadOptions{});
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    model_ = std::move(loaded).value();
+  }
+
+  // x of `shape` ([n, m, 3]), its values 0.5 * i - 3 for the i-th element.
+  static Tensor X(const Shape& shape) {
+    std::vector<float> x(shape[0] * shape[1] * shape[2]);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 0.5f * static_cast<float>(i) - 3.0f;
+    return Floats(shape, x);
+  }
+
+  // Checks one call's outputs against NumPy's arithmetic on `x`.
+  static void ExpectOutputs(const Tensor& x, const std::vector<NamedTensor>& outputs) {
+    ASSERT_EQ(outputs.size(), 2u);
+    const int64_t n = x.shape()[0], m = x.shape()[1];
+    const Shape rows = {n, m};
+    for (const NamedTensor& out : outputs) {
+      if (out.name == "scaled") {
+        ASSERT_EQ(out.tensor.Describe(), "float32" + ShapeToString(x.shape()));
+        for (int64_t i = 0; i < n * m * 3; ++i) {
+          EXPECT_FLOAT_EQ(out.tensor.data_as<float>()[i], 2 * x.data_as<float>()[i] + 1) << i;
+        }
+      } else {
+        ASSERT_EQ(out.name, "total");
+        ASSERT_EQ(out.tensor.Describe(), "float32" + ShapeToString(rows));
+        for (int64_t r = 0; r < n * m; ++r) {
+          const float* row = x.data_as<float>() + 3 * r;
+          EXPECT_FLOAT_EQ(out.tensor.data_as<float>()[r], row[0] + row[1] + row[2]) << r;
+        }
+      }
+    }
+  }
+
+  std::unique_ptr<LiteRtModel> model_;
+};
+
+TEST_F(LiteRtDynamicOutputsTest, SignatureKeepsTheDynamicDims) {
+  const Signature& s = model_->signatures()[0];
+  ASSERT_EQ(s.inputs.size(), 1u);
+  EXPECT_EQ(SpecToString(s.inputs[0]), "float32[?,?,3]");
+  ASSERT_EQ(s.outputs.size(), 2u);
+  for (const TensorSpec& spec : s.outputs) {
+    EXPECT_EQ(SpecToString(spec), spec.name == "scaled" ? "float32[?,?,3]" : "float32[?,?]") << spec.name;
+  }
+}
+
+TEST_F(LiteRtDynamicOutputsTest, RunsAtSeveralSizesInOneModel) {
+  // Each size twice (the second call reuses the bound buffers), and back to the first
+  // size: the outputs follow every resize.
+  for (const Shape& shape : {Shape{1, 4, 3}, Shape{2, 7, 3}, Shape{2, 1, 3}, Shape{1, 4, 3}}) {
+    SCOPED_TRACE(ShapeToString(shape));
+    const Tensor x = X(shape);
+    for (int call = 0; call < 2; ++call) {
+      auto out = model_->Run("serving_default", {{"x", x}});
+      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      ExpectOutputs(x, *out);
+    }
+  }
+}
+
+TEST_F(LiteRtDynamicOutputsTest, ServingLoopFollowsANewSize) {
+  // Outputs handed back to the next call (RunInto) are written in place while the
+  // size stays, and replaced when it changes.
+  std::vector<NamedTensor> outputs;
+  for (const Shape& shape : {Shape{2, 5, 3}, Shape{2, 5, 3}, Shape{2, 5, 3}, Shape{3, 2, 3}, Shape{3, 2, 3}}) {
+    SCOPED_TRACE(ShapeToString(shape));
+    const Tensor x = X(shape);
+    ASSERT_TRUE(model_->RunInto("serving_default", {{"x", x}}, &outputs).ok());
+    ExpectOutputs(x, outputs);
+  }
+}
+
+TEST_F(LiteRtDynamicOutputsTest, BareLoopRuns) {
+  auto loop = model_->MakeBareLoop({{"x", X({2, 7, 3})}});
+  ASSERT_TRUE(loop.ok()) << loop.status().ToString();
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE((*loop)->RunOnce().ok());
+  // The runner resizes its own compiled model, not the loop's.
+  const Tensor x = X({1, 4, 3});
+  auto out = model_->Run("serving_default", {{"x", x}});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  ExpectOutputs(x, *out);
+  EXPECT_TRUE((*loop)->RunOnce().ok());
 }
 
 TEST(LiteRtModelLoadTest, LoadModelDetectsTheTflite) {

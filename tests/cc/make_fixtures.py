@@ -15,6 +15,9 @@ DIR receives the layout of docs/manifest.md:
     model.onnx      serving_default only (MatMul + Add, symbolic dim 'batch'),
                     the same weights, so both formats agree
     extra.onnx      odd outputs for the ONNX runner's tests (not in the manifest)
+    dynamic.tflite  LiteRT, outputs with dynamic dims other than the batch (not in the
+                    manifest): x float32[?,?,3] -> scaled = x * 2 + 1 float32[?,?,3],
+                    total = sum(x, -1) float32[?,?]
     reference/      .npy inputs and outputs computed with NumPy
     random/         a second export, of endpoints that are not pure functions:
                       serving_default (SavedModel and ONNX, stochastic):
@@ -151,6 +154,25 @@ def write_extra_onnx(path: str) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, path)
+
+
+def write_dynamic_litert(path: str) -> None:
+    """dynamic.tflite: two outputs whose non-batch dims follow the input's, so that
+    only LiteRT's run sizes them (two, so that the layouts LiteRT reports for them
+    are read at the right stride). `scaled` is a product with a constant kernel
+    through a reshape to a computed shape, as Keras's layers trace: its size is
+    known only once the kernels have run (cc/litert_model.cc)."""
+    import tensorflow as tf
+
+    kernel = tf.constant(2.0 * np.eye(3), tf.float32)
+
+    class Dynamic(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"scaled": tf.tensordot(x, kernel, 1) + 1.0, "total": tf.reduce_sum(x, axis=-1)}
+
+    module = Dynamic()
+    write_litert(path, module.serve.get_concrete_function(), module)
 
 
 class _RandomExport:
@@ -362,6 +384,7 @@ def main() -> int:
     write_saved_model(os.path.join(out, "saved_model"))
     write_onnx(os.path.join(out, "model.onnx"))
     write_extra_onnx(os.path.join(out, "extra.onnx"))
+    write_dynamic_litert(os.path.join(out, "dynamic.tflite"))
 
     reference = []
 

@@ -1,0 +1,76 @@
+"""LiteRT models whose outputs have dynamic dims other than the batch, natively.
+
+A sequence model's outputs carry the sequence (`[batch, tokens, units]`), a U-Net's
+its image sides. The native LiteRT runner cannot size such an output before the
+run (LiteRT knows it only once the kernels ran), so the run writes it into reserved
+address space and its shape is read back (`cc/litert_model.cc`). Each export here
+is validated by the native verifier against its reference data (several sequence
+lengths or image sizes), then run natively at a size no reference has, against
+the Keras model itself.
+"""
+
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from servekit import native
+from servekit.build import build_tool
+
+
+def _tokens_model() -> keras.Model:
+    # Attention reshapes to computed shapes: LiteRT sizes its outputs only while running.
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((None, 8), name="tokens")
+    hidden = keras.layers.Dense(16, activation="relu")(tokens)
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)(hidden, hidden)
+    per_token = keras.layers.Dense(5, name="per_token")(attended)
+    pooled = keras.layers.GlobalAveragePooling1D(name="pooled")(per_token)
+    return keras.Model(tokens, {"per_token": per_token, "pooled": pooled}, name="tokens_model")
+
+
+def _unet() -> keras.Model:
+    layers = keras.layers
+    keras.utils.set_random_seed(2)
+    image = keras.Input((None, None, 3), name="image")
+    skip = layers.Conv2D(4, 3, padding="same")(image)
+    deep = layers.Conv2D(4, 3, padding="same")(layers.MaxPooling2D()(skip))
+    merged = layers.Concatenate()([skip, layers.UpSampling2D()(deep)])
+    return keras.Model(image, layers.Conv2D(2, 1, activation="sigmoid", name="mask")(merged), name="unet")
+
+
+MODELS = {"tokens_model": (_tokens_model, {"tokens": (3, 23, 8)}),
+          "unet": (_unet, {"image": (2, 20, 14, 3)})}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def export(request, tmp_path_factory) -> tuple[keras.Model, pathlib.Path, dict]:
+    make, new_shapes = MODELS[request.param]
+    model = make()
+    manifest = build_tool.build_export(model, tmp_path_factory.mktemp(request.param) / "export",
+                                       f"{request.param}_tensorflow", "tensorflow", formats=("litert",))
+    return model, manifest, new_shapes
+
+
+def test_the_native_verifier_validates_the_litert_model(export):
+    _, manifest, _ = export
+    report = native.validate(str(manifest), "litert")
+    assert report.passed, report.to_text()
+
+
+def test_the_native_runner_follows_sizes_no_reference_has(export):
+    model, manifest, new_shapes = export
+    loaded = native.load(str(manifest.parent / "model.tflite"))
+    rng = np.random.default_rng(0)
+    name, shape = next(iter(new_shapes.items()))
+    # A new size, a smaller one, then the first again: each run's outputs are its own.
+    for size in (shape, (1, *(max(2, d // 4) * 2 for d in shape[1:-1]), shape[-1]), shape):
+        x = rng.standard_normal(size).astype("float32")
+        got = loaded.run("serving_default", {name: x})
+        want = model(x, training=False)
+        want = want if isinstance(want, dict) else {model.output_names[0]: want}
+        assert sorted(got) == sorted(want)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], keras.ops.convert_to_numpy(value), atol=2e-5, rtol=0,
+                                       err_msg=f"{key} at {size}")
