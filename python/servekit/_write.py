@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -16,6 +17,7 @@ from servekit import peak_memory
 from servekit import onnx as sk_onnx
 from servekit.atomic import artifact_files
 from servekit import saved_model as sk_sm
+from servekit import settings
 from servekit import verification
 from servekit.errors import ExportError
 
@@ -23,7 +25,9 @@ from servekit.errors import ExportError
 # trimmed) between writing the artifacts and checking them: the check reloads each
 # artifact, which would otherwise hold the weights a second time beside the model.
 # Below it, the collection would cost a small export more than the memory is worth.
+# The environment variable moves the bar (tests take small models down that road).
 FREE_BEFORE_CHECKING_BYTES = 2**28
+FREE_BEFORE_CHECKING_ENV = "SERVEKIT_FREE_BEFORE_CHECKING_BYTES"
 
 
 @contextlib.contextmanager
@@ -58,6 +62,8 @@ class _Written:
         check: the cases it runs -> their comparisons.
         cases: the cases it is checked on, at its tolerances.
         seconds: the time its writing took.
+        finish: what is left of its writing, done once the model is released
+            (its report fields), or None.
     """
 
     fmt: str
@@ -65,6 +71,7 @@ class _Written:
     check: Callable[[Sequence[Any]], list[Any]]
     cases: list[Any]
     seconds: float
+    finish: Optional[Callable[[], dict[str, Any]]] = None
 
     @property
     def what(self) -> str:
@@ -97,7 +104,9 @@ def _write_and_verify(
     of `FREE_BEFORE_CHECKING_BYTES` or more is collected (`release_memory`)
     before the first artifact is reloaded, and each reloaded artifact after
     its check, so the weights are resident once: in the model or in the
-    artifact being checked. The SavedModel, when written, is checked first:
+    artifact being checked. Such a model's LiteRT flatbuffer is converted
+    after the release too, from the SavedModel of its trace, so that the
+    converter's copies of the weights do not sit beside the model's. The SavedModel, when written, is checked first:
     if it fails, so does every format converted from its trace (an error
     while converting is raised only after the SavedModel passed). Asked for
     converted formats only, a failing one makes `build` trace the model
@@ -133,6 +142,7 @@ def _write_and_verify(
     serving_cases = [c for c in cases if c.endpoint == serving.name]
     written: list[_Written] = []
     conversion_error: Optional[Exception] = None
+    large = _variable_bytes(built) >= settings.bytes_setting(FREE_BEFORE_CHECKING_ENV, FREE_BEFORE_CHECKING_BYTES)
     if "tf_saved_model" in outputs:
         path = outputs["tf_saved_model"]
         sk_sm.save(built, path)
@@ -144,22 +154,32 @@ def _write_and_verify(
         for fmt, write in (("onnx", _onnx), ("openvino", _openvino), ("litert", _litert)):
             if fmt in outputs:
                 t1 = time.monotonic()
-                report, check, tolerances = write(built, serving, outputs[fmt], model_name,
-                                                  (format_options or {}).get(fmt, {}), opset=opset,
-                                                  layer_names=layer_names, version=version, build=build,
-                                                  scratch_dir=scratch_dir)
-                written.append(_Written(fmt, dict(report, ok=True, endpoints=[serving.to_json()]), check,
-                                        [verification.with_tolerances(c, tolerances) for c in serving_cases],
-                                        time.monotonic() - t1))
+                converted = write(built, serving, outputs[fmt], model_name, (format_options or {}).get(fmt, {}),
+                                  opset=opset, layer_names=layer_names, version=version, build=build,
+                                  scratch_dir=scratch_dir, large=large, release_memory=release_memory)
+                written.append(_Written(fmt, dict(converted.report, ok=True, endpoints=[serving.to_json()]),
+                                        converted.check,
+                                        [verification.with_tolerances(c, converted.tolerances) for c in serving_cases],
+                                        time.monotonic() - t1, converted.finish))
     except Exception as e:  # raised below, unless the SavedModel's failure explains it
         if "tf_saved_model" not in outputs or not cases:
             raise
         conversion_error = e
-    large = _variable_bytes(built) >= FREE_BEFORE_CHECKING_BYTES
     del built
     if large:
         release_memory()
         peak_memory.mark("release the model")
+    for artifact in [a for a in written if a.finish is not None]:
+        t1 = time.monotonic()
+        try:
+            artifact.report.update(artifact.finish())
+        except Exception as e:  # as above
+            if "tf_saved_model" not in outputs or not cases:
+                raise
+            conversion_error = conversion_error or e
+            written.remove(artifact)
+        artifact.seconds += time.monotonic() - t1
+        release_memory()  # what the converter leaves, before the first artifact is reloaded
 
     reports: dict[str, dict[str, Any]] = {}
     saved_model_comparisons: list[dict[str, Any]] = []
@@ -205,12 +225,29 @@ def _blame_the_trace(build, scratch_dir: str, cases, report: dict[str, Any], art
         report.update(verification.failure(twin, f"SavedModel (from whose trace the {artifact} is converted)"))
 
 
+@dataclasses.dataclass
+class _Converted:
+    """What a writer made of the trace.
+
+    Attributes:
+        report: the artifact's report fields.
+        check: the cases it runs -> their comparisons.
+        tolerances: what the format declares over the cases' own.
+        finish: the rest of the writing, to do once the model is released (its
+            report fields), or None.
+    """
+
+    report: dict[str, Any]
+    check: Callable[[Sequence[Any]], list[Any]]
+    tolerances: dict
+    finish: Optional[Callable[[], dict[str, Any]]] = None
+
+
 # Each writer: (traced module, serving signature, staging path, model name, the format's
-# options, **the export's settings) -> (report fields, check: cases -> comparisons,
-# tolerances the format declares over the cases' own).
+# options, **the export's settings) -> _Converted.
 
 def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any], *, opset, layer_names,
-          version, build, **_settings) -> tuple[dict[str, Any], Callable, dict]:
+          version, build, **_settings) -> _Converted:
     built = _builtin_trace(built, serving, "onnx", build)
     weights: dict = {}  # lifted weights of a model with external data, streamed from the variables
     proto = sk_onnx.convert_module(built, serving, opset=opset, layer_names=layer_names, model_name=model_name,
@@ -219,8 +256,8 @@ def _onnx(built, serving, staged: str, model_name: str, options: dict[str, Any],
     sk_onnx.write_onnx(proto, staged, weights)
     peak_memory.mark("ONNX write")
     casts_weights = onnx_bfloat16.casts_weights(proto)
-    return ({"opset": sk_onnx._opset_of(proto)},
-            lambda cs: verification.check_onnx(staged, cs, casts_weights=casts_weights), {})
+    return _Converted({"opset": sk_onnx._opset_of(proto)},
+                      lambda cs: verification.check_onnx(staged, cs, casts_weights=casts_weights), {})
 
 
 def _builtin_trace(built, serving, fmt: str, build, unfused_gelu: bool = False):
@@ -249,7 +286,7 @@ def _litert_flatbuffer(built, serving, options: dict[str, Any], model_name: str)
 
 
 def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
-              **_settings) -> tuple[dict[str, Any], Callable, dict]:
+              **_settings) -> _Converted:
     from servekit.formats import openvino
 
     built = _builtin_trace(built, serving, "openvino", build)
@@ -268,14 +305,22 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
     xml = openvino.write(model, staged)
     peak_memory.mark("OpenVINO write")
     report = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
-    return report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision)
+    return _Converted(report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision))
 
 
-def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build,
-            **_settings) -> tuple[dict[str, Any], Callable, dict]:
+def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
+            large: bool, release_memory: Callable[[], None], **_settings) -> _Converted:
     from servekit.formats import litert
 
     built = _builtin_trace(built, serving, "litert", build)
+    quantized = litert.quantizes(options)
+    report = {"precision": "quantized" if quantized else "float32"}
+    tolerances = litert.quantized_tolerances() if quantized else {}
+    check = lambda cs: litert.check(staged, cs)  # noqa: E731
+    if large:
+        return _Converted(report, check, tolerances,
+                          _litert_after_release(built, serving, staged, model_name, options, build, scratch_dir,
+                                                release_memory))
     try:
         flatbuffer, converter = _litert_flatbuffer(built, serving, options, model_name)
     except ExportError as e:
@@ -288,6 +333,52 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
     del flatbuffer
     peak_memory.mark("LiteRT write")
     litert.read_signature(staged, serving, model_name)
-    quantized = litert.quantizes(options)
-    report = {"converter": converter, "precision": "quantized" if quantized else "float32"}
-    return report, lambda cs: litert.check(staged, cs), litert.quantized_tolerances() if quantized else {}
+    return _Converted({"converter": converter, **report}, check, tolerances)
+
+
+def _litert_after_release(built, serving, staged: str, model_name: str, options: dict[str, Any], build,
+                          scratch_dir: str, release_memory: Callable[[], None]) -> Callable[[], dict[str, Any]]:
+    """Saves the trace LiteRT converts as a SavedModel now; returns its
+    conversion, to run once the model is released: the TFLite converter
+    converts a traced function through a SavedModel anyway, and its copies of
+    the weights (about 3x) then do not sit beside the model's.
+
+    The returned function holds no reference to the model; it traces it again
+    (`build`) only for a conversion that left an exact GELU unfused, and frees
+    it (`release_memory`) before converting again.
+    """
+    from servekit.formats import litert
+
+    saved_model = os.path.join(scratch_dir, "litert_saved_model")
+    concrete = built.signatures[serving.name]
+    cause = litert.likely_cause(concrete)
+    weight_bytes = _variable_bytes(built)
+    litert.save_for_conversion(concrete, built.root, saved_model)
+    del built, concrete
+    peak_memory.mark("LiteRT's SavedModel")
+
+    def convert() -> tuple[bytes, str]:
+        return litert.convert(litert.from_saved_model(saved_model), options, model_name,
+                              likely_cause=lambda: cause, weight_bytes=weight_bytes)
+
+    def finish() -> dict[str, Any]:
+        try:
+            flatbuffer, converter = convert()
+        except ExportError as e:
+            if not litert.unfused_gelu(e):
+                raise
+            retraced = build(builtin_ops=True, unfused_gelu=True)
+            shutil.rmtree(saved_model)
+            litert.save_for_conversion(retraced.signatures[serving.name], retraced.root, saved_model)
+            del retraced
+            release_memory()
+            peak_memory.mark("LiteRT's SavedModel, traced again with exact GELUs written out")
+            flatbuffer, converter = convert()
+        peak_memory.mark("LiteRT conversion")
+        litert.write(flatbuffer, staged, serving, model_name)
+        del flatbuffer
+        peak_memory.mark("LiteRT write")
+        litert.read_signature(staged, serving, model_name)
+        return {"converter": converter}
+
+    return finish

@@ -251,6 +251,7 @@ def _write_in_this_process(tmp_path, monkeypatch, formats, expected_offset=0.0):
     from servekit import _write
     from servekit import saved_model as sk_sm
     from servekit import verification
+    from servekit.formats import litert
     from servekit.pipeline.cases import Case
 
     monkeypatch.setattr(_write, "FREE_BEFORE_CHECKING_BYTES", 0)
@@ -276,6 +277,12 @@ def _write_in_this_process(tmp_path, monkeypatch, formats, expected_offset=0.0):
             events.append(_name)
             return _check(path, cases, **options)
         monkeypatch.setattr(verification, name, check)
+
+    def convert_to_litert(*args, _convert=litert.convert, **kwargs):
+        gc.collect()
+        events.append("convert to LiteRT: %d models alive" % sum(ref() is not None for ref in models))
+        return _convert(*args, **kwargs)
+    monkeypatch.setattr(litert, "convert", convert_to_litert)
     outputs = {fmt: str(tmp_path / fmt) for fmt in formats}
     reports = _write.write_and_verify(
         build, outputs=outputs, cases=[Case("serving_default", 3, {"features": x}, {"logits": expected})],
@@ -291,6 +298,46 @@ def test_a_large_model_is_freed_before_its_artifacts_are_checked(tmp_path, monke
     assert events == ["build", "release: 0 models alive", "check_saved_model", "release: 0 models alive",
                       "check_onnx", "release: 0 models alive"]
     assert [c["artifact"] for c in reports["onnx"]["comparisons"]] == ["tf_saved_model", "onnx"]
+
+
+def test_a_large_model_is_converted_to_litert_once_it_is_freed(tmp_path, monkeypatch):
+    # The TFLite converter's copies of the weights (about 3x) no longer sit beside the
+    # model's: the trace is saved, the model freed, then the SavedModel converted.
+    reports, events = _write_in_this_process(tmp_path, monkeypatch, ("tf_saved_model", "litert"))
+    assert all(r["ok"] for r in reports.values()), reports
+    assert events[:5] == ["build", "release: 0 models alive", "convert to LiteRT: 0 models alive",
+                          "release: 0 models alive", "check_saved_model"]
+    assert reports["litert"]["converter"] == "tflite_converter"
+    assert [c["artifact"] for c in reports["litert"]["comparisons"]] == ["tf_saved_model", "litert"]
+
+
+def test_a_large_model_is_traced_again_for_litert_after_its_release(tmp_path, monkeypatch):
+    # An exact and a tanh GELU of one tensor: the converter leaves the exact one unfused,
+    # and the export worker traces the model again with it written out (`builtin_trace`),
+    # after the model it held was freed and the first conversion failed.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from servekit import _write, peak_memory
+
+    trace = tmp_path / "memory.jsonl"
+    monkeypatch.setenv(_write.FREE_BEFORE_CHECKING_ENV, "0")
+    monkeypatch.setenv(peak_memory.TRACE_ENV, str(trace))
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((6,), name="features")
+    hidden = keras.layers.Dense(8, name="hidden")(inputs)
+    exact = keras.layers.Activation("gelu", name="exact")(hidden)
+    tanh = keras.layers.Lambda(lambda t: keras.ops.gelu(t, approximate=True), name="tanh")(hidden)
+    model = keras.Model(inputs, {"exact": exact, "tanh": tanh}, name="two_gelus")
+    path = tmp_path / "two_gelus.tflite"
+    servekit.export(model, path, format="litert", verbose=False)
+    stages = [json.loads(line)["stage"] for line in trace.read_text().splitlines()]
+    worker = stages[stages.index("LiteRT's SavedModel"):]
+    assert worker[:5] == ["LiteRT's SavedModel", "release the model", "rebuild",
+                          "LiteRT's SavedModel, traced again with exact GELUs written out", "LiteRT conversion"]
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype("float32")
+    got = Interpreter(model_path=str(path)).get_signature_runner("serving_default")(features=x)
+    for name, value in model(x).items():
+        np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(value), atol=1e-5, rtol=0)
 
 
 def test_a_failing_saved_model_fails_every_format_converted_from_its_trace(tmp_path, monkeypatch):

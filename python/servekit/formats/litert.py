@@ -59,6 +59,7 @@ too, and of `litert_torch.convert`'s arguments (`TORCH_ARGUMENTS`):
 from __future__ import annotations
 
 import contextlib
+import gc
 import mmap
 import re
 import struct
@@ -387,30 +388,53 @@ def _check_no_wide_tensors(flatbuffer: bytes, model_name: str) -> None:
                           reason="bad_argument")
 
 
-def from_concrete(concrete, root):
-    """A converter factory for `convert`, on a traced serving function.
-
-    The converter saves `root` with the function and converts the
-    initializers of every lookup table `root` tracks, used or not. A function
+def _converted_root(concrete, root):
+    """What the converter saves with a traced serving function: `root`, whose
+    lookup tables' initializers it converts, used or not; or, for a function
     that looks nothing up (the builtin trace writes integer tables as
-    comparisons) is converted with its variables alone: its model's tables
-    would bring their initializers in as Flex ops LiteRT cannot run.
-    """
+    comparisons), the function's variables alone: its model's tables would
+    bring their initializers in as Flex ops LiteRT cannot run."""
     import tensorflow as tf
 
     from servekit.formats.builtin_trace import traced_nodes
 
-    if not any(node.op.startswith("LookupTable") for node in traced_nodes(concrete)):
-        root = tf.Module()
-        root.variables_of_the_function = list(concrete.variables)
-    return lambda: tf.lite.TFLiteConverter.from_concrete_functions([concrete], root)
+    if any(node.op.startswith("LookupTable") for node in traced_nodes(concrete)):
+        return root
+    variables_only = tf.Module()
+    variables_only.variables_of_the_function = list(concrete.variables)
+    return variables_only
+
+
+def from_concrete(concrete, root):
+    """A converter factory for `convert`, on a traced serving function (the
+    converter saves it with `_converted_root(concrete, root)` in a SavedModel
+    of its own, and converts that)."""
+    import tensorflow as tf
+
+    converted_root = _converted_root(concrete, root)
+    return lambda: tf.lite.TFLiteConverter.from_concrete_functions([concrete], converted_root)
+
+
+def save_for_conversion(concrete, root, path: str) -> None:
+    """Saves what `from_concrete` would convert as a SavedModel at `path`, its
+    function as the `serving_default` signature, for `from_saved_model`."""
+    import tensorflow as tf
+
+    tf.saved_model.save(_converted_root(concrete, root), path, signatures={"serving_default": concrete})
 
 
 def from_saved_model(path: str):
     """A converter factory for `convert`, on a SavedModel's serving signature."""
     import tensorflow as tf
 
-    return lambda: tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
+    def make_converter():
+        converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
+        # It loads the SavedModel in Python to read its signatures and drops it in
+        # reference cycles: collected now, its weights are not held through the conversion.
+        gc.collect()
+        return converter
+
+    return make_converter
 
 
 # Field offsets in the vtables of LiteRT's schema (`ai_edge_litert.schema_py_generated`; a
