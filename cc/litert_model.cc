@@ -47,6 +47,16 @@ constexpr int64_t kSizedByTheRun = -2;
 // output a model this machine kind runs produces (it would not fit in memory).
 constexpr size_t kRunSizedOutputBytes = size_t{64} << 30;
 
+// How many leading bytes of each output's buffer are marked before a run (RunChecked).
+constexpr size_t kMarkedBytes = 64;
+
+// The elements of `shape`, or 0 when a dim is negative.
+size_t NumElementsOr0(const Shape& shape) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= d >= 0 ? static_cast<size_t>(d) : 0;
+  return n;
+}
+
 struct Unmap {
   size_t bytes = 0;
   void operator()(void* base) const { munmap(base, bytes); }
@@ -278,6 +288,8 @@ struct LiteRtModel::Runtime {
   std::vector<Tensor*> written;   // per output: the caller's tensor of the current call
   std::vector<char> copy_out;     // per output: whether LiteRT wrote it into servekit's buffer
   LastCall last;
+  // Set once a run left an output unwritten (RunChecked): every later call fails so.
+  std::string unrunnable;
   bool ready = false;  // every buffer is bound for the inputs' current addresses and shapes
 };
 
@@ -544,6 +556,7 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
   Runtime& rt = *runtime_;
   std::lock_guard<std::mutex> lock(rt.mutex);
   rt.last.valid = false;
+  if (!rt.unrunnable.empty()) return Unimplemented(rt.unrunnable);
   // The common case first: the same input buffers and shapes as the last call, so
   // every LiteRT buffer is bound already and only copied inputs need this call's bytes.
   bool bound_already = rt.ready;
@@ -586,16 +599,62 @@ Status LiteRtModel::RunChecked(size_t endpoint_index, const std::vector<const Te
     rt.written[k] = out;
     rt.copy_out[k] = target == bound.scratch.get();
   }
-  LiteRtStatus st = LiteRtRunCompiledModel(rt.compiled.get(), 0, rt.input_handles.size(), rt.input_handles.data(),
-                                           rt.output_handles.size(), rt.output_handles.data());
-  if (st != kLiteRtStatusOk) {
-    return Failed(StatusCode::kInternal, path() + " endpoint '" + signature.name + "'", "LiteRtRunCompiledModel", st);
+  // The run, with the first bytes of each output's buffer marked: a kernel that makes
+  // its output a dynamic tensor (a Reshape or transposed convolution to a shape computed
+  // in the graph) writes it into LiteRT's own memory instead, leaves the buffer as it
+  // was, and LiteRT says nothing (later runs then fail). A buffer still marked after the
+  // run is marked again otherwise and the model run again, so that an output that
+  // happens to equal the mark is not taken for one left unwritten.
+  const std::string where = path() + " endpoint '" + signature.name + "'";
+  std::vector<Shape> ran;  // every output's shape, as the run made it (run-sized models only)
+  auto output_bytes = [&](size_t k) -> std::pair<unsigned char*, size_t> {
+    if (rt.run_sized[k]) {
+      const size_t bytes = ran.empty() ? kMarkedBytes : NumElementsOr0(ran[k]) * DTypeSize(signature.outputs[k].dtype);
+      return {static_cast<unsigned char*>(rt.outputs[k].run_sized.get()), bytes};
+    }
+    Tensor* out = rt.written[k];
+    void* data = rt.copy_out[k] ? rt.outputs[k].scratch.get() : out->mutable_data();
+    return {static_cast<unsigned char*>(data), out->byte_size()};
+  };
+  auto run_marked = [&](unsigned char mark) -> StatusOr<int> {
+    ran.clear();
+    for (size_t k = 0; k < signature.outputs.size(); ++k) {
+      const auto [data, bytes] = output_bytes(k);
+      std::memset(data, mark, std::min(bytes, kMarkedBytes));
+    }
+    LiteRtStatus st = LiteRtRunCompiledModel(rt.compiled.get(), 0, rt.input_handles.size(),
+                                             rt.input_handles.data(), rt.output_handles.size(),
+                                             rt.output_handles.data());
+    if (st != kLiteRtStatusOk) return Failed(StatusCode::kInternal, where, "LiteRtRunCompiledModel", st);
+    if (rt.any_run_sized) {
+      SERVEKIT_RETURN_IF_ERROR(ShapesOfTheRun(rt.compiled.get(), signature, where, &ran));
+    }
+    for (size_t k = 0; k < signature.outputs.size(); ++k) {
+      const auto [data, bytes] = output_bytes(k);
+      const size_t marked = std::min(bytes, kMarkedBytes);
+      if (marked > 0 && std::all_of(data, data + marked, [mark](unsigned char b) { return b == mark; })) {
+        return static_cast<int>(k);
+      }
+    }
+    return -1;
+  };
+  SERVEKIT_ASSIGN_OR_RETURN(int unwritten, run_marked(0xA5));
+  if (unwritten >= 0) {
+    // Run again marked otherwise: a run after one that left an output in LiteRT's
+    // memory fails (measured), and one whose output merely equals the mark writes it.
+    StatusOr<int> again = run_marked(0x5A);
+    if (again.ok() && *again < 0) unwritten = -1;
+  }
+  if (unwritten >= 0) {
+    const TensorSpec& spec = signature.outputs[unwritten];
+    rt.unrunnable = where + ": LiteRT's run left output '" + spec.name + "' (" + SpecToString(spec) +
+                    ") unwritten: its kernel makes it a dynamic tensor in LiteRT's own memory (a Reshape or "
+                    "transposed convolution to a shape computed in the graph), which LiteRT's C API does not hand "
+                    "back. The model runs in ai_edge_litert (Python), which verified it at export";
+    return Unimplemented(rt.unrunnable);
   }
   bool into_callers = !rt.any_run_sized;
   if (rt.any_run_sized) {
-    const std::string where = path() + " endpoint '" + signature.name + "'";
-    std::vector<Shape> ran;
-    SERVEKIT_RETURN_IF_ERROR(ShapesOfTheRun(rt.compiled.get(), signature, where, &ran));
     for (size_t k = 0; k < ran.size(); ++k) {
       if (!rt.run_sized[k]) continue;
       SERVEKIT_ASSIGN_OR_RETURN(Tensor * out, outputs->Writable(k, signature.outputs[k].dtype, ran[k]));

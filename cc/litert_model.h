@@ -14,7 +14,11 @@
 // dynamic dim (a sequence's length, a U-Net's image sides) is sized only by the run
 // itself: its kernels write it into a reservation of address space it cannot
 // outgrow, its shape is read back after the run, and it is copied out (LiteRT's
-// layouts before a run are the last run's: litert_model.cc). LiteRT writes an output straight
+// layouts before a run are the last run's: litert_model.cc). Each run marks the first
+// bytes of every output buffer: an output whose kernel keeps it in LiteRT's own memory
+// (a Reshape or transposed convolution to a shape computed in the graph) leaves its
+// buffer marked, and the model fails every call with an error saying so rather than
+// return the buffer as it was. LiteRT writes an output straight
 // into the caller's tensor when RunInto was handed back one it may overwrite, else
 // into a buffer of servekit's, copied into a new tensor. LiteRT tensor buffers stay
 // bound between calls: a caller feeding the same buffers with the same shapes again

@@ -1,7 +1,8 @@
 // LiteRtModel on the fixture's formats/model.tflite: signature, runs at several batch
 // sizes (resizes), misaligned feeds, concurrency, error paths (missing, empty,
 // truncated or foreign files, bad feeds); on dynamic.tflite, outputs whose dims other
-// than the batch only LiteRT's run sizes.
+// than the batch only LiteRT's run sizes; on unwritten.tflite, an output LiteRT's run
+// keeps in its own memory.
 #include "cc/litert_model.h"
 
 #include <algorithm>
@@ -345,6 +346,21 @@ TEST_F(LiteRtDynamicOutputsTest, BareLoopRuns) {
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   ExpectOutputs(x, *out);
   EXPECT_TRUE((*loop)->RunOnce().ok());
+}
+
+TEST(LiteRtUnwrittenOutputTest, AnOutputLiteRtKeepsToItselfIsAClearErrorEveryTime) {
+  // unwritten.tflite: rows = reshape(x, [n, 2, 2]) with n read from x's shape. LiteRT's
+  // run leaves the buffer bound to it as it was (zeros, the first time), then fails.
+  auto model = LiteRtModel::Load(testing::FixturePath("unwritten.tflite"), LoadOptions{});
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const Tensor x = Floats({2, 4}, {1, 2, 3, 4, 5, 6, 7, 8});
+  for (int call = 0; call < 2; ++call) {
+    auto out = (*model)->Run("serving_default", {{"x", x}});
+    ASSERT_FALSE(out.ok()) << "call " << call << " returned " << (*out)[0].tensor.Describe();
+    EXPECT_EQ(out.status().code(), StatusCode::kUnimplemented) << out.status().ToString();
+    EXPECT_NE(out.status().message().find("left output 'rows' (float32[?,2,2]) unwritten"), std::string::npos)
+        << out.status().ToString();
+  }
 }
 
 TEST(LiteRtModelLoadTest, LoadModelDetectsTheTflite) {

@@ -18,6 +18,8 @@ DIR receives the layout of docs/manifest.md:
     dynamic.tflite  LiteRT, outputs with dynamic dims other than the batch (not in the
                     manifest): x float32[?,?,3] -> scaled = x * 2 + 1 float32[?,?,3],
                     total = sum(x, -1) float32[?,?]
+    unwritten.tflite  LiteRT, an output its run keeps in LiteRT's own memory (not in
+                    the manifest): x float32[?,4] -> rows = reshape(x, [n, 2, 2])
     reference/      .npy inputs and outputs computed with NumPy
     random/         a second export, of endpoints that are not pure functions:
                       serving_default (SavedModel and ONNX, stochastic):
@@ -172,6 +174,20 @@ def write_dynamic_litert(path: str) -> None:
             return {"scaled": tf.tensordot(x, kernel, 1) + 1.0, "total": tf.reduce_sum(x, axis=-1)}
 
     module = Dynamic()
+    write_litert(path, module.serve.get_concrete_function(), module)
+
+
+def write_unwritten_litert(path: str) -> None:
+    """unwritten.tflite: an output LiteRT's run keeps in its own memory: a reshape
+    to a shape computed in the graph, which its kernel makes a dynamic tensor."""
+    import tensorflow as tf
+
+    class Unwritten(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"rows": tf.reshape(x, tf.stack([tf.shape(x)[0], 2, 2]))}
+
+    module = Unwritten()
     write_litert(path, module.serve.get_concrete_function(), module)
 
 
@@ -385,6 +401,7 @@ def main() -> int:
     write_onnx(os.path.join(out, "model.onnx"))
     write_extra_onnx(os.path.join(out, "extra.onnx"))
     write_dynamic_litert(os.path.join(out, "dynamic.tflite"))
+    write_unwritten_litert(os.path.join(out, "unwritten.tflite"))
 
     reference = []
 
