@@ -31,17 +31,29 @@ def _tokens_model() -> keras.Model:
 
 
 def _unet() -> keras.Model:
+    # Images of any size: LiteRT's shape propagation sizes these outputs before the run.
     layers = keras.layers
     keras.utils.set_random_seed(2)
     image = keras.Input((None, None, 3), name="image")
     skip = layers.Conv2D(4, 3, padding="same")(image)
-    deep = layers.Conv2D(4, 3, padding="same")(layers.MaxPooling2D()(skip))
+    deep = layers.Conv2D(4, 3, padding="same", activation="relu")(layers.MaxPooling2D()(skip))
     merged = layers.Concatenate()([skip, layers.UpSampling2D()(deep)])
-    return keras.Model(image, layers.Conv2D(2, 1, activation="sigmoid", name="mask")(merged), name="unet")
+    return keras.Model(image, layers.Conv2D(2, 1, name="mask")(merged), name="unet")
+
+
+def _reshaped() -> keras.Model:
+    # Only the batch is dynamic, but Keras's Reshape reshapes to (batch, 2, 4) with the
+    # batch read from the input: LiteRT's kernel kept such an output in its own memory
+    # until the LiteRT trace made the shape constant (`builtin_trace`).
+    keras.utils.set_random_seed(3)
+    features = keras.Input((6,), name="features")
+    return keras.Model(features, keras.layers.Reshape((2, 4), name="pairs")(keras.layers.Dense(8)(features)),
+                       name="reshaped")
 
 
 MODELS = {"tokens_model": (_tokens_model, {"tokens": (3, 23, 8)}),
-          "unet": (_unet, {"image": (2, 20, 14, 3)})}
+          "unet": (_unet, {"image": (2, 20, 14, 3)}),
+          "reshaped": (_reshaped, {"features": (5, 6)})}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -65,7 +77,8 @@ def test_the_native_runner_follows_sizes_no_reference_has(export):
     rng = np.random.default_rng(0)
     name, shape = next(iter(new_shapes.items()))
     # A new size, a smaller one, then the first again: each run's outputs are its own.
-    for size in (shape, (1, *(max(2, d // 4) * 2 for d in shape[1:-1]), shape[-1]), shape):
+    smaller = (1, *(max(2, d // 4) * 2 for d in shape[1:-1]), shape[-1]) if len(shape) > 2 else (1, shape[-1])
+    for size in (shape, smaller, shape):
         x = rng.standard_normal(size).astype("float32")
         got = loaded.run("serving_default", {name: x})
         want = model(x, training=False)
@@ -74,3 +87,18 @@ def test_the_native_runner_follows_sizes_no_reference_has(export):
         for key, value in want.items():
             np.testing.assert_allclose(got[key], keras.ops.convert_to_numpy(value), atol=2e-5, rtol=0,
                                        err_msg=f"{key} at {size}")
+
+
+def test_an_output_litert_keeps_to_itself_is_a_clear_error(tmp_path):
+    # A transposed convolution to sides computed from images of any size: LiteRT's kernel
+    # makes its output a dynamic tensor in its own memory, which LiteRT's C API does not
+    # hand back. The native runner says so; it never returns the buffer as it was.
+    keras.utils.set_random_seed(5)
+    image = keras.Input((None, None, 3), name="image")
+    encoded = keras.layers.Conv2D(4, 3, strides=2, padding="same")(image)
+    mask = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same", name="mask")(encoded)
+    manifest = build_tool.build_export(keras.Model(image, mask, name="encoder_decoder"), tmp_path / "export",
+                                       "encoder_decoder_tensorflow", "tensorflow", formats=("litert",))
+    report = native.validate(str(manifest), "litert")
+    assert not report.passed
+    assert "LiteRT's run left output 'mask' (float32[?,?,?,2]) unwritten" in report.to_text()

@@ -98,6 +98,15 @@ with each written another way, for a format whose trace has them
   shape is not fully known is a gather of `range(n * repeats) // repeats`
   along it, whose result keeps every static dim; exact.
 
+- `Reshape` to a shape computed in the graph with one dim unknown while
+  tracing (LiteRT): Keras's `Reshape` and `Flatten` reshape to
+  `(batch, ...)` with the batch read from the input's shape. LiteRT's kernel
+  then makes its output a dynamic tensor, sized while it runs in LiteRT's own
+  memory; as a model's output, LiteRT's C API never writes it into the buffer
+  bound to it (the native verifier found zeros, then failed runs). In this
+  trace such a reshape is to a constant shape with -1 for the unknown dim,
+  whose output LiteRT sizes before the run; the same values.
+
 One rewrite is asked for only after a conversion failed, since it undoes a
 fusion the converter usually makes (`builtin_ops(unfused_gelu=True)`):
 
@@ -125,7 +134,7 @@ _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", 
                   "onnx": ("Cumprod", *_RESAMPLING)}
 
 
-def _unconvertible(node, fmt: str) -> bool:
+def _unconvertible(node, fmt: str, constants: frozenset = frozenset()) -> bool:
     from tensorflow.core.framework import types_pb2
 
     if node.op.startswith(_UNCONVERTIBLE.get(fmt, ())):
@@ -136,6 +145,8 @@ def _unconvertible(node, fmt: str) -> bool:
         return node.attr["new_axis_mask"].i != 0
     if node.op == "Reshape" and any(scope.startswith("Repeat") for scope in node.name.split("/")[:-1]):
         return _partly_static(node)
+    if node.op == "Reshape" and node.input[1].split(":")[0] not in constants:
+        return _unknown_dims(node) == 1
     if node.op == "Erf":
         return node.attr["T"].type == types_pb2.DT_FLOAT
     if node.op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
@@ -154,6 +165,20 @@ def _partly_static(node) -> bool:
         return False
     sizes = [d.size for d in shapes[0].dim]
     return any(size < 0 for size in sizes) and any(size >= 0 for size in sizes)
+
+
+def _unknown_dims(node) -> int:
+    """How many dims of a traced node's (first) output tracing left unknown
+    (0 when it did not infer the shape)."""
+    shapes = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else ()
+    if not shapes or shapes[0].unknown_rank:
+        return 0
+    return sum(d.size < 0 for d in shapes[0].dim)
+
+
+def _any_unconvertible(nodes: list, fmt: str) -> bool:
+    constants = frozenset(node.name for node in nodes if node.op == "Const")
+    return fmt in _UNCONVERTIBLE and any(_unconvertible(node, fmt, constants) for node in nodes)
 
 
 def traced_nodes(concrete) -> list:
@@ -176,13 +201,13 @@ def saved_model_nodes(path: str) -> list:
 
 def needs_builtin_trace_of_saved_model(path: str, fmt: str) -> bool:
     """`needs_builtin_trace` of the functions a SavedModel holds."""
-    return fmt in _UNCONVERTIBLE and any(_unconvertible(node, fmt) for node in saved_model_nodes(path))
+    return _any_unconvertible(saved_model_nodes(path), fmt)
 
 
 def needs_builtin_trace(concrete, fmt: str) -> bool:
     """Whether the traced function (or a function it calls) has an op the
     converter of `fmt` cannot take and a builtin trace writes another way."""
-    return fmt in _UNCONVERTIBLE and any(_unconvertible(node, fmt) for node in traced_nodes(concrete))
+    return _any_unconvertible(traced_nodes(concrete), fmt)
 
 
 @contextlib.contextmanager
@@ -193,8 +218,9 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     rational function, `cumprod` as a scan of products, integer tables as
     comparisons, bicubic, area and lanczos resizing as matmuls, grouped
     dilated convolutions with a `dilations` attribute, eyes as constants,
-    int8 products in float32, repeats of tensors of unknown shape as gathers
-    (the module docstring says why).
+    int8 products in float32, repeats of tensors of unknown shape as gathers,
+    reshapes to one unknown dim as reshapes to a constant shape (the module
+    docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`).
 
@@ -208,7 +234,7 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
             _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
             _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
             _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
-            _repeats_of_unknown_shapes_as_gathers(), \
+            _repeats_of_unknown_shapes_as_gathers(), _reshapes_to_one_unknown_dim_as_constant_shapes(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
 
@@ -228,6 +254,24 @@ def _repeats_of_unknown_shapes_as_gathers() -> contextlib.AbstractContextManager
         return tf.gather(x, tf.range(size * repeats) // repeats, axis=axis)
 
     return patching.replaced(tf_numpy, repeat=repeat)
+
+
+def _reshapes_to_one_unknown_dim_as_constant_shapes() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original = tf_numpy.reshape
+
+    def reshape(x, newshape):
+        if isinstance(newshape, (list, tuple)):
+            sizes = [d if isinstance(d, int) else tf.get_static_value(d) for d in newshape]
+            unknown = [i for i, d in enumerate(sizes) if d is None]
+            if len(unknown) == 1 and all(d is None or int(d) > 0 for d in sizes):
+                sizes[unknown[0]] = -1
+                return original(x, tuple(int(d) for d in sizes))
+        return original(x, newshape)
+
+    return patching.replaced(tf_numpy, reshape=reshape)
 
 
 def _int8_products_in_float32() -> contextlib.AbstractContextManager[None]:
