@@ -107,6 +107,14 @@ with each written another way, for a format whose trace has them
   trace such a reshape is to a constant shape with -1 for the unknown dim,
   whose output LiteRT sizes before the run; the same values.
 
+- A transposed convolution to a shape computed in the graph (LiteRT):
+  Keras's `Conv1D/2D/3DTranspose` compute their output shape from the
+  input's whenever a dim is unknown (a dynamic batch is enough), and LiteRT's
+  kernel makes that output a dynamic tensor, as above (an autoencoder's or a
+  generator's image: the native verifier found it unwritten). In this trace
+  the convolution is followed by `maximum(y, -inf)`, which is `y` (NaN and
+  -inf included) and which LiteRT sizes from its input before writing it.
+
 One rewrite is asked for only after a conversion failed, since it undoes a
 fusion the converter usually makes (`builtin_ops(unfused_gelu=True)`):
 
@@ -147,6 +155,8 @@ def _unconvertible(node, fmt: str, constants: frozenset = frozenset()) -> bool:
         return _partly_static(node)
     if node.op == "Reshape" and node.input[1].split(":")[0] not in constants:
         return _unknown_dims(node) == 1
+    if node.op in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):
+        return node.input[0].split(":")[0] not in constants
     if node.op == "Erf":
         return node.attr["T"].type == types_pb2.DT_FLOAT
     if node.op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
@@ -219,8 +229,9 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     comparisons, bicubic, area and lanczos resizing as matmuls, grouped
     dilated convolutions with a `dilations` attribute, eyes as constants,
     int8 products in float32, repeats of tensors of unknown shape as gathers,
-    reshapes to one unknown dim as reshapes to a constant shape (the module
-    docstring says why).
+    reshapes to one unknown dim as reshapes to a constant shape, transposed
+    convolutions to computed shapes followed by an identity maximum (the
+    module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`).
 
@@ -235,6 +246,7 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
             _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
             _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
             _repeats_of_unknown_shapes_as_gathers(), _reshapes_to_one_unknown_dim_as_constant_shapes(), \
+            _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
 
@@ -272,6 +284,24 @@ def _reshapes_to_one_unknown_dim_as_constant_shapes() -> contextlib.AbstractCont
         return original(x, newshape)
 
     return patching.replaced(tf_numpy, reshape=reshape)
+
+
+def _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run(
+) -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    original = tf_nn.conv_transpose
+
+    def conv_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None, data_format=None,
+                       dilation_rate=1):
+        outputs = original(inputs, kernel, strides, padding, output_padding, data_format, dilation_rate)
+        if outputs.shape.is_fully_defined():
+            return outputs
+        # max(y, -inf) is y, NaN and -inf included; LiteRT sizes it from its input.
+        return tf.maximum(outputs, tf.constant(-float("inf"), outputs.dtype))
+
+    return patching.replaced(tf_nn, conv_transpose=conv_transpose)
 
 
 def _int8_products_in_float32() -> contextlib.AbstractContextManager[None]:
