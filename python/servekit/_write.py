@@ -106,9 +106,10 @@ def _write_and_verify(
     its check, so the weights are resident once: in the model or in the
     artifact being checked. Such a model's LiteRT flatbuffer is converted
     after the release too, from the SavedModel of its trace, so that the
-    converter's copies of the weights do not sit beside the model's. The SavedModel, when written, is checked first:
-    if it fails, so does every format converted from its trace (an error
-    while converting is raised only after the SavedModel passed). Asked for
+    converter's copies of the weights do not sit beside the model's. The
+    SavedModel, when written, is checked first: if it fails, so does every
+    format converted from its trace (an error while converting is raised
+    only after the SavedModel passed). Asked for
     converted formats only, a failing one makes `build` trace the model
     again to write a SavedModel twin in `scratch_dir` and check it, to tell
     a wrong trace from a wrong conversion.
