@@ -266,16 +266,10 @@ def _builtin_trace(built, serving, fmt: str, build, unfused_gelu: bool = False):
     what it cannot take written another way (`servekit.formats.builtin_trace`;
     with `unfused_gelu`, always, exact GELUs included)."""
     from servekit.formats import builtin_trace
-    from servekit.source_model import recurrences
 
     if not unfused_gelu and not builtin_trace.needs_builtin_trace(built.signatures[serving.name], fmt):
         return built
-    try:
-        return build(builtin_ops=True, unfused_gelu=unfused_gelu)
-    except ValueError as e:  # a recurrence of unknown length: the first trace, whose conversion error says why
-        if not recurrences.cannot_unroll(e):
-            raise
-        return built
+    return build(builtin_ops=True, unfused_gelu=unfused_gelu)
 
 
 def _litert_flatbuffer(built, serving, options: dict[str, Any], model_name: str) -> tuple[bytes, str]:

@@ -439,16 +439,17 @@ def test_litert_runs_recurrent_layers_unrolled(tmp_path):
     _check_recurrent_litert(model, path)
 
 
-def _check_recurrent_litert(model, path):
+def _check_recurrent_litert(model, path, lengths=(7,)):
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=path).get_signature_runner("serving_default")
     rng = np.random.default_rng(3)
-    for batch in (1, 4):
-        ids = rng.integers(1, 12, size=(batch, 7)).astype("int32")
-        ids[0, 4:] = 0  # padding, masked
-        want = np.asarray(keras.ops.convert_to_numpy(model(ids, training=False)))
-        np.testing.assert_allclose(runner(token_ids=ids)["logits"], want, atol=1e-5)
+    for length in lengths:
+        for batch in (1, 4):
+            ids = rng.integers(1, 12, size=(batch, length)).astype("int32")
+            ids[0, length // 2 + 1:] = 0  # padding, masked
+            want = np.asarray(keras.ops.convert_to_numpy(model(ids, training=False)))
+            np.testing.assert_allclose(runner(token_ids=ids)["logits"], want, atol=1e-5, err_msg=f"{batch}x{length}")
 
 
 def test_the_builtin_trace_traces_the_model_the_worker_already_holds(tmp_path, monkeypatch):
@@ -660,9 +661,30 @@ def test_litert_names_flex_ops_that_fail_only_once_inputs_are_sized(tmp_path):
     assert not path.exists()
 
 
-def test_litert_refuses_a_recurrence_of_unknown_length(tmp_path):
-    with pytest.raises(ExportError, match=r"static length \(keras.Input\(shape=\(steps, features\)\)\)"):
-        servekit.export(_recurrent_model(steps=None), str(tmp_path / "rnn.tflite"), format="litert", verbose=False)
+@pytest.mark.parametrize("strategy", ["auto", "in_process"])
+def test_litert_runs_recurrent_layers_over_sequences_of_any_length(tmp_path, strategy):
+    # Refused before: Keras's loop over a sequence of unknown length holds its steps in
+    # TensorLists, which LiteRT's runtime cannot run. The LiteRT trace loops over tensors
+    # (masked, bidirectional and backwards layers included), all built-in ops.
+    if strategy == "in_process" and BACKEND != "tensorflow":
+        pytest.skip("the in-process road to LiteRT is TensorFlow's")
+    model = _recurrent_model(steps=None)
+    path = str(tmp_path / "rnn.tflite")
+    servekit.export(model, path, format="litert", strategy=strategy, verbose=False)
+    ops = _litert_ops(path)
+    assert "WHILE" in ops and not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
+    assert "READ_VARIABLE" not in ops, ops  # the weights are constants in the loop too
+    _check_recurrent_litert(model, path, lengths=(1, 7, 30))
+
+
+def test_litert_names_a_loop_of_unknown_length_it_cannot_run(tmp_path):
+    # A loop of keras.ops over a length unknown while tracing holds its steps in TensorLists.
+    frames = keras.Input(shape=(None, 3), name="frames")
+    running = keras.layers.Lambda(lambda x: keras.ops.swapaxes(keras.ops.scan(
+        lambda total, step: (total + step, total + step), keras.ops.zeros_like(x[:, 0]),
+        keras.ops.swapaxes(x, 0, 1))[1], 0, 1))(frames)
+    with pytest.raises(ExportError, match=r"FlexTensorList.*a loop of keras.ops"):
+        servekit.export(keras.Model(frames, running), str(tmp_path / "scan.tflite"), format="litert", verbose=False)
     assert os.listdir(tmp_path) == []
 
 

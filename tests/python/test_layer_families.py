@@ -42,10 +42,8 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "torch": "
 _REFUSED_EVERYWHERE = {
     ("openvino", "string_lookup"): "failed to convert HashTableV2, LookupTableFindV2",
     ("torch", "string_lookup"): "PyTorch programs hold no strings",
-    # A loop over a sequence of unknown length: LiteRT's runtime has no TensorList kernels
-    # (servekit unrolls loops of a fixed length), and Keras's torch RNNs loop in Python,
-    # which torch.export unrolls at the traced length.
-    ("litert", "variable_length_rnn"): "Give the sequence input a static length",
+    # A loop over a sequence of unknown length: Keras's torch RNNs loop in Python, which
+    # torch.export unrolls at the traced length.
     ("torch", "variable_length_rnn"): "torch.export fixes the dynamic dimension(s)",
 }
 EXPECTED_REFUSALS: dict[tuple[str, str, str], str] = {

@@ -62,10 +62,23 @@ def _encoder_decoder() -> keras.Model:
     return keras.Model(image, mask, name="encoder_decoder")
 
 
+def _sequence_tagger() -> keras.Model:
+    # Recurrent layers over sequences of any length: a `while` loop in LiteRT, its steps
+    # read and written without TensorLists (`servekit.source_model.recurrences`).
+    keras.utils.set_random_seed(6)
+    frames = keras.Input((None, 4), name="frames")
+    masked = keras.layers.Masking(0.0)(frames)
+    encoded = keras.layers.Bidirectional(keras.layers.LSTM(6, return_sequences=True))(masked)
+    per_step = keras.layers.Dense(3, name="per_step")(encoded)
+    last = keras.layers.GRU(5, go_backwards=True, name="last")(encoded)
+    return keras.Model(frames, {"per_step": per_step, "last": last}, name="sequence_tagger")
+
+
 MODELS = {"tokens_model": (_tokens_model, {"tokens": (3, 23, 8)}),
           "unet": (_unet, {"image": (2, 20, 14, 3)}),
           "reshaped": (_reshaped, {"features": (5, 6)}),
-          "encoder_decoder": (_encoder_decoder, {"image": (2, 20, 14, 3)})}
+          "encoder_decoder": (_encoder_decoder, {"image": (2, 20, 14, 3)}),
+          "sequence_tagger": (_sequence_tagger, {"frames": (3, 19, 4)})}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -6,7 +6,8 @@ built-in ops or OpenVINO's frontend, and the worker traces the model again,
 with each written another way, for a format whose trace has them
 (`needs_builtin_trace`):
 
-- A recurrent layer's loop over TensorLists (LiteRT): the layer is unrolled
+- A recurrent layer's loop over TensorLists (LiteRT): the layer is unrolled,
+  or over a sequence of unknown length looped over tensors
   (`servekit.source_model.recurrences`).
 - `Bitcast` (both): Keras's TensorFlow `signbit` reads the sign bit through
   an int32 bitcast, and `keras.ops.argmax` and `argmin` call it on float

@@ -685,10 +685,10 @@ def _needs_flex_error(path: str) -> ExportError:
     if bfloat16:
         why = " The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
     elif any(op.startswith("FlexTensorList") for op in flex):
-        why = (" TensorLists hold the steps of a loop whose length is not fixed: a recurrent layer (LSTM, GRU, "
-               "SimpleRNN), which servekit unrolls for LiteRT when its number of time steps is fixed, or a loop "
-               "of keras.ops (scan, while_loop). Give the sequence input a static length (keras.Input(shape=("
-               "steps, features))), or export format='onnx' or 'tf_saved_model'.")
+        why = (" TensorLists hold the steps of a loop whose length is not known while tracing: a loop of "
+               "keras.ops (scan, associative_scan, while_loop, fori_loop; servekit writes Keras's recurrent layers "
+               "without them). Give the sequence input a static length (keras.Input(shape=(steps, features))), "
+               "write the loop as a keras.layers.RNN cell, or export format='onnx' or 'tf_saved_model'.")
     else:
         why = (" Replace the layers that use them with ones LiteRT has built-in kernels for, or export "
                "format='onnx' or 'tf_saved_model'.")

@@ -8,8 +8,9 @@
 - `outputs`: the names and signatures of a model's outputs.
 - `sample_inputs`: deterministic inputs the model accepts, for verification.
 - `calls`: running the model on flat inputs, and `reference_outputs`.
-- `recurrences`: recurrent layers unrolled for the converters that cannot
-  take their loop (LiteRT, torch.export), in the workers too.
+- `recurrences`: recurrent layers traced step by step for the converters
+  that cannot take their loop (LiteRT, torch.export), in the workers too:
+  unrolled, or over a sequence of unknown length a loop without TensorLists.
 
 Everything here runs in the *source* process, on whatever Keras backend it
 uses, and never imports TensorFlow unless the backend is TensorFlow (or the

@@ -222,23 +222,15 @@ def _builtin_saved_model(request: ExportRequest, path: str, unfused_gelu: bool =
     """The SavedModel an OpenVINO IR or LiteRT model is converted from, traced as
     the worker traces these formats: with what their converters cannot take
     written another way (`servekit.formats.builtin_trace`; exact GELUs too
-    with `unfused_gelu`), recurrent layers unrolled for LiteRT when their
-    length is known."""
+    with `unfused_gelu`), recurrent layers traced step by step for LiteRT
+    (`servekit.source_model.recurrences`)."""
     from servekit.formats import builtin_trace
     from servekit.source_model import recurrences
 
     if request.kind == "archive":  # the caller's own traced endpoints
         return _saved_model(request, path)
-    if request.format == "litert":
-        try:
-            with builtin_trace.builtin_ops(unfused_gelu), recurrences.unrolled(request.source):
-                return _saved_model(request, path)
-        except ValueError as e:  # ExportError too
-            # A recurrence of unknown length: traced as a loop, whose conversion error says why.
-            if not recurrences.cannot_unroll(e):
-                raise
-        shutil.rmtree(path, ignore_errors=True)
-    with builtin_trace.builtin_ops(unfused_gelu):
+    recurrent = recurrences.for_converters(request.source) if request.format == "litert" else contextlib.nullcontext()
+    with builtin_trace.builtin_ops(unfused_gelu), recurrent:
         return _saved_model(request, path)
 
 

@@ -145,7 +145,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
             peak_memory.mark("rebuild")
         endpoints, tracked, collections = _endpoints_of(job, loaded)
         # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
-        with recurrences.unrolled(loaded) if builtin_ops else contextlib.nullcontext(), \
+        with recurrences.for_converters(loaded) if builtin_ops else contextlib.nullcontext(), \
                 builtin_trace.builtin_ops(unfused_gelu) if builtin_ops else contextlib.nullcontext(), \
                 backend_semantics.computed_as(job.source_backend):
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
