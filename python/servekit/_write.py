@@ -119,8 +119,8 @@ def _write_and_verify(
             what it returns holds the only reference to the model (a call
             while an earlier trace lives traces the same model again). It is
             called again only to blame a failure on the trace, and with
-            `builtin_ops=True` for the ONNX, LiteRT or OpenVINO model of a
-            trace they cannot take (`servekit.formats.builtin_trace`;
+            `builtin_trace_for=<format>` for the ONNX, LiteRT or OpenVINO model
+            of a trace they cannot take (`servekit.formats.builtin_trace`;
             `unfused_gelu=True` too for a LiteRT conversion that left an exact
             GELU unfused).
         outputs: format -> staging path (any of
@@ -269,7 +269,7 @@ def _builtin_trace(built, serving, fmt: str, build, unfused_gelu: bool = False):
 
     if not unfused_gelu and not builtin_trace.needs_builtin_trace(built.signatures[serving.name], fmt):
         return built
-    return build(builtin_ops=True, unfused_gelu=unfused_gelu)
+    return build(builtin_trace_for=fmt, unfused_gelu=unfused_gelu)
 
 
 def _litert_flatbuffer(built, serving, options: dict[str, Any], model_name: str) -> tuple[bytes, str]:
@@ -362,7 +362,7 @@ def _litert_after_release(built, serving, staged: str, model_name: str, options:
         except ExportError as e:
             if not litert.unfused_gelu(e):
                 raise
-            retraced = build(builtin_ops=True, unfused_gelu=True)
+            retraced = build(builtin_trace_for="litert", unfused_gelu=True)
             shutil.rmtree(saved_model)
             litert.save_for_conversion(retraced.signatures[serving.name], retraced.root, saved_model)
             del retraced

@@ -677,14 +677,50 @@ def test_litert_runs_recurrent_layers_over_sequences_of_any_length(tmp_path, str
     _check_recurrent_litert(model, path, lengths=(1, 7, 30))
 
 
-def test_litert_names_a_loop_of_unknown_length_it_cannot_run(tmp_path):
-    # A loop of keras.ops over a length unknown while tracing holds its steps in TensorLists.
+def _loops_of_keras_ops() -> keras.Model:
+    # A running sum and decay over time, forwards and backwards, and a per-example map:
+    # Keras's TensorFlow scan and map hold their steps in TensorLists (Flex ops in LiteRT).
+    # Each Lambda is a self-contained `lambda`: Keras saves a named function by its name only.
+    running = lambda x, reverse: keras.ops.swapaxes(keras.ops.subtract(*keras.ops.scan(  # noqa: E731
+        lambda carry, frame: ((carry[0] + frame, carry[1] * 0.5 + frame),) * 2,
+        (keras.ops.zeros_like(x[:, 0]), keras.ops.zeros_like(x[:, 0])), keras.ops.swapaxes(x, 0, 1),
+        reverse=reverse)[1]), 0, 1)
+
     frames = keras.Input(shape=(None, 3), name="frames")
-    running = keras.layers.Lambda(lambda x: keras.ops.swapaxes(keras.ops.scan(
-        lambda total, step: (total + step, total + step), keras.ops.zeros_like(x[:, 0]),
-        keras.ops.swapaxes(x, 0, 1))[1], 0, 1))(frames)
-    with pytest.raises(ExportError, match=r"FlexTensorList.*a loop of keras.ops"):
-        servekit.export(keras.Model(frames, running), str(tmp_path / "scan.tflite"), format="litert", verbose=False)
+    forwards = keras.layers.Lambda(running, arguments={"reverse": False}, name="forwards")(frames)
+    backwards = keras.layers.Lambda(running, arguments={"reverse": True}, name="backwards")(frames)
+    energy = keras.layers.Lambda(lambda x: keras.ops.map(lambda clip: keras.ops.sum(clip * clip, axis=-1), x),
+                                 name="energy")(frames)
+    return keras.Model(frames, {"forwards": forwards, "backwards": backwards, "energy": energy})
+
+
+def test_litert_runs_scans_and_maps_of_any_length(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _loops_of_keras_ops()
+    path = str(tmp_path / "loops.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    ops = _litert_ops(path)
+    assert "WHILE" in ops and not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    rng = np.random.default_rng(4)
+    for batch, length in ((1, 1), (3, 6), (2, 17)):
+        frames = rng.standard_normal((batch, length, 3)).astype("float32")
+        got = runner(frames=frames)
+        for name, want in model(frames).items():
+            np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(want), atol=1e-5, rtol=1e-5,
+                                       err_msg=f"{name} at {batch}x{length}")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.map_fn in a model's own code is TensorFlow's")
+def test_litert_names_a_loop_it_cannot_run(tmp_path):
+    # tf.map_fn written in the model itself holds its steps in TensorLists.
+    import tensorflow as tf
+
+    frames = keras.Input(shape=(None, 3), name="frames")
+    squared = keras.layers.Lambda(lambda x: tf.map_fn(lambda clip: clip * clip, x))(frames)
+    with pytest.raises(ExportError, match=r"FlexTensorList.*tf.TensorArray or tf.map_fn"):
+        servekit.export(keras.Model(frames, squared), str(tmp_path / "map.tflite"), format="litert", verbose=False)
     assert os.listdir(tmp_path) == []
 
 

@@ -108,6 +108,14 @@ with each written another way, for a format whose trace has them
   trace such a reshape is to a constant shape with -1 for the unknown dim,
   whose output LiteRT sizes before the run; the same values.
 
+- `keras.ops.scan` and `keras.ops.map` (LiteRT): Keras's TensorFlow `scan`
+  and `map` (`tf.map_fn`) hold their steps in TensorLists, which the
+  converter lowers only when every dim of a step is known (a dynamic batch
+  rules it out), so they became Flex ops. In this trace each is the same
+  `while` loop over tensors, each step's input read by a `Gather` and its
+  output written by a `DynamicUpdateSlice`: the same steps in the same
+  order, the same numbers.
+
 - A transposed convolution to a shape computed in the graph (LiteRT):
   Keras's `Conv1D/2D/3DTranspose` compute their output shape from the
   input's whenever a dim is unknown (a dynamic batch is enough), and LiteRT's
@@ -117,7 +125,7 @@ with each written another way, for a format whose trace has them
   -inf included) and which LiteRT sizes from its input before writing it.
 
 One rewrite is asked for only after a conversion failed, since it undoes a
-fusion the converter usually makes (`builtin_ops(unfused_gelu=True)`):
+fusion the converter usually makes (`builtin_ops("litert", unfused_gelu=True)`):
 
 - An exact GELU the converter did not fuse (LiteRT): it fuses TensorFlow's
   `0.5 * x * erfc(-x / sqrt(2))` into its GELU op only while nothing else
@@ -222,7 +230,7 @@ def needs_builtin_trace(concrete, fmt: str) -> bool:
 
 
 @contextlib.contextmanager
-def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
+def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
     """While the block traces: `signbit` without a bitcast, categorical encoding
     without `bincount`, slices without new axes, int64 `abs` and `sign` from
     comparisons, `fft2` as real matmuls, 3-D pools as 2-D ones, `erf` as a
@@ -231,12 +239,16 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
     dilated convolutions with a `dilations` attribute, eyes as constants,
     int8 products in float32, repeats of tensors of unknown shape as gathers,
     reshapes to one unknown dim as reshapes to a constant shape, transposed
-    convolutions to computed shapes followed by an identity maximum (the
-    module docstring says why).
+    convolutions to computed shapes followed by an identity maximum, scans
+    and maps without TensorLists (the module docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`).
 
     Args:
+        fmt: the format the trace is converted to. Scans and maps are
+            written without TensorLists for LiteRT only: OpenVINO and tf2onnx
+            convert TensorFlow's loops as they are, and have no conversion
+            for the `XlaDynamicUpdateSlice` that rewrite writes.
         unfused_gelu: also write exact GELUs with the rational `erf`, for a
             model whose LiteRT conversion left one unfused.
     """
@@ -248,8 +260,72 @@ def builtin_ops(unfused_gelu: bool = False) -> Iterator[None]:
             _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
             _repeats_of_unknown_shapes_as_gathers(), _reshapes_to_one_unknown_dim_as_constant_shapes(), \
             _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run(), \
+            _scans_and_maps_without_tensor_lists() if fmt == "litert" else contextlib.nullcontext(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
+
+
+def _scans_and_maps_without_tensor_lists() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras import tree
+    from keras.src.backend.tensorflow import core as tf_core
+    from tensorflow.compiler.tf2xla.python import xla
+
+    original_scan = tf_core.scan
+
+    def packed(like, flat):
+        return tree.pack_sequence_as(like, flat) if tree.is_nested(like) else flat[0]
+
+    def all_steps(steps, like):
+        return tuple(tf.zeros(tf.concat([[steps], tf.shape(t)], 0), t.dtype) for t in like)
+
+    def written_at(i, all_steps, values):
+        return tuple(xla.dynamic_update_slice(a, v[None], tf.stack([i] + [0] * (len(a.shape) - 1)))
+                     for a, v in zip(all_steps, values))
+
+    def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
+        """Keras's TensorFlow `scan`, step for step (its ys take the carry's
+        structure, shapes and dtypes, as there), over tensors."""
+        if not callable(f) or (xs is None and length is None):
+            return original_scan(f, init, xs, length=length, reverse=reverse, unroll=unroll)  # Keras's own errors
+        xs_flat = [] if xs is None else [tf.convert_to_tensor(x) for x in tree.flatten(xs)]
+        steps = int(length) if length is not None else tf.shape(xs_flat[0])[0]
+        carry_flat = tuple(tf.convert_to_tensor(c) for c in tree.flatten(init))
+
+        def step(i, carry_flat, ys_flat):
+            x = packed(xs, [tf.gather(x, i) for x in xs_flat]) if xs_flat else None
+            carry, ys = f(packed(init, list(carry_flat)), x)
+            if ys is not None:
+                ys_flat = written_at(i, ys_flat, tree.flatten(ys))
+            if carry is not None:
+                carry_flat = tuple(tree.flatten(carry))
+            return (i - 1 if reverse else i + 1), carry_flat, ys_flat
+
+        _, carry_flat, ys_flat = tf.while_loop(lambda i, *_: i >= 0 if reverse else i < steps, step,
+                                               (steps - 1 if reverse else 0, carry_flat, all_steps(steps, carry_flat)))
+        if xs_flat:
+            for y in ys_flat:
+                y.set_shape(tf.TensorShape(xs_flat[0].shape[:1]).concatenate(y.shape[1:]))
+        return packed(init, list(carry_flat)), packed(init, list(ys_flat))
+
+    def map_(f, xs):
+        """Keras's TensorFlow `map` (`tf.map_fn`), element by element, over tensors."""
+        xs = tree.map_structure(tf.convert_to_tensor, xs)
+        xs_flat = tree.flatten(xs)
+        steps = tf.shape(xs_flat[0])[0]
+        # As Keras does, the first element for the outputs' structure; only their sizes are
+        # used, which the converter folds when they are static.
+        first = f(packed(xs, [x[0] for x in xs_flat]))
+
+        def step(i, outputs):
+            return i + 1, written_at(i, outputs, tree.flatten(f(packed(xs, [tf.gather(x, i) for x in xs_flat]))))
+
+        _, outputs = tf.while_loop(lambda i, _: i < steps, step, (0, all_steps(steps, tree.flatten(first))))
+        for output in outputs:
+            output.set_shape(tf.TensorShape(xs_flat[0].shape[:1]).concatenate(output.shape[1:]))
+        return packed(first, list(outputs))
+
+    return patching.replaced(tf_core, scan=scan, map=map_)
 
 
 def _repeats_of_unknown_shapes_as_gathers() -> contextlib.AbstractContextManager[None]:

@@ -242,7 +242,7 @@ def _replayed(samples: list[dict[str, Any]]):
 def unfused_gelu(error: ExportError) -> bool:
     """Whether a conversion failed on an `Erf` or `Erfc` LiteRT has no kernel
     for: an exact GELU the converter did not fuse into its GELU op, which a
-    trace with `servekit.formats.builtin_trace.builtin_ops(unfused_gelu=True)`
+    trace with `servekit.formats.builtin_trace.builtin_ops("litert", unfused_gelu=True)`
     writes with built-in ops (or a `keras.ops.erf` of another dtype, which it
     leaves, and which then fails again)."""
     return re.search(r"'tf\.Erfc?' op is neither a custom op nor a flex op", str(error)) is not None
@@ -685,10 +685,10 @@ def _needs_flex_error(path: str) -> ExportError:
     if bfloat16:
         why = " The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
     elif any(op.startswith("FlexTensorList") for op in flex):
-        why = (" TensorLists hold the steps of a loop whose length is not known while tracing: a loop of "
-               "keras.ops (scan, associative_scan, while_loop, fori_loop; servekit writes Keras's recurrent layers "
-               "without them). Give the sequence input a static length (keras.Input(shape=(steps, features))), "
-               "write the loop as a keras.layers.RNN cell, or export format='onnx' or 'tf_saved_model'.")
+        why = (" TensorLists hold the steps of a TensorFlow loop the converter could not lower to built-in ops: "
+               "tf.TensorArray or tf.map_fn in the model's own code (servekit writes Keras's recurrent layers, "
+               "keras.ops.scan and keras.ops.map without them). Write the loop with keras.ops.scan or "
+               "keras.ops.map, or export format='onnx' or 'tf_saved_model'.")
     else:
         why = (" Replace the layers that use them with ones LiteRT has built-in kernels for, or export "
                "format='onnx' or 'tf_saved_model'.")

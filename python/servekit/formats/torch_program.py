@@ -161,7 +161,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
             args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
-        with torch.no_grad(), recurrences.for_converters(model), _keras_torch_ops_traceable(), \
+        with torch.no_grad(), recurrences.for_converters(model, "torch"), _keras_torch_ops_traceable(), \
                 _without_activity_losses(model), torch_lookups.integer_lookups_as_comparisons(model, model_name):
             program = _export_within_bounds(module, sample, args, model_name)
     except ExportError:

@@ -39,18 +39,25 @@ from servekit import patching
 
 
 @contextlib.contextmanager
-def for_converters(model) -> Iterator[list[str]]:
+def for_converters(model, fmt: str) -> Iterator[list[str]]:
     """Traces `model`'s recurrent layers step by step while the block runs,
     then restores them: the caller's model is left as it was.
 
     A layer over a fixed number of time steps is unrolled; over a sequence of
-    unknown length, on TensorFlow, it loops without TensorLists
-    (`loop_without_tensor_lists`).
+    unknown length, on TensorFlow and for LiteRT, it loops without
+    TensorLists (`loop_without_tensor_lists`), and for the other formats as
+    Keras loops (OpenVINO and tf2onnx convert TensorFlow's loop, and have no
+    conversion for the `XlaDynamicUpdateSlice` the other one writes).
+
+    Args:
+        model: the Keras model about to be traced.
+        fmt: the format the trace is for (`litert`, `openvino`, `onnx`,
+            `torch`).
 
     Yields:
         The names of the layers changed.
     """
-    changed = _step_by_step(model)
+    changed = _step_by_step(model, without_tensor_lists=fmt == "litert")
     try:
         yield [layer.name for layer, _ in changed]
     finally:
@@ -58,29 +65,32 @@ def for_converters(model) -> Iterator[list[str]]:
             restore()
 
 
-def _step_by_step(model) -> list[tuple[Any, Any]]:
+def _step_by_step(model, without_tensor_lists: bool) -> list[tuple[Any, Any]]:
     import keras
 
     changed = []
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if not isinstance(layer, keras.layers.RNN) or layer.unroll:
             continue
-        layer.inner_loop = _stepwise_inner_loop(layer, layer.inner_loop)
+        layer.inner_loop = _stepwise_inner_loop(layer, layer.inner_loop, without_tensor_lists)
         changed.append((layer, lambda layer=layer: delattr(layer, "inner_loop")))  # the class's method again
     return changed
 
 
-def _stepwise_inner_loop(layer, inner_loop):
+def _stepwise_inner_loop(layer, inner_loop, without_tensor_lists: bool):
     """`layer.inner_loop`, unrolled over a fixed number of time steps, else
-    (TensorFlow) a loop without TensorLists."""
+    (TensorFlow, `without_tensor_lists`) a loop without TensorLists, else
+    Keras's own loop."""
     import keras
 
     unrolled = _forward_over_reversed(layer, inner_loop) if layer.go_backwards else inner_loop
 
     def stepwise_inner_loop(sequences, initial_state, mask, training=False):
         steps = keras.tree.flatten(sequences)[0].shape[1]
-        if steps is None and keras.backend.backend() == "tensorflow":
-            return _without_tensor_lists(inner_loop, sequences, initial_state, mask, training)
+        if steps is None:
+            if without_tensor_lists and keras.backend.backend() == "tensorflow":
+                return _without_tensor_lists(inner_loop, sequences, initial_state, mask, training)
+            return inner_loop(sequences, initial_state, mask, training=training)
         # Set for this call only: Keras's `call` refuses `unroll` before a sequence of unknown length.
         layer.unroll = True
         try:

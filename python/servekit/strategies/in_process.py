@@ -147,7 +147,7 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
     report = _saved_model(request, twin)
     if report["ok"] and request.kind != "archive" and builtin_trace.needs_builtin_trace_of_saved_model(twin, "onnx"):
         shutil.rmtree(twin)  # traced again as the worker traces an ONNX model tf2onnx cannot take
-        with builtin_trace.builtin_ops():
+        with builtin_trace.builtin_ops("onnx"):
             report = _saved_model(request, twin)
     if not report["ok"]:
         report["message"] = report["message"].replace("SavedModel", "SavedModel (from which the ONNX model is "
@@ -229,8 +229,9 @@ def _builtin_saved_model(request: ExportRequest, path: str, unfused_gelu: bool =
 
     if request.kind == "archive":  # the caller's own traced endpoints
         return _saved_model(request, path)
-    recurrent = recurrences.for_converters(request.source) if request.format == "litert" else contextlib.nullcontext()
-    with builtin_trace.builtin_ops(unfused_gelu), recurrent:
+    recurrent = recurrences.for_converters(request.source, "litert") if request.format == "litert" \
+        else contextlib.nullcontext()
+    with builtin_trace.builtin_ops(request.format, unfused_gelu), recurrent:
         return _saved_model(request, path)
 
 

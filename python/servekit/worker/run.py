@@ -133,7 +133,7 @@ def run(job: WorkerJob) -> dict[str, Any]:
 
     last_loaded: list[weakref.ref] = []  # the model the last build loaded, while something holds it
 
-    def build(builtin_ops: bool = False, unfused_gelu: bool = False) -> sk_sm.BuiltModule:
+    def build(builtin_trace_for: str | None = None, unfused_gelu: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
         # A second trace while the first one's model lives (a format's builtin trace) traces
         # that model again: loading it anew would hold the weights twice.
@@ -145,8 +145,8 @@ def run(job: WorkerJob) -> dict[str, Any]:
             peak_memory.mark("rebuild")
         endpoints, tracked, collections = _endpoints_of(job, loaded)
         # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
-        with recurrences.for_converters(loaded) if builtin_ops else contextlib.nullcontext(), \
-                builtin_trace.builtin_ops(unfused_gelu) if builtin_ops else contextlib.nullcontext(), \
+        with recurrences.for_converters(loaded, builtin_trace_for) if builtin_trace_for else contextlib.nullcontext(), \
+                builtin_trace.builtin_ops(builtin_trace_for, unfused_gelu) if builtin_trace_for else contextlib.nullcontext(), \
                 backend_semantics.computed_as(job.source_backend):
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
