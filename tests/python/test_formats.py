@@ -677,6 +677,30 @@ def test_litert_runs_recurrent_layers_over_sequences_of_any_length(tmp_path, str
     _check_recurrent_litert(model, path, lengths=(1, 7, 30))
 
 
+@pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert"])
+def test_time_distributed_over_frames_of_any_count(tmp_path, fmt):
+    # A video model: a convolution on each frame of a clip of any length. Keras's TensorFlow
+    # TimeDistributed maps unknown steps with vectorized_map, whose fallback loop failed at
+    # run time whenever the batch was larger than the number of frames: refused in every
+    # format. The trace folds the frames into the batch.
+    layers = keras.layers
+    keras.utils.set_random_seed(7)
+    clips = keras.Input(shape=(None, 8, 8, 1), name="clips")
+    frames = layers.TimeDistributed(layers.Conv2D(2, 3, activation="relu"))(clips)
+    frames = layers.TimeDistributed(layers.GlobalAveragePooling2D())(frames)
+    model = keras.Model(clips, layers.LSTM(3, name="summary")(frames))
+    path = str(tmp_path / ("video" + {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}.get(fmt, "")))
+    servekit.export(model, path, format=fmt, verbose=False)
+    reload = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
+              "openvino": checks.openvino_outputs, "litert": checks.litert_outputs}[fmt]
+    rng = np.random.default_rng(8)
+    for batch, count in ((3, 2), (1, 5), (4, 4)):
+        x = rng.standard_normal((batch, count, 8, 8, 1)).astype("float32")
+        got = reload(path, {"clips": x})
+        np.testing.assert_allclose(next(iter(got.values())), keras.ops.convert_to_numpy(model(x)), atol=1e-5,
+                                   err_msg=f"{batch} clips of {count} frames")
+
+
 def _loops_of_keras_ops() -> keras.Model:
     # A running sum and decay over time, forwards and backwards, and a per-example map:
     # Keras's TensorFlow scan and map hold their steps in TensorLists (Flex ops in LiteRT).
