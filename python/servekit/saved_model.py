@@ -110,54 +110,11 @@ class _LayerRecorder:
 @contextlib.contextmanager
 def _tracing(recorder: _LayerRecorder) -> Iterator[None]:
     """What every endpoint trace runs under: the layers recorded, channels-first
-    kernels written channels-last, `TimeDistributed` over unknown steps folded
-    into the batch."""
-    with recorder.recording(), _channels_last_kernels(), _time_distributed_steps_folded_into_the_batch():
-        yield
+    kernels written channels-last, layers that assume sizes known while
+    tracing written for unknown ones (`servekit.source_model.graph_mode`)."""
+    from servekit.source_model import graph_mode
 
-
-@contextlib.contextmanager
-def _time_distributed_steps_folded_into_the_batch() -> Iterator[None]:
-    """While tracing, a `TimeDistributed` layer over a number of steps unknown
-    while tracing runs its layer once, over the batch and the steps folded
-    into one dim, then unfolds them.
-
-    Keras's TensorFlow `TimeDistributed` maps such steps with
-    `vectorized_map`, whose fallback loop (a convolution, for one) fails at
-    run time as soon as the batch is larger than the number of steps ("slice
-    index 3 of dimension 0 out of bounds"): the traced function of a video
-    model (`TimeDistributed(Conv2D)` over frames of any count) failed in
-    every format. Each step is the layer on its own slice either way.
-    """
-    try:
-        from keras.src.layers.rnn.time_distributed import TimeDistributed
-    except ImportError:  # no keras: nothing to fold
-        yield
-        return
-    import tensorflow as tf
-
-    original = TimeDistributed.call
-
-    def call(layer, inputs, training=None, mask=None):
-        if inputs.shape.rank is None or inputs.shape[1] is not None or not isinstance(inputs, tf.Tensor):
-            return original(layer, inputs, training=training, mask=mask)
-        shape = tf.shape(inputs)
-
-        def folded(x):
-            rest = x.shape[2:]
-            return tf.reshape(x, [-1, *rest] if rest.is_fully_defined() else tf.concat([[-1], tf.shape(x)[2:]], 0))
-
-        kwargs = {}
-        if layer.layer._call_has_mask_arg and mask is not None:
-            kwargs["mask"] = folded(mask)
-        if layer.layer._call_has_training_arg:
-            kwargs["training"] = training
-        outputs = layer.layer.call(folded(inputs), **kwargs)
-        unfolded = tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
-        unfolded.set_shape(tf.TensorShape(inputs.shape[:2]).concatenate(outputs.shape[1:]))
-        return unfolded
-
-    with patching.replaced(TimeDistributed, call=call):
+    with recorder.recording(), _channels_last_kernels(), graph_mode.unknown_sizes_traced():
         yield
 
 
@@ -493,7 +450,11 @@ def _arg_names(fn) -> Optional[list[str]]:
 
 def save(built: BuiltModule, path: str, options=None) -> None:
     """Writes the SavedModel and makes its bytes canonical."""
-    tf.saved_model.save(built.root, path, signatures=built.signatures, options=options)
+    from servekit.source_model import graph_mode
+
+    # Saving traces the Keras model's own call too: under the same rewrites as its endpoints.
+    with graph_mode.unknown_sizes_traced():
+        tf.saved_model.save(built.root, path, signatures=built.signatures, options=options)
     determinism.canonicalize_saved_model(path, built.endpoints)
 
 

@@ -8,6 +8,8 @@
 - `outputs`: the names and signatures of a model's outputs.
 - `sample_inputs`: deterministic inputs the model accepts, for verification.
 - `calls`: running the model on flat inputs, and `reference_outputs`.
+- `graph_mode`: Keras layers whose TensorFlow code assumes a size known while
+  tracing, written for unknown sizes in every endpoint trace.
 - `recurrences`: recurrent layers traced step by step for the converters
   that cannot take their loop (LiteRT, torch.export), in the workers too:
   unrolled, or over a sequence of unknown length a loop without TensorLists.

@@ -1,0 +1,119 @@
+"""Keras layers whose TensorFlow code assumes a size known while tracing.
+
+Every endpoint trace (`servekit.saved_model`) runs a model in graph mode with
+its dynamic dims unknown. Some Keras 3 layers take a Python branch on a size
+there, and their traced function then fails or computes something else than
+the model does eagerly. While tracing (`unknown_sizes_traced`), each is
+written so that an unknown size computes what the model computes:
+
+- `TimeDistributed` over a number of steps unknown while tracing: Keras
+  maps the steps with `vectorized_map`, whose fallback loop (a convolution,
+  for one) fails at run time as soon as the batch is larger than the number
+  of steps ("slice index 3 of dimension 0 out of bounds"): a video model,
+  `TimeDistributed(Conv2D)` over clips of any length, failed in every
+  format. Here the layer runs once, over the batch and the steps folded into
+  one dim; each step is the layer on its own slice either way.
+- `keras.ops.image.resize` to a size computed from the input
+  (`UpSampling2D(interpolation="bilinear")` of images of any size): its
+  argument check `size[0] <= 0` takes a tensor as a Python bool, and the
+  trace failed. Here a computed size goes to the backend's resize directly.
+- `CenterCrop` of images of any size: Keras crops an image at least as large
+  as the crop and resizes a smaller one (`smart_resize`), but with sizes
+  unknown while tracing it always crops: an image smaller than the crop came
+  out smaller. Here the trace chooses between the two by the image's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from servekit import patching
+
+
+@contextlib.contextmanager
+def unknown_sizes_traced() -> Iterator[None]:
+    """While the block traces (TensorFlow), the layers the module docstring
+    lists compute with sizes unknown while tracing what they compute eagerly."""
+    try:
+        import keras  # noqa: F401
+    except ImportError:  # no keras: nothing to rewrite
+        yield
+        return
+    with _time_distributed_steps_folded_into_the_batch(), _resizes_to_computed_sizes(), \
+            _center_crops_of_unknown_sizes():
+        yield
+
+
+def _time_distributed_steps_folded_into_the_batch() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.layers.rnn.time_distributed import TimeDistributed
+
+    original = TimeDistributed.call
+
+    def call(layer, inputs, training=None, mask=None):
+        if not isinstance(inputs, tf.Tensor) or inputs.shape.rank is None or inputs.shape[1] is not None:
+            return original(layer, inputs, training=training, mask=mask)
+        shape = tf.shape(inputs)
+
+        def folded(x):
+            rest = x.shape[2:]
+            return tf.reshape(x, [-1, *rest] if rest.is_fully_defined() else tf.concat([[-1], tf.shape(x)[2:]], 0))
+
+        kwargs = {}
+        if layer.layer._call_has_mask_arg and mask is not None:
+            kwargs["mask"] = folded(mask)
+        if layer.layer._call_has_training_arg:
+            kwargs["training"] = training
+        outputs = layer.layer.call(folded(inputs), **kwargs)
+        unfolded = tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
+        unfolded.set_shape(tf.TensorShape(inputs.shape[:2]).concatenate(outputs.shape[1:]))
+        return unfolded
+
+    return patching.replaced(TimeDistributed, call=call)
+
+
+def _resizes_to_computed_sizes() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src import backend
+    from keras.src.ops import image as image_ops
+
+    original = image_ops.resize
+
+    def resize(images, size, interpolation="bilinear", antialias=False, crop_to_aspect_ratio=False,
+               pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0, data_format=None):
+        if isinstance(images, tf.Tensor) and len(size) == 2 and any(isinstance(s, tf.Tensor) for s in size):
+            return backend.image.resize(images, size, interpolation=interpolation, antialias=antialias,
+                                        crop_to_aspect_ratio=crop_to_aspect_ratio,
+                                        pad_to_aspect_ratio=pad_to_aspect_ratio, fill_mode=fill_mode,
+                                        fill_value=fill_value, data_format=data_format)
+        return original(images, size, interpolation=interpolation, antialias=antialias,
+                        crop_to_aspect_ratio=crop_to_aspect_ratio, pad_to_aspect_ratio=pad_to_aspect_ratio,
+                        fill_mode=fill_mode, fill_value=fill_value, data_format=data_format)
+
+    return patching.replaced(image_ops, resize=resize)
+
+
+def _center_crops_of_unknown_sizes() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.layers.preprocessing.image_preprocessing.center_crop import CenterCrop
+    from keras.src.utils import image_utils
+
+    original = CenterCrop.transform_images
+
+    def transform_images(layer, images, transformation=None, training=True):
+        sides = images.shape[-2:] if layer.data_format == "channels_first" else images.shape[-3:-1]
+        if not isinstance(images, tf.Tensor) or None not in sides:
+            return original(layer, images, transformation=transformation, training=training)
+        inputs = tf.cast(images, layer.compute_dtype)
+        shape = tf.shape(inputs)
+        height, width = (shape[-2], shape[-1]) if layer.data_format == "channels_first" else (shape[-3], shape[-2])
+        large_enough = tf.logical_and(height >= layer.height, width >= layer.width)
+        cropped = tf.cond(large_enough,
+                          lambda: original(layer, images, transformation=transformation, training=training),
+                          lambda: image_utils.smart_resize(inputs, [layer.height, layer.width],
+                                                           data_format=layer.data_format,
+                                                           backend_module=layer.backend))
+        return cropped
+
+    return patching.replaced(CenterCrop, transform_images=transform_images)
