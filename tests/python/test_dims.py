@@ -206,3 +206,21 @@ def test_a_length_the_model_fixes_falls_back_to_sizes_it_accepts(tmp_path):
     entry = artifact.endpoint("serving_default").dims["token_ids_1"]
     assert 16 in entry["verified"] and entry["max"] == 16
     assert "the model fails at size" in entry["note"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_a_size_at_which_a_layer_outputs_nothing_is_not_verified(tmp_path, fmt):
+    """A 3-D pool of a volume of side 1: JAX returns an empty tensor (TensorFlow fails),
+    whose global mean is NaN where the converters' artifacts give numbers or fail. servekit
+    verified a JAX model at side 1 and refused it; side 1 is now refused like a size the
+    model fails at."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    volume = keras.Input((None, None, None, 1), name="volume")
+    pooled = layers.MaxPooling3D(2)(layers.Conv3D(2, 3, padding="same")(volume))
+    model = keras.Model(volume, layers.GlobalAveragePooling3D(name="mean")(pooled))
+    artifact = servekit.export(model, str(tmp_path / ("volume." + fmt.replace("litert", "tflite"))), format=fmt,
+                               verbose=False)
+    for name, entry in artifact.endpoint("serving_default").dims.items():
+        if name != "batch":
+            assert 1 not in entry["verified"] and "the model fails at size 1" in entry["note"], entry

@@ -23,7 +23,8 @@ This module makes those names mean something and plans the verification:
   masks are padded (trailing zeros, never a whole row) in the two longer
   cases. Shared dims get one size per case, distinct dims distinct sizes.
   A size the model refuses (a fixed-length position embedding behind a
-  `None` dim) is replaced by one it accepts, and the plan says so.
+  `None` dim), or at which a layer outputs nothing (a pool window larger
+  than its input), is replaced by one it accepts, and the plan says so.
 """
 
 from __future__ import annotations
@@ -280,12 +281,38 @@ class Probe:
         self.calls += 1
         specs = [keras.KerasTensor(concrete_shape(s, batch, sizes), dtype=s.dtype) for s in self.layout.flat]
         model = self.model
-        try:
-            out = backend.compute_output_spec(lambda *args: model(*args, training=False),
-                                              *self.layout.pack(specs))
-            return [tuple(x.shape) for x in keras.tree.flatten(out)]
-        except Exception:  # the model refuses these sizes (shape mismatch, fixed lengths, ...)
-            return None
+        with _empty_layer_outputs_seen() as empty:
+            try:
+                out = backend.compute_output_spec(lambda *args: model(*args, training=False),
+                                                  *self.layout.pack(specs))
+            except Exception:  # the model refuses these sizes (shape mismatch, fixed lengths, ...)
+                return None
+        # A layer that outputs nothing (a pool window larger than its input: JAX returns an empty
+        # tensor where TensorFlow fails) makes no size to verify at: what follows is a mean of
+        # nothing (NaN) or an empty output, on which converters disagree.
+        return None if empty else [tuple(x.shape) for x in keras.tree.flatten(out)]
+
+
+@contextlib.contextmanager
+def _empty_layer_outputs_seen() -> Iterator[list[str]]:
+    """While the block runs, the names of the layers called whose outputs have a
+    dim of size 0."""
+    import keras
+    from keras.src.layers.layer import Layer
+
+    from servekit import patching
+
+    empty: list[str] = []
+    original = Layer.__call__
+
+    def __call__(layer, *args, **kwargs):
+        outputs = original(layer, *args, **kwargs)
+        if any(0 in tuple(getattr(x, "shape", ()) or ()) for x in keras.tree.flatten(outputs)):
+            empty.append(layer.name)
+        return outputs
+
+    with patching.replaced(Layer, __call__=__call__):
+        yield empty
 
 
 def concrete_shape(spec: FlatSpec, batch: int, sizes: dict[str, int], default: int = 4) -> tuple[int, ...]:
