@@ -792,3 +792,21 @@ def test_the_export_worker_imports_openvino_without_its_telemetry(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "openvino.tools.ovc.telemetry_stub"
     assert not (tmp_path / "intel").exists()
+
+
+def test_lambda_globals_are_the_names_the_code_loads_not_its_attributes():
+    # `keras.ops.switch` names `switch` as an attribute; a function `switch` the caller's
+    # module defines (which no worker can import) made servekit refuse the Lambda.
+    import keras
+
+    from servekit.strategies import keras_file
+
+    def switch():  # a function of the caller's own, which a worker cannot import
+        return None
+
+    namespace = {"keras": keras, "switch": switch, "scale": 2.0}
+    exec("function = lambda x: keras.ops.switch(0, [lambda v: v * scale], x)", namespace)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(namespace["function"])])
+    entries, problems = keras_file.lambda_globals(model)
+    assert problems == []
+    assert entries == {"keras": {"kind": "module", "module": "keras"}, "scale": {"kind": "value", "value": 2.0}}

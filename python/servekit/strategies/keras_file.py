@@ -12,6 +12,7 @@ change when Keras cannot serialize the model.
 from __future__ import annotations
 
 import contextlib
+import dis
 import importlib
 import importlib.machinery
 import importlib.util
@@ -75,11 +76,14 @@ def custom_classes(model) -> list[CustomClass]:
     return list(found.values())
 
 
-def _code_names(code) -> set[str]:
-    names = set(code.co_names)
+def _global_names(code) -> set[str]:
+    """The globals `code` (and the functions nested in it) reads: not
+    `co_names`, which also holds attribute names, so `keras.ops.switch`
+    would name a global `switch` the caller's module happens to define."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _code_names(const)
+            names |= _global_names(const)
     return names
 
 
@@ -101,7 +105,7 @@ def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
         if not inspect.isfunction(fn):
             continue
         g = fn.__globals__
-        for name in sorted(_code_names(fn.__code__)):
+        for name in sorted(_global_names(fn.__code__)):
             if name not in g or name in entries:
                 continue
             value = g[name]
