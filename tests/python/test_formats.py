@@ -723,6 +723,24 @@ def test_image_layers_of_any_size(tmp_path, fmt):
                                        err_msg=f"{name} of {sides}")
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
+def test_switch_chooses_a_branch_in_every_converted_format(tmp_path, fmt):
+    # keras.ops.switch is tf.switch_case on TensorFlow, a Case op none of the three converts.
+    features = keras.Input(shape=(3,), name="features")
+    chosen = keras.layers.Lambda(lambda x: keras.ops.switch(
+        keras.ops.argmax(keras.ops.sum(x, axis=0)), [lambda v: v + 1.0, lambda v: v * 3.0, lambda v: v - 2.0], x),
+        name="chosen")(features)
+    model = keras.Model(features, chosen)
+    path = str(tmp_path / ("switch" + {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}[fmt]))
+    servekit.export(model, path, format=fmt, verbose=False)
+    reload = {"onnx": checks.onnx_outputs, "openvino": checks.openvino_outputs, "litert": checks.litert_outputs}[fmt]
+    for column in range(3):  # the column with the largest sum picks the branch
+        x = np.full((4, 3), -1.0, "float32")
+        x[:, column] = 2.0
+        np.testing.assert_allclose(next(iter(reload(path, {"features": x}).values())),
+                                   keras.ops.convert_to_numpy(model(x)), atol=1e-6, err_msg=f"branch {column}")
+
+
 def _loops_of_keras_ops() -> keras.Model:
     # A running sum and decay over time, forwards and backwards, and a per-example map:
     # Keras's TensorFlow scan and map hold their steps in TensorLists (Flex ops in LiteRT).

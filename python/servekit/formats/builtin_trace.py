@@ -116,6 +116,12 @@ with each written another way, for a format whose trace has them
   output written by a `DynamicUpdateSlice`: the same steps in the same
   order, the same numbers.
 
+- `Case` (LiteRT, OpenVINO, ONNX): `keras.ops.switch` picks a branch by
+  index with `tf.switch_case`, which none of the three converts (tf2onnx
+  lowers it to `_SwitchN`, OpenVINO has no rule, the TFLite converter no
+  flatbuffer op). In this trace it is a chain of `cond`s on the index
+  (clipped to the branches, as Keras clips it), which all three convert.
+
 - A transposed convolution to a shape computed in the graph (LiteRT):
   Keras's `Conv1D/2D/3DTranspose` compute their output shape from the
   input's whenever a dim is unknown (a dynamic batch is enough), and LiteRT's
@@ -145,10 +151,11 @@ from servekit import patching
 
 # Op types each format's converter cannot take, by prefix.
 _RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
+_CASES = ("Case", "StatelessCase")
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
-                             *_RESAMPLING),
-                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", *_RESAMPLING),
-                  "onnx": ("Cumprod", *_RESAMPLING)}
+                             *_RESAMPLING, *_CASES),
+                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", *_RESAMPLING, *_CASES),
+                  "onnx": ("Cumprod", *_RESAMPLING, *_CASES)}
 
 
 def _unconvertible(node, fmt: str, constants: frozenset = frozenset()) -> bool:
@@ -240,7 +247,8 @@ def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
     int8 products in float32, repeats of tensors of unknown shape as gathers,
     reshapes to one unknown dim as reshapes to a constant shape, transposed
     convolutions to computed shapes followed by an identity maximum, scans
-    and maps without TensorLists (the module docstring says why).
+    and maps without TensorLists, switches as chains of conds (the module
+    docstring says why).
     The source backend's own arithmetic, where it differs, is patched inside
     this (`servekit.source_model.backend_semantics.computed_as`).
 
@@ -260,9 +268,27 @@ def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
             _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
             _repeats_of_unknown_shapes_as_gathers(), _reshapes_to_one_unknown_dim_as_constant_shapes(), \
             _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run(), \
+            _switches_as_chained_conds(), \
             _scans_and_maps_without_tensor_lists() if fmt == "litert" else contextlib.nullcontext(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
+
+
+def _switches_as_chained_conds() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import core as tf_core
+
+    def switch(index, branches, *operands):
+        index = tf.clip_by_value(tf.convert_to_tensor(index, "int32"), 0, len(branches) - 1)
+
+        def from_branch(i):
+            if i == len(branches) - 1:
+                return branches[i](*operands)
+            return tf.cond(tf.equal(index, i), lambda: branches[i](*operands), lambda: from_branch(i + 1))
+
+        return from_branch(0)
+
+    return patching.replaced(tf_core, switch=switch)
 
 
 def _scans_and_maps_without_tensor_lists() -> contextlib.AbstractContextManager[None]:
