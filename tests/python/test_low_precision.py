@@ -244,3 +244,15 @@ def test_a_litert_model_left_with_flex_ops_names_them(tmp_path):
         servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
     assert "computes in bfloat16" in str(info.value) and "Flex delegate" in str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_float16_compute_to_litert_says_why_and_what_to_do(tmp_path):
+    # A mixed_float16 model: the converter's own error was a dump of MLIR.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    hidden = keras.layers.Dense(16, activation="relu", dtype="mixed_float16", name="mlp")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(hidden), name="float16_mlp")
+    with pytest.raises(ExportError, match="Model 'float16_mlp'") as info:
+        servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
+    assert "computes in float16" in str(info.value) and "float32 dtype policy" in str(info.value)
+    assert os.listdir(tmp_path) == []

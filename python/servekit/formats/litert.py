@@ -352,18 +352,27 @@ _BFLOAT16_WAY_OUT = ("build it with a float32 dtype policy (LiteRT can still mak
                      "float32) or 'tf_saved_model'.")
 
 
+_FLOAT16_COMPUTE = ("The model computes in float16 (a mixed_float16 dtype policy), for which LiteRT has no built-in "
+                    "kernels: build it with a float32 dtype policy (LiteRT can still store its weights in float16: "
+                    "optimizations=[tf.lite.Optimize.DEFAULT] with target_spec={'supported_types': [tf.float16]}), "
+                    "or export format='onnx' or 'tf_saved_model'.")
+
+
 def likely_cause(concrete) -> str:
     """Why LiteRT's ops cannot express a traced function that failed to convert,
-    and what to do instead, when its ops say ("" otherwise): bfloat16 compute."""
+    and what to do instead, when its ops say ("" otherwise): bfloat16 or
+    float16 compute."""
     from tensorflow.core.framework import types_pb2
 
     from servekit.formats.builtin_trace import traced_nodes
 
     nodes = traced_nodes(concrete)
-    if any(value.type == types_pb2.DT_BFLOAT16 for node in nodes for key, value in node.attr.items()
-           if key in ("T", "dtype", "DstT")):
+    computed = {value.type for node in nodes for key, value in node.attr.items() if key in ("T", "dtype", "DstT")}
+    if types_pb2.DT_BFLOAT16 in computed:
         return ("The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
                 "ops not all): " + _BFLOAT16_WAY_OUT)
+    if types_pb2.DT_HALF in computed:
+        return _FLOAT16_COMPUTE
     return ""
 
 
@@ -671,9 +680,24 @@ def _flex_named(path: str) -> Iterator[None]:
         raise _needs_flex_error(path) from None
 
 
+def _flex_ops_take_float16(model, schema) -> bool:
+    """Whether a Select TF op of the flatbuffer reads a float16 tensor (float16
+    weights LiteRT dequantizes itself feed built-in ops only)."""
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for o in range(subgraph.OperatorsLength()):
+            operator = subgraph.Operators(o)
+            if not (model.OperatorCodes(operator.OpcodeIndex()).CustomCode() or b"").startswith(b"Flex"):
+                continue
+            if any(t >= 0 and subgraph.Tensors(t).Type() == schema.TensorType.FLOAT16
+                   for t in operator.InputsAsNumpy()):
+                return True
+    return False
+
+
 def _needs_flex_error(path: str) -> ExportError:
     """The error for a flatbuffer whose Select TF ops LiteRT's runtime cannot run:
-    which ops, and why they are there when it is bfloat16 compute."""
+    which ops, and why they are there when it is bfloat16 or float16 compute."""
     from ai_edge_litert import schema_py_generated as schema
 
     with open(path, "rb") as f:
@@ -684,6 +708,8 @@ def _needs_flex_error(path: str) -> ExportError:
                    for g in range(model.SubgraphsLength()) for t in range(model.Subgraphs(g).TensorsLength()))
     if bfloat16:
         why = " The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
+    elif _flex_ops_take_float16(model, schema):
+        why = " " + _FLOAT16_COMPUTE
     elif any(op.startswith("FlexTensorList") for op in flex):
         why = (" TensorLists hold the steps of a TensorFlow loop the converter could not lower to built-in ops: "
                "tf.TensorArray or tf.map_fn in the model's own code (servekit writes Keras's recurrent layers, "
