@@ -704,12 +704,13 @@ def test_time_distributed_over_frames_of_any_count(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert"])
 def test_image_layers_of_any_size(tmp_path, fmt):
     # With image sides unknown while tracing, Keras's TensorFlow UpSampling2D (bilinear)
-    # failed to trace (its size check took a tensor as a bool), and CenterCrop always
-    # cropped, so an image smaller than the crop came out smaller instead of resized.
+    # and RandomCrop (at inference) failed to trace (a tensor taken as a bool, a float), and
+    # CenterCrop always cropped, so an image smaller than the crop came out smaller.
     layers = keras.layers
     image = keras.Input(shape=(None, None, 3), name="image")
     model = keras.Model(image, {"upsampled": layers.UpSampling2D(interpolation="bilinear", name="upsampled")(image),
-                                "cropped": layers.CenterCrop(4, 5, name="cropped")(image)})
+                                "cropped": layers.CenterCrop(4, 5, name="cropped")(image),
+                                "augmented": layers.RandomCrop(3, 3, name="augmented")(image)})
     path = str(tmp_path / ("image" + {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}.get(fmt, "")))
     servekit.export(model, path, format=fmt, verbose=False)
     reload = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
@@ -718,7 +719,7 @@ def test_image_layers_of_any_size(tmp_path, fmt):
     for sides in ((2, 3), (6, 9), (4, 5), (3, 8)):
         x = rng.standard_normal((2, *sides, 3)).astype("float32")
         got = reload(path, {"image": x})
-        for name, want in model(x).items():
+        for name, want in model(x, training=False).items():  # RandomCrop leaves an image as it is
             np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(want), atol=1e-5,
                                        err_msg=f"{name} of {sides}")
 

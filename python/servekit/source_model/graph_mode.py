@@ -21,6 +21,10 @@ written so that an unknown size computes what the model computes:
   as the crop and resizes a smaller one (`smart_resize`), but with sizes
   unknown while tracing it always crops: an image smaller than the crop came
   out smaller. Here the trace chooses between the two by the image's size.
+- `RandomCrop` of images of any size, at inference: Keras draws its crop
+  box from the image's size with Python's `float()` before it learns that
+  inference leaves the image as it is, and the trace failed. Here the box is
+  not drawn at inference.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def unknown_sizes_traced() -> Iterator[None]:
         yield
         return
     with _time_distributed_steps_folded_into_the_batch(), _resizes_to_computed_sizes(), \
-            _center_crops_of_unknown_sizes():
+            _center_crops_of_unknown_sizes(), _random_crops_at_inference():
         yield
 
 
@@ -117,3 +121,16 @@ def _center_crops_of_unknown_sizes() -> contextlib.AbstractContextManager[None]:
         return cropped
 
     return patching.replaced(CenterCrop, transform_images=transform_images)
+
+
+def _random_crops_at_inference() -> contextlib.AbstractContextManager[None]:
+    from keras.src.layers.preprocessing.image_preprocessing.random_crop import RandomCrop
+
+    original = RandomCrop.get_random_transformation
+
+    def get_random_transformation(layer, data, training=True, seed=None):
+        if not training:
+            return 0, 0  # a box inference does not use: RandomCrop leaves the images as they are
+        return original(layer, data, training=training, seed=seed)
+
+    return patching.replaced(RandomCrop, get_random_transformation=get_random_transformation)
