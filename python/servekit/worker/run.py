@@ -144,10 +144,12 @@ def run(job: WorkerJob) -> dict[str, Any]:
             last_loaded[:] = [weakref.ref(loaded)]
             peak_memory.mark("rebuild")
         endpoints, tracked, collections = _endpoints_of(job, loaded)
-        # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
-        with recurrences.for_converters(loaded, builtin_trace_for) if builtin_trace_for else contextlib.nullcontext(), \
-                builtin_trace.builtin_ops(builtin_trace_for, unfused_gelu) if builtin_trace_for else contextlib.nullcontext(), \
-                backend_semantics.computed_as(job.source_backend):
+        with contextlib.ExitStack() as rewrites:
+            if builtin_trace_for:
+                rewrites.enter_context(recurrences.for_converters(loaded, builtin_trace_for))
+                rewrites.enter_context(builtin_trace.builtin_ops(builtin_trace_for, unfused_gelu))
+            # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
+            rewrites.enter_context(backend_semantics.computed_as(job.source_backend))
             return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
 
     return {"reports": _write.write_and_verify(
