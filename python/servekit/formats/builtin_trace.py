@@ -295,19 +295,13 @@ def _scans_and_maps_without_tensor_lists() -> contextlib.AbstractContextManager[
     import tensorflow as tf
     from keras import tree
     from keras.src.backend.tensorflow import core as tf_core
-    from tensorflow.compiler.tf2xla.python import xla
+
+    from servekit.source_model.recurrences import steps_buffers, written_at_step
 
     original_scan = tf_core.scan
 
     def packed(like, flat):
         return tree.pack_sequence_as(like, flat) if tree.is_nested(like) else flat[0]
-
-    def all_steps(steps, like):
-        return tuple(tf.zeros(tf.concat([[steps], tf.shape(t)], 0), t.dtype) for t in like)
-
-    def written_at(i, all_steps, values):
-        return tuple(xla.dynamic_update_slice(a, v[None], tf.stack([i] + [0] * (len(a.shape) - 1)))
-                     for a, v in zip(all_steps, values))
 
     def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
         """Keras's TensorFlow `scan`, step for step (its ys take the carry's
@@ -322,13 +316,13 @@ def _scans_and_maps_without_tensor_lists() -> contextlib.AbstractContextManager[
             x = packed(xs, [tf.gather(x, i) for x in xs_flat]) if xs_flat else None
             carry, ys = f(packed(init, list(carry_flat)), x)
             if ys is not None:
-                ys_flat = written_at(i, ys_flat, tree.flatten(ys))
+                ys_flat = written_at_step(i, ys_flat, tree.flatten(ys))
             if carry is not None:
                 carry_flat = tuple(tree.flatten(carry))
             return (i - 1 if reverse else i + 1), carry_flat, ys_flat
 
         _, carry_flat, ys_flat = tf.while_loop(lambda i, *_: i >= 0 if reverse else i < steps, step,
-                                               (steps - 1 if reverse else 0, carry_flat, all_steps(steps, carry_flat)))
+                                               (steps - 1 if reverse else 0, carry_flat, steps_buffers(steps, carry_flat)))
         if xs_flat:
             for y in ys_flat:
                 y.set_shape(tf.TensorShape(xs_flat[0].shape[:1]).concatenate(y.shape[1:]))
@@ -344,9 +338,10 @@ def _scans_and_maps_without_tensor_lists() -> contextlib.AbstractContextManager[
         first = f(packed(xs, [x[0] for x in xs_flat]))
 
         def step(i, outputs):
-            return i + 1, written_at(i, outputs, tree.flatten(f(packed(xs, [tf.gather(x, i) for x in xs_flat]))))
+            output = f(packed(xs, [tf.gather(x, i) for x in xs_flat]))
+            return i + 1, written_at_step(i, outputs, tree.flatten(output))
 
-        _, outputs = tf.while_loop(lambda i, _: i < steps, step, (0, all_steps(steps, tree.flatten(first))))
+        _, outputs = tf.while_loop(lambda i, _: i < steps, step, (0, steps_buffers(steps, tree.flatten(first))))
         for output in outputs:
             output.set_shape(tf.TensorShape(xs_flat[0].shape[:1]).concatenate(output.shape[1:]))
         return packed(first, list(outputs))

@@ -121,7 +121,6 @@ def loop_without_tensor_lists(step_function, inputs, initial_states, go_backward
     pass the static length, unknown here)."""
     import tensorflow as tf
     from keras import tree
-    from tensorflow.compiler.tf2xla.python import xla
 
     def swap_batch_and_time(x):
         axes = list(range(len(x.shape)))
@@ -153,8 +152,7 @@ def loop_without_tensor_lists(step_function, inputs, initial_states, go_backward
     # As in Keras: a first step, outside the loop, for the outputs' shapes and dtypes.
     output_time_zero, _ = step_function(step_input(0), tuple(initial_states) + constants)
     flat_zero_output = tuple(tf.zeros_like(o) for o in tree.flatten(output_time_zero))
-    all_steps = tuple(tf.zeros(tf.concat([[steps if return_all_outputs else 1], tf.shape(o)], 0), o.dtype)
-                      for o in flat_zero_output)
+    all_steps = steps_buffers(steps if return_all_outputs else 1, flat_zero_output)
 
     def step(time, all_outputs, previous_output, *states):
         output, new_states = step_function(step_input(time), tuple(states) + constants)
@@ -164,9 +162,7 @@ def loop_without_tensor_lists(step_function, inputs, initial_states, go_backward
             kept = flat_zero_output if zero_output_for_mask else previous_output
             flat_output = [where_mask(mask_t, o, k) for o, k in zip(flat_output, kept)]
             flat_new_states = [where_mask(mask_t, s, p) for s, p in zip(flat_new_states, tree.flatten(states))]
-        index = time if return_all_outputs else 0
-        all_outputs = tuple(xla.dynamic_update_slice(a, o[None], tf.stack([index] + [0] * len(o.shape)))
-                            for a, o in zip(all_outputs, flat_output))
+        all_outputs = written_at_step(time if return_all_outputs else 0, all_outputs, flat_output)
         return (time + 1, all_outputs, tuple(flat_output)) + tuple(
             tree.pack_sequence_as(initial_states, flat_new_states))
 
@@ -177,6 +173,24 @@ def loop_without_tensor_lists(step_function, inputs, initial_states, go_backward
     if not time_major:
         outputs = tree.map_structure(swap_batch_and_time, outputs)
     return last_output, outputs, final[3:]
+
+
+def steps_buffers(steps, like) -> tuple:
+    """Zeros to hold `steps` steps of each tensor of `like`: a loop's outputs,
+    written by `written_at_step` instead of a TensorList."""
+    import tensorflow as tf
+
+    return tuple(tf.zeros(tf.concat([[steps], tf.shape(t)], 0), t.dtype) for t in like)
+
+
+def written_at_step(step, buffers, values) -> tuple:
+    """`buffers` (`steps_buffers`) with each of `values` written at `step`, by a
+    `DynamicUpdateSlice`, which LiteRT has."""
+    import tensorflow as tf
+    from tensorflow.compiler.tf2xla.python import xla
+
+    return tuple(xla.dynamic_update_slice(b, v[None], tf.stack([step] + [0] * (len(b.shape) - 1)))
+                 for b, v in zip(buffers, values))
 
 
 def _forward_over_reversed(layer, inner_loop):
