@@ -20,6 +20,12 @@ import servekit
 from servekit.errors import ExportError
 
 BACKEND = keras.backend.backend()
+# Each format's artifact in a test's tmp_path, and its outputs reloaded in the format's runtime
+# (the torch program's input named "images").
+_ARTIFACT = {"tf_saved_model": "m", "onnx": "m.onnx", "openvino": "m.xml", "litert": "m.tflite", "torch": "m.pt2"}
+_OUTPUTS_IN = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
+               "openvino": checks.openvino_outputs, "litert": checks.litert_outputs,
+               "torch": lambda path, feed: checks.torch_program_outputs(path, ["images"], [], feed)}
 
 
 def _inputs(batch, seed=0):
@@ -689,10 +695,9 @@ def test_time_distributed_over_frames_of_any_count(tmp_path, fmt):
     frames = layers.TimeDistributed(layers.Conv2D(2, 3, activation="relu"))(clips)
     frames = layers.TimeDistributed(layers.GlobalAveragePooling2D())(frames)
     model = keras.Model(clips, layers.LSTM(3, name="summary")(frames))
-    path = str(tmp_path / ("video" + {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}.get(fmt, "")))
+    path = str(tmp_path / _ARTIFACT[fmt])
     servekit.export(model, path, format=fmt, verbose=False)
-    reload = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
-              "openvino": checks.openvino_outputs, "litert": checks.litert_outputs}[fmt]
+    reload = _OUTPUTS_IN[fmt]
     rng = np.random.default_rng(8)
     for batch, count in ((3, 2), (1, 5), (4, 4)):
         x = rng.standard_normal((batch, count, 8, 8, 1)).astype("float32")
@@ -711,10 +716,9 @@ def test_image_layers_of_any_size(tmp_path, fmt):
     model = keras.Model(image, {"upsampled": layers.UpSampling2D(interpolation="bilinear", name="upsampled")(image),
                                 "cropped": layers.CenterCrop(4, 5, name="cropped")(image),
                                 "augmented": layers.RandomCrop(3, 3, name="augmented")(image)})
-    path = str(tmp_path / ("image" + {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}.get(fmt, "")))
+    path = str(tmp_path / _ARTIFACT[fmt])
     servekit.export(model, path, format=fmt, verbose=False)
-    reload = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
-              "openvino": checks.openvino_outputs, "litert": checks.litert_outputs}[fmt]
+    reload = _OUTPUTS_IN[fmt]
     rng = np.random.default_rng(9)
     for sides in ((2, 3), (6, 9), (4, 5), (3, 8)):
         x = rng.standard_normal((2, *sides, 3)).astype("float32")
@@ -732,9 +736,9 @@ def test_switch_chooses_a_branch_in_every_converted_format(tmp_path, fmt):
         keras.ops.argmax(keras.ops.sum(x, axis=0)), [lambda v: v + 1.0, lambda v: v * 3.0, lambda v: v - 2.0], x),
         name="chosen")(features)
     model = keras.Model(features, chosen)
-    path = str(tmp_path / ("switch" + {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}[fmt]))
+    path = str(tmp_path / _ARTIFACT[fmt])
     servekit.export(model, path, format=fmt, verbose=False)
-    reload = {"onnx": checks.onnx_outputs, "openvino": checks.openvino_outputs, "litert": checks.litert_outputs}[fmt]
+    reload = _OUTPUTS_IN[fmt]
     for column in range(3):  # the column with the largest sum picks the branch
         x = np.full((4, 3), -1.0, "float32")
         x[:, column] = 2.0
@@ -867,11 +871,6 @@ def test_litert_looks_up_integers_without_hash_tables(tmp_path):
     np.testing.assert_array_equal(got["token"], want["token"])
 
 
-_OUTPUTS_IN = {"tf_saved_model": checks.saved_model_outputs, "onnx": checks.onnx_outputs,
-               "openvino": checks.openvino_outputs, "litert": checks.litert_outputs,
-               "torch": lambda path, feed: checks.torch_program_outputs(path, ["images"], [], feed)}
-
-
 @pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert", "torch"])
 def test_resizing_is_computed_as_the_source_backend_does(fmt, tmp_path):
     # Each backend's bicubic kernel differs (TensorFlow's offsets from a table, torch's a = -0.75);
@@ -888,8 +887,7 @@ def test_resizing_is_computed_as_the_source_backend_does(fmt, tmp_path):
             name = f"{method}{'_antialiased' if antialias else ''}_{direction}"
             outputs[name] = keras.layers.Resizing(*size, interpolation=method, antialias=antialias, name=name)(images)
     model = keras.Model(images, outputs)
-    path = str(tmp_path / {"tf_saved_model": "m", "onnx": "m.onnx", "openvino": "m.xml", "litert": "m.tflite",
-                           "torch": "m.pt2"}[fmt])
+    path = str(tmp_path / _ARTIFACT[fmt])
     servekit.export(model, path, format=fmt, verbose=False)
     for shape in [(2, 12, 10, 3), (1, 7, 31, 3)]:  # neither is a size the export verified
         feed = {"images": np.random.default_rng(sum(shape)).uniform(0, 255, size=shape).astype("float32")}
