@@ -728,6 +728,32 @@ def test_image_layers_of_any_size(tmp_path, fmt):
                                        err_msg=f"{name} of {sides}")
 
 
+@pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert"])
+def test_adaptive_pooling_of_any_size(tmp_path, fmt):
+    # Adaptive pooling exists for inputs of any size, but Keras's TensorFlow code picks its
+    # window sizes from the static size and refused an unknown one in every format. The sides
+    # below give bins of unequal widths, sides smaller than the bin count, and sides that
+    # divide evenly.
+    layers = keras.layers
+    image = keras.Input(shape=(None, None, 3), name="image")
+    signal = keras.Input(shape=(3, None), name="signal")
+    model = keras.Model([image, signal], {
+        "mean": layers.AdaptiveAveragePooling2D((2, 3), name="mean")(image),
+        "max": layers.AdaptiveMaxPooling2D(3, name="max")(image),
+        "signal_mean": layers.AdaptiveAveragePooling1D(4, data_format="channels_first", name="signal_mean")(signal)})
+    path = str(tmp_path / _ARTIFACT[fmt])
+    servekit.export(model, path, format=fmt, verbose=False)
+    reload = _OUTPUTS_IN[fmt]
+    rng = np.random.default_rng(10)
+    for sides in ((7, 5), (1, 2), (6, 9), (11, 4)):
+        feed = {"image": rng.standard_normal((2, *sides, 3)).astype("float32"),
+                "signal": rng.standard_normal((2, 3, sides[0])).astype("float32")}
+        got = reload(path, feed)
+        for name, want in model([feed["image"], feed["signal"]]).items():
+            np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(want), atol=1e-5,
+                                       err_msg=f"{name} of {sides}")
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
 def test_switch_chooses_a_branch_in_every_converted_format(tmp_path, fmt):
     # keras.ops.switch is tf.switch_case on TensorFlow, a Case op none of the three converts.

@@ -25,6 +25,12 @@ written so that an unknown size computes what the model computes:
   box from the image's size with Python's `float()` before it learns that
   inference leaves the image as it is, and the trace failed. Here the box is
   not drawn at inference.
+- Adaptive pooling (`AdaptiveAveragePooling1D/2D/3D`, `AdaptiveMaxPooling*`,
+  `keras.ops.adaptive_*_pool`) of inputs of any size, the reason it exists:
+  Keras's TensorFlow code picks its two window sizes from the static size and
+  refuses an unknown one. Here each output bin reduces its own window
+  (`floor(i*L/n)` to `ceil((i+1)*L/n)`, as Keras and torch define it), one
+  spatial axis after the other: a window is the product of its ranges.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def unknown_sizes_traced() -> Iterator[None]:
         yield
         return
     with _time_distributed_steps_folded_into_the_batch(), _resizes_to_computed_sizes(), \
-            _center_crops_of_unknown_sizes(), _random_crops_at_inference():
+            _center_crops_of_unknown_sizes(), _random_crops_at_inference(), _adaptive_pools_of_unknown_sizes():
         yield
 
 
@@ -134,3 +140,42 @@ def _random_crops_at_inference() -> contextlib.AbstractContextManager[None]:
         return original(layer, data, training=training, seed=seed)
 
     return patching.replaced(RandomCrop, get_random_transformation=get_random_transformation)
+
+
+def _adaptive_pools_of_unknown_sizes() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src import backend
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    def of_any_size(keras_pool, reduce):
+        def pool(inputs, output_size, data_format=None):
+            data_format = backend.standardize_data_format(data_format)
+            spatial_dims = inputs.shape.rank - 2
+            axes = range(1, spatial_dims + 1) if data_format == "channels_last" else range(2, spatial_dims + 2)
+            if not isinstance(inputs, tf.Tensor) or all(inputs.shape[axis] is not None for axis in axes):
+                return keras_pool(inputs, output_size, data_format=data_format)
+            bins = (output_size,) * spatial_dims if isinstance(output_size, int) else tuple(output_size)
+            pooled = inputs
+            for axis, count in zip(axes, bins):
+                pooled = _binned_along(pooled, axis, count, reduce)
+            return pooled
+
+        return pool
+
+    def _binned_along(x, axis, count, reduce):
+        length = tf.shape(x)[axis]
+        zeros = tf.zeros([x.shape.rank], tf.int32)
+        everything = tf.fill([x.shape.rank], -1)
+        at_axis = tf.one_hot(axis, x.shape.rank, dtype=tf.int32)
+        windows = []
+        for i in range(count):
+            start = (i * length) // count
+            end = ((i + 1) * length + count - 1) // count
+            window = tf.slice(x, zeros + at_axis * start, everything + at_axis * (end - start + 1))
+            windows.append(reduce(window, axis=axis, keepdims=True))
+        return tf.concat(windows, axis=axis)
+
+    return patching.replaced(
+        tf_nn,
+        adaptive_average_pool=of_any_size(tf_nn.adaptive_average_pool, tf.reduce_mean),
+        adaptive_max_pool=of_any_size(tf_nn.adaptive_max_pool, tf.reduce_max))
