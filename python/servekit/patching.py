@@ -12,6 +12,9 @@ import contextlib
 from typing import Any, Iterator
 
 
+_INHERITED = object()
+
+
 @contextlib.contextmanager
 def replaced(owner: Any, **replacements: Any) -> Iterator[None]:
     """Sets `owner`'s attributes named in `replacements` to their values
@@ -39,11 +42,17 @@ def replaced(owner: Any, **replacements: Any) -> Iterator[None]:
         trace(model)  # tf_math.erf is `erf` here, and the original again after
     ```
     """
-    originals = {name: getattr(owner, name) for name in replacements}
+    if isinstance(owner, type):  # a class's own entries: a classmethod stays one, an inherited one stays inherited
+        originals = {name: owner.__dict__.get(name, _INHERITED) for name in replacements}
+    else:
+        originals = {name: getattr(owner, name) for name in replacements}
     for name, value in replacements.items():
         setattr(owner, name, value)
     try:
         yield
     finally:
         for name, value in originals.items():
-            setattr(owner, name, value)
+            if value is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)

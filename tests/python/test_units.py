@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from servekit import atomic, determinism, support_matrix, verification
+from servekit import atomic, determinism, patching, support_matrix, verification
 from servekit.source_model.input_layout import FlatSpec, InputLayout, resolve_input_layout
 from servekit.source_model.names import endpoint_output_names, named_dims, sanitize_name, unique_names
 from servekit.source_model.sample_inputs import (embedding_input_ranges, generate_inputs, input_ranges_for,
@@ -324,6 +324,30 @@ def test_coarse_tolerance_is_relative_to_the_outputs_range_over_the_endpoints_ca
 
 
 # -- names ---------------------------------------------------------------------------------
+
+
+def test_replaced_puts_back_a_classmethod_and_an_inherited_method():
+    class Base:
+        @classmethod
+        def build(cls):
+            return cls.__name__
+
+        def size(self):
+            return 1
+
+    class Child(Base):
+        @classmethod
+        def build(cls):
+            return "child " + cls.__name__
+
+    class Grandchild(Child):
+        pass
+
+    with patching.replaced(Child, build=classmethod(lambda cls: "patched"), size=lambda self: 2):
+        assert Grandchild.build() == "patched" and Grandchild().size() == 2
+    # A classmethod read back as a method bound to Child would name Child for Grandchild.
+    assert Grandchild.build() == "child Grandchild"
+    assert "size" not in Child.__dict__ and Child().size() == 1
 
 
 def test_names_are_sanitized_and_unique():
