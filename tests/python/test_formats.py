@@ -754,6 +754,21 @@ def test_adaptive_pooling_of_any_size(tmp_path, fmt):
                                        err_msg=f"{name} of {sides}")
 
 
+def test_random_shear_survives_keras_round_trip(tmp_path):
+    # RandomShear's config holds each factor f as (-f, f), which its constructor refuses:
+    # Keras's own save and load failed, so the portable rebuild did.
+    layers = keras.layers
+    image = keras.Input(shape=(None, None, 3), name="image")
+    features = layers.Conv2D(2, 1, name="features")(image)
+    model = keras.Model(image, layers.RandomShear(x_factor=0.2, y_factor=(0.1, 0.3), name="shear")(features))
+    path = str(tmp_path / "m.onnx")
+    artifact = servekit.export(model, path, format="onnx", verbose=False)
+    assert artifact.strategy == "portable_rebuild"
+    x = np.random.default_rng(11).standard_normal((2, 5, 6, 3)).astype("float32")
+    np.testing.assert_allclose(checks.onnx_outputs(path, {"image": x})["shear"],
+                               keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
 def test_switch_chooses_a_branch_in_every_converted_format(tmp_path, fmt):
     # keras.ops.switch is tf.switch_case on TensorFlow, a Case op none of the three converts.

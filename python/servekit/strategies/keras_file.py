@@ -319,6 +319,32 @@ def import_custom_classes(classes: Sequence[CustomClass]) -> dict[str, Any]:
     return custom
 
 
+@contextlib.contextmanager
+def _configs_keras_writes_but_refuses() -> Iterator[None]:
+    """Layer configs Keras writes but its own constructor refuses are read as
+    the layer meant them.
+
+    `RandomShear.get_config()` writes each factor `f` as the range it draws
+    from, `(-f, f)`, which `RandomShear.__init__` refuses (a factor's bounds
+    must lie in [0, 1]): every model with a `RandomShear` failed Keras's own
+    save and load round trip. Such a range is read back as its factor.
+    """
+    from keras.src.layers.preprocessing.image_preprocessing.random_shear import RandomShear
+
+    keras_from_config = RandomShear.from_config.__func__
+
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("x_factor", "y_factor"):
+            factor = config.get(key)
+            if isinstance(factor, (list, tuple)) and len(factor) == 2 and factor[0] < 0 and factor[0] == -factor[1]:
+                config[key] = factor[1]
+        return keras_from_config(cls, config)
+
+    with patching.replaced(RandomShear, from_config=classmethod(from_config)):
+        yield
+
+
 def load_keras(path: str, model_name: str, custom_objects: Optional[dict] = None):
     """Loads what `save_keras` wrote, in a worker.
 
@@ -332,7 +358,7 @@ def load_keras(path: str, model_name: str, custom_objects: Optional[dict] = None
     import keras
 
     try:
-        with _weights_loaded_in_place():
+        with _weights_loaded_in_place(), _configs_keras_writes_but_refuses():
             return keras.saving.load_model(path, custom_objects=custom_objects, compile=False, safe_mode=False)
     except (TypeError, ValueError) as e:
         detail = re.sub(r", value=\[.*?\]>", ">", str(e).strip(), flags=re.S)
