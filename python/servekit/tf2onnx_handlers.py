@@ -24,6 +24,9 @@ a graph (importing this module registers them):
 - `Complex`, `FFT2D`, `Real`, `Imag`: `keras.ops.fft2` (FNet's token mixing)
   lowers to them; complex values are float tensors with a leading dimension of
   2, as in tf2onnx's own FFT handlers, and the transform is ONNX `DFT`.
+- `RFFT` read by `Real`/`Imag`: `keras.ops.stft` (`MelSpectrogram`) and
+  `keras.ops.rfft` take its parts, where tf2onnx converts an `RFFT` that only
+  `ComplexAbs` reads: ONNX `DFT` (opset 17), one-sided, in the same layout.
 
 And one fix to tf2onnx's optimizer (`_patch_transpose_optimizer`): its
 transpose optimizer folds `Add(const)` after a bias-less `Conv` into the Conv's
@@ -39,6 +42,7 @@ from onnx import onnx_pb
 from tf2onnx import constants, utils
 from tf2onnx.custom_opsets.onnx_ml import LookupTableFind as _TfLookupTableFind
 from tf2onnx.handler import tf_op
+from tf2onnx.onnx_opset.signal import RFFTOp as _TfRFFT
 
 
 # pylint: disable=unused-argument
@@ -206,6 +210,45 @@ class FFT2D:
         ctx.remove_node(node.name)
         ctx.make_node("Transpose", [x], attr={"perm": [rank - 1] + list(range(rank - 1))}, outputs=node.output,
                       name=node.name, shapes=[list(shape)], dtypes=[dtype])
+
+
+@tf_op("RFFT")
+class RFFT:
+    """A real signal's one-sided DFT over its last axis, read by any op.
+
+    tf2onnx's own conversion (taken below opset 17, and when only
+    `ComplexAbs` reads the transform) refuses every other reader."""
+
+    @classmethod
+    def version_1(cls, ctx, node, **kwargs):
+        return _TfRFFT.version_1(ctx, node, **kwargs)
+
+    @classmethod
+    def version_10(cls, ctx, node, **kwargs):
+        return _TfRFFT.version_10(ctx, node, **kwargs)
+
+    @classmethod
+    def version_13(cls, ctx, node, **kwargs):
+        return _TfRFFT.version_13(ctx, node, **kwargs)
+
+    @classmethod
+    def version_17(cls, ctx, node, **kwargs):
+        if {consumer.type for consumer in ctx.find_output_consumers(node.output[0])} == {"ComplexAbs"}:
+            return _TfRFFT.version_13(ctx, node, **kwargs)
+        shape = ctx.get_shape(node.input[0])
+        utils.make_sure(shape is not None and node.inputs[1].is_const(),
+                        "RFFT of a tensor of unknown rank or to a computed length (%r)", shape)
+        length = int(np.asarray(node.inputs[1].get_tensor_value()).ravel()[0])
+        rank = len(shape)
+        signal = ctx.make_node("Unsqueeze", [node.input[0], ctx.make_const(
+            utils.make_name("axis"), np.array([rank], np.int64)).output[0]]).output[0]
+        dft_length = ctx.make_const(utils.make_name("dft_length"), np.array(length, np.int64)).output[0]
+        transform = ctx.make_node("DFT", [signal, dft_length], attr={"axis": rank - 1, "onesided": 1,
+                                                                      "inverse": 0}).output[0]
+        dtype = ctx.get_dtype(node.input[0])
+        ctx.remove_node(node.name)
+        ctx.make_node("Transpose", [transform], attr={"perm": [rank] + list(range(rank))}, outputs=node.output,
+                      name=node.name, shapes=[[2] + list(shape[:-1]) + [length // 2 + 1]], dtypes=[dtype])
 
 
 def _patch_transpose_optimizer() -> None:

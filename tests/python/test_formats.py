@@ -867,6 +867,25 @@ def test_fft2_is_written_with_real_matmuls(fmt, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
+def test_spectrograms_and_real_ffts_convert(fmt, tmp_path):
+    # keras.ops.stft and rfft read the real and imaginary parts of an RFFT, which tf2onnx
+    # converts only for ComplexAbs: a MelSpectrogram was refused for ONNX.
+    audio = keras.Input(shape=(800,), name="audio")
+    real, imag = keras.layers.Lambda(lambda a: keras.ops.rfft(a, fft_length=64), name="spectrum")(audio[:, :50])
+    model = keras.Model(audio, {
+        "mel": keras.layers.MelSpectrogram(fft_length=128, sequence_stride=64, num_mel_bins=16, sampling_rate=8000,
+                                           name="mel")(audio),
+        "real": keras.layers.Identity(name="real")(real), "imag": keras.layers.Identity(name="imag")(imag)})
+    path = str(tmp_path / _ARTIFACT[fmt])
+    servekit.export(model, path, format=fmt, verbose=False)
+    feed = {"audio": np.random.default_rng(12).uniform(-1, 1, size=(3, 800)).astype("float32")}
+    got = _OUTPUTS_IN[fmt](path, feed)
+    for name, want in model(feed["audio"]).items():
+        want = keras.ops.convert_to_numpy(want)
+        np.testing.assert_allclose(got[name], want, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
 def test_cumprod_is_a_scan_of_products(fmt, tmp_path):
     # None of the three runtimes has a cumulative product: static and dynamic axes, and integers,
     # which must come out exact.
