@@ -424,6 +424,7 @@ def test_pipeline_failure_lists_every_reason_and_writes_nothing(tmp_path):
     assert message.startswith("Model 'm' (jax backend) -> onnx: no export strategy produced a verified artifact")
     assert "portable (skipped): layer 'x' is local" in message
     assert "inproc (failed): inproc does not reproduce the model" in message
+    assert "declare the tolerance the model needs: servekit.export(..., tolerances=" in message
     # The converter's cause keeps its first and last lines (what failed, and where).
     assert "raising (failed): RuntimeError: converter crashed at op Foo" in message
     assert info.value.layer == "x" and info.value.reason == "strategy_failed"
@@ -485,6 +486,7 @@ def test_pipeline_keeps_a_type_error_a_type_error(tmp_path):
     with pytest.raises(TypeError) as info:
         _run(tmp_path, [_Writes("only", raises=ExportTypeError("polymorphic shape mismatch"))])
     assert isinstance(info.value, ExportError) and "polymorphic shape mismatch" in str(info.value)
+    assert "tolerance" not in str(info.value)  # offered for outputs that differ, not for a failed trace
 
 
 def test_case_set_round_trip_keeps_order_strings_and_runs(tmp_path):

@@ -191,6 +191,12 @@ def _guarded(write: Callable[[], dict[str, dict[str, Any]]], formats: Sequence[s
     return {fmt: dict(report) for fmt in formats}
 
 
+_DECLARE_A_TOLERANCE = (
+    "If the differences are rounding the model amplifies rather than a wrong conversion (a log of values near "
+    "zero, a difference of large terms), declare the tolerance the model needs: servekit.export(..., "
+    "tolerances={'float32': (atol, rtol)}), or the build rule's tolerances = {'float32': 'atol,rtol'}.\n")
+
+
 def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],
                        reasons: Sequence[str]) -> ExportError:
     tried = [a for a in attempts if a.outcome == "failed"]
@@ -199,7 +205,10 @@ def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],
     else:
         body = "no export strategy produced a verified artifact:\n" + "\n".join(
             f"  - {a.strategy} ({a.outcome}): {_indent(a.reason)}" for a in attempts)
-    message = f"{what}: {body}\nNothing was written at '{filepath}'."
+    message = f"{what}: {body}\n"
+    if "verification_failed" in reasons:
+        message += _DECLARE_A_TOLERANCE
+    message += f"Nothing was written at '{filepath}'."
     # A type problem Keras's own road ran into stays a TypeError, as in Keras.
     cls = errors.ExportError
     if any(a.error_class is not None and issubclass(a.error_class, TypeError) for a in tried):
