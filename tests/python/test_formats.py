@@ -491,7 +491,8 @@ def test_in_process_litert_takes_the_builtin_trace_too(tmp_path):
 
 def test_litert_pools_in_3d_with_2d_pools(tmp_path):
     # LiteRT has no MaxPool3D or AvgPool3D kernel (a Flex op: the export was refused). Both,
-    # "same" and "valid", uneven windows and strides, channels first too.
+    # "same" and "valid", uneven windows and strides, channels first too, and Keras's 3-D
+    # adaptive pools, which call them.
     keras.utils.set_random_seed(5)
     volumes = keras.Input(shape=(7, 9, 8, 2), name="volumes")
     features = keras.layers.Conv3D(3, 3, padding="same", name="conv")(volumes)
@@ -500,7 +501,9 @@ def test_litert_pools_in_3d_with_2d_pools(tmp_path):
         "mean_strided": keras.layers.AveragePooling3D((3, 2, 2), strides=(1, 2, 2), padding="same")(volumes),
         "mean_valid": keras.layers.AveragePooling3D(2)(volumes),
         "max_channels_first": keras.layers.MaxPooling3D(2, data_format="channels_first")(
-            keras.layers.Permute((4, 1, 2, 3))(volumes))})
+            keras.layers.Permute((4, 1, 2, 3))(volumes)),
+        "adaptive_max": keras.layers.AdaptiveMaxPooling3D((3, 2, 4))(features),
+        "adaptive_mean": keras.layers.AdaptiveAveragePooling3D(2)(volumes)})
     path = str(tmp_path / "pools.tflite")
     servekit.export(model, path, format="litert", verbose=False)
     values = np.random.default_rng(2).normal(size=(3, 7, 9, 8, 2)).astype("float32")

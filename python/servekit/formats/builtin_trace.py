@@ -42,7 +42,9 @@ with each written another way, for a format whose trace has them
   pools, over height and width with the depth folded into the batch, then
   over the depth: the same numbers, since a max, and a mean over the window
   positions inside the input (TensorFlow's count with "same" padding), both
-  split axis by axis.
+  split axis by axis. Keras's 3-D adaptive pools call TensorFlow's 3-D pools
+  too: here each output bin reduces its own slice of the input
+  (`graph_mode.adaptive_pool_by_bins`).
 - `Erf` (LiteRT): no built-in kernel (`keras.ops.erf`; an exact GELU does not
   use it: the converter fuses TensorFlow's into its GELU op). In this trace
   it is the rational approximation XLA and Eigen compute float32 `erf` with
@@ -574,6 +576,8 @@ def _pools_3d_as_2d() -> contextlib.AbstractContextManager[None]:
     from keras.src import backend
     from keras.src.backend.tensorflow import nn as tf_nn
 
+    from servekit.source_model import graph_mode
+
     originals = {"max_pool": tf_nn.max_pool, "average_pool": tf_nn.average_pool}
 
     def size(t, axis):
@@ -600,9 +604,20 @@ def _pools_3d_as_2d() -> contextlib.AbstractContextManager[None]:
 
         return pool
 
+    def by_bins_in_3d(keras_pool, reduce):
+        def pool(inputs, output_size, data_format=None):
+            data_format = backend.standardize_data_format(data_format)
+            if tf.convert_to_tensor(inputs).shape.rank != 5:
+                return keras_pool(inputs, output_size, data_format=data_format)
+            return graph_mode.adaptive_pool_by_bins(inputs, output_size, data_format, reduce)
+
+        return pool
+
     return patching.replaced(tf_nn,
                              max_pool=as_2d("max_pool", tf.nn.max_pool2d),
-                             average_pool=as_2d("average_pool", tf.nn.avg_pool2d))
+                             average_pool=as_2d("average_pool", tf.nn.avg_pool2d),
+                             adaptive_max_pool=by_bins_in_3d(tf_nn.adaptive_max_pool, tf.reduce_max),
+                             adaptive_average_pool=by_bins_in_3d(tf_nn.adaptive_average_pool, tf.reduce_mean))
 
 
 def _fft2_as_real_matmuls() -> contextlib.AbstractContextManager[None]:

@@ -150,32 +150,59 @@ def _adaptive_pools_of_unknown_sizes() -> contextlib.AbstractContextManager[None
     def of_any_size(keras_pool, reduce):
         def pool(inputs, output_size, data_format=None):
             data_format = backend.standardize_data_format(data_format)
-            spatial_dims = inputs.shape.rank - 2
-            axes = range(1, spatial_dims + 1) if data_format == "channels_last" else range(2, spatial_dims + 2)
-            if not isinstance(inputs, tf.Tensor) or all(inputs.shape[axis] is not None for axis in axes):
+            if not isinstance(inputs, tf.Tensor) or None not in _spatial_sizes(inputs, data_format):
                 return keras_pool(inputs, output_size, data_format=data_format)
-            bins = (output_size,) * spatial_dims if isinstance(output_size, int) else tuple(output_size)
-            pooled = inputs
-            for axis, count in zip(axes, bins):
-                pooled = _binned_along(pooled, axis, count, reduce)
-            return pooled
+            return adaptive_pool_by_bins(inputs, output_size, data_format, reduce)
 
         return pool
-
-    def _binned_along(x, axis, count, reduce):
-        length = tf.shape(x)[axis]
-        zeros = tf.zeros([x.shape.rank], tf.int32)
-        everything = tf.fill([x.shape.rank], -1)
-        at_axis = tf.one_hot(axis, x.shape.rank, dtype=tf.int32)
-        windows = []
-        for i in range(count):
-            start = (i * length) // count
-            end = ((i + 1) * length + count - 1) // count
-            window = tf.slice(x, zeros + at_axis * start, everything + at_axis * (end - start + 1))
-            windows.append(reduce(window, axis=axis, keepdims=True))
-        return tf.concat(windows, axis=axis)
 
     return patching.replaced(
         tf_nn,
         adaptive_average_pool=of_any_size(tf_nn.adaptive_average_pool, tf.reduce_mean),
         adaptive_max_pool=of_any_size(tf_nn.adaptive_max_pool, tf.reduce_max))
+
+
+def _spatial_axes(inputs, data_format: str) -> range:
+    spatial_dims = inputs.shape.rank - 2
+    return range(1, spatial_dims + 1) if data_format == "channels_last" else range(2, spatial_dims + 2)
+
+
+def _spatial_sizes(inputs, data_format: str) -> list:
+    return [inputs.shape[axis] for axis in _spatial_axes(inputs, data_format)]
+
+
+def adaptive_pool_by_bins(inputs, output_size, data_format: str, reduce):
+    """Adaptive pooling (TensorFlow) in which each output bin reduces its own
+    window, `floor(i*L/n)` to `ceil((i+1)*L/n)` as Keras and torch define it,
+    one spatial axis after the other (a window is the product of its ranges).
+
+    Keras's TensorFlow code needs the sizes while tracing and pools with
+    `tf.nn.pool`, which is `MaxPool3D`/`AvgPool3D` in 3-D (no LiteRT kernel);
+    this takes sizes known at run time only, with slices and reductions.
+
+    Args:
+        inputs: a tensor of rank 3, 4 or 5.
+        output_size: the bins per spatial axis (an int for all of them).
+        data_format: "channels_last" or "channels_first".
+        reduce: `tf.reduce_mean` or `tf.reduce_max`.
+
+    Returns:
+        The pooled tensor.
+    """
+    import tensorflow as tf
+
+    axes = _spatial_axes(inputs, data_format)
+    bins = (output_size,) * len(axes) if isinstance(output_size, int) else tuple(output_size)
+    pooled = inputs
+    for axis, count in zip(axes, bins):
+        length = tf.shape(pooled)[axis]
+        rank = pooled.shape.rank
+        at_axis = tf.one_hot(axis, rank, dtype=tf.int32)
+        windows = []
+        for i in range(count):
+            start = (i * length) // count
+            end = ((i + 1) * length + count - 1) // count
+            window = tf.slice(pooled, at_axis * start, tf.fill([rank], -1) + at_axis * (end - start + 1))
+            windows.append(reduce(window, axis=axis, keepdims=True))
+        pooled = tf.concat(windows, axis=axis)
+    return pooled
