@@ -7,9 +7,18 @@ it is replaced after any failed job, so tests stay independent. The
 determinism suite still exports in separate processes of its own.
 """
 
-import pytest
+import os
 
-from servekit.worker.launch import warm_worker
+# TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 (VNNI, BF16) or AMX; without
+# it, a channels-first convolution does not run on its CPU ("only supports the NHWC tensor
+# format"), and a test's source model on the TensorFlow backend would fail on an AVX2 machine
+# where it runs on others. Test processes take oneDNN on every CPU (before TensorFlow loads);
+# the export worker sets it off for itself, as the export action does.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import pytest  # noqa: E402
+
+from servekit.worker.launch import warm_worker  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
