@@ -420,3 +420,26 @@ def test_jitted_reference_calls_match_eager_ones_and_let_the_model_go(tmp_path):
     del model, got
     gc.collect()
     assert dropped() is None
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's own CPU kernels")
+def test_a_model_tensorflow_cannot_run_on_this_cpu_is_refused_with_the_setting_it_needs(tmp_path):
+    # Without oneDNN (TensorFlow's default on CPUs without AVX-512 or AMX; forced off here)
+    # a channels-first convolution does not run on the CPU: the source model itself fails.
+    import subprocess
+    import sys
+
+    script = (
+        "import keras, servekit\n"
+        "i = keras.Input((3, 8, 8), name='images')\n"
+        "m = keras.Model(i, keras.layers.Conv2D(4, 3, data_format='channels_first')(i))\n"
+        "try:\n"
+        f"    servekit.export(m, {str(tmp_path / 'm.onnx')!r}, format='onnx', verbose=False)\n"
+        "except servekit.ExportError as e:\n"
+        "    print(e.reason, str(e))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert run.stdout.startswith("source_failed"), run.stdout + run.stderr[-2000:]
+    assert "only supports the NHWC tensor format" in run.stdout
+    assert "set TF_ENABLE_ONEDNN_OPTS=1" in run.stdout and "data_format='channels_last'" in run.stdout
+    assert not os.listdir(tmp_path)

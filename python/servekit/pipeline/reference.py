@@ -33,8 +33,18 @@ def blaming_the_source(what: str, backend: str, model: Optional[str] = None) -> 
     except ExportError:
         raise
     except Exception as e:  # the user's model or function failed: say which, with its own message
-        raise ExportError(f"{what} failed on generated inputs on the {backend} backend: {type(e).__name__}: {e}",
-                          model=model, reason="source_failed") from None
+        raise ExportError(f"{what} failed on generated inputs on the {backend} backend: {type(e).__name__}: {e}"
+                          f"{_known_cause(str(e))}", model=model, reason="source_failed") from None
+
+
+def _known_cause(message: str) -> str:
+    if "only supports the NHWC tensor format on the CPU" in message:
+        # TensorFlow runs channels-first convolutions on a CPU through oneDNN only, which it
+        # turns on by itself on CPUs with AVX-512 (VNNI, BF16) or AMX.
+        return ("\nTensorFlow's CPU kernels run a channels-first convolution only with oneDNN, which TensorFlow "
+                "turns on by itself on some CPUs only: set TF_ENABLE_ONEDNN_OPTS=1 in the environment before "
+                "TensorFlow is imported, or build the model with data_format='channels_last'.")
+    return ""
 
 
 def guarded(call: SourceCall, what: str, backend: str, model: Optional[str] = None) -> SourceCall:
