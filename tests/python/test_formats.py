@@ -1238,6 +1238,30 @@ def test_torch_program_of_lambda_layers_with_globals(tmp_path):
     np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+def test_named_lambda_functions_are_rebuilt(fmt, tmp_path):
+    # Keras saves a Lambda's named function by its name alone, and finds only activations by
+    # name when it loads: Lambda(keras.ops.arcsinh), or a function defined in a notebook, failed
+    # its own round trip, and every rebuild with it (the torch program of a TensorFlow or JAX
+    # model had no other road).
+    def doubled_exp(t):
+        return keras.ops.exp(t) * np.float32(2.0)
+
+    features = keras.Input(shape=(4,), name="features")
+    model = keras.Model(features, {"asinh": keras.layers.Lambda(keras.ops.arcsinh, name="asinh")(features),
+                                   "doubled": keras.layers.Lambda(doubled_exp, name="doubled")(features)})
+    path = str(tmp_path / _ARTIFACT[fmt])
+    artifact = servekit.export(model, path, format=fmt, verbose=False)
+    if fmt == "onnx":
+        assert artifact.strategy == "portable_rebuild"
+        values = np.random.default_rng(13).normal(size=(3, 4)).astype("float32")
+        got = checks.onnx_outputs(path, {"features": values})
+        for name, want in model(values).items():
+            np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(want), rtol=1e-6, atol=1e-6)
+    else:
+        assert artifact.strategy == ("in_process" if BACKEND == "torch" else "cross_backend_rebuild")
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="a TensorFlow or JAX model's package is compiled from its rebuild "
                                               "under Keras's torch backend: this batch normalization")
 def test_torch_aoti_compiles_batch_normalization(tmp_path):

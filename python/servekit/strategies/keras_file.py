@@ -56,7 +56,8 @@ def _loaded_by_path(module_name: str) -> Optional[str]:
 
 
 def custom_classes(model) -> list[CustomClass]:
-    """Non-Keras classes in the model (they must be importable by the worker)."""
+    """Non-Keras classes in the model, and functions its Lambda layers call
+    that Keras saves by name alone (the worker must import them)."""
     import keras
 
     found: dict[type, CustomClass] = {}
@@ -73,7 +74,32 @@ def custom_classes(model) -> list[CustomClass]:
             pass
         found[cls] = CustomClass(cls.__module__, cls.__qualname__, tuple(sorted(names)), layer.name,
                                  _loaded_by_path(cls.__module__))
+    for fn, layer_name in _lambda_functions_keras_cannot_find(model):
+        found.setdefault(fn, CustomClass(fn.__module__, fn.__qualname__, (fn.__name__,), layer_name,
+                                         _loaded_by_path(fn.__module__)))
     return list(found.values())
+
+
+def _lambda_functions_keras_cannot_find(model) -> list[tuple[Any, str]]:
+    """Named functions `Lambda` layers call that Keras saves by name alone.
+
+    `Lambda(keras.ops.exp)` is saved as the function `exp` of module
+    `builtins`, which `load_model` looks up among the activations only:
+    Keras's own round trip failed for most `keras.ops` functions. The worker
+    imports each such function and gives it to `load_model` by its name.
+    """
+    import keras
+
+    functions = []
+    for layer in all_layers(model):
+        if type(layer).__name__ != "Lambda" or not type(layer).__module__.startswith("keras."):
+            continue
+        fn = getattr(layer, "function", None)
+        if not inspect.isfunction(fn) or fn.__name__ == "<lambda>" or not _importable(fn):
+            continue  # saved as its code (`_script_functions_saved_as_code`)
+        if keras.saving.serialize_keras_object(fn).get("module") == "builtins":
+            functions.append((fn, layer.name))
+    return functions
 
 
 def _global_names(code) -> set[str]:
@@ -204,7 +230,7 @@ def save_keras(model, path: str, model_name: str) -> None:
             without `get_config()`).
     """
     try:
-        with _weights_saved_in_place():
+        with _weights_saved_in_place(), _script_functions_saved_as_code():
             model.save(path, zipped=False)
     except Exception as e:  # Keras raises anything from a get_config(); the message is kept
         detail = str(e).strip() or f"{type(e).__name__} from its get_config()"
@@ -212,6 +238,36 @@ def save_keras(model, path: str, model_name: str) -> None:
             f"Model '{model_name}' cannot be saved in the Keras format (.keras), which the portable rebuild needs: {detail}. "
             "Give custom layers and models a get_config() and register them with "
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
+
+
+def _importable(fn) -> bool:
+    return getattr(fn, "__module__", None) not in (None, "__main__") and "<locals>" not in fn.__qualname__
+
+
+@contextlib.contextmanager
+def _script_functions_saved_as_code() -> Iterator[None]:
+    """A `Lambda`'s named function that no other process can import (defined
+    in the script, or inside a function) is saved as its code, as Keras saves
+    a `lambda`.
+
+    Keras saves a named function by its name alone, which `load_model`
+    cannot find in another process (`Lambda(double)`, `double` defined in
+    the notebook): the rebuild failed. Its globals are carried as a
+    lambda's are (`lambda_globals`).
+    """
+    from keras.src.layers.core.lambda_layer import Lambda
+    from keras.src.utils import python_utils
+
+    keras_serialize = Lambda._serialize_function_to_config
+
+    def serialize(layer, fn):
+        if inspect.isfunction(fn) and fn.__name__ != "<lambda>" and not _importable(fn):
+            code, defaults, closure = python_utils.func_dump(fn)
+            return {"class_name": "__lambda__", "config": {"code": code, "defaults": defaults, "closure": closure}}
+        return keras_serialize(layer, fn)
+
+    with patching.replaced(Lambda, _serialize_function_to_config=serialize):
+        yield
 
 
 @contextlib.contextmanager
