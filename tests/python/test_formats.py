@@ -1243,13 +1243,17 @@ def test_named_lambda_functions_are_rebuilt(fmt, tmp_path):
     # Keras saves a Lambda's named function by its name alone, and finds only activations by
     # name when it loads: Lambda(keras.ops.arcsinh), or a function defined in a notebook, failed
     # its own round trip, and every rebuild with it (the torch program of a TensorFlow or JAX
-    # model had no other road).
+    # model had no other road). A lambda whose closure holds a module (Keras wrote the module's
+    # repr) failed the same way.
     def doubled_exp(t):
         return keras.ops.exp(t) * np.float32(2.0)
 
+    ops, scale = keras.ops, 3.0
     features = keras.Input(shape=(4,), name="features")
     model = keras.Model(features, {"asinh": keras.layers.Lambda(keras.ops.arcsinh, name="asinh")(features),
-                                   "doubled": keras.layers.Lambda(doubled_exp, name="doubled")(features)})
+                                   "doubled": keras.layers.Lambda(doubled_exp, name="doubled")(features),
+                                   "closure": keras.layers.Lambda(lambda t: ops.sin(t) * scale,
+                                                                  name="closure")(features)})
     path = str(tmp_path / _ARTIFACT[fmt])
     artifact = servekit.export(model, path, format=fmt, verbose=False)
     if fmt == "onnx":

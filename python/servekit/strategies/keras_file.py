@@ -188,10 +188,8 @@ def preflight(model, model_name: str) -> list[CustomClass]:
 @contextlib.contextmanager
 def lambda_globals_installed(entries: dict[str, dict]) -> Iterator[None]:
     """Gives Lambda functions deserialized in this block the globals `entries`
-    (from `lambda_globals`, in the source process) describe."""
-    if not entries:
-        yield
-        return
+    (from `lambda_globals`, in the source process) describe, and the closure
+    values `save_keras` wrote by name."""
     extra = {}
     for name, entry in entries.items():
         if entry["kind"] == "module":
@@ -208,9 +206,11 @@ def lambda_globals_installed(entries: dict[str, dict]) -> Iterator[None]:
     original = python_utils.func_load
 
     def func_load(code, defaults=None, closure=None, globs=None):
-        if globs is None:
+        if globs is None and extra:
             globs = dict(vars(python_utils))
             globs.update(extra)
+        if closure is not None:
+            closure = tuple(_closure_value_from_reference(value) for value in closure)
         return original(code, defaults=defaults, closure=closure, globs=globs)
 
     with patching.replaced(python_utils, func_load=func_load):
@@ -253,7 +253,10 @@ def _script_functions_saved_as_code() -> Iterator[None]:
     Keras saves a named function by its name alone, which `load_model`
     cannot find in another process (`Lambda(double)`, `double` defined in
     the notebook): the rebuild failed. Its globals are carried as a
-    lambda's are (`lambda_globals`).
+    lambda's are (`lambda_globals`). A module or an importable function or
+    class a function's closure holds (`ops = keras.ops` in the function that
+    builds the model) is saved by its name (Keras wrote its `repr`, and the
+    loaded function failed) and imported back by `lambda_globals_installed`.
     """
     from keras.src.layers.core.lambda_layer import Lambda
     from keras.src.utils import python_utils
@@ -261,13 +264,37 @@ def _script_functions_saved_as_code() -> Iterator[None]:
     keras_serialize = Lambda._serialize_function_to_config
 
     def serialize(layer, fn):
-        if inspect.isfunction(fn) and fn.__name__ != "<lambda>" and not _importable(fn):
+        if inspect.isfunction(fn) and (fn.__name__ == "<lambda>" or not _importable(fn)):
             code, defaults, closure = python_utils.func_dump(fn)
+            if closure is not None:
+                closure = tuple(_closure_value_by_reference(value) for value in closure)
             return {"class_name": "__lambda__", "config": {"code": code, "defaults": defaults, "closure": closure}}
         return keras_serialize(layer, fn)
 
     with patching.replaced(Lambda, _serialize_function_to_config=serialize):
         yield
+
+
+# How a closure value saved by name is marked in a Lambda's config.
+_BY_REFERENCE = "__servekit_by_reference__"
+
+
+def _closure_value_by_reference(value) -> Any:
+    if isinstance(value, types.ModuleType):
+        return {_BY_REFERENCE: {"module": value.__name__}}
+    if (inspect.isfunction(value) or inspect.isclass(value)) and _importable(value):
+        return {_BY_REFERENCE: {"module": value.__module__, "qualname": value.__qualname__}}
+    return value
+
+
+def _closure_value_from_reference(value) -> Any:
+    if not (isinstance(value, dict) and set(value) == {_BY_REFERENCE}):
+        return value
+    reference = value[_BY_REFERENCE]
+    obj = importlib.import_module(reference["module"])
+    for part in reference.get("qualname", "").split(".") if "qualname" in reference else ():
+        obj = getattr(obj, part)
+    return obj
 
 
 @contextlib.contextmanager
