@@ -888,6 +888,33 @@ def test_spectrograms_and_real_ffts_convert(fmt, tmp_path):
         np.testing.assert_allclose(got[name], want, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
 
 
+def test_litert_computes_elementary_functions_and_rolls_with_builtin_ops(tmp_path):
+    # LiteRT has no kernel for these (Flex ops, or none at all): the export was refused.
+    ops = keras.ops
+    x = keras.Input(shape=(5, 6), name="x")
+    unit = keras.layers.Lambda(lambda t: ops.tanh(t) * 0.99, name="unit")(x)
+    model = keras.Model(x, {
+        "tan": keras.layers.Lambda(lambda t: ops.tan(t * 0.5), name="tan")(x),
+        "arcsin": keras.layers.Lambda(ops.arcsin, name="arcsin")(unit),
+        "arccos": keras.layers.Lambda(ops.arccos, name="arccos")(unit),
+        "sinh": keras.layers.Lambda(lambda t: ops.sinh(t * 0.01) * 100.0 + ops.sinh(t), name="sinh")(x),
+        "cosh": keras.layers.Lambda(ops.cosh, name="cosh")(x),
+        "arcsinh": keras.layers.Lambda(ops.arcsinh, name="arcsinh")(x),
+        "arccosh": keras.layers.Lambda(lambda t: ops.arccosh(ops.abs(t) + 1.0), name="arccosh")(x),
+        "arctanh": keras.layers.Lambda(ops.arctanh, name="arctanh")(unit),
+        "shifted_windows": keras.layers.Lambda(lambda t: ops.roll(t, shift=(-2, 3), axis=(1, 2)),
+                                               name="shifted_windows")(x),
+        "flat_roll": keras.layers.Lambda(lambda t: ops.roll(t, 7), name="flat_roll")(x)})
+    path = str(tmp_path / "m.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    assert not any(op.startswith("Flex") or op == "CUSTOM" for op in _litert_ops(path))
+    values = np.random.default_rng(14).normal(size=(3, 5, 6)).astype("float32")
+    got = _runtime_outputs("litert", path, {"x": values})
+    for name, want in model(values).items():
+        want = keras.ops.convert_to_numpy(want)
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
 def test_cumprod_is_a_scan_of_products(fmt, tmp_path):
     # None of the three runtimes has a cumulative product: static and dynamic axes, and integers,

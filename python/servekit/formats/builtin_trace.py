@@ -118,6 +118,15 @@ with each written another way, for a format whose trace has them
   output written by a `DynamicUpdateSlice`: the same steps in the same
   order, the same numbers.
 
+- `Tan`, `Asin`, `Acos`, `Sinh`, `Cosh`, `Asinh`, `Acosh`, `Atanh` and
+  `Roll` (LiteRT): no built-in kernels (`keras.ops.tan`, `arcsin`, ...,
+  `roll`, as in a Swin transformer's shifted windows). In this trace each
+  function is its textbook identity over built-in ops (`sin / cos`,
+  `atan2(x, sqrt(1 - x^2))`, exponentials and logarithms; `sinh` near zero
+  as its cubic series, where the exponentials' difference cancels), within a
+  few float32 roundings of TensorFlow's kernels, which the verification
+  bounds; a roll is a gather of `(i - shift) mod n` along its axis, exact.
+
 - `Case` (LiteRT, OpenVINO, ONNX): `keras.ops.switch` picks a branch by
   index with `tf.switch_case`, which none of the three converts (tf2onnx
   lowers it to `_SwitchN`, OpenVINO has no rule, the TFLite converter no
@@ -154,6 +163,8 @@ from servekit import patching
 # Op types each format's converter cannot take, by prefix.
 _RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
 _CASES = ("Case", "StatelessCase")
+# LiteRT has no kernel for these (matched whole: "Tan" is not "Tanh").
+_LITERT_ELEMENTARY = frozenset({"Tan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Roll"})
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
                              *_RESAMPLING, *_CASES),
                   "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", *_RESAMPLING, *_CASES),
@@ -167,6 +178,8 @@ def _unconvertible(node, fmt: str, constants: frozenset = frozenset()) -> bool:
         return True
     if fmt != "litert":
         return False
+    if node.op in _LITERT_ELEMENTARY:
+        return True
     if node.op == "StridedSlice":
         return node.attr["new_axis_mask"].i != 0
     if node.op == "Reshape" and any(scope.startswith("Repeat") for scope in node.name.split("/")[:-1]):
@@ -272,6 +285,7 @@ def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
             _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run(), \
             _switches_as_chained_conds(), \
             _scans_and_maps_without_tensor_lists() if fmt == "litert" else contextlib.nullcontext(), \
+            _elementary_functions_and_rolls_from_builtins() if fmt == "litert" else contextlib.nullcontext(), \
             _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
         yield
 
@@ -569,6 +583,61 @@ def _erf_as_rational() -> contextlib.AbstractContextManager[None]:
         return x * horner(_ERF_NUMERATOR, x2) / horner(_ERF_DENOMINATOR, x2)
 
     return patching.replaced(tf_math, erf=erf)
+
+
+def _elementary_functions_and_rolls_from_builtins() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    def float_only(name, identity):
+        keras_function = getattr(tf_numpy, name)
+
+        def function(x):
+            x = tf.convert_to_tensor(x)
+            return identity(x) if x.dtype.is_floating else keras_function(x)
+
+        return function
+
+    def sinh(x):
+        series = x + x * x * x / 6.0  # below 1e-2 its next term is under float32's rounding
+        return tf.where(tf.abs(x) < 1e-2, series, (tf.exp(x) - tf.exp(-x)) / 2.0)
+
+    def asinh(x):
+        magnitude = tf.abs(x)
+        return tf.sign(x) * tf.math.log(magnitude + tf.sqrt(magnitude * magnitude + 1.0))
+
+    identities = {
+        "tan": lambda x: tf.sin(x) / tf.cos(x),
+        "arcsin": lambda x: tf.atan2(x, tf.sqrt(1.0 - x * x)),
+        "arccos": lambda x: tf.atan2(tf.sqrt(1.0 - x * x), x),
+        "sinh": sinh,
+        "cosh": lambda x: (tf.exp(x) + tf.exp(-x)) / 2.0,
+        "arcsinh": asinh,
+        "arccosh": lambda x: tf.math.log(x + tf.sqrt(x * x - 1.0)),
+        "arctanh": lambda x: 0.5 * tf.math.log((1.0 + x) / (1.0 - x)),
+    }
+    keras_roll = tf_numpy.roll
+
+    def rolled_along(values, shift, axis):
+        size = tf.shape(values)[axis]
+        return tf.gather(values, tf.math.floormod(tf.range(size) - shift, size), axis=axis)
+
+    def roll(x, shift, axis=None):
+        shifts = (shift,) if isinstance(shift, int) else tuple(shift) if isinstance(shift, (list, tuple)) else None
+        axes = (axis,) if isinstance(axis, int) else tuple(axis) if isinstance(axis, (list, tuple)) else None
+        x = tf.convert_to_tensor(x)
+        if shifts is None or not all(isinstance(s, int) for s in shifts) or x.shape.rank is None:
+            return keras_roll(x, shift, axis=axis)  # a shift computed in the graph: Keras's tf.roll
+        if axis is None and len(shifts) == 1:
+            return tf.reshape(rolled_along(tf.reshape(x, [-1]), shifts[0], 0), tf.shape(x))
+        if axes is None or len(axes) != len(shifts):
+            return keras_roll(x, shift, axis=axis)
+        for one_shift, one_axis in zip(shifts, axes):
+            x = rolled_along(x, one_shift, one_axis % x.shape.rank)
+        return x
+
+    return patching.replaced(tf_numpy, roll=roll,
+                             **{name: float_only(name, identity) for name, identity in identities.items()})
 
 
 def _pools_3d_as_2d() -> contextlib.AbstractContextManager[None]:
