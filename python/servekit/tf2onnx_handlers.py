@@ -27,6 +27,9 @@ a graph (importing this module registers them):
 - `RFFT` read by `Real`/`Imag`: `keras.ops.stft` (`MelSpectrogram`) and
   `keras.ops.rfft` take its parts, where tf2onnx converts an `RFFT` that only
   `ComplexAbs` reads: ONNX `DFT` (opset 17), one-sided, in the same layout.
+  `FFT`, `IFFT` (`keras.ops.fft`, `ifft`) and `IRFFT` (`irfft`, `istft`),
+  which tf2onnx does not convert for these readers or at all, are `DFT`s
+  too; an `IRFFT`'s spectrum is completed by its conjugate symmetry first.
 
 And one fix to tf2onnx's optimizer (`_patch_transpose_optimizer`): its
 transpose optimizer folds `Add(const)` after a bias-less `Conv` into the Conv's
@@ -249,6 +252,62 @@ class RFFT:
         ctx.remove_node(node.name)
         ctx.make_node("Transpose", [transform], attr={"perm": [rank] + list(range(rank))}, outputs=node.output,
                       name=node.name, shapes=[[2] + list(shape[:-1]) + [length // 2 + 1]], dtypes=[dtype])
+
+
+def _complex_last(ctx, name: str, rank: int) -> str:
+    """The [2, ...] complex layout with the parts moved to the last axis, where `DFT` wants them."""
+    return ctx.make_node("Transpose", [name], attr={"perm": list(range(1, rank)) + [0]}).output[0]
+
+
+@tf_op(["FFT", "IFFT"])
+class FFT:
+    """A complex DFT (or its inverse, scaled by 1/n as TensorFlow's is) over the last axis."""
+
+    @classmethod
+    def version_17(cls, ctx, node, **kwargs):
+        shape = ctx.get_shape(node.input[0])
+        utils.make_sure(shape is not None and len(shape) >= 2 and shape[0] == 2,
+                        "%s of a tensor of unknown rank or not from Complex (%r)", node.type, shape)
+        rank = len(shape)
+        moved = _complex_last(ctx, node.input[0], rank)
+        transform = ctx.make_node("DFT", [moved], attr={"axis": rank - 2, "onesided": 0,
+                                                        "inverse": int(node.type == "IFFT")}).output[0]
+        dtype = ctx.get_dtype(node.input[0])
+        ctx.remove_node(node.name)
+        ctx.make_node("Transpose", [transform], attr={"perm": [rank - 1] + list(range(rank - 1))},
+                      outputs=node.output, name=node.name, shapes=[list(shape)], dtypes=[dtype])
+
+
+@tf_op("IRFFT")
+class IRFFT:
+    """The real signal of a one-sided spectrum: the spectrum completed by its
+    conjugate symmetry (X[n-k] = conj(X[k])), an inverse `DFT`, its real part
+    (the imaginary parts TensorFlow ignores, at 0 and n/2, land there only)."""
+
+    @classmethod
+    def version_17(cls, ctx, node, **kwargs):
+        shape = ctx.get_shape(node.input[0])
+        utils.make_sure(shape is not None and len(shape) >= 2 and shape[0] == 2 and node.inputs[1].is_const(),
+                        "IRFFT of a tensor of unknown rank, not from Complex, or to a computed length (%r)", shape)
+        length = int(np.asarray(node.inputs[1].get_tensor_value()).ravel()[0])
+        rank = len(shape)
+        kept = length // 2 + 1
+        indices = np.array(list(range(kept)) + [length - k for k in range(kept, length)], np.int64)
+        signs = np.array([[1.0] * length, [1.0] * kept + [-1.0] * (length - kept)],
+                         utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0])))
+        spectrum = ctx.make_node("Gather", [node.input[0], ctx.make_const(utils.make_name("bins"), indices).output[0]],
+                                 attr={"axis": rank - 1}).output[0]
+        signs = ctx.make_const(utils.make_name("conjugate"), signs.reshape([2] + [1] * (rank - 2) + [length]))
+        spectrum = ctx.make_node("Mul", [spectrum, signs.output[0]]).output[0]
+        signal = ctx.make_node("DFT", [_complex_last(ctx, spectrum, rank)],
+                               attr={"axis": rank - 2, "onesided": 0, "inverse": 1}).output[0]
+        real = ctx.make_const(utils.make_name("real"), np.array([0], np.int64)).output[0]
+        last = ctx.make_const(utils.make_name("last"), np.array([rank - 1], np.int64)).output[0]
+        dtype = ctx.get_dtype(node.output[0])
+        ctx.remove_node(node.name)
+        sliced = ctx.make_node("Gather", [signal, real], attr={"axis": rank - 1}).output[0]
+        ctx.make_node("Squeeze", [sliced, last], outputs=node.output, name=node.name,
+                      shapes=[list(shape[1:-1]) + [length]], dtypes=[dtype])
 
 
 def _patch_transpose_optimizer() -> None:

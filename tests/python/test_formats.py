@@ -915,6 +915,26 @@ def test_litert_computes_elementary_functions_and_rolls_with_builtin_ops(tmp_pat
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_onnx_converts_complex_and_inverse_ffts(tmp_path):
+    # tf2onnx converts an FFT only for ComplexAbs, and no IRFFT at all: keras.ops.fft's parts,
+    # irfft and istft (a vocoder's last step) were refused for ONNX.
+    ops = keras.ops
+    x = keras.Input(shape=(6, 8), name="x")
+    model = keras.Model(x, {
+        "even": keras.layers.Lambda(lambda t: ops.irfft(ops.rfft(t * 2.0), fft_length=8), name="even")(x),
+        "odd": keras.layers.Lambda(lambda t: ops.irfft(ops.rfft(t, fft_length=7), fft_length=7), name="odd")(x),
+        "istft": keras.layers.Lambda(lambda t: ops.istft(ops.stft(ops.reshape(t, (-1, 48)), 16, 8, 16), 16, 8, 16),
+                                     name="istft")(x),
+        "fft_real": keras.layers.Lambda(lambda t: ops.fft((t, t * 0.5))[0], name="fft_real")(x),
+        "fft_imag": keras.layers.Lambda(lambda t: ops.fft((t, -t))[1], name="fft_imag")(x)})
+    path = str(tmp_path / "m.onnx")
+    servekit.export(model, path, format="onnx", verbose=False)
+    values = np.random.default_rng(15).normal(size=(3, 6, 8)).astype("float32")
+    got = checks.onnx_outputs(path, {"x": values})
+    for name, want in model(values).items():
+        np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(want), atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
 def test_cumprod_is_a_scan_of_products(fmt, tmp_path):
     # None of the three runtimes has a cumulative product: static and dynamic axes, and integers,
