@@ -915,6 +915,29 @@ def test_litert_computes_elementary_functions_and_rolls_with_builtin_ops(tmp_pat
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_openvino_writes_slice_updates(tmp_path):
+    # keras.ops.slice_update (a key/value cache's write) is XlaDynamicUpdateSlice on
+    # TensorFlow, which OpenVINO's frontend has no rule for: the export was refused. A start
+    # computed from the input, and a box inside the last axis.
+    ops = keras.ops
+    cache = keras.Input(shape=(None, 4), name="cache")
+    step = keras.Input(shape=(1, 4), name="step")
+    written = keras.layers.Lambda(
+        lambda a: ops.slice_update(a[0], (0, ops.shape(a[0])[1] - 1, 0), a[1]), name="written")([cache, step])
+    boxed = keras.layers.Lambda(lambda a: ops.slice_update(a[0], (0, 0, 1), a[1][..., :2]),
+                                name="boxed")([cache, step])
+    model = keras.Model([cache, step], {"written": written, "boxed": boxed})
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    rng = np.random.default_rng(16)
+    for length in (3, 8):
+        feed = {"cache": rng.normal(size=(2, length, 4)).astype("float32"),
+                "step": rng.normal(size=(2, 1, 4)).astype("float32")}
+        got = checks.openvino_outputs(path, feed)
+        for name, want in model([feed["cache"], feed["step"]]).items():
+            np.testing.assert_array_equal(got[name], keras.ops.convert_to_numpy(want), err_msg=f"{name}, {length}")
+
+
 def test_onnx_converts_complex_and_inverse_ffts(tmp_path):
     # tf2onnx converts an FFT only for ComplexAbs, and no IRFFT at all: keras.ops.fft's parts,
     # irfft and istft (a vocoder's last step) were refused for ONNX.

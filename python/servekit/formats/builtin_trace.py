@@ -82,6 +82,10 @@ with each written another way, for a format whose trace has them
   `keras.ops.image.extract_patches` (its identity kernel) build with a
   diagonal op the frontend has no rule for. In this trace an eye of sizes
   known while tracing is a constant.
+- `XlaDynamicUpdateSlice` (OpenVINO): `keras.ops.slice_update` (a
+  key/value cache's write, a loop's output buffer), which the frontend has
+  no rule for. In this trace the update is padded to the input's shape and
+  selected where its box lies (the start clamped as XLA clamps it): exact.
 - int8 x int8 matmuls (LiteRT): Keras's `quantize("int8")` layers (`Dense`,
   `EinsumDense`) multiply int8 inputs by int8 kernels into int32, which
   LiteRT's kernels take only as quantized tensors (a scale and zero point per
@@ -167,7 +171,8 @@ _CASES = ("Case", "StatelessCase")
 _LITERT_ELEMENTARY = frozenset({"Tan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Roll"})
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
                              *_RESAMPLING, *_CASES),
-                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", *_RESAMPLING, *_CASES),
+                  "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", "XlaDynamicUpdateSlice",
+                               *_RESAMPLING, *_CASES),
                   "onnx": ("Cumprod", *_RESAMPLING, *_CASES)}
 
 
@@ -277,16 +282,22 @@ def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
     """
     from servekit.source_model import resampling
 
-    with _signbit_without_bitcast(), _categorical_encoding_without_bincount(), _slices_without_new_axes(), \
-            _int64_abs_and_sign_from_comparisons(), _fft2_as_real_matmuls(), _pools_3d_as_2d(), _erf_as_rational(), \
-            _cumprod_as_scan(), _integer_tables_as_comparisons(), resampling.tensorflow_resizes_as_matmuls(), \
-            _grouped_dilated_convolutions_as_one_op(), _eyes_as_constants(), _int8_products_in_float32(), \
-            _repeats_of_unknown_shapes_as_gathers(), _reshapes_to_one_unknown_dim_as_constant_shapes(), \
-            _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run(), \
-            _switches_as_chained_conds(), \
-            _scans_and_maps_without_tensor_lists() if fmt == "litert" else contextlib.nullcontext(), \
-            _elementary_functions_and_rolls_from_builtins() if fmt == "litert" else contextlib.nullcontext(), \
-            _exact_gelu_from_erf() if unfused_gelu else contextlib.nullcontext():
+    rewrites = [_signbit_without_bitcast, _categorical_encoding_without_bincount, _slices_without_new_axes,
+                _int64_abs_and_sign_from_comparisons, _fft2_as_real_matmuls, _pools_3d_as_2d, _erf_as_rational,
+                _cumprod_as_scan, _integer_tables_as_comparisons, resampling.tensorflow_resizes_as_matmuls,
+                _grouped_dilated_convolutions_as_one_op, _eyes_as_constants, _int8_products_in_float32,
+                _repeats_of_unknown_shapes_as_gathers, _reshapes_to_one_unknown_dim_as_constant_shapes,
+                _transposed_convolutions_to_computed_shapes_then_an_op_sized_before_the_run,
+                _switches_as_chained_conds]
+    if fmt == "litert":
+        rewrites += [_scans_and_maps_without_tensor_lists, _elementary_functions_and_rolls_from_builtins]
+    if fmt == "openvino":
+        rewrites.append(_slice_updates_as_selects)
+    if unfused_gelu:
+        rewrites.append(_exact_gelu_from_erf)
+    with contextlib.ExitStack() as stack:  # in this order: a later rewrite may call an earlier one
+        for rewrite in rewrites:
+            stack.enter_context(rewrite())
         yield
 
 
@@ -457,6 +468,29 @@ def _exact_gelu_from_erf() -> contextlib.AbstractContextManager[None]:
         return 0.5 * x * (1.0 + tf_math.erf(x * 0.7071067811865476))  # the erf of `_erf_as_rational`
 
     return patching.replaced(tf_nn, gelu=gelu)
+
+
+def _slice_updates_as_selects() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import core as tf_core
+
+    def slice_update(inputs, start_indices, updates):
+        inputs = tf.convert_to_tensor(inputs)
+        updates = tf.cast(updates, inputs.dtype)
+        if isinstance(start_indices, (list, tuple)):
+            start_indices = tf.stack([tf.cast(start, tf.int32) for start in start_indices])
+        shape, box = tf.shape(inputs), tf.shape(updates)
+        starts = tf.clip_by_value(tf.cast(start_indices, tf.int32), 0, shape - box)
+        padded = tf.pad(updates, tf.stack([starts, shape - box - starts], axis=1))
+        inside = tf.ones_like(inputs, tf.bool)
+        rank = inputs.shape.rank
+        for axis in range(rank):
+            position = tf.range(shape[axis])
+            along = (position >= starts[axis]) & (position < starts[axis] + box[axis])
+            inside = inside & tf.reshape(along, [-1 if a == axis else 1 for a in range(rank)])
+        return tf.where(inside, padded, inputs)
+
+    return patching.replaced(tf_core, slice_update=slice_update)
 
 
 def _eyes_as_constants() -> contextlib.AbstractContextManager[None]:
