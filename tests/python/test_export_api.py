@@ -351,6 +351,7 @@ class _Unportable:
 
 
 _UNPORTABLE = _Unportable()
+_CHANNEL_SCALES = np.array([0.5, 2.0, -1.0], "float32")
 
 
 @pytest.mark.parametrize("strategy", ["portable_rebuild", "in_process"])
@@ -371,13 +372,13 @@ def test_saved_model_stores_each_weight_once(tmp_path, strategy):
 
 def test_lambda_layers_get_their_globals(tmp_path):
     """Keras saves a Lambda's bytecode, not its globals: servekit carries modules,
-    importable functions and constants over, and refuses anything else."""
+    importable functions, constants and NumPy arrays over, and refuses anything else."""
     inp = keras.Input((3,), name="features")
-    x = keras.layers.Lambda(lambda t: keras.ops.tanh(t) * 2.0, name="scaled_tanh")(inp)
+    x = keras.layers.Lambda(lambda t: keras.ops.tanh(t) * 2.0 * _CHANNEL_SCALES, name="scaled_tanh")(inp)
     model = keras.Model(inp, keras.layers.Dense(2, name="logits")(x), name="with_lambda")
     mm.randomize_weights(model, 6)
     path = str(tmp_path / "lambda")
-    servekit.export(model, path, verbose=False)
+    assert servekit.export(model, path, verbose=False).strategy == "portable_rebuild"
     xs = np.random.default_rng(4).standard_normal((7, 3)).astype("float32")
     assert checks.max_abs_err({"logits": _outputs(model, xs)},
                               checks.saved_model_outputs(path, {"features": xs})) <= 1e-5

@@ -119,8 +119,8 @@ def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     Keras serializes a Lambda's bytecode but not its globals: a fresh process
     loading it knows neither `keras` nor `np`. Returns `(entries, problems)`:
     entries say how the worker rebuilds each global (a module, an importable
-    function/class, or a plain constant); problems are `(layer, name)` pairs
-    that cannot be carried over.
+    function/class, a plain constant or a NumPy array); problems are
+    `(layer, name)` pairs that cannot be carried over.
     """
     entries: dict[str, dict] = {}
     problems: list[tuple[str, str]] = []
@@ -139,6 +139,8 @@ def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
                 entries[name] = {"kind": "module", "module": value.__name__}
             elif isinstance(value, (bool, int, float, str, type(None))):
                 entries[name] = {"kind": "value", "value": value}
+            elif _is_numeric_array(value):
+                entries[name] = {"kind": "array", "array": value.tolist(), "dtype": str(value.dtype)}
             elif (callable(value) and getattr(value, "__module__", None) not in (None, "__main__")
                   and "<locals>" not in getattr(value, "__qualname__", "<locals>")):
                 entries[name] = {"kind": "object", "module": value.__module__, "qualname": value.__qualname__}
@@ -168,8 +170,8 @@ def preflight(model, model_name: str) -> list[CustomClass]:
         layer, name = lambda_problems[0]
         raise ExportError(
             f"Model '{model_name}': Lambda layer '{layer}' refers to the global '{name}', which servekit cannot "
-            "carry to a separate export process (only modules, importable functions/classes and plain constants "
-            "can be). Pass it through Lambda(arguments={...}), or replace the Lambda with a custom layer "
+            "carry to a separate export process (only modules, importable functions/classes, plain constants and "
+            "NumPy arrays can be). Pass it through Lambda(arguments={...}), or replace the Lambda with a custom layer "
             "registered with @keras.saving.register_keras_serializable() in an importable module.",
             model=model_name, layer=layer, reason="unsupported_layer")
     classes = custom_classes(model)
@@ -196,6 +198,8 @@ def lambda_globals_installed(entries: dict[str, dict]) -> Iterator[None]:
             extra[name] = importlib.import_module(entry["module"])
         elif entry["kind"] == "value":
             extra[name] = entry["value"]
+        elif entry["kind"] == "array":
+            extra[name] = _array(entry["array"], entry["dtype"])
         else:
             obj = importlib.import_module(entry["module"])
             for part in entry["qualname"].split("."):
@@ -210,7 +214,7 @@ def lambda_globals_installed(entries: dict[str, dict]) -> Iterator[None]:
             globs = dict(vars(python_utils))
             globs.update(extra)
         if closure is not None:
-            closure = tuple(_closure_value_from_reference(value) for value in closure)
+            closure = tuple(_closure_value_loaded(value) for value in closure)
         return original(code, defaults=defaults, closure=closure, globs=globs)
 
     with patching.replaced(python_utils, func_load=func_load):
@@ -253,10 +257,11 @@ def _script_functions_saved_as_code() -> Iterator[None]:
     Keras saves a named function by its name alone, which `load_model`
     cannot find in another process (`Lambda(double)`, `double` defined in
     the notebook): the rebuild failed. Its globals are carried as a
-    lambda's are (`lambda_globals`). A module or an importable function or
-    class a function's closure holds (`ops = keras.ops` in the function that
-    builds the model) is saved by its name (Keras wrote its `repr`, and the
-    loaded function failed) and imported back by `lambda_globals_installed`.
+    lambda's are (`lambda_globals`). A module, an importable function or
+    class, or a NumPy array or scalar a function's closure holds (`ops =
+    keras.ops` or a table of bin edges in the function that builds the model)
+    is saved by its name or its values (Keras wrote its `repr`, and the
+    loaded function failed) and read back by `lambda_globals_installed`.
     """
     from keras.src.layers.core.lambda_layer import Lambda
     from keras.src.utils import python_utils
@@ -267,7 +272,7 @@ def _script_functions_saved_as_code() -> Iterator[None]:
         if inspect.isfunction(fn) and (fn.__name__ == "<lambda>" or not _importable(fn)):
             code, defaults, closure = python_utils.func_dump(fn)
             if closure is not None:
-                closure = tuple(_closure_value_by_reference(value) for value in closure)
+                closure = tuple(_closure_value_saved(value) for value in closure)
             return {"class_name": "__lambda__", "config": {"code": code, "defaults": defaults, "closure": closure}}
         return keras_serialize(layer, fn)
 
@@ -275,24 +280,39 @@ def _script_functions_saved_as_code() -> Iterator[None]:
         yield
 
 
-# How a closure value saved by name is marked in a Lambda's config.
-_BY_REFERENCE = "__servekit_by_reference__"
+# How a closure value Keras cannot write to JSON is marked in a Lambda's config.
+_CLOSURE_VALUE = "__servekit_closure_value__"
 
 
-def _closure_value_by_reference(value) -> Any:
+def _closure_value_saved(value) -> Any:
     if isinstance(value, types.ModuleType):
-        return {_BY_REFERENCE: {"module": value.__name__}}
+        return {_CLOSURE_VALUE: {"module": value.__name__}}
     if (inspect.isfunction(value) or inspect.isclass(value)) and _importable(value):
-        return {_BY_REFERENCE: {"module": value.__module__, "qualname": value.__qualname__}}
+        return {_CLOSURE_VALUE: {"module": value.__module__, "qualname": value.__qualname__}}
+    if _is_numeric_array(value):
+        return {_CLOSURE_VALUE: {"array": value.tolist(), "dtype": str(value.dtype)}}
     return value
 
 
-def _closure_value_from_reference(value) -> Any:
-    if not (isinstance(value, dict) and set(value) == {_BY_REFERENCE}):
+def _is_numeric_array(value) -> bool:
+    """A NumPy array or scalar of booleans or numbers (what JSON can carry as a list)."""
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "biuf"
+
+
+def _array(values, dtype: str):
+    import numpy as np
+
+    return np.asarray(values, dtype=dtype)[()]  # [()]: a scalar comes back a NumPy scalar
+
+
+def _closure_value_loaded(value) -> Any:
+    if not (isinstance(value, dict) and set(value) == {_CLOSURE_VALUE}):
         return value
-    reference = value[_BY_REFERENCE]
-    obj = importlib.import_module(reference["module"])
-    for part in reference.get("qualname", "").split(".") if "qualname" in reference else ():
+    saved = value[_CLOSURE_VALUE]
+    if "array" in saved:
+        return _array(saved["array"], saved["dtype"])
+    obj = importlib.import_module(saved["module"])
+    for part in saved["qualname"].split(".") if "qualname" in saved else ():
         obj = getattr(obj, part)
     return obj
 
