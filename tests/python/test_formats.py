@@ -915,6 +915,26 @@ def test_litert_computes_elementary_functions_and_rolls_with_builtin_ops(tmp_pat
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_searchsorted_counts_the_entries_before_each_value(fmt, tmp_path):
+    # keras.ops.searchsorted is LowerBound/UpperBound on TensorFlow, which neither OpenVINO nor
+    # LiteRT converts. Values equal to an entry tell the sides apart.
+    ops = keras.ops
+    x = keras.Input(shape=(5,), name="x")
+    edges = np.array([-1.0, -0.5, 0.0, 0.0, 1.0, 2.5], "float32")
+    flat = keras.layers.Reshape((-1,))(x)
+    model = keras.Model(x, {
+        "left": keras.layers.Lambda(lambda t: ops.searchsorted(edges, ops.reshape(t, (-1,))), name="left")(flat),
+        "right": keras.layers.Lambda(lambda t: ops.searchsorted(edges, ops.reshape(t, (-1,)), side="right"),
+                                     name="right")(flat)})
+    path = str(tmp_path / _ARTIFACT[fmt])
+    servekit.export(model, path, format=fmt, verbose=False)
+    values = np.array([[-2.0, -1.0, 0.0, 0.3, 3.0], [2.5, 1.0, -0.5, -0.7, 0.0]], "float32")
+    got = _OUTPUTS_IN[fmt](path, {"x": values})
+    for name, want in model(values).items():
+        np.testing.assert_array_equal(got[name], keras.ops.convert_to_numpy(want), err_msg=name)
+
+
 def test_openvino_writes_slice_updates(tmp_path):
     # keras.ops.slice_update (a key/value cache's write) is XlaDynamicUpdateSlice on
     # TensorFlow, which OpenVINO's frontend has no rule for: the export was refused. A start

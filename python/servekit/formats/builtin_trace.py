@@ -86,6 +86,11 @@ with each written another way, for a format whose trace has them
   key/value cache's write, a loop's output buffer), which the frontend has
   no rule for. In this trace the update is padded to the input's shape and
   selected where its box lies (the start clamped as XLA clamps it): exact.
+- `LowerBound`, `UpperBound` (LiteRT, OpenVINO): `keras.ops.searchsorted`,
+  for which neither has a kernel or a rule. In this trace a value's index is
+  the count of the sorted sequence's entries below it (at most it, for
+  `side="right"`), for a sequence of at most 4096 entries known while
+  tracing: exact.
 - int8 x int8 matmuls (LiteRT): Keras's `quantize("int8")` layers (`Dense`,
   `EinsumDense`) multiply int8 inputs by int8 kernels into int32, which
   LiteRT's kernels take only as quantized tensors (a scale and zero point per
@@ -167,12 +172,13 @@ from servekit import patching
 # Op types each format's converter cannot take, by prefix.
 _RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
 _CASES = ("Case", "StatelessCase")
+_SEARCHES = ("LowerBound", "UpperBound")
 # LiteRT has no kernel for these (matched whole: "Tan" is not "Tanh").
 _LITERT_ELEMENTARY = frozenset({"Tan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Roll"})
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
-                             *_RESAMPLING, *_CASES),
+                             *_RESAMPLING, *_CASES, *_SEARCHES),
                   "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", "XlaDynamicUpdateSlice",
-                               *_RESAMPLING, *_CASES),
+                               *_RESAMPLING, *_CASES, *_SEARCHES),
                   "onnx": ("Cumprod", *_RESAMPLING, *_CASES)}
 
 
@@ -291,6 +297,8 @@ def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
                 _switches_as_chained_conds]
     if fmt == "litert":
         rewrites += [_scans_and_maps_without_tensor_lists, _elementary_functions_and_rolls_from_builtins]
+    if fmt in ("litert", "openvino"):
+        rewrites.append(_searches_as_comparison_counts)
     if fmt == "openvino":
         rewrites.append(_slice_updates_as_selects)
     if unfused_gelu:
@@ -468,6 +476,28 @@ def _exact_gelu_from_erf() -> contextlib.AbstractContextManager[None]:
         return 0.5 * x * (1.0 + tf_math.erf(x * 0.7071067811865476))  # the erf of `_erf_as_rational`
 
     return patching.replaced(tf_nn, gelu=gelu)
+
+
+# The longest sorted sequence a search is written as comparisons for (each value is
+# compared with every entry).
+_MAX_COMPARED_ENTRIES = 4096
+
+
+def _searches_as_comparison_counts() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    keras_searchsorted = tf_numpy.searchsorted
+
+    def searchsorted(sorted_sequence, values, side="left"):
+        sorted_sequence, values = tf.convert_to_tensor(sorted_sequence), tf.convert_to_tensor(values)
+        entries = sorted_sequence.shape[0] if sorted_sequence.shape.rank == 1 else None
+        if entries is None or entries > _MAX_COMPARED_ENTRIES or side not in ("left", "right"):
+            return keras_searchsorted(sorted_sequence, values, side=side)
+        before = tf.less if side == "left" else tf.less_equal
+        return tf.reduce_sum(tf.cast(before(sorted_sequence, values[..., None]), tf.int32), axis=-1)
+
+    return patching.replaced(tf_numpy, searchsorted=searchsorted)
 
 
 def _slice_updates_as_selects() -> contextlib.AbstractContextManager[None]:
