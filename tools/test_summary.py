@@ -6,6 +6,8 @@ each target's test.xml (pytest and GoogleTest write one case per test; a plain
 test counts as one case). A target that failed to build or run and has no
 test.xml counts as one failure.
 
+A sharded target's cases are its shards' (`shard_K_of_N/test.xml`).
+
 Usage: tools/test_summary.py TESTLOGS_DIR TARGET...
 """
 
@@ -31,12 +33,15 @@ def main(argv: list[str]) -> int:
     for target in argv[2:]:
         package, _, name = target.lstrip("/").partition(":")
         log_dir = testlogs / package / name
-        xml_path = log_dir / "test.xml"
-        try:
-            p, f = count_cases(xml_path)
-        except (OSError, ET.ParseError) as error:
-            print(f"{target}: no readable test.xml ({error})", file=sys.stderr)
-            p, f = 0, 1
+        shards = sorted(log_dir.glob("shard_*_of_*"))
+        p = f = 0
+        for xml_path in [shard / "test.xml" for shard in shards] or [log_dir / "test.xml"]:
+            try:
+                shard_passed, shard_failed = count_cases(xml_path)
+            except (OSError, ET.ParseError) as error:
+                print(f"{target}: no readable {xml_path.relative_to(testlogs)} ({error})", file=sys.stderr)
+                shard_passed, shard_failed = 0, 1
+            p, f = p + shard_passed, f + shard_failed
         if p + f == 0:
             p, f = 0, 1  # a test target that ran no case did not pass
         passed, failed = passed + p, failed + f
