@@ -170,9 +170,12 @@ def _untransposed_matmul_weight(node) -> bool:
 
 
 def needs_saved_model(error: ExportError) -> bool:
-    """Whether `convert` failed on a captured resource (a lookup table's handle),
-    which `convert_saved_model` converts with the table's initializer."""
-    return "undeclared parameters" in str(error) and "table_handle" in str(error)
+    """Whether `convert` failed on what `convert_saved_model` converts: a
+    captured resource (a lookup table's handle, which a SavedModel's
+    initializer fills) or complex tensors (`keras.ops.fft`, `irfft`, `istft`:
+    the frontend marks their parts only when it reads a SavedModel)."""
+    message = str(error)
+    return ("undeclared parameters" in message and "table_handle" in message) or "ComplexTypeMark" in message
 
 
 _STRING_OPS = re.compile(r"String|Substr|Regex|Unicode")
