@@ -935,6 +935,29 @@ def test_searchsorted_counts_the_entries_before_each_value(fmt, tmp_path):
         np.testing.assert_array_equal(got[name], keras.ops.convert_to_numpy(want), err_msg=name)
 
 
+@pytest.mark.parametrize("fmt", ["openvino", "litert"])
+def test_diagonals_traces_and_cross_products_convert(fmt, tmp_path):
+    # keras.ops.diagonal, trace and cross are MatrixDiagPartV3, MatrixSetDiagV3 (tf.eye) and
+    # Cross on TensorFlow: no LiteRT kernel, no OpenVINO rule. Offsets on both sides and axes
+    # other than the last two.
+    ops = keras.ops
+    x = keras.Input(shape=(5, 4), name="x")
+    model = keras.Model(x, {
+        "diagonal": keras.layers.Lambda(lambda t: ops.diagonal(t, axis1=1, axis2=2), name="diagonal")(x),
+        "above": keras.layers.Lambda(lambda t: ops.diagonal(t, offset=1, axis1=2, axis2=1), name="above")(x),
+        "trace": keras.layers.Lambda(lambda t: ops.trace(t, offset=-1, axis1=1, axis2=2), name="trace")(x),
+        "cross": keras.layers.Lambda(lambda t: ops.cross(t[:, :, :3], t[:, :, 1:]), name="cross")(x)})
+    path = str(tmp_path / _ARTIFACT[fmt])
+    servekit.export(model, path, format=fmt, verbose=False)
+    rng = np.random.default_rng(17)
+    for batch in (1, 4):  # not 3: Keras's torch cross crosses the first axis of size 3
+        values = rng.normal(size=(batch, 5, 4)).astype("float32")
+        got = _OUTPUTS_IN[fmt](path, {"x": values})
+        for name, want in model(values).items():
+            np.testing.assert_allclose(got[name], keras.ops.convert_to_numpy(want), rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{name}, batch {batch}")
+
+
 def test_openvino_writes_slice_updates(tmp_path):
     # keras.ops.slice_update (a key/value cache's write) is XlaDynamicUpdateSlice on
     # TensorFlow, which OpenVINO's frontend has no rule for: the export was refused. A start

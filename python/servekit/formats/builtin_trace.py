@@ -91,6 +91,13 @@ with each written another way, for a format whose trace has them
   the count of the sorted sequence's entries below it (at most it, for
   `side="right"`), for a sequence of at most 4096 entries known while
   tracing: exact.
+- `MatrixDiagPartV3`, `MatrixSetDiagV3`, `Cross` (LiteRT, OpenVINO):
+  `keras.ops.diagonal`, `trace` (through `tf.eye`) and `cross`, which LiteRT
+  has no kernel and OpenVINO's frontend no rule for. In this trace a diagonal
+  is a gather of the flattened matrices at `i * m + i + offset`, a trace the
+  sum of the entries where `column - row == offset`, and a cross product of
+  3-vectors its three differences of products: exact, sizes unknown while
+  tracing included.
 - int8 x int8 matmuls (LiteRT): Keras's `quantize("int8")` layers (`Dense`,
   `EinsumDense`) multiply int8 inputs by int8 kernels into int32, which
   LiteRT's kernels take only as quantized tensors (a scale and zero point per
@@ -173,12 +180,13 @@ from servekit import patching
 _RESAMPLING = ("ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
 _CASES = ("Case", "StatelessCase")
 _SEARCHES = ("LowerBound", "UpperBound")
+_MATRIX_PARTS = ("MatrixDiagPart", "MatrixSetDiag", "Cross")
 # LiteRT has no kernel for these (matched whole: "Tan" is not "Tanh").
 _LITERT_ELEMENTARY = frozenset({"Tan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Roll"})
 _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", "MaxPool3D", "AvgPool3D", "Cumprod",
-                             *_RESAMPLING, *_CASES, *_SEARCHES),
+                             *_RESAMPLING, *_CASES, *_SEARCHES, *_MATRIX_PARTS),
                   "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", "XlaDynamicUpdateSlice",
-                               *_RESAMPLING, *_CASES, *_SEARCHES),
+                               *_RESAMPLING, *_CASES, *_SEARCHES, *_MATRIX_PARTS),
                   "onnx": ("Cumprod", *_RESAMPLING, *_CASES)}
 
 
@@ -298,7 +306,7 @@ def builtin_ops(fmt: str, unfused_gelu: bool = False) -> Iterator[None]:
     if fmt == "litert":
         rewrites += [_scans_and_maps_without_tensor_lists, _elementary_functions_and_rolls_from_builtins]
     if fmt in ("litert", "openvino"):
-        rewrites.append(_searches_as_comparison_counts)
+        rewrites += [_searches_as_comparison_counts, _diagonals_and_cross_products_as_gathers_and_products]
     if fmt == "openvino":
         rewrites.append(_slice_updates_as_selects)
     if unfused_gelu:
@@ -498,6 +506,54 @@ def _searches_as_comparison_counts() -> contextlib.AbstractContextManager[None]:
         return tf.reduce_sum(tf.cast(before(sorted_sequence, values[..., None]), tf.int32), axis=-1)
 
     return patching.replaced(tf_numpy, searchsorted=searchsorted)
+
+
+# The dtypes Keras's trace sums small integers and booleans in.
+_TRACE_WIDENS = {"bool": "int32", "int8": "int32", "int16": "int32", "uint8": "uint32", "uint16": "uint32"}
+
+
+def _diagonals_and_cross_products_as_gathers_and_products() -> contextlib.AbstractContextManager[None]:
+    import tensorflow as tf
+    from keras.src.backend import standardize_dtype
+    from keras.src.backend.common import dtypes
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    keras_diagonal, keras_trace, keras_cross = tf_numpy.diagonal, tf_numpy.trace, tf_numpy.cross
+
+    def rows_and_columns(x, axis1, axis2):
+        moved = tf_numpy.moveaxis(x, (axis1, axis2), (-2, -1))
+        shape = tf.shape(moved)
+        return moved, shape, shape[-2], shape[-1]
+
+    def diagonal(x, offset=0, axis1=0, axis2=1):
+        x = tf.convert_to_tensor(x)
+        if not isinstance(offset, int) or x.shape.rank is None or x.shape.rank < 2:
+            return keras_diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
+        moved, shape, rows, columns = rows_and_columns(x, axis1, axis2)
+        first = max(0, -offset)
+        along = tf.range(first, tf.maximum(first, tf.minimum(rows, columns - offset)))
+        flat = tf.reshape(moved, tf.concat([shape[:-2], [rows * columns]], 0))
+        return tf.gather(flat, along * columns + along + offset, axis=-1)
+
+    def trace(x, offset=0, axis1=0, axis2=1):
+        x = tf.convert_to_tensor(x)
+        if not isinstance(offset, int) or x.shape.rank is None or x.shape.rank < 2:
+            return keras_trace(x, offset=offset, axis1=axis1, axis2=axis2)
+        summed = _TRACE_WIDENS.get(standardize_dtype(x.dtype), standardize_dtype(x.dtype))  # as Keras's trace
+        moved, _, rows, columns = rows_and_columns(tf.cast(x, summed), axis1, axis2)
+        on_diagonal = tf.equal(tf.range(columns)[None, :] - tf.range(rows)[:, None], offset)
+        return tf.reduce_sum(tf.where(on_diagonal, moved, tf.zeros_like(moved)), axis=(-2, -1))
+
+    def cross(x1, x2, axisa=-1, axisb=-1, axisc=-1, axis=None):
+        x1, x2 = tf.convert_to_tensor(x1), tf.convert_to_tensor(x2)
+        if (axis is not None or (axisa, axisb, axisc) != (-1, -1, -1) or x1.shape.rank is None
+                or x2.shape.rank is None or x1.shape[-1] != 3 or x2.shape[-1] != 3):
+            return keras_cross(x1, x2, axisa=axisa, axisb=axisb, axisc=axisc, axis=axis)
+        dtype = dtypes.result_type(x1.dtype, x2.dtype)
+        a, b = tf.unstack(tf.cast(x1, dtype), axis=-1), tf.unstack(tf.cast(x2, dtype), axis=-1)
+        return tf.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]], axis=-1)
+
+    return patching.replaced(tf_numpy, diagonal=diagonal, trace=trace, cross=cross)
 
 
 def _slice_updates_as_selects() -> contextlib.AbstractContextManager[None]:
