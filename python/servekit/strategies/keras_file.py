@@ -141,8 +141,7 @@ def lambda_globals(model) -> tuple[dict[str, dict], list[tuple[str, str]]]:
                 entries[name] = {"kind": "value", "value": value}
             elif _is_numeric_array(value):
                 entries[name] = {"kind": "array", "array": value.tolist(), "dtype": str(value.dtype)}
-            elif (callable(value) and getattr(value, "__module__", None) not in (None, "__main__")
-                  and "<locals>" not in getattr(value, "__qualname__", "<locals>")):
+            elif callable(value) and _importable(value):
                 entries[name] = {"kind": "object", "module": value.__module__, "qualname": value.__qualname__}
             else:
                 problems.append((layer.name, name))
@@ -244,8 +243,10 @@ def save_keras(model, path: str, model_name: str) -> None:
             "@keras.saving.register_keras_serializable().", model=model_name, reason="not_serializable") from None
 
 
-def _importable(fn) -> bool:
-    return getattr(fn, "__module__", None) not in (None, "__main__") and "<locals>" not in fn.__qualname__
+def _importable(obj) -> bool:
+    """Whether another process can import `obj` by its module and qualified name."""
+    return getattr(obj, "__module__", None) not in (None, "__main__") and "<locals>" not in getattr(
+        obj, "__qualname__", "<locals>")
 
 
 @contextlib.contextmanager
