@@ -194,6 +194,11 @@ class RealImag:
                       shapes=[None if shape is None else list(shape)[1:]], dtypes=[dtype])
 
 
+def _complex_last(ctx, name: str, rank: int) -> str:
+    """The [2, ...] complex layout with the parts moved to the last axis, where `DFT` wants them."""
+    return ctx.make_node("Transpose", [name], attr={"perm": list(range(1, rank)) + [0]}).output[0]
+
+
 @tf_op("FFT2D")
 class FFT2D:
     """A 2D DFT over the last two axes: ONNX `DFT` (opset 17) on each, with
@@ -205,8 +210,7 @@ class FFT2D:
         utils.make_sure(shape is not None and len(shape) >= 3 and shape[0] == 2,
                         "FFT2D of a tensor of unknown rank or not from Complex (%r)", shape)
         rank = len(shape)
-        to_last = list(range(1, rank)) + [0]
-        x = ctx.make_node("Transpose", [node.input[0]], attr={"perm": to_last}).output[0]
+        x = _complex_last(ctx, node.input[0], rank)
         for axis in (rank - 3, rank - 2):  # the two signal axes, counted in the moved tensor
             x = ctx.make_node("DFT", [x], attr={"axis": axis, "onesided": 0, "inverse": 0}).output[0]
         dtype = ctx.get_dtype(node.input[0])
@@ -252,11 +256,6 @@ class RFFT:
         ctx.remove_node(node.name)
         ctx.make_node("Transpose", [transform], attr={"perm": [rank] + list(range(rank))}, outputs=node.output,
                       name=node.name, shapes=[[2] + list(shape[:-1]) + [length // 2 + 1]], dtypes=[dtype])
-
-
-def _complex_last(ctx, name: str, rank: int) -> str:
-    """The [2, ...] complex layout with the parts moved to the last axis, where `DFT` wants them."""
-    return ctx.make_node("Transpose", [name], attr={"perm": list(range(1, rank)) + [0]}).output[0]
 
 
 @tf_op(["FFT", "IFFT"])
