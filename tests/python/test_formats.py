@@ -8,6 +8,7 @@ model. Run once per backend (KERAS_BACKEND=tensorflow|jax|torch).
 from __future__ import annotations
 
 import os
+import weakref
 import zipfile
 
 import numpy as np
@@ -1223,6 +1224,33 @@ def test_torch_export_lets_the_models_weights_go(tmp_path):
     held = [o for o in gc.get_objects()
             if isinstance(o, FakeTensor) and o.constant is not None and o.constant.data_ptr() in weights]
     assert held == []
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.export runs in this process on torch only")
+def test_a_fake_tensor_made_under_a_dead_ones_id_lets_its_constant_go():
+    # Python reuses a dead object's id: a fake tensor of this export made at the address
+    # of one that died before it was skipped as "already there", and kept a weight (a CI flake).
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from servekit.formats import torch_program
+
+    class Gone:
+        pass
+
+    weight = torch.ones(8)
+    fake = FakeTensorMode().from_tensor(weight)
+    fake.constant = weight
+    gone = Gone()
+    before = {id(fake): weakref.ref(gone)}  # what a dead tensor at the same address left
+    del gone
+    torch_program._release_fake_constants(before)
+    assert fake.constant is None
+
+    kept = FakeTensorMode().from_tensor(weight)
+    kept.constant = weight
+    torch_program._release_fake_constants(torch_program._fake_tensors())
+    assert kept.constant is weight
 
 
 def test_torch_program_looks_integers_up_with_comparisons(tmp_path):

@@ -670,18 +670,22 @@ def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str
     return verification._check(list(cases), run)
 
 
-def _fake_tensor_ids() -> set[int]:
+def _fake_tensors() -> dict[int, Any]:
+    """The fake tensors alive now, by id, each with a weak reference: an id alone
+    is reused by an object made after its owner died."""
     import gc
+    import weakref
 
     from torch._subclasses.fake_tensor import FakeTensor
 
     # type(), not isinstance(): a dead weak proxy among the objects raises on the latter.
-    return {id(o) for o in gc.get_objects() if issubclass(type(o), FakeTensor)}
+    return {id(o): weakref.ref(o) for o in gc.get_objects() if issubclass(type(o), FakeTensor)}
 
 
-def _release_fake_constants(before: set[int]) -> None:
+def _release_fake_constants(before: dict[int, Any]) -> None:
     """Lets go of the real tensors that the fake tensors of an export made since
-    `before` still hold, once its program is written and dropped.
+    `before` (from `_fake_tensors`) still hold, once its program is written and
+    dropped.
 
     torch.export (torch 2.13) leaves fake tensors referenced from C++ after the
     program is gone, and a fake tensor of a lifted constant keeps the real one
@@ -695,8 +699,10 @@ def _release_fake_constants(before: set[int]) -> None:
     from torch._subclasses.fake_tensor import FakeTensor
 
     for o in gc.get_objects():
-        if issubclass(type(o), FakeTensor) and id(o) not in before and o.constant is not None:
-            o.constant = None
+        if issubclass(type(o), FakeTensor) and o.constant is not None:
+            known = before.get(id(o))
+            if known is None or known() is not o:
+                o.constant = None
 
 
 def write(request, staged: str, workdir: str) -> Callable[[], dict[str, Any]]:
@@ -719,7 +725,7 @@ def write(request, staged: str, workdir: str) -> Callable[[], dict[str, Any]]:
     outputs = tuple(output_specs(request.source, layout, plan.output_names))
     serving = sig.Signature("serving_default", layout.tensor_signatures(), outputs)
     sample = sample_inputs(layout, request.cases, request.source)
-    fakes_before = _fake_tensor_ids()
+    fakes_before = _fake_tensors()
     program = export_program(request.source, layout, sample, request.name, flat=request.format == "torch_aoti",
                              export_args=request.local_options.get(request.format))
     peak_memory.mark("torch.export")
