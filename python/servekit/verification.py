@@ -139,16 +139,23 @@ def tolerances_for(model, declared: Optional[Mapping[str, tuple]] = None) -> dic
     A model with a mixed-precision dtype policy (some layer computes in
     float16 or bfloat16) has float32 outputs that carry the rounding of its
     compute dtype, which another runtime does not reproduce to float32
-    precision: they get that dtype's tolerance.
+    precision: they get that dtype's tolerance. Likewise a float64 output of
+    a model none of whose layers computes in float64 (a float32 result cast
+    at the end) carries float32 rounding, and gets float32's tolerance.
     """
+    import keras
+
     from servekit.source_model.kinds import all_layers
 
     compute = {str(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None))
-               for layer in all_layers(model)}
+               for layer in all_layers(model) if not isinstance(layer, keras.layers.InputLayer)}
+    outputs = {str(getattr(x, "dtype", None)) for x in keras.tree.flatten(getattr(model, "outputs", None) or [])}
     implied = {}
+    if "float64" in outputs and "float64" not in compute:
+        implied["float64"] = TOLERANCES["float32"]
     for reduced in ("float16", "bfloat16"):  # bfloat16 last: the coarser one wins
         if reduced in compute:
-            implied = {"float32": TOLERANCES[reduced]}
+            implied = {dtype: TOLERANCES[reduced] for dtype in ("float32", *implied)}
     return {**implied, **{str(d): (float(t[0]), float(t[1])) for d, t in (declared or {}).items()}}
 
 

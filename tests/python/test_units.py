@@ -747,6 +747,22 @@ def test_mixed_precision_models_are_checked_at_their_compute_precision():
     assert verification.tolerances_for(mixed, {"float32": (1e-3, 0)}) == {"float32": (1e-3, 0.0)}
 
 
+def test_float64_outputs_of_a_float32_computation_are_checked_at_float32_precision():
+    # A float32 result cast to float64 at the end carries float32's rounding: float64's own
+    # 1e-7 per unit of scale refused such a model rebuilt under another backend (1.2e-7 off).
+    import keras
+
+    inputs = keras.Input((3,), dtype="float64")
+    hidden = keras.layers.Dense(2)(keras.ops.cast(inputs, "float32"))
+    cast_at_the_end = keras.Model(inputs, keras.ops.cast(hidden, "float64"))
+    assert verification.tolerances_for(cast_at_the_end) == {"float64": verification.TOLERANCES["float32"]}
+    in_float64 = keras.Model(inputs, keras.layers.Dense(2, dtype="float64")(inputs))
+    assert verification.tolerances_for(in_float64) == {}
+    mixed = keras.Model(inputs, keras.ops.cast(keras.layers.Dense(2, dtype="mixed_float16")(inputs), "float64"))
+    assert verification.tolerances_for(mixed) == {"float32": verification.TOLERANCES["float16"],
+                                                  "float64": verification.TOLERANCES["float16"]}
+
+
 def test_bad_input_ranges_are_refused_with_the_fix():
     from servekit.errors import ExportError
 
