@@ -352,10 +352,10 @@ _BFLOAT16_WAY_OUT = ("build it with a float32 dtype policy (LiteRT can still mak
                      "float32) or 'tf_saved_model'.")
 
 
-_FLOAT16_COMPUTE = ("The model computes in float16 (a mixed_float16 dtype policy), for which LiteRT has no built-in "
-                    "kernels: build it with a float32 dtype policy (LiteRT can still store its weights in float16: "
-                    "optimizations=[tf.lite.Optimize.DEFAULT] with target_spec={'supported_types': [tf.float16]}), "
-                    "or export format='onnx' or 'tf_saved_model'.")
+_FLOAT16_COMPUTE = ("The model computes in float16 (a float16 or mixed_float16 dtype policy), for which LiteRT "
+                    "has no built-in kernels: build it with a float32 dtype policy (LiteRT can still store its "
+                    "weights in float16: optimizations=[tf.lite.Optimize.DEFAULT] with target_spec="
+                    "{'supported_types': [tf.float16]}), or export format='onnx' or 'tf_saved_model'.")
 
 
 def likely_cause(concrete) -> str:
