@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -259,6 +259,7 @@ def build_module(
     endpoints: Sequence[Endpoint],
     tracked: Sequence[Any] = (),
     variable_collections: Optional[dict[str, Sequence[Any]]] = None,
+    output_dtypes: Optional[Mapping[str, Mapping[str, str]]] = None,
 ) -> BuiltModule:
     """Traces the endpoints and assembles the trackable root to save.
 
@@ -268,6 +269,10 @@ def build_module(
             (`variables`, `trainable_variables`, `non_trainable_variables`
             list their variables; their lookup tables are saved).
         variable_collections: name -> list of variables, saved as attributes.
+        output_dtypes: endpoint name -> output name -> dtype, for a trace
+            that computes in float32 what the model computes in float16 or
+            bfloat16 (`servekit.source_model.precision`): its floating
+            outputs are cast to the dtypes the model's own trace gave them.
 
     Returns:
         A `BuiltModule`.
@@ -299,7 +304,8 @@ def build_module(
             method = ep.fn
             concretes.append(method_concrete)
             names_box: dict[str, Any] = {}
-            sig_fn = tf.function(_signature_wrapper(method, layout, ep.output_names, names_box),
+            sig_fn = tf.function(_signature_wrapper(method, layout, ep.output_names, names_box,
+                                                    (output_dtypes or {}).get(ep.name)),
                                  input_signature=flat_specs(layout), autograph=False)
             with _tracing(recorder):
                 concrete = sig_fn.get_concrete_function()
@@ -309,7 +315,8 @@ def build_module(
             # outputs back their original structure.
             layout = ep.layout
             names_box = {}
-            sig_fn = tf.function(_signature_wrapper(ep.fn, layout, ep.output_names, names_box),
+            sig_fn = tf.function(_signature_wrapper(ep.fn, layout, ep.output_names, names_box,
+                                                    (output_dtypes or {}).get(ep.name)),
                                  input_signature=flat_specs(layout), autograph=False)
             with _tracing(recorder):
                 concrete = sig_fn.get_concrete_function()
@@ -376,8 +383,10 @@ def _restructurer(sig_fn, layout: InputLayout, box: dict):
     return method
 
 
-def _signature_wrapper(method, layout: InputLayout, output_names, box: dict):
-    """A function of flat named tensors returning a dict of named outputs."""
+def _signature_wrapper(method, layout: InputLayout, output_names, box: dict,
+                       output_dtypes: Optional[Mapping[str, str]] = None):
+    """A function of flat named tensors returning a dict of named outputs
+    (floating ones cast to `output_dtypes[name]` where given)."""
 
     def signature_wrapper(*flat):
         out = method(*layout.pack(list(flat)))
@@ -388,9 +397,19 @@ def _signature_wrapper(method, layout: InputLayout, output_names, box: dict):
                               f"({list(output_names)}).", reason="bad_outputs")
         names = endpoint_output_names(out, output_names)
         box["names"] = names
+        if output_dtypes:
+            leaves = [_cast_floating(leaf, output_dtypes.get(name)) for name, leaf in zip(names, leaves)]
         return dict(zip(names, leaves))
 
     return signature_wrapper
+
+
+def _cast_floating(tensor, dtype: Optional[str]):
+    """`tensor` cast to `dtype` when both are floating and differ."""
+    if dtype is None or not tensor.dtype.is_floating or tensor.dtype.name == dtype:
+        return tensor
+    target = tf.as_dtype(dtype)
+    return tf.cast(tensor, target) if target.is_floating else tensor
 
 
 def _variable_handle_id(v):

@@ -178,16 +178,17 @@ def _run_artifact(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
 
 
 # (compute dtype, format): a bfloat16 input works in every format. A model that
-# also computes in bfloat16 converts to neither LiteRT (its built-in kernels have no
-# bfloat16 MatMul: the converter leaves a Flex op the interpreter lacks) nor
-# OpenVINO (its TensorFlow frontend has no rule for a bfloat16 Const: the traced
-# function's weights, GELU's coefficients). The AOTInductor package (about a minute of
+# also computes in bfloat16 converts to LiteRT in float32 (its built-in kernels have
+# no bfloat16 MatMul), and to OpenVINO only with float32 weights (`mixed_bfloat16`):
+# its TensorFlow frontend has no rule for a bfloat16 Const, the weights of a
+# `bfloat16` policy. The AOTInductor package (about a minute of
 # C++ compilation) only on torch: a TensorFlow or JAX model's is compiled from its
 # torch program, which the "torch" cases check on their backend (and the zoo's trained
 # MLP compiles from each backend).
 _COMPILED = ("torch_aoti",) if keras.backend.backend() == "torch" else ()
 BFLOAT16_INPUTS = [("float32", fmt) for fmt in FORMATS if fmt != "torch_aoti" or _COMPILED] + [
-    ("bfloat16", fmt) for fmt in ("tf_saved_model", "onnx", "torch") + _COMPILED]
+    ("bfloat16", fmt) for fmt in ("tf_saved_model", "onnx", "litert", "torch") + _COMPILED] + [
+    ("mixed_bfloat16", "openvino")]
 
 
 @pytest.mark.parametrize("compute,fmt", BFLOAT16_INPUTS)
@@ -223,36 +224,68 @@ def test_openvino_bfloat16_outputs_stay_bfloat16(tmp_path):
     assert got.tobytes() == np.maximum(x, 0).tobytes()
 
 
-@pytest.mark.parametrize("fmt", ["openvino", "litert"])
-def test_bfloat16_compute_is_refused_where_the_converter_has_none(fmt, tmp_path):
-    path = tmp_path / FORMATS[fmt]
+def test_bfloat16_weights_to_openvino_say_why_and_what_to_do(tmp_path):
     with pytest.raises(ExportError, match="Model 'bfloat16_input_bfloat16'") as info:
-        servekit.export(_bfloat16_input_model("bfloat16"), str(path), format=fmt, verbose=False)
+        servekit.export(_bfloat16_input_model("bfloat16"), str(tmp_path / "model.xml"), format="openvino",
+                        verbose=False)
+    assert "bfloat16 weights" in str(info.value) and "mixed_bfloat16" in str(info.value)
     assert os.listdir(tmp_path) == []
-    if fmt == "litert":  # why the converter failed, and the way out
-        assert "computes in bfloat16" in str(info.value) and "float32 dtype policy" in str(info.value)
+
+
+def _litert_tensor_types(path: str) -> tuple[list[int], list[int], list[str]]:
+    """A LiteRT model's input and output tensor types and its custom (Flex) op names."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    graph = model.Subgraphs(0)
+    custom = [(model.OperatorCodes(i).CustomCode() or b"").decode() for i in range(model.OperatorCodesLength())]
+    return ([graph.Tensors(graph.Inputs(i)).Type() for i in range(graph.InputsLength())],
+            [graph.Tensors(graph.Outputs(i)).Type() for i in range(graph.OutputsLength())],
+            [name for name in custom if name])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "float16", "mixed_bfloat16", "bfloat16"], indirect=True)
+def test_low_precision_compute_to_litert_runs_in_float32(policy, tmp_path):
+    # LiteRT's built-in kernels have no float16 or bfloat16 MatMul: the model's LiteRT trace
+    # computes in float32, with built-in ops only, and keeps the model's signature.
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    h = keras.layers.Dense(16, activation="relu", name="dense")(inputs)
+    h = keras.layers.LayerNormalization(name="norm")(h)
+    h = keras.layers.Dense(16, activation="gelu", name="mlp")(h)
+    model = keras.Model(inputs, {"logits": keras.layers.Dense(3, dtype="float32", name="logits")(h),
+                                 "hidden": keras.layers.Dense(4, name="hidden")(h)}, name="low_precision")
+    path = str(tmp_path / "model.tflite")
+    artifact = servekit.export(model, path, format="litert", verbose=False)
+    compute = policy.removeprefix("mixed_")
+    assert {t.name: t.dtype for t in artifact.endpoints[0].outputs} == {"logits": "float32", "hidden": compute}
+
+    inputs_types, output_types, custom_ops = _litert_tensor_types(path)
+    assert custom_ops == []
+    assert inputs_types == [schema.TensorType.FLOAT32]
+    low = schema.TensorType.FLOAT16 if compute == "float16" else schema.TensorType.BFLOAT16
+    assert sorted(output_types) == sorted([schema.TensorType.FLOAT32, low])
+
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype("float32")
+    expected = {k: keras.ops.convert_to_numpy(v).astype("float32") for k, v in model(x).items()}
+    got = Interpreter(model_path=path).get_signature_runner("serving_default")(features=x)
+    assert str(got["hidden"].dtype) == compute
+    for name in ("logits", "hidden"):
+        scale = np.abs(expected[name]).max()
+        np.testing.assert_allclose(got[name].astype("float32"), expected[name], atol=3e-2 * scale, rtol=1e-2)
 
 
 def test_a_litert_model_left_with_flex_ops_names_them(tmp_path):
-    # Without GELU the converter succeeds with Select TF ops (FlexMatMul, ...), which
-    # LiteRT's runtime cannot run: the error names them and says why they are there.
+    # The converter succeeds with Select TF ops (FlexMatrixInverse), which LiteRT's
+    # runtime cannot run: the error names them and what to do.
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((8,), name="features")
-    hidden = keras.layers.Dense(16, activation="relu", dtype="bfloat16", name="mlp")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden), name="bfloat16_relu_mlp")
-    with pytest.raises(ExportError, match="needs TensorFlow op\\(s\\) .*FlexMatMul") as info:
+    inputs = keras.Input((3, 3), name="features")
+    model = keras.Model(inputs, keras.ops.linalg.inv(keras.layers.Dense(3, name="dense")(inputs)), name="inverse")
+    with pytest.raises(ExportError, match="needs TensorFlow op\\(s\\) FlexMatrixInverse") as info:
         servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
-    assert "computes in bfloat16" in str(info.value) and "Flex delegate" in str(info.value)
-    assert os.listdir(tmp_path) == []
-
-
-def test_float16_compute_to_litert_says_why_and_what_to_do(tmp_path):
-    # A mixed_float16 model: the converter's own error was a dump of MLIR.
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8,), name="features")
-    hidden = keras.layers.Dense(16, activation="relu", dtype="mixed_float16", name="mlp")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(hidden), name="float16_mlp")
-    with pytest.raises(ExportError, match="Model 'float16_mlp'") as info:
-        servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
-    assert "computes in float16" in str(info.value) and "float32 dtype policy" in str(info.value)
+    assert "Model 'inverse'" in str(info.value) and "Flex delegate" in str(info.value)
     assert os.listdir(tmp_path) == []

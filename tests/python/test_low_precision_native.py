@@ -1,4 +1,4 @@
-"""bfloat16 models through the build tool, verified by the native verifier.
+"""bfloat16 and float16 models through the build tool, verified by the native verifier.
 
 `.npy` has no bfloat16: the reference data hold its values as float32 (exactly),
 and the verifier narrows them back where the signature says bfloat16, to feed
@@ -43,9 +43,13 @@ def _build_tool_export(tmp_path_factory, name: str, model_file: str, formats) ->
     return manifest.parent
 
 
+# LiteRT computes the bfloat16 model in float32 (`servekit.source_model.precision`).
+BFLOAT16_FORMATS = ("tf_saved_model", "onnx", "litert")
+
+
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> pathlib.Path:
-    return _build_tool_export(tmp_path_factory, "bfloat16_mlp", MODEL_FILE, ("tf_saved_model", "onnx"))
+    return _build_tool_export(tmp_path_factory, "bfloat16_mlp", MODEL_FILE, BFLOAT16_FORMATS)
 
 
 def test_bfloat16_tensors_are_stored_as_float32(export):
@@ -59,10 +63,37 @@ def test_bfloat16_tensors_are_stored_as_float32(export):
         assert not np.any(logits.view(np.uint32) & 0xFFFF)
 
 
-def test_both_formats_verify_natively(export):
+def test_every_format_verifies_natively(export):
     report = native.validate(str(export / "manifest.json"))
     assert report.passed, report.to_text()
-    assert {a.format for a in report.artifacts} == {native.Format.tf_saved_model, native.Format.onnx}
+    assert {a.format.name for a in report.artifacts} == set(BFLOAT16_FORMATS)
+
+
+MIXED_FLOAT16_FILE = textwrap.dedent("""\
+    import keras
+
+
+    def build_model():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8,), name="features")
+        hidden = keras.layers.Dense(16, activation="gelu", dtype="mixed_float16", name="mlp")(inputs)
+        normalized = keras.layers.LayerNormalization(dtype="mixed_float16", name="norm")(hidden)
+        return keras.Model(inputs, {"logits": keras.layers.Dense(3, dtype="float32", name="logits")(normalized),
+                                    "hidden": keras.layers.Dense(4, dtype="float16", name="hidden")(normalized)},
+                           name="mixed_float16_mlp")
+    """)
+
+
+def test_float16_compute_verifies_natively_in_litert_and_openvino(tmp_path_factory):
+    # LiteRT has no float16 kernels: its model computes in float32 and returns the float16
+    # output as float16, which LiteRT's C API hands the verifier as such.
+    export = _build_tool_export(tmp_path_factory, "mixed_float16_mlp", MIXED_FLOAT16_FILE, ("litert", "openvino"))
+    manifest = json.loads((export / "manifest.json").read_text())
+    (endpoint,) = [e for e in manifest["endpoints"] if e["name"] == "serving_default"]
+    assert {o["name"]: o["dtype"] for o in endpoint["outputs"]} == {"logits": "float32", "hidden": "float16"}
+    report = native.validate(str(export / "manifest.json"))
+    assert report.passed, report.to_text()
+    assert {a.format.name for a in report.artifacts} == {"litert", "openvino"}
 
 
 BFLOAT16_INPUT_FILE = textwrap.dedent("""\

@@ -157,6 +157,16 @@ with each written another way, for a format whose trace has them
   the convolution is followed by `maximum(y, -inf)`, which is `y` (NaN and
   -inf included) and which LiteRT sizes from its input before writing it.
 
+- float16 and bfloat16 compute (LiteRT; bfloat16 for OpenVINO): a layer
+  under a `float16`, `mixed_float16`, `bfloat16` or `mixed_bfloat16` dtype
+  policy. LiteRT's built-in kernels have none (the converter leaves Flex
+  ops), and OpenVINO's frontend has no bfloat16 constants. In this trace
+  those layers compute in float32 (`servekit.source_model.precision`), their
+  low-precision weights widened exactly, and the outputs are cast back to
+  the dtypes the model gives them; the roundings the source makes in its low
+  precision are left out, within the tolerance its verification already
+  allows the model.
+
 One rewrite is asked for only after a conversion failed, since it undoes a
 fusion the converter usually makes (`builtin_ops("litert", unfused_gelu=True)`):
 
@@ -188,12 +198,31 @@ _UNCONVERTIBLE = {"litert": ("TensorList", "Bitcast", "DenseBincount", "FFT2D", 
                   "openvino": ("Bitcast", "FFT2D", "Cumprod", "SpaceToBatchND", "MatrixDiagV3", "XlaDynamicUpdateSlice",
                                *_RESAMPLING, *_CASES, *_SEARCHES, *_MATRIX_PARTS),
                   "onnx": ("Cumprod", *_RESAMPLING, *_CASES)}
+# The compute dtypes each format's trace computes in float32 instead.
+COMPUTED_IN_FLOAT32 = {"litert": ("float16", "bfloat16"), "openvino": ("bfloat16",)}
+# The formats whose trace casts such outputs back to the model's dtypes. OpenVINO's frontend
+# leaves a traced cast to bfloat16 untyped; its IR's outputs are typed like the signature's
+# after the conversion instead (`servekit.formats.openvino`).
+OUTPUTS_CAST_BACK = ("litert",)
+# Ops that move or name a tensor without computing with it: a float16 output or input alone
+# is no float16 compute.
+_MOVES = frozenset({"Identity", "IdentityN", "ReadVariableOp", "Cast", "StopGradient", "Placeholder", "Const"})
+
+
+def _computes_in_float32_instead(node, fmt: str) -> bool:
+    from tensorflow.core.framework import types_pb2
+
+    names = {types_pb2.DT_HALF: "float16", types_pb2.DT_BFLOAT16: "bfloat16"}
+    return ("T" in node.attr and node.op not in _MOVES
+            and names.get(node.attr["T"].type) in COMPUTED_IN_FLOAT32.get(fmt, ()))
 
 
 def _unconvertible(node, fmt: str, constants: frozenset = frozenset()) -> bool:
     from tensorflow.core.framework import types_pb2
 
     if node.op.startswith(_UNCONVERTIBLE.get(fmt, ())):
+        return True
+    if _computes_in_float32_instead(node, fmt):
         return True
     if fmt != "litert":
         return False

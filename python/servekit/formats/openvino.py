@@ -186,6 +186,10 @@ def _conversion_error(error: Exception, what: str, model_name: str) -> ExportErr
     # String ops (Keras's Hashing, string lookups) convert to no other format either.
     formats = "format='tf_saved_model'" if _STRING_OPS.search(ops) else "format='onnx' or 'tf_saved_model'"
     cause = f"it {ops}. Export {formats}, or keep those ops out of the model" if ops else root_cause(error)
+    if "Const of unknown type" in ops:
+        cause = ("it cannot read a constant of one of the model's dtypes, such as the bfloat16 weights of a "
+                 "bfloat16 dtype policy. Build the model with mixed_bfloat16 (float32 weights, which servekit's "
+                 "OpenVINO IR computes with in float32), or export format='onnx' or 'tf_saved_model'")
     return ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert {what}: {cause}",
                        model=model_name, reason="conversion_failed")
 

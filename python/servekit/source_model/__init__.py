@@ -13,6 +13,9 @@
 - `recurrences`: recurrent layers traced step by step for the converters
   that cannot take their loop (LiteRT, torch.export), in the workers too:
   unrolled, or over a sequence of unknown length a loop without TensorLists.
+- `precision`: float16 and bfloat16 layers traced in float32 for the
+  converters without their kernels (LiteRT, OpenVINO's bfloat16), in the
+  worker.
 
 Everything here runs in the *source* process, on whatever Keras backend it
 uses, and never imports TensorFlow unless the backend is TensorFlow (or the

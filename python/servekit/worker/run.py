@@ -125,13 +125,15 @@ def run(job: WorkerJob) -> dict[str, Any]:
     from servekit import saved_model as sk_sm
     from servekit.formats import builtin_trace
     from servekit.pipeline.cases import CaseSet
-    from servekit.source_model import backend_semantics, recurrences
+    from servekit.source_model import backend_semantics, precision, recurrences
     from servekit.worker import isolation
 
     custom = keras_file.import_custom_classes(job.custom_classes)
     cases = list(CaseSet.read(job.cases_file, list(job.cases))) if job.verify else []
 
     last_loaded: list[weakref.ref] = []  # the model the last build loaded, while something holds it
+    # The outputs' dtypes in the model's own trace, which a format's builtin trace keeps.
+    output_dtypes: dict[str, dict[str, str]] = {}
 
     def build(builtin_trace_for: str | None = None, unfused_gelu: bool = False) -> sk_sm.BuiltModule:
         # The model lives only in what this returns: `write_and_verify` frees it before checking.
@@ -147,10 +149,17 @@ def run(job: WorkerJob) -> dict[str, Any]:
         with contextlib.ExitStack() as rewrites:
             if builtin_trace_for:
                 rewrites.enter_context(recurrences.for_converters(loaded, builtin_trace_for))
+                rewrites.enter_context(precision.computed_in_float32(
+                    loaded, builtin_trace.COMPUTED_IN_FLOAT32.get(builtin_trace_for, ())))
                 rewrites.enter_context(builtin_trace.builtin_ops(builtin_trace_for, unfused_gelu))
             # The source backend's arithmetic inside the builtin trace's rewrites, which may call it.
             rewrites.enter_context(backend_semantics.computed_as(job.source_backend))
-            return sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections)
+            cast_back = builtin_trace_for in builtin_trace.OUTPUTS_CAST_BACK
+            built = sk_sm.build_module(endpoints, tracked=tracked, variable_collections=collections,
+                                       output_dtypes=output_dtypes if cast_back else None)
+        if not builtin_trace_for and not output_dtypes:
+            output_dtypes.update({s.name: {t.name: t.dtype for t in s.outputs} for s in built.endpoints})
+        return built
 
     return {"reports": _write.write_and_verify(
         build, outputs=dict(job.outputs), cases=cases, opset=job.opset, model_name=job.model_name,

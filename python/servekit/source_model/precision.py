@@ -1,0 +1,78 @@
+"""Low-precision layers traced in float32, for the converters without their kernels.
+
+A Keras layer under the `float16`, `mixed_float16`, `bfloat16` or
+`mixed_bfloat16` dtype policy computes in that dtype. Two converters cannot
+take such a trace:
+
+- LiteRT: its built-in kernels have no float16 or bfloat16 `MatMul`,
+  `BiasAdd`, convolution, ...; the converter leaves TensorFlow ops (Flex ops)
+  that LiteRT's runtime cannot run.
+- OpenVINO: its TensorFlow frontend has no bfloat16 constants (GELU's
+  coefficients, a traced function's weights).
+
+Serving runtimes run such models in float32 anyway (LiteRT's own float16
+models store float16 weights and compute in float32). While
+`computed_in_float32` is entered, each such layer computes in float32: its
+inputs are converted to float32 and its variables read as float32 (Keras's
+autocast; float16 and bfloat16 weights widen exactly), and nothing else
+changes; the layers are restored afterwards. The artifact then differs from
+the source by the roundings the source makes in its low precision, which the
+model's verification tolerance (`servekit.verification.tolerances_for`: the
+low-precision dtype's for a model that computes in it) bounds. The trace
+computes outputs in float32 where the source returns float16 or bfloat16;
+the caller casts them back to the source's dtypes at the signature
+(`servekit.saved_model.build_module`'s `output_dtypes`), so the artifact's
+signature is the model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+
+def _float32_compute(variable_dtype: str):
+    """A dtype policy computing in float32 over variables of `variable_dtype`
+    (Keras names no such policy: `float16` and `bfloat16` store in the dtype
+    they compute in)."""
+    import keras
+
+    policy = keras.dtype_policies.DTypePolicy("float32")
+    policy._variable_dtype = variable_dtype
+    return policy
+
+
+@contextlib.contextmanager
+def computed_in_float32(model, dtypes: Sequence[str]) -> Iterator[list[str]]:
+    """Traces every layer of `model` that computes in one of `dtypes` in
+    float32 while the block runs, then restores their policies: the caller's
+    model is left as it was.
+
+    Args:
+        model: the Keras model (or layer) about to be traced.
+        dtypes: the compute dtypes to widen (`"float16"`, `"bfloat16"`).
+
+    Yields:
+        The names of the layers changed.
+
+    Example:
+
+    ```python
+    with computed_in_float32(model, ("float16", "bfloat16")):
+        concrete = tf.function(model).get_concrete_function(spec)
+    ```
+    """
+    changed = []
+    if dtypes:
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            if getattr(layer, "_dtype_policy", None) is None or layer.compute_dtype not in dtypes:
+                continue
+            # Set directly, not through the `dtype_policy` setter: a layer under a
+            # DTypePolicyMap keeps the map, which the setter would write into.
+            changed.append((layer, layer._dtype_policy))
+            layer._dtype_policy = _float32_compute(layer.variable_dtype)
+    try:
+        yield [layer.name for layer, _ in changed]
+    finally:
+        for layer, policy in changed:
+            layer._dtype_policy = policy
