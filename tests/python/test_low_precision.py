@@ -245,8 +245,14 @@ def _litert_tensor_types(path: str) -> tuple[list[int], list[int], list[str]]:
             [name for name in custom if name])
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "float16", "mixed_bfloat16", "bfloat16"], indirect=True)
-def test_low_precision_compute_to_litert_runs_in_float32(policy, tmp_path):
+# The in-process strategy converts LiteRT from a SavedModel it traces on TensorFlow only.
+_LITERT_LOW_PRECISION = [(policy, "portable_rebuild") for policy in
+                         ("mixed_float16", "float16", "mixed_bfloat16", "bfloat16")] + [
+    (policy, "in_process") for policy in ("mixed_float16", "bfloat16") if keras.backend.backend() == "tensorflow"]
+
+
+@pytest.mark.parametrize("policy,strategy", _LITERT_LOW_PRECISION, indirect=["policy"])
+def test_low_precision_compute_to_litert_runs_in_float32(policy, strategy, tmp_path):
     # LiteRT's built-in kernels have no float16 or bfloat16 MatMul: the model's LiteRT trace
     # computes in float32, with built-in ops only, and keeps the model's signature.
     from ai_edge_litert import schema_py_generated as schema
@@ -260,7 +266,8 @@ def test_low_precision_compute_to_litert_runs_in_float32(policy, tmp_path):
     model = keras.Model(inputs, {"logits": keras.layers.Dense(3, dtype="float32", name="logits")(h),
                                  "hidden": keras.layers.Dense(4, name="hidden")(h)}, name="low_precision")
     path = str(tmp_path / "model.tflite")
-    artifact = servekit.export(model, path, format="litert", verbose=False)
+    artifact = servekit.export(model, path, format="litert", strategy=strategy, verbose=False)
+    assert artifact.strategy == strategy
     compute = policy.removeprefix("mixed_")
     assert {t.name: t.dtype for t in artifact.endpoints[0].outputs} == {"logits": "float32", "hidden": compute}
 

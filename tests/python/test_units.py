@@ -852,3 +852,38 @@ def test_lambda_globals_are_the_names_the_code_loads_not_its_attributes():
     entries, problems = keras_file.lambda_globals(model)
     assert problems == []
     assert entries == {"keras": {"kind": "module", "module": "keras"}, "scale": {"kind": "value", "value": 2.0}}
+
+
+# -- low-precision layers traced in float32 ------------------------------------------
+
+
+def test_low_precision_layers_compute_in_float32_inside_the_block_only():
+    import keras
+
+    from servekit.source_model import precision
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    half = keras.layers.Dense(3, dtype="float16", name="half")
+    mixed = keras.layers.Dense(3, dtype="mixed_float16", name="mixed")
+    wide = keras.layers.Dense(2, dtype="float32", name="wide")
+    model = keras.Model(inputs, [half(inputs), wide(mixed(inputs))], name="policies")
+    x = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)
+
+    with precision.computed_in_float32(model, ("float16",)) as changed:
+        assert sorted(changed) == ["half", "mixed"]
+        assert (half.compute_dtype, half.variable_dtype) == ("float32", "float16")
+        assert (mixed.compute_dtype, mixed.variable_dtype) == ("float32", "float32")
+        inside = [np.asarray(y) for y in model(x)]
+    assert [y.dtype for y in inside] == [np.float32, np.float32]
+    # float16 weights widen exactly: the float32 result is the float16 layer's without its roundings.
+    kernel, bias = (np.asarray(w, dtype="float32") for w in half.weights)
+    np.testing.assert_allclose(inside[0], x @ kernel + bias, rtol=1e-6, atol=1e-6)
+
+    assert (half.dtype_policy.name, mixed.dtype_policy.name, wide.dtype_policy.name) == (
+        "float16", "mixed_float16", "float32")
+    after = [np.asarray(y) for y in model(x)]
+    assert after[0].dtype == np.float16
+    np.testing.assert_allclose(after[0], inside[0], atol=1e-2, rtol=1e-2)
+    with precision.computed_in_float32(model, ()) as changed:  # no dtype named: nothing changes
+        assert changed == []

@@ -15,7 +15,7 @@
   unrolled, or over a sequence of unknown length a loop without TensorLists.
 - `precision`: float16 and bfloat16 layers traced in float32 for the
   converters without their kernels (LiteRT, OpenVINO's bfloat16), in the
-  worker.
+  workers too.
 
 Everything here runs in the *source* process, on whatever Keras backend it
 uses, and never imports TensorFlow unless the backend is TensorFlow (or the

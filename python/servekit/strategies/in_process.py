@@ -122,12 +122,12 @@ def _error(cls, message: str, reason: str) -> ExportError:
     return (ExportTypeError if cls is TypeError else ExportError)(message, reason=reason)
 
 
-def _saved_model(request: ExportRequest, path: str) -> dict[str, Any]:
+def _saved_model(request: ExportRequest, path: str, output_dtypes=None) -> dict[str, Any]:
     from servekit import verification
 
     archive = keras_archive(request)
     try:
-        signatures = save_traced(archive, request.endpoints, path, request.options)
+        signatures = save_traced(archive, request.endpoints, path, request.options, output_dtypes)
     except TypeError as e:
         raise _error(TypeError, f"tracing failed: {e}", "untraceable_endpoint") from None
     report = {"ok": True, "endpoints": [s.to_json() for s in signatures], "comparisons": []}
@@ -225,14 +225,20 @@ def _builtin_saved_model(request: ExportRequest, path: str, unfused_gelu: bool =
     with `unfused_gelu`), recurrent layers traced step by step for LiteRT
     (`servekit.source_model.recurrences`)."""
     from servekit.formats import builtin_trace
-    from servekit.source_model import recurrences
+    from servekit.source_model import precision, recurrences
 
     if request.kind == "archive":  # the caller's own traced endpoints
         return _saved_model(request, path)
     recurrent = recurrences.for_converters(request.source, "litert") if request.format == "litert" \
         else contextlib.nullcontext()
-    with builtin_trace.builtin_ops(request.format, unfused_gelu), recurrent:
-        return _saved_model(request, path)
+    output_dtypes = None
+    if request.format in builtin_trace.OUTPUTS_CAST_BACK:  # the model's own, taken before its layers widen
+        output_dtypes = {plan.name: {t.name: t.dtype for t in output_specs(request.source, plan.layout,
+                                                                           plan.output_names)}
+                         for plan in request.endpoints}
+    widened = precision.computed_in_float32(request.source, builtin_trace.COMPUTED_IN_FLOAT32.get(request.format, ()))
+    with builtin_trace.builtin_ops(request.format, unfused_gelu), recurrent, widened:
+        return _saved_model(request, path, output_dtypes)
 
 
 def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
@@ -341,13 +347,16 @@ def _torch_to_onnx(model, layout, outputs, path: str, opset: Optional[int], expo
             torch.onnx.export(module, sample, dynamo=True, **common).save(path)
 
 
-def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> list[sig.Signature]:
+def save_traced(archive, plans: list[EndpointPlan], path: str, options=None,
+                output_dtypes=None) -> list[sig.Signature]:
     """Saves a Keras `ExportArchive` with servekit's signatures, canonically.
 
     Each endpoint's method is Keras's (same arguments and return structure as
     the exported function); its signature takes flat tensors named like the
-    layout and returns a dict named like `plan.output_names`. The first
-    endpoint is also `serving_default` unless one has that name.
+    layout and returns a dict named like `plan.output_names` (floating outputs
+    cast to `output_dtypes[endpoint][output]` where given, as in
+    `servekit.saved_model.build_module`). The first endpoint is also
+    `serving_default` unless one has that name.
 
     Returns:
         The signatures, `serving_default` first.
@@ -370,7 +379,8 @@ def save_traced(archive, plans: list[EndpointPlan], path: str, options=None) -> 
         method = getattr(archive._tf_trackable, plan.name)
         layout = plan.layout or traced_layout(method, plan.name)
         box: dict[str, Any] = {}
-        sig_fn = tf.function(sk_sm._signature_wrapper(method, layout, plan.output_names, box),
+        sig_fn = tf.function(sk_sm._signature_wrapper(method, layout, plan.output_names, box,
+                                                      (output_dtypes or {}).get(plan.name)),
                              input_signature=sk_sm.flat_specs(layout), autograph=False)
         concrete = sig_fn.get_concrete_function()
         signatures[plan.name] = concrete
