@@ -296,3 +296,18 @@ def test_a_litert_model_left_with_flex_ops_names_them(tmp_path):
         servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
     assert "Model 'inverse'" in str(info.value) and "Flex delegate" in str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_ops_outside_layer_policies_to_litert_say_why_and_what_to_do(dtype, tmp_path):
+    # Layers' policies compute in float32 for LiteRT; an op of the model's own on a tensor it
+    # casts does not, and LiteRT has no kernel for it.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    hidden = keras.ops.cast(keras.layers.Dense(4, name="dense")(inputs), dtype)
+    model = keras.Model(inputs, keras.ops.exp(hidden) * hidden, name=f"{dtype}_op")
+    with pytest.raises(ExportError, match=f"Model '{dtype}_op'") as info:
+        servekit.export(model, str(tmp_path / "model.tflite"), format="litert", verbose=False)
+    assert f"computes in {dtype} outside its layers' dtype policies" in str(info.value)
+    assert "compute that op in float32" in str(info.value) and "format='onnx'" in str(info.value)
+    assert os.listdir(tmp_path) == []

@@ -346,16 +346,21 @@ def convert(make_converter, options: Mapping[str, Any], model_name: str,
                       reason="conversion_failed")
 
 
-# What a bfloat16-compute model can do instead, in both errors that blame bfloat16.
-_BFLOAT16_WAY_OUT = ("build it with a float32 dtype policy (LiteRT can still make it smaller: "
+# Why a model that still computes in bfloat16 or float16 in its LiteRT trace does (its layers'
+# low-precision policies compute in float32 there: `servekit.source_model.precision`), and
+# what it can do instead, in both errors that blame the dtype.
+_OUTSIDE_LAYER_POLICIES = ("outside its layers' dtype policies (servekit computes float16 and bfloat16 layers in "
+                           "float32 for LiteRT, not an op of the model's own, such as a keras.ops call on a tensor "
+                           "cast to that dtype)")
+_BFLOAT16_WAY_OUT = ("compute that op in float32 (LiteRT can still make the model smaller: "
                      "optimizations=[tf.lite.Optimize.DEFAULT]), or export format='onnx' (bfloat16 computed in "
                      "float32) or 'tf_saved_model'.")
 
 
-_FLOAT16_COMPUTE = ("The model computes in float16 (a float16 or mixed_float16 dtype policy), for which LiteRT "
-                    "has no built-in kernels: build it with a float32 dtype policy (LiteRT can still store its "
-                    "weights in float16: optimizations=[tf.lite.Optimize.DEFAULT] with target_spec="
-                    "{'supported_types': [tf.float16]}), or export format='onnx' or 'tf_saved_model'.")
+_FLOAT16_COMPUTE = (f"The model computes in float16 {_OUTSIDE_LAYER_POLICIES}, for which LiteRT has no built-in "
+                    "kernels: compute that op in float32 (LiteRT can still store the weights in float16: "
+                    "optimizations=[tf.lite.Optimize.DEFAULT] with target_spec={'supported_types': [tf.float16]}), "
+                    "or export format='onnx' or 'tf_saved_model'.")
 
 
 def likely_cause(concrete) -> str:
@@ -369,8 +374,8 @@ def likely_cause(concrete) -> str:
     nodes = traced_nodes(concrete)
     computed = {value.type for node in nodes for key, value in node.attr.items() if key in ("T", "dtype", "DstT")}
     if types_pb2.DT_BFLOAT16 in computed:
-        return ("The model computes in bfloat16, for which LiteRT has no built-in kernels (and TensorFlow's Select "
-                "ops not all): " + _BFLOAT16_WAY_OUT)
+        return (f"The model computes in bfloat16 {_OUTSIDE_LAYER_POLICIES}, for which LiteRT has no built-in kernels "
+                "(and TensorFlow's Select ops not all): " + _BFLOAT16_WAY_OUT)
     if types_pb2.DT_HALF in computed:
         return _FLOAT16_COMPUTE
     return ""
@@ -707,7 +712,8 @@ def _needs_flex_error(path: str) -> ExportError:
     bfloat16 = any(model.Subgraphs(g).Tensors(t).Type() == schema.TensorType.BFLOAT16
                    for g in range(model.SubgraphsLength()) for t in range(model.Subgraphs(g).TensorsLength()))
     if bfloat16:
-        why = " The model computes in bfloat16, for which LiteRT has no built-in kernels: " + _BFLOAT16_WAY_OUT
+        why = (f" The model computes in bfloat16 {_OUTSIDE_LAYER_POLICIES}, for which LiteRT has no built-in "
+               "kernels: " + _BFLOAT16_WAY_OUT)
     elif _flex_ops_take_float16(model, schema):
         why = " " + _FLOAT16_COMPUTE
     elif any(op.startswith("FlexTensorList") for op in flex):
