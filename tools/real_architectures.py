@@ -6,7 +6,8 @@ small, random-weight configurations (nothing downloaded), exports each with
 `servekit.export` (which verifies the artifact against the model before writing it) and
 prints one line per export and a table of what passed and what was refused. One process
 per backend (Keras picks its backend at import). Results are appended as JSON lines to
-`--out` (default: `real_architectures.jsonl` in the working directory).
+`--out` (default: `real_architectures.jsonl` in the working directory). `--dtype-policy
+mixed_float16` (or any Keras dtype policy) builds every model under that global policy.
 
 The sweep takes 10-30 s per export on the 2-core machine kind: it is a manual check
 (README, "Real architectures"), not part of `bazel test //...`.
@@ -110,12 +111,13 @@ def builders() -> dict:
     return models
 
 
-def sweep(names: list[str], formats: list[str], out_path: str) -> None:
-    """Exports each model to each format on this process' backend."""
+def sweep(names: list[str], formats: list[str], out_path: str, dtype_policy: str = "float32") -> None:
+    """Exports each model, built under `dtype_policy`, to each format on this process' backend."""
     import keras
 
     import servekit
 
+    keras.config.set_dtype_policy(dtype_policy)
     models = builders()
     with open(out_path, "a") as out:
         for name in names or list(models):
@@ -138,7 +140,7 @@ def sweep(names: list[str], formats: list[str], out_path: str) -> None:
                     row = {"ok": False, "error": str(e)}
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
-                row.update(model=name, format=fmt, backend=keras.backend.backend(),
+                row.update(model=name, format=fmt, backend=keras.backend.backend(), dtype_policy=dtype_policy,
                            seconds=round(time.time() - started, 1))
                 out.write(json.dumps(row) + "\n")
                 out.flush()
@@ -152,18 +154,21 @@ def main() -> int:
     parser.add_argument("--formats", default="openvino,litert,torch")
     parser.add_argument("--models", default="", help="comma-separated names (default: all)")
     parser.add_argument("--out", default="real_architectures.jsonl")
+    parser.add_argument("--dtype-policy", default="float32", help="the global Keras dtype policy the models are "
+                        "built under (mixed_float16, mixed_bfloat16, ...)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = os.path.abspath(os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", "."), args.out))
     names = [n for n in args.models.split(",") if n]
     formats = args.formats.split(",")
     if args.child:
-        sweep(names, formats, out)
+        sweep(names, formats, out, args.dtype_policy)
         return 0
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--formats", args.formats,
-                        "--models", args.models, "--out", out], env=env, check=True)
+                        "--models", args.models, "--out", out, "--dtype-policy", args.dtype_policy], env=env,
+                       check=True)
     rows = [json.loads(line) for line in open(out)]
     not_built = [r for r in rows if "not_built" in r]
     exports = [r for r in rows if "not_built" not in r]
