@@ -167,6 +167,8 @@ class Comparison:
     batch: int
     max_abs_err: float
     problems: list[str]
+    # The dtypes of the floating outputs outside their tolerance: what a declared tolerance names.
+    dtypes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -206,7 +208,7 @@ def compare_outputs(
         A `Comparison`; `problems` says, per output, what differed.
     """
     tolerances = dict(TOLERANCES, **(tolerances or {}))
-    problems = []
+    problems, dtypes = [], []
     worst = 0.0
     missing = sorted(set(expected) - set(actual))
     extra = sorted(set(actual) - set(expected))
@@ -264,7 +266,8 @@ def compare_outputs(
                 scaled = "" if used_atol == atol else f" ({unit} {scale:.3g})"
                 problems.append(f"output '{name}': max abs diff {err:.3g} exceeds atol={used_atol:g}{scaled} "
                                 f"rtol={rtol:g}")
-    return Comparison(endpoint, batch, worst, problems)
+                dtypes.append(str(e.dtype))
+    return Comparison(endpoint, batch, worst, problems, dtypes)
 
 
 def describe_failures(comparisons: Sequence[Comparison]) -> str:
@@ -277,9 +280,11 @@ def describe_failures(comparisons: Sequence[Comparison]) -> str:
 
 def failure(comparisons: Sequence[Comparison], artifact: str, source: str = "the source model") -> dict:
     """The report fields of an artifact that failed its comparisons:
-    `ok: False`, the reason and a message naming each failing case."""
+    `ok: False`, the reason, a message naming each failing case and the
+    dtypes of the outputs outside their tolerance (`tolerance_dtypes`)."""
     return {"ok": False, "reason": "verification_failed",
-            "message": f"The {artifact} does not reproduce {source}:\n" + describe_failures(comparisons)}
+            "message": f"The {artifact} does not reproduce {source}:\n" + describe_failures(comparisons),
+            "tolerance_dtypes": sorted({dtype for c in comparisons for dtype in c.dtypes})}
 
 
 def record(report: dict, comparisons: Sequence[Comparison], artifact: str, what: str) -> dict:

@@ -384,6 +384,30 @@ class _Writes:
         return report
 
 
+class _DivergesIn(_Writes):
+    """A strategy whose artifact is off by 0.5 in a bfloat16 output and a float32 one,
+    as `servekit.verification` reports it."""
+
+    def write(self, request, staged, workdir):
+        import ml_dtypes
+
+        with open(staged, "wb") as f:
+            f.write(self.content)
+        expected = {"h": np.zeros(3, ml_dtypes.bfloat16), "y": np.zeros(3, np.float32), "n": np.zeros(3, np.int32)}
+        actual = {"h": np.full(3, 0.5, ml_dtypes.bfloat16), "y": np.full(3, 0.5, np.float32), "n": expected["n"]}
+        comparison = verification.compare_outputs(expected, actual)
+        return verification.record({"ok": True, "endpoints": []}, [comparison], "onnx", "ONNX model")
+
+
+def test_a_failed_verification_says_which_dtypes_to_declare_a_tolerance_for(tmp_path):
+    with pytest.raises(ExportError) as info:
+        _run(tmp_path, [_DivergesIn("portable")])
+    message = str(info.value)
+    assert "output 'h': max abs diff 0.5" in message and "output 'y': max abs diff 0.5" in message
+    assert "tolerances={'bfloat16': (atol, rtol), 'float32': (atol, rtol)}" in message
+    assert "tolerances = {'bfloat16': 'atol,rtol', 'float32': 'atol,rtol'}" in message
+
+
 def _run(tmp_path, strategies):
     made = []
 

@@ -55,6 +55,8 @@ class Attempt:
     layer: Optional[str] = None
     # A failed verification's first diverging layer (`servekit.pipeline.localize`).
     localization: Optional[dict] = None
+    # A failed verification's outputs outside their tolerance, by dtype.
+    tolerance_dtypes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, str]:
         return {"strategy": self.strategy, "outcome": self.outcome, "reason": self.reason}
@@ -169,7 +171,8 @@ def run_formats(
                     atomic.discard(staged[fmt])
                     attempts[fmt].append(Attempt(strategy.name, "failed", report.get("message", "failed"),
                                                  report.get("error_class"), report.get("layer"),
-                                                 report.get("localization")))
+                                                 report.get("localization"),
+                                                 tuple(report.get("tolerance_dtypes") or ())))
                     reasons[fmt].append(report.get("reason", "export_failed"))
         for fmt in destinations:
             if fmt not in done:
@@ -191,10 +194,15 @@ def _guarded(write: Callable[[], dict[str, dict[str, Any]]], formats: Sequence[s
     return {fmt: dict(report) for fmt in formats}
 
 
-_DECLARE_A_TOLERANCE = (
-    "If the differences are rounding the model amplifies rather than a wrong conversion (a log of values near "
-    "zero, a difference of large terms), declare the tolerance the model needs: servekit.export(..., "
-    "tolerances={'float32': (atol, rtol)}), or the build rule's tolerances = {'float32': 'atol,rtol'}.\n")
+def _declare_a_tolerance(dtypes: Sequence[str]) -> str:
+    """The way out of a failed verification, naming the dtypes of the outputs that differ."""
+    dtypes = list(dtypes) or ["float32"]
+    python = ", ".join(f"'{dtype}': (atol, rtol)" for dtype in dtypes)
+    build = ", ".join(f"'{dtype}': 'atol,rtol'" for dtype in dtypes)
+    return ("If the differences are rounding the model amplifies rather than a wrong conversion (a log of values "
+            "near zero, a difference of large terms, a low precision over many layers), declare the tolerance the "
+            f"model needs: servekit.export(..., tolerances={{{python}}}), or the build rule's tolerances = "
+            f"{{{build}}}.\n")
 
 
 def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],
@@ -207,7 +215,7 @@ def _no_strategy_error(what: str, filepath: str, attempts: Sequence[Attempt],
             f"  - {a.strategy} ({a.outcome}): {_indent(a.reason)}" for a in attempts)
     message = f"{what}: {body}\n"
     if "verification_failed" in reasons:
-        message += _DECLARE_A_TOLERANCE
+        message += _declare_a_tolerance(sorted({dtype for a in tried for dtype in a.tolerance_dtypes}))
     message += f"Nothing was written at '{filepath}'."
     # A type problem Keras's own road ran into stays a TypeError, as in Keras.
     cls = errors.ExportError
