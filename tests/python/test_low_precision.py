@@ -178,16 +178,16 @@ def _run_artifact(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
 
 
 # (compute dtype, format): a bfloat16 input works in every format. A model that
-# also computes in bfloat16 converts to LiteRT in float32 (its built-in kernels have
-# no bfloat16 MatMul), and to OpenVINO only with float32 weights (`mixed_bfloat16`):
-# its TensorFlow frontend has no rule for a bfloat16 Const, the weights of a
-# `bfloat16` policy. The AOTInductor package (about a minute of
+# also computes in bfloat16 converts to LiteRT and OpenVINO in float32 (LiteRT's
+# built-in kernels have no bfloat16 MatMul, OpenVINO's TensorFlow frontend no bfloat16
+# constant: a `bfloat16` policy's weights are read from a SavedModel). The AOTInductor
+# package (about a minute of
 # C++ compilation) only on torch: a TensorFlow or JAX model's is compiled from its
 # torch program, which the "torch" cases check on their backend (and the zoo's trained
 # MLP compiles from each backend).
 _COMPILED = ("torch_aoti",) if keras.backend.backend() == "torch" else ()
 BFLOAT16_INPUTS = [("float32", fmt) for fmt in FORMATS if fmt != "torch_aoti" or _COMPILED] + [
-    ("bfloat16", fmt) for fmt in ("tf_saved_model", "onnx", "litert", "torch") + _COMPILED] + [
+    ("bfloat16", fmt) for fmt in ("tf_saved_model", "onnx", "litert", "openvino", "torch") + _COMPILED] + [
     ("mixed_bfloat16", "openvino")]
 
 
@@ -224,11 +224,19 @@ def test_openvino_bfloat16_outputs_stay_bfloat16(tmp_path):
     assert got.tobytes() == np.maximum(x, 0).tobytes()
 
 
-def test_bfloat16_weights_to_openvino_say_why_and_what_to_do(tmp_path):
-    with pytest.raises(ExportError, match="Model 'bfloat16_input_bfloat16'") as info:
-        servekit.export(_bfloat16_input_model("bfloat16"), str(tmp_path / "model.xml"), format="openvino",
-                        verbose=False)
-    assert "bfloat16 weights" in str(info.value) and "mixed_bfloat16" in str(info.value)
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+def test_a_bfloat16_constant_outside_the_layers_to_openvino_says_why_and_what_to_do(policy, tmp_path):
+    # As keras_hub's Gemma scales its embeddings: a constant made in bfloat16 while the
+    # Functional model is built, which no layer's policy widens.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    scaled = hidden * keras.ops.cast(keras.ops.sqrt(4.0), hidden.dtype)
+    model = keras.Model(inputs, keras.layers.Dense(2, dtype="float32", name="logits")(scaled), name="scaled")
+    with pytest.raises(ExportError, match="Model 'scaled'") as info:
+        servekit.export(model, str(tmp_path / "model.xml"), format="openvino", verbose=False)
+    assert "a constant the model makes in bfloat16 outside its layers" in str(info.value)
+    assert "format='onnx'" in str(info.value)
     assert os.listdir(tmp_path) == []
 
 
@@ -311,3 +319,21 @@ def test_low_precision_ops_outside_layer_policies_to_litert_say_why_and_what_to_
     assert f"computes in {dtype} outside its layers' dtype policies" in str(info.value)
     assert "compute that op in float32" in str(info.value) and "format='onnx'" in str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+def test_mixed_bfloat16_with_constants_built_in_bfloat16_to_openvino(policy, tmp_path):
+    # Normalization builds its mean and variance in its compute dtype: in the OpenVINO trace
+    # they are float32 with the layer, where OpenVINO's frontend has no bfloat16 constant.
+    import openvino as ov
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,), name="features")
+    normalized = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 1.0, 0.25], name="norm")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, dtype="float32", name="logits")(normalized), name="normalized")
+    path = str(tmp_path / "model.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
+    got = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"features": x})[0]
+    np.testing.assert_allclose(got, expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)

@@ -898,16 +898,31 @@ def test_low_precision_layers_compute_in_float32_inside_the_block_only():
         assert sorted(changed) == ["half", "mixed"]
         assert (half.compute_dtype, half.variable_dtype) == ("float32", "float16")
         assert (mixed.compute_dtype, mixed.variable_dtype) == ("float32", "float32")
-        inside = [np.asarray(y) for y in model(x)]
+        inside = [keras.ops.convert_to_numpy(y) for y in model(x)]
     assert [y.dtype for y in inside] == [np.float32, np.float32]
     # float16 weights widen exactly: the float32 result is the float16 layer's without its roundings.
-    kernel, bias = (np.asarray(w, dtype="float32") for w in half.weights)
+    kernel, bias = (keras.ops.convert_to_numpy(w).astype("float32") for w in half.weights)
     np.testing.assert_allclose(inside[0], x @ kernel + bias, rtol=1e-6, atol=1e-6)
 
     assert (half.dtype_policy.name, mixed.dtype_policy.name, wide.dtype_policy.name) == (
         "float16", "mixed_float16", "float32")
-    after = [np.asarray(y) for y in model(x)]
+    after = [keras.ops.convert_to_numpy(y) for y in model(x)]
     assert after[0].dtype == np.float16
     np.testing.assert_allclose(after[0], inside[0], atol=1e-2, rtol=1e-2)
     with precision.computed_in_float32(model, ()) as changed:  # no dtype named: nothing changes
         assert changed == []
+
+
+def test_tensors_a_low_precision_layer_built_are_float32_inside_the_block_only():
+    import keras
+
+    from servekit.source_model import precision
+
+    norm = keras.layers.Normalization(mean=[1.0, 2.0], variance=[4.0, 1.0], dtype="mixed_bfloat16", name="norm")
+    model = keras.Sequential([keras.Input((2,)), norm])
+    assert keras.backend.standardize_dtype(norm.mean.dtype) == "bfloat16"
+    with precision.computed_in_float32(model, ("bfloat16",)):
+        assert keras.backend.standardize_dtype(norm.mean.dtype) == "float32"
+        assert keras.backend.standardize_dtype(norm.variance.dtype) == "float32"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(norm.mean).ravel(), [1.0, 2.0])
+    assert keras.backend.standardize_dtype(norm.mean.dtype) == "bfloat16"

@@ -172,13 +172,18 @@ def _untransposed_matmul_weight(node) -> bool:
 def needs_saved_model(error: ExportError) -> bool:
     """Whether `convert` failed on what `convert_saved_model` converts: a
     captured resource (a lookup table's handle, which a SavedModel's
-    initializer fills) or complex tensors (`keras.ops.fft`, `irfft`, `istft`:
-    the frontend marks their parts only when it reads a SavedModel)."""
+    initializer fills), complex tensors (`keras.ops.fft`, `irfft`, `istft`:
+    the frontend marks their parts only when it reads a SavedModel) or
+    bfloat16 variables (a function's captured weights are constants to the
+    frontend, which has no bfloat16 constant; it reads a SavedModel's
+    variables)."""
     message = str(error)
-    return ("undeclared parameters" in message and "table_handle" in message) or "ComplexTypeMark" in message
+    return (("undeclared parameters" in message and "table_handle" in message) or "ComplexTypeMark" in message
+            or _UNREADABLE_CONSTANT in message)
 
 
 _STRING_OPS = re.compile(r"String|Substr|Regex|Unicode")
+_UNREADABLE_CONSTANT = "cannot read a constant of one of the model's dtypes"
 
 
 def _conversion_error(error: Exception, what: str, model_name: str) -> ExportError:
@@ -186,10 +191,12 @@ def _conversion_error(error: Exception, what: str, model_name: str) -> ExportErr
     # String ops (Keras's Hashing, string lookups) convert to no other format either.
     formats = "format='tf_saved_model'" if _STRING_OPS.search(ops) else "format='onnx' or 'tf_saved_model'"
     cause = f"it {ops}. Export {formats}, or keep those ops out of the model" if ops else root_cause(error)
-    if "Const of unknown type" in ops:
-        cause = ("it cannot read a constant of one of the model's dtypes, such as the bfloat16 weights of a "
-                 "bfloat16 dtype policy. Build the model with mixed_bfloat16 (float32 weights, which servekit's "
-                 "OpenVINO IR computes with in float32), or export format='onnx' or 'tf_saved_model'")
+    if "Const of unknown type" in ops or ops == "failed to convert Const":  # from a function, from a SavedModel
+        cause = (f"it {_UNREADABLE_CONSTANT}, such as bfloat16 (its frontend has none): "
+                 "the weights of a bfloat16 dtype policy, or a constant the model makes in bfloat16 outside its "
+                 "layers (keras_hub's Gemma scales its embeddings by one). Keep the weights in float32 "
+                 "(mixed_bfloat16: servekit's OpenVINO IR computes its layers in float32) and such constants in "
+                 "float32, or export format='onnx' or 'tf_saved_model'")
     return ExportError(f"Model '{model_name}': OpenVINO's TensorFlow frontend could not convert {what}: {cause}",
                        model=model_name, reason="conversion_failed")
 

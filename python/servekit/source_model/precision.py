@@ -13,9 +13,10 @@ take such a trace:
 Serving runtimes run such models in float32 anyway (LiteRT's own float16
 models store float16 weights and compute in float32). While
 `computed_in_float32` is entered, each such layer computes in float32: its
-inputs are converted to float32 and its variables read as float32 (Keras's
-autocast; float16 and bfloat16 weights widen exactly), and nothing else
-changes; the layers are restored afterwards. The artifact then differs from
+inputs are converted to float32, its variables read as float32 (Keras's
+autocast; float16 and bfloat16 weights widen exactly) and the tensors it
+built in its compute dtype (`Normalization`'s mean and variance) are
+float32 too; the layers are restored afterwards. The artifact then differs from
 the source by the roundings the source makes in its low precision, which the
 model's verification tolerance (`servekit.verification.tolerances_for`: the
 low-precision dtype's for a model that computes in it) bounds. The trace
@@ -62,7 +63,9 @@ def computed_in_float32(model, dtypes: Sequence[str]) -> Iterator[list[str]]:
         concrete = tf.function(model).get_concrete_function(spec)
     ```
     """
-    changed = []
+    import keras
+
+    changed, built = [], []
     if dtypes:
         for layer in model._flatten_layers(include_self=True, recursive=True):
             if getattr(layer, "_dtype_policy", None) is None or layer.compute_dtype not in dtypes:
@@ -71,8 +74,23 @@ def computed_in_float32(model, dtypes: Sequence[str]) -> Iterator[list[str]]:
             # DTypePolicyMap keeps the map, which the setter would write into.
             changed.append((layer, layer._dtype_policy))
             layer._dtype_policy = _float32_compute(layer.variable_dtype)
+            for name, value in _tensors_in(layer, dtypes):
+                built.append((layer, name, value))
+                setattr(layer, name, keras.ops.cast(value, "float32"))
     try:
         yield [layer.name for layer, _ in changed]
     finally:
+        for layer, name, value in built:
+            setattr(layer, name, value)
         for layer, policy in changed:
             layer._dtype_policy = policy
+
+
+def _tensors_in(layer, dtypes: Sequence[str]) -> list[tuple[str, object]]:
+    """The attributes of `layer` that hold a tensor of one of `dtypes` (not a
+    variable: a tensor it built, in its compute dtype)."""
+    import keras
+
+    return [(name, value) for name, value in vars(layer).items()
+            if not isinstance(value, keras.Variable) and keras.ops.is_tensor(value)
+            and keras.backend.standardize_dtype(value.dtype) in dtypes]

@@ -231,14 +231,23 @@ def _builtin_saved_model(request: ExportRequest, path: str, unfused_gelu: bool =
         return _saved_model(request, path)
     recurrent = recurrences.for_converters(request.source, "litert") if request.format == "litert" \
         else contextlib.nullcontext()
-    output_dtypes = None
-    if request.format in builtin_trace.OUTPUTS_CAST_BACK:  # the model's own, taken before its layers widen
-        output_dtypes = {plan.name: {t.name: t.dtype for t in output_specs(request.source, plan.layout,
-                                                                           plan.output_names)}
-                         for plan in request.endpoints}
-    widened = precision.computed_in_float32(request.source, builtin_trace.COMPUTED_IN_FLOAT32.get(request.format, ()))
-    with builtin_trace.builtin_ops(request.format, unfused_gelu), recurrent, widened:
-        return _saved_model(request, path, output_dtypes)
+    widened_dtypes = builtin_trace.COMPUTED_IN_FLOAT32.get(request.format, ())
+    # The model's output dtypes, taken before its layers widen: cast back to in the trace, or
+    # (OpenVINO) typed so by the converter from the signature.
+    output_dtypes = {plan.name: {t.name: t.dtype for t in output_specs(request.source, plan.layout,
+                                                                       plan.output_names)}
+                     for plan in request.endpoints} if widened_dtypes else {}
+    cast_back = output_dtypes if request.format in builtin_trace.OUTPUTS_CAST_BACK else None
+    with builtin_trace.builtin_ops(request.format, unfused_gelu), recurrent, \
+            precision.computed_in_float32(request.source, widened_dtypes):
+        report = _saved_model(request, path, cast_back)
+    if output_dtypes and report.get("ok"):
+        first = request.endpoints[0].name  # `serving_default` is the first endpoint unless one has its name
+        for endpoint in report["endpoints"]:
+            dtypes = output_dtypes.get(endpoint["name"]) or output_dtypes[first]
+            for output in endpoint["outputs"]:
+                output["dtype"] = dtypes.get(output["name"], output["dtype"])
+    return report
 
 
 def _onnx_native(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
