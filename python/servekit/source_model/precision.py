@@ -22,8 +22,9 @@ model's verification tolerance (`servekit.verification.tolerances_for`: the
 low-precision dtype's for a model that computes in it) bounds. The trace
 computes outputs in float32 where the source returns float16 or bfloat16;
 the caller casts them back to the source's dtypes at the signature
-(`servekit.saved_model.build_module`'s `output_dtypes`), so the artifact's
-signature is the model's.
+(`servekit.saved_model.build_module`'s `output_dtypes`; for OpenVINO, whose
+frontend leaves such a cast untyped, the IR's outputs are typed after the
+conversion), so the artifact's signature is the model's.
 """
 
 from __future__ import annotations
@@ -66,17 +67,14 @@ def computed_in_float32(model, dtypes: Sequence[str]) -> Iterator[list[str]]:
     import keras
 
     changed, built = [], []
-    if dtypes:
-        for layer in model._flatten_layers(include_self=True, recursive=True):
-            if getattr(layer, "_dtype_policy", None) is None or layer.compute_dtype not in dtypes:
-                continue
-            # Set directly, not through the `dtype_policy` setter: a layer under a
-            # DTypePolicyMap keeps the map, which the setter would write into.
-            changed.append((layer, layer._dtype_policy))
-            layer._dtype_policy = _float32_compute(layer.variable_dtype)
-            for name, value in _tensors_in(layer, dtypes):
-                built.append((layer, name, value))
-                setattr(layer, name, keras.ops.cast(value, "float32"))
+    for layer in layers_computing_in(model, dtypes):
+        # Set directly, not through the `dtype_policy` setter: a layer under a
+        # DTypePolicyMap keeps the map, which the setter would write into.
+        changed.append((layer, layer._dtype_policy))
+        layer._dtype_policy = _float32_compute(layer.variable_dtype)
+        for name, value in _tensors_in(layer, dtypes):
+            built.append((layer, name, value))
+            setattr(layer, name, keras.ops.cast(value, "float32"))
     try:
         yield [layer.name for layer, _ in changed]
     finally:
@@ -84,6 +82,16 @@ def computed_in_float32(model, dtypes: Sequence[str]) -> Iterator[list[str]]:
             setattr(layer, name, value)
         for layer, policy in changed:
             layer._dtype_policy = policy
+
+
+def layers_computing_in(model, dtypes: Sequence[str]) -> list:
+    """The layers of `model` (itself included) whose compute dtype is one of `dtypes`."""
+    from servekit.source_model.kinds import all_layers
+
+    if not dtypes:
+        return []
+    return [layer for layer in all_layers(model)
+            if getattr(layer, "_dtype_policy", None) is not None and layer.compute_dtype in dtypes]
 
 
 def _tensors_in(layer, dtypes: Sequence[str]) -> list[tuple[str, object]]:

@@ -232,11 +232,13 @@ def _builtin_saved_model(request: ExportRequest, path: str, unfused_gelu: bool =
     recurrent = recurrences.for_converters(request.source, "litert") if request.format == "litert" \
         else contextlib.nullcontext()
     widened_dtypes = builtin_trace.COMPUTED_IN_FLOAT32.get(request.format, ())
-    # The model's output dtypes, taken before its layers widen: cast back to in the trace, or
-    # (OpenVINO) typed so by the converter from the signature.
+    # The model's output dtypes, taken before its layers widen (a symbolic call: only for a model
+    # that has such layers): cast back to in the trace, or (OpenVINO) typed so by the converter
+    # from the signature.
     output_dtypes = {plan.name: {t.name: t.dtype for t in output_specs(request.source, plan.layout,
                                                                        plan.output_names)}
-                     for plan in request.endpoints} if widened_dtypes else {}
+                     for plan in request.endpoints} \
+        if precision.layers_computing_in(request.source, widened_dtypes) else {}
     cast_back = output_dtypes if request.format in builtin_trace.OUTPUTS_CAST_BACK else None
     with builtin_trace.builtin_ops(request.format, unfused_gelu), recurrent, \
             precision.computed_in_float32(request.source, widened_dtypes):
