@@ -739,6 +739,27 @@ def test_image_layers_of_any_size(tmp_path, fmt):
                                        err_msg=f"{name} of {sides}")
 
 
+def test_openvino_pads_after_a_branch_at_every_shape(tmp_path):
+    # OpenVINO's CPU plugin computed a constant Pad that runs after an If (CenterCrop of
+    # images of any size crops or resizes) wrong, values of 1e+30, on each call whose shape
+    # differed from the previous call's: the export was refused for it.
+    import openvino as ov
+
+    layers = keras.layers
+    image = keras.Input(shape=(None, None, 3), name="image")
+    x = layers.ZeroPadding2D(2)(layers.CenterCrop(8, 8)(image))
+    x = layers.Conv2D(4, 3)(x)
+    model = keras.Model(image, layers.UpSampling2D(interpolation="bilinear")(layers.ZeroPadding2D(1)(x)))
+    path = str(tmp_path / "m.xml")
+    servekit.export(model, path, format="openvino", verbose=False)
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    rng = np.random.default_rng(3)
+    for sides in ((12, 12), (6, 6), (9, 14), (12, 12), (8, 8)):
+        x = rng.standard_normal((2, *sides, 3)).astype("float32")
+        want = keras.ops.convert_to_numpy(model(x, training=False))
+        np.testing.assert_allclose(np.asarray(compiled(x)[0]), want, atol=1e-4, err_msg=f"images of {sides}")
+
+
 @pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert"])
 def test_adaptive_pooling_of_any_size(tmp_path, fmt):
     # Adaptive pooling exists for inputs of any size, but Keras's TensorFlow code picks its
@@ -1346,6 +1367,22 @@ def test_torch_program_of_deberta_v3_attention(tmp_path):
         got = program({k: torch.from_numpy(v) for k, v in feed.items()}).detach().numpy()
         want = np.asarray(keras.ops.convert_to_numpy(model(feed)))
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"batch {batch}, sequence {sequence}")
+
+
+@_REBUILT_AS_FROM_TENSORFLOW
+def test_torch_program_crops_images_of_any_size(tmp_path):
+    # torch.export fixed an image side of a Cropping2D model: the cropped side (h - 3) must
+    # not be 1 (torch's 0/1 specialization), which no range of h says; the export was refused.
+    layers = keras.layers
+    image = keras.Input(shape=(None, None, 3), name="images")
+    model = keras.Model(image, layers.Conv2D(2, 1)(layers.Cropping2D(((1, 2), (1, 1)))(image)))
+    path = str(tmp_path / _ARTIFACT["torch"])
+    servekit.export(model, path, format="torch", verbose=False)
+    rng = np.random.default_rng(4)
+    for sides in ((4, 3), (9, 12), (5, 5)):  # (4, 3): a cropped side of 1
+        x = rng.standard_normal((2, *sides, 3)).astype("float32")
+        got = checks.torch_program_outputs(path, ["images"], ["cropped"], {"images": x})["cropped"]
+        np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x)), atol=1e-5, err_msg=f"images of {sides}")
 
 
 @_REBUILT_AS_FROM_TENSORFLOW

@@ -268,7 +268,48 @@ def _without_activity_losses(model) -> Iterator[None]:
 def _keras_torch_ops_traceable() -> Iterator[None]:
     """Keras 3.15's torch ops that torch.export cannot trace as Keras writes
     them, rewritten while it traces (each rewrite's docstring says why)."""
-    with _symbolic_sizes_as_python_numbers(), _segment_ids_broadcast(), _take_along_axis_as_gather():
+    with _symbolic_sizes_as_python_numbers(), _segment_ids_broadcast(), _take_along_axis_as_gather(), \
+            _layout_copies_without_size_guards():
+        yield
+
+
+@contextlib.contextmanager
+def _layout_copies_without_size_guards() -> Iterator[None]:
+    """Keras's torch convolutions and pools change their input's memory layout
+    with copies that need no guard on a dynamic size.
+
+    Keras 3.15 permutes a channels-last input to channels-first and calls
+    `.contiguous()`, then (convolutions) `.contiguous(channels_last)` unless
+    `is_contiguous(channels_last)`: each first asks whether the tensor is laid
+    out so already, which depends on whether a side is 1, a guard
+    torch.export cannot keep for a dynamic side (an image cropped by
+    `Cropping2D(1)`: `h - 2 != 1`), and the side was fixed. A tensor with a
+    dynamic size is cloned into the layout instead: the same values, the
+    copy made unconditionally. Static tensors (kernels) keep Keras's code,
+    which copies nothing when nothing needs copying.
+    """
+    import torch
+    from keras.src.backend.torch import nn as torch_nn
+
+    def dynamic(tensor) -> bool:
+        return not all(isinstance(size, int) for size in tensor.shape)
+
+    def transpose_spatial_inputs(inputs):
+        if inputs.ndim not in (3, 4, 5) or not dynamic(inputs):
+            return original_transpose(inputs)
+        channels_first = (0, inputs.ndim - 1, *range(1, inputs.ndim - 1))
+        return torch.permute(inputs, channels_first).clone(memory_format=torch.contiguous_format)
+
+    def maybe_convert_to_channels_last(tensor):
+        layout = torch_nn._get_channels_last_memory_format(tensor.ndim)
+        if layout is None or not dynamic(tensor):
+            return original_channels_last(tensor)
+        return tensor.clone(memory_format=layout)
+
+    original_transpose = torch_nn._transpose_spatial_inputs
+    original_channels_last = torch_nn._maybe_convert_to_channels_last
+    with patching.replaced(torch_nn, _transpose_spatial_inputs=transpose_spatial_inputs,
+                           _maybe_convert_to_channels_last=maybe_convert_to_channels_last):
         yield
 
 
@@ -400,25 +441,62 @@ def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str)
     servekit declares every named dim over [1, 2^30]; a model that bounds one (a
     position embedding of `max_sequence_length` rows sliced to the sequence) makes
     torch refuse that range, suggesting the narrower one. The suggestion is taken,
-    a few rounds at most, while every dim stays dynamic: one torch would fix at a
-    size is refused, since the signature says it varies.
+    a few rounds at most, while every dim stays dynamic.
+
+    A dim torch would fix at one size, or a guard it can neither prove nor turn
+    into a range, is often torch's 0/1 specialization: a size derived from the
+    dim (`h - 2` after `Cropping2D(1)`) must not be 1, which no range says. The
+    export is then made again with sizes taken as "size-oblivious" (torch's
+    `backed_size_oblivious`: a size is not assumed to differ from 0 or 1); the
+    verification runs every dynamic dim at 1, which shows whether the program
+    holds there. Only then is a guard checked by the program when it runs
+    instead, and a dim that is still fixed refused, since the signature says
+    it varies.
+    """
+    import torch.fx.experimental._config as fx_config
+
+    try:
+        return _export_refining(module, sample, args, model_name, deferred_guards=False)
+    except ExportError as fixed:
+        first = fixed
+    except _GuardsNotRanges:
+        first = None
+    with fx_config.patch(backed_size_oblivious=True):
+        try:
+            return _export_refining(module, sample, args, model_name, deferred_guards=False)
+        except (ExportError, _GuardsNotRanges):
+            pass
+    if first is not None:
+        raise first
+    return _export_refining(module, sample, args, model_name, deferred_guards=True)
+
+
+class _GuardsNotRanges(Exception):
+    """torch.export found a guard on a dynamic dim that is not a range."""
+
+
+def _export_refining(module, sample, args: dict[str, Any], model_name: str, deferred_guards: bool):
+    """`torch.export.export`, taking torch's suggested ranges (see `_export_within_bounds`).
+
+    Raises:
+        ExportError: a dim torch would fix at one size.
+        _GuardsNotRanges: a guard torch cannot express as ranges (unless
+            `deferred_guards`: the program then checks it when it runs; Whisper's
+            convolution: `1 % (1 + (n - 1) // 2) != 0`).
     """
     import torch
     from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
 
+    if deferred_guards:
+        args = {**args, "prefer_deferred_runtime_asserts_over_guards": True}
     for _ in range(_BOUND_ROUNDS):
         try:
             return torch.export.export(module, sample, **args)
         except torch._dynamo.exc.UserError as e:
             if "Suggested fixes:" not in str(e.msg):
-                if "Constraints violated" not in str(e.msg) or "prefer_deferred_runtime_asserts_over_guards" in args:
+                if "Constraints violated" not in str(e.msg) or deferred_guards:
                     raise
-                # A guard torch can neither prove over the declared range nor turn into a
-                # narrower one (Whisper's convolution: `1 % (1 + (n - 1) // 2) != 0`) is
-                # checked by the program when it runs instead; verification then shows
-                # whether every size the signature promises still runs.
-                args = {**args, "prefer_deferred_runtime_asserts_over_guards": True}
-                continue
+                raise _GuardsNotRanges() from None
             refined = refine_dynamic_shapes_from_suggested_fixes(e.msg, args["dynamic_shapes"])
             fixed = _fixed_dims(args["dynamic_shapes"], refined)
             if fixed:
