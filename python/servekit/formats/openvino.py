@@ -368,15 +368,32 @@ def _rank_counted_names(model) -> None:
     import re
 
     counted: dict[str, list[tuple[int, Any]]] = {}
-    for node in model.get_ordered_ops():
-        if node.get_type_name() in ("Parameter", "Result"):
-            continue  # named by the signature
-        match = re.fullmatch(r"(.*)_(\d+)", node.get_friendly_name())
-        if match:
-            counted.setdefault(match.group(1), []).append((int(match.group(2)), node))
+
+    def count(graph, top: bool) -> None:
+        for node in graph.get_ordered_ops():
+            # The bodies of an If (a CenterCrop of images of any size) or a Loop are graphs of
+            # their own, named from the same counter.
+            for body in _bodies(node):
+                count(body, top=False)
+            if top and node.get_type_name() in ("Parameter", "Result"):
+                continue  # named by the signature
+            match = re.fullmatch(r"(.*)_(\d+)", node.get_friendly_name())
+            if match:
+                counted.setdefault(match.group(1), []).append((int(match.group(2)), node))
+
+    count(model, top=True)
     for stem, nodes in counted.items():
         for rank, (_, node) in enumerate(sorted(nodes, key=lambda item: item[0])):
             node.set_friendly_name(f"{stem}_{rank}")
+
+
+def _bodies(node) -> list:
+    """The graphs inside `node`: an If's two branches, a Loop's or TensorIterator's body."""
+    if hasattr(node, "get_then_body"):
+        return [node.get_then_body(), node.get_else_body()]
+    if hasattr(node, "get_function"):
+        return [node.get_function()]
+    return []
 
 
 def write(model, staged: str) -> str:
