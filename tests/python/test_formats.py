@@ -721,11 +721,14 @@ def test_time_distributed_over_frames_of_any_count(tmp_path, fmt):
 def test_image_layers_of_any_size(tmp_path, fmt):
     # With image sides unknown while tracing, Keras's TensorFlow UpSampling2D (bilinear)
     # and RandomCrop (at inference) failed to trace (a tensor taken as a bool, a float), and
-    # CenterCrop always cropped, so an image smaller than the crop came out smaller.
+    # CenterCrop always cropped, so an image smaller than the crop came out smaller. Once it
+    # chose, its sides were unknown to the converters: a convolution after it was a Flex op
+    # in LiteRT.
     layers = keras.layers
     image = keras.Input(shape=(None, None, 3), name="image")
+    cropped = layers.CenterCrop(4, 5, name="cropped")(image)
     model = keras.Model(image, {"upsampled": layers.UpSampling2D(interpolation="bilinear", name="upsampled")(image),
-                                "cropped": layers.CenterCrop(4, 5, name="cropped")(image),
+                                "cropped": cropped, "features": layers.Conv2D(2, 3, name="features")(cropped),
                                 "augmented": layers.RandomCrop(3, 3, name="augmented")(image)})
     path = str(tmp_path / _ARTIFACT[fmt])
     servekit.export(model, path, format=fmt, verbose=False)
@@ -740,17 +743,18 @@ def test_image_layers_of_any_size(tmp_path, fmt):
 
 
 def test_openvino_pads_after_a_branch_at_every_shape(tmp_path):
-    # OpenVINO's CPU plugin computed a constant Pad that runs after an If (CenterCrop of
-    # images of any size crops or resizes) wrong, values of 1e+30, on each call whose shape
+    # OpenVINO's CPU plugin computed a constant Pad or resize that runs after an If (CenterCrop
+    # of images of any size crops or resizes) wrong, values of 1e+30, on each call whose shape
     # differed from the previous call's: the export was refused for it. And the If's branches
     # kept OpenVINO's counted node names: the bytes depended on earlier conversions.
     import openvino as ov
 
     layers = keras.layers
     image = keras.Input(shape=(None, None, 3), name="image")
-    x = layers.ZeroPadding2D(2)(layers.CenterCrop(8, 8)(image))
-    x = layers.Conv2D(4, 3)(x)
-    model = keras.Model(image, layers.UpSampling2D(interpolation="bilinear")(layers.ZeroPadding2D(1)(x)))
+    cropped = layers.CenterCrop(8, 8)(image)
+    padded = layers.Conv2D(4, 3)(layers.ZeroPadding2D(2)(cropped))
+    resized = layers.Conv2D(4, 3)(layers.Resizing(12, 12)(cropped))
+    model = keras.Model(image, {"padded": layers.UpSampling2D(interpolation="bilinear")(padded), "resized": resized})
     path = str(tmp_path / "m.xml")
     servekit.export(model, path, format="openvino", verbose=False)
     # The nodes inside the If's branches are named from OpenVINO's process-wide counter too.
@@ -761,8 +765,10 @@ def test_openvino_pads_after_a_branch_at_every_shape(tmp_path):
     rng = np.random.default_rng(3)
     for sides in ((12, 12), (6, 6), (9, 14), (12, 12), (8, 8)):
         x = rng.standard_normal((2, *sides, 3)).astype("float32")
-        want = keras.ops.convert_to_numpy(model(x, training=False))
-        np.testing.assert_allclose(np.asarray(compiled(x)[0]), want, atol=1e-4, err_msg=f"images of {sides}")
+        got = compiled(x)
+        for name, want in model(x, training=False).items():
+            np.testing.assert_allclose(np.asarray(got[name]), keras.ops.convert_to_numpy(want), atol=1e-4,
+                                       err_msg=f"{name}, images of {sides}")
 
 
 @pytest.mark.parametrize("fmt", ["tf_saved_model", "onnx", "openvino", "litert"])

@@ -229,19 +229,28 @@ def _widen_integer_matmuls(model) -> None:
             port.replace_source_output(wide.output(0))
 
 
-def _pads_read_at_run_time(model) -> None:
-    """Makes each constant-padded `Pad` after a branch take its pads at run time.
+# The inputs of each op that OpenVINO's CPU plugin mishandles after an If when they are
+# constants (`_shapes_read_at_run_time`), by op and version: a Pad's pads, a resize's
+# target sizes or scales.
+_SHAPE_INPUTS = {("Pad", "opset1"): (1, 2), ("Pad", "opset12"): (1, 2), ("Interpolate", "opset4"): (1, 2),
+                 ("Interpolate", "opset11"): (1,)}
 
-    OpenVINO 2026.4's CPU plugin computes a `Pad` with constant pads wrong
-    (uninitialized values, 1e+30 and NaN) on a call whose input shape differs
-    from the previous call's, when the `Pad` runs after an `If` (measured: a
-    `CenterCrop` of images of any size, an `If`, then `ZeroPadding2D` and a
-    convolution or a resize; a layout change after the `Pad` is enough). The
-    same `Pad` with pads it reads at run time is right at every shape, so
-    each such `Pad` gets its pads plus zeros made from its input's shape
-    (`0 * dim`, for a dimension unknown until run time).
+
+def _shapes_read_at_run_time(model) -> None:
+    """Makes each constant-padded `Pad` and constant-sized `Interpolate` after a
+    branch take its pads or sizes at run time.
+
+    OpenVINO 2026.4's CPU plugin computes such a node wrong (uninitialized
+    values, 1e+30 and NaN) on a call whose input shape differs from the
+    previous call's, when it runs after an `If` (measured: a `CenterCrop` of
+    images of any size, an `If`, then `ZeroPadding2D`, `Resizing` or a
+    bilinear `UpSampling2D`, then a convolution; a layout change after it is
+    enough). The same node with pads or sizes it reads at run time is right
+    at every shape, so each such constant gets zeros added, made from its
+    node's input shape (`0 * dim`, for a dimension unknown until run time).
     """
     import numpy as np
+    import openvino as ov
     import openvino.opset13 as ops
 
     after_branch: set[str] = set()
@@ -249,18 +258,22 @@ def _pads_read_at_run_time(model) -> None:
         if node.get_type_name() == "If" or any(value.get_node().get_name() in after_branch
                                                for value in node.input_values()):
             after_branch.add(node.get_name())
-        if node.get_type_name() != "Pad" or node.get_name() not in after_branch:
+        inputs = _SHAPE_INPUTS.get((node.get_type_name(), node.get_type_info().version_id), ())
+        if not inputs or node.get_name() not in after_branch:
             continue
         data_shape = node.input_value(0).get_partial_shape()
         dynamic = [axis for axis, dim in enumerate(data_shape) if dim.is_dynamic] if data_shape.rank.is_static else []
-        pads = [node.input_value(i) for i in (1, 2)]
-        if not dynamic or any(value.get_node().get_type_name() != "Constant" for value in pads):
+        if not dynamic:
             continue
-        for i, value in zip((1, 2), pads):
+        for i in inputs:
+            if i >= node.get_input_size() or node.input_value(i).get_node().get_type_name() != "Constant":
+                continue
+            value = node.input_value(i)
             constant = value.get_node().get_data()
-            dim = ops.gather(ops.shape_of(node.input_value(0), value.get_element_type()),
+            dim = ops.gather(ops.shape_of(node.input_value(0), ov.Type.i64),
                              ops.constant(np.full(constant.shape, dynamic[0], np.int64)), ops.constant(np.int64(0)))
-            zeros = ops.multiply(dim, ops.constant(np.zeros(constant.shape, constant.dtype)))
+            zeros = ops.multiply(ops.convert(dim, value.get_element_type()),
+                                 ops.constant(np.zeros(constant.shape, constant.dtype)))
             node.input(i).replace_source_output(ops.add(zeros, value).output(0))
 
 
@@ -269,7 +282,7 @@ def _impose_signature(converted, endpoint: sig.Signature, model_name: str, preci
     import openvino.opset16 as opset16
 
     _widen_integer_matmuls(converted)
-    _pads_read_at_run_time(converted)
+    _shapes_read_at_run_time(converted)
 
     def by_name(ports, kind: str, names: Sequence[str]):
         found = {}

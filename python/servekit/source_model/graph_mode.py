@@ -119,12 +119,29 @@ def _center_crops_of_unknown_sizes() -> contextlib.AbstractContextManager[None]:
         shape = tf.shape(inputs)
         height, width = (shape[-2], shape[-1]) if layer.data_format == "channels_first" else (shape[-3], shape[-2])
         large_enough = tf.logical_and(height >= layer.height, width >= layer.width)
-        cropped = tf.cond(large_enough,
-                          lambda: original(layer, images, transformation=transformation, training=training),
-                          lambda: image_utils.smart_resize(inputs, [layer.height, layer.width],
-                                                           data_format=layer.data_format,
-                                                           backend_module=layer.backend))
-        return cropped
+        # Either branch makes an image of the crop's size, written into each branch as a reshape
+        # to it (a static shape only Python knows is lost in the converters: the crop's slices
+        # with computed bounds leave its sides unknown, the `If` came out unranked, and the
+        # convolution after it was a Flex op in LiteRT).
+        sized = list(images.shape)
+        axes = (-2, -1) if layer.data_format == "channels_first" else (-3, -2)
+        sized[axes[0]], sized[axes[1]] = layer.height, layer.width
+
+        def of_the_crops_size(branch):
+            def sized_branch():
+                out = branch()
+                if sum(d is None for d in sized) <= 1:  # the batch
+                    out = tf.reshape(out, [-1 if d is None else d for d in sized])
+                out.set_shape(sized)
+                return out
+            return sized_branch
+
+        return tf.cond(large_enough,
+                       of_the_crops_size(lambda: original(layer, images, transformation=transformation,
+                                                          training=training)),
+                       of_the_crops_size(lambda: image_utils.smart_resize(inputs, [layer.height, layer.width],
+                                                                          data_format=layer.data_format,
+                                                                          backend_module=layer.backend)))
 
     return patching.replaced(CenterCrop, transform_images=transform_images)
 
