@@ -130,7 +130,7 @@ def _center_crops_of_unknown_sizes() -> contextlib.AbstractContextManager[None]:
         def of_the_crops_size(branch):
             def sized_branch():
                 out = branch()
-                if sum(d is None for d in sized) <= 1:  # the batch
+                if sum(d is None for d in sized) <= 1:  # a reshape takes one unknown dim (the batch)
                     out = tf.reshape(out, [-1 if d is None else d for d in sized])
                 out.set_shape(sized)
                 return out
