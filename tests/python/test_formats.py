@@ -1501,6 +1501,37 @@ def test_torch_aoti_compiles_batch_normalization(tmp_path):
     np.testing.assert_allclose(torch.utils._pytree.tree_leaves(got)[0].numpy(), want, atol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="a TensorFlow or JAX model's package is compiled the same way, "
+                                              "from its rebuild under Keras's torch backend")
+def test_torch_aoti_package_does_not_depend_on_the_hosts_isa_probe(tmp_path, monkeypatch):
+    # Inductor compiled for the host it found: `-march=native` and the widest vector ISA
+    # whose probe (a library compiled, then loaded in a subprocess given 60 s) passed. A
+    # probe that failed on a loaded CI machine gave another package from the same model.
+    import torch
+    from torch._inductor import cpu_vec_isa
+
+    from servekit.formats import torch_program
+
+    keras.utils.set_random_seed(3)
+    features = keras.Input(shape=(5,), name="features")
+    model = keras.Model(features, keras.layers.Dense(3, activation="relu", name="dense")(features))
+    first = servekit.export(model, str(tmp_path / "first.pt2"), format="torch_aoti", verbose=False)
+    assert first.converter == f"torch.export+aoti_compile_and_package for {torch_program.aoti_cpu_target()[0]}"
+    # Every probe fails from here (Inductor's own answer when a setting answers for it).
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "_VecISA__bool__impl",
+                        lambda self, vec_isa_ok: bool(vec_isa_ok) if vec_isa_ok is not None else False)
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    try:
+        servekit.export(model, str(tmp_path / "probe_failed.pt2"), format="torch_aoti", verbose=False)
+    finally:
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    assert (tmp_path / "first.pt2").read_bytes() == (tmp_path / "probe_failed.pt2").read_bytes()
+    runner = torch._inductor.aoti_load_package(str(tmp_path / "probe_failed.pt2"))
+    values = np.random.default_rng(5).normal(size=(4, 5)).astype("float32")
+    got = torch.utils._pytree.tree_leaves(runner(torch.from_numpy(values)))[0].numpy()
+    np.testing.assert_allclose(got, np.asarray(keras.ops.convert_to_numpy(model(values))), atol=1e-6)
+
+
 def test_torch_refuses_string_inputs(tmp_path):
     with pytest.raises(ExportError, match="string inputs"):
         servekit.export(mm.text_classifier(), str(tmp_path / "t.pt2"), format="torch", verbose=False)

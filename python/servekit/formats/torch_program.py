@@ -561,13 +561,48 @@ def write_program(program, path: str) -> None:
             os.remove(saved)
 
 
-def compile_aoti(program, path: str, workdir: str) -> None:
-    """Compiles the program with AOTInductor into the package `path`."""
+# The CPU an AOTInductor package is compiled for on x86-64: x86-64-v3 (AVX2, FMA,
+# F16C; every x86 server CPU since about 2015), with Inductor's 256-bit kernels.
+# Inductor's default is the exporting host's (`-march=native`, and the widest vector
+# ISA a probe compiles and loads there): a package built on an AVX-512 machine then
+# stops serving on an AVX2 one, and one built while the probe failed (it compiles and
+# loads a library in a subprocess, given up after 60 s on a loaded machine) holds
+# scalar kernels, other bytes from the same model.
+_X86_TARGET = "x86-64-v3"
+_X86_TARGET_ISA = "avx2"
+_X86_TARGET_SIMD_BITS = 256
+
+
+def aoti_cpu_target() -> tuple[str, dict[str, Any]]:
+    """The CPU target of this host's AOTInductor packages, as its name and the
+    Inductor settings that fix it (no probe, no `-march=native`).
+
+    On x86-64, x86-64-v3 with AVX2 kernels; on an x86-64 host without AVX2 (the
+    package is run here to verify it), baseline x86-64 with scalar kernels. Other
+    architectures keep Inductor's own choice for the exporting host.
+    """
+    import platform
+
+    from torch._inductor import cpu_vec_isa
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"{platform.machine()} (the exporting host's)", {}
+    if _X86_TARGET_ISA in cpu_vec_isa.x86_isa_checker():
+        return _X86_TARGET, {"cpp.march": _X86_TARGET, "cpp.simdlen": _X86_TARGET_SIMD_BITS, "cpp.vec_isa_ok": True}
+    return "x86-64", {"cpp.march": "x86-64", "cpp.simdlen": 0, "cpp.vec_isa_ok": True}
+
+
+def compile_aoti(program, path: str, workdir: str) -> str:
+    """Compiles the program with AOTInductor into the package `path`.
+
+    Returns:
+        The CPU target the package was compiled for (`aoti_cpu_target`).
+    """
     import torch
 
     import shutil
 
-    from torch._inductor import config
+    from torch._inductor import config, cpu_vec_isa
 
     scratch = os.path.join(workdir, f"{_ARCHIVE_NAME}.pt2")
     # A build action runs without PATH, and g++ then finds neither its cc1plus
@@ -585,8 +620,15 @@ def compile_aoti(program, path: str, workdir: str) -> None:
         # ("expected to have an entirely functional graph"): functionalized first, with
         # no op decomposed.
         program = program.run_decompositions({})
-        with config.patch({"cpp.cxx": (None, compiler)}):
-            torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+        target, target_config = aoti_cpu_target()
+        with config.patch({"cpp.cxx": (None, compiler), **target_config}):
+            # Inductor keeps the vector ISAs it found valid for the process: found
+            # again under the pinned target, and forgotten after it.
+            cpu_vec_isa.valid_vec_isa_list.cache_clear()
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+            finally:
+                cpu_vec_isa.valid_vec_isa_list.cache_clear()
     except Exception as e:  # Inductor's lowering or the C++ compiler: kept for the message
         raise ExportError(f"AOTInductor could not compile the program: {root_cause(e)}",
                           reason="conversion_failed") from None
@@ -596,6 +638,7 @@ def compile_aoti(program, path: str, workdir: str) -> None:
         else:
             os.environ["PATH"] = saved_path
     _write_renamed_archive(scratch, path)
+    return target
 
 
 # Archive entries (weights, most of all) are read and copied in blocks of this size.
@@ -815,8 +858,8 @@ def write(request, staged: str, workdir: str) -> Callable[[], dict[str, Any]]:
         write_program(program, staged)
         report["converter"] = "torch.export"
     else:
-        compile_aoti(program, staged, workdir)
-        report["converter"] = "torch.export+aoti_compile_and_package"
+        target = compile_aoti(program, staged, workdir)
+        report["converter"] = f"torch.export+aoti_compile_and_package for {target}"
     del program
     _release_fake_constants(fakes_before)
 
