@@ -161,7 +161,7 @@ def export_program(model, layout, flat_sample: Sequence[np.ndarray], model_name:
             args["dynamic_shapes"] = [tuple(layout.pack(_dims(layout)))]
     try:
         # Unrolled, a recurrent layer keeps the batch dynamic (`servekit.source_model.recurrences`).
-        with torch.no_grad(), recurrences.for_converters(model, "torch"), _keras_torch_ops_traceable(), \
+        with torch.no_grad(), recurrences.for_converters(model, "torch"), _keras_torch_ops_traceable(compiled=flat), \
                 _without_activity_losses(model), torch_lookups.integer_lookups_as_comparisons(model, model_name):
             program = _export_within_bounds(module, sample, args, model_name)
     except ExportError:
@@ -265,12 +265,121 @@ def _without_activity_losses(model) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _keras_torch_ops_traceable() -> Iterator[None]:
+def _keras_torch_ops_traceable(compiled: bool) -> Iterator[None]:
     """Keras 3.15's torch ops that torch.export cannot trace as Keras writes
-    them, rewritten while it traces (each rewrite's docstring says why)."""
-    with _symbolic_sizes_as_python_numbers(), _segment_ids_broadcast(), _take_along_axis_as_gather(), \
-            _layout_copies_without_size_guards():
+    them, rewritten while it traces (each rewrite's docstring says why).
+
+    Args:
+        compiled: the program is compiled (AOTInductor), which takes the traced
+            strides as they are: convolutions keep torch's layouts.
+    """
+    with contextlib.ExitStack() as rewrites:
+        for rewrite in (_symbolic_sizes_as_python_numbers, _segment_ids_broadcast, _take_along_axis_as_gather,
+                        _layout_copies_without_size_guards, _same_padding_of_any_size):
+            rewrites.enter_context(rewrite())
+        if not compiled:
+            rewrites.enter_context(_convolution_layouts_without_size_guards())
         yield
+
+
+@contextlib.contextmanager
+def _convolution_layouts_without_size_guards() -> Iterator[None]:
+    """torch.export picks no backend and no memory layout for a convolution over
+    a dynamic spatial size (the ExportedProgram only).
+
+    To give a traced convolution's output the strides eager mode would, torch
+    asks which backend would run it and which layout that backend picks; both
+    answers compare sizes (is a side 1, is the padded side at least the
+    kernel). Over a dynamic image each convolution left such a guard: "this
+    feature map is more than 1 high", true at the traced sample (a backbone
+    traced where its last feature map was 2x2 refused the 1x1 one:
+    MobileNetV2, EfficientNet), or "the padded side is at least 3", true at
+    every size but more than torch can prove. Over a dynamic spatial size the
+    output keeps the layout the convolution's shape function gives (what torch
+    does for sizes it has no value for): the program computes the same values,
+    its traced strides differ from eager mode's. Not for AOTInductor, which
+    compiles those strides into its kernels: its packages of such models came
+    out wrong wherever a feature map was larger than 1x1 (and with torch's own
+    layouts they are refused by verification; see the README). A dynamic batch
+    alone keeps torch's choice.
+    """
+    import torch
+
+    unselected = object()
+
+    def spatially_dynamic(input_) -> bool:
+        return any(not isinstance(size, int) for size in input_.shape[2:])
+
+    def select_backend(input_, weight, *args, **kwargs):
+        if spatially_dynamic(input_):
+            return unselected
+        return original_backend(input_, weight, *args, **kwargs)
+
+    def determine_layout(input_, weight, backend):
+        if backend is unselected:
+            return None
+        return original_layout(input_, weight, backend)
+
+    original_backend = torch._C._select_conv_backend
+    original_layout = torch._C._conv_determine_backend_memory_format
+    with patching.replaced(torch._C, _select_conv_backend=select_backend,
+                           _conv_determine_backend_memory_format=determine_layout):
+        yield
+
+
+@contextlib.contextmanager
+def _same_padding_of_any_size() -> Iterator[None]:
+    """A strided convolution's "same" padding over a dynamic size is padded
+    explicitly, whatever the size.
+
+    Keras 3.15 passes "same" padding to torch's convolution when it splits
+    evenly and pads the input itself otherwise (the extra pixel at the end).
+    A stride-2 convolution's padding splits evenly for odd sides and not for
+    even ones, so the branch fixed the parity of the traced image's side: a
+    backbone traced on even sides refused odd ones. Over a dynamic size the
+    input is always padded with zeros (the same values as the convolution's
+    own zero padding). Pools keep Keras's code: their explicit padding
+    replicates the edge, which is not what torch's pooling padding does.
+    """
+    import torch
+    from keras.src.backend.torch import nn as torch_nn
+    from keras.src.utils.argument_validation import standardize_tuple
+
+    def apply_same_padding(inputs, kernel_size, strides, data_format, operation_type, dilation_rate=1):
+        spatial = inputs.shape[2:]
+        if operation_type == "pooling" or all(isinstance(size, int) for size in spatial):
+            return original(inputs, kernel_size, strides, data_format, operation_type, dilation_rate)
+        rates = standardize_tuple(dilation_rate, len(spatial), "dilation_rate")
+        padding = [_same_padding(size, kernel, stride, rate)
+                   for size, kernel, stride, rate in zip(spatial, kernel_size, strides, rates)]
+        if all(isinstance(amount, int) for pair in padding for amount in pair):
+            return original(inputs, kernel_size, strides, data_format, operation_type, dilation_rate)
+        last_dim_first = [amount for pair in reversed(padding) for amount in pair]
+        return torch.nn.functional.pad(inputs, pad=tuple(last_dim_first), mode="constant"), 0
+
+    original = torch_nn._apply_same_padding
+    with patching.replaced(torch_nn, _apply_same_padding=apply_same_padding):
+        yield
+
+
+def _same_padding(size, kernel: int, stride: int, rate: int):
+    """Keras's "same" padding of a side, as (before, after).
+
+    Keras computes `max(0, total)`, which is `total` whenever the dilated
+    kernel is at least the stride (every strided convolution in practice).
+    Without the `max` torch simplifies the padded side (the `size` terms
+    cancel); with it, each strided convolution nested the previous one's
+    expression twice, and loading a backbone's program (`torch.export.load`
+    parses every size expression) took minutes.
+    """
+    effective = (kernel - 1) * rate + 1
+    if stride == 1:
+        total = effective - 1
+    else:
+        total = ((size + stride - 1) // stride - 1) * stride + effective - size
+        if effective < stride:
+            total = max(0, total)
+    return total // 2, total - total // 2
 
 
 @contextlib.contextmanager
@@ -452,6 +561,14 @@ def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str)
     holds there. Only then is a guard checked by the program when it runs
     instead, and a dim that is still fixed refused, since the signature says
     it varies.
+
+    Guards checked at run time are taken size-obliviously first: torch then
+    asks nothing of the sample's sizes it need not. A convolution's output
+    layout, which torch derives from its strides, otherwise kept "the last
+    feature map is not 1 high" (a backbone over images of any size traced
+    where it was 2x2: MobileNetV2, ResNet50, EfficientNet), and guards torch
+    cannot prove but which hold for every size ("same" padding's output
+    length is at least 1) are only checked.
     """
     import torch.fx.experimental._config as fx_config
 
@@ -468,6 +585,11 @@ def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str)
             pass
     if first is not None:
         raise first
+    with fx_config.patch(backed_size_oblivious=True):
+        try:
+            return _export_refining(module, sample, args, model_name, deferred_guards=True)
+        except Exception:  # torch.export's own refusal: the plain attempt below reports it
+            pass
     return _export_refining(module, sample, args, model_name, deferred_guards=True)
 
 
