@@ -293,7 +293,7 @@ def _convolution_layouts_without_size_guards() -> Iterator[None]:
     kernel). Over a dynamic image each convolution left such a guard: "this
     feature map is more than 1 high", true at the traced sample (a backbone
     traced where its last feature map was 2x2 refused the 1x1 one:
-    MobileNetV2, EfficientNet), or "the padded side is at least 3", true at
+    MobileNetV2), or "the padded side is at least 3", true at
     every size but more than torch can prove. Over a dynamic spatial size the
     output keeps the layout the convolution's shape function gives (what torch
     does for sizes it has no value for): the program computes the same values,
@@ -566,7 +566,7 @@ def _export_within_bounds(module, sample, args: dict[str, Any], model_name: str)
     asks nothing of the sample's sizes it need not. A convolution's output
     layout, which torch derives from its strides, otherwise kept "the last
     feature map is not 1 high" (a backbone over images of any size traced
-    where it was 2x2: MobileNetV2, ResNet50, EfficientNet), and guards torch
+    where it was 2x2: MobileNetV2), and guards torch
     cannot prove but which hold for every size ("same" padding's output
     length is at least 1) are only checked.
     """
