@@ -70,6 +70,41 @@ def test_wanted_sizes_one_odd_and_past_the_window():
     assert dims.wanted_sizes(["s"], dims.Limits())[2] == {"s": dims.LONG_SIZE}
 
 
+def strided_cnn(downsampling_layers: int = 3) -> keras.Model:
+    """Convolutions and a pool that halve an image of any size, then a transposed
+    convolution (which upsamples)."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    image = keras.Input((None, None, 3), name="image")
+    x = image
+    for k in range(downsampling_layers):
+        x = (layers.MaxPooling2D() if k == 1 else layers.Conv2D(4, 3, strides=2, padding="same"))(x)
+    x = layers.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+    return keras.Model(image, layers.GlobalAveragePooling2D(name="mean")(x))
+
+
+def test_a_downsampling_model_is_verified_past_twice_its_total_stride():
+    """At sides 1, 5 and 12 a model that downsamples 8 times ends in feature maps of
+    1x1 or 2x2: an artifact wrong only on larger ones passed. The longest case goes
+    past twice the total stride (transposed convolutions, which upsample, do not
+    count), at most `MAX_STRIDE`."""
+    limits = dims.declared_limits(strided_cnn())
+    assert limits.total_stride == 8
+    assert dims.wanted_sizes(["h", "w"], limits)[2] == {"h": 17, "w": 18}
+    assert dims.declared_limits(strided_cnn(7)).total_stride == dims.MAX_STRIDE
+    # Within the declared bound, and never below the sizes a model without strides gets.
+    bounded = dims.Limits(bounds=((10, "b.max_length"),), strides=((4, "c.strides"),))
+    assert dims.wanted_sizes(["s"], bounded)[2] == {"s": 10}
+    barely = dims.Limits(strides=((2, "c.strides"),))
+    assert dims.wanted_sizes(["s"], barely)[2] == {"s": dims.LONG_SIZE}
+
+
+def test_the_manifest_records_the_sizes_past_the_stride(tmp_path):
+    artifact = servekit.export(strided_cnn(), str(tmp_path / "cnn.onnx"), format="onnx", verbose=False)
+    verified = {name: entry["verified"] for name, entry in artifact.endpoint("serving_default").dims.items()}
+    assert sorted(max(sizes) for name, sizes in verified.items() if name != "batch") == [17, 18], verified
+
+
 def test_padded_masks_never_mask_a_whole_row_nor_a_whole_window():
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -21,7 +21,10 @@ This module makes those names mean something and plans the verification:
   configuration declares (`sliding_window` of Mistral, `sliding_window_size`
   of Gemma 3, ...), within its declared bounds (`max_sequence_length`, ...);
   masks are padded (trailing zeros, never a whole row) in the two longer
-  cases. Shared dims get one size per case, distinct dims distinct sizes.
+  cases. A model that downsamples (strided convolutions and pools) is
+  verified past twice its total stride as well: an artifact wrong only once
+  its last feature map is larger than 1x1 is not verified at small sizes
+  alone. Shared dims get one size per case, distinct dims distinct sizes.
   A size the model refuses (a fixed-length position embedding behind a
   `None` dim), or at which a layer outputs nothing (a pool window larger
   than its input), is replaced by one it accepts, and the plan says so.
@@ -50,6 +53,10 @@ LONG_SIZE = 12
 PAST_WINDOW = 3
 # The longest case never exceeds this (a window of 4096 is verified up to it).
 MAX_SIZE = 2048
+# The largest total stride the longest case goes past (twice, plus one): the
+# product of a model's strides overstates it where branches downsample side by
+# side (Inception), and 65x65 keeps a CNN's long case cheap.
+MAX_STRIDE = 32
 # Sizes tried, in order, when the wanted ones fail on the source model.
 FALLBACK_SIZES = (4, 8, 16, 32, 64, 128, 2, 3, 6)
 # The batch probes run at.
@@ -67,11 +74,13 @@ _WINDOW_SWITCHES = ("use_sliding_window_attention", "use_sliding_window")
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What the model's configuration says about sequence lengths: windows
-    (`(size, "layer.attribute")`) and upper bounds."""
+    """What the model's configuration says about its dynamic dims: windows
+    (`(size, "layer.attribute")`), upper bounds, and the strides of the
+    layers that downsample."""
 
     windows: tuple[tuple[int, str], ...] = ()
     bounds: tuple[tuple[int, str], ...] = ()
+    strides: tuple[tuple[int, str], ...] = ()
 
     @property
     def bound(self) -> Optional[int]:
@@ -82,6 +91,15 @@ class Limits:
         """The largest window, with where it was declared."""
         return max(self.windows, default=None)
 
+    @property
+    def total_stride(self) -> int:
+        """How much the model downsamples at most: the product of its layers'
+        strides (exact along a chain of layers), up to `MAX_STRIDE`."""
+        total = 1
+        for stride, _ in self.strides:
+            total = min(total * stride, MAX_STRIDE)
+        return total
+
 
 def _int_attribute(layer, key: str) -> Optional[int]:
     for name in (key, "_" + key):
@@ -91,9 +109,23 @@ def _int_attribute(layer, key: str) -> Optional[int]:
     return None
 
 
+def _downsampling_stride(layer) -> Optional[int]:
+    """The largest stride of a convolution or pool that downsamples (not a
+    transposed convolution's, which upsamples), or None."""
+    strides = getattr(layer, "strides", None)
+    if "Transpose" in type(layer).__name__:
+        return None
+    if isinstance(strides, int) and not isinstance(strides, bool):
+        strides = (strides,)
+    if not isinstance(strides, (tuple, list)) or not strides or not all(isinstance(s, int) for s in strides):
+        return None
+    return max(strides) if max(strides) > 1 else None
+
+
 def declared_limits(model) -> Limits:
-    """Windows and length bounds the layers of `model` declare as attributes."""
-    windows, bounds = {}, {}
+    """Windows and length bounds the layers of `model` declare as attributes,
+    and the strides of those that downsample."""
+    windows, bounds, strides = {}, {}, []
     for layer in all_layers(model):
         name = getattr(layer, "name", type(layer).__name__)
         uses_window = all(getattr(layer, s, True) is not False for s in _WINDOW_SWITCHES)
@@ -105,7 +137,10 @@ def declared_limits(model) -> Limits:
             value = _int_attribute(layer, key)
             if value is not None:
                 bounds.setdefault(value, f"{name}.{key}")
-    return Limits(tuple(sorted(windows.items())), tuple(sorted(bounds.items())))
+        stride = _downsampling_stride(layer)
+        if stride is not None:
+            strides.append((stride, f"{name}.strides"))
+    return Limits(tuple(sorted(windows.items())), tuple(sorted(bounds.items())), tuple(strides))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,12 +245,14 @@ def case_batches(layout: InputLayout) -> list[int]:
 
 def wanted_sizes(symbols: Sequence[str], limits: Limits, cases: int = 3) -> list[dict[str, int]]:
     """Per case, the size each symbol should be verified at (see the module
-    docstring): 1; an odd size (distinct per symbol); past the window (or
-    the bound, when the window reaches it)."""
+    docstring): 1; an odd size (distinct per symbol); past the window and
+    twice the total stride (or at the bound, when they reach it)."""
     bound = limits.bound or MAX_SIZE
     window = limits.window
-    long = min(window[0] + PAST_WINDOW, bound) if window else min(LONG_SIZE, bound)
-    long = min(long, MAX_SIZE)
+    long = window[0] + PAST_WINDOW if window else LONG_SIZE
+    if limits.total_stride > 1:
+        long = max(long, 2 * limits.total_stride + 1)
+    long = min(long, bound, MAX_SIZE)
     plans = []
     for k in range(cases):
         sizes = {}
