@@ -1558,6 +1558,27 @@ def test_torch_aoti_package_does_not_depend_on_the_hosts_isa_probe(tmp_path, mon
     np.testing.assert_allclose(got, np.asarray(keras.ops.convert_to_numpy(model(values))), atol=1e-6)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="AOTInductor compiles in this process on torch only")
+def test_torch_aoti_package_does_not_depend_on_the_exporting_thread_count(tmp_path):
+    # Inductor wrote each kernel's loops for the exporting process's thread count: a
+    # build action (one thread) wrote packages without parallel loops, serving on one
+    # core, and a script on a host with other cores wrote other bytes.
+    import torch
+
+    keras.utils.set_random_seed(3)
+    image = keras.Input(shape=(32, 32, 8), name="image")
+    hidden = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(image)
+    model = keras.Model(image, keras.layers.Add(name="sum")([hidden, keras.layers.Conv2D(16, 1, name="skip")(image)]))
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            servekit.export(model, str(tmp_path / f"threads_{count}.pt2"), format="torch_aoti", verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "threads_1.pt2").read_bytes() == (tmp_path / "threads_2.pt2").read_bytes()
+
+
 def test_torch_refuses_string_inputs(tmp_path):
     with pytest.raises(ExportError, match="string inputs"):
         servekit.export(mm.text_classifier(), str(tmp_path / "t.pt2"), format="torch", verbose=False)

@@ -694,6 +694,14 @@ _X86_TARGET = "x86-64-v3"
 _X86_TARGET_ISA = "avx2"
 _X86_TARGET_SIMD_BITS = 256
 
+# Inductor writes a kernel's loops for `torch.get_num_threads()` of the exporting
+# process: a build action (OMP_NUM_THREADS=1) wrote kernels without parallel loops, so
+# its packages served on one core, and hosts with other core counts wrote other bytes.
+# The kernels are written for this many threads instead (how deep to parallelize each
+# loop nest) and take the thread count the serving process has when they run.
+_CODEGEN_THREADS = 8
+_THREADS_CONFIG = {"cpp.threads": _CODEGEN_THREADS, "cpp.dynamic_threads": True}
+
 
 def aoti_cpu_target() -> tuple[str, dict[str, Any]]:
     """The CPU target of this host's AOTInductor packages, as its name and the
@@ -743,7 +751,7 @@ def compile_aoti(program, path: str, workdir: str) -> str:
         # no op decomposed.
         program = program.run_decompositions({})
         target, target_config = aoti_cpu_target()
-        with config.patch({"cpp.cxx": (None, compiler), **target_config}):
+        with config.patch({"cpp.cxx": (None, compiler), **target_config, **_THREADS_CONFIG}):
             # Inductor keeps the vector ISAs it found valid for the process: found
             # again under the pinned target, and forgotten after it.
             cpu_vec_isa.valid_vec_isa_list.cache_clear()
