@@ -722,6 +722,26 @@ def aoti_cpu_target() -> tuple[str, dict[str, Any]]:
     return "x86-64", {"cpp.march": "x86-64", "cpp.simdlen": 0, "cpp.vec_isa_ok": True}
 
 
+@contextlib.contextmanager
+def _pinned_cpu_target(settings: Optional[Mapping[str, Any]] = None) -> Iterator[str]:
+    """Inductor under `aoti_cpu_target`'s settings (and `settings`); yields the
+    target's name. Inductor keeps the vector ISAs it found valid for the
+    process: they are found again under the pinned target, and forgotten
+    after it. Loading a package needs it as well as compiling one: the loader
+    compares the package's ISA with the one Inductor picks for the process,
+    and warns of a mismatch where its probe cannot compile (a build action
+    has no PATH)."""
+    from torch._inductor import config, cpu_vec_isa
+
+    target, target_config = aoti_cpu_target()
+    with config.patch({**target_config, **(settings or {})}):
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        try:
+            yield target
+        finally:
+            cpu_vec_isa.valid_vec_isa_list.cache_clear()
+
+
 def compile_aoti(program, path: str, workdir: str) -> str:
     """Compiles the program with AOTInductor into the package `path`.
 
@@ -731,8 +751,6 @@ def compile_aoti(program, path: str, workdir: str) -> str:
     import torch
 
     import shutil
-
-    from torch._inductor import config, cpu_vec_isa
 
     scratch = os.path.join(workdir, f"{_ARCHIVE_NAME}.pt2")
     # A build action runs without PATH, and g++ then finds neither its cc1plus
@@ -750,15 +768,8 @@ def compile_aoti(program, path: str, workdir: str) -> str:
         # ("expected to have an entirely functional graph"): functionalized first, with
         # no op decomposed.
         program = program.run_decompositions({})
-        target, target_config = aoti_cpu_target()
-        with config.patch({"cpp.cxx": (None, compiler), **target_config, **_THREADS_CONFIG}):
-            # Inductor keeps the vector ISAs it found valid for the process: found
-            # again under the pinned target, and forgotten after it.
-            cpu_vec_isa.valid_vec_isa_list.cache_clear()
-            try:
-                torch._inductor.aoti_compile_and_package(program, package_path=scratch)
-            finally:
-                cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        with _pinned_cpu_target({"cpp.cxx": (None, compiler), **_THREADS_CONFIG}) as target:
+            torch._inductor.aoti_compile_and_package(program, package_path=scratch)
     except Exception as e:  # Inductor's lowering or the C++ compiler: kept for the message
         raise ExportError(f"AOTInductor could not compile the program: {root_cause(e)}",
                           reason="conversion_failed") from None
@@ -911,7 +922,8 @@ def check_aoti(path: str, input_names: Sequence[str], output_names: Sequence[str
     if os.path.lexists(named):
         os.remove(named)
     os.symlink(os.path.abspath(path), named)
-    runner = torch._inductor.aoti_load_package(named)
+    with _pinned_cpu_target():
+        runner = torch._inductor.aoti_load_package(named)
 
     def run(endpoint, inputs):
         with torch.no_grad(), _size_assertions_explained(inputs):
