@@ -1421,6 +1421,39 @@ def test_torch_program_of_strided_convolutions_over_images_of_any_size(tmp_path)
         np.testing.assert_allclose(got, want, atol=1e-5 * scale, err_msg=f"images of {sides}")
 
 
+@pytest.mark.parametrize("fmt", ["torch", pytest.param("torch_aoti", marks=pytest.mark.skipif(
+    BACKEND != "torch", reason="compiled once, in process: the torch worker compiles the same program"))])
+def test_torch_program_of_a_center_crop_of_images_of_any_size(tmp_path, fmt):
+    # Keras crops an image at least as large as the crop and resizes a smaller one, but
+    # with torch's symbolic sizes it always cropped, by a slice whose start is negative
+    # for a smaller image: the trace kept the sample's case and the export was refused.
+    import torch
+
+    keras.utils.set_random_seed(7)
+    images = keras.Input(shape=(None, None, 3), name="images")
+    cropped = keras.layers.CenterCrop(8, 6, name="crop")(images)
+    model = keras.Model(images, keras.layers.Conv2D(4, 3, name="conv")(cropped))
+    path = str(tmp_path / "crop.pt2")
+    servekit.export(model, path, format=fmt, verbose=False)
+    if fmt == "torch":
+        def run(x):
+            return checks.torch_program_outputs(path, ["images"], ["conv"], {"images": x})["conv"]
+    else:
+        package = torch._inductor.aoti_load_package(path)
+
+        def run(x):
+            return torch.utils._pytree.tree_leaves(package(torch.from_numpy(x)))[0].numpy()
+    # Smaller than the crop, as large, larger, and larger on one side only.
+    for sides in ((3, 2), (8, 6), (21, 9), (5, 30), (40, 4)):
+        x = np.random.default_rng(sum(sides)).normal(scale=10.0, size=(2, *sides, 3)).astype("float32")
+        want = keras.ops.convert_to_numpy(model(x))
+        got = run(x)
+        assert got.shape == want.shape == (2, 6, 4, 4), sides
+        scale = np.abs(want).max()
+        assert scale > 1e-3, "a check of outputs near 0 would be vacuous"
+        np.testing.assert_allclose(got, want, atol=1e-5 * scale, err_msg=f"images of {sides}")
+
+
 @_REBUILT_AS_FROM_TENSORFLOW
 def test_torch_program_that_asserts_its_sample_sizes_is_refused_with_them(tmp_path):
     # keras_hub's Whisper: torch.export keeps "frames >= 3" from the sample's sizes (a

@@ -275,7 +275,7 @@ def _keras_torch_ops_traceable(compiled: bool) -> Iterator[None]:
     """
     with contextlib.ExitStack() as rewrites:
         for rewrite in (_symbolic_sizes_as_python_numbers, _segment_ids_broadcast, _take_along_axis_as_gather,
-                        _layout_copies_without_size_guards, _same_padding_of_any_size):
+                        _layout_copies_without_size_guards, _same_padding_of_any_size, _center_crops_of_any_size):
             rewrites.enter_context(rewrite())
         if not compiled:
             rewrites.enter_context(_convolution_layouts_without_size_guards())
@@ -324,6 +324,74 @@ def _convolution_layouts_without_size_guards() -> Iterator[None]:
     original_layout = torch._C._conv_determine_backend_memory_format
     with patching.replaced(torch._C, _select_conv_backend=select_backend,
                            _conv_determine_backend_memory_format=determine_layout):
+        yield
+
+
+@contextlib.contextmanager
+def _center_crops_of_any_size() -> Iterator[None]:
+    """`CenterCrop` over images of a dynamic size, traced as a `torch.cond`.
+
+    Keras crops an image at least as large as the crop and resizes a smaller
+    one (`smart_resize`), but it tells them apart with `isinstance(size, int)`:
+    with torch's symbolic sizes it always crops, with a slice whose start is
+    negative for a smaller image, and the trace kept the sample's case (an
+    image of side 5 cropped to 2 rows, and the convolution after it failed).
+    Here the program chooses by the image's size, as the model does eagerly
+    (servekit's TensorFlow trace does the same: `source_model.graph_mode`):
+    both branches make an image of the crop's size from rows and columns taken
+    by index, computed from the image's size without a guard on it.
+    """
+    import torch
+    from keras.src.layers.preprocessing.image_preprocessing.center_crop import CenterCrop
+
+    original = CenterCrop.transform_images
+
+    def window(x, axis: int, start, length: int):
+        return x.index_select(axis, torch.arange(length, device=x.device) + start)
+
+    def bilinear(x, axis: int, start, length, target: int):
+        """torch's bilinear resize (`align_corners=False`, no antialiasing: Keras's
+        torch `resize`) of `length` elements from `start` along `axis` to
+        `target`, one axis at a time. Written out so that only its indices
+        depend on the image's size: an `interpolate` of a box of symbolic size
+        made torch guard that the box is more than one pixel wide."""
+        source = ((torch.arange(target, device=x.device, dtype=torch.float32) + 0.5) * (length / target) - 0.5)
+        source = source.clamp(min=0)
+        low = source.floor().to(torch.int64)
+        high = torch.where(low < length - 1, low + 1, low)
+        weight_shape = [1] * x.ndim
+        weight_shape[axis] = target
+        weight = (source - low).reshape(weight_shape).to(x.dtype)
+        return (x.index_select(axis, low + start) * (1 - weight) + x.index_select(axis, high + start) * weight)
+
+    def transform_images(layer, images, transformation=None, training=True):
+        axes = (images.ndim - 2, images.ndim - 1) if layer.data_format == "channels_first" else (
+            images.ndim - 3, images.ndim - 2)
+        height, width = images.shape[axes[0]], images.shape[axes[1]]
+        if not isinstance(images, torch.Tensor) or (isinstance(height, int) and isinstance(width, int)):
+            return original(layer, images, transformation=transformation, training=training)
+        target_h, target_w = layer.height, layer.width
+        inputs = images.to(getattr(torch, layer.compute_dtype))
+
+        def crop(x):
+            h, w = x.shape[axes[0]], x.shape[axes[1]]
+            x = window(x, axes[0], torch.sym_max((h - target_h) // 2, 0), target_h)
+            return window(x, axes[1], torch.sym_max((w - target_w) // 2, 0), target_w)
+
+        def resize(x):
+            # Keras's `smart_resize`: the largest centered box of the target's aspect
+            # ratio (its `int(float(a) / b)` of positive sizes is `a // b`), resized.
+            h, w = x.shape[axes[0]], x.shape[axes[1]]
+            box_h = torch.sym_max(torch.sym_min(h, (w * target_h) // target_w), 1)
+            box_w = torch.sym_max(torch.sym_min(w, (h * target_w) // target_h), 1)
+            x = bilinear(x, axes[0], (h - box_h) // 2, box_h, target_h)
+            return bilinear(x, axes[1], (w - box_w) // 2, box_w, target_w)
+
+        # One comparison, not two joined: Inductor cannot compile a sympy `And`.
+        large_enough = torch.sym_min(height - target_h, width - target_w) >= 0
+        return torch.cond(large_enough, crop, resize, (inputs,))
+
+    with patching.replaced(CenterCrop, transform_images=transform_images):
         yield
 
 
