@@ -29,6 +29,8 @@ from servekit.errors import ExportError
 FREE_BEFORE_CHECKING_BYTES = 2**28
 FREE_BEFORE_CHECKING_ENV = "SERVEKIT_FREE_BEFORE_CHECKING_BYTES"
 
+_log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def quiet():
@@ -305,13 +307,18 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
 
 def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
             large: bool, release_memory: Callable[[], None], **_settings) -> _Converted:
-    from servekit.formats import litert
+    from servekit.formats import litert, litert_lifted
 
     built = _builtin_trace(built, serving, "litert", build)
     quantized = litert.quantizes(options)
     report = {"precision": "quantized" if quantized else "float32"}
     tolerances = litert.quantized_tolerances() if quantized else {}
     check = lambda cs: litert.check(staged, cs)  # noqa: E731
+    if not quantized and _variable_bytes(built) >= settings.bytes_setting(litert_lifted.LIFT_ENV,
+                                                                            litert_lifted.LIFT_BYTES):
+        converter = _litert_lifted(built, serving, staged, model_name, options, build)
+        if converter is not None:
+            return _Converted({"converter": converter, **report}, check, tolerances)
     if large:
         return _Converted(report, check, tolerances,
                           _litert_after_release(built, serving, staged, model_name, options, build, scratch_dir,
@@ -329,6 +336,38 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
     peak_memory.mark("LiteRT write")
     litert.read_signature(staged, serving, model_name)
     return _Converted({"converter": converter, **report}, check, tolerances)
+
+
+def _litert_lifted(built, serving, staged: str, model_name: str, options: dict[str, Any], build) -> Optional[str]:
+    """Converts and writes the LiteRT model with the weights lifted out of the
+    graph the converter sees (`servekit.formats.litert_lifted`), streamed from
+    the model's variables into the file. Returns the converter's description,
+    or None where lifting does not apply."""
+    from servekit.formats import litert, litert_lifted
+
+    def convert(built):
+        concrete = built.signatures[serving.name]
+        return litert_lifted.convert(concrete, options, model_name)
+
+    try:
+        try:
+            conversion = convert(built)
+        except ExportError as e:
+            if not litert.unfused_gelu(e):
+                raise
+            built = _builtin_trace(built, serving, "litert", build, unfused_gelu=True)
+            conversion = convert(built)
+    except ExportError as e:  # the plain road converts what the converter takes only with constant weights
+        _log.info("LiteRT conversion with the weights lifted failed (%s); converting them as constants.", e)
+        peak_memory.mark("LiteRT conversion, weights lifted: failed")
+        return None
+    if conversion is None:
+        return None
+    peak_memory.mark("LiteRT conversion, weights lifted")
+    litert_lifted.write(conversion, staged, serving, model_name)
+    peak_memory.mark("LiteRT write")
+    litert.read_signature(staged, serving, model_name)
+    return conversion.converter
 
 
 def _litert_after_release(built, serving, staged: str, model_name: str, options: dict[str, Any], build,

@@ -32,6 +32,7 @@ import weakref
 from typing import Any, Optional, Sequence
 
 from servekit import determinism
+from servekit import frozen_weights
 from servekit import onnx_bfloat16
 from servekit import patching
 from servekit import peak_memory
@@ -365,7 +366,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Op
     from tf2onnx.convert import _convert_common
 
     values: list = []  # the lean road's weights, as the variables hold them
-    with _weights_left_out(values) if road == "lean" else contextlib.nullcontext():
+    with frozen_weights.weights_left_out(values) if road == "lean" else contextlib.nullcontext():
         graph_def, inputs, outputs, tables, renames, captured_tables = freeze(road)
     peak_memory.mark("freeze")
     lifted: dict[str, tuple[int, list[int], Any]] = {}
@@ -375,7 +376,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Op
         gc.collect()  # what tf2onnx loaded or froze sits in reference cycles: a copy of every weight
         if road == "lean":  # what tf2onnx's regular freezing repairs
             graph_def = tf_loader.fix_freezing_errors(tf_loader.fix_freezing_errors_part2(graph_def))
-        lifted = _lift_weights(graph_def, values)
+        lifted = frozen_weights.lift_weights(graph_def, values)
         del values
         inputs = list(inputs) + [name + ":0" for name in lifted]
         if road == "lean":
@@ -460,124 +461,6 @@ def saved_model_variables_bytes(saved_model_dir: str) -> int:
     return sum(os.path.getsize(os.path.join(variables, n)) for n in os.listdir(variables))
 
 
-# Constants at least this large are weights: `_lift_weights` takes them out of
-# the graph tf2onnx converts. Shape, axis and index constants, which converters
-# need as constants to fold, are far smaller.
-_LIFT_BYTES = 2**20
-
-
-# `_weights_left_out` gives a weight's constant this content instead of the weight,
-# followed by the weight's index in its list.
-_LEFT_OUT_MARK = b"servekit:left-out:"
-# Dtypes TensorFlow stores as a constant's `tensor_content` (raw bytes).
-_RAW_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-               "uint32", "uint64")
-
-
-@contextlib.contextmanager
-def _weights_left_out(values: list):
-    """While TensorFlow freezes variables into constants (the lean road), every
-    value of at least `_LIFT_BYTES` becomes a constant whose content is a mark,
-    and the value goes to `values`, as TensorFlow read it: a NumPy view of the
-    variable's buffer, not a copy.
-
-    The freezing would otherwise copy each weight into its constant, and the
-    graph would hold a second copy of the weights (a transient third and
-    fourth on the way) only for `_lift_weights` to take them out again.
-    """
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow.core.framework import tensor_pb2
-    from tensorflow.python.framework import convert_to_constants
-    from tensorflow.python.framework import tensor_util
-
-    original = tensor_util.make_tensor_proto
-    converter = convert_to_constants._FunctionConverterDataInEager
-    original_eval = converter._eval
-
-    def eval_in_place(self, tensor):
-        # `Variable.numpy()` copies the value; a read shares the variable's
-        # buffer, and `memoryview` of a CPU tensor is a view of it.
-        value = tensor.read_value() if isinstance(tensor, tf.Variable) else tensor
-        if value.dtype.name not in _RAW_DTYPES or "GPU" in value.device:
-            return original_eval(self, tensor)
-        if value.dtype == tf.bfloat16:  # no buffer format for bfloat16: a view of its bits (a bitcast shares them)
-            import ml_dtypes
-
-            return np.asarray(memoryview(tf.bitcast(value, tf.uint16))).view(ml_dtypes.bfloat16)
-        return np.asarray(memoryview(value))
-
-    def make_tensor_proto(values_, dtype=None, shape=None, verify_shape=False, allow_broadcast=False):
-        if (isinstance(values_, np.ndarray) and values_.nbytes >= _LIFT_BYTES and values_.dtype.name in _RAW_DTYPES
-                and (shape is None or tuple(shape) == values_.shape)
-                and (dtype is None or tf.as_dtype(dtype) == tf.as_dtype(values_.dtype))):
-            proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(values_.dtype).as_datatype_enum,
-                                           tensor_shape=tf.TensorShape(values_.shape).as_proto())
-            proto.tensor_content = _LEFT_OUT_MARK + str(len(values)).encode()
-            values.append(np.ascontiguousarray(values_))
-            return proto
-        return original(values_, dtype, shape, verify_shape, allow_broadcast)
-
-    with patching.replaced(tensor_util, make_tensor_proto=make_tensor_proto), \
-            patching.replaced(converter, _eval=eval_in_place):
-        yield
-
-
-def _left_out(tensor, values: list):
-    """The value `_weights_left_out` took out of `tensor`, or None."""
-    if not values:
-        return None
-    if tensor.ByteSize() > 256:  # a mark is short; reading a weight's content would copy it
-        return None
-    content = tensor.tensor_content
-    if not content.startswith(_LEFT_OUT_MARK):
-        return None
-    return values[int(content[len(_LEFT_OUT_MARK):])]
-
-
-def _lift_weights(graph_def, values: Sequence = ()) -> dict[str, tuple[int, list[int], Any]]:
-    """Turns the large `Const` nodes of a frozen graph into placeholders.
-
-    tf2onnx copies a constant's bytes into its node proto on every optimizer
-    pass (about thirty copies of each weight: 12 GiB of memory and 40 s for a
-    400 MB embedding table), so weights are converted as graph inputs and put
-    back as initializers by `_restore_weights`, each copied once.
-
-    Args:
-        graph_def: the frozen graph, changed in place.
-        values: the weights `_weights_left_out` took out of its constants.
-
-    Returns:
-        node name -> (TF dtype enum, shape, the bytes or the NumPy array), in
-        graph order.
-    """
-    lifted = {}
-    for node in graph_def.node:
-        if node.op != "Const":
-            continue
-        tensor = node.attr["value"].tensor
-        data = _left_out(tensor, values)
-        if data is None:
-            if tensor.ByteSize() < _LIFT_BYTES or len(tensor.tensor_content) < _LIFT_BYTES:
-                continue
-            data = tensor.tensor_content
-        dims = [d.size for d in tensor.tensor_shape.dim]
-        lifted[node.name] = (tensor.dtype, dims, data)
-        dtype = node.attr["dtype"].type
-        node.op = "Placeholder"
-        node.ClearField("attr")
-        node.attr["dtype"].type = dtype
-        for size in dims:
-            node.attr["shape"].shape.dim.add().size = size
-    for function in graph_def.library.function:  # a weight in a function body stays a constant
-        for node in function.node_def:
-            if node.op == "Const":
-                data = _left_out(node.attr["value"].tensor, values)
-                if data is not None:
-                    node.attr["value"].tensor.tensor_content = data.tobytes()
-    return lifted
-
-
 # The location a lifted weight's initializer names, with its key in `weights`,
 # until `write_onnx` streams the weight into the data file.
 _PENDING_LOCATION = "servekit:pending:"
@@ -585,7 +468,7 @@ _PENDING_LOCATION = "servekit:pending:"
 
 def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
                      weights: Optional[dict] = None) -> None:
-    """Makes the graph inputs `_lift_weights` created initializers again.
+    """Makes the graph inputs `frozen_weights.lift_weights` created initializers again.
 
     Each weight is copied into its initializer, one at a time, unless
     `weights` is a dict: then the initializer names the weight, which stays in

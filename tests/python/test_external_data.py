@@ -38,7 +38,7 @@ def _small_threshold(monkeypatch):
 
 def _model() -> keras.Model:
     # The hidden kernel (1.25 MiB) is over the size from which tf2onnx converts
-    # weights as lifted graph inputs (`servekit.onnx._LIFT_BYTES`), as a > 2 GB
+    # weights as lifted graph inputs (`servekit.frozen_weights.LIFT_BYTES`), as a > 2 GB
     # model's are.
     keras.utils.set_random_seed(3)
     inputs = keras.Input((512,), name="features")
@@ -140,7 +140,7 @@ def test_a_lookup_table_in_a_model_with_external_data(tmp_path):
 
 
 def _bfloat16_model() -> keras.Model:
-    # A 1 MiB bfloat16 kernel: lifted (`servekit.onnx._LIFT_BYTES`) as a bfloat16 LLM's weights are.
+    # A 1 MiB bfloat16 kernel: lifted (`servekit.frozen_weights.LIFT_BYTES`) as a bfloat16 LLM's weights are.
     keras.utils.set_random_seed(3)
     inputs = keras.Input((512,), name="features")
     hidden = keras.layers.Dense(1024, activation="relu", name="hidden", dtype="bfloat16")(inputs)
@@ -438,3 +438,70 @@ def test_litert_buffers_after_the_flatbuffer_are_written_in_buffer_order(tmp_pat
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     litert.write(swapped, str(tmp_path / "rewritten.tflite"), artifact.endpoints[0], "wide_mlp")
     assert (tmp_path / "rewritten.tflite").read_bytes() == written
+
+
+def _litert_ops(path: pathlib.Path) -> list[int]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    codes = [model.OperatorCodes(graph.Operators(i).OpcodeIndex()) for i in range(graph.OperatorsLength())]
+    return [max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) for c in codes]
+
+
+def _token_model() -> keras.Model:
+    # Every weight over the 1 MiB from which weights are lifted: an embedding (gathered),
+    # a Dense kernel (the converter transposes it for a fully connected layer, and fuses
+    # the ReLU), an EinsumDense kernel (reshaped) and a Conv1D filter (transposed).
+    layers = keras.layers
+    keras.utils.set_random_seed(4)
+    ids = keras.Input((8,), dtype="int32", name="ids")
+    x = layers.Embedding(1000, 512, name="embedding")(ids)
+    x = layers.Dense(640, activation="relu", name="dense")(x)
+    x = layers.EinsumDense("btd,dhk->bthk", output_shape=(8, 4, 128), bias_axes="hk", name="einsum")(x)
+    x = layers.Conv1D(256, 3, padding="same", name="conv")(layers.Reshape((8, 512), name="heads")(x))
+    return keras.Model(ids, layers.Dense(4, name="logits")(layers.GlobalAveragePooling1D(name="pool")(x)),
+                       name="token_model")
+
+
+def test_a_large_litert_model_is_converted_with_its_weights_lifted(tmp_path, monkeypatch):
+    # The converter holds about three copies of the weights it converts: from LIFT_BYTES
+    # of variables on, it converts a graph whose weights are inputs, and they are put back
+    # as buffers after the flatbuffer, streamed from the variables; the ops are those of
+    # the plain conversion, the results the model's, in Python and in LiteRT's C API.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from servekit import native
+    from servekit.formats import litert_lifted
+
+    model = _token_model()
+    plain = build_tool.build_export(model, tmp_path / "plain", "token_model_tensorflow", "tensorflow",
+                                    formats=("litert",))
+    monkeypatch.setenv(litert_lifted.LIFT_ENV, "0")
+    lifted = build_tool.build_export(model, tmp_path / "lifted", "token_model_tensorflow", "tensorflow",
+                                     formats=("litert",))
+    entries = {name: json.loads(m.read_text())["artifacts"][0] for name, m in (("plain", plain), ("lifted", lifted))}
+    assert entries["plain"]["converter"] == "tflite_converter"
+    assert entries["lifted"]["converter"] == "tflite_converter+lifted_weights"
+    paths = {name: m.parent / entries[name]["path"] for name, m in (("plain", plain), ("lifted", lifted))}
+    # The plain conversion's ops, but the ReLU: a LEAKY_RELU of slope 0 after the layer
+    # (the converter fused it into the layer, then lost it: `litert_lifted._activations_kept`).
+    from ai_edge_litert import schema_py_generated as schema
+
+    lifted_ops = _litert_ops(paths["lifted"])
+    assert lifted_ops.count(schema.BuiltinOperator.LEAKY_RELU) == 1
+    assert [op for op in lifted_ops if op != schema.BuiltinOperator.LEAKY_RELU] == _litert_ops(paths["plain"])
+    buffers = _litert_buffers(paths["lifted"])
+    assert sorted(size for _, size in buffers)[-4:] == sorted(
+        4 * n for n in (1000 * 512, 512 * 640, 640 * 512, 3 * 512 * 256))
+    assert all(offset % 64 == 0 and offset + size <= paths["lifted"].stat().st_size for offset, size in buffers)
+    x = np.random.default_rng(0).integers(0, 1000, size=(3, 8)).astype("int32")
+    want = keras.ops.convert_to_numpy(model(x))
+    assert np.abs(want).max() > 1e-3, "a check of outputs near 0 would be vacuous"
+    got = Interpreter(model_path=str(paths["lifted"])).get_signature_runner("serving_default")(ids=x)["logits"]
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    report = native.validate(str(lifted), "litert")
+    assert report.passed, report.to_text()
+    again = build_tool.build_export(model, tmp_path / "again", "token_model_tensorflow", "tensorflow",
+                                    formats=("litert",))
+    assert (again.parent / entries["lifted"]["path"]).read_bytes() == paths["lifted"].read_bytes()

@@ -90,7 +90,7 @@ def test_mixed_bfloat16_lifted_weights_are_rounded_where_used(policy, tmp_path, 
 
     monkeypatch.setenv(sk_onnx.LIFT_ENV, "0")
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((512,), name="features")  # a 2 MiB kernel: lifted (`servekit.onnx._LIFT_BYTES`)
+    inputs = keras.Input((512,), name="features")  # a 2 MiB kernel: lifted (`servekit.frozen_weights.LIFT_BYTES`)
     hidden = keras.layers.Dense(1024, activation="relu", name="dense")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(hidden), name="mixed")
     path = str(tmp_path / "model.onnx")

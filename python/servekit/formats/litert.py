@@ -600,6 +600,12 @@ def write(flatbuffer: bytes, path: str, endpoint: sig.Signature, model_name: str
         in_signature_order(buf, endpoint, model_name)
 
 
+def in_signature_order_in_file(path: str, endpoint: sig.Signature, model_name: str) -> None:
+    """`in_signature_order` of a written LiteRT file, in place (mapped, not read)."""
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as buf:
+        in_signature_order(buf, endpoint, model_name)
+
+
 def _interpreter(path: str):
     from ai_edge_litert.interpreter import Interpreter
 

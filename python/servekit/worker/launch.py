@@ -35,7 +35,7 @@ WORKER_TIMEOUT_S = 1800
 RETIRING = "done, retiring\n"
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "SYSTEMROOT",
              "SERVEKIT_ONNX_EXTERNAL_DATA_BYTES", "SERVEKIT_ONNX_LIFT_BYTES",  # servekit.onnx's settings
-             "SERVEKIT_LITERT_BUFFER_OFFSET_BYTES",  # servekit.formats.litert's
+             "SERVEKIT_LITERT_BUFFER_OFFSET_BYTES", "SERVEKIT_LITERT_LIFT_BYTES",  # servekit.formats.litert's
              "SERVEKIT_FREE_BEFORE_CHECKING_BYTES",  # servekit._write's
              "SERVEKIT_MEMORY_TRACE",  # servekit.peak_memory's
              "SERVEKIT_WORKER_RETIRE_BYTES")  # servekit.worker.isolation's

@@ -1,0 +1,400 @@
+"""LiteRT conversion with the weights lifted out of the graph the converter sees.
+
+The TFLite converter holds about three copies of every weight it converts
+(the frozen constant, its MLIR attribute and the serialized flatbuffer;
+measured on one 512 MiB variable: 3.08x over its baseline), and TensorFlow
+2.21 has no converter that serializes without them. So a large model is
+converted the way its ONNX export is (`servekit.frozen_weights`): frozen with every
+weight of 1 MiB or more left out (read as a view of its variable), each such
+weight a graph input for the conversion, and put back afterwards as a
+constant buffer after the flatbuffer (LiteRT's buffer offsets), streamed
+from the variable into the file.
+
+The converter picks some ops by whether a weight is a constant, so the graph
+is rewritten around the lifted weights before and after it converts:
+
+- a ReLU after a product by a weight becomes a `LeakyRelu` of slope 0: the
+  converter fuses a ReLU into a matmul whose weights are not constant, then
+  writes a `BATCH_MATMUL`, which has no activation, and the ReLU is lost
+  (measured, TensorFlow 2.21: `Dense(activation="relu")` over sequences
+  computed without it; `_activations_kept`);
+- a `MatMul` becomes the `BatchMatMulV2` it is;
+- a `RESHAPE` or `TRANSPOSE` of a weight (an `EinsumDense` kernel, a
+  convolution's filter in LiteRT's layout), which the converter folds into
+  a constant, is folded here: the weight is written reshaped or transposed;
+- a `BATCH_MATMUL` by a 2-D weight becomes the `FULLY_CONNECTED` the
+  converter makes of a constant one (its weights transposed, `keep_num_dims`),
+  the layer LiteRT's kernels and delegates run best; its bias and activation
+  stay the ops after it.
+
+Every other op keeps the weight as its constant input. The result is
+verified against the source model like any artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from servekit import signature as sig
+from servekit.errors import ExportError
+
+# From this many bytes of variables on, LiteRT converts with the weights lifted
+# (tests lower it with the environment variable; the weights lifted are those of
+# `servekit.frozen_weights.LIFT_BYTES` or more).
+LIFT_BYTES = 256 << 20
+LIFT_ENV = "SERVEKIT_LITERT_LIFT_BYTES"
+
+# The alignment of each weight after the flatbuffer (what the converter's
+# buffer offsets use, and more than any LiteRT kernel asks).
+_ALIGNMENT = 64
+# Written as every weight's offset while the flatbuffer's size is measured: a
+# non-default value keeps the field in the table, and a uint64 has one size.
+_UNKNOWN_OFFSET = 1 << 40
+
+
+@dataclasses.dataclass
+class LiftedConversion:
+    """The converter's flatbuffer of a graph whose weights are inputs.
+
+    Args:
+        flatbuffer: the converted model (small: the weights are not in it).
+        converter: the converter's description for the manifest.
+        weights: lifted weight name -> (TF dtype enum, shape, the value: a
+            NumPy view of the variable, or bytes).
+        input_names, output_names: the function's inputs and outputs, in
+            the flatbuffer's subgraph order (weights excluded).
+    """
+
+    flatbuffer: bytes
+    converter: str
+    weights: dict[str, tuple[int, list[int], Any]]
+    input_names: list[str]
+    output_names: list[str]
+
+
+def convert(concrete, options: dict[str, Any], model_name: str,
+            likely_cause: Callable[[], str] = lambda: "") -> Optional[LiftedConversion]:
+    """Converts a traced serving function with its weights lifted out.
+
+    Returns:
+        The conversion, or None where lifting does not apply: the function
+        looks tables up (the converter initializes them from a SavedModel of
+        its own), or has no weight to lift (a loop's body keeps its weights
+        as constants).
+
+    Raises:
+        ExportError: the converter failed (`litert.convert`'s error).
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import convert_to_constants
+
+    from servekit import frozen_weights
+    from servekit.formats import litert
+    from servekit.formats.builtin_trace import traced_nodes
+
+    if any(node.op.startswith("LookupTable") for node in traced_nodes(concrete)):
+        return None
+    specs = tf.nest.flatten(concrete.structured_input_signature)
+    values: list = []
+    with frozen_weights.weights_left_out(values):
+        data = convert_to_constants._FunctionConverterDataInEager(
+            func=concrete, lower_control_flow=False, aggressive_inlining=True)
+        graph_def, _ = convert_to_constants._replace_variables_by_constants(converter_data=data)
+    weights = frozen_weights.lift_weights(graph_def, values)
+    del values
+    if not weights or not _activations_kept(graph_def, weights):
+        return None
+    _matmuls_as_batch_matmuls(graph_def)
+    inputs = [t.name for t in concrete.inputs[:len(specs)]]
+    outputs = [t.name for t in concrete.outputs]
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    del graph_def
+    pruned = wrapped.prune([wrapped.graph.get_tensor_by_name(n) for n in inputs + [w + ":0" for w in weights]],
+                           [wrapped.graph.get_tensor_by_name(n) for n in outputs])
+    flatbuffer, converter = litert.convert(lambda: tf.lite.TFLiteConverter.from_concrete_functions([pruned]),
+                                           dict(options, _experimental_use_buffer_offset=False), model_name,
+                                           likely_cause=likely_cause)
+    output_keys = sorted(concrete.structured_outputs) if isinstance(concrete.structured_outputs, dict) else [
+        f"output_{i}" for i in range(len(outputs))]
+    return LiftedConversion(flatbuffer, converter + "+lifted_weights", weights, [s.name for s in specs], output_keys)
+
+
+# Ops a value passes through unchanged in shape of meaning between a matmul and
+# the activation the converter fuses into it.
+_PASS_THROUGH = ("Identity", "Reshape", "BiasAdd", "Add", "AddV2", "Cast", "Transpose", "Squeeze", "ExpandDims")
+# Ops the converter fuses into a matmul's result as an activation (`Maximum` and
+# `Minimum` become RELU, RELU6 or RELU_N1_TO_1 when one operand is a constant).
+_FUSED_ACTIVATIONS = ("Relu", "Relu6", "Maximum", "Minimum", "ClipByValue")
+
+
+def _activations_kept(graph_def, weights) -> bool:
+    """Rewrites the graph (in place) so that the converter keeps every
+    activation of a product by a lifted weight; False where it cannot.
+
+    TensorFlow 2.21's converter fuses a RELU (or RELU6, RELU_N1_TO_1) into a
+    matmul whose weights are not constant and whose bias it cannot fold, then
+    writes a `BATCH_MATMUL`, which has no activation: the model computes
+    without it (measured: `relu(x @ w)` with `w` an input). A `Relu` after
+    such a product becomes a `LeakyRelu` of slope 0 (the same values; never
+    fused); a clip (`Relu6`, `Maximum`, `Minimum`) keeps the model on the
+    converter's plain road.
+    """
+    by_name = {node.name: node for node in graph_def.node}
+
+    def source(name: str):
+        node = by_name.get(name.split(":")[0].lstrip("^"))
+        while node is not None and node.op in _PASS_THROUGH and node.input:
+            node = by_name.get(node.input[0].split(":")[0].lstrip("^"))
+        return node
+
+    def lifted(name: str) -> bool:
+        node = source(name)
+        return node is not None and node.name in weights
+
+    def product_by_a_weight(name: str) -> bool:
+        node = by_name.get(name.split(":")[0].lstrip("^"))
+        while node is not None and node.op in _PASS_THROUGH and node.input:
+            if node.op in ("BiasAdd", "Add", "AddV2") and any(lifted(i) for i in node.input[1:]):
+                return True
+            node = by_name.get(node.input[0].split(":")[0].lstrip("^"))
+        return node is not None and node.op in ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3") \
+            and any(lifted(i) for i in node.input[:2])
+
+    for node in graph_def.node:
+        if node.op not in _FUSED_ACTIVATIONS or not any(product_by_a_weight(i) for i in node.input[:2]):
+            continue
+        if node.op != "Relu":
+            return False
+        node.op = "LeakyRelu"
+        node.attr["alpha"].f = 0.0
+    return True
+
+
+def _matmuls_as_batch_matmuls(graph_def) -> None:
+    """Every `MatMul` as the `BatchMatMulV2` it is (in place): see the module
+    docstring (the converter makes a `MatMul` by a constant the same
+    `FULLY_CONNECTED` either way)."""
+    for node in graph_def.node:
+        if node.op == "MatMul":
+            transpose_a, transpose_b = node.attr["transpose_a"].b, node.attr["transpose_b"].b
+            node.op = "BatchMatMulV2"
+            for key in ("transpose_a", "transpose_b", "grad_a", "grad_b"):
+                if key in node.attr:
+                    del node.attr[key]
+            node.attr["adj_x"].b, node.attr["adj_y"].b = transpose_a, transpose_b
+
+
+@dataclasses.dataclass
+class _Weight:
+    """A lifted weight as some tensor of the converted graph holds it: its
+    name in `LiftedConversion.weights`, and the reshapes and transposes
+    between the two, in order."""
+
+    name: str
+    steps: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def then(self, step: str, argument: Sequence[int]) -> "_Weight":
+        return _Weight(self.name, self.steps + ((step, tuple(int(a) for a in argument)),))
+
+    def value(self, weights: dict[str, tuple[int, list[int], Any]]) -> np.ndarray:
+        import tensorflow as tf
+
+        tf_dtype, dims, data = weights[self.name]
+        dtype = np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype)
+        value = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=dtype)
+        value = value.reshape(dims)
+        for step, argument in self.steps:
+            value = value.reshape(argument) if step == "reshape" else np.transpose(value, argument)
+        return np.ascontiguousarray(value)  # a copy only where a transpose moved elements
+
+
+def write(conversion: LiftedConversion, path: str, endpoint: sig.Signature, model_name: str) -> None:
+    """Writes the lifted conversion as a LiteRT model at `path`: the graph
+    rewritten around its weights (module docstring), a `serving_default`
+    signature of the endpoint's names, and each weight after the flatbuffer,
+    64-byte aligned, in buffer order (reproducible bytes), found by offset.
+
+    Raises:
+        ExportError: the converter renamed a lifted weight's input, or a
+            weight's bytes differ from its tensor's size.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from servekit.formats import litert
+
+    model = schema.ModelT.InitFromPackedBuf(conversion.flatbuffer, 0)
+    # A loop's body is another subgraph, whose weights stayed constants (`frozen_weights.lift_weights`).
+    graph = model.subgraphs[0]
+    held: dict[int, _Weight] = {}  # tensor -> the weight it holds
+    for t in list(graph.inputs)[len(conversion.input_names):]:
+        name = graph.tensors[t].name.decode()
+        if name not in conversion.weights:
+            raise ExportError(f"Model '{model_name}': the LiteRT converter renamed the lifted weight input "
+                              f"'{name}'.", model=model_name, reason="conversion_failed")
+        held[int(t)] = _Weight(name)
+    codes = {_builtin_code(code): i for i, code in enumerate(model.operatorCodes)}
+    kept = []
+    for op in graph.operators:
+        code = _builtin_code(model.operatorCodes[op.opcodeIndex])
+        inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
+        source = held.get(inputs[0]) if inputs else None
+        if code == schema.BuiltinOperator.RESHAPE and source is not None:
+            held[int(op.outputs[0])] = source.then("reshape", graph.tensors[op.outputs[0]].shape)
+            continue
+        if code == schema.BuiltinOperator.TRANSPOSE and source is not None:
+            permutation = _constant(model, graph, inputs[1])
+            if permutation is not None:
+                held[int(op.outputs[0])] = source.then("transpose", permutation)
+                continue
+        if code == schema.BuiltinOperator.BATCH_MATMUL and len(inputs) == 2 and inputs[1] in held \
+                and not op.builtinOptions.adjX and len(graph.tensors[inputs[1]].shape) == 2:
+            weight, shape = held[inputs[1]], list(graph.tensors[inputs[1]].shape)
+            if not op.builtinOptions.adjY:  # FULLY_CONNECTED takes [out, in]
+                weight, shape = weight.then("transpose", (1, 0)), shape[::-1]
+            transposed = _new_tensor(graph, graph.tensors[inputs[1]], shape)
+            held[transposed] = weight
+            op.opcodeIndex = _opcode(model, codes, schema.BuiltinOperator.FULLY_CONNECTED, 5)
+            op.inputs = [inputs[0], transposed, -1]
+            options = schema.FullyConnectedOptionsT()
+            options.keepNumDims = True
+            op.builtinOptionsType = schema.BuiltinOptions.FullyConnectedOptions
+            op.builtinOptions = options
+        kept.append(op)
+    graph.operators = kept
+    used = {int(i) for op in kept for i in (op.inputs if op.inputs is not None else []) if i >= 0}
+    graph.inputs = [int(t) for t in graph.inputs[:len(conversion.input_names)]]
+    placed: list[tuple[Any, _Weight]] = []
+    for t, weight in sorted(held.items()):
+        if t not in used:
+            continue
+        tensor = graph.tensors[t]
+        buffer = schema.BufferT()
+        buffer.offset, buffer.size = _UNKNOWN_OFFSET, 0
+        model.buffers.append(buffer)
+        tensor.buffer = len(model.buffers) - 1
+        tensor.shapeSignature = None
+        placed.append((buffer, weight))
+    _compact_tensors(graph)
+    serving = schema.SignatureDefT()
+    serving.signatureKey = b"serving_default"
+    serving.subgraphIndex = 0
+    serving.inputs = [_tensor_map(schema, name, t) for name, t in zip(conversion.input_names, graph.inputs)]
+    serving.outputs = [_tensor_map(schema, name, t) for name, t in zip(conversion.output_names, graph.outputs)]
+    model.signatureDefs = [serving]
+
+    sizes = []
+    for buffer, weight in placed:  # sizes only: a transposed weight is computed again when written
+        tf_dtype, dims, _ = conversion.weights[weight.name]
+        sizes.append(int(np.prod(dims, dtype=np.int64)) * _itemsize(tf_dtype))
+    for (buffer, _), size in zip(placed, sizes):
+        buffer.size = size
+    head = _packed(model, flatbuffers)
+    offset = _aligned(len(head))
+    for (buffer, _), size in zip(placed, sizes):
+        buffer.offset = offset
+        offset = _aligned(offset + size)
+    final = _packed(model, flatbuffers)
+    if len(final) != len(head):
+        raise ExportError(f"Model '{model_name}': the LiteRT model's size changed with its buffer offsets.",
+                          model=model_name, reason="conversion_failed")
+    with open(path, "wb") as f:
+        f.write(final)
+        for (buffer, weight), size in zip(placed, sizes):
+            f.write(b"\0" * (buffer.offset - f.tell()))
+            value = weight.value(conversion.weights)
+            if value.nbytes != size:
+                raise ExportError(f"Model '{model_name}': lifted weight '{weight.name}' has {value.nbytes} bytes, "
+                                  f"its tensor {size}.", model=model_name, reason="conversion_failed")
+            f.write(memoryview(value).cast("B"))
+            del value
+    litert.in_signature_order_in_file(path, endpoint, model_name)
+
+
+def _packed(model, flatbuffers) -> bytes:
+    builder = flatbuffers.Builder(1 << 16)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGNMENT) * _ALIGNMENT
+
+
+def _itemsize(tf_dtype: int) -> int:
+    import tensorflow as tf
+
+    return tf.dtypes.as_dtype(tf_dtype).size
+
+
+def _builtin_code(code) -> int:
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def _opcode(model, codes: dict[int, int], builtin: int, version: int) -> int:
+    """The index of `builtin`'s operator code at `version` or later (a
+    fully connected layer with `keep_num_dims` is version 5), added when the
+    model has none."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if builtin not in codes:
+        code = schema.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
+        model.operatorCodes.append(code)
+        codes[builtin] = len(model.operatorCodes) - 1
+    code = model.operatorCodes[codes[builtin]]
+    code.version = max(code.version, version)
+    return codes[builtin]
+
+
+def _constant(model, graph, t: int) -> Optional[np.ndarray]:
+    """The int32 values of a small constant tensor held in the flatbuffer, or None."""
+    tensor = graph.tensors[t]
+    buffer = model.buffers[tensor.buffer] if tensor.buffer else None
+    if buffer is None or buffer.data is None:
+        return None
+    return np.frombuffer(bytes(bytearray(buffer.data)), dtype=np.int32)
+
+
+def _new_tensor(graph, like, shape: list[int]) -> int:
+    """A tensor for a weight the rewrite lays out anew: `like`'s type, `shape`."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    tensor = schema.TensorT()
+    tensor.type = like.type
+    tensor.shape = np.asarray(shape, dtype=np.int32)
+    tensor.name = like.name + b";fully_connected_weights"
+    tensor.buffer = 0
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def _tensor_map(schema, name: str, index: int):
+    tensor_map = schema.TensorMapT()
+    tensor_map.name = name.encode()
+    tensor_map.tensorIndex = int(index)
+    return tensor_map
+
+
+def _compact_tensors(graph) -> None:
+    """Drops the tensors no op, input or output refers to, renumbering the rest."""
+    referenced = set()
+    for op in graph.operators:
+        for field in (op.inputs, op.outputs, op.intermediates):
+            if field is not None:
+                referenced.update(int(i) for i in field if i >= 0)
+    referenced.update(int(t) for t in graph.inputs)
+    referenced.update(int(t) for t in graph.outputs)
+    order = sorted(referenced)
+    renumber = {old: new for new, old in enumerate(order)}
+    graph.tensors = [graph.tensors[old] for old in order]
+
+    def mapped(values):
+        return None if values is None else [renumber[int(i)] if i >= 0 else -1 for i in values]
+
+    for op in graph.operators:
+        op.inputs, op.outputs, op.intermediates = mapped(op.inputs), mapped(op.outputs), mapped(op.intermediates)
+    graph.inputs, graph.outputs = mapped(graph.inputs), mapped(graph.outputs)
