@@ -33,11 +33,13 @@ verified against the source model like any artifact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from servekit import patching
 from servekit import signature as sig
 from servekit.errors import ExportError
 
@@ -114,12 +116,42 @@ def convert(concrete, options: dict[str, Any], model_name: str,
     del graph_def
     pruned = wrapped.prune([wrapped.graph.get_tensor_by_name(n) for n in inputs + [w + ":0" for w in weights]],
                            [wrapped.graph.get_tensor_by_name(n) for n in outputs])
-    flatbuffer, converter = litert.convert(lambda: tf.lite.TFLiteConverter.from_concrete_functions([pruned]),
-                                           dict(options, _experimental_use_buffer_offset=False), model_name,
-                                           likely_cause=likely_cause)
+    with _weights_unknown_to_grappler(set(weights)):
+        flatbuffer, converter = litert.convert(lambda: tf.lite.TFLiteConverter.from_concrete_functions([pruned]),
+                                               dict(options, _experimental_use_buffer_offset=False), model_name,
+                                               likely_cause=likely_cause)
     output_keys = sorted(concrete.structured_outputs) if isinstance(concrete.structured_outputs, dict) else [
         f"output_{i}" for i in range(len(outputs))]
     return LiftedConversion(flatbuffer, converter + "+lifted_weights", weights, [s.name for s in specs], output_keys)
+
+
+@contextlib.contextmanager
+def _weights_unknown_to_grappler(weights: set[str]) -> Iterator[None]:
+    """TensorFlow's graph optimizer (grappler), which the converter runs to
+    inline functions, fills a tensor for every placeholder of a fully known
+    shape: a copy of every lifted weight, all at once (measured: +1x the
+    weights while converting). The placeholders named in `weights` reach it
+    with an unknown first dim, and get their shapes back from its result, as
+    `servekit.onnx._optimized` does for tf2onnx's grappler pass; the
+    converter itself needs them (a convolution's filter)."""
+    from tensorflow.python.grappler import tf_optimizer
+
+    original = tf_optimizer.OptimizeGraph
+
+    def optimize_graph(config_proto, metagraph, *args, **kwargs):
+        shapes = {}
+        for node in metagraph.graph_def.node:
+            if node.name in weights and node.op == "Placeholder" and node.attr["shape"].shape.dim:
+                shapes[node.name] = node.attr["shape"].shape.dim[0].size
+                node.attr["shape"].shape.dim[0].size = -1
+        optimized = original(config_proto, metagraph, *args, **kwargs)
+        for node in optimized.node:
+            if node.name in shapes:
+                node.attr["shape"].shape.dim[0].size = shapes[node.name]
+        return optimized
+
+    with patching.replaced(tf_optimizer, OptimizeGraph=optimize_graph):
+        yield
 
 
 # Ops a value passes through unchanged in shape of meaning between a matmul and
@@ -190,14 +222,23 @@ def _matmuls_as_batch_matmuls(graph_def) -> None:
 @dataclasses.dataclass
 class _Weight:
     """A lifted weight as some tensor of the converted graph holds it: its
-    name in `LiftedConversion.weights`, and the reshapes and transposes
-    between the two, in order."""
+    name in `LiftedConversion.weights`, its dims there, and the reshapes and
+    transposes between the two, in order."""
 
     name: str
+    dims: tuple[int, ...]
     steps: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def then(self, step: str, argument: Sequence[int]) -> "_Weight":
-        return _Weight(self.name, self.steps + ((step, tuple(int(a) for a in argument)),))
+        argument = tuple(int(a) for a in argument)
+        if step == "reshape":
+            size = int(np.prod(self.dims, dtype=np.int64))
+            known = int(np.prod([a for a in argument if a != -1], dtype=np.int64))
+            argument = tuple(size // known if a == -1 else a for a in argument)
+            dims = argument
+        else:
+            dims = tuple(self.dims[a] for a in argument)
+        return _Weight(self.name, dims, self.steps + ((step, argument),))
 
     def value(self, weights: dict[str, tuple[int, list[int], Any]]) -> np.ndarray:
         import tensorflow as tf
@@ -235,7 +276,7 @@ def write(conversion: LiftedConversion, path: str, endpoint: sig.Signature, mode
         if name not in conversion.weights:
             raise ExportError(f"Model '{model_name}': the LiteRT converter renamed the lifted weight input "
                               f"'{name}'.", model=model_name, reason="conversion_failed")
-        held[int(t)] = _Weight(name)
+        held[int(t)] = _Weight(name, tuple(int(d) for d in conversion.weights[name][1]))
     codes = {_builtin_code(code): i for i, code in enumerate(model.operatorCodes)}
     kept = []
     for op in graph.operators:
@@ -243,19 +284,23 @@ def write(conversion: LiftedConversion, path: str, endpoint: sig.Signature, mode
         inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
         source = held.get(inputs[0]) if inputs else None
         if code == schema.BuiltinOperator.RESHAPE and source is not None:
-            held[int(op.outputs[0])] = source.then("reshape", graph.tensors[op.outputs[0]].shape)
-            continue
+            shape = _constant(model, graph, inputs[1]) if len(inputs) > 1 else None
+            if shape is None and op.builtinOptions is not None and op.builtinOptions.newShape is not None:
+                shape = op.builtinOptions.newShape
+            if shape is not None and list(shape).count(-1) <= 1:
+                held[int(op.outputs[0])] = source.then("reshape", shape)
+                continue
         if code == schema.BuiltinOperator.TRANSPOSE and source is not None:
             permutation = _constant(model, graph, inputs[1])
             if permutation is not None:
                 held[int(op.outputs[0])] = source.then("transpose", permutation)
                 continue
         if code == schema.BuiltinOperator.BATCH_MATMUL and len(inputs) == 2 and inputs[1] in held \
-                and not op.builtinOptions.adjX and len(graph.tensors[inputs[1]].shape) == 2:
-            weight, shape = held[inputs[1]], list(graph.tensors[inputs[1]].shape)
+                and not op.builtinOptions.adjX and len(held[inputs[1]].dims) == 2:
+            weight = held[inputs[1]]
             if not op.builtinOptions.adjY:  # FULLY_CONNECTED takes [out, in]
-                weight, shape = weight.then("transpose", (1, 0)), shape[::-1]
-            transposed = _new_tensor(graph, graph.tensors[inputs[1]], shape)
+                weight = weight.then("transpose", (1, 0))
+            transposed = _new_tensor(graph, graph.tensors[inputs[1]])
             held[transposed] = weight
             op.opcodeIndex = _opcode(model, codes, schema.BuiltinOperator.FULLY_CONNECTED, 5)
             op.inputs = [inputs[0], transposed, -1]
@@ -276,7 +321,7 @@ def write(conversion: LiftedConversion, path: str, endpoint: sig.Signature, mode
         buffer.offset, buffer.size = _UNKNOWN_OFFSET, 0
         model.buffers.append(buffer)
         tensor.buffer = len(model.buffers) - 1
-        tensor.shapeSignature = None
+        tensor.shape, tensor.shapeSignature = np.asarray(weight.dims, dtype=np.int32), None
         placed.append((buffer, weight))
     _compact_tensors(graph)
     serving = schema.SignatureDefT()
@@ -359,13 +404,13 @@ def _constant(model, graph, t: int) -> Optional[np.ndarray]:
     return np.frombuffer(bytes(bytearray(buffer.data)), dtype=np.int32)
 
 
-def _new_tensor(graph, like, shape: list[int]) -> int:
-    """A tensor for a weight the rewrite lays out anew: `like`'s type, `shape`."""
+def _new_tensor(graph, like) -> int:
+    """A tensor for a weight the rewrite lays out anew, of `like`'s type (its
+    shape is the weight's, set with its buffer)."""
     from ai_edge_litert import schema_py_generated as schema
 
     tensor = schema.TensorT()
     tensor.type = like.type
-    tensor.shape = np.asarray(shape, dtype=np.int32)
     tensor.name = like.name + b";fully_connected_weights"
     tensor.buffer = 0
     graph.tensors.append(tensor)
