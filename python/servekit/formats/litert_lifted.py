@@ -18,7 +18,6 @@ is rewritten around the lifted weights before and after it converts:
   writes a `BATCH_MATMUL`, which has no activation, and the ReLU is lost
   (measured, TensorFlow 2.21: `Dense(activation="relu")` over sequences
   computed without it; `_activations_kept`);
-- a `MatMul` becomes the `BatchMatMulV2` it is;
 - a `RESHAPE` or `TRANSPOSE` of a weight (an `EinsumDense` kernel, a
   convolution's filter in LiteRT's layout), which the converter folds into
   a constant, is folded here: the weight is written reshaped or transposed;
@@ -109,7 +108,6 @@ def convert(concrete, options: dict[str, Any], model_name: str,
     del values
     if not weights or not _activations_kept(graph_def, weights):
         return None
-    _matmuls_as_batch_matmuls(graph_def)
     inputs = [t.name for t in concrete.inputs[:len(specs)]]
     outputs = [t.name for t in concrete.outputs]
     wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
@@ -154,8 +152,8 @@ def _weights_unknown_to_grappler(weights: set[str]) -> Iterator[None]:
         yield
 
 
-# Ops a value passes through unchanged in shape of meaning between a matmul and
-# the activation the converter fuses into it.
+# Ops between a matmul and the activation the converter fuses into it: a reshape
+# (Keras's `Dense` over sequences is a `Tensordot`), a bias, a cast.
 _PASS_THROUGH = ("Identity", "Reshape", "BiasAdd", "Add", "AddV2", "Cast", "Transpose", "Squeeze", "ExpandDims")
 # Ops the converter fuses into a matmul's result as an activation (`Maximum` and
 # `Minimum` become RELU, RELU6 or RELU_N1_TO_1 when one operand is a constant).
@@ -176,22 +174,21 @@ def _activations_kept(graph_def, weights) -> bool:
     """
     by_name = {node.name: node for node in graph_def.node}
 
-    def source(name: str):
-        node = by_name.get(name.split(":")[0].lstrip("^"))
-        while node is not None and node.op in _PASS_THROUGH and node.input:
-            node = by_name.get(node.input[0].split(":")[0].lstrip("^"))
-        return node
+    def node_of(tensor: str):
+        return by_name.get(tensor.split(":")[0].lstrip("^"))
 
-    def lifted(name: str) -> bool:
-        node = source(name)
+    def lifted(tensor: str) -> bool:
+        node = node_of(tensor)
+        while node is not None and node.op in _PASS_THROUGH and node.input:
+            node = node_of(node.input[0])
         return node is not None and node.name in weights
 
-    def product_by_a_weight(name: str) -> bool:
-        node = by_name.get(name.split(":")[0].lstrip("^"))
+    def product_by_a_weight(tensor: str) -> bool:
+        node = node_of(tensor)
         while node is not None and node.op in _PASS_THROUGH and node.input:
             if node.op in ("BiasAdd", "Add", "AddV2") and any(lifted(i) for i in node.input[1:]):
                 return True
-            node = by_name.get(node.input[0].split(":")[0].lstrip("^"))
+            node = node_of(node.input[0])
         return node is not None and node.op in ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3") \
             and any(lifted(i) for i in node.input[:2])
 
@@ -203,20 +200,6 @@ def _activations_kept(graph_def, weights) -> bool:
         node.op = "LeakyRelu"
         node.attr["alpha"].f = 0.0
     return True
-
-
-def _matmuls_as_batch_matmuls(graph_def) -> None:
-    """Every `MatMul` as the `BatchMatMulV2` it is (in place): see the module
-    docstring (the converter makes a `MatMul` by a constant the same
-    `FULLY_CONNECTED` either way)."""
-    for node in graph_def.node:
-        if node.op == "MatMul":
-            transpose_a, transpose_b = node.attr["transpose_a"].b, node.attr["transpose_b"].b
-            node.op = "BatchMatMulV2"
-            for key in ("transpose_a", "transpose_b", "grad_a", "grad_b"):
-                if key in node.attr:
-                    del node.attr[key]
-            node.attr["adj_x"].b, node.attr["adj_y"].b = transpose_a, transpose_b
 
 
 @dataclasses.dataclass
