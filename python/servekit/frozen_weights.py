@@ -12,7 +12,7 @@ into the converted model, copied once (`servekit.onnx`,
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from servekit import patching
 
@@ -134,3 +134,27 @@ def lift_weights(graph_def, values: Sequence = ()) -> dict[str, tuple[int, list[
                 if data is not None:
                     node.attr["value"].tensor.tensor_content = data.tobytes()
     return lifted
+
+
+_Graph = TypeVar("_Graph")
+
+
+def optimized_without_weight_copies(graph_def, weights: Sequence[str], optimize: Callable[[Any], _Graph]) -> _Graph:
+    """`optimize(graph_def)`, a grappler pass, with the placeholders named in
+    `weights` given an unknown first dim for it (in place), and their shapes
+    given back in its result.
+
+    Grappler makes up a tensor for every placeholder of a fully known shape
+    and fills it: a copy of every lifted weight, in memory at once. The
+    converters after it need the shapes (a convolution's filter).
+    """
+    shapes, weights = {}, set(weights)
+    for node in graph_def.node:
+        if node.name in weights and node.op == "Placeholder" and node.attr["shape"].shape.dim:
+            shapes[node.name] = node.attr["shape"].shape.dim[0].size
+            node.attr["shape"].shape.dim[0].size = -1
+    optimized = optimize(graph_def)
+    for node in optimized.node:
+        if node.name in shapes:
+            node.attr["shape"].shape.dim[0].size = shapes[node.name]
+    return optimized

@@ -547,27 +547,17 @@ def _without_xla_marks(graph_def):
 
 
 def _optimized(graph_def, inputs: Sequence[str], outputs: Sequence[str], weights: Sequence[str] = ()):
-    """tf2onnx's grappler pass (function inlining, constant folding, pruning).
-
-    Grappler makes up a tensor for every placeholder of a fully known shape
-    and fills it (a copy of every lifted weight, in memory at once): the
-    placeholders named in `weights` get an unknown first dimension for the
-    pass, and their shapes back afterwards.
-    """
+    """tf2onnx's grappler pass (function inlining, constant folding, pruning),
+    without a copy of the lifted weights named in `weights`
+    (`frozen_weights.optimized_without_weight_copies`)."""
     import tensorflow as tf
     from tf2onnx import tf_loader
 
-    shapes, weights = {}, set(weights)
-    for node in graph_def.node:
-        if node.name in weights and node.attr["shape"].shape.dim:
-            shapes[node.name] = node.attr["shape"].shape.dim[0].size
-            node.attr["shape"].shape.dim[0].size = -1
-    with tf.Graph().as_default():  # grappler exports a meta graph: graph mode
-        optimized = tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
-    for node in optimized.node:
-        if node.name in shapes:
-            node.attr["shape"].shape.dim[0].size = shapes[node.name]
-    return optimized
+    def optimize(graph_def):
+        with tf.Graph().as_default():  # grappler exports a meta graph: graph mode
+            return tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
+
+    return frozen_weights.optimized_without_weight_copies(graph_def, weights, optimize)
 
 
 def _check_standard_ops(model_proto, layer_names, model_name, chatter: str) -> None:

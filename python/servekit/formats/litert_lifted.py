@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -76,8 +76,7 @@ class LiftedConversion:
     output_names: list[str]
 
 
-def convert(concrete, options: dict[str, Any], model_name: str,
-            likely_cause: Callable[[], str] = lambda: "") -> Optional[LiftedConversion]:
+def convert(concrete, options: dict[str, Any], model_name: str) -> Optional[LiftedConversion]:
     """Converts a traced serving function with its weights lifted out.
 
     Returns:
@@ -116,8 +115,7 @@ def convert(concrete, options: dict[str, Any], model_name: str,
                            [wrapped.graph.get_tensor_by_name(n) for n in outputs])
     with _weights_unknown_to_grappler(set(weights)):
         flatbuffer, converter = litert.convert(lambda: tf.lite.TFLiteConverter.from_concrete_functions([pruned]),
-                                               dict(options, _experimental_use_buffer_offset=False), model_name,
-                                               likely_cause=likely_cause)
+                                               dict(options, _experimental_use_buffer_offset=False), model_name)
     output_keys = sorted(concrete.structured_outputs) if isinstance(concrete.structured_outputs, dict) else [
         f"output_{i}" for i in range(len(outputs))]
     return LiftedConversion(flatbuffer, converter + "+lifted_weights", weights, [s.name for s in specs], output_keys)
@@ -125,28 +123,18 @@ def convert(concrete, options: dict[str, Any], model_name: str,
 
 @contextlib.contextmanager
 def _weights_unknown_to_grappler(weights: set[str]) -> Iterator[None]:
-    """TensorFlow's graph optimizer (grappler), which the converter runs to
-    inline functions, fills a tensor for every placeholder of a fully known
-    shape: a copy of every lifted weight, all at once (measured: +1x the
-    weights while converting). The placeholders named in `weights` reach it
-    with an unknown first dim, and get their shapes back from its result, as
-    `servekit.onnx._optimized` does for tf2onnx's grappler pass; the
-    converter itself needs them (a convolution's filter)."""
+    """The grappler pass the converter runs to inline functions, without a copy
+    of the lifted weights (`frozen_weights.optimized_without_weight_copies`;
+    measured: +1x the weights while converting)."""
     from tensorflow.python.grappler import tf_optimizer
+
+    from servekit import frozen_weights
 
     original = tf_optimizer.OptimizeGraph
 
     def optimize_graph(config_proto, metagraph, *args, **kwargs):
-        shapes = {}
-        for node in metagraph.graph_def.node:
-            if node.name in weights and node.op == "Placeholder" and node.attr["shape"].shape.dim:
-                shapes[node.name] = node.attr["shape"].shape.dim[0].size
-                node.attr["shape"].shape.dim[0].size = -1
-        optimized = original(config_proto, metagraph, *args, **kwargs)
-        for node in optimized.node:
-            if node.name in shapes:
-                node.attr["shape"].shape.dim[0].size = shapes[node.name]
-        return optimized
+        return frozen_weights.optimized_without_weight_copies(
+            metagraph.graph_def, weights, lambda _: original(config_proto, metagraph, *args, **kwargs))
 
     with patching.replaced(tf_optimizer, OptimizeGraph=optimize_graph):
         yield
@@ -317,9 +305,8 @@ def write(conversion: LiftedConversion, path: str, endpoint: sig.Signature, mode
     sizes = []
     for buffer, weight in placed:  # sizes only: a transposed weight is computed again when written
         tf_dtype, dims, _ = conversion.weights[weight.name]
-        sizes.append(int(np.prod(dims, dtype=np.int64)) * _itemsize(tf_dtype))
-    for (buffer, _), size in zip(placed, sizes):
-        buffer.size = size
+        buffer.size = int(np.prod(dims, dtype=np.int64)) * _itemsize(tf_dtype)
+        sizes.append(buffer.size)
     head = _packed(model, flatbuffers)
     offset = _aligned(len(head))
     for (buffer, _), size in zip(placed, sizes):
