@@ -283,7 +283,7 @@ def _litert_flatbuffer(built, serving, options: dict[str, Any], model_name: str)
 
 
 def _openvino(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,
-              **_settings) -> _Converted:
+              large: bool, **_settings) -> _Converted:
     from servekit.formats import openvino
 
     built = _builtin_trace(built, serving, "openvino", build)
@@ -302,7 +302,8 @@ def _openvino(built, serving, staged: str, model_name: str, options: dict[str, A
     xml = openvino.write(model, staged)
     peak_memory.mark("OpenVINO write")
     report = {"converter": "openvino.convert_model", "precision": openvino.PRECISIONS[precision]}
-    return _Converted(report, lambda cs: openvino.check(xml, cs, precision), openvino.tolerances(precision))
+    return _Converted(report, lambda cs: openvino.check(xml, cs, precision, page_out_weights=large),
+                      openvino.tolerances(precision))
 
 
 def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any], *, build, scratch_dir: str,

@@ -300,6 +300,22 @@ def test_a_large_model_is_freed_before_its_artifacts_are_checked(tmp_path, monke
     assert [c["artifact"] for c in reports["onnx"]["comparisons"]] == ["tf_saved_model", "onnx"]
 
 
+def test_a_large_models_openvino_check_pages_its_weights_out(tmp_path, monkeypatch):
+    # The CPU plugin's packed copy of the weights would otherwise sit beside the mapped .bin.
+    from servekit.formats import openvino
+
+    asked = []
+
+    def check(*args, _check=openvino.check, **options):
+        asked.append(options.get("page_out_weights"))
+        return _check(*args, **options)
+
+    monkeypatch.setattr(openvino, "check", check)
+    reports, _ = _write_in_this_process(tmp_path, monkeypatch, ("tf_saved_model", "openvino"))
+    assert all(r["ok"] for r in reports.values()), reports
+    assert asked == [True]
+
+
 def test_a_large_model_is_converted_to_litert_once_it_is_freed(tmp_path, monkeypatch):
     # The TFLite converter's copies of the weights (about 3x) no longer sit beside the
     # model's: the trace is saved, the model freed, then the SavedModel converted.

@@ -860,6 +860,81 @@ def test_the_export_worker_imports_openvino_without_its_telemetry(tmp_path):
     assert not (tmp_path / "intel").exists()
 
 
+# -- Mapped pages handed back while a runtime works ------------------------------------
+
+
+def _mapping_resident_bytes(path) -> int:
+    """Resident bytes of this process' mappings of `path`, from /proc/self/smaps."""
+    target, total, inside = os.path.realpath(path), 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = len(fields) == 6 and fields[5] == target
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+def test_paged_out_hands_a_read_only_mapping_back_and_keeps_its_bytes(tmp_path):
+    import mmap
+    import time
+
+    from servekit import mapped_pages
+
+    data = np.random.default_rng(0).integers(0, 256, 16 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    data.tofile(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = np.frombuffer(mapped, np.uint8)
+        np.testing.assert_array_equal(view, data)  # every page read: resident
+        assert _mapping_resident_bytes(path) >= 15 << 20
+        with mapped_pages.paged_out(str(path), every_s=0.01):
+            time.sleep(0.2)
+            assert _mapping_resident_bytes(path) < 1 << 20
+        np.testing.assert_array_equal(view, data)  # read again from the file
+        del view
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as copied:
+        copied[0] = 7  # a writable mapping may hold bytes the file does not: never paged out
+        assert mapped_pages.mapped_ranges(str(path)) == []
+
+
+@pytest.mark.parametrize("page_out", [False, True])
+def test_an_openvino_check_that_pages_out_its_weights_holds_them_once(tmp_path, monkeypatch, page_out):
+    # OpenVINO's CPU plugin packs its own copy of a MatMul weight, reading the mapped .bin;
+    # those pages stayed resident beside the copy through the whole check.
+    import time
+
+    import openvino as ov
+
+    from servekit.formats import openvino
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((4096, 4096)).astype("float32")  # 64 MiB
+    x = ov.opset13.parameter([-1, 4096], ov.Type.f32, name="x")
+    y = ov.opset13.matmul(x, ov.opset13.constant(weight), False, False)
+    y.output(0).get_tensor().set_names({"y"})
+    xml = tmp_path / "model.xml"
+    ov.save_model(ov.Model([y], [x], "dense"), xml, compress_to_fp16=False)
+    features = rng.standard_normal((2, 4096)).astype("float32")
+    case = Case("serving_default", 2, {"x": features}, {"y": features @ weight})
+    resident = []
+
+    def run_then_measure(cases, run, _check=verification._check):
+        comparisons = _check(cases, run)
+        time.sleep(0.2)  # the page-out thread's next rounds
+        resident.append(_mapping_resident_bytes(tmp_path / "model.bin"))
+        return comparisons
+
+    monkeypatch.setattr(verification, "_check", run_then_measure)
+    comparisons = openvino.check(str(xml), [case], page_out_weights=page_out)
+    assert [c.problems for c in comparisons] == [[]]
+    if page_out:
+        assert resident[0] < 8 << 20, resident
+    else:
+        assert resident[0] > 56 << 20, resident  # what paging out is for
+
+
 def test_lambda_globals_are_the_names_the_code_loads_not_its_attributes():
     # `keras.ops.switch` names `switch` as an attribute; a function `switch` the caller's
     # module defines (which no worker can import) made servekit refuse the Lambda.

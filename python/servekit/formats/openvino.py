@@ -466,20 +466,27 @@ def compile_for_check(xml_path: str, precision: str = DEFAULT_PRECISION) -> Comp
     return CompiledIR(compiled, [p.get_any_name() for p in model.inputs], [p.get_any_name() for p in model.outputs])
 
 
-def check(xml_path: str, cases, precision: str = DEFAULT_PRECISION) -> list[Any]:
+def check(xml_path: str, cases, precision: str = DEFAULT_PRECISION, page_out_weights: bool = False) -> list[Any]:
     """Runs each case through OpenVINO's CPU plugin at `precision`.
 
     Args:
         xml_path: the IR's .xml (its .bin beside it).
         cases: `servekit.pipeline.cases.Case`s of the serving endpoint.
+        page_out_weights: hand the mapped `.bin`'s pages back to the kernel
+            while the check runs (`servekit.mapped_pages`): the CPU plugin
+            packs its own copy of the weights from them, and a large model's
+            check then holds one copy of its weights, not two.
 
     Returns:
         `servekit.verification.Comparison`s, one per case (and per repeated run).
     """
-    from servekit import verification
+    from servekit import mapped_pages, verification
 
-    _, infer = infer_function(xml_path, precision)
-    return verification._check(list(cases), lambda endpoint, inputs: infer(inputs))
+    xml_path = staged_xml(xml_path)
+    bin_path = os.path.splitext(xml_path)[0] + ".bin"
+    with mapped_pages.paged_out(bin_path) if page_out_weights else contextlib.nullcontext():
+        _, infer = infer_function(xml_path, precision)  # alive, with the mapping, until the block ends
+        return verification._check(list(cases), lambda endpoint, inputs: infer(inputs))
 
 
 def infer_function(xml_path: str, precision: str = DEFAULT_PRECISION):
