@@ -169,8 +169,8 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
 
 def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
     """OpenVINO IR or LiteRT from the in-process SavedModel (TensorFlow backend), as Keras converts them."""
+    from servekit import _write, settings, verification
     from servekit import onnx as sk_onnx
-    from servekit import verification
     from servekit.formats import litert, openvino
 
     twin = os.path.join(workdir, "twin_saved_model")
@@ -189,7 +189,9 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         openvino.write(model, path)
         report.update(converter="openvino.convert_model", precision=openvino.PRECISIONS[precision])
         tolerances = openvino.tolerances(precision)
-        check = lambda cs: openvino.check(path, cs, precision)  # noqa: E731
+        large = sk_onnx.saved_model_variables_bytes(twin) >= settings.bytes_setting(
+            _write.FREE_BEFORE_CHECKING_ENV, _write.FREE_BEFORE_CHECKING_BYTES)
+        check = lambda cs: openvino.check(path, cs, precision, page_out_weights=large)  # noqa: E731
     else:
         options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
         weight_bytes = sk_onnx.saved_model_variables_bytes(twin)
