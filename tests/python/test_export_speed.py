@@ -90,6 +90,17 @@ def test_the_script_section_is_written_into_the_readme_between_its_markers(repor
         export_speed.update_readme(report, tmp_path / "OTHER.md")
 
 
+def test_a_strategy_has_its_own_readme_section(report, tmp_path):
+    in_process = {**report, "settings": {**report["settings"], "strategy": "in_process"}}
+    begin, end = export_speed.readme_markers("in_process")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{export_speed.README_BEGIN}\nauto table\n{export_speed.README_END}\n{begin}\nold\n{end}\n")
+    export_speed.update_readme(in_process, readme)
+    text = readme.read_text()
+    assert "auto table" in text and "old" not in text  # the default section is left as it was
+    assert "servekit called with strategy='in_process'" in text.split(begin)[1].split(end)[0]
+
+
 def test_errors_in_table_cells_lose_backquotes_and_pipes():
     short = export_speed._short("UserError: mismatch between `inputs` and `dynamic_shapes` | more\n" + "x" * 200)
     assert "`" not in short and "|" not in short and "\n" not in short

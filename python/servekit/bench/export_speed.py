@@ -92,6 +92,15 @@ MEASURES = (
 # The README's lines the script mode rewrites (`--readme`).
 README_BEGIN = "<!-- export-speed-script:begin -->"
 README_END = "<!-- export-speed-script:end -->"
+
+
+def readme_markers(strategy: str = "auto") -> tuple[str, str]:
+    """The lines around the script mode's README section for servekit's
+    `strategy` ("auto": `README_BEGIN`, `README_END`)."""
+    if strategy == "auto":
+        return README_BEGIN, README_END
+    return f"<!-- export-speed-script-{strategy}:begin -->", f"<!-- export-speed-script-{strategy}:end -->"
+
 # The arguments //python/servekit/bench:export_speed_script passes first (its BUILD `args`).
 SCRIPT_TARGET_ARGS = ("--modes", "script", "--readme", "README.md")
 
@@ -194,10 +203,11 @@ def check_keras_artifact(model: Any, fmt: str, signature: Any, inputs: Any) -> s
 
 
 def _export_once(library: str, model: Any, fmt: str, signature: Any,
-                 tolerances: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, Any]:
+                 tolerances: Optional[Mapping[str, Sequence[float]]] = None, strategy: str = "auto") -> dict[str, Any]:
     """One export into a scratch directory; its duration, or why it failed.
     `tolerances` (dtype -> (atol, rtol)) are servekit's verification
-    tolerances for the model, as its BUILD target declares them.
+    tolerances for the model, as its BUILD target declares them; `strategy`
+    is servekit's `strategy` argument.
 
     Returns:
         {"status": "ok", "seconds": s}, or {"status": "unsupported" (Keras) |
@@ -213,7 +223,7 @@ def _export_once(library: str, model: Any, fmt: str, signature: Any,
                 import servekit
 
                 servekit.export(model, path, format=fmt, verbose=False, input_signature=signature,
-                                verify=library != SERVEKIT_NO_VERIFY,
+                                verify=library != SERVEKIT_NO_VERIFY, strategy=strategy,
                                 tolerances={k: tuple(v) for k, v in (tolerances or {}).items()} or None)
         # Any error is a result of the benchmark (Keras raises many types: NotImplementedError,
         # ImportError, ValueError, ...); it is recorded in the report, never swallowed.
@@ -225,7 +235,7 @@ def _export_once(library: str, model: Any, fmt: str, signature: Any,
 
 
 def child_cold(library: str, model_file: pathlib.Path, fmt: str,
-               tolerances: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, Any]:
+               tolerances: Optional[Mapping[str, Sequence[float]]] = None, strategy: str = "auto") -> dict[str, Any]:
     """A cold process' whole life: imports, model, one export. Times each stage."""
     start = time.perf_counter()
     import keras  # noqa: F401  (timed: part of a cold export)
@@ -236,12 +246,13 @@ def child_cold(library: str, model_file: pathlib.Path, fmt: str,
     imported = time.perf_counter()
     model, signature, _ = _prepare(model_file)
     prepared = time.perf_counter()
-    result = _export_once(library, model, fmt, signature, tolerances)
+    result = _export_once(library, model, fmt, signature, tolerances, strategy)
     return {"import_s": imported - start, "setup_s": prepared - imported, **result}
 
 
 def child_warm(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int,
-               tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None) -> list[dict[str, Any]]:
+               tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+               strategy: str = "auto") -> list[dict[str, Any]]:
     """Every (model, format, library) once untimed, then `repeats` timed rounds.
 
     The libraries take turns, each round starting with a different one. A
@@ -255,11 +266,12 @@ def child_warm(model_files: Sequence[pathlib.Path], formats: Sequence[str], repe
     from servekit.worker.launch import warm_worker
 
     with warm_worker():
-        return _warm_cells(model_files, formats, repeats, tolerances or {})
+        return _warm_cells(model_files, formats, repeats, tolerances or {}, strategy)
 
 
 def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int,
-                tolerances: Mapping[str, Mapping[str, Sequence[float]]]) -> list[dict[str, Any]]:
+                tolerances: Mapping[str, Mapping[str, Sequence[float]]],
+                strategy: str = "auto") -> list[dict[str, Any]]:
     variants = ("servekit", "keras", SERVEKIT_NO_VERIFY)
     cells = []
     for model_file in model_files:
@@ -277,7 +289,7 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
         for fmt in formats:
             cell: dict[str, Any] = {"model": model_file.stem, "format": fmt, "variants": {}}
             for variant in variants:
-                first = _export_once(variant, model, fmt, signature, model_tolerances)
+                first = _export_once(variant, model, fmt, signature, model_tolerances, strategy)
                 entry = {"status": first["status"], "first_s": first.get("seconds"), "seconds": []}
                 if first["status"] != "ok":
                     entry.update(error=first["error"], error_type=first["error_type"])
@@ -289,7 +301,7 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
                     entry = cell["variants"][variant]
                     if entry["status"] != "ok":
                         continue
-                    result = _export_once(variant, model, fmt, signature, model_tolerances)
+                    result = _export_once(variant, model, fmt, signature, model_tolerances, strategy)
                     if result["status"] != "ok":  # worked once, then failed: a finding, recorded
                         entry.update(status=result["status"], error=result["error"],
                                      error_type=result["error_type"])
@@ -306,7 +318,8 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
 
 
 def child_script(model_files: Sequence[pathlib.Path], formats: Sequence[str], repeats: int,
-                 tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None) -> dict[str, Any]:
+                 tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+                 strategy: str = "auto") -> dict[str, Any]:
     """A user's script: builds the models, then exports each (model, format)
     `repeats + 1` times with each library, in rounds over every model and
     format, the libraries alternating which goes first call by call. No
@@ -354,7 +367,7 @@ def child_script(model_files: Sequence[pathlib.Path], formats: Sequence[str], re
                     entry = variants[library]
                     if entry["status"] != "ok":  # failed once: not timed again
                         continue
-                    result = _export_once(library, model, fmt, signature, tolerances.get(name))
+                    result = _export_once(library, model, fmt, signature, tolerances.get(name), strategy)
                     if library == "servekit":
                         worker = getattr(launch._local, "lingering", None)
                         pid = worker.pid if worker is not None else None
@@ -454,6 +467,7 @@ def run_benchmark(
     modes: Sequence[str] = MODES,
     models_dir: pathlib.Path = DEFAULT_MODELS_DIR,
     tolerances: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+    strategy: str = "auto",
 ) -> dict[str, Any]:
     """Times servekit and Keras exports of `models` on every backend and format.
 
@@ -469,6 +483,9 @@ def run_benchmark(
         tolerances: model name -> dtype -> (atol, rtol): servekit's
             verification tolerances for models whose BUILD target declares
             some (e.g. the MobileNets'); other models use the defaults.
+        strategy: servekit's `strategy` argument ("auto": every strategy in
+            its default order; "in_process": the source backend's own
+            converters in the calling process).
 
     Returns:
         A JSON-serialisable report: machine, versions, settings, one entry
@@ -501,7 +518,8 @@ def run_benchmark(
 
     from servekit.bench.machine import load_average, machine_info, package_versions
 
-    tolerance_args = ["--tolerances_json", json.dumps(dict(tolerances))] if tolerances else []
+    child_args = ["--tolerances_json", json.dumps(dict(tolerances))] if tolerances else []
+    child_args += ["--strategy", strategy]
     load_start = load_average()
     started = time.monotonic()
     sides: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
@@ -512,7 +530,7 @@ def run_benchmark(
         for backend in backends:
             _progress(f"warm: {backend} ({len(models)} model(s) x {len(formats)} format(s))")
             args = ["--child", "warm", "--models", ",".join(str(p) for p in model_files),
-                    "--formats", ",".join(formats), "--repeats", str(repeats), *tolerance_args]
+                    "--formats", ",".join(formats), "--repeats", str(repeats), *child_args]
             cells, _, tail = _run_child(backend, args, f"warm {backend}")
             if cells is None:
                 for model in models:
@@ -535,7 +553,7 @@ def run_benchmark(
         for backend in backends:
             _progress(f"script: {backend} ({len(models)} model(s) x {len(formats)} format(s) x {repeats + 1} exports)")
             args = ["--child", "script", "--models", ",".join(str(p) for p in model_files),
-                    "--formats", ",".join(formats), "--repeats", str(repeats), *tolerance_args]
+                    "--formats", ",".join(formats), "--repeats", str(repeats), *child_args]
             result, wall, tail = _run_child(backend, args, f"script {backend}")
             if result is None:
                 scripts[backend] = {"status": "failed", "error": f"script process crashed: {tail}"}
@@ -572,7 +590,7 @@ def run_benchmark(
                             what = f"cold {repeat + 1}/{repeats} {model_file.stem} {backend} {fmt} {library}"
                             result, wall, tail = _run_child(
                                 backend, ["--child", "cold", "--library", library, "--models", str(model_file),
-                                          "--formats", fmt, *tolerance_args], what)
+                                          "--formats", fmt, *child_args], what)
                             if result is None:
                                 _record_failure(side, {"status": "failed", "error": f"cold process crashed: {tail}"})
                                 continue
@@ -592,6 +610,7 @@ def run_benchmark(
                                       "onnxruntime", "tf2onnx", "jax2onnx", "numpy"]) | {"python": sys.version.split()[0]},
         "settings": {"models": list(models), "backends": list(backends), "formats": list(formats),
                      "repeats": repeats, "modes": list(modes), "tolerances": dict(tolerances or {}),
+                     "strategy": strategy,
                      "duration_s": round(time.monotonic() - started, 1)},
         "cells": cells,
         "summary": summarize(cells),
@@ -726,7 +745,9 @@ def render_script_section(report: Mapping[str, Any]) -> str:
         f"{_load(machine['load_average_start'])} at the start, {_load(machine['load_average_end'])} at the end. "
         f"{versions}. One process per backend exports each model to each format {exports} times with each "
         "library, the libraries alternating call by call; seconds, median of the 2nd and later exports of each "
-        "(model, format), verification included:",
+        "(model, format), verification included"
+        + ("" if settings.get("strategy", "auto") == "auto"
+           else f"; servekit called with strategy='{settings['strategy']}'") + ":",
         "",
         "| model | backend | format | servekit 1st | Keras 1st | servekit 2nd+ | Keras 2nd+ | ratio | note |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
@@ -774,17 +795,19 @@ def _load(values: Optional[Sequence[float]]) -> str:
 
 
 def update_readme(report: Mapping[str, Any], readme: pathlib.Path) -> None:
-    """Rewrites the script mode's section of `readme` between `README_BEGIN` and `README_END`.
+    """Rewrites the script mode's section of `readme` between the markers of
+    the report's strategy (`readme_markers`).
 
     Raises:
         ValueError: the README has no such markers.
     """
+    begin_line, end_line = readme_markers(report["settings"].get("strategy", "auto"))
     text = readme.read_text()
-    head, begin, rest = text.partition(README_BEGIN)
-    _, end, tail = rest.partition(README_END)
+    head, begin, rest = text.partition(begin_line)
+    _, end, tail = rest.partition(end_line)
     if not begin or not end:
-        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} lines.")
-    readme.write_text(f"{head}{README_BEGIN}\n{render_script_section(report)}{README_END}{tail}")
+        raise ValueError(f"{readme} has no {begin_line} ... {end_line} lines.")
+    readme.write_text(f"{head}{begin_line}\n{render_script_section(report)}{end_line}{tail}")
 
 
 def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
@@ -895,9 +918,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tolerance", action="append", default=[], type=_parse_tolerance,
                         help="MODEL:DTYPE=ATOL[,RTOL], servekit's verification tolerance for a model whose "
                              "BUILD target declares one (e.g. mobilenet_v2:float32=1e-5,1e-4); repeatable")
+    parser.add_argument("--strategy", default="auto",
+                        help="servekit's strategy argument (auto, portable_rebuild, in_process, "
+                             "cross_backend_rebuild); a README section per strategy")
     parser.add_argument("--readme", type=pathlib.Path, default=None,
                         help="also write the script mode's table into this README, between its "
-                             f"{README_BEGIN} and {README_END} lines (relative to the workspace under bazel run)")
+                             f"{README_BEGIN} and {README_END} lines (for --strategy S other than auto: "
+                             "<!-- export-speed-script-S:begin/end -->; relative to the workspace under bazel run)")
     # Internal: how the driver runs its children (--models then holds model file paths).
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--child_result", help=argparse.SUPPRESS)
@@ -909,11 +936,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         paths = [pathlib.Path(p) for p in _split(args.models)]
         tolerances = json.loads(args.tolerances_json)
         if args.child == "cold":
-            result: Any = child_cold(args.library, paths[0], args.formats, tolerances.get(paths[0].stem))
+            result: Any = child_cold(args.library, paths[0], args.formats, tolerances.get(paths[0].stem),
+                                     args.strategy)
         elif args.child == "script":
-            result = child_script(paths, _split(args.formats), args.repeats, tolerances)
+            result = child_script(paths, _split(args.formats), args.repeats, tolerances, args.strategy)
         else:
-            result = child_warm(paths, _split(args.formats), args.repeats, tolerances)
+            result = child_warm(paths, _split(args.formats), args.repeats, tolerances, args.strategy)
         with open(args.child_result, "w") as f:
             json.dump(result, f)
         return 0
@@ -925,11 +953,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--readme writes the script mode's table: add script to --modes")
         if not readme.is_absolute() and "BUILD_WORKSPACE_DIRECTORY" in os.environ:
             readme = pathlib.Path(os.environ["BUILD_WORKSPACE_DIRECTORY"]) / readme
-        if README_BEGIN not in readme.read_text():  # before the run, not after an hour of it
-            parser.error(f"{readme} has no {README_BEGIN} line")
+        begin_line, _ = readme_markers(args.strategy)
+        if begin_line not in readme.read_text():  # before the run, not after an hour of it
+            parser.error(f"{readme} has no {begin_line} line")
     report = run_benchmark(models=_split(args.models), backends=_split(args.backends),
                            formats=_split(args.formats), repeats=args.repeats, modes=modes,
-                           models_dir=args.models_dir, tolerances=_tolerances_by_model(args.tolerance))
+                           models_dir=args.models_dir, tolerances=_tolerances_by_model(args.tolerance),
+                           strategy=args.strategy)
     report["settings"]["command"] = _command(argv)
     out_dir = args.out_dir or _default_out_dir()
     write_report(report, out_dir)
