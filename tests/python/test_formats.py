@@ -150,6 +150,22 @@ def test_openvino_names_the_ops_it_cannot_convert(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_onnx_refuses_hashing_by_its_op_and_does_not_try_jax_or_torch_converters(tmp_path):
+    # jax2onnx and torch.onnx cannot capture Keras's TensorFlow string hashes: their
+    # attempts only added noise to the error (jax2onnx's AttributeError, a TorchScript
+    # graph with no inputs).
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    model = keras.Model(ids, keras.layers.Hashing(num_bins=8, name="buckets")(ids))
+    with pytest.raises(ExportError) as raised:
+        servekit.export(model, str(tmp_path / "hashed.onnx"), format="onnx", verbose=False)
+    message = str(raised.value)
+    assert "layer 'buckets' uses TensorFlow op(s) StringToHashBucketFast" in message
+    assert ("cross_backend_rebuild (skipped): layer 'buckets' (Hashing) hashes with TensorFlow's string hashes"
+            in message)
+    assert "jax2onnx could not convert" not in message and "produced 0 input(s)" not in message
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("fmt", ["openvino", "litert"])
 def test_argmax_and_argmin_convert_without_a_bitcast(fmt, tmp_path):
     # Keras's TensorFlow argmax/argmin read the sign bit of zeros through an int32 bitcast,

@@ -25,7 +25,7 @@ torch.export failed on with TensorFlow's own error.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -41,21 +41,16 @@ def integer_lookups_as_comparisons(model, model_name: str) -> Iterator[None]:
         ExportError: a lookup layer this cannot write (the module docstring
             says which), naming the layer and what to do instead.
     """
-    from keras.src.layers.preprocessing.hashed_crossing import HashedCrossing
-    from keras.src.layers.preprocessing.hashing import Hashing
     from keras.src.layers.preprocessing.index_lookup import IndexLookup
 
     from servekit.source_model.kinds import all_layers
 
-    for layer in all_layers(model):
-        if isinstance(layer, (Hashing, HashedCrossing)):
-            # Keras hashes the inputs' string forms with TensorFlow's FarmHash (SipHash with
-            # a salt) on every backend; a program traced under torch cannot call TensorFlow.
-            raise ExportError(
-                f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) hashes its inputs with "
-                "TensorFlow's string hashes on every Keras backend, which a PyTorch program cannot hold: hash "
-                "before the model (e.g. in the input pipeline), or export format='tf_saved_model'.",
-                model=model_name, reason="unsupported_layer")
+    for layer in tensorflow_hashing_layers(model):
+        raise ExportError(
+            f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) hashes its inputs with "
+            "TensorFlow's string hashes on every Keras backend, which a PyTorch program cannot hold: hash "
+            "before the model (e.g. in the input pipeline), or export format='tf_saved_model'.",
+            model=model_name, reason="unsupported_layer")
     layers = [layer for layer in all_layers(model) if isinstance(layer, IndexLookup)]
     calls = {id(layer): _comparison_call(layer, model_name) for layer in layers}
     for layer in layers:
@@ -65,6 +60,28 @@ def integer_lookups_as_comparisons(model, model_name: str) -> Iterator[None]:
     finally:
         for layer in layers:
             del layer.call  # the class's call again
+
+
+def tensorflow_hashing_layers(model) -> list:
+    """The `Hashing` and `HashedCrossing` layers of `model`: Keras hashes their
+    inputs' string forms with TensorFlow's FarmHash (SipHash with a salt) on
+    every backend, which nothing traced under JAX or torch can call."""
+    from keras.src.layers.preprocessing.hashed_crossing import HashedCrossing
+    from keras.src.layers.preprocessing.hashing import Hashing
+
+    from servekit.source_model.kinds import all_layers
+
+    return [layer for layer in all_layers(model) if isinstance(layer, (Hashing, HashedCrossing))]
+
+
+def hashing_outside_onnx_converters(model) -> Optional[str]:
+    """Why jax2onnx and torch.onnx cannot convert `model` (a layer of
+    `tensorflow_hashing_layers`), or None."""
+    hashing = tensorflow_hashing_layers(model)
+    if not hashing:
+        return None
+    return (f"layer '{hashing[0].name}' ({type(hashing[0]).__name__}) hashes with TensorFlow's string hashes on "
+            "every backend, which neither jax2onnx nor torch.onnx can capture")
 
 
 def _refusal(layer, model_name: str, why: str) -> ExportError:

@@ -66,6 +66,12 @@ class CrossBackendRebuild:
 
                 return torch_program.string_inputs_error(request.name)
             return "string inputs run TensorFlow ops, which neither JAX nor torch converts to ONNX"
+        if request.format == "onnx":
+            from servekit.formats import torch_lookups
+
+            hashing = torch_lookups.hashing_outside_onnx_converters(request.source)
+            if hashing:
+                return hashing
         if plan.behavior.stochastic or plan.behavior.stateful:
             return "stochastic and stateful endpoints are verified in the source process only"
         try:

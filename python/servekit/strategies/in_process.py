@@ -53,6 +53,12 @@ class InProcess:
                     "only the portable rebuild writes one")
         if request.backend not in ("tensorflow", "jax", "torch"):
             return f"the {request.backend} backend has no in-process exporter"
+        if request.format == "onnx" and request.backend != "tensorflow" and request.kind == "model":
+            from servekit.formats import torch_lookups
+
+            hashing = torch_lookups.hashing_outside_onnx_converters(request.source)
+            if hashing:
+                return hashing
         if request.kind == "archive":
             return request.source._in_process_unavailable()
         return None
