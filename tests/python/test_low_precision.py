@@ -294,6 +294,28 @@ def test_low_precision_compute_to_litert_runs_in_float32(policy, strategy, tmp_p
         np.testing.assert_allclose(got[name].astype("float32"), expected[name], atol=3e-2 * scale, rtol=1e-2)
 
 
+@pytest.mark.parametrize("policy", ["float16", "bfloat16"], indirect=True)
+def test_an_embedding_inside_a_low_precision_block_to_litert_gathers_in_float32(policy, tmp_path):
+    # Keras's Embedding does not autocast: called inside another layer's autocast scope (a
+    # decoder backbone's, keras_hub's TokenAndPositionEmbedding's), it read its table in the
+    # table's own dtype, and the gather was left to TensorFlow (FlexGatherV2), which LiteRT
+    # cannot run.
+    import keras_hub
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    embedded = keras_hub.layers.TokenAndPositionEmbedding(50, 6, 16, name="tokens")(ids)
+    model = keras.Model(ids, {"hidden": keras.layers.Dense(8, name="dense")(embedded)}, name="embedded_tokens")
+    path = str(tmp_path / "model.tflite")
+    servekit.export(model, path, format="litert", verbose=False)
+    assert _litert_tensor_types(path)[2] == []
+    x = np.random.default_rng(2).integers(0, 50, (3, 6)).astype("int32")
+    expected = keras.ops.convert_to_numpy(model(x)["hidden"]).astype("float32")
+    got = Interpreter(model_path=path).get_signature_runner("serving_default")(ids=x)["hidden"]
+    np.testing.assert_allclose(got.astype("float32"), expected, atol=3e-2 * np.abs(expected).max(), rtol=1e-2)
+
+
 def test_a_litert_model_left_with_flex_ops_names_them(tmp_path):
     # The converter succeeds with Select TF ops (FlexMatrixInverse), which LiteRT's
     # runtime cannot run: the error names them and what to do.

@@ -70,18 +70,23 @@ def computed_in_float32(model, dtypes: Sequence[str]) -> Iterator[list[str]]:
     for layer in layers_computing_in(model, dtypes):
         # Set directly, not through the `dtype_policy` setter: a layer under a
         # DTypePolicyMap keeps the map, which the setter would write into.
-        changed.append((layer, layer._dtype_policy))
+        changed.append((layer, layer._dtype_policy, layer.autocast))
         layer._dtype_policy = _float32_compute(layer.variable_dtype)
+        # A layer that does not autocast (Keras's `Embedding`) reads its variables in their
+        # own dtype when called inside another layer's autocast scope: a bfloat16 table
+        # gathered in bfloat16 inside a decoder backbone, a Flex op for LiteRT.
+        layer.autocast = True
         for name, value in _tensors_in(layer, dtypes):
             built.append((layer, name, value))
             setattr(layer, name, keras.ops.cast(value, "float32"))
     try:
-        yield [layer.name for layer, _ in changed]
+        yield [layer.name for layer, _, _ in changed]
     finally:
         for layer, name, value in built:
             setattr(layer, name, value)
-        for layer, policy in changed:
+        for layer, policy, autocast in changed:
             layer._dtype_policy = policy
+            layer.autocast = autocast
 
 
 def layers_computing_in(model, dtypes: Sequence[str]) -> list:
