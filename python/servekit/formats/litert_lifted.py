@@ -24,7 +24,11 @@ is rewritten around the lifted weights before and after it converts:
 - a `BATCH_MATMUL` by a 2-D weight becomes the `FULLY_CONNECTED` the
   converter makes of a constant one (its weights transposed, `keep_num_dims`),
   the layer LiteRT's kernels and delegates run best; its bias and activation
-  stay the ops after it.
+  stay the ops after it;
+- a float16 or bfloat16 weight that the trace only reads through a cast to
+  float32 (a low-precision layer traced for LiteRT) is an input of float32,
+  which the converter takes (it takes no bfloat16 input), and is widened as
+  it is written (`_widened_where_cast`), as the plain conversion folds it.
 
 Every other op keeps the weight as its constant input. The result is
 verified against the source model like any artifact.
@@ -103,7 +107,7 @@ def convert(concrete, options: dict[str, Any], model_name: str) -> Optional[Lift
         data = convert_to_constants._FunctionConverterDataInEager(
             func=concrete, lower_control_flow=False, aggressive_inlining=True)
         graph_def, _ = convert_to_constants._replace_variables_by_constants(converter_data=data)
-    weights = frozen_weights.lift_weights(graph_def, values)
+    weights = _widened_where_cast(graph_def, frozen_weights.lift_weights(graph_def, values))
     del values
     if not weights or not _activations_kept(graph_def, weights):
         return None
@@ -119,6 +123,62 @@ def convert(concrete, options: dict[str, Any], model_name: str) -> Optional[Lift
     output_keys = sorted(concrete.structured_outputs) if isinstance(concrete.structured_outputs, dict) else [
         f"output_{i}" for i in range(len(outputs))]
     return LiftedConversion(flatbuffer, converter + "+lifted_weights", weights, [s.name for s in specs], output_keys)
+
+
+def _widened_where_cast(graph_def, weights: dict[str, tuple[int, list[int], Any]]) -> dict[str, tuple[int, list[int], Any]]:
+    """Lifts as float32 each float16 or bfloat16 weight the graph only casts to
+    float32 (in place: its placeholder float32, its casts identities).
+
+    The converter takes no bfloat16 input ("Unsupported TensorFlow type
+    bfloat16 provided for the input type", TensorFlow 2.21), and a layer
+    traced for LiteRT computes in float32 over its low-precision variables
+    (`servekit.source_model.precision`), reading each through a cast: such a
+    weight is written widened, as the plain conversion folds it (exactly).
+    A weight read in its own dtype stays as it is.
+
+    Returns:
+        `weights`, the widened ones with the float32 dtype and their values
+        as NumPy arrays of their own dtype (`_Weight.value` widens them).
+    """
+    import ml_dtypes
+    import tensorflow as tf
+
+    low = {tf.bfloat16.as_datatype_enum: ml_dtypes.bfloat16, tf.float16.as_datatype_enum: np.float16}
+    float32 = tf.float32.as_datatype_enum
+    readers: dict[str, list] = {node.name: [] for node in graph_def.node}
+    for node in graph_def.node:
+        for tensor in node.input:
+            if not tensor.startswith("^"):  # an order, not a read
+                readers.setdefault(tensor.split(":")[0], []).append(node)
+    by_name = {node.name: node for node in graph_def.node}
+    widened = dict(weights)
+    for name, (dtype, dims, data) in weights.items():
+        if dtype not in low:
+            continue
+        # The freezing reads a variable through an `Identity` (its `ReadVariableOp`).
+        retyped, casts, pending, ok = [by_name[name]], [], list(readers[name]), bool(readers[name])
+        while pending and ok:
+            node = pending.pop()
+            if node.op == "Identity":
+                retyped.append(node)
+                pending += readers[node.name]
+                ok = bool(readers[node.name])
+            elif node.op == "Cast" and node.attr["DstT"].type == float32:
+                casts.append(node)
+            else:
+                ok = False
+        if not ok:
+            continue
+        for node in retyped:
+            node.attr["dtype" if node.op == "Placeholder" else "T"].type = float32
+        for cast in casts:
+            cast.op = "Identity"
+            cast.ClearField("attr")
+            cast.attr["T"].type = float32
+        dtype, dims, data = weights[name]
+        value = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=low[dtype])
+        widened[name] = (float32, dims, value)
+    return widened
 
 
 @contextlib.contextmanager
@@ -220,7 +280,8 @@ class _Weight:
         value = value.reshape(dims)
         for step, argument in self.steps:
             value = value.reshape(argument) if step == "reshape" else np.transpose(value, argument)
-        return np.ascontiguousarray(value)  # a copy only where a transpose moved elements
+        # A copy only where a transpose moved elements, or a weight lifted widened (`_widened_where_cast`).
+        return np.ascontiguousarray(value, dtype=dtype)
 
 
 def write(conversion: LiftedConversion, path: str, endpoint: sig.Signature, model_name: str) -> None:
