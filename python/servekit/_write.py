@@ -314,7 +314,7 @@ def _litert(built, serving, staged: str, model_name: str, options: dict[str, Any
     quantized = litert.quantizes(options)
     report = {"precision": "quantized" if quantized else "float32"}
     tolerances = litert.quantized_tolerances() if quantized else {}
-    check = lambda cs: litert.check(staged, cs, delegates=not large)  # noqa: E731
+    check = lambda cs: litert.check(staged, cs, delegates=not large, page_out_weights=large)  # noqa: E731
     if not quantized and _variable_bytes(built) >= settings.bytes_setting(litert_lifted.LIFT_ENV,
                                                                             litert_lifted.LIFT_BYTES):
         converter = _litert_lifted(built, serving, staged, model_name, options, build)

@@ -3,10 +3,11 @@
 A runtime that maps an artifact's weights and lays out its own copy of them
 (OpenVINO's CPU plugin packs every MatMul weight when it compiles and first
 runs an IR) reads each mapped page once; the pages stay resident beside the
-copy it made, so checking the artifact holds its weights twice. They are
-clean pages of a file: the kernel can drop them and read them again from the
-file if they are used. `paged_out` asks it to, every `every_s` seconds, for
-as long as its block runs.
+copy it made, so checking the artifact holds its weights twice. One that
+computes from the mapping (LiteRT's built-in kernels) ends a check with the
+whole file resident. They are clean pages of a file: the kernel can drop
+them and read them again from the file if they are used. `paged_out` asks it
+to, every `every_s` seconds, for as long as its block runs.
 
 It uses `MADV_PAGEOUT` (Linux 5.4+), never `MADV_DONTNEED`: should the
 mapping be gone and its addresses reused by the time the thread runs,

@@ -300,24 +300,27 @@ def test_a_large_model_is_freed_before_its_artifacts_are_checked(tmp_path, monke
     assert [c["artifact"] for c in reports["onnx"]["comparisons"]] == ["tf_saved_model", "onnx"]
 
 
-def test_a_large_models_openvino_check_pages_its_weights_out(tmp_path, monkeypatch):
-    # The CPU plugin's packed copy of the weights would otherwise sit beside the mapped .bin.
-    from servekit.formats import openvino
+@pytest.mark.parametrize("fmt,suffix", [("openvino", "xml"), ("litert", "tflite")])
+def test_a_large_models_check_pages_its_weights_out(tmp_path, monkeypatch, fmt, suffix):
+    # The pages of the mapped weights a check reads would otherwise stay resident: beside
+    # OpenVINO's CPU plugin's packed copy, and, for LiteRT's built-in kernels, the whole file.
+    import importlib
 
+    module = importlib.import_module(f"servekit.formats.{fmt}")
     asked = []
 
-    def check(*args, _check=openvino.check, **options):
+    def check(*args, _check=module.check, **options):
         asked.append(options.get("page_out_weights"))
         return _check(*args, **options)
 
-    monkeypatch.setattr(openvino, "check", check)
-    reports, _ = _write_in_this_process(tmp_path, monkeypatch, ("tf_saved_model", "openvino"))
+    monkeypatch.setattr(module, "check", check)
+    reports, _ = _write_in_this_process(tmp_path, monkeypatch, ("tf_saved_model", fmt))
     assert all(r["ok"] for r in reports.values()), reports
     # The in-process strategy (TensorFlow models) pages them out too.
     from servekit import _write
 
     monkeypatch.setenv(_write.FREE_BEFORE_CHECKING_ENV, "0")
-    artifact = servekit.export(_model(), tmp_path / "in_process.xml", format="openvino", strategy="in_process",
+    artifact = servekit.export(_model(), tmp_path / f"in_process.{suffix}", format=fmt, strategy="in_process",
                                verbose=False)
     assert artifact.strategy == "in_process"
     assert asked == [True, True]

@@ -935,6 +935,44 @@ def test_an_openvino_check_that_pages_out_its_weights_holds_them_once(tmp_path, 
         assert resident[0] > 56 << 20, resident  # what paging out is for
 
 
+@pytest.mark.parametrize("page_out", [False, True])
+def test_a_litert_check_that_pages_out_its_file_holds_none_of_it(tmp_path, monkeypatch, page_out):
+    # LiteRT's built-in kernels read a weight where the file is mapped, at every call: the
+    # pages read stayed resident, the whole file by the end of the check.
+    import time
+
+    import tensorflow as tf
+
+    from servekit.formats import litert
+
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((2048, 4096)).astype("float32")  # 32 MiB
+    serve = tf.function(lambda x: {"y": tf.matmul(x, weight)},
+                        input_signature=[tf.TensorSpec((None, 2048), tf.float32, name="x")])
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": serve})
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved_model")).convert())
+    features = rng.standard_normal((2, 2048)).astype("float32")
+    case = Case("serving_default", 2, {"x": features}, {"y": features @ weight})
+    resident = []
+
+    def run_then_measure(cases, run, _check=verification._check):
+        comparisons = _check(cases, run)
+        time.sleep(0.2)  # the page-out thread's next rounds
+        resident.append(_mapping_resident_bytes(path))
+        return comparisons
+
+    monkeypatch.setattr(verification, "_check", run_then_measure)
+    comparisons = litert.check(str(path), [case], delegates=False, page_out_weights=page_out)
+    assert [c.problems for c in comparisons] == [[]]
+    if page_out:
+        assert resident[0] < 4 << 20, resident
+    else:
+        assert resident[0] > 28 << 20, resident  # what paging out is for
+
+
 def test_lambda_globals_are_the_names_the_code_loads_not_its_attributes():
     # `keras.ops.switch` names `switch` as an attribute; a function `switch` the caller's
     # module defines (which no worker can import) made servekit refuse the Lambda.

@@ -640,7 +640,7 @@ def read_signature(path: str, endpoint: sig.Signature, model_name: str) -> None:
                               f"order is {[t.name for t in want]}.", model=model_name, reason="conversion_failed")
 
 
-def check(path: str, cases, delegates: bool = True) -> list[Any]:
+def check(path: str, cases, delegates: bool = True, page_out_weights: bool = False) -> list[Any]:
     """Runs each case through `ai_edge_litert`'s signature runner.
 
     Args:
@@ -652,11 +652,15 @@ def check(path: str, cases, delegates: bool = True) -> list[Any]:
             layer's (a large model's check held its weights twice: 1.95x in
             the worker for a 1.59B decoder). The native validation runs the
             delegate either way.
+        page_out_weights: hand the mapped file's pages back to the kernel
+            while the check runs (`servekit.mapped_pages`): the pages each
+            call reads stay resident otherwise, the whole file by the end.
     """
-    from servekit import verification
+    from servekit import mapped_pages, verification
 
-    _, infer = infer_function(path, delegates)
-    return verification._check(list(cases), lambda endpoint, inputs: infer(inputs))
+    with mapped_pages.paged_out(path) if page_out_weights else contextlib.nullcontext():
+        _, infer = infer_function(path, delegates)  # alive, with the mapping, until the block ends
+        return verification._check(list(cases), lambda endpoint, inputs: infer(inputs))
 
 
 def infer_function(path: str, delegates: bool = True):

@@ -189,14 +189,15 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
     serving = sig.Signature.from_json(report["endpoints"][0])
     report["endpoints"] = [serving.to_json()]
     cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
+    # As in the worker (`servekit._write`): a large model's check holds its weights once.
+    large = sk_onnx.saved_model_variables_bytes(twin) >= settings.bytes_setting(
+        _write.FREE_BEFORE_CHECKING_ENV, _write.FREE_BEFORE_CHECKING_BYTES)
     if request.format == "openvino":
         precision = request.format_options.get("openvino", {}).get("precision", openvino.DEFAULT_PRECISION)
         model = openvino.convert_saved_model(twin, serving, request.name, precision)
         openvino.write(model, path)
         report.update(converter="openvino.convert_model", precision=openvino.PRECISIONS[precision])
         tolerances = openvino.tolerances(precision)
-        large = sk_onnx.saved_model_variables_bytes(twin) >= settings.bytes_setting(
-            _write.FREE_BEFORE_CHECKING_ENV, _write.FREE_BEFORE_CHECKING_BYTES)
         check = lambda cs: openvino.check(path, cs, precision, page_out_weights=large)  # noqa: E731
     else:
         options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
@@ -219,7 +220,7 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         quantized = litert.quantizes(options)
         report.update(converter=converter, precision="quantized" if quantized else "float32")
         tolerances = litert.quantized_tolerances() if quantized else {}
-        check = lambda cs: litert.check(path, cs)  # noqa: E731
+        check = lambda cs: litert.check(path, cs, delegates=not large, page_out_weights=large)  # noqa: E731
     if cases:
         verification.record(report, check([verification.with_tolerances(c, tolerances) for c in cases]),
                             request.format, what)
