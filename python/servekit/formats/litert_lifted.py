@@ -125,7 +125,10 @@ def convert(concrete, options: dict[str, Any], model_name: str) -> Optional[Lift
     return LiftedConversion(flatbuffer, converter + "+lifted_weights", weights, [s.name for s in specs], output_keys)
 
 
-def _widened_where_cast(graph_def, weights: dict[str, tuple[int, list[int], Any]]) -> dict[str, tuple[int, list[int], Any]]:
+_Lifted = dict[str, tuple[int, list[int], Any]]  # `frozen_weights.lift_weights`'s result
+
+
+def _widened_where_cast(graph_def, weights: _Lifted) -> _Lifted:
     """Lifts as float32 each float16 or bfloat16 weight the graph only casts to
     float32 (in place: its placeholder float32, its casts identities).
 
@@ -175,7 +178,6 @@ def _widened_where_cast(graph_def, weights: dict[str, tuple[int, list[int], Any]
             cast.op = "Identity"
             cast.ClearField("attr")
             cast.attr["T"].type = float32
-        dtype, dims, data = weights[name]
         value = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=low[dtype])
         widened[name] = (float32, dims, value)
     return widened
