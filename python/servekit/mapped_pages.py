@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -93,6 +94,7 @@ def paged_out(path: str, every_s: float = 0.05) -> Iterator[None]:
         thread.join()
 
 
+@functools.lru_cache(maxsize=None)
 def _madvise():
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
