@@ -899,12 +899,28 @@ def test_paged_out_hands_a_read_only_mapping_back_and_keeps_its_bytes(tmp_path):
         assert mapped_pages.mapped_ranges(str(path)) == []
 
 
+def _checked_then_resident(monkeypatch, mapped_file, check) -> tuple[list, int]:
+    """Runs `check()` (a format's check of one case); returns its comparisons and the
+    resident bytes of `mapped_file`'s mappings right after the cases ran, while the
+    runtime still holds the file."""
+    import time
+
+    resident = []
+
+    def run_then_measure(cases, run, _check=verification._check):
+        comparisons = _check(cases, run)
+        time.sleep(0.2)  # the page-out thread's next rounds
+        resident.append(_mapping_resident_bytes(mapped_file))
+        return comparisons
+
+    monkeypatch.setattr(verification, "_check", run_then_measure)
+    return check(), resident[0]
+
+
 @pytest.mark.parametrize("page_out", [False, True])
 def test_an_openvino_check_that_pages_out_its_weights_holds_them_once(tmp_path, monkeypatch, page_out):
     # OpenVINO's CPU plugin packs its own copy of a MatMul weight, reading the mapped .bin;
     # those pages stayed resident beside the copy through the whole check.
-    import time
-
     import openvino as ov
 
     from servekit.formats import openvino
@@ -918,29 +934,19 @@ def test_an_openvino_check_that_pages_out_its_weights_holds_them_once(tmp_path, 
     ov.save_model(ov.Model([y], [x], "dense"), xml, compress_to_fp16=False)
     features = rng.standard_normal((2, 4096)).astype("float32")
     case = Case("serving_default", 2, {"x": features}, {"y": features @ weight})
-    resident = []
-
-    def run_then_measure(cases, run, _check=verification._check):
-        comparisons = _check(cases, run)
-        time.sleep(0.2)  # the page-out thread's next rounds
-        resident.append(_mapping_resident_bytes(tmp_path / "model.bin"))
-        return comparisons
-
-    monkeypatch.setattr(verification, "_check", run_then_measure)
-    comparisons = openvino.check(str(xml), [case], page_out_weights=page_out)
+    comparisons, resident = _checked_then_resident(
+        monkeypatch, tmp_path / "model.bin", lambda: openvino.check(str(xml), [case], page_out_weights=page_out))
     assert [c.problems for c in comparisons] == [[]]
     if page_out:
-        assert resident[0] < 8 << 20, resident
+        assert resident < 8 << 20, resident
     else:
-        assert resident[0] > 56 << 20, resident  # what paging out is for
+        assert resident > 56 << 20, resident  # what paging out is for
 
 
 @pytest.mark.parametrize("page_out", [False, True])
 def test_a_litert_check_that_pages_out_its_file_holds_none_of_it(tmp_path, monkeypatch, page_out):
     # LiteRT's built-in kernels read a weight where the file is mapped, at every call: the
     # pages read stayed resident, the whole file by the end of the check.
-    import time
-
     import tensorflow as tf
 
     from servekit.formats import litert
@@ -956,21 +962,13 @@ def test_a_litert_check_that_pages_out_its_file_holds_none_of_it(tmp_path, monke
     path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved_model")).convert())
     features = rng.standard_normal((2, 2048)).astype("float32")
     case = Case("serving_default", 2, {"x": features}, {"y": features @ weight})
-    resident = []
-
-    def run_then_measure(cases, run, _check=verification._check):
-        comparisons = _check(cases, run)
-        time.sleep(0.2)  # the page-out thread's next rounds
-        resident.append(_mapping_resident_bytes(path))
-        return comparisons
-
-    monkeypatch.setattr(verification, "_check", run_then_measure)
-    comparisons = litert.check(str(path), [case], delegates=False, page_out_weights=page_out)
+    comparisons, resident = _checked_then_resident(
+        monkeypatch, path, lambda: litert.check(str(path), [case], delegates=False, page_out_weights=page_out))
     assert [c.problems for c in comparisons] == [[]]
     if page_out:
-        assert resident[0] < 4 << 20, resident
+        assert resident < 4 << 20, resident
     else:
-        assert resident[0] > 28 << 20, resident  # what paging out is for
+        assert resident > 28 << 20, resident  # what paging out is for
 
 
 def test_lambda_globals_are_the_names_the_code_loads_not_its_attributes():
