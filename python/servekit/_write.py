@@ -145,7 +145,7 @@ def _write_and_verify(
     serving_cases = [c for c in cases if c.endpoint == serving.name]
     written: list[_Written] = []
     conversion_error: Optional[Exception] = None
-    large = _variable_bytes(built) >= settings.bytes_setting(FREE_BEFORE_CHECKING_ENV, FREE_BEFORE_CHECKING_BYTES)
+    large = frees_before_checking(_variable_bytes(built))
     if "tf_saved_model" in outputs:
         path = outputs["tf_saved_model"]
         sk_sm.save(built, path)
@@ -211,6 +211,14 @@ def _write_and_verify(
     if conversion_error is not None:
         raise conversion_error
     return reports
+
+
+def frees_before_checking(weight_bytes: int) -> bool:
+    """Whether a model of `weight_bytes` is large (`FREE_BEFORE_CHECKING_BYTES`,
+    or its environment variable): freed before its artifacts are checked, and
+    checked with the weights once (mapped files paged out, LiteRT's built-in
+    kernels)."""
+    return weight_bytes >= settings.bytes_setting(FREE_BEFORE_CHECKING_ENV, FREE_BEFORE_CHECKING_BYTES)
 
 
 def _variable_bytes(built: sk_sm.BuiltModule) -> int:

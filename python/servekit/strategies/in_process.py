@@ -175,7 +175,7 @@ def _onnx_from_saved_model(request: ExportRequest, path: str, workdir: str) -> d
 
 def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str) -> dict[str, Any]:
     """OpenVINO IR or LiteRT from the in-process SavedModel (TensorFlow backend), as Keras converts them."""
-    from servekit import _write, settings, verification
+    from servekit import _write, verification
     from servekit import onnx as sk_onnx
     from servekit.formats import litert, openvino
 
@@ -189,9 +189,8 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
     serving = sig.Signature.from_json(report["endpoints"][0])
     report["endpoints"] = [serving.to_json()]
     cases = list(request.cases.for_endpoint(serving.name)) if request.verify else []
-    # As in the worker (`servekit._write`): a large model's check holds its weights once.
-    large = sk_onnx.saved_model_variables_bytes(twin) >= settings.bytes_setting(
-        _write.FREE_BEFORE_CHECKING_ENV, _write.FREE_BEFORE_CHECKING_BYTES)
+    weight_bytes = sk_onnx.saved_model_variables_bytes(twin)
+    large = _write.frees_before_checking(weight_bytes)  # checked as the worker checks it
     if request.format == "openvino":
         precision = request.format_options.get("openvino", {}).get("precision", openvino.DEFAULT_PRECISION)
         model = openvino.convert_saved_model(twin, serving, request.name, precision)
@@ -201,7 +200,6 @@ def _converted_from_saved_model(request: ExportRequest, path: str, workdir: str)
         check = lambda cs: openvino.check(path, cs, precision, page_out_weights=large)  # noqa: E731
     else:
         options = {**request.format_options.get("litert", {}), **request.local_options.get("litert", {})}
-        weight_bytes = sk_onnx.saved_model_variables_bytes(twin)
         try:
             flatbuffer, converter = litert.convert(litert.from_saved_model(twin), options, request.name,
                                                    weight_bytes=weight_bytes)
