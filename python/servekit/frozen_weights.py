@@ -92,7 +92,11 @@ def left_out(tensor, values: list):
     return values[int(content[len(_LEFT_OUT_MARK):])]
 
 
-def lift_weights(graph_def, values: Sequence = ()) -> dict[str, tuple[int, list[int], Any]]:
+# What `lift_weights` returns: node name -> (TF dtype enum, shape, the bytes or the NumPy array).
+LiftedWeights = dict[str, tuple[int, list[int], Any]]
+
+
+def lift_weights(graph_def, values: Sequence = ()) -> LiftedWeights:
     """Turns the large `Const` nodes of a frozen graph into placeholders.
 
     tf2onnx copies a constant's bytes into its node proto on every optimizer

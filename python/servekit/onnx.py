@@ -369,7 +369,7 @@ def _tf2onnx(freeze, endpoint: sig.Signature, opset: int, road: str, weights: Op
     with frozen_weights.weights_left_out(values) if road == "lean" else contextlib.nullcontext():
         graph_def, inputs, outputs, tables, renames, captured_tables = freeze(road)
     peak_memory.mark("freeze")
-    lifted: dict[str, tuple[int, list[int], Any]] = {}
+    lifted: frozen_weights.LiftedWeights = {}
     if road == "plain":
         graph_def = _inline_xla_calls(graph_def, inputs, outputs)
     else:
@@ -466,7 +466,7 @@ def saved_model_variables_bytes(saved_model_dir: str) -> int:
 _PENDING_LOCATION = "servekit:pending:"
 
 
-def _restore_weights(model_proto, lifted: dict[str, tuple[int, list[int], Any]],
+def _restore_weights(model_proto, lifted: frozen_weights.LiftedWeights,
                      weights: Optional[dict] = None) -> None:
     """Makes the graph inputs `frozen_weights.lift_weights` created initializers again.
 

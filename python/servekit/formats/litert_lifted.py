@@ -43,6 +43,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from servekit import patching
+from servekit.frozen_weights import LiftedWeights
 from servekit import signature as sig
 from servekit.errors import ExportError
 
@@ -75,7 +76,7 @@ class LiftedConversion:
 
     flatbuffer: bytes
     converter: str
-    weights: dict[str, tuple[int, list[int], Any]]
+    weights: LiftedWeights
     input_names: list[str]
     output_names: list[str]
 
@@ -125,10 +126,7 @@ def convert(concrete, options: dict[str, Any], model_name: str) -> Optional[Lift
     return LiftedConversion(flatbuffer, converter + "+lifted_weights", weights, [s.name for s in specs], output_keys)
 
 
-_Lifted = dict[str, tuple[int, list[int], Any]]  # `frozen_weights.lift_weights`'s result
-
-
-def _widened_where_cast(graph_def, weights: _Lifted) -> _Lifted:
+def _widened_where_cast(graph_def, weights: LiftedWeights) -> LiftedWeights:
     """Lifts as float32 each float16 or bfloat16 weight the graph only casts to
     float32 (in place: its placeholder float32, its casts identities).
 
@@ -273,7 +271,7 @@ class _Weight:
             dims = tuple(self.dims[a] for a in argument)
         return _Weight(self.name, dims, self.steps + ((step, argument),))
 
-    def value(self, weights: dict[str, tuple[int, list[int], Any]]) -> np.ndarray:
+    def value(self, weights: LiftedWeights) -> np.ndarray:
         import tensorflow as tf
 
         tf_dtype, dims, data = weights[self.name]
