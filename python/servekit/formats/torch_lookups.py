@@ -45,10 +45,11 @@ def integer_lookups_as_comparisons(model, model_name: str) -> Iterator[None]:
 
     from servekit.source_model.kinds import all_layers
 
-    for layer in tensorflow_hashing_layers(model):
+    hashing = tensorflow_hashing_layers(model)
+    if hashing:
         raise ExportError(
-            f"Model '{model_name}': layer '{layer.name}' ({type(layer).__name__}) hashes its inputs with "
-            "TensorFlow's string hashes on every Keras backend, which a PyTorch program cannot hold: hash "
+            f"Model '{model_name}': layer '{hashing[0].name}' ({type(hashing[0]).__name__}) hashes its inputs "
+            "with TensorFlow's string hashes on every Keras backend, which a PyTorch program cannot hold: hash "
             "before the model (e.g. in the input pipeline), or export format='tf_saved_model'.",
             model=model_name, reason="unsupported_layer")
     layers = [layer for layer in all_layers(model) if isinstance(layer, IndexLookup)]
