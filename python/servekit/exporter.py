@@ -108,13 +108,16 @@ def export(
             - `verify` (bool, default True): reload and compare before moving
               the artifact into place.
             - `opset_version` (int, ONNX only): the ONNX opset. Default: 17
-              from tf2onnx and torch.onnx; jax2onnx (a fallback, when
-              tf2onnx's model fails) writes the opset it defaults to (23
-              with jax2onnx 0.17.1, whose opset-17 models can be invalid).
+              from tf2onnx and torch.onnx; jax2onnx writes the opset it
+              defaults to (23 with jax2onnx 0.17.1, whose opset-17 models
+              can be invalid).
               `ExportedArtifact.opset` and the manifest record it.
-            - `strategy` ("auto", "portable_rebuild", "in_process" or
-              "cross_backend_rebuild" (ONNX)): try only this strategy
-              (default "auto": all, in order).
+            - `strategy`: "auto" (the default: every strategy, in order;
+              ONNX of a small JAX or torch model is converted in process
+              first, as Keras converts it), "rebuild_first" (the build's
+              order: the portable rebuild first for every export), or one
+              strategy only: "portable_rebuild", "in_process" or
+              "cross_backend_rebuild" (ONNX).
             - `tolerances` (dict, servekit only): `(atol, rtol)` by dtype
               name over the defaults (float32: `(1e-5, 0)`; float32
               outputs of a mixed-precision model: its compute dtype's,

@@ -86,9 +86,10 @@ def test_onnx_alone_is_the_onnx_of_both_formats(tmp_path, name):
 
     model = mm.build(name)
     alone = str(tmp_path / "alone.onnx")
-    servekit.export(model, alone, format="onnx", verbose=False)
+    # The rebuild's property: by default a small JAX or torch model's ONNX is converted in process.
+    servekit.export(model, alone, format="onnx", verbose=False, strategy="rebuild_first")
     both = {"tf_saved_model": str(tmp_path / "saved_model"), "onnx": str(tmp_path / "both.onnx")}
-    exported = export_formats(model, both, verbose=False)
+    exported = export_formats(model, both, verbose=False, strategy="rebuild_first")
     assert exported["onnx"].strategy == "portable_rebuild"
     with open(alone, "rb") as a, open(both["onnx"], "rb") as b:
         assert a.read() == b.read()

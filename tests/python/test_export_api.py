@@ -444,3 +444,57 @@ def test_a_model_tensorflow_cannot_run_on_this_cpu_is_refused_with_the_setting_i
     assert "only supports the NHWC tensor format" in run.stdout
     assert "set TF_ENABLE_ONEDNN_OPTS=1" in run.stdout and "data_format='channels_last'" in run.stdout
     assert not os.listdir(tmp_path)
+
+
+# -- the default order -------------------------------------------------------------
+
+
+ONNX_CONVERTER_IN_PROCESS = {"jax": "jax2onnx", "torch": "torch.onnx (TorchScript)"}
+
+
+@pytest.fixture()
+def as_a_script(monkeypatch):
+    """Outside the session's warm_worker() block, as a user's script runs; the
+    lingering worker this test's exports start is shut down after it."""
+    from servekit.worker import launch
+
+    monkeypatch.setattr(launch._local, "warm", None, raising=False)
+    monkeypatch.setattr(launch._local, "lingering", None, raising=False)
+    yield launch._local
+    worker = getattr(launch._local, "lingering", None)
+    if worker is not None:
+        worker.shutdown()
+
+
+def test_onnx_of_a_small_model_is_converted_first_as_keras_converts_it(tmp_path, as_a_script):
+    model = mm.mlp()
+    artifact = servekit.export(model, str(tmp_path / "m.onnx"), format="onnx", verbose=False)
+    if BACKEND == "tensorflow":  # the rebuild converts with tf2onnx, as Keras does on TensorFlow
+        assert (artifact.strategy, artifact.converter) == ("portable_rebuild", "tf2onnx")
+        return
+    assert (artifact.strategy, artifact.converter) == ("in_process", ONNX_CONVERTER_IN_PROCESS[BACKEND])
+    assert as_a_script.lingering.pid is None  # no TensorFlow worker was started for it
+    inputs = mm.sample_inputs("mlp", 5, np.random.default_rng(0))
+    assert checks.max_abs_err(mm.source_outputs("mlp", model, inputs),
+                              checks.onnx_outputs(str(tmp_path / "m.onnx"), inputs)) < 1e-5
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="ONNX from JAX and torch")
+@pytest.mark.parametrize("case", ["rebuild_first", "verify=False", "large"])
+def test_onnx_is_rebuilt_first_when_asked_unverified_or_large(tmp_path, monkeypatch, case):
+    kwargs = {"strategy": "rebuild_first"} if case == "rebuild_first" else {}
+    if case == "verify=False":  # nothing would send a wrong conversion on to the rebuild
+        kwargs["verify"] = False
+    if case == "large":  # a large model takes the bounded-memory road
+        monkeypatch.setenv("SERVEKIT_FREE_BEFORE_CHECKING_BYTES", "64")
+    artifact = servekit.export(mm.mlp(), str(tmp_path / "m.onnx"), format="onnx", verbose=False, **kwargs)
+    assert (artifact.strategy, artifact.converter) == ("portable_rebuild", "tf2onnx")
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="ONNX from JAX and torch")
+def test_a_model_keras_converter_cannot_take_is_rebuilt_and_says_why(tmp_path, capfd):
+    model = mm.text_classifier()  # string inputs: neither jax2onnx nor TorchScript takes them
+    artifact = servekit.export(model, str(tmp_path / "m.onnx"), format="onnx", verbose=True)
+    assert (artifact.strategy, artifact.converter) == ("portable_rebuild", "tf2onnx")
+    line = next(x for x in capfd.readouterr().out.splitlines() if "strategy portable_rebuild" in x)
+    assert f"in_process failed: {ONNX_CONVERTER_IN_PROCESS[BACKEND].split(' ')[0]}" in line

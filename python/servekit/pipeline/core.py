@@ -41,7 +41,10 @@ class Strategy(Protocol):
 
         A strategy that writes several formats more cheaply together also has
         `write_formats(requests: {format: request}, staged: {format: path},
-        workdir) -> {format: report}`."""
+        workdir) -> {format: report}`. One that takes its place in the order
+        for some requests only has `applies(request) -> bool` (False: no
+        attempt is recorded); one whose failed verification is not worth
+        localizing (a later strategy follows) has `explains_divergence = False`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +138,14 @@ def run_formats(
                 if fmt in done:
                     continue
                 one = request if request.format == fmt else dataclasses.replace(request, format=fmt)
+                if not getattr(strategy, "applies", lambda _: True)(one):
+                    continue
                 why = strategy.unavailable(one)
                 if why:
                     layer = why.layer if isinstance(why, ExportError) else None
-                    attempts[fmt].append(Attempt(strategy.name, "skipped", str(why), layer=layer))
+                    skipped = Attempt(strategy.name, "skipped", str(why), layer=layer)
+                    if skipped not in attempts[fmt]:  # a strategy in two places of the order, said once
+                        attempts[fmt].append(skipped)
                 else:
                     todo[fmt] = one
             if not todo:
@@ -156,7 +163,8 @@ def run_formats(
                 remove_workdir(workdir)
             diverged = {fmt: r for fmt, r in reports.items()
                         if not r.get("ok") and r.get("reason") == "verification_failed"}
-            if diverged:  # only now, on failure: which layer diverges costs an export of the probe
+            if diverged and getattr(strategy, "explains_divergence", True):
+                # Only now, on failure: which layer diverges costs an export of the probe.
                 from servekit.pipeline import localize
 
                 localize.explain(strategy, {fmt: todo[fmt] for fmt in diverged}, diverged, staged, make_workdir,

@@ -9,6 +9,7 @@ holds them (`tf_view`).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 import numpy as np
@@ -52,3 +53,15 @@ def tf_view(variable: Any) -> Optional[np.ndarray]:
     if not isinstance(value, tf.Variable) or value.dtype.name not in _VIEWABLE or "GPU" in (value.device or ""):
         return None
     return np.asarray(memoryview(value.read_value()))
+
+
+def weight_bytes(model: Any) -> int:
+    """The bytes of a Keras model's weights, as their dtypes store them (no read)."""
+    import keras
+
+    def itemsize(dtype: str) -> int:  # from the name: bfloat16 and float8 are not NumPy's
+        bits = re.search(r"\d+", dtype)
+        return (int(bits.group()) + 7) // 8 if bits else 1  # bool
+
+    return sum(int(np.prod(v.shape, dtype=np.int64)) * itemsize(keras.backend.standardize_dtype(v.dtype))
+               for v in model.weights)
