@@ -102,7 +102,7 @@ def test_a_strategy_has_its_own_readme_section(report, tmp_path):
 
 
 def test_errors_in_table_cells_lose_backquotes_and_pipes():
-    short = export_speed._short("UserError: mismatch between `inputs` and `dynamic_shapes` | more\n" + "x" * 200)
+    short = export_speed.short("UserError: mismatch between `inputs` and `dynamic_shapes` | more\n" + "x" * 200)
     assert "`" not in short and "|" not in short and "\n" not in short
     assert short.startswith("UserError: mismatch between 'inputs' and 'dynamic_shapes' / more") and len(short) == 100
 

@@ -150,7 +150,7 @@ def _sample_inputs(module: types.ModuleType, model: Any, batch: int = 2) -> Any:
     return keras.tree.map_structure(make, model.input)
 
 
-def _prepare(model_file: pathlib.Path) -> tuple[Any, Any, Any]:
+def prepare(model_file: pathlib.Path) -> tuple[Any, Any, Any]:
     """Builds the model and calls it once; returns (model, input_signature or None, the inputs)."""
     module = _load_model_file(model_file)
     model = module.build_model()
@@ -244,7 +244,7 @@ def child_cold(library: str, model_file: pathlib.Path, fmt: str,
         import servekit  # noqa: F401
 
     imported = time.perf_counter()
-    model, signature, _ = _prepare(model_file)
+    model, signature, _ = prepare(model_file)
     prepared = time.perf_counter()
     result = _export_once(library, model, fmt, signature, tolerances, strategy)
     return {"import_s": imported - start, "setup_s": prepared - imported, **result}
@@ -276,11 +276,11 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
     cells = []
     for model_file in model_files:
         try:
-            model, signature, inputs = _prepare(model_file)
+            model, signature, inputs = prepare(model_file)
         # The model file's own error: that model's cells fail, the others are still timed.
         except Exception as e:  # noqa: BLE001
             error = f"building or calling the model failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
-            _progress(f"{PROGRESS}  warm {model_file.stem}: {error}")
+            progress(f"{PROGRESS}  warm {model_file.stem}: {error}")
             cells += [{"model": model_file.stem, "format": fmt, "variants": {
                 v: {"status": "failed", "first_s": None, "seconds": [], "error": error[:300],
                     "error_type": type(e).__name__} for v in variants}} for fmt in formats]
@@ -294,7 +294,7 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
                 if first["status"] != "ok":
                     entry.update(error=first["error"], error_type=first["error_type"])
                 cell["variants"][variant] = entry
-                _progress(f"{PROGRESS}  warm first {model_file.stem} {fmt} {variant}: {_describe(first)}")
+                progress(f"{PROGRESS}  warm first {model_file.stem} {fmt} {variant}: {_describe(first)}")
             for round_index in range(repeats):
                 shift = round_index % len(variants)
                 for variant in variants[shift:] + variants[:shift]:
@@ -307,12 +307,12 @@ def _warm_cells(model_files: Sequence[pathlib.Path], formats: Sequence[str], rep
                                      error_type=result["error_type"])
                         continue
                     entry["seconds"].append(result["seconds"])
-                    _progress(f"{PROGRESS}  warm {round_index + 1}/{repeats} {model_file.stem} {fmt} {variant}: "
+                    progress(f"{PROGRESS}  warm {round_index + 1}/{repeats} {model_file.stem} {fmt} {variant}: "
                               f"{_describe(result)}")
             keras_entry = cell["variants"]["keras"]
             if keras_entry["status"] == "ok":
                 keras_entry["artifact_check"] = check_keras_artifact(model, fmt, signature, inputs)
-                _progress(f"{PROGRESS}  keras artifact {model_file.stem} {fmt}: {keras_entry['artifact_check']}")
+                progress(f"{PROGRESS}  keras artifact {model_file.stem} {fmt}: {keras_entry['artifact_check']}")
             cells.append(cell)
     return cells
 
@@ -342,11 +342,11 @@ def child_script(model_files: Sequence[pathlib.Path], formats: Sequence[str], re
     prepared = []
     for model_file in model_files:
         try:
-            prepared.append((model_file.stem, *_prepare(model_file)))
+            prepared.append((model_file.stem, *prepare(model_file)))
         # The model file's own error: that model's cells fail, the others are still timed.
         except Exception as e:  # noqa: BLE001
             error = f"building or calling the model failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
-            _progress(f"{PROGRESS}  script {model_file.stem}: {error}")
+            progress(f"{PROGRESS}  script {model_file.stem}: {error}")
             for fmt in formats:
                 cells[(model_file.stem, fmt)] = {"model": model_file.stem, "format": fmt, "variants": {
                     library: {"status": "failed", "seconds": [], "error": error[:300],
@@ -377,7 +377,7 @@ def child_script(model_files: Sequence[pathlib.Path], formats: Sequence[str], re
                         entry.update(status=result["status"], error=result["error"], error_type=result["error_type"])
                     else:
                         entry["seconds"].append(result["seconds"])
-                    _progress(f"{PROGRESS}  script {round_index + 1}/{repeats + 1} {name} {fmt} {library}: "
+                    progress(f"{PROGRESS}  script {round_index + 1}/{repeats + 1} {name} {fmt} {library}: "
                               f"{_describe(result)}")
     seconds = time.perf_counter() - start
     for name, model, signature, inputs in prepared:
@@ -391,7 +391,7 @@ def child_script(model_files: Sequence[pathlib.Path], formats: Sequence[str], re
 # --------------------------------------------------------------- parent side
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -399,7 +399,7 @@ def _describe(result: Mapping[str, Any]) -> str:
     return f"{result['seconds']:.2f} s" if result["status"] == "ok" else f"{result['status']}: {result['error']}"
 
 
-def _child_env(backend: str) -> dict[str, str]:
+def child_env(backend: str) -> dict[str, str]:
     """The caller's environment with KERAS_BACKEND set, and this process' import
     path (under `bazel run`, the runfiles' Python roots) as PYTHONPATH."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -420,7 +420,7 @@ def _run_child(backend: str, args: Sequence[str], what: str) -> tuple[Optional[A
         result_path = os.path.join(scratch, "result.json")
         command = [sys.executable, os.path.abspath(__file__), "--child_result", result_path, *args]
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=_child_env(backend), cwd=scratch, stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(command, env=child_env(backend), cwd=scratch, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         other: list[str] = []
         # A hung child is killed (and then reported as failed with its stderr's tail).
@@ -429,7 +429,7 @@ def _run_child(backend: str, args: Sequence[str], what: str) -> tuple[Optional[A
         try:
             for line in process.stderr or ():
                 if line.startswith(PROGRESS):
-                    _progress(line[len(PROGRESS):].rstrip())
+                    progress(line[len(PROGRESS):].rstrip())
                 else:
                     other.append(line.rstrip())
             returncode = process.wait()
@@ -438,7 +438,7 @@ def _run_child(backend: str, args: Sequence[str], what: str) -> tuple[Optional[A
         wall = time.perf_counter() - start
         tail = "\n".join(line for line in other[-5:] if line.strip())
         if returncode != 0 or not os.path.exists(result_path):
-            _progress(f"{what}: child exited with {returncode}:\n{tail}")
+            progress(f"{what}: child exited with {returncode}:\n{tail}")
             return None, wall, tail
         with open(result_path) as f:
             return json.load(f), wall, tail
@@ -528,7 +528,7 @@ def run_benchmark(
 
     if "warm" in modes:
         for backend in backends:
-            _progress(f"warm: {backend} ({len(models)} model(s) x {len(formats)} format(s))")
+            progress(f"warm: {backend} ({len(models)} model(s) x {len(formats)} format(s))")
             args = ["--child", "warm", "--models", ",".join(str(p) for p in model_files),
                     "--formats", ",".join(formats), "--repeats", str(repeats), *child_args]
             cells, _, tail = _run_child(backend, args, f"warm {backend}")
@@ -551,7 +551,7 @@ def run_benchmark(
     scripts: dict[str, dict[str, Any]] = {}
     if "script" in modes:
         for backend in backends:
-            _progress(f"script: {backend} ({len(models)} model(s) x {len(formats)} format(s) x {repeats + 1} exports)")
+            progress(f"script: {backend} ({len(models)} model(s) x {len(formats)} format(s) x {repeats + 1} exports)")
             args = ["--child", "script", "--models", ",".join(str(p) for p in model_files),
                     "--formats", ",".join(formats), "--repeats", str(repeats), *child_args]
             result, wall, tail = _run_child(backend, args, f"script {backend}")
@@ -594,7 +594,7 @@ def run_benchmark(
                             if result is None:
                                 _record_failure(side, {"status": "failed", "error": f"cold process crashed: {tail}"})
                                 continue
-                            _progress(f"{what}: {_describe(result)} (process {wall:.1f} s)")
+                            progress(f"{what}: {_describe(result)} (process {wall:.1f} s)")
                             if result["status"] != "ok":
                                 _record_failure(side, result)
                                 continue
@@ -742,7 +742,7 @@ def render_script_section(report: Mapping[str, Any]) -> str:
         f"Measured {report['date'].replace('T', ' ')[:16]} UTC by `{settings.get('command') or 'export_speed'}`, on "
         f"{machine['cpu']} ({machine['cores']} cores, {machine['memory_gib']} GiB"
         f"{', ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}); load average "
-        f"{_load(machine['load_average_start'])} at the start, {_load(machine['load_average_end'])} at the end. "
+        f"{load_text(machine['load_average_start'])} at the start, {load_text(machine['load_average_end'])} at the end. "
         f"{versions}. One process per backend exports each model to each format {exports} times with each "
         "library, the libraries alternating call by call; seconds, median of the 2nd and later exports of each "
         "(model, format), verification included"
@@ -760,11 +760,11 @@ def render_script_section(report: Mapping[str, Any]) -> str:
         ratio = cell["ratios"].get("script_export_s")
         notes = []
         if keras["status"] != "ok":
-            notes.append(f"Keras: {keras['status']} (`{_short(keras['error'])}`)")
+            notes.append(f"Keras: {keras['status']} (`{short(keras['error'])}`)")
         elif keras.get("artifact_check", "ok") != "ok":
-            notes.append(f"Keras's artifact {_short(keras['artifact_check'])}")
+            notes.append(f"Keras's artifact {short(keras['artifact_check'])}")
         if servekit["status"] != "ok":
-            notes.append(f"servekit: {servekit['status']} (`{_short(servekit['error'])}`)")
+            notes.append(f"servekit: {servekit['status']} (`{short(servekit['error'])}`)")
         fmt = {"tf_saved_model": "SavedModel", "onnx": "ONNX"}.get(cell["format"], cell["format"])
         lines.append(f"| {cell['model']} | {cell['backend']} | {fmt} | {_seconds(servekit.get('script_first_s'))} | "
                      f"{_seconds(keras.get('script_first_s'))} | {_seconds(servekit.get('median_script_export_s'))} | "
@@ -783,14 +783,14 @@ def render_script_section(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _short(message: str, limit: int = 100) -> str:
+def short(message: str, limit: int = 100) -> str:
     """A message for a table cell: no backquotes or pipes (they would end the
     cell's code span or the cell), at most `limit` characters."""
     text = " ".join(message.replace("`", "'").replace("|", "/").split())
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
-def _load(values: Optional[Sequence[float]]) -> str:
+def load_text(values: Optional[Sequence[float]]) -> str:
     return "–" if not values else " / ".join(f"{v:.1f}" for v in values)
 
 
@@ -801,13 +801,10 @@ def update_readme(report: Mapping[str, Any], readme: pathlib.Path) -> None:
     Raises:
         ValueError: the README has no such markers.
     """
+    from servekit.bench import report_files
+
     begin_line, end_line = readme_markers(report["settings"].get("strategy", "auto"))
-    text = readme.read_text()
-    head, begin, rest = text.partition(begin_line)
-    _, end, tail = rest.partition(end_line)
-    if not begin or not end:
-        raise ValueError(f"{readme} has no {begin_line} ... {end_line} lines.")
-    readme.write_text(f"{head}{begin_line}\n{render_script_section(report)}{end_line}{tail}")
+    report_files.replace_between(readme, begin_line, end_line, render_script_section(report))
 
 
 def plot(report: Mapping[str, Any], path: pathlib.Path) -> None:
@@ -875,8 +872,9 @@ def write_report(report: Mapping[str, Any], out_dir: pathlib.Path) -> None:
 
 
 def _default_out_dir() -> pathlib.Path:
-    # `bazel run` sets BUILD_WORKSPACE_DIRECTORY: reports land in the checkout.
-    return pathlib.Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")) / "benchmarks" / "export_speed"
+    from servekit.bench import report_files
+
+    return report_files.workspace_dir() / "benchmarks" / "export_speed"
 
 
 def _split(text: str) -> list[str]:
