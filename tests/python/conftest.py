@@ -15,6 +15,12 @@ import os
 # where it runs on others. Test processes take oneDNN on every CPU (before TensorFlow loads);
 # the export worker sets it off for itself, as the export action does.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# ONNX Runtime keeps a telemetry ID under $XDG_CACHE_HOME (else ~/.cache) and, where it cannot
+# write one (Bazel's test sandbox has no writable home), warns on stderr when the process's first
+# session is created: in the test process too now that small JAX and torch models are converted
+# and checked there. A user's machine has a cache directory; the sandbox gets the test's own.
+if "TEST_TMPDIR" in os.environ:
+    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.environ["TEST_TMPDIR"], "cache"))
 
 import pytest  # noqa: E402
 
