@@ -963,4 +963,46 @@ def adopt_foreign(model_proto, endpoint: sig.Signature, model_name: str, produce
             continue
         graph.node.append(onnx.helper.make_node("Identity", [vo.name], [t.name], name=f"servekit_output_{i}"))
         graph.output[i].name = t.name
+    if _opset_of(model_proto) < 18:
+        _reduce_axes_as_attributes(graph, {})
     _finish(model_proto, endpoint, layer_names, model_name, producer_version, "")
+
+
+# Reductions whose axes became an input at opset 18 (ReduceSum's did at 13).
+_AXES_INPUT_FROM_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                       "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
+
+def _reduce_axes_as_attributes(graph, outer_constants: dict) -> None:
+    """Opset-18 reductions (axes as a constant second input) written as the
+    model's opset < 18 spells them (an `axes` attribute), in place, subgraphs
+    included. jax2onnx 0.17.1 asked for opset 17 writes them in the opset-18 form
+    (`ReduceMean` of every `LayerNormalization`), which ONNX's checker and
+    ONNX Runtime refuse. Axes computed at run time are left for them to refuse."""
+    import onnx
+    from onnx import numpy_helper
+
+    constants = dict(outer_constants)
+    constants.update({t.name: t for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                _reduce_axes_as_attributes(subgraph, constants)
+        if node.op_type not in _AXES_INPUT_FROM_18 or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        axes = constants.get(node.input[1]) if node.input[1] else None
+        if node.input[1] and axes is None:
+            continue
+        keep = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+        noop = any(a.name == "noop_with_empty_axes" and a.i for a in node.attribute)
+        values = [int(v) for v in numpy_helper.to_array(axes).reshape(-1)] if axes is not None else []
+        if noop and not values:  # "reduce nothing" has no opset-17 spelling
+            continue
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        if values:
+            node.attribute.append(onnx.helper.make_attribute("axes", values))
+        del node.input[1:]

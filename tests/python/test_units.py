@@ -1037,3 +1037,41 @@ def test_tensors_a_low_precision_layer_built_are_float32_inside_the_block_only()
         assert keras.backend.standardize_dtype(norm.variance.dtype) == "float32"
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(norm.mean).ravel(), [1.0, 2.0])
     assert keras.backend.standardize_dtype(norm.mean.dtype) == "bfloat16"
+
+
+@pytest.mark.parametrize("axes_from", ["initializer", "constant"])
+def test_a_foreign_opset_17_model_gets_its_opset_18_reductions_respelled(axes_from):
+    # jax2onnx asked for opset 17 writes ReduceMean with axes as an input (opset 18's form).
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from servekit import onnx as sk_onnx
+    from servekit import signature as sig
+
+    axes = numpy_helper.from_array(np.array([-1], dtype=np.int64), "axes")
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["mean"], keepdims=1),
+             helper.make_node("ReduceMax", ["x", "axes"], ["peak"], keepdims=0)]
+    if axes_from == "constant":
+        nodes.insert(0, helper.make_node("Constant", [], ["axes"], value=axes))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["b", 1]),
+                               helper.make_tensor_value_info("peak", TensorProto.FLOAT, ["b"])],
+                              initializer=[axes] if axes_from == "initializer" else [])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(proto)
+    endpoint = sig.Signature("serving_default", (sig.TensorSignature("features", "float32", ("batch", 4)),),
+                             (sig.TensorSignature("mean", "float32", ("batch", 1)),
+                              sig.TensorSignature("peak", "float32", ("batch",))))
+    sk_onnx.adopt_foreign(proto, endpoint, model_name="m", producer_version="0")
+    onnx.checker.check_model(proto)
+    reductions = [n for n in proto.graph.node if n.op_type.startswith("Reduce")]
+    assert [list(n.input) for n in reductions] == [["features"], ["features"]]
+    assert all(helper.get_attribute_value(next(a for a in n.attribute if a.name == "axes")) == [-1]
+               for n in reductions)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    mean, peak = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"features": x})
+    np.testing.assert_allclose(mean, x.mean(-1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(peak, x.max(-1), rtol=1e-6)
