@@ -821,7 +821,8 @@ def test_random_shear_survives_keras_round_trip(tmp_path):
     features = layers.Conv2D(2, 1, name="features")(image)
     model = keras.Model(image, layers.RandomShear(x_factor=0.2, y_factor=(0.1, 0.3), name="shear")(features))
     path = str(tmp_path / "m.onnx")
-    artifact = servekit.export(model, path, format="onnx", verbose=False)
+    # The rebuild's round trip (by default a small JAX or torch model's ONNX is converted in process first).
+    artifact = servekit.export(model, path, format="onnx", verbose=False, strategy="rebuild_first")
     assert artifact.strategy == "portable_rebuild"
     x = np.random.default_rng(11).standard_normal((2, 5, 6, 3)).astype("float32")
     np.testing.assert_allclose(checks.onnx_outputs(path, {"image": x})["shear"],
@@ -1541,7 +1542,9 @@ def test_named_lambda_functions_are_rebuilt(fmt, tmp_path):
                                    "closure": keras.layers.Lambda(lambda t: ops.sin(t) * scale,
                                                                   name="closure")(features)})
     path = str(tmp_path / _ARTIFACT[fmt])
-    artifact = servekit.export(model, path, format=fmt, verbose=False)
+    # The rebuild's ONNX (by default a small JAX or torch model's is converted in process first).
+    order = {"strategy": "rebuild_first"} if fmt == "onnx" else {}
+    artifact = servekit.export(model, path, format=fmt, verbose=False, **order)
     if fmt == "onnx":
         assert artifact.strategy == "portable_rebuild"
         values = np.random.default_rng(13).normal(size=(3, 4)).astype("float32")
