@@ -498,3 +498,17 @@ def test_a_model_keras_converter_cannot_take_is_rebuilt_and_says_why(tmp_path, c
     assert (artifact.strategy, artifact.converter) == ("portable_rebuild", "tf2onnx")
     line = next(x for x in capfd.readouterr().out.splitlines() if "strategy portable_rebuild" in x)
     assert f"in_process failed: {ONNX_CONVERTER_IN_PROCESS[BACKEND].split(' ')[0]}" in line
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="ONNX from JAX and torch")
+def test_the_default_order_tries_the_quick_converters_first_and_the_dynamo_exporter_after_the_rebuild():
+    import types
+
+    from servekit import strategies
+
+    request = types.SimpleNamespace(format="onnx", kind="model", backend=BACKEND, verify=True, source=mm.mlp())
+    tried = [(s.name, s.onnx_converters(request) if s.name == "in_process" else ())
+             for s in strategies.DEFAULT_ORDER if getattr(s, "applies", lambda _: True)(request)]
+    quick = {"jax": "jax2onnx", "torch": "TorchScript"}[BACKEND]
+    after = [("in_process", ("dynamo",))] if BACKEND == "torch" else []
+    assert tried == [("in_process", (quick,)), ("portable_rebuild", ()), *after, ("cross_backend_rebuild", ())]
