@@ -505,10 +505,11 @@ def test_the_default_order_tries_the_quick_converters_first_and_the_dynamo_expor
     import types
 
     from servekit import strategies
+    from servekit.pipeline import core as pipeline
 
     request = types.SimpleNamespace(format="onnx", kind="model", backend=BACKEND, verify=True, source=mm.mlp())
     tried = [(s.name, s.onnx_converters(request) if s.name == "in_process" else ())
-             for s in strategies.DEFAULT_ORDER if getattr(s, "applies", lambda _: True)(request)]
+             for s in strategies.DEFAULT_ORDER if pipeline.applies(s, request)]
     quick = {"jax": "jax2onnx", "torch": "TorchScript"}[BACKEND]
     after = [("in_process", ("dynamo",))] if BACKEND == "torch" else []
     assert tried == [("in_process", (quick,)), ("portable_rebuild", ()), *after, ("cross_backend_rebuild", ())]

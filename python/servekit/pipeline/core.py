@@ -47,6 +47,11 @@ class Strategy(Protocol):
         localizing (a later strategy follows) has `explains_divergence = False`."""
 
 
+def applies(strategy: Strategy, request: Any) -> bool:
+    """Whether `strategy` is in `request`'s order at all (its `applies`, if it has one)."""
+    return getattr(strategy, "applies", lambda _: True)(request)
+
+
 @dataclasses.dataclass(frozen=True)
 class Attempt:
     """What one strategy did: `outcome` is "used", "skipped" or "failed"."""
@@ -138,7 +143,7 @@ def run_formats(
                 if fmt in done:
                     continue
                 one = request if request.format == fmt else dataclasses.replace(request, format=fmt)
-                if not getattr(strategy, "applies", lambda _: True)(one):
+                if not applies(strategy, one):
                     continue
                 why = strategy.unavailable(one)
                 if why:
